@@ -1,0 +1,91 @@
+//! Keys: the volume key (root of confidentiality), per-chunk keys derived from it,
+//! AES-256-GCM for chunks, and ECIES (secp256k1) to hand the volume key to devices.
+
+use super::ChunkError;
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// The 32-byte volume secret.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct VolumeKey([u8; 32]);
+
+impl VolumeKey {
+    pub fn generate() -> VolumeKey {
+        VolumeKey(rand::random())
+    }
+    pub fn from_bytes(b: [u8; 32]) -> VolumeKey {
+        VolumeKey(b)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// The convergent chunk key: keyed BLAKE3 of the plaintext.
+    pub fn chunk_key(&self, plain: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, plain).as_bytes()
+    }
+    /// A subkey for another purpose (the mesh key, ...), so one secret never serves two.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.0)
+    }
+}
+
+/// A device's secp256k1 key pair: what the volume key is wrapped to.
+pub struct DeviceKey {
+    secret: ecies::SecretKey,
+}
+
+impl DeviceKey {
+    pub fn generate() -> DeviceKey {
+        DeviceKey {
+            secret: ecies::utils::generate_keypair().0,
+        }
+    }
+    pub fn from_bytes(b: &[u8; 32]) -> Result<DeviceKey, ChunkError> {
+        let secret = ecies::SecretKey::parse(b)
+            .map_err(|e| ChunkError::Key(format!("device key: {e:?}")))?;
+        Ok(DeviceKey { secret })
+    }
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.secret.serialize()
+    }
+    /// The uncompressed public key (65 bytes).
+    pub fn public(&self) -> Vec<u8> {
+        ecies::PublicKey::from_secret_key(&self.secret)
+            .serialize()
+            .to_vec()
+    }
+}
+
+/// Seal the volume key to a device's public key.
+pub fn wrap_volume_key(device_public: &[u8], key: &VolumeKey) -> Result<Vec<u8>, ChunkError> {
+    ecies::encrypt(device_public, key.as_bytes()).map_err(|e| ChunkError::Key(format!("{e:?}")))
+}
+
+/// Open a volume key sealed to this device.
+pub fn unwrap_volume_key(device: &DeviceKey, sealed: &[u8]) -> Result<VolumeKey, ChunkError> {
+    let plain = ecies::decrypt(&device.to_bytes(), sealed).map_err(|_| ChunkError::Auth)?;
+    let bytes: [u8; 32] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| ChunkError::Key("wrapped key length".into()))?;
+    Ok(VolumeKey(bytes))
+}
+
+// Each chunk key encrypts exactly one plaintext (it is derived from it), so a fixed
+// nonce never repeats under one key.
+const NONCE: [u8; 12] = [0; 12];
+
+pub fn encrypt(key: &[u8; 32], blob: &mut Vec<u8>) {
+    let cipher = Aes256Gcm::new(key.into());
+    cipher
+        .encrypt_in_place(Nonce::from_slice(&NONCE), b"", blob)
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+}
+
+pub fn decrypt(key: &[u8; 32], blob: &mut Vec<u8>) -> Result<(), ChunkError> {
+    let cipher = Aes256Gcm::new(key.into());
+    cipher
+        .decrypt_in_place(Nonce::from_slice(&NONCE), b"", blob)
+        .map_err(|_| ChunkError::Auth)
+}

@@ -1,0 +1,198 @@
+//! The chunk pipeline, pure code with no I/O: a chunk of plaintext becomes an
+//! optionally compressed, AEAD-encrypted blob, split by Reed-Solomon into k data and
+//! m parity shards, each addressed by its BLAKE3 hash; and back again.
+//!
+//! Invariants: the key of a chunk is a keyed BLAKE3 hash of its plaintext under the
+//! volume key, so equal chunks of one volume seal to equal shards (dedup) and nothing
+//! is comparable across volumes. A reader either gets the exact plaintext or an error:
+//! every shard is checked against its id by the store, and the AEAD tag checks the
+//! reassembled blob.
+
+mod compress;
+pub mod crypto;
+mod erasure;
+mod id;
+
+pub use crypto::{DeviceKey, VolumeKey, unwrap_volume_key, wrap_volume_key};
+pub use erasure::Codec;
+pub use id::ShardId;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("only {have} of the {need} shards needed to rebuild the chunk are intact")]
+    TooFewShards { have: usize, need: usize },
+    #[error("chunk failed authentication (wrong key or altered data)")]
+    Auth,
+    #[error("chunk decompressed to {got} bytes, expected {want}")]
+    Length { got: usize, want: usize },
+    #[error("invalid erasure parameters {k}+{m}: {why}")]
+    Params { k: usize, m: usize, why: String },
+    #[error("key material: {0}")]
+    Key(String),
+}
+
+/// The chunk map entry: everything needed to find, check and decrypt one chunk.
+/// Small chunks are kept whole ("inline") in the metadata instead of as shards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkRef {
+    Inline {
+        key: [u8; 32],
+        compressed: bool,
+        plain_len: u32,
+        sealed: Vec<u8>,
+    },
+    Sharded {
+        key: [u8; 32],
+        compressed: bool,
+        plain_len: u32,
+        sealed_len: u32,
+        /// Data shards; `shards.len() - k` are parity.
+        k: u8,
+        shards: Vec<ShardId>,
+    },
+}
+
+impl ChunkRef {
+    pub fn plain_len(&self) -> usize {
+        match self {
+            ChunkRef::Inline { plain_len, .. } | ChunkRef::Sharded { plain_len, .. } => {
+                *plain_len as usize
+            }
+        }
+    }
+
+    /// The shard ids this chunk references (none when inline).
+    pub fn shard_ids(&self) -> &[ShardId] {
+        match self {
+            ChunkRef::Inline { .. } => &[],
+            ChunkRef::Sharded { shards, .. } => shards,
+        }
+    }
+
+    /// Bytes this chunk occupies in storage (all shards, or the inline blob).
+    pub fn stored_len(&self) -> u64 {
+        match self {
+            ChunkRef::Inline { sealed, .. } => sealed.len() as u64,
+            ChunkRef::Sharded {
+                sealed_len,
+                k,
+                shards,
+                ..
+            } => erasure::shard_len(*sealed_len as usize, *k as usize) as u64 * shards.len() as u64,
+        }
+    }
+}
+
+/// A sealed chunk: its map entry and the shard bytes to store (index i has id
+/// `chunk.shard_ids()[i]`). Empty for inline chunks.
+pub struct Sealed {
+    pub chunk: ChunkRef,
+    pub shards: Vec<Vec<u8>>,
+}
+
+/// Seal `plain`. Chunks of at most `inline_max` plaintext bytes stay inline.
+pub fn seal(key: &VolumeKey, codec: &Codec, plain: &[u8], inline_max: usize) -> Sealed {
+    let chunk_key = key.chunk_key(plain);
+    let (mut blob, compressed) = match compress::maybe_compress(plain) {
+        Some(c) => (c, true),
+        None => (plain.to_vec(), false),
+    };
+    crypto::encrypt(&chunk_key, &mut blob);
+    let plain_len = plain.len() as u32;
+    if plain.len() <= inline_max {
+        return Sealed {
+            chunk: ChunkRef::Inline {
+                key: chunk_key,
+                compressed,
+                plain_len,
+                sealed: blob,
+            },
+            shards: Vec::new(),
+        };
+    }
+    let sealed_len = blob.len() as u32;
+    let shards = codec.encode(&blob);
+    drop(blob);
+    let ids = shards.iter().map(|s| ShardId::of(s)).collect();
+    Sealed {
+        chunk: ChunkRef::Sharded {
+            key: chunk_key,
+            compressed,
+            plain_len,
+            sealed_len,
+            k: codec.data_shards() as u8,
+            shards: ids,
+        },
+        shards,
+    }
+}
+
+/// Open an inline chunk.
+pub fn open_inline(chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
+    match chunk {
+        ChunkRef::Inline {
+            key,
+            compressed,
+            plain_len,
+            sealed,
+        } => {
+            let mut blob = sealed.clone();
+            finish_open(key, *compressed, *plain_len, &mut blob)
+        }
+        ChunkRef::Sharded { .. } => Err(ChunkError::Key("not an inline chunk".into())),
+    }
+}
+
+/// Open a sharded chunk from its shards (`None` = missing or failed its hash check).
+/// Missing shards are rebuilt in place when `rebuild_all` is set (for healing), or
+/// only the data shards otherwise.
+pub fn open_sharded(
+    chunk: &ChunkRef,
+    codec: &Codec,
+    shards: &mut [Option<Vec<u8>>],
+    rebuild_all: bool,
+) -> Result<Vec<u8>, ChunkError> {
+    let ChunkRef::Sharded {
+        key,
+        compressed,
+        plain_len,
+        sealed_len,
+        ..
+    } = chunk
+    else {
+        return open_inline(chunk);
+    };
+    codec.reconstruct(shards, rebuild_all)?;
+    let mut blob = Vec::with_capacity(*sealed_len as usize);
+    for s in shards[..codec.data_shards()].iter().flatten() {
+        blob.extend_from_slice(s);
+    }
+    blob.truncate(*sealed_len as usize);
+    finish_open(key, *compressed, *plain_len, &mut blob)
+}
+
+fn finish_open(
+    key: &[u8; 32],
+    compressed: bool,
+    plain_len: u32,
+    blob: &mut Vec<u8>,
+) -> Result<Vec<u8>, ChunkError> {
+    crypto::decrypt(key, blob)?;
+    let plain = if compressed {
+        compress::decompress(blob, plain_len as usize)?
+    } else {
+        std::mem::take(blob)
+    };
+    if plain.len() != plain_len as usize {
+        return Err(ChunkError::Length {
+            got: plain.len(),
+            want: plain_len as usize,
+        });
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests;

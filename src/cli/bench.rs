@@ -1,0 +1,151 @@
+//! `datamesh bench`: throughput of the pipeline's parts on one core, then the whole
+//! write pipeline (plaintext → stored shards) and read pipeline (stored shards →
+//! plaintext) on one core and on all cores, in one run on a scratch volume.
+
+use crate::chunk::{Codec, VolumeKey, crypto};
+use crate::home::{Home, InitOptions};
+use crate::types::Ino;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CHUNK: usize = 4 << 20;
+
+/// MB/s of `f` run over `bytes` per call, repeated for about half a second.
+fn rate(bytes: usize, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_millis(600) {
+        f();
+        n += 1;
+    }
+    (n as f64 * bytes as f64) / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// Incompressible, never-repeating chunks (each stamped with its index) without
+/// spending the benchmark's CPU on a random generator.
+struct Source {
+    pool: Vec<u8>,
+    pos: u64,
+    left: u64,
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        let mut done = 0;
+        while done < n {
+            let at = (self.pos % self.pool.len() as u64) as usize;
+            let m = (n - done).min(self.pool.len() - at);
+            buf[done..done + m].copy_from_slice(&self.pool[at..at + m]);
+            if self.pos % CHUNK as u64 == 0 && m >= 8 {
+                let stamp = (self.pos / CHUNK as u64).to_le_bytes();
+                for (b, s) in buf[done..done + 8].iter_mut().zip(stamp) {
+                    *b ^= s;
+                }
+            }
+            done += m;
+            self.pos += m as u64;
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+struct Sink;
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn run(size: u64, dir: &Path) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut pool = vec![0u8; 64 << 20];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut pool[..]);
+    let buf = pool[..CHUNK].to_vec();
+    let key = VolumeKey::generate();
+    let codec = Codec::new(4, 2)?;
+
+    let b3 = rate(CHUNK, || {
+        std::hint::black_box(blake3::hash(&buf));
+    });
+    let mut ct = buf.clone();
+    let aead = rate(CHUNK, || {
+        ct.truncate(CHUNK);
+        crypto::encrypt(&[7; 32], &mut ct);
+    });
+    let rs = rate(CHUNK, || {
+        std::hint::black_box(codec.encode(&buf));
+    });
+    // Per plaintext byte the write path hashes it once (chunk key), encrypts it,
+    // encodes it, and hashes 1.5× as many shard bytes.
+    let n = codec.total_shards() as f64 / codec.data_shards() as f64;
+    let limit = 1.0 / (1.0 / b3 + 1.0 / aead + 1.0 / rs + n / b3);
+    let _ = key;
+
+    let scratch = dir.join(format!("datamesh-bench-{}", std::process::id()));
+    let home = Home {
+        dir: scratch.clone(),
+    };
+    home.init(&InitOptions::default())?;
+    let result = (|| -> anyhow::Result<Vec<(String, f64)>> {
+        let engine = home.open_engine()?;
+        let mut rows = Vec::new();
+        for (label, workers) in [("1 core", 1), ("all cores", cores)] {
+            let name = format!("f{workers}");
+            let attr = engine.create(Ino::ROOT, name.as_bytes(), 0o644, 0, 0)?;
+            let mut src = Source {
+                pool: pool.clone(),
+                pos: 0,
+                left: size,
+            };
+            let t = Instant::now();
+            engine.write_stream(attr.ino, &mut src, workers, &mut |_| {})?;
+            engine.fsync(attr.ino)?;
+            rows.push((
+                format!("write pipeline, {label}"),
+                size as f64 / t.elapsed().as_secs_f64() / 1e6,
+            ));
+        }
+        for (label, workers) in [("1 core", 1), ("all cores", cores)] {
+            let ino = engine
+                .lookup(Ino::ROOT, format!("f{workers}").as_bytes())?
+                .ino;
+            let t = Instant::now();
+            engine.read_stream(ino, &mut Sink, workers, &mut |_| {})?;
+            rows.push((
+                format!("read pipeline, {label}"),
+                size as f64 / t.elapsed().as_secs_f64() / 1e6,
+            ));
+        }
+        Ok(rows)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let rows = result?;
+
+    println!(
+        "datamesh bench: {} MiB stream, 4 MiB chunks, RS 4+2, {cores} cores",
+        size >> 20
+    );
+    println!("{:<34} {:>10}", "measure", "MB/s");
+    println!("{:<34} {:>10.0}", "BLAKE3, 1 core", b3);
+    println!("{:<34} {:>10.0}", "AES-256-GCM, 1 core", aead);
+    println!("{:<34} {:>10.0}", "Reed-Solomon 4+2 encode, 1 core", rs);
+    println!("{:<34} {:>10.0}", "limit set by the parts, 1 core", limit);
+    for (label, v) in &rows {
+        println!("{label:<34} {v:>10.0}");
+    }
+    let w1 = rows[0].1;
+    let wn = rows[1].1;
+    println!(
+        "{:<34} {:>9.0}%",
+        "write 1 core / limit",
+        100.0 * w1 / limit
+    );
+    println!("{:<34} {:>9.2}x", "write all cores / 1 core", wn / w1);
+    Ok(())
+}

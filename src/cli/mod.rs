@@ -1,0 +1,166 @@
+//! The `datamesh` command line: argument parsing, the commands, and how errors are
+//! shown (`datamesh: CMD: PATH: cause`, exit 1; usage errors exit 2).
+
+mod bench;
+mod commands;
+mod paths;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "datamesh",
+    version,
+    about = "An encrypted, erasure-coded filesystem you can mount"
+)]
+pub struct Cli {
+    /// The device's home directory (keys, namespace, local shards).
+    #[arg(long, global = true, env = "DATAMESH_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Log more (repeat for more still); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new volume in the home directory.
+    Init {
+        /// Chunk size (e.g. 4M, 1M, 256K): a power of two from 64K to 64M.
+        #[arg(long, default_value = "4M", value_parser = parse_size)]
+        chunk_size: u64,
+        /// Data shards per chunk (k).
+        #[arg(long, default_value_t = 4)]
+        data_shards: u8,
+        /// Parity shards per chunk (m): how many lost shards a chunk survives.
+        #[arg(long, default_value_t = 2)]
+        parity_shards: u8,
+    },
+    /// List a directory.
+    Ls {
+        /// Long listing: mode, links, owner, size, mtime.
+        #[arg(short, long)]
+        long: bool,
+        /// List subdirectories too.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        #[arg(default_value = "/")]
+        paths: Vec<String>,
+    },
+    /// Create directories.
+    Mkdir {
+        /// Create missing parents; an existing directory is fine.
+        #[arg(short, long)]
+        parents: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Rename or move files and directories (into DST if it is a directory).
+    Mv {
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<String>,
+    },
+    /// Remove files (and directories with -r).
+    Rm {
+        #[arg(short, long)]
+        recursive: bool,
+        /// Ignore paths that do not exist.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Copy local files into the volume (`-` reads standard input).
+    Put {
+        #[arg(short, long)]
+        recursive: bool,
+        /// LOCAL… REMOTE
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<String>,
+    },
+    /// Copy files out of the volume (`-` as LOCAL writes standard output).
+    Get {
+        #[arg(short, long)]
+        recursive: bool,
+        /// REMOTE… LOCAL
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<String>,
+    },
+    /// Print files to standard output.
+    Cat {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Show a file's attributes.
+    Stat {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Show space used: logical bytes, stored bytes, shards, k+m.
+    Df,
+    /// Check the volume: names, inodes, chunk maps, shards, reference counts.
+    Fsck {
+        /// Rebuild chunks that lost shards but are still readable.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Delete shards that nothing has referenced for the grace period.
+    Gc {
+        /// Seconds a shard must have been unreferenced (default: config.toml's gc_grace_secs).
+        #[arg(long)]
+        grace: Option<u64>,
+    },
+    /// Measure the chunk pipeline (see scripts/bench-engine.sh).
+    #[command(hide = true)]
+    Bench {
+        /// Bytes to write and read through the pipeline.
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        /// Directory for the scratch volume.
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
+    },
+}
+
+/// Sizes like `4M`, `512K`, `1G` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1u64 << 40,
+                _ => return Err(format!("unknown size suffix in '{s}' (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{s}' is not a size (like 4M or 1G)"))
+}
+
+/// Run the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let home = crate::home::Home::locate(cli.home);
+    commands::run(&home, cli.cmd)
+}

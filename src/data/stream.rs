@@ -1,0 +1,160 @@
+//! Bulk writes: a whole file from a reader, sealed on all cores with bounded memory.
+
+use super::Engine;
+use crate::chunk::ChunkRef;
+use crate::error::{Error, Result};
+use crate::types::{Ino, SetAttr, Timestamp};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+
+type Sealed = Result<(u64, usize, Option<ChunkRef>)>;
+
+impl Engine {
+    /// Replace the contents of regular file `ino` with all of `src`. Chunks are
+    /// sealed in parallel (at most two per core in flight) and committed in order,
+    /// so a reader sees a growing prefix; `progress` gets the bytes committed so far.
+    pub fn write_stream(
+        &self,
+        ino: Ino,
+        src: &mut (dyn Read + Send),
+        workers: usize,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        self.setattr(
+            ino,
+            &SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        )?;
+        let workers = workers.max(1);
+        let cs = self.chunk_size;
+        let _gate = self.gc_gate.read().unwrap_or_else(|p| p.into_inner());
+        std::thread::scope(|s| {
+            let (work_tx, work_rx) = sync_channel::<(u64, Vec<u8>)>(workers);
+            let (done_tx, done_rx) = sync_channel::<Sealed>(workers * 2);
+            let work_rx = Arc::new(Mutex::new(work_rx));
+            for _ in 0..workers {
+                let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
+                s.spawn(move || {
+                    loop {
+                        let next = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((idx, buf)) = next else { break };
+                        let res = if buf.iter().all(|&b| b == 0) {
+                            Ok((idx, buf.len(), None))
+                        } else {
+                            self.seal_and_store(&buf, false)
+                                .map(|c| (idx, buf.len(), Some(c)))
+                        };
+                        if done_tx.send(res).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            let reader_done = done_tx.clone();
+            drop(done_tx);
+            s.spawn(move || {
+                for idx in 0.. {
+                    match read_full(src, cs) {
+                        Ok(buf) if buf.is_empty() => break,
+                        Ok(buf) => {
+                            let last = buf.len() < cs;
+                            if work_tx.send((idx, buf)).is_err() || last {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = reader_done.send(Err(Error::Io(e)));
+                            break;
+                        }
+                    }
+                }
+            });
+            self.commit_in_order(ino, done_rx, progress)
+        })
+    }
+
+    /// Copy all of file `ino` to `dst`, fetching and decoding `workers` chunks at a
+    /// time in parallel.
+    pub fn read_stream(
+        &self,
+        ino: Ino,
+        dst: &mut dyn Write,
+        workers: usize,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        self.flush(ino)?;
+        let size = self.getattr(ino)?.size;
+        let cs = self.chunk_size as u64;
+        let nchunks = size.div_ceil(cs);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers.max(1))
+            .build()
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let mut idx = 0;
+        while idx < nchunks {
+            let window: Vec<u64> = (idx..nchunks.min(idx + workers.max(1) as u64 * 2)).collect();
+            let bufs: Vec<Vec<u8>> = pool.install(|| {
+                window
+                    .par_iter()
+                    .map(|&i| self.read(ino, i * cs, cs as usize))
+                    .collect::<Result<_>>()
+            })?;
+            for buf in bufs {
+                dst.write_all(&buf)?;
+            }
+            idx += window.len() as u64;
+            progress((idx * cs).min(size));
+        }
+        dst.flush()?;
+        Ok(size)
+    }
+
+    fn commit_in_order(
+        &self,
+        ino: Ino,
+        done: Receiver<Sealed>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        let cs = self.chunk_size as u64;
+        let mut pending = BTreeMap::new();
+        let mut next = 0u64;
+        let mut size = 0u64;
+        for res in done.iter() {
+            let (idx, len, chunk) = res?;
+            pending.insert(idx, (len, chunk));
+            let mut batch = Vec::new();
+            while let Some((len, chunk)) = pending.remove(&next) {
+                size = next * cs + len as u64;
+                batch.push((next, chunk));
+                next += 1;
+            }
+            if !batch.is_empty() {
+                self.meta
+                    .commit_chunks(ino, batch, size, Some(Timestamp::now()))?;
+                progress(size);
+            }
+        }
+        Ok(size)
+    }
+}
+
+/// Read up to `n` bytes, fewer only at the end of the input.
+fn read_full(src: &mut dyn Read, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match src.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}

@@ -1,0 +1,214 @@
+//! The home directory of a datamesh device: keys, configuration, the RocksDB
+//! namespace and the local shard store.
+//!
+//! ```text
+//! volume.key    32-byte volume secret (0600): the root of confidentiality
+//! device.key    this device's secp256k1 key (0600): what volume keys are wrapped to
+//! config.toml   run-time settings, with commented defaults
+//! meta/         the RocksDB namespace
+//! store/        shards held by this host
+//! ```
+
+use crate::chunk::{DeviceKey, VolumeKey};
+use crate::data::{Engine, EngineConfig};
+use crate::meta::{MetaStore, VolumeParams};
+use crate::store::LocalStore;
+use serde::Deserialize;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("{0}: a volume already exists here (remove it first to start over)")]
+    Exists(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {why}")]
+    Bad { path: PathBuf, why: String },
+    #[error(transparent)]
+    Engine(#[from] crate::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
+    move |source| HomeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Volume parameters chosen at `init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub chunk_size: u32,
+    pub data_shards: u8,
+    pub parity_shards: u8,
+    pub inline_max: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunk_size: 4 << 20,
+            data_shards: 4,
+            parity_shards: 2,
+            inline_max: 32 << 10,
+        }
+    }
+}
+
+/// Run-time settings from `config.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub cache_mb: usize,
+    pub dirty_mb: usize,
+    pub gc_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cache_mb: 64,
+            dirty_mb: 256,
+            gc_grace_secs: 3600,
+        }
+    }
+}
+
+const CONFIG_TEMPLATE: &str = "\
+# datamesh settings for this device. Every line shown is the default.
+
+# Decoded chunks kept in memory (MiB).
+# cache_mb = 64
+
+# Unsealed writes held in memory across all files before writers flush (MiB).
+# dirty_mb = 256
+
+# Seconds a shard must stay unreferenced before `datamesh gc` deletes it.
+# gc_grace_secs = 3600
+";
+
+pub struct Home {
+    pub dir: PathBuf,
+}
+
+impl Home {
+    /// `--home`/`DATAMESH_HOME` if given, else `$XDG_DATA_HOME/datamesh`, else
+    /// `~/.local/share/datamesh`.
+    pub fn locate(explicit: Option<PathBuf>) -> Home {
+        let dir = explicit.unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+                    PathBuf::from(home).join(".local/share")
+                });
+            base.join("datamesh")
+        });
+        Home { dir }
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.join("volume.key")
+    }
+
+    pub fn exists(&self) -> bool {
+        self.key_path().exists()
+    }
+
+    /// Create a new volume here; refuses to touch an existing one.
+    pub fn init(&self, opts: &InitOptions) -> Result<(), HomeError> {
+        if self.exists() || self.dir.join("meta").exists() {
+            return Err(HomeError::Exists(self.dir.clone()));
+        }
+        if !opts.chunk_size.is_power_of_two() || !(64 << 10..=64 << 20).contains(&opts.chunk_size) {
+            return Err(HomeError::Bad {
+                path: self.dir.clone(),
+                why: "chunk size must be a power of two from 64K to 64M".into(),
+            });
+        }
+        crate::chunk::Codec::new(opts.data_shards as usize, opts.parity_shards as usize)
+            .map_err(crate::Error::from)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io(&self.dir))?;
+        write_secret(
+            &self.dir.join("device.key"),
+            &DeviceKey::generate().to_bytes(),
+        )?;
+        let cfg = self.dir.join("config.toml");
+        if !cfg.exists() {
+            fs::write(&cfg, CONFIG_TEMPLATE).map_err(io(&cfg))?;
+        }
+        let params = VolumeParams {
+            volume_id: rand::random(),
+            chunk_size: opts.chunk_size,
+            data_shards: opts.data_shards,
+            parity_shards: opts.parity_shards,
+            inline_max: opts.inline_max.min(opts.chunk_size),
+        };
+        MetaStore::open(&self.dir.join("meta"), Some(params))?;
+        // The key is written last: its presence marks a complete volume.
+        write_secret(&self.key_path(), VolumeKey::generate().as_bytes())
+    }
+
+    pub fn config(&self) -> Result<Config, HomeError> {
+        let path = self.dir.join("config.toml");
+        match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| HomeError::Bad {
+                path,
+                why: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(HomeError::Io { path, source: e }),
+        }
+    }
+
+    pub fn volume_key(&self) -> Result<VolumeKey, HomeError> {
+        let path = self.key_path();
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| HomeError::Bad {
+            path,
+            why: "volume key is not 32 bytes".into(),
+        })?;
+        Ok(VolumeKey::from_bytes(arr))
+    }
+
+    /// Open the volume, creating it with defaults on first use.
+    pub fn open_engine(&self) -> Result<Engine, HomeError> {
+        if !self.exists() {
+            self.init(&InitOptions::default())?;
+            tracing::info!("created a new volume in {}", self.dir.display());
+        }
+        let cfg = self.config()?;
+        let key = self.volume_key()?;
+        let meta = MetaStore::open(&self.dir.join("meta"), None)?;
+        let store = LocalStore::open(&self.dir.join("store")).map_err(crate::Error::from)?;
+        let ecfg = EngineConfig {
+            cache_bytes: cfg.cache_mb << 20,
+            dirty_bytes: cfg.dirty_mb << 20,
+        };
+        Ok(Engine::new(meta, Arc::new(store), key, ecfg)?)
+    }
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(path))
+}

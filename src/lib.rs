@@ -1,0 +1,17 @@
+//! datamesh: an encrypted, erasure-coded filesystem whose namespace lives in RocksDB
+//! and whose file data lives as content-addressed shards.
+//!
+//! Layers, from the bottom: [`chunk`] (pure: compress, encrypt, erasure-code, hash),
+//! [`store`] (local shard files), [`meta`] (the RocksDB namespace), [`data`] (the engine
+//! that joins them), then the front ends: [`cli`] and the FUSE adapter in `fs`.
+
+pub mod chunk;
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod home;
+pub mod meta;
+pub mod store;
+pub mod types;
+
+pub use error::{Error, Result};

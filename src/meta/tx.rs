@@ -1,0 +1,199 @@
+//! One namespace operation in the making: reads see its own pending writes, and
+//! `commit` writes everything, reference counts included, as one `WriteBatch`.
+
+use super::schema::*;
+use super::{MetaStore, db_err, decode};
+use crate::chunk::{ChunkRef, ShardId};
+use crate::error::{Error, Result};
+use crate::types::{FileKind, Ino, Timestamp};
+use rocksdb::WriteBatch;
+use std::collections::HashMap;
+
+pub struct Tx<'a> {
+    meta: &'a MetaStore,
+    pub batch: WriteBatch,
+    inodes: HashMap<Ino, Option<InodeRec>>,
+    refs: HashMap<ShardId, i64>,
+    next_ino: Option<u64>,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(meta: &'a MetaStore) -> Tx<'a> {
+        Tx {
+            meta,
+            batch: WriteBatch::default(),
+            inodes: HashMap::new(),
+            refs: HashMap::new(),
+            next_ino: None,
+        }
+    }
+
+    pub fn inode_opt(&mut self, ino: Ino) -> Result<Option<InodeRec>> {
+        match self.inodes.get(&ino) {
+            Some(pending) => Ok(pending.clone()),
+            None => self.meta.inode_opt(ino),
+        }
+    }
+
+    pub fn inode(&mut self, ino: Ino) -> Result<InodeRec> {
+        self.inode_opt(ino)?.ok_or(Error::NotFound)
+    }
+
+    pub fn dir(&mut self, ino: Ino) -> Result<InodeRec> {
+        let rec = self.inode(ino)?;
+        if rec.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        Ok(rec)
+    }
+
+    pub fn put_inode(&mut self, ino: Ino, rec: InodeRec) {
+        self.inodes.insert(ino, Some(rec));
+    }
+
+    pub fn alloc_ino(&mut self) -> Result<Ino> {
+        let next = match self.next_ino {
+            Some(n) => n,
+            None => {
+                let raw = self
+                    .meta
+                    .db
+                    .get_cf(self.meta.cf(CF_META), KEY_NEXT_INO)
+                    .map_err(db_err)?
+                    .ok_or_else(|| Error::Corrupt("next inode number missing".into()))?;
+                u64::from_be_bytes(
+                    raw.as_slice()
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("next inode".into()))?,
+                )
+            }
+        };
+        self.next_ino = Some(next + 1);
+        Ok(Ino(next))
+    }
+
+    pub fn put_dentry(&mut self, parent: Ino, name: &[u8], d: DentryRec) {
+        self.batch.put_cf(
+            self.meta.cf(CF_DENTRIES),
+            dentry_key(parent, name),
+            encode(&d),
+        );
+    }
+
+    pub fn delete_dentry(&mut self, parent: Ino, name: &[u8]) {
+        self.batch
+            .delete_cf(self.meta.cf(CF_DENTRIES), dentry_key(parent, name));
+    }
+
+    pub fn put_chunk(&mut self, ino: Ino, idx: u64, chunk: &ChunkRef) {
+        for id in chunk.shard_ids() {
+            *self.refs.entry(*id).or_default() += 1;
+        }
+        self.batch
+            .put_cf(self.meta.cf(CF_CHUNKS), chunk_key(ino, idx), encode(chunk));
+    }
+
+    pub fn delete_chunk(&mut self, ino: Ino, idx: u64) {
+        self.batch
+            .delete_cf(self.meta.cf(CF_CHUNKS), chunk_key(ino, idx));
+    }
+
+    pub fn unref(&mut self, chunk: &ChunkRef) {
+        for id in chunk.shard_ids() {
+            *self.refs.entry(*id).or_default() -= 1;
+        }
+    }
+
+    /// One link to `ino` went away: free it, or keep it as an orphan while open.
+    pub fn drop_link(
+        &mut self,
+        ino: Ino,
+        now: Timestamp,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<()> {
+        let mut rec = self.inode(ino)?;
+        rec.nlink = rec.nlink.saturating_sub(1);
+        rec.ctime = now;
+        if rec.nlink > 0 {
+            self.put_inode(ino, rec);
+        } else if is_open(ino) {
+            self.put_inode(ino, rec);
+            self.batch
+                .put_cf(self.meta.cf(CF_ORPHANS), ino_key(ino), b"");
+        } else {
+            self.free_inode(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Delete an inode with its chunk maps (dropping their shard references) and xattrs.
+    pub fn free_inode(&mut self, ino: Ino) -> Result<()> {
+        for (idx, chunk) in self.meta.chunks_from(ino, 0)? {
+            self.unref(&chunk);
+            self.delete_chunk(ino, idx);
+        }
+        let mut xattrs = Vec::new();
+        self.meta
+            .scan_prefix(CF_XATTRS, &ino_key(ino), &ino_key(ino), |k, _| {
+                xattrs.push(k.to_vec());
+                Ok(true)
+            })?;
+        for k in xattrs {
+            self.batch.delete_cf(self.meta.cf(CF_XATTRS), k);
+        }
+        self.batch.delete_cf(self.meta.cf(CF_ORPHANS), ino_key(ino));
+        self.inodes.insert(ino, None);
+        Ok(())
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let meta = self.meta;
+        for (ino, rec) in self.inodes.drain() {
+            match rec {
+                Some(rec) => self
+                    .batch
+                    .put_cf(meta.cf(CF_INODES), ino_key(ino), encode(&rec)),
+                None => self.batch.delete_cf(meta.cf(CF_INODES), ino_key(ino)),
+            }
+        }
+        let now = Timestamp::now().secs;
+        for (id, delta) in self.refs.drain() {
+            if delta == 0 {
+                continue;
+            }
+            let cur: RefRec = match meta
+                .db
+                .get_pinned_cf(meta.cf(CF_REFS), ref_key(&id))
+                .map_err(db_err)?
+            {
+                Some(v) => decode("reference count", &v)?,
+                None => RefRec {
+                    count: 0,
+                    zero_since: now,
+                },
+            };
+            let count = cur.count as i64 + delta;
+            if count < 0 {
+                return Err(Error::Corrupt(format!(
+                    "reference count of shard {id} would go below zero"
+                )));
+            }
+            let zero_since = if count == 0 && cur.count != 0 {
+                now
+            } else {
+                cur.zero_since
+            };
+            let rec = RefRec {
+                count: count as u64,
+                zero_since,
+            };
+            self.batch
+                .put_cf(meta.cf(CF_REFS), ref_key(&id), encode(&rec));
+        }
+        if let Some(n) = self.next_ino {
+            self.batch
+                .put_cf(meta.cf(CF_META), KEY_NEXT_INO, n.to_be_bytes());
+        }
+        meta.db.write(self.batch).map_err(db_err)
+    }
+}

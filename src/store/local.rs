@@ -1,0 +1,159 @@
+//! Shards as files: `shards/ab/cd/abcd…` (two fan-out levels keep directories small).
+
+use super::{ShardInfo, ShardStore, StoreError};
+use crate::chunk::ShardId;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+/// Free space kept back so the metadata can still commit when the disk is nearly full.
+const RESERVE: u64 = 32 * 1024 * 1024;
+
+pub struct LocalStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl LocalStore {
+    pub fn open(root: &Path) -> Result<LocalStore, StoreError> {
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+        // Temp files left by a crash were never renamed into place: nothing refers to them.
+        if let Ok(rd) = fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            tmp,
+        })
+    }
+
+    pub fn path_of(&self, id: &ShardId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root
+            .join("shards")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(hex)
+    }
+
+    fn write_new(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        let (_, avail) = self.capacity()?;
+        if avail < RESERVE + bytes.len() as u64 {
+            return Err(StoreError::Full(self.root.clone()));
+        }
+        let dest = self.path_of(id);
+        let tmp = self
+            .tmp
+            .join(format!("{}.{:016x}", id.to_hex(), rand::random::<u64>()));
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            match fs::rename(&tmp, &dest) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    fs::create_dir_all(dest.parent().expect("shard path has a parent"))?;
+                    fs::rename(&tmp, &dest)
+                }
+                other => other,
+            }
+        })();
+        res.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            if e.kind() == ErrorKind::StorageFull || e.kind() == ErrorKind::QuotaExceeded {
+                StoreError::Full(self.root.clone())
+            } else {
+                io_err(&dest, e)
+            }
+        })
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl ShardStore for LocalStore {
+    fn put(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        match fs::metadata(self.path_of(id)) {
+            Ok(m) if m.len() == bytes.len() as u64 => Ok(()),
+            _ => self.write_new(id, bytes),
+        }
+    }
+
+    fn replace(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write_new(id, bytes)
+    }
+
+    fn get(&self, id: &ShardId) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(id);
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StoreError::Missing(*id),
+            _ => io_err(&path, e),
+        })?;
+        if ShardId::of(&bytes) != *id {
+            return Err(StoreError::Corrupt(*id));
+        }
+        Ok(bytes)
+    }
+
+    fn delete(&self, id: &ShardId) -> Result<(), StoreError> {
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // One syncfs flushes every shard written since the last barrier: a grouped
+        // fsync instead of one per shard file.
+        let dir = File::open(&self.root).map_err(|e| io_err(&self.root, e))?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir))
+            .map_err(|e| io_err(&self.root, e.into()))
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(ShardInfo)) -> Result<(), StoreError> {
+        let top = self.root.join("shards");
+        let Ok(level1) = fs::read_dir(&top) else {
+            return Ok(());
+        };
+        for d1 in level1.flatten() {
+            for d2 in fs::read_dir(d1.path())
+                .map_err(|e| io_err(&d1.path(), e))?
+                .flatten()
+            {
+                for file in fs::read_dir(d2.path())
+                    .map_err(|e| io_err(&d2.path(), e))?
+                    .flatten()
+                {
+                    let name = file.file_name();
+                    let Some(id) = name.to_str().and_then(ShardId::from_hex) else {
+                        continue;
+                    };
+                    let Ok(meta) = file.metadata() else { continue };
+                    f(ShardInfo {
+                        id,
+                        len: meta.len(),
+                        modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn capacity(&self) -> Result<(u64, u64), StoreError> {
+        let st =
+            nix::sys::statvfs::statvfs(&self.root).map_err(|e| io_err(&self.root, e.into()))?;
+        let frag = st.fragment_size() as u64;
+        Ok((
+            st.blocks() as u64 * frag,
+            st.blocks_available() as u64 * frag,
+        ))
+    }
+}
