@@ -38,7 +38,7 @@ impl Read for Source {
             let at = (self.pos % self.pool.len() as u64) as usize;
             let m = (n - done).min(self.pool.len() - at);
             buf[done..done + m].copy_from_slice(&self.pool[at..at + m]);
-            if self.pos % CHUNK as u64 == 0 && m >= 8 {
+            if self.pos.is_multiple_of(CHUNK as u64) && m >= 8 {
                 let stamp = (self.pos / CHUNK as u64).to_le_bytes();
                 for (b, s) in buf[done..done + 8].iter_mut().zip(stamp) {
                     *b ^= s;

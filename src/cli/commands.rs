@@ -163,16 +163,25 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
                 }
             }
         }
-        Cmd::Stat { paths } => {
+        Cmd::Stat { chunks, paths } => {
             for p in &paths {
                 match resolve(&engine, p) {
-                    Ok(a) => print_stat(p, &a),
+                    Ok(a) => {
+                        print_stat(p, &a);
+                        if chunks && let Err(e) = print_chunks(&engine, a.ino) {
+                            cx.fail(p, e);
+                        }
+                    }
                     Err(e) => cx.fail(p, e),
                 }
             }
         }
         Cmd::Df => df(&engine)?,
-        Cmd::Fsck { repair } => return fsck(&engine, repair),
+        Cmd::Fsck { repair } => {
+            let clean = fsck(&engine, repair)?;
+            engine.flush_all().context("flushing the volume")?;
+            return Ok(clean);
+        }
         Cmd::Gc { grace } => {
             let grace = match grace {
                 Some(g) => g,
@@ -391,6 +400,8 @@ fn put_one(cx: &mut Ctx, src: &Path, dst: &str, recursive: bool, pb: &ProgressBa
     }
 }
 
+/// Write `src` to a hidden temp name beside `dst`, then rename it over `dst`: an
+/// interrupted or failed put leaves the old contents (or nothing) in place.
 fn put_file(
     cx: &Ctx,
     src: &mut (dyn Read + Send),
@@ -399,22 +410,35 @@ fn put_file(
     pb: &ProgressBar,
 ) -> crate::Result<()> {
     let (dir, name) = resolve_parent(cx.engine, dst)?;
-    let attr = match cx.engine.create(dir, &name, perm, cx.uid, cx.gid) {
-        Ok(a) => a,
-        Err(Error::Exists) => {
-            let a = cx.engine.lookup(dir, &name)?;
-            match a.kind {
-                FileKind::File => a,
-                FileKind::Dir => return Err(Error::IsDir),
-                _ => return Err(Error::Invalid("exists and is not a regular file")),
-            }
+    match cx.engine.lookup(dir, &name) {
+        Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
+        Ok(a) if a.kind != FileKind::File => {
+            return Err(Error::Invalid("exists and is not a regular file"));
         }
+        Ok(_) | Err(Error::NotFound) => {}
         Err(e) => return Err(e),
-    };
+    }
+    let mut tmp = format!(
+        ".{}.put-{:08x}",
+        String::from_utf8_lossy(&name),
+        rand::random::<u32>()
+    );
+    tmp.truncate(NAME_MAX);
+    let attr = cx
+        .engine
+        .create(dir, tmp.as_bytes(), perm, cx.uid, cx.gid)?;
     let base = pb.position();
-    cx.engine
-        .write_stream(attr.ino, src, workers(), &mut |n| pb.set_position(base + n))?;
-    Ok(())
+    let res = cx
+        .engine
+        .write_stream(attr.ino, src, workers(), &mut |n| pb.set_position(base + n))
+        .and_then(|_| {
+            cx.engine
+                .rename(dir, tmp.as_bytes(), dir, &name, RenameFlags::default())
+        });
+    if res.is_err() {
+        let _ = cx.engine.unlink(dir, tmp.as_bytes());
+    }
+    res
 }
 
 fn get(cx: &mut Ctx, srcs: &[String], dst: &str, recursive: bool) {
@@ -635,6 +659,23 @@ fn print_stat(path: &str, a: &Attr) {
     println!("Modify: {}", time_string(a.mtime));
     println!("Change: {}", time_string(a.ctime));
     println!(" Birth: {}", time_string(a.crtime));
+}
+
+fn print_chunks(engine: &Engine, ino: Ino) -> crate::Result<()> {
+    for (idx, c) in engine.meta().chunks_from(ino, 0)? {
+        match c.shard_ids() {
+            [] => println!(" Chunk: {idx} inline, {} bytes", c.plain_len()),
+            ids => {
+                let ids: Vec<String> = ids.iter().map(|i| i.to_hex()).collect();
+                println!(
+                    " Chunk: {idx} {} bytes, shards {}",
+                    c.plain_len(),
+                    ids.join(" ")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn human(n: u64) -> String {

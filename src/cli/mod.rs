@@ -96,6 +96,9 @@ enum Cmd {
     },
     /// Show a file's attributes.
     Stat {
+        /// Also list each chunk and the ids of its shards.
+        #[arg(long)]
+        chunks: bool,
         #[arg(required = true)]
         paths: Vec<String>,
     },

@@ -20,6 +20,7 @@ use crate::store::ShardStore;
 use crate::types::*;
 use lru::LruCache;
 use rayon::prelude::*;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -181,31 +182,11 @@ impl Engine {
     }
 
     /// Special files: fifos, sockets, devices (and regular files, as mknod allows).
-    pub fn mknod(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        kind: FileKind,
-        perm: u16,
-        rdev: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Attr> {
-        if matches!(kind, FileKind::Dir | FileKind::Symlink) {
+    pub fn mknod(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        if matches!(node.kind, FileKind::Dir | FileKind::Symlink) || node.target.is_some() {
             return Err(Error::Invalid("mknod cannot make directories or symlinks"));
         }
-        self.meta.create_node(
-            parent,
-            name,
-            NewNode {
-                kind,
-                perm,
-                uid,
-                gid,
-                rdev,
-                target: None,
-            },
-        )
+        self.meta.create_node(parent, name, node)
     }
 
     pub fn symlink(
@@ -419,7 +400,7 @@ impl Engine {
             let within = (pos % cs) as usize;
             let n = ((cs - within as u64).min(end - pos)) as usize;
             let piece = &data[(pos - offset) as usize..][..n];
-            if !st.dirty.contains_key(&idx) {
+            if let Entry::Vacant(slot) = st.dirty.entry(idx) {
                 // A partial write of a stored chunk starts from its current contents.
                 let base = if n == self.chunk_size || idx * cs >= size {
                     Vec::new()
@@ -432,7 +413,7 @@ impl Engine {
                     v
                 };
                 self.dirty_total.fetch_add(base.len(), Ordering::Relaxed);
-                st.dirty.insert(idx, base);
+                slot.insert(base);
             }
             let buf = st.dirty.get_mut(&idx).expect("inserted above");
             if buf.len() < within + n {
@@ -525,7 +506,17 @@ impl Engine {
             .collect::<Result<_>>()?;
         let size = st.size.expect("dirty files have a size");
         let mtime = st.mtime;
-        self.meta.commit_chunks(ino, sealed, size, mtime)?;
+        match self.meta.commit_chunks(ino, sealed, size, mtime) {
+            // Removed meanwhile (with no handle open): its writes have nowhere to go,
+            // and gc collects the shards just stored.
+            Err(Error::NotFound) => {
+                let dropped: usize = st.dirty.values().map(Vec::len).sum();
+                self.dirty_total.fetch_sub(dropped, Ordering::Relaxed);
+                st.dirty.clear();
+                return Ok(());
+            }
+            res => res?,
+        };
         for idx in idxs {
             if let Some(buf) = st.dirty.remove(&idx) {
                 self.dirty_total.fetch_sub(buf.len(), Ordering::Relaxed);

@@ -68,11 +68,21 @@ impl MetaStore {
         opts.create_if_missing(create.is_some());
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
-        opts.set_max_total_wal_size(64 << 20);
+        opts.set_max_total_wal_size(16 << 20);
         opts.increase_parallelism(2);
+        // RocksDB preallocates WAL and table files at about their target size: with the
+        // 64 MiB defaults that is disk a nearly full volume cannot give.
+        opts.set_write_buffer_size(8 << 20);
+        opts.set_target_file_size_base(8 << 20);
+        let cf_opts = || {
+            let mut o = Options::default();
+            o.set_write_buffer_size(8 << 20);
+            o.set_target_file_size_base(8 << 20);
+            o
+        };
         let cfs = ALL_CFS
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
             let msg = e.into_string();
             if msg.contains("lock") {
@@ -492,10 +502,12 @@ impl MetaStore {
         if src.kind == FileKind::Dir && parent != new_parent {
             self.check_not_ancestor(&mut tx, Ino(src.ino), new_parent)?;
         }
-        if let Some(dst) = dst {
-            if dst.kind == FileKind::Dir && flags.exchange && parent != new_parent {
-                self.check_not_ancestor(&mut tx, Ino(dst.ino), parent)?;
-            }
+        if let Some(dst) = dst
+            && dst.kind == FileKind::Dir
+            && flags.exchange
+            && parent != new_parent
+        {
+            self.check_not_ancestor(&mut tx, Ino(dst.ino), parent)?;
         }
         match (dst, flags.exchange) {
             (None, true) => return Err(Error::NotFound),

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what datamesh needs to build and test on Debian, then builds it.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+# clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks.
+packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust 1.88 or newer" >&2; exit 1; }
+
+echo "setup: building (the first RocksDB build takes ~12 minutes on 2 cores)"
+cd "$REPO"
+cargo build --release --locked
+echo "setup: datamesh is at $DATAMESH_BIN"

@@ -1,0 +1,5 @@
+//! Integration tests: the engine against an in-memory model, and the real binary.
+
+mod cli;
+mod common;
+mod model;

@@ -1,0 +1,451 @@
+//! Random operation sequences on the engine, compared step by step with an
+//! in-memory model of the namespace and file contents.
+
+use datamesh::Error;
+use datamesh::chunk::VolumeKey;
+use datamesh::data::{Engine, EngineConfig};
+use datamesh::meta::{MetaStore, VolumeParams};
+use datamesh::store::LocalStore;
+use datamesh::types::{FileKind, Ino, RenameFlags, SetAttr};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const CHUNK: u32 = 4096;
+
+fn open(dir: &Path, create: bool) -> Engine {
+    let params = VolumeParams {
+        volume_id: [1; 16],
+        chunk_size: CHUNK,
+        data_shards: 4,
+        parity_shards: 2,
+        inline_max: 512,
+    };
+    let meta = MetaStore::open(&dir.join("meta"), create.then_some(params)).unwrap();
+    let store = LocalStore::open(&dir.join("store")).unwrap();
+    let cfg = EngineConfig {
+        cache_bytes: 8 * CHUNK as usize,
+        dirty_bytes: 16 * CHUNK as usize,
+    };
+    Engine::new(meta, Arc::new(store), VolumeKey::from_bytes([9; 32]), cfg).unwrap()
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write {
+        path: Vec<u8>,
+        off: u64,
+        len: usize,
+        seed: u8,
+    },
+    Truncate {
+        path: Vec<u8>,
+        size: u64,
+    },
+    Read {
+        path: Vec<u8>,
+        off: u64,
+        len: usize,
+    },
+    Mkdir {
+        path: Vec<u8>,
+    },
+    Unlink {
+        path: Vec<u8>,
+    },
+    Rmdir {
+        path: Vec<u8>,
+    },
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+        noreplace: bool,
+    },
+    Link {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Flush,
+    Reopen,
+}
+
+/// Paths of depth 1 or 2 over a tiny alphabet, so operations collide often.
+fn path() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        (0..3usize).prop_map(|a| NAMES[a].as_bytes().to_vec()),
+        (0..3usize, 0..3usize).prop_map(|(a, b)| format!("{}/{}", NAMES[a], NAMES[b]).into_bytes()),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (path(), 0..3 * CHUNK as u64, 0..2 * CHUNK as usize, any::<u8>())
+            .prop_map(|(path, off, len, seed)| Op::Write { path, off, len, seed }),
+        1 => (path(), 0..3 * CHUNK as u64).prop_map(|(path, size)| Op::Truncate { path, size }),
+        3 => (path(), 0..3 * CHUNK as u64, 1..2 * CHUNK as usize)
+            .prop_map(|(path, off, len)| Op::Read { path, off, len }),
+        2 => path().prop_map(|path| Op::Mkdir { path }),
+        1 => path().prop_map(|path| Op::Unlink { path }),
+        1 => path().prop_map(|path| Op::Rmdir { path }),
+        2 => (path(), path(), any::<bool>()).prop_map(|(from, to, noreplace)| Op::Rename { from, to, noreplace }),
+        1 => (path(), path()).prop_map(|(from, to)| Op::Link { from, to }),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Node {
+    Dir,
+    File(usize),
+}
+
+/// The model: path → node, files by id so hard links share content.
+#[derive(Default)]
+struct Model {
+    tree: BTreeMap<Vec<u8>, Node>,
+    files: Vec<Vec<u8>>,
+}
+
+fn parent(p: &[u8]) -> Option<&[u8]> {
+    p.iter().rposition(|&c| c == b'/').map(|i| &p[..i])
+}
+
+#[derive(Debug, PartialEq)]
+enum E {
+    NotFound,
+    Exists,
+    NotDir,
+    IsDir,
+    NotEmpty,
+    Invalid,
+    Perm,
+}
+
+fn kind(e: &Error) -> E {
+    match e {
+        Error::NotFound => E::NotFound,
+        Error::Exists => E::Exists,
+        Error::NotDir => E::NotDir,
+        Error::IsDir => E::IsDir,
+        Error::NotEmpty => E::NotEmpty,
+        Error::Invalid(_) => E::Invalid,
+        Error::NotPermitted => E::Perm,
+        other => panic!("unexpected engine error: {other}"),
+    }
+}
+
+impl Model {
+    fn dir_ok(&self, dir: Option<&[u8]>) -> Result<(), E> {
+        match dir {
+            None => Ok(()),
+            Some(d) => match self.tree.get(d) {
+                Some(Node::Dir) => Ok(()),
+                Some(_) => Err(E::NotDir),
+                None => Err(E::NotFound),
+            },
+        }
+    }
+    fn children(&self, d: &[u8]) -> bool {
+        self.tree.keys().any(|k| parent(k) == Some(d))
+    }
+    fn lookup(&self, p: &[u8]) -> Result<Node, E> {
+        self.dir_ok(parent(p))?;
+        self.tree.get(p).cloned().ok_or(E::NotFound)
+    }
+}
+
+/// Engine-side path walk.
+fn resolve(e: &Engine, p: &[u8]) -> Result<(Ino, Vec<u8>), Error> {
+    let mut ino = Ino::ROOT;
+    let parts: Vec<&[u8]> = p.split(|&c| c == b'/').collect();
+    for part in &parts[..parts.len() - 1] {
+        ino = e.lookup(ino, part)?.ino;
+    }
+    // As the kernel's path walk: the parent must be a directory.
+    if e.getattr(ino)?.kind != FileKind::Dir {
+        return Err(Error::NotDir);
+    }
+    Ok((ino, parts[parts.len() - 1].to_vec()))
+}
+
+fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    // Mostly-noise with runs, so some chunks compress and some are all zeros.
+    (0..len)
+        .map(|i| {
+            if seed.is_multiple_of(4) {
+                0
+            } else {
+                ((i as u32).wrapping_mul(seed as u32 * 2654435761) >> 13) as u8
+            }
+        })
+        .collect()
+}
+
+fn apply(e: &Engine, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
+    match op {
+        Op::Write {
+            path,
+            off,
+            len,
+            seed,
+        } => {
+            let data = bytes(*len, *seed);
+            let want: Result<usize, E> = (|| {
+                m.dir_ok(parent(path))?;
+                let id = match m.tree.get(path) {
+                    Some(Node::Dir) => return Err(E::IsDir),
+                    Some(Node::File(id)) => *id,
+                    None => {
+                        m.files.push(Vec::new());
+                        m.tree.insert(path.clone(), Node::File(m.files.len() - 1));
+                        m.files.len() - 1
+                    }
+                };
+                let f = &mut m.files[id];
+                let end = *off as usize + len;
+                if f.len() < end && *len > 0 {
+                    f.resize(end, 0);
+                }
+                f[*off as usize..*off as usize + len].copy_from_slice(&data);
+                Ok(*len)
+            })();
+            let got = (|| {
+                let (dir, n) = resolve(e, path)?;
+                let ino = match e.lookup(dir, &n) {
+                    Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
+                    Ok(a) => a.ino,
+                    Err(Error::NotFound) => e.create(dir, &n, 0o644, 0, 0)?.ino,
+                    Err(err) => return Err(err),
+                };
+                e.write(ino, *off, &data)
+            })();
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::Truncate { path, size } => {
+            let want = match m.lookup(path) {
+                Ok(Node::File(id)) => {
+                    m.files[id].resize(*size as usize, 0);
+                    Ok(())
+                }
+                Ok(Node::Dir) => Err(E::IsDir),
+                Err(x) => Err(x),
+            };
+            let got = resolve(e, path)
+                .and_then(|(d, n)| e.lookup(d, &n))
+                .and_then(|a| {
+                    e.setattr(
+                        a.ino,
+                        &SetAttr {
+                            size: Some(*size),
+                            ..Default::default()
+                        },
+                    )
+                    .map(|_| ())
+                });
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::Read { path, off, len } => {
+            let want = match m.lookup(path) {
+                Ok(Node::File(id)) => {
+                    let f = &m.files[id];
+                    let s = (*off as usize).min(f.len());
+                    Ok(f[s..(s + len).min(f.len())].to_vec())
+                }
+                Ok(Node::Dir) => Err(E::IsDir),
+                Err(x) => Err(x),
+            };
+            let mut size = None;
+            let got = resolve(e, path)
+                .and_then(|(d, n)| e.lookup(d, &n))
+                .and_then(|a| {
+                    size = Some(a.size);
+                    e.read(a.ino, *off, *len)
+                });
+            if let Ok(Node::File(id)) = m.lookup(path) {
+                prop_assert_eq!(size, Some(m.files[id].len() as u64), "size of {:?}", path);
+            }
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::Mkdir { path } => {
+            let want = m
+                .dir_ok(parent(path))
+                .and_then(|_| match m.tree.contains_key(path) {
+                    true => Err(E::Exists),
+                    false => {
+                        m.tree.insert(path.clone(), Node::Dir);
+                        Ok(())
+                    }
+                });
+            let got = resolve(e, path).and_then(|(d, n)| e.mkdir(d, &n, 0o755, 0, 0).map(|_| ()));
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::Unlink { path } => {
+            let want = match m.lookup(path) {
+                Ok(Node::Dir) => Err(E::IsDir),
+                Ok(Node::File(_)) => {
+                    m.tree.remove(path);
+                    Ok(())
+                }
+                Err(x) => Err(x),
+            };
+            let got = resolve(e, path).and_then(|(d, n)| e.unlink(d, &n));
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::Rmdir { path } => {
+            let want = match m.lookup(path) {
+                Ok(Node::File(_)) => Err(E::NotDir),
+                Ok(Node::Dir) if m.children(path) => Err(E::NotEmpty),
+                Ok(Node::Dir) => {
+                    m.tree.remove(path);
+                    Ok(())
+                }
+                Err(x) => Err(x),
+            };
+            let got = resolve(e, path).and_then(|(d, n)| e.rmdir(d, &n));
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::Rename {
+            from,
+            to,
+            noreplace,
+        } => {
+            let want = (|| {
+                m.dir_ok(parent(from))?;
+                m.dir_ok(parent(to))?;
+                let src = m.tree.get(from).cloned().ok_or(E::NotFound)?;
+                if src == Node::Dir
+                    && parent(from) != parent(to)
+                    && (to.starts_with(from) && to.get(from.len()) == Some(&b'/'))
+                {
+                    return Err(E::Invalid);
+                }
+                match m.tree.get(to).cloned() {
+                    Some(_) if *noreplace => return Err(E::Exists),
+                    Some(dst) if from == to || (dst == src && src != Node::Dir) => return Ok(()),
+                    Some(Node::File(_)) if src == Node::Dir => return Err(E::NotDir),
+                    Some(Node::Dir) if src != Node::Dir => return Err(E::IsDir),
+                    Some(Node::Dir) if m.children(to) => return Err(E::NotEmpty),
+                    _ => {}
+                }
+                // Move the subtree.
+                let moved: Vec<(Vec<u8>, Node)> = m
+                    .tree
+                    .iter()
+                    .filter(|(k, _)| {
+                        *k == from || (k.starts_with(from) && k.get(from.len()) == Some(&b'/'))
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                m.tree.remove(to);
+                for (k, _) in &moved {
+                    m.tree.remove(k);
+                }
+                for (k, v) in moved {
+                    let mut nk = to.clone();
+                    nk.extend_from_slice(&k[from.len()..]);
+                    m.tree.insert(nk, v);
+                }
+                Ok(())
+            })();
+            let flags = RenameFlags {
+                noreplace: *noreplace,
+                exchange: false,
+            };
+            let got = resolve(e, from).and_then(|(fd, fname)| {
+                let (td, tname) = resolve(e, to)?;
+                e.rename(fd, &fname, td, &tname, flags)
+            });
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::Link { from, to } => {
+            let want = (|| {
+                let src = m.lookup(from)?;
+                m.dir_ok(parent(to))?;
+                if src == Node::Dir {
+                    return Err(E::Perm);
+                }
+                if m.tree.contains_key(to) {
+                    return Err(E::Exists);
+                }
+                m.tree.insert(to.clone(), src);
+                Ok(())
+            })();
+            let got = resolve(e, from).and_then(|(fd, fname)| {
+                let a = e.lookup(fd, &fname)?;
+                let (td, tname) = resolve(e, to)?;
+                e.link(a.ino, td, &tname).map(|_| ())
+            });
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::Flush | Op::Reopen => unreachable!("handled by the driver"),
+    }
+    Ok(())
+}
+
+/// The whole tree as the engine lists it, in the model's shape.
+fn listing(e: &Engine, dir: Ino, prefix: &[u8], out: &mut BTreeMap<Vec<u8>, (bool, u64)>) {
+    let mut off = 0;
+    loop {
+        let batch = e.readdir(dir, off, 2).unwrap();
+        let Some(last) = batch.last() else { break };
+        off = last.offset;
+        for d in batch {
+            if d.name == b"." || d.name == b".." {
+                continue;
+            }
+            let mut p = prefix.to_vec();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(&d.name);
+            let a = e.getattr(d.ino).unwrap();
+            out.insert(p.clone(), (a.kind == FileKind::Dir, a.ino.0));
+            if a.kind == FileKind::Dir {
+                listing(e, d.ino, &p, out);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = Some(open(dir.path(), true));
+        let mut model = Model::default();
+        for op in &ops {
+            match op {
+                Op::Flush => engine.as_ref().unwrap().flush_all().unwrap(),
+                Op::Reopen => {
+                    let e = engine.take().unwrap();
+                    e.flush_all().unwrap();
+                    drop(e);
+                    engine = Some(open(dir.path(), false));
+                }
+                op => apply(engine.as_ref().unwrap(), &mut model, op)?,
+            }
+        }
+        let e = engine.unwrap();
+        e.flush_all().unwrap();
+        let mut got = BTreeMap::new();
+        listing(&e, Ino::ROOT, b"", &mut got);
+        let names: Vec<_> = got.keys().cloned().collect();
+        let want: Vec<_> = model.tree.keys().cloned().collect();
+        prop_assert_eq!(names, want);
+        for (p, node) in &model.tree {
+            if let Node::File(id) = node {
+                let ino = Ino(got[p].1);
+                let data = e.read(ino, 0, usize::MAX / 2).unwrap();
+                prop_assert!(data == model.files[*id], "contents of {}", String::from_utf8_lossy(p));
+            }
+        }
+        let report = e.check(false, &|_, _| {}).unwrap();
+        prop_assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
+    }
+}
