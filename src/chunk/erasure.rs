@@ -38,25 +38,29 @@ impl Codec {
         self.rs.total_shard_count()
     }
 
-    /// Split `blob` into k zero-padded data shards and compute m parity shards.
-    pub fn encode(&self, blob: &[u8]) -> Vec<Vec<u8>> {
+    /// Pad `blob` to k equal data shards (in place, no copy) and compute the m
+    /// parity shards. Returns the shard length and the parity shards.
+    pub fn encode_in_place(&self, blob: &mut Vec<u8>) -> (usize, Vec<Vec<u8>>) {
         let k = self.data_shards();
         let len = shard_len(blob.len(), k);
-        let mut shards: Vec<Vec<u8>> = (0..self.total_shards())
-            .map(|i| {
-                let mut s = vec![0u8; len];
-                if i < k {
-                    let start = (i * len).min(blob.len());
-                    let end = ((i + 1) * len).min(blob.len());
-                    s[..end - start].copy_from_slice(&blob[start..end]);
-                }
-                s
-            })
-            .collect();
+        blob.resize(len * k, 0);
+        let data: Vec<&[u8]> = blob.chunks(len).collect();
+        let mut parity = vec![vec![0u8; len]; self.parity_shards()];
         self.rs
-            .encode(&mut shards)
+            .encode_sep(&data, &mut parity)
             .expect("shards are equal length by construction");
-        shards
+        (len, parity)
+    }
+
+    /// Split `blob` into k zero-padded data shards and compute m parity shards.
+    pub fn encode(&self, blob: &[u8]) -> Vec<Vec<u8>> {
+        let mut padded = blob.to_vec();
+        let (len, parity) = self.encode_in_place(&mut padded);
+        padded
+            .chunks(len)
+            .map(<[u8]>::to_vec)
+            .chain(parity)
+            .collect()
     }
 
     /// Fill in missing shards from any k present ones: all of them, or only the data.

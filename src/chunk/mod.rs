@@ -85,11 +85,27 @@ impl ChunkRef {
     }
 }
 
-/// A sealed chunk: its map entry and the shard bytes to store (index i has id
-/// `chunk.shard_ids()[i]`). Empty for inline chunks.
+/// A sealed chunk: its map entry and the shard bytes to store (shard i has id
+/// `chunk.shard_ids()[i]`). No shards for inline chunks.
 pub struct Sealed {
     pub chunk: ChunkRef,
-    pub shards: Vec<Vec<u8>>,
+    /// The k data shards, back to back (the padded ciphertext).
+    data: Vec<u8>,
+    parity: Vec<Vec<u8>>,
+    shard_len: usize,
+}
+
+impl Sealed {
+    pub fn shards(&self) -> impl Iterator<Item = &[u8]> {
+        let len = self.shard_len.max(1);
+        let data = if self.shard_len == 0 {
+            &self.data[..0]
+        } else {
+            &self.data[..]
+        };
+        data.chunks(len)
+            .chain(self.parity.iter().map(Vec::as_slice))
+    }
 }
 
 /// Seal `plain`. Chunks of at most `inline_max` plaintext bytes stay inline.
@@ -97,7 +113,12 @@ pub fn seal(key: &VolumeKey, codec: &Codec, plain: &[u8], inline_max: usize) -> 
     let chunk_key = key.chunk_key(plain);
     let (mut blob, compressed) = match compress::maybe_compress(plain) {
         Some(c) => (c, true),
-        None => (plain.to_vec(), false),
+        None => {
+            // Room for the tag and the padding, so neither reallocates.
+            let mut v = Vec::with_capacity(plain.len() + 16 + codec.data_shards());
+            v.extend_from_slice(plain);
+            (v, false)
+        }
     };
     crypto::encrypt(&chunk_key, &mut blob);
     let plain_len = plain.len() as u32;
@@ -109,24 +130,34 @@ pub fn seal(key: &VolumeKey, codec: &Codec, plain: &[u8], inline_max: usize) -> 
                 plain_len,
                 sealed: blob,
             },
-            shards: Vec::new(),
+            data: Vec::new(),
+            parity: Vec::new(),
+            shard_len: 0,
         };
     }
     let sealed_len = blob.len() as u32;
-    let shards = codec.encode(&blob);
-    drop(blob);
-    let ids = shards.iter().map(|s| ShardId::of(s)).collect();
-    Sealed {
-        chunk: ChunkRef::Sharded {
+    let (shard_len, parity) = codec.encode_in_place(&mut blob);
+    let mut sealed = Sealed {
+        chunk: ChunkRef::Inline {
             key: chunk_key,
             compressed,
             plain_len,
-            sealed_len,
-            k: codec.data_shards() as u8,
-            shards: ids,
+            sealed: Vec::new(),
         },
+        data: blob,
+        parity,
+        shard_len,
+    };
+    let shards = sealed.shards().map(ShardId::of).collect();
+    sealed.chunk = ChunkRef::Sharded {
+        key: chunk_key,
+        compressed,
+        plain_len,
+        sealed_len,
+        k: codec.data_shards() as u8,
         shards,
-    }
+    };
+    sealed
 }
 
 /// Open an inline chunk.

@@ -529,7 +529,7 @@ impl Engine {
     /// `cache` keeps the plaintext in the chunk cache, for data likely read back soon.
     pub fn seal_and_store(&self, plain: &[u8], cache: bool) -> Result<ChunkRef> {
         let sealed = chunk::seal(&self.key, &self.codec, plain, self.inline_max);
-        for (id, bytes) in sealed.chunk.shard_ids().iter().zip(&sealed.shards) {
+        for (id, bytes) in sealed.chunk.shard_ids().iter().zip(sealed.shards()) {
             self.store.put(id, bytes)?;
         }
         if cache {

@@ -1,4 +1,5 @@
-//! Shards as files: `shards/ab/cd/abcd…` (two fan-out levels keep directories small).
+//! Shards as files: `shards/ab/abcd…`. The 256 fan-out directories are made once at
+//! open, so storing a shard never creates a directory.
 
 use super::{ShardInfo, ShardStore, StoreError};
 use crate::chunk::ShardId;
@@ -24,6 +25,13 @@ impl LocalStore {
                 let _ = fs::remove_file(e.path());
             }
         }
+        let shards = root.join("shards");
+        if !shards.join("ff").is_dir() {
+            for b in 0..=255u8 {
+                let d = shards.join(format!("{b:02x}"));
+                fs::create_dir_all(&d).map_err(|e| io_err(&d, e))?;
+            }
+        }
         Ok(LocalStore {
             root: root.to_path_buf(),
             tmp,
@@ -32,11 +40,7 @@ impl LocalStore {
 
     pub fn path_of(&self, id: &ShardId) -> PathBuf {
         let hex = id.to_hex();
-        self.root
-            .join("shards")
-            .join(&hex[0..2])
-            .join(&hex[2..4])
-            .join(hex)
+        self.root.join("shards").join(&hex[0..2]).join(hex)
     }
 
     fn write_new(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
@@ -51,13 +55,7 @@ impl LocalStore {
         let res = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(bytes)?;
-            match fs::rename(&tmp, &dest) {
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    fs::create_dir_all(dest.parent().expect("shard path has a parent"))?;
-                    fs::rename(&tmp, &dest)
-                }
-                other => other,
-            }
+            fs::rename(&tmp, &dest)
         })();
         res.map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -122,26 +120,19 @@ impl ShardStore for LocalStore {
         let Ok(level1) = fs::read_dir(&top) else {
             return Ok(());
         };
-        for d1 in level1.flatten() {
-            for d2 in fs::read_dir(d1.path())
-                .map_err(|e| io_err(&d1.path(), e))?
-                .flatten()
-            {
-                for file in fs::read_dir(d2.path())
-                    .map_err(|e| io_err(&d2.path(), e))?
-                    .flatten()
-                {
-                    let name = file.file_name();
-                    let Some(id) = name.to_str().and_then(ShardId::from_hex) else {
-                        continue;
-                    };
-                    let Ok(meta) = file.metadata() else { continue };
-                    f(ShardInfo {
-                        id,
-                        len: meta.len(),
-                        modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
-                    });
-                }
+        for dir in level1.flatten() {
+            let rd = fs::read_dir(dir.path()).map_err(|e| io_err(&dir.path(), e))?;
+            for file in rd.flatten() {
+                let name = file.file_name();
+                let Some(id) = name.to_str().and_then(ShardId::from_hex) else {
+                    continue;
+                };
+                let Ok(meta) = file.metadata() else { continue };
+                f(ShardInfo {
+                    id,
+                    len: meta.len(),
+                    modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                });
             }
         }
         Ok(())

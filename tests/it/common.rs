@@ -43,11 +43,7 @@ impl Vol {
         String::from_utf8(out.stdout).unwrap()
     }
     pub fn shard_path(&self, id: &str) -> PathBuf {
-        self.home()
-            .join("store/shards")
-            .join(&id[0..2])
-            .join(&id[2..4])
-            .join(id)
+        self.home().join("store/shards").join(&id[0..2]).join(id)
     }
     /// The shard ids of chunk `idx` of a file, from `stat --chunks`.
     pub fn shards_of(&self, path: &str, idx: u64) -> Vec<String> {
