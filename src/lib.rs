@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod fs;
 pub mod home;
 pub mod meta;
 pub mod store;

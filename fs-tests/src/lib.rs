@@ -1,3 +1,150 @@
-//! Tests that mount the real `datamesh` binary and drive real tools on the
-//! mountpoint. The mount itself is not built yet; until it is, the engine's
-//! end-to-end tests live in `tests/it/` and drive the CLI binary.
+//! Helpers for tests that mount the real `datamesh` binary and drive real tools on
+//! the mountpoint. Every mount is undone by a drop guard, even when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `datamesh` binary built beside this test binary (target/release/datamesh).
+pub fn datamesh_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DATAMESH_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/release/deps/<test> → target/release/datamesh
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("datamesh")
+}
+
+/// Whether this host can mount FUSE filesystems at all.
+pub fn fuse_available() -> bool {
+    Path::new("/dev/fuse").exists() && Command::new("fusermount3").arg("-V").output().is_ok()
+}
+
+/// A volume home and a mountpoint in a temp dir.
+pub struct Volume {
+    pub dir: tempfile::TempDir,
+}
+
+impl Volume {
+    pub fn new() -> Volume {
+        let dir = tempfile::Builder::new()
+            .prefix("datamesh-fs")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        Volume { dir }
+    }
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+    pub fn mountpoint(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+    /// Mount in the background; the guard unmounts.
+    pub fn mount(&self) -> Mount {
+        let child = Command::new(datamesh_bin())
+            .arg("--home")
+            .arg(self.home())
+            .arg("mount")
+            .arg(self.mountpoint())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start datamesh mount");
+        let mut m = Mount {
+            child: Some(child),
+            at: self.mountpoint(),
+        };
+        let start = Instant::now();
+        while !is_mounted(&m.at) {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("datamesh mount exited early: {st}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "mount did not appear"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+}
+
+impl Default for Volume {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn is_mounted(at: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let at = at.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*at))
+}
+
+/// A live mount; dropping it unmounts (lazily if busy) and reaps the process.
+pub struct Mount {
+    child: Option<Child>,
+    pub at: PathBuf,
+}
+
+impl Mount {
+    /// Unmount and wait for the process; returns its exit status success.
+    pub fn unmount(mut self) -> bool {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        if is_mounted(&self.at) {
+            let ok = Command::new("fusermount3").arg("-u").arg(&self.at).status();
+            if !matches!(ok, Ok(s) if s.success()) {
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.at)
+                    .status();
+            }
+        }
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.success();
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Run a shell command in `dir`, panicking with its output if it fails.
+pub fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -61,6 +61,7 @@ fn cmd_name(cmd: &Cmd) -> &'static str {
         Cmd::Fsck { .. } => "fsck",
         Cmd::Gc { .. } => "gc",
         Cmd::Bench { .. } => "bench",
+        Cmd::Mount { .. } => "mount",
     }
 }
 
@@ -92,6 +93,27 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
         }
         Cmd::Bench { size, dir } => {
             bench::run(size, &dir)?;
+            return Ok(true);
+        }
+        Cmd::Mount {
+            mountpoint,
+            allow_other,
+        } => {
+            if !mountpoint.is_dir() {
+                return Err(anyhow!(
+                    "{}: the mountpoint does not exist or is not a directory",
+                    mountpoint.display()
+                ));
+            }
+            if !Path::new("/dev/fuse").exists() {
+                return Err(anyhow!(
+                    "/dev/fuse is missing: load the fuse module or give the container /dev/fuse"
+                ));
+            }
+            // Before the engine starts threads, so that a signal unmounts cleanly.
+            crate::fs::block_exit_signals()?;
+            let engine = std::sync::Arc::new(home.open_engine()?);
+            crate::fs::mount(engine, &mountpoint, allow_other)?;
             return Ok(true);
         }
         _ => {}
@@ -190,7 +212,9 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             let n = engine.collect_garbage(grace)?;
             println!("datamesh: gc: deleted {n} unreferenced shards");
         }
-        Cmd::Init { .. } | Cmd::Bench { .. } => unreachable!("handled above"),
+        Cmd::Init { .. } | Cmd::Bench { .. } | Cmd::Mount { .. } => {
+            unreachable!("handled above")
+        }
     }
     engine.flush_all().context("flushing the volume")?;
     Ok(!cx.failed)

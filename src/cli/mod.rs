@@ -116,6 +116,13 @@ enum Cmd {
         #[arg(long)]
         grace: Option<u64>,
     },
+    /// Mount the volume at MOUNTPOINT (stays in the foreground; unmount with fusermount3 -u).
+    Mount {
+        mountpoint: PathBuf,
+        /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
+        #[arg(long)]
+        allow_other: bool,
+    },
     /// Measure the chunk pipeline (see scripts/bench-engine.sh).
     #[command(hide = true)]
     Bench {

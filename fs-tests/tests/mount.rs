@@ -1,0 +1,87 @@
+//! The real binary mounted, with real tools on the mountpoint.
+
+use fs_tests::{Volume, fuse_available, sh};
+use std::fs;
+
+#[test]
+fn copy_a_tree_in_and_diff_it_then_remount_and_diff_again() {
+    if !fuse_available() {
+        eprintln!("skipped: no /dev/fuse or fusermount3");
+        return;
+    }
+    let v = Volume::new();
+    let m = v.mount();
+    let at = m.at.clone();
+    sh(
+        &at,
+        "cp -a /usr/share/doc/bash copy && diff -r /usr/share/doc/bash copy",
+    );
+    sh(
+        &at,
+        "head -c 9000000 /dev/urandom > big && cp big big2 && cmp big big2",
+    );
+    sh(
+        &at,
+        "echo hello > a && ln a hard && ln -s a soft && cat soft | grep -q hello",
+    );
+    assert!(m.unmount(), "unmount flushes and exits 0");
+    let m = v.mount();
+    sh(&m.at, "diff -r /usr/share/doc/bash copy && cmp big big2");
+    let st = fs::metadata(m.at.join("a")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::nlink(&st), 2);
+    assert_eq!(
+        fs::read_link(m.at.join("soft")).unwrap().to_str(),
+        Some("a")
+    );
+    drop(m);
+    // fsck sees a clean volume after the mount wrote it.
+    let out = std::process::Command::new(fs_tests::datamesh_bin())
+        .arg("--home")
+        .arg(v.home())
+        .arg("fsck")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn posix_errors_reach_the_tools() {
+    if !fuse_available() {
+        eprintln!("skipped: no /dev/fuse or fusermount3");
+        return;
+    }
+    let v = Volume::new();
+    let m = v.mount();
+    let at = &m.at;
+    sh(
+        at,
+        "mkdir -p d1/x d2 && echo 1 > f1 && echo 2 > f2 && mv f1 f2 && test \"$(cat f2)\" = 1",
+    );
+    let out = std::process::Command::new("mv")
+        .args(["d2", "d1"])
+        .current_dir(at)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "moving a dir into a dir");
+    let out = std::process::Command::new("rmdir")
+        .arg("d1")
+        .current_dir(at)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Directory not empty"));
+    let long = "n".repeat(256);
+    let out = std::process::Command::new("touch")
+        .arg(&long)
+        .current_dir(at)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("File name too long"));
+    sh(
+        at,
+        "echo keep > open && exec 3<open && rm open && cat <&3 | grep -q keep",
+    );
+}

@@ -1,0 +1,761 @@
+//! The fuser adapter: the only place errno values are chosen.
+//!
+//! [`DatameshFs`] turns kernel requests into [`Engine`] calls; [`errno`] maps every
+//! engine error to the errno the kernel sees, and [`mount`] runs a session in the
+//! foreground until the volume is unmounted.
+
+mod acl;
+
+use crate::Error;
+use crate::data::Engine;
+use crate::meta::NewNode;
+use crate::types::{
+    Attr, FileKind, FsStats, Ino, RenameFlags as DmRenameFlags, SetAttr, SetTime, Timestamp,
+};
+use fuser::{
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+    WriteFlags,
+};
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How long the kernel may cache attributes and directory entries.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Directory entries fetched from the engine per batch while filling a readdir reply.
+const READDIR_BATCH: usize = 128;
+
+/// The errno for an engine error. Unexpected errors (metadata, shards, I/O) are
+/// logged here and reported as `EIO`.
+pub fn errno(e: &Error) -> i32 {
+    match e {
+        Error::NotFound => libc::ENOENT,
+        Error::Exists => libc::EEXIST,
+        Error::NotDir => libc::ENOTDIR,
+        Error::IsDir => libc::EISDIR,
+        Error::NotEmpty => libc::ENOTEMPTY,
+        Error::Invalid(_) => libc::EINVAL,
+        Error::NameTooLong => libc::ENAMETOOLONG,
+        Error::NoSpace => libc::ENOSPC,
+        Error::NoXattr => libc::ENODATA,
+        Error::NotPermitted => libc::EPERM,
+        Error::TooBig => libc::EFBIG,
+        Error::ReadOnly => libc::EROFS,
+        other => {
+            tracing::error!("I/O error: {other}");
+            libc::EIO
+        }
+    }
+}
+
+fn err(e: &Error) -> Errno {
+    Errno::from_i32(errno(e))
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+/// The kernel's view of an inode's attributes.
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime.into(),
+        mtime: a.mtime.into(),
+        ctime: a.ctime.into(),
+        crtime: a.crtime.into(),
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(Timestamp::from(t)),
+    }
+}
+
+fn ino(i: INodeNo) -> Ino {
+    Ino(i.0)
+}
+
+/// Permission bits of a new node: the requested mode less the umask.
+fn new_perm(mode: u32, umask: u32) -> u16 {
+    (mode & !umask & 0o7777) as u16
+}
+
+/// A datamesh volume as a FUSE filesystem.
+pub struct DatameshFs {
+    engine: Arc<Engine>,
+}
+
+impl DatameshFs {
+    pub fn new(engine: Arc<Engine>) -> DatameshFs {
+        DatameshFs { engine }
+    }
+
+    fn reply_entry(res: crate::Result<Attr>, reply: ReplyEntry) {
+        match res {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn reply_empty(res: crate::Result<()>, reply: ReplyEmpty) {
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    /// Keeps a stored access ACL in step with a chmod.
+    fn chmod_acl(&self, i: Ino, perm: u16) -> crate::Result<()> {
+        let value = match self.engine.getxattr(i, acl::ACCESS) {
+            Ok(v) => v,
+            Err(Error::NoXattr) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match acl::Acl::parse(&value) {
+            Some(a) => {
+                let new = a.chmod(perm).to_bytes();
+                self.engine.setxattr(i, acl::ACCESS, &new, false, true)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Sets an access ACL: the mode follows it, and an ACL that says no more than
+    /// the mode is not stored (as `posix_acl_update_mode` does).
+    fn set_access_acl(
+        &self,
+        i: Ino,
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> crate::Result<()> {
+        let a = acl::Acl::parse(value).ok_or(Error::Invalid("malformed POSIX ACL"))?;
+        let old = self.engine.getattr(i)?;
+        let exists = match self.engine.getxattr(i, acl::ACCESS) {
+            Ok(_) => true,
+            Err(Error::NoXattr) => false,
+            Err(e) => return Err(e),
+        };
+        if create && exists {
+            return Err(Error::Exists);
+        }
+        if replace && !exists {
+            return Err(Error::NoXattr);
+        }
+        let perm = a.mode(old.perm);
+        if perm != old.perm {
+            let set = SetAttr {
+                perm: Some(perm),
+                ..Default::default()
+            };
+            self.engine.setattr(i, &set)?;
+        }
+        if a.is_minimal() {
+            if exists {
+                self.engine.removexattr(i, acl::ACCESS)?;
+            }
+            Ok(())
+        } else {
+            self.engine.setxattr(i, acl::ACCESS, value, false, false)
+        }
+    }
+
+    /// Replies with an xattr value or name list, honouring size-0 probes.
+    fn reply_xattr(data: &[u8], size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(data.len() as u32);
+        } else if data.len() > size as usize {
+            reply.error(Errno::from_i32(libc::ERANGE));
+        } else {
+            reply.data(data);
+        }
+    }
+}
+
+impl Filesystem for DatameshFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // The kernel interprets POSIX ACLs (stored as ordinary xattrs) and keeps the
+        // mode in step with them, as a local filesystem does.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_ACL) {
+            tracing::debug!("kernel lacks {missing:?}: POSIX ACLs are plain xattrs");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        Self::reply_entry(self.engine.lookup(ino(parent), name.as_bytes()), reply);
+    }
+
+    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.engine.getattr(ino(i)) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if (atime.is_some() || mtime.is_some())
+            && size.is_none()
+            && let Err(e) = self.engine.flush(ino(i))
+        {
+            // Buffered writes carry their own mtime: seal them first so the times
+            // set here are the ones that stay.
+            return reply.error(err(&e));
+        }
+        let set = SetAttr {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        let res = self.engine.setattr(ino(i), &set).and_then(|a| {
+            if let Some(perm) = set.perm {
+                self.chmod_acl(ino(i), perm)?;
+            }
+            Ok(a)
+        });
+        match res {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        match self.engine.readlink(ino(i)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => FileKind::File,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDev,
+            libc::S_IFBLK => FileKind::BlockDev,
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        let node = NewNode {
+            kind,
+            perm: new_perm(mode, umask),
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev: match kind {
+                FileKind::CharDev | FileKind::BlockDev => rdev,
+                _ => 0,
+            },
+            target: None,
+        };
+        Self::reply_entry(self.engine.mknod(ino(parent), name.as_bytes(), node), reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = self.engine.mkdir(
+            ino(parent),
+            name.as_bytes(),
+            new_perm(mode, umask),
+            req.uid(),
+            req.gid(),
+        );
+        Self::reply_entry(res, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(self.engine.unlink(ino(parent), name.as_bytes()), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(self.engine.rmdir(ino(parent), name.as_bytes()), reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let res = self.engine.symlink(
+            ino(parent),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            req.uid(),
+            req.gid(),
+        );
+        Self::reply_entry(res, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+        if !known.contains(flags) {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let flags = DmRenameFlags {
+            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        let res = self.engine.rename(
+            ino(parent),
+            name.as_bytes(),
+            ino(newparent),
+            newname.as_bytes(),
+            flags,
+        );
+        Self::reply_empty(res, reply);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        Self::reply_entry(
+            self.engine.link(ino(i), ino(newparent), newname.as_bytes()),
+            reply,
+        );
+    }
+
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let i = ino(i);
+        let attr = match self.engine.open(i) {
+            Ok(a) => a,
+            Err(e) => return reply.error(err(&e)),
+        };
+        if flags.0 & libc::O_TRUNC != 0 && attr.kind == FileKind::File && attr.size != 0 {
+            let set = SetAttr {
+                size: Some(0),
+                ..Default::default()
+            };
+            if let Err(e) = self.engine.setattr(i, &set) {
+                // Undo the open: the kernel sends no release for a failed open.
+                let _ = self.engine.release(i);
+                return reply.error(err(&e));
+            }
+        }
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.engine.read(ino(i), offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.engine.write(ino(i), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.engine.flush(ino(i)), reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.engine.release(ino(i)), reply);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.engine.fsync(ino(i)), reply);
+    }
+
+    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.engine.getattr(ino(i)) {
+            Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let mut offset = offset;
+        loop {
+            let batch = match self.engine.readdir(ino(i), offset, READDIR_BATCH) {
+                Ok(b) => b,
+                Err(e) => return reply.error(err(&e)),
+            };
+            let last = batch.len() < READDIR_BATCH;
+            for ent in batch {
+                let name = OsStr::from_bytes(&ent.name);
+                if reply.add(INodeNo(ent.ino.0), ent.offset, file_type(ent.kind), name) {
+                    return reply.ok();
+                }
+                offset = ent.offset;
+            }
+            if last {
+                return reply.ok();
+            }
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Namespace changes are committed to the metadata store as they happen.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.engine.statfs() {
+            Ok(s) => {
+                let FsStats {
+                    block_size,
+                    total_bytes,
+                    free_bytes,
+                    avail_bytes,
+                    files,
+                    free_files,
+                    name_max,
+                } = s;
+                let bs = u64::from(block_size.max(1));
+                reply.statfs(
+                    total_bytes / bs,
+                    free_bytes / bs,
+                    avail_bytes / bs,
+                    files,
+                    free_files,
+                    block_size,
+                    name_max,
+                    block_size,
+                );
+            }
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 || flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let (create, replace) = (
+            flags & libc::XATTR_CREATE != 0,
+            flags & libc::XATTR_REPLACE != 0,
+        );
+        let res = if name.as_bytes() == acl::ACCESS {
+            self.set_access_acl(ino(i), value, create, replace)
+        } else {
+            self.engine
+                .setxattr(ino(i), name.as_bytes(), value, create, replace)
+        };
+        Self::reply_empty(res, reply);
+    }
+
+    fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.engine.getxattr(ino(i), name.as_bytes()) {
+            Ok(v) => Self::reply_xattr(&v, size, reply),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.engine.listxattr(ino(i)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                Self::reply_xattr(&buf, size, reply);
+            }
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(self.engine.removexattr(ino(i), name.as_bytes()), reply);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks access itself.
+        reply.ok();
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctls (isatty() probes land here): quietly "not a terminal".
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let attr = match self.engine.create(
+            ino(parent),
+            name.as_bytes(),
+            new_perm(mode, umask),
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok(a) => a,
+            Err(e) => return reply.error(err(&e)),
+        };
+        match self.engine.open(attr.ino) {
+            Ok(a) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, which [`mount`] turns into an unmount.
+fn exit_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in the calling thread so that [`mount`] can wait for
+/// them and unmount cleanly. Threads inherit the mask, so call this before anything
+/// starts threads (opening the engine does: RocksDB's background threads would
+/// otherwise take the signal and end the process with the volume still mounted).
+pub fn block_exit_signals() -> io::Result<nix::sys::signal::SigSet> {
+    let set = exit_signals();
+    set.thread_block().map_err(io::Error::from)?;
+    Ok(set)
+}
+
+/// Mounts the volume at `mountpoint` and serves it in the foreground until it is
+/// unmounted (`fusermount3 -u`, or SIGINT/SIGTERM/SIGHUP, which unmount it), then
+/// seals everything still buffered. Call [`block_exit_signals`] before opening the
+/// engine for the signals to unmount reliably.
+pub fn mount(engine: Arc<Engine>, mountpoint: &Path, allow_other: bool) -> io::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("mountpoint {} is not a directory", mountpoint.display()),
+            ));
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("mountpoint {}: {e}", mountpoint.display()),
+            ));
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "/dev/fuse is missing: load the fuse kernel module (modprobe fuse) \
+             or give the container access to /dev/fuse",
+        ));
+    }
+
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName("datamesh".to_string()),
+        MountOption::Subtype("datamesh".to_string()),
+        MountOption::DefaultPermissions,
+    ];
+    if allow_other {
+        cfg.acl = SessionACL::All;
+    }
+    cfg.n_threads = Some(4);
+
+    let signals = block_exit_signals()?;
+
+    let fs = DatameshFs::new(engine.clone());
+    let mut session = Session::new(fs, mountpoint, &cfg).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("mounting at {}: {e}", mountpoint.display()),
+        )
+    })?;
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("datamesh-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                tracing::info!("{sig}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("unmounting: {e}");
+                }
+            }
+        })?;
+    tracing::info!("mounted at {}", mountpoint.display());
+    let res = session.run();
+    let flushed = engine.flush_all();
+    res?;
+    flushed.map_err(|e| io::Error::other(format!("flushing the volume: {e}")))
+}
