@@ -270,6 +270,11 @@ impl Engine {
 
     pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
         let Some(size) = set.size else {
+            if set.atime.is_some() || set.mtime.is_some() {
+                // Unsealed writes carry their own mtime: seal them first so the
+                // times set here are the ones that stay.
+                self.flush(ino)?;
+            }
             let attr = self.meta.setattr(ino, set)?;
             return Ok(self.with_dirty(attr));
         };
