@@ -108,21 +108,29 @@ impl Sealed {
     }
 }
 
+/// Bytes a plaintext buffer should have spare for [`seal_owned`] to work in place.
+pub const SEAL_HEADROOM: usize = 64;
+
 /// Seal `plain`. Chunks of at most `inline_max` plaintext bytes stay inline.
 pub fn seal(key: &VolumeKey, codec: &Codec, plain: &[u8], inline_max: usize) -> Sealed {
-    let chunk_key = key.chunk_key(plain);
-    let (mut blob, compressed) = match compress::maybe_compress(plain) {
+    let mut owned = Vec::with_capacity(plain.len() + SEAL_HEADROOM);
+    owned.extend_from_slice(plain);
+    seal_owned(key, codec, owned, inline_max)
+}
+
+/// [`seal`], encrypting in the caller's buffer instead of a copy (with
+/// [`SEAL_HEADROOM`] spare capacity it never reallocates).
+pub fn seal_owned(key: &VolumeKey, codec: &Codec, plain: Vec<u8>, inline_max: usize) -> Sealed {
+    let chunk_key = key.chunk_key(&plain);
+    let plain_len = plain.len();
+    let (mut blob, compressed) = match compress::maybe_compress(&plain) {
         Some(c) => (c, true),
-        None => {
-            // Room for the tag and the padding, so neither reallocates.
-            let mut v = Vec::with_capacity(plain.len() + 16 + codec.data_shards());
-            v.extend_from_slice(plain);
-            (v, false)
-        }
+        None => (plain, false),
     };
     crypto::encrypt(&chunk_key, &mut blob);
-    let plain_len = plain.len() as u32;
-    if plain.len() <= inline_max {
+    let inline = plain_len <= inline_max;
+    let plain_len = plain_len as u32;
+    if inline {
         return Sealed {
             chunk: ChunkRef::Inline {
                 key: chunk_key,

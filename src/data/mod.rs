@@ -287,7 +287,7 @@ impl Engine {
         // The chunk the new end falls in keeps only the bytes before it.
         let tail = match self.read_chunk(ino, idx)? {
             Some(plain) if within > 0 && plain.len() > within => {
-                Some((idx, Some(self.seal_and_store(&plain[..within], true)?)))
+                Some((idx, Some(self.seal_and_store(&plain[..within])?)))
             }
             _ => None,
         };
@@ -504,7 +504,7 @@ impl Engine {
                 let chunk = if buf.iter().all(|&b| b == 0) {
                     None
                 } else {
-                    Some(self.seal_and_store(buf, true)?)
+                    Some(self.seal_and_store(buf)?)
                 };
                 Ok((*idx, chunk))
             })
@@ -531,14 +531,26 @@ impl Engine {
     }
 
     /// Seal one chunk and store its shards (not yet referenced: the caller commits).
-    /// `cache` keeps the plaintext in the chunk cache, for data likely read back soon.
-    pub fn seal_and_store(&self, plain: &[u8], cache: bool) -> Result<ChunkRef> {
+    /// The plaintext goes into the chunk cache: writers often read back soon.
+    pub fn seal_and_store(&self, plain: &[u8]) -> Result<ChunkRef> {
         let sealed = chunk::seal(&self.key, &self.codec, plain, self.inline_max);
+        lock(&self.cache).put(chunk_cache_key(&sealed.chunk), Arc::new(plain.to_vec()));
+        self.store_sealed(sealed)
+    }
+
+    /// Seal a buffer the caller gives up (no copy), store its shards, not cached.
+    pub fn seal_and_store_owned(&self, plain: Vec<u8>) -> Result<ChunkRef> {
+        self.store_sealed(chunk::seal_owned(
+            &self.key,
+            &self.codec,
+            plain,
+            self.inline_max,
+        ))
+    }
+
+    fn store_sealed(&self, sealed: chunk::Sealed) -> Result<ChunkRef> {
         for (id, bytes) in sealed.chunk.shard_ids().iter().zip(sealed.shards()) {
             self.store.put(id, bytes)?;
-        }
-        if cache {
-            lock(&self.cache).put(chunk_cache_key(&sealed.chunk), Arc::new(plain.to_vec()));
         }
         Ok(sealed.chunk)
     }

@@ -43,11 +43,11 @@ impl Engine {
                     loop {
                         let next = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok((idx, buf)) = next else { break };
+                        let len = buf.len();
                         let res = if buf.iter().all(|&b| b == 0) {
-                            Ok((idx, buf.len(), None))
+                            Ok((idx, len, None))
                         } else {
-                            self.seal_and_store(&buf, false)
-                                .map(|c| (idx, buf.len(), Some(c)))
+                            self.seal_and_store_owned(buf).map(|c| (idx, len, Some(c)))
                         };
                         if done_tx.send(res).is_err() {
                             break;
@@ -145,7 +145,8 @@ impl Engine {
 
 /// Read up to `n` bytes, fewer only at the end of the input.
 fn read_full(src: &mut dyn Read, n: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; n];
+    let mut buf = Vec::with_capacity(n + crate::chunk::SEAL_HEADROOM);
+    buf.resize(n, 0);
     let mut got = 0;
     while got < n {
         match src.read(&mut buf[got..]) {
