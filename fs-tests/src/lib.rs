@@ -49,6 +49,7 @@ impl Volume {
             .arg("--home")
             .arg(self.home())
             .arg("mount")
+            .arg("--foreground")
             .arg(self.mountpoint())
             .stdin(Stdio::null())
             .spawn()
@@ -58,7 +59,8 @@ impl Volume {
             at: self.mountpoint(),
         };
         let start = Instant::now();
-        while !is_mounted(&m.at) {
+        // A stale mount left by a killed process is listed too: wait for a live one.
+        while !is_mounted(&m.at) || std::fs::metadata(&m.at).is_err() {
             if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("datamesh mount exited early: {st}");
             }
@@ -96,6 +98,14 @@ impl Mount {
     /// Unmount and wait for the process; returns its exit status success.
     pub fn unmount(mut self) -> bool {
         self.stop()
+    }
+
+    /// `kill -9` the mount process, leaving a stale mount behind as a crash would.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn stop(&mut self) -> bool {

@@ -85,3 +85,35 @@ fn posix_errors_reach_the_tools() {
         "echo keep > open && exec 3<open && rm open && cat <&3 | grep -q keep",
     );
 }
+
+#[test]
+fn kill_9_then_mount_again_keeps_what_was_fsynced() {
+    if !fuse_available() {
+        eprintln!("skipped: no /dev/fuse or fusermount3");
+        return;
+    }
+    let v = Volume::new();
+    let m = v.mount();
+    // dd's conv=fsync makes fsync(2) the barrier; the later file is left unsynced.
+    sh(
+        &m.at,
+        "head -c 6000000 /dev/urandom > /var/tmp/src.$$ && dd if=/var/tmp/src.$$ of=synced bs=1M conv=fsync status=none && cp /var/tmp/src.$$ ../expected && rm /var/tmp/src.$$",
+    );
+    sh(&m.at, "head -c 3000000 /dev/urandom > unsynced");
+    m.kill();
+    // The next mount finds the stale one, removes it and serves the volume again.
+    let m = v.mount();
+    sh(&m.at, "cmp synced ../expected");
+    drop(m);
+    let out = std::process::Command::new(fs_tests::datamesh_bin())
+        .arg("--home")
+        .arg(v.home())
+        .arg("fsck")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

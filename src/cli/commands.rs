@@ -62,6 +62,7 @@ fn cmd_name(cmd: &Cmd) -> &'static str {
         Cmd::Gc { .. } => "gc",
         Cmd::Bench { .. } => "bench",
         Cmd::Mount { .. } => "mount",
+        Cmd::Umount { .. } => "umount",
     }
 }
 
@@ -97,23 +98,14 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
         }
         Cmd::Mount {
             mountpoint,
+            foreground,
             allow_other,
         } => {
-            if !mountpoint.is_dir() {
-                return Err(anyhow!(
-                    "{}: the mountpoint does not exist or is not a directory",
-                    mountpoint.display()
-                ));
-            }
-            if !Path::new("/dev/fuse").exists() {
-                return Err(anyhow!(
-                    "/dev/fuse is missing: load the fuse module or give the container /dev/fuse"
-                ));
-            }
-            // Before the engine starts threads, so that a signal unmounts cleanly.
-            crate::fs::block_exit_signals()?;
-            let engine = std::sync::Arc::new(home.open_engine()?);
-            crate::fs::mount(engine, &mountpoint, allow_other)?;
+            super::mount::mount(home, &mountpoint, allow_other, foreground)?;
+            return Ok(true);
+        }
+        Cmd::Umount { mountpoint } => {
+            super::mount::umount(home, &mountpoint)?;
             return Ok(true);
         }
         _ => {}
@@ -212,7 +204,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             let n = engine.collect_garbage(grace)?;
             println!("datamesh: gc: deleted {n} unreferenced shards");
         }
-        Cmd::Init { .. } | Cmd::Bench { .. } | Cmd::Mount { .. } => {
+        Cmd::Init { .. } | Cmd::Bench { .. } | Cmd::Mount { .. } | Cmd::Umount { .. } => {
             unreachable!("handled above")
         }
     }

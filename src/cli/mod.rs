@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod mount;
 mod paths;
 
 use clap::{Parser, Subcommand};
@@ -116,13 +117,18 @@ enum Cmd {
         #[arg(long)]
         grace: Option<u64>,
     },
-    /// Mount the volume at MOUNTPOINT (stays in the foreground; unmount with fusermount3 -u).
+    /// Mount the volume at MOUNTPOINT; returns once it is ready and serves in the background.
     Mount {
         mountpoint: PathBuf,
+        /// Stay attached (for systemd and tests); SIGINT/SIGTERM unmount.
+        #[arg(long)]
+        foreground: bool,
         /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
         #[arg(long)]
         allow_other: bool,
     },
+    /// Flush everything buffered, then unmount.
+    Umount { mountpoint: PathBuf },
     /// Measure the chunk pipeline (see scripts/bench-engine.sh).
     #[command(hide = true)]
     Bench {

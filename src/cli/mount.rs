@@ -1,0 +1,179 @@
+//! `datamesh mount` and `datamesh umount`: the mount process's lifecycle. By default
+//! `mount` starts itself again in the foreground as a background process, waits
+//! until the kernel shows the mount, and returns; `umount` asks that process to
+//! stop (SIGTERM: it flushes every buffered write, then unmounts) and waits for it.
+
+use crate::home::{Home, InitOptions};
+use anyhow::{Context, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn is_mounted(at: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let at = at.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*at))
+}
+
+/// A FUSE mount whose process died answers every access with ENOTCONN.
+fn clean_stale_mount(at: &Path) -> anyhow::Result<()> {
+    match fs::metadata(at) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let st = Command::new("fusermount3").arg("-uz").arg(at).status();
+            if !matches!(st, Ok(s) if s.success()) {
+                bail!(
+                    "{}: a stale mount from a process that died is in the way; \
+                     remove it with `fusermount3 -uz {}`",
+                    at.display(),
+                    at.display()
+                );
+            }
+            eprintln!(
+                "datamesh: mount: {}: removed a stale mount left by a process that died",
+                at.display()
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn pid_file(home: &Home) -> PathBuf {
+    home.dir.join("mount.pid")
+}
+
+pub fn mount(
+    home: &Home,
+    mountpoint: &Path,
+    allow_other: bool,
+    foreground: bool,
+) -> anyhow::Result<()> {
+    clean_stale_mount(mountpoint)?;
+    if !mountpoint.is_dir() {
+        bail!(
+            "{}: the mountpoint does not exist or is not a directory",
+            mountpoint.display()
+        );
+    }
+    let mountpoint =
+        fs::canonicalize(mountpoint).with_context(|| mountpoint.display().to_string())?;
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse module or give the container /dev/fuse");
+    }
+    if is_mounted(&mountpoint) {
+        bail!(
+            "{}: something is already mounted here",
+            mountpoint.display()
+        );
+    }
+    if !home.exists() {
+        home.init(&InitOptions::default())?;
+    }
+    if foreground {
+        // Before the engine starts threads, so that a signal unmounts cleanly.
+        crate::fs::block_exit_signals()?;
+        let engine = std::sync::Arc::new(home.open_engine()?);
+        let pid = pid_file(home);
+        fs::write(
+            &pid,
+            format!("{}\n{}\n", std::process::id(), mountpoint.display()),
+        )
+        .with_context(|| pid.display().to_string())?;
+        let res = crate::fs::mount(engine, &mountpoint, allow_other);
+        let _ = fs::remove_file(&pid);
+        return Ok(res?);
+    }
+    let log_path = home.dir.join("mount.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| log_path.display().to_string())?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--home")
+        .arg(&home.dir)
+        .arg("mount")
+        .arg("--foreground");
+    if allow_other {
+        cmd.arg("--allow-other");
+    }
+    cmd.arg(&mountpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        // Its own process group: a Ctrl-C meant for the shell must not reach it.
+        .process_group(0);
+    let mut child = cmd.spawn().context("starting the mount process")?;
+    let start = Instant::now();
+    while !is_mounted(&mountpoint) {
+        if let Some(st) = child.try_wait()? {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            let last: Vec<&str> = text.lines().rev().take(3).collect();
+            let last: Vec<&str> = last.into_iter().rev().collect();
+            bail!("the mount process exited ({st}): {}", last.join(" / "));
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!(
+                "{}: the mount did not appear within 60 s (see {})",
+                mountpoint.display(),
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "datamesh: mounted {} at {} (pid {}, log {})",
+        home.dir.display(),
+        mountpoint.display(),
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+pub fn umount(home: &Home, mountpoint: &Path) -> anyhow::Result<()> {
+    let mountpoint = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let owner = fs::read_to_string(pid_file(home)).ok().and_then(|t| {
+        let mut lines = t.lines();
+        let pid: i32 = lines.next()?.parse().ok()?;
+        (Path::new(lines.next()?) == mountpoint).then_some(pid)
+    });
+    let Some(pid) = owner.map(Pid::from_raw).filter(|p| kill(*p, None).is_ok()) else {
+        // Not ours (another home, or a process that is gone): let the kernel do it.
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mountpoint)
+            .status()?;
+        if !st.success() {
+            bail!("{}: not mounted, or busy", mountpoint.display());
+        }
+        return Ok(());
+    };
+    kill(pid, Signal::SIGTERM).map_err(|e| anyhow!("signalling the mount process {pid}: {e}"))?;
+    let start = Instant::now();
+    // The process flushes every buffered write before it unmounts and exits.
+    while kill(pid, None).is_ok() {
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "{}: the mount process {pid} did not stop within 5 minutes",
+                mountpoint.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if is_mounted(&mountpoint) {
+        bail!(
+            "{}: still mounted after the mount process exited",
+            mountpoint.display()
+        );
+    }
+    println!("datamesh: unmounted {}", mountpoint.display());
+    Ok(())
+}
