@@ -43,6 +43,21 @@ impl Volume {
     pub fn mountpoint(&self) -> PathBuf {
         self.dir.path().join("mnt")
     }
+    /// `datamesh fsck` on the (unmounted) volume must report it clean.
+    pub fn assert_fsck_clean(&self) {
+        let out = Command::new(datamesh_bin())
+            .arg("--home")
+            .arg(self.home())
+            .arg("fsck")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fsck: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     /// Mount in the background; the guard unmounts.
     pub fn mount(&self) -> Mount {
         let child = Command::new(datamesh_bin())

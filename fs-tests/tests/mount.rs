@@ -35,17 +35,7 @@ fn copy_a_tree_in_and_diff_it_then_remount_and_diff_again() {
     );
     drop(m);
     // fsck sees a clean volume after the mount wrote it.
-    let out = std::process::Command::new(fs_tests::datamesh_bin())
-        .arg("--home")
-        .arg(v.home())
-        .arg("fsck")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    v.assert_fsck_clean();
 }
 
 #[test]
@@ -105,15 +95,5 @@ fn kill_9_then_mount_again_keeps_what_was_fsynced() {
     let m = v.mount();
     sh(&m.at, "cmp synced ../expected");
     drop(m);
-    let out = std::process::Command::new(fs_tests::datamesh_bin())
-        .arg("--home")
-        .arg(v.home())
-        .arg("fsck")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    v.assert_fsck_clean();
 }
