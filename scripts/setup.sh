@@ -3,8 +3,10 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-# clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks.
-packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc)
+# clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks
+# (bindfs and gocryptfs are the baselines of the filesystem benchmark).
+packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc
+  git vim restic borgbackup fio bindfs gocryptfs acl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
