@@ -55,17 +55,9 @@ pub fn mount(
     foreground: bool,
 ) -> anyhow::Result<()> {
     clean_stale_mount(mountpoint)?;
-    if !mountpoint.is_dir() {
-        bail!(
-            "{}: the mountpoint does not exist or is not a directory",
-            mountpoint.display()
-        );
-    }
+    crate::fs::check_mountable(mountpoint)?;
     let mountpoint =
         fs::canonicalize(mountpoint).with_context(|| mountpoint.display().to_string())?;
-    if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse is missing: load the fuse module or give the container /dev/fuse");
-    }
     if is_mounted(&mountpoint) {
         bail!(
             "{}: something is already mounted here",

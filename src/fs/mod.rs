@@ -694,23 +694,27 @@ pub fn block_exit_signals() -> io::Result<nix::sys::signal::SigSet> {
     Ok(set)
 }
 
-/// Mounts the volume at `mountpoint` and serves it in the foreground until it is
-/// unmounted (`fusermount3 -u`, or SIGINT/SIGTERM/SIGHUP, which unmount it), then
-/// seals everything still buffered. Call [`block_exit_signals`] before opening the
-/// engine for the signals to unmount reliably.
-pub fn mount(engine: Arc<Engine>, mountpoint: &Path, allow_other: bool) -> io::Result<()> {
+/// Whether `mountpoint` can take a FUSE mount here: an existing directory, and
+/// /dev/fuse present. Callers check before opening (or creating) a volume.
+pub fn check_mountable(mountpoint: &Path) -> io::Result<()> {
     match std::fs::metadata(mountpoint) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
-                format!("mountpoint {} is not a directory", mountpoint.display()),
+                format!(
+                    "{}: the mountpoint is not a directory",
+                    mountpoint.display()
+                ),
             ));
         }
         Err(e) => {
             return Err(io::Error::new(
                 e.kind(),
-                format!("mountpoint {}: {e}", mountpoint.display()),
+                format!(
+                    "{}: the mountpoint does not exist or is not a directory ({e})",
+                    mountpoint.display()
+                ),
             ));
         }
     }
@@ -721,7 +725,15 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, allow_other: bool) -> io::R
              or give the container access to /dev/fuse",
         ));
     }
+    Ok(())
+}
 
+/// Mounts the volume at `mountpoint` and serves it in the foreground until it is
+/// unmounted (`fusermount3 -u`, or SIGINT/SIGTERM/SIGHUP, which unmount it), then
+/// seals everything still buffered. Call [`block_exit_signals`] before opening the
+/// engine for the signals to unmount reliably.
+pub fn mount(engine: Arc<Engine>, mountpoint: &Path, allow_other: bool) -> io::Result<()> {
+    check_mountable(mountpoint)?;
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("datamesh".to_string()),

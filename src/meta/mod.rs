@@ -516,8 +516,8 @@ impl MetaStore {
                 tx.put_dentry(parent, name, dst);
                 tx.put_dentry(new_parent, new_name, src);
                 if parent != new_parent {
-                    self.reparent(&mut tx, src, parent, new_parent, now)?;
-                    self.reparent(&mut tx, dst, new_parent, parent, now)?;
+                    self.reparent(&mut tx, src, parent, new_parent)?;
+                    self.reparent(&mut tx, dst, new_parent, parent)?;
                 }
                 for ino in [src.ino, dst.ino] {
                     let mut rec = tx.inode(Ino(ino))?;
@@ -546,7 +546,7 @@ impl MetaStore {
                 tx.delete_dentry(parent, name);
                 tx.put_dentry(new_parent, new_name, src);
                 if parent != new_parent {
-                    self.reparent(&mut tx, src, parent, new_parent, now)?;
+                    self.reparent(&mut tx, src, parent, new_parent)?;
                 }
                 let mut rec = tx.inode(Ino(src.ino))?;
                 rec.ctime = now;
@@ -576,14 +576,7 @@ impl MetaStore {
     }
 
     /// A directory moved from `from` to `to`: fix its `..` and both link counts.
-    fn reparent(
-        &self,
-        tx: &mut Tx<'_>,
-        d: DentryRec,
-        from: Ino,
-        to: Ino,
-        _now: Timestamp,
-    ) -> Result<()> {
+    fn reparent(&self, tx: &mut Tx<'_>, d: DentryRec, from: Ino, to: Ino) -> Result<()> {
         if d.kind != FileKind::Dir {
             return Ok(());
         }
