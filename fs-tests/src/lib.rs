@@ -110,6 +110,17 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// The peak resident set size of the mount process so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("mount is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
     /// Unmount and wait for the process; returns its exit status success.
     pub fn unmount(mut self) -> bool {
         self.stop()
@@ -155,6 +166,34 @@ impl Drop for Mount {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Skips the calling test (returning early) on a host without FUSE; fails it when
+/// one of the tools is missing, since scripts/setup.sh installs them all.
+#[macro_export]
+macro_rules! require {
+    ($($tool:expr),*) => {
+        if !$crate::fuse_available() {
+            eprintln!("skipped: no /dev/fuse or fusermount3");
+            return;
+        }
+        $(
+            assert!(
+                $crate::have($tool),
+                "{} is not installed: run scripts/setup.sh",
+                $tool
+            );
+        )*
+    };
+}
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Run a shell command in `dir`, panicking with its output if it fails.
