@@ -53,3 +53,17 @@ impl From<StoreError> for Error {
         }
     }
 }
+
+impl Error {
+    /// The same failure again, for reporting one error to several callers: variants
+    /// without a payload are themselves, the rest keep their text.
+    pub fn repeat(&self) -> Error {
+        match self {
+            Error::NotFound => Error::NotFound,
+            Error::NoSpace => Error::NoSpace,
+            Error::ReadOnly => Error::ReadOnly,
+            Error::TooBig => Error::TooBig,
+            other => Error::Io(std::io::Error::other(other.to_string())),
+        }
+    }
+}

@@ -74,7 +74,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            cache_mb: 64,
+            cache_mb: 32,
             dirty_mb: 256,
             gc_grace_secs: 3600,
         }
@@ -85,7 +85,7 @@ const CONFIG_TEMPLATE: &str = "\
 # datamesh settings for this device. Every line shown is the default.
 
 # Decoded chunks kept in memory (MiB).
-# cache_mb = 64
+# cache_mb = 32
 
 # Unsealed writes held in memory across all files before writers flush (MiB).
 # dirty_mb = 256

@@ -204,11 +204,14 @@ pub fn open_sharded(
         return open_inline(chunk);
     };
     codec.reconstruct(shards, rebuild_all)?;
-    let mut blob = Vec::with_capacity(*sealed_len as usize);
+    // Exactly sealed_len: the plaintext is decrypted in place and kept (in caches and
+    // dirty buffers), so spare capacity here would be memory spent for nothing.
+    let want = *sealed_len as usize;
+    let mut blob = Vec::with_capacity(want);
     for s in shards[..codec.data_shards()].iter().flatten() {
-        blob.extend_from_slice(s);
+        let take = s.len().min(want - blob.len());
+        blob.extend_from_slice(&s[..take]);
     }
-    blob.truncate(*sealed_len as usize);
     finish_open(key, *compressed, *plain_len, &mut blob)
 }
 

@@ -108,6 +108,15 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             super::mount::umount(home, &mountpoint)?;
             return Ok(true);
         }
+        Cmd::Gc { grace } => {
+            let grace = match grace {
+                Some(g) => g,
+                None => home.config()?.gc_grace_secs,
+            };
+            let n = home.open_engine()?.collect_garbage(grace)?;
+            println!("datamesh: gc: deleted {n} unreferenced shards");
+            return Ok(true);
+        }
         _ => {}
     }
     let engine = home.open_engine()?;
@@ -196,15 +205,11 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             engine.flush_all().context("flushing the volume")?;
             return Ok(clean);
         }
-        Cmd::Gc { grace } => {
-            let grace = match grace {
-                Some(g) => g,
-                None => home.config()?.gc_grace_secs,
-            };
-            let n = engine.collect_garbage(grace)?;
-            println!("datamesh: gc: deleted {n} unreferenced shards");
-        }
-        Cmd::Init { .. } | Cmd::Bench { .. } | Cmd::Mount { .. } | Cmd::Umount { .. } => {
+        Cmd::Init { .. }
+        | Cmd::Bench { .. }
+        | Cmd::Mount { .. }
+        | Cmd::Umount { .. }
+        | Cmd::Gc { .. } => {
             unreachable!("handled above")
         }
     }

@@ -42,12 +42,12 @@ pub struct CheckReport {
 impl Engine {
     pub fn usage(&self) -> Result<Usage> {
         let mut u = Usage {
-            data_shards: self.codec.data_shards(),
-            parity_shards: self.codec.parity_shards(),
+            data_shards: self.s.codec.data_shards(),
+            parity_shards: self.s.codec.parity_shards(),
             chunk_size: self.chunk_size,
             ..Default::default()
         };
-        self.meta.for_each_inode(|_, rec| {
+        self.s.meta.for_each_inode(|_, rec| {
             match rec.kind {
                 FileKind::Dir => u.dirs += 1,
                 _ => {
@@ -57,17 +57,17 @@ impl Engine {
             }
             Ok(())
         })?;
-        self.meta.for_each_chunk(|_, _, c| {
+        self.s.meta.for_each_chunk(|_, _, c| {
             if let ChunkRef::Inline { sealed, .. } = c {
                 u.inline_bytes += sealed.len() as u64;
             }
             Ok(())
         })?;
-        self.store.for_each(&mut |info| {
+        self.s.store.for_each(&mut |info| {
             u.shards += 1;
             u.stored_bytes += info.len;
         })?;
-        (u.disk_total, u.disk_avail) = self.store.capacity()?;
+        (u.disk_total, u.disk_avail) = self.s.store.capacity()?;
         Ok(u)
     }
 
@@ -77,7 +77,7 @@ impl Engine {
     pub fn check(&self, repair: bool, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<CheckReport> {
         let mut r = CheckReport::default();
         let mut inodes = HashMap::new();
-        self.meta.for_each_inode(|ino, rec| {
+        self.s.meta.for_each_inode(|ino, rec| {
             inodes.insert(ino, (rec.kind, rec.nlink, rec.parent, rec.size));
             Ok(())
         })?;
@@ -88,7 +88,7 @@ impl Engine {
         let mut links: HashMap<Ino, u32> = HashMap::new();
         let mut subdirs: HashMap<Ino, u32> = HashMap::new();
         let mut dentry_problems = Vec::new();
-        self.meta.for_each_dentry(|parent, name, d| {
+        self.s.meta.for_each_dentry(|parent, name, d| {
             let child = Ino(d.ino);
             names
                 .entry(child)
@@ -153,7 +153,7 @@ impl Engine {
 
         // Chunk maps and their shards.
         let mut chunks = Vec::new();
-        self.meta.for_each_chunk(|ino, idx, c| {
+        self.s.meta.for_each_chunk(|ino, idx, c| {
             chunks.push((ino, idx, c));
             Ok(())
         })?;
@@ -197,7 +197,7 @@ impl Engine {
                     let mut bad = Vec::new();
                     for id in c.shard_ids() {
                         checked += 1;
-                        match self.store.get(id) {
+                        match self.s.store.get(id) {
                             Ok(_) => {}
                             Err(StoreError::Missing(_)) => bad.push(format!("shard {id} missing")),
                             Err(StoreError::Corrupt(_)) => bad.push(format!("shard {id} corrupt")),
@@ -248,7 +248,7 @@ impl Engine {
         r.lost = lost;
 
         // Reference counts.
-        let refs = self.meta.refs()?;
+        let refs = self.s.meta.refs()?;
         for (id, want) in &want_refs {
             let have = refs.get(id).map_or(0, |r| r.count);
             if have != *want {
@@ -265,7 +265,7 @@ impl Engine {
                 ));
             }
         }
-        self.store.for_each(&mut |info| {
+        self.s.store.for_each(&mut |info| {
             if !want_refs.contains_key(&info.id) {
                 r.unreferenced_shards += 1;
             }

@@ -24,7 +24,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Run-time settings of an engine (the volume's own parameters live in the metadata).
 #[derive(Clone, Debug)]
@@ -38,7 +38,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            cache_bytes: 64 << 20,
+            cache_bytes: 32 << 20,
             dirty_bytes: 256 << 20,
         }
     }
@@ -49,28 +49,57 @@ impl Default for EngineConfig {
 struct FileState {
     /// Chunk index → its full current contents (may be shorter than a chunk).
     dirty: BTreeMap<u64, Vec<u8>>,
-    /// Size and mtime including dirty writes, while any are unsealed.
+    /// Chunks handed to the sealing pool, served to readers until their map commits.
+    /// At most one per index: a chunk is handed off again only after it lands.
+    sealing: BTreeMap<u64, Arc<Vec<u8>>>,
+    /// The first background sealing failure since the last flush, for flush to report.
+    failed: Option<Error>,
+    /// Size and mtime including unsealed writes, while any are pending.
     size: Option<u64>,
     mtime: Option<Timestamp>,
 }
 
-pub struct Engine {
+impl FileState {
+    fn idle(&self) -> bool {
+        self.dirty.is_empty() && self.sealing.is_empty() && self.size.is_none()
+    }
+}
+
+/// A file's unsealed state and the signal that a background seal landed.
+#[derive(Default)]
+struct FileCell {
+    state: Mutex<FileState>,
+    landed: Condvar,
+}
+
+/// What sealing a chunk needs, shared with the background sealing jobs.
+struct Sealer {
     meta: MetaStore,
     store: Arc<dyn ShardStore>,
     key: VolumeKey,
     codec: Codec,
-    chunk_size: usize,
     inline_max: usize,
+    /// Memory (capacity) of dirty buffers and of those in flight to the store,
+    /// across all files.
+    dirty_total: AtomicUsize,
     cache: Mutex<LruCache<[u8; 32], Arc<Vec<u8>>>>,
-    files: Mutex<HashMap<Ino, Arc<Mutex<FileState>>>>,
+}
+
+pub struct Engine {
+    s: Arc<Sealer>,
+    /// Runs background seals. Its own pool, not rayon's global one: a seal waits for
+    /// its file's lock, whose holder may be waiting on global-pool work (parallel
+    /// shard fetches), and must not be the thing that work queues behind.
+    sealing_pool: rayon::ThreadPool,
+    chunk_size: usize,
+    files: Mutex<HashMap<Ino, Arc<FileCell>>>,
     /// Open handles per inode. A leaf lock: taken inside the metadata writer lock, so
     /// it must never wait on a file's state.
     opens: Mutex<HashMap<Ino, u32>>,
-    dirty_total: AtomicUsize,
     dirty_budget: usize,
-    /// Held shared from storing a chunk's shards until its map commits, and
-    /// exclusively by garbage collection, so GC never deletes a shard being re-referenced.
-    gc_gate: RwLock<()>,
+    /// Per file, the last chunk read and whether it was read in order: sequential
+    /// readers get the next chunks decoded ahead of them.
+    readahead: Mutex<HashMap<Ino, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,39 +118,45 @@ impl Engine {
         let chunk_size = p.chunk_size as usize;
         let entries = (cfg.cache_bytes / chunk_size).max(2);
         Ok(Engine {
-            meta,
-            store,
-            key,
-            codec,
+            s: Arc::new(Sealer {
+                meta,
+                store,
+                key,
+                codec,
+                inline_max: p.inline_max as usize,
+                dirty_total: AtomicUsize::new(0),
+                cache: Mutex::new(LruCache::new(NonZeroUsize::new(entries).unwrap())),
+            }),
+            sealing_pool: rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("datamesh-seal-{i}"))
+                .build()
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?,
             chunk_size,
-            inline_max: p.inline_max as usize,
-            cache: Mutex::new(LruCache::new(NonZeroUsize::new(entries).unwrap())),
             files: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
-            dirty_total: AtomicUsize::new(0),
             dirty_budget: cfg.dirty_bytes.max(2 * chunk_size),
-            gc_gate: RwLock::new(()),
+            readahead: Mutex::new(HashMap::new()),
         })
     }
 
     pub fn meta(&self) -> &MetaStore {
-        &self.meta
+        &self.s.meta
     }
     pub fn store(&self) -> &dyn ShardStore {
-        &*self.store
+        &*self.s.store
     }
     pub fn chunk_size(&self) -> usize {
         self.chunk_size
     }
     pub fn codec(&self) -> &Codec {
-        &self.codec
+        &self.s.codec
     }
 
-    fn state(&self, ino: Ino) -> Option<Arc<Mutex<FileState>>> {
+    fn state(&self, ino: Ino) -> Option<Arc<FileCell>> {
         lock(&self.files).get(&ino).cloned()
     }
 
-    fn state_or_new(&self, ino: Ino) -> Arc<Mutex<FileState>> {
+    fn state_or_new(&self, ino: Ino) -> Arc<FileCell> {
         lock(&self.files).entry(ino).or_default().clone()
     }
 
@@ -132,19 +167,19 @@ impl Engine {
     // ---- namespace ---------------------------------------------------------------
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        let attr = self.meta.lookup(parent, name)?;
+        let attr = self.s.meta.lookup(parent, name)?;
         Ok(self.with_dirty(attr))
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        let attr = self.meta.attr(ino)?;
+        let attr = self.s.meta.attr(ino)?;
         Ok(self.with_dirty(attr))
     }
 
     /// Attributes as the writer sees them: size and mtime include unsealed writes.
     fn with_dirty(&self, mut attr: Attr) -> Attr {
         if let Some(st) = self.state(attr.ino) {
-            let st = lock(&st);
+            let st = lock(&st.state);
             if let Some(size) = st.size {
                 attr.size = size;
                 attr.blocks = attr.blocks.max(size.div_ceil(512));
@@ -166,7 +201,7 @@ impl Engine {
             rdev: 0,
             target: None,
         };
-        self.meta.create_node(parent, name, node)
+        self.s.meta.create_node(parent, name, node)
     }
 
     pub fn create(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr> {
@@ -178,7 +213,7 @@ impl Engine {
             rdev: 0,
             target: None,
         };
-        self.meta.create_node(parent, name, node)
+        self.s.meta.create_node(parent, name, node)
     }
 
     /// Special files: fifos, sockets, devices (and regular files, as mknod allows).
@@ -186,7 +221,7 @@ impl Engine {
         if matches!(node.kind, FileKind::Dir | FileKind::Symlink) || node.target.is_some() {
             return Err(Error::Invalid("mknod cannot make directories or symlinks"));
         }
-        self.meta.create_node(parent, name, node)
+        self.s.meta.create_node(parent, name, node)
     }
 
     pub fn symlink(
@@ -211,25 +246,25 @@ impl Engine {
             rdev: 0,
             target: Some(target.to_vec()),
         };
-        self.meta.create_node(parent, name, node)
+        self.s.meta.create_node(parent, name, node)
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        let rec = self.meta.inode(ino)?;
+        let rec = self.s.meta.inode(ino)?;
         rec.target.ok_or(Error::Invalid("not a symbolic link"))
     }
 
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
-        let attr = self.meta.link(ino, parent, name)?;
+        let attr = self.s.meta.link(ino, parent, name)?;
         Ok(self.with_dirty(attr))
     }
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.meta.unlink(parent, name, &self.is_open())
+        self.s.meta.unlink(parent, name, &self.is_open())
     }
 
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.meta.rmdir(parent, name)
+        self.s.meta.rmdir(parent, name)
     }
 
     pub fn rename(
@@ -240,19 +275,20 @@ impl Engine {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        self.meta
+        self.s
+            .meta
             .rename(parent, name, new_parent, new_name, flags, &self.is_open())
     }
 
     pub fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
-        self.meta.readdir(ino, offset, max)
+        self.s.meta.readdir(ino, offset, max)
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        self.meta.getxattr(ino, name)
+        self.s.meta.getxattr(ino, name)
     }
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        self.meta.listxattr(ino)
+        self.s.meta.listxattr(ino)
     }
     pub fn setxattr(
         &self,
@@ -262,10 +298,10 @@ impl Engine {
         create: bool,
         replace: bool,
     ) -> Result<()> {
-        self.meta.setxattr(ino, name, value, create, replace)
+        self.s.meta.setxattr(ino, name, value, create, replace)
     }
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        self.meta.removexattr(ino, name)
+        self.s.meta.removexattr(ino, name)
     }
 
     pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
@@ -275,15 +311,13 @@ impl Engine {
                 // times set here are the ones that stay.
                 self.flush(ino)?;
             }
-            let attr = self.meta.setattr(ino, set)?;
+            let attr = self.s.meta.setattr(ino, set)?;
             return Ok(self.with_dirty(attr));
         };
-        let st = self.state_or_new(ino);
-        let mut st = lock(&st);
-        self.flush_locked(ino, &mut st)?;
+        let cell = self.state_or_new(ino);
+        let st = self.flush_locked(ino, &cell, lock(&cell.state))?;
         let idx = size / self.chunk_size as u64;
         let within = (size % self.chunk_size as u64) as usize;
-        let _gate = self.gc_gate.read().unwrap_or_else(|p| p.into_inner());
         // The chunk the new end falls in keeps only the bytes before it.
         let tail = match self.read_chunk(ino, idx)? {
             Some(plain) if within > 0 && plain.len() > within => {
@@ -291,7 +325,9 @@ impl Engine {
             }
             _ => None,
         };
-        self.meta.truncate(ino, size, tail, set)
+        let attr = self.s.meta.truncate(ino, size, tail, set);
+        drop(st);
+        attr
     }
 
     // ---- open files --------------------------------------------------------------
@@ -322,15 +358,12 @@ impl Engine {
         if last {
             {
                 let mut files = lock(&self.files);
-                let idle = files.get(&ino).is_some_and(|s| {
-                    let s = lock(s);
-                    s.dirty.is_empty() && s.size.is_none()
-                });
-                if idle {
+                if files.get(&ino).is_some_and(|c| lock(&c.state).idle()) {
                     files.remove(&ino);
                 }
             }
-            self.meta.release_orphan(ino)?;
+            lock(&self.readahead).remove(&ino);
+            self.s.meta.release_orphan(ino)?;
         }
         res
     }
@@ -338,12 +371,12 @@ impl Engine {
     // ---- contents ----------------------------------------------------------------
 
     pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let st = self.state(ino);
-        let guard = st.as_ref().map(|s| lock(s));
+        let cell = self.state(ino);
+        let guard = cell.as_ref().map(|c| lock(&c.state));
         let size = match guard.as_ref().and_then(|g| g.size) {
             Some(s) => s,
             None => {
-                let rec = self.meta.inode(ino)?;
+                let rec = self.s.meta.inode(ino)?;
                 match rec.kind {
                     FileKind::File => rec.size,
                     FileKind::Dir => return Err(Error::IsDir),
@@ -363,9 +396,14 @@ impl Engine {
             let within = (pos % cs) as usize;
             let n = ((cs - within as u64).min(end - pos)) as usize;
             let dst = &mut out[(pos - offset) as usize..][..n];
-            let dirty = guard.as_ref().and_then(|g| g.dirty.get(&idx));
+            let pending = guard.as_ref().and_then(|g| {
+                g.dirty
+                    .get(&idx)
+                    .map(Vec::as_slice)
+                    .or_else(|| g.sealing.get(&idx).map(|b| b.as_slice()))
+            });
             let committed;
-            let src: &[u8] = match dirty {
+            let src: &[u8] = match pending {
                 Some(buf) => buf,
                 None => {
                     committed = self.read_chunk(ino, idx)?;
@@ -378,7 +416,37 @@ impl Engine {
             }
             pos += n as u64;
         }
+        drop(guard);
+        self.read_ahead(ino, offset / cs, (end - 1) / cs, size.div_ceil(cs));
         Ok(out)
+    }
+
+    /// A read that ends in chunk `last`, following one that ended in `first` or the
+    /// chunk before it, is sequential: decode the next chunks in the background so
+    /// they are cached when the reader gets there.
+    fn read_ahead(&self, ino: Ino, first: u64, last: u64, chunks: u64) {
+        let sequential = {
+            let mut ra = lock(&self.readahead);
+            let prev = ra.insert(ino, last);
+            prev.is_some_and(|p| first == p || first == p + 1) && last != prev.unwrap_or(0)
+        };
+        if !sequential {
+            return;
+        }
+        for idx in last + 1..(last + 1 + READAHEAD_CHUNKS).min(chunks) {
+            let Ok(Some(chunk)) = self.s.meta.chunk(ino, idx) else {
+                continue;
+            };
+            if lock(&self.s.cache).contains(&chunk_cache_key(&chunk)) {
+                continue;
+            }
+            let s = self.s.clone();
+            rayon::spawn(move || {
+                if let Err(e) = s.load_chunk(&chunk) {
+                    tracing::debug!(%ino, "read-ahead of chunk {idx} failed: {e}");
+                }
+            });
+        }
     }
 
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
@@ -386,10 +454,16 @@ impl Engine {
         if end > i64::MAX as u64 {
             return Err(Error::TooBig);
         }
-        let st = self.state_or_new(ino);
-        let mut st = lock(&st);
+        let cell = self.state_or_new(ino);
+        let mut st = lock(&cell.state);
+        if let Some(e) = &st.failed
+            && self.over_budget()
+        {
+            // Sealing fails (a full disk, say) and memory is spent: refuse more.
+            return Err(e.repeat());
+        }
         if st.size.is_none() {
-            let rec = self.meta.inode(ino)?;
+            let rec = self.s.meta.inode(ino)?;
             match rec.kind {
                 FileKind::File => st.size = Some(rec.size),
                 FileKind::Dir => return Err(Error::IsDir),
@@ -405,26 +479,35 @@ impl Engine {
             let within = (pos % cs) as usize;
             let n = ((cs - within as u64).min(end - pos)) as usize;
             let piece = &data[(pos - offset) as usize..][..n];
-            if let Entry::Vacant(slot) = st.dirty.entry(idx) {
+            if !st.dirty.contains_key(&idx) {
                 // A partial write of a stored chunk starts from its current contents.
                 let base = if n == self.chunk_size || idx * cs >= size {
                     Vec::new()
                 } else {
-                    let mut v = self
-                        .read_chunk(ino, idx)?
-                        .map(|c| c.to_vec())
-                        .unwrap_or_default();
+                    let mut v = match st.sealing.get(&idx) {
+                        Some(b) => b.to_vec(),
+                        None => self.chunk_for_update(ino, idx)?,
+                    };
                     v.truncate((size - idx * cs).min(cs) as usize);
                     v
                 };
-                self.dirty_total.fetch_add(base.len(), Ordering::Relaxed);
-                slot.insert(base);
+                self.s
+                    .dirty_total
+                    .fetch_add(base.capacity(), Ordering::Relaxed);
+                st.dirty.insert(idx, base);
             }
             let buf = st.dirty.get_mut(&idx).expect("inserted above");
             if buf.len() < within + n {
-                self.dirty_total
-                    .fetch_add(within + n - buf.len(), Ordering::Relaxed);
+                let before = buf.capacity();
+                if buf.capacity() < within + n {
+                    // Double up to a chunk, never past it: capacity is what is counted.
+                    let cap = (within + n).max(before * 2).min(self.chunk_size);
+                    buf.reserve_exact(cap - buf.len());
+                }
                 buf.resize(within + n, 0);
+                self.s
+                    .dirty_total
+                    .fetch_add(buf.capacity() - before, Ordering::Relaxed);
             }
             buf[within..within + n].copy_from_slice(piece);
             if within + n == self.chunk_size {
@@ -434,21 +517,81 @@ impl Engine {
         }
         st.size = Some(size.max(end));
         st.mtime = Some(Timestamp::now());
-        // A chunk written through to its end is sealed now: sequential writers
-        // stream out instead of piling up dirty memory.
-        if !full.is_empty() {
-            self.seal_dirty(ino, &mut st, Some(&full))?;
+        // A chunk written through to its end is sealed now, in the background:
+        // sequential writers stream out instead of piling up dirty memory.
+        for idx in full {
+            st = self.hand_off(ino, &cell, st, idx);
         }
-        if self.dirty_total.load(Ordering::Relaxed) > self.dirty_budget {
-            self.flush_locked(ino, &mut st)?;
+        // Enough seals in flight to keep every core busy with one sequential writer,
+        // few enough to bound its memory.
+        let limit = 2 * self.sealing_pool.current_num_threads() + 1;
+        while st.sealing.len() > limit {
+            st = wait(&cell, st);
+        }
+        // Over budget: seal this file's chunks, lowest first, until back under three
+        // quarters of it. Random writers keep most of their chunks buffered (each
+        // sealed chunk costs a read-modify-write of a whole chunk later).
+        // A failed seal stops this (its buffer is dirty again); flush reports it.
+        let target = self.dirty_budget / 4 * 3;
+        if self.over_budget() {
+            while self.s.dirty_total.load(Ordering::Relaxed) > target && st.failed.is_none() {
+                if let Some(&idx) = st.dirty.keys().next() {
+                    st = self.hand_off(ino, &cell, st, idx);
+                } else if st.sealing.is_empty() {
+                    break; // the rest is other files' to seal
+                }
+                if st.sealing.len() > limit || st.dirty.is_empty() {
+                    st = wait(&cell, st);
+                }
+            }
         }
         Ok(data.len())
+    }
+
+    fn over_budget(&self) -> bool {
+        self.s.dirty_total.load(Ordering::Relaxed) > self.dirty_budget
+    }
+
+    /// The committed contents of a chunk as a buffer to modify: from the cache if
+    /// there, else decoded without caching (the dirty buffer supersedes it).
+    fn chunk_for_update(&self, ino: Ino, idx: u64) -> Result<Vec<u8>> {
+        let Some(chunk) = self.s.meta.chunk(ino, idx)? else {
+            return Ok(Vec::new());
+        };
+        if let Some(hit) = lock(&self.s.cache).pop(&chunk_cache_key(&chunk)) {
+            return Ok(Arc::unwrap_or_clone(hit));
+        }
+        self.s.decode(&chunk)
+    }
+
+    /// Moves dirty chunk `idx` to the sealing pool: sealed, stored and committed in
+    /// the background. A previous seal of the same chunk lands first, so commits of
+    /// one chunk stay in order.
+    fn hand_off<'a>(
+        &self,
+        ino: Ino,
+        cell: &'a Arc<FileCell>,
+        mut st: MutexGuard<'a, FileState>,
+        idx: u64,
+    ) -> MutexGuard<'a, FileState> {
+        while st.sealing.contains_key(&idx) {
+            st = wait(cell, st);
+        }
+        let Some(buf) = st.dirty.remove(&idx) else {
+            return st;
+        };
+        let plain = Arc::new(buf);
+        st.sealing.insert(idx, plain.clone());
+        let (s, cell) = (self.s.clone(), cell.clone());
+        self.sealing_pool
+            .spawn(move || s.seal_in_background(ino, &cell, idx, plain));
+        st
     }
 
     /// Visibility barrier: this file's writes are stored and committed.
     pub fn flush(&self, ino: Ino) -> Result<()> {
         match self.state(ino) {
-            Some(st) => self.flush_locked(ino, &mut lock(&st)),
+            Some(cell) => self.flush_locked(ino, &cell, lock(&cell.state)).map(drop),
             None => Ok(()),
         }
     }
@@ -456,8 +599,8 @@ impl Engine {
     /// Durability barrier: this file's data and the namespace are on stable storage.
     pub fn fsync(&self, ino: Ino) -> Result<()> {
         self.flush(ino)?;
-        self.store.sync()?;
-        self.meta.sync()
+        self.s.store.sync()?;
+        self.s.meta.sync()
     }
 
     /// Seal and commit every dirty file (used before unmount and by `sync`).
@@ -466,86 +609,178 @@ impl Engine {
         let mut first_err = None;
         for ino in inos {
             if let Err(e) = self.flush(ino) {
-                tracing::error!(%ino, "flushing inode failed: {e}");
                 first_err.get_or_insert(e);
             }
         }
         if let Some(e) = first_err {
             return Err(e);
         }
-        self.store.sync()?;
-        self.meta.sync()
+        self.s.store.sync()?;
+        self.s.meta.sync()
     }
 
-    fn flush_locked(&self, ino: Ino, st: &mut FileState) -> Result<()> {
-        if st.dirty.is_empty() && st.size.is_none() {
-            return Ok(());
-        }
-        self.seal_dirty(ino, st, None)?;
-        st.size = None;
-        st.mtime = None;
-        Ok(())
-    }
-
-    /// Seal the given dirty chunks (all when `which` is None), store their shards in
-    /// parallel and commit them with the file's current size in one batch. On error
-    /// the buffers stay, so nothing acknowledged is dropped.
-    fn seal_dirty(&self, ino: Ino, st: &mut FileState, which: Option<&[u64]>) -> Result<()> {
-        let idxs: Vec<u64> = match which {
-            Some(w) => w.to_vec(),
-            None => st.dirty.keys().copied().collect(),
-        };
-        let _gate = self.gc_gate.read().unwrap_or_else(|p| p.into_inner());
-        let dirty = &st.dirty;
-        let sealed: Vec<(u64, Option<ChunkRef>)> = idxs
-            .par_iter()
-            .map(|idx| {
-                let buf = &dirty[idx];
-                let chunk = if buf.iter().all(|&b| b == 0) {
-                    None
-                } else {
-                    Some(self.seal_and_store(buf)?)
-                };
-                Ok((*idx, chunk))
-            })
-            .collect::<Result<_>>()?;
-        let size = st.size.expect("dirty files have a size");
-        let mtime = st.mtime;
-        match self.meta.commit_chunks(ino, sealed, size, mtime) {
-            // Removed meanwhile (with no handle open): its writes have nowhere to go,
-            // and gc collects the shards just stored.
-            Err(Error::NotFound) => {
-                let dropped: usize = st.dirty.values().map(Vec::len).sum();
-                self.dirty_total.fetch_sub(dropped, Ordering::Relaxed);
-                st.dirty.clear();
-                return Ok(());
-            }
-            res => res?,
-        };
+    /// Hands every dirty chunk of the file to the sealing pool and waits until they
+    /// have all landed; reports (once) a seal that failed since the last flush, whose
+    /// buffer is then dirty again so a later flush retries it.
+    fn flush_locked<'a>(
+        &self,
+        ino: Ino,
+        cell: &'a Arc<FileCell>,
+        mut st: MutexGuard<'a, FileState>,
+    ) -> Result<MutexGuard<'a, FileState>> {
+        let idxs: Vec<u64> = st.dirty.keys().copied().collect();
         for idx in idxs {
-            if let Some(buf) = st.dirty.remove(&idx) {
-                self.dirty_total.fetch_sub(buf.len(), Ordering::Relaxed);
-            }
+            st = self.hand_off(ino, cell, st, idx);
         }
-        Ok(())
+        while !st.sealing.is_empty() {
+            st = wait(cell, st);
+        }
+        if let Some(e) = st.failed.take() {
+            return Err(e);
+        }
+        if st.dirty.is_empty() {
+            if let Some(size) = st.size {
+                // Size or mtime may have moved since the last chunk landed (a
+                // write of zero-length pieces, or none at all after truncation).
+                match self.s.meta.commit_chunks(ino, Vec::new(), size, st.mtime) {
+                    Ok(_) | Err(Error::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            st.size = None;
+            st.mtime = None;
+        }
+        Ok(st)
     }
 
     /// Seal one chunk and store its shards (not yet referenced: the caller commits).
-    /// The plaintext goes into the chunk cache: writers often read back soon.
     pub fn seal_and_store(&self, plain: &[u8]) -> Result<ChunkRef> {
-        let sealed = chunk::seal(&self.key, &self.codec, plain, self.inline_max);
-        lock(&self.cache).put(chunk_cache_key(&sealed.chunk), Arc::new(plain.to_vec()));
-        self.store_sealed(sealed)
+        self.s.seal_and_store(plain)
     }
 
     /// Seal a buffer the caller gives up (no copy), store its shards, not cached.
     pub fn seal_and_store_owned(&self, plain: Vec<u8>) -> Result<ChunkRef> {
-        self.store_sealed(chunk::seal_owned(
-            &self.key,
-            &self.codec,
+        self.s.store_sealed(chunk::seal_owned(
+            &self.s.key,
+            &self.s.codec,
             plain,
-            self.inline_max,
+            self.s.inline_max,
         ))
+    }
+
+    /// The committed plaintext of chunk `idx` of `ino`; None for a hole.
+    fn read_chunk(&self, ino: Ino, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        match self.s.meta.chunk(ino, idx)? {
+            Some(c) => self.s.load_chunk(&c).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn load_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+        self.s.load_chunk(chunk)
+    }
+
+    /// Fetch a sharded chunk: data shards first, in parallel; parity only for what
+    /// failed. Every failed shard is rebuilt and rewritten. With `check_all`, parity
+    /// shards are read and verified too (fsck's repair).
+    pub(crate) fn fetch_sharded(&self, chunk: &ChunkRef, check_all: bool) -> Result<Vec<u8>> {
+        self.s.fetch_sharded(chunk, check_all)
+    }
+
+    pub fn statfs(&self) -> Result<FsStats> {
+        let (total, avail) = self.s.store.capacity()?;
+        // Each stored byte costs (k+m)/k bytes of disk: report what files can still use.
+        let k = self.s.codec.data_shards() as u64;
+        let n = self.s.codec.total_shards() as u64;
+        Ok(FsStats {
+            block_size: 4096,
+            total_bytes: total / n * k,
+            free_bytes: avail / n * k,
+            avail_bytes: avail / n * k,
+            files: u32::MAX as u64,
+            free_files: u32::MAX as u64 / 2,
+            name_max: NAME_MAX as u32,
+        })
+    }
+
+    /// Delete shards unreferenced for at least `grace_secs`, and stray shard files
+    /// (stored, never committed) older than that. Returns how many went.
+    ///
+    /// Takes the engine exclusively: a shard re-stored by a writer (same content as
+    /// one about to be collected) must not go between its store and its commit.
+    pub fn collect_garbage(&mut self, grace_secs: u64) -> Result<u64> {
+        self.flush_all()?;
+        let cutoff = Timestamp::now().secs - grace_secs as i64;
+        let store = &self.s.store;
+        let mut n = self
+            .s
+            .meta
+            .collect_garbage(cutoff, &mut |id| Ok(store.delete(id)?))?;
+        let refs = self.s.meta.refs()?;
+        let mut stray = Vec::new();
+        self.s.store.for_each(&mut |info| {
+            let old = Timestamp::from(info.modified).secs <= cutoff;
+            if old && !refs.contains_key(&info.id) {
+                stray.push(info.id);
+            }
+        })?;
+        for id in stray {
+            self.s.store.delete(&id)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Chunks decoded ahead of a sequential reader.
+const READAHEAD_CHUNKS: u64 = 2;
+
+/// Waits until a background seal of this file lands (the lock is let go meanwhile).
+fn wait<'a>(cell: &'a FileCell, st: MutexGuard<'a, FileState>) -> MutexGuard<'a, FileState> {
+    cell.landed.wait(st).unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sealer {
+    /// A sealing job: seal and store chunk `idx` of `ino`, then commit it with the
+    /// file's current size. On failure the buffer goes back to the dirty set (unless
+    /// rewritten meanwhile) and the error waits for the file's next flush.
+    fn seal_in_background(&self, ino: Ino, cell: &FileCell, idx: u64, plain: Arc<Vec<u8>>) {
+        let sealed = if plain.iter().all(|&b| b == 0) {
+            Ok(None)
+        } else {
+            self.seal_and_store(&plain).map(Some)
+        };
+        let mut st = lock(&cell.state);
+        let size = st.size.expect("a file with chunks in flight has a size");
+        let res = sealed.and_then(|c| self.meta.commit_chunks(ino, vec![(idx, c)], size, st.mtime));
+        st.sealing.remove(&idx);
+        match res {
+            // Removed meanwhile (with no handle open): its writes have nowhere to go,
+            // and gc collects any shards just stored.
+            Ok(_) | Err(Error::NotFound) => {
+                self.dirty_total
+                    .fetch_sub(plain.capacity(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(%ino, "storing chunk {idx} failed, kept in memory: {e}");
+                match st.dirty.entry(idx) {
+                    Entry::Vacant(v) => {
+                        v.insert(Arc::unwrap_or_clone(plain));
+                    }
+                    Entry::Occupied(_) => {
+                        self.dirty_total
+                            .fetch_sub(plain.capacity(), Ordering::Relaxed);
+                    }
+                }
+                st.failed.get_or_insert(e);
+            }
+        }
+        drop(st);
+        cell.landed.notify_all();
+    }
+
+    fn seal_and_store(&self, plain: &[u8]) -> Result<ChunkRef> {
+        self.store_sealed(chunk::seal(&self.key, &self.codec, plain, self.inline_max))
     }
 
     fn store_sealed(&self, sealed: chunk::Sealed) -> Result<ChunkRef> {
@@ -555,31 +790,24 @@ impl Engine {
         Ok(sealed.chunk)
     }
 
-    /// The committed plaintext of chunk `idx` of `ino`; None for a hole.
-    fn read_chunk(&self, ino: Ino, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        match self.meta.chunk(ino, idx)? {
-            Some(c) => self.load_chunk(&c).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    pub fn load_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+    fn load_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
         let key = chunk_cache_key(chunk);
         if let Some(hit) = lock(&self.cache).get(&key) {
             return Ok(hit.clone());
         }
-        let plain = Arc::new(match chunk {
-            ChunkRef::Inline { .. } => chunk::open_inline(chunk)?,
-            ChunkRef::Sharded { .. } => self.fetch_sharded(chunk, false)?,
-        });
+        let plain = Arc::new(self.decode(chunk)?);
         lock(&self.cache).put(key, plain.clone());
         Ok(plain)
     }
 
-    /// Fetch a sharded chunk: data shards first, in parallel; parity only for what
-    /// failed. Every failed shard is rebuilt and rewritten. With `check_all`, parity
-    /// shards are read and verified too (fsck's repair).
-    pub(crate) fn fetch_sharded(&self, chunk: &ChunkRef, check_all: bool) -> Result<Vec<u8>> {
+    fn decode(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+        match chunk {
+            ChunkRef::Inline { .. } => Ok(chunk::open_inline(chunk)?),
+            ChunkRef::Sharded { .. } => self.fetch_sharded(chunk, false),
+        }
+    }
+
+    fn fetch_sharded(&self, chunk: &ChunkRef, check_all: bool) -> Result<Vec<u8>> {
         let ids = chunk.shard_ids();
         let k = self.codec.data_shards().min(ids.len());
         let first = if check_all { ids.len() } else { k };
@@ -624,46 +852,6 @@ impl Engine {
             }
         }
         Ok(plain)
-    }
-
-    pub fn statfs(&self) -> Result<FsStats> {
-        let (total, avail) = self.store.capacity()?;
-        // Each stored byte costs (k+m)/k bytes of disk: report what files can still use.
-        let k = self.codec.data_shards() as u64;
-        let n = self.codec.total_shards() as u64;
-        Ok(FsStats {
-            block_size: 4096,
-            total_bytes: total / n * k,
-            free_bytes: avail / n * k,
-            avail_bytes: avail / n * k,
-            files: u32::MAX as u64,
-            free_files: u32::MAX as u64 / 2,
-            name_max: NAME_MAX as u32,
-        })
-    }
-
-    /// Delete shards unreferenced for at least `grace_secs`, and stray shard files
-    /// (stored, never committed) older than that. Returns how many went.
-    pub fn collect_garbage(&self, grace_secs: u64) -> Result<u64> {
-        let _gate = self.gc_gate.write().unwrap_or_else(|p| p.into_inner());
-        let cutoff = Timestamp::now().secs - grace_secs as i64;
-        let store = &self.store;
-        let mut n = self
-            .meta
-            .collect_garbage(cutoff, &mut |id| Ok(store.delete(id)?))?;
-        let refs = self.meta.refs()?;
-        let mut stray = Vec::new();
-        self.store.for_each(&mut |info| {
-            let old = Timestamp::from(info.modified).secs <= cutoff;
-            if old && !refs.contains_key(&info.id) {
-                stray.push(info.id);
-            }
-        })?;
-        for id in stray {
-            self.store.delete(&id)?;
-            n += 1;
-        }
-        Ok(n)
     }
 }
 

@@ -32,7 +32,6 @@ impl Engine {
         )?;
         let workers = workers.max(1);
         let cs = self.chunk_size;
-        let _gate = self.gc_gate.read().unwrap_or_else(|p| p.into_inner());
         std::thread::scope(|s| {
             let (work_tx, work_rx) = sync_channel::<(u64, Vec<u8>)>(workers);
             let (done_tx, done_rx) = sync_channel::<Sealed>(workers * 2);
@@ -134,7 +133,8 @@ impl Engine {
                 next += 1;
             }
             if !batch.is_empty() {
-                self.meta
+                self.s
+                    .meta
                     .commit_chunks(ino, batch, size, Some(Timestamp::now()))?;
                 progress(size);
             }

@@ -207,6 +207,11 @@ impl Filesystem for DatameshFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_ACL) {
             tracing::debug!("kernel lacks {missing:?}: POSIX ACLs are plain xattrs");
         }
+        // Cached pages of a file outlive its opens (FOPEN_KEEP_CACHE) and are
+        // dropped when its size or mtime is seen to change.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA) {
+            tracing::debug!("kernel lacks {missing:?}");
+        }
         Ok(())
     }
 
@@ -410,7 +415,7 @@ impl Filesystem for DatameshFs {
                 return reply.error(err(&e));
             }
         }
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -667,7 +672,7 @@ impl Filesystem for DatameshFs {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(0),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(err(&e)),
         }

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Filesystem benchmark, one run: datamesh against bindfs (FUSE passthrough over the
+# same disk, the floor any FUSE filesystem pays) and gocryptfs (encrypted FUSE),
+# each mounted over a fresh directory in SCRATCH. Prints a table with the ratios
+# and the peak RSS of each mount process. Needs root for drop_caches (reads are
+# measured cold); without it reads may come from the page cache.
+# Usage: scripts/bench-fs.sh [SEQ SIZE, default 1G] [SCRATCH DIR, default /var/tmp]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+size="${1:-1G}"
+scratch="${2:-/var/tmp}"
+for tool in fio bindfs gocryptfs perl git fusermount3; do
+  command -v "$tool" >/dev/null || { echo "bench-fs: $tool is missing: run scripts/setup.sh" >&2; exit 1; }
+done
+[ -x "$DATAMESH_BIN" ] || (cd "$REPO" && cargo build --release --locked)
+
+work=$(mktemp -d "$scratch/datamesh-benchfs.XXXXXX")
+pids=()
+cleanup() {
+  for m in "$work"/*/mnt; do
+    mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"; }
+  done
+  sleep 0.5
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A real source tree: the RocksDB crate cargo fetched for the build.
+tarball=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/cache" -name 'librocksdb-sys-*.crate' | head -1)
+[ -n "$tarball" ] || { echo "bench-fs: no librocksdb-sys crate in the cargo cache: build datamesh first" >&2; exit 1; }
+
+drop_caches() {
+  sync
+  [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true
+}
+
+now() { date +%s.%N; }
+elapsed() { echo "$(now) - $1" | bc -l; }
+
+# mount_fs NAME → mounts NAME at $work/NAME/mnt and sets $pid to the mount process.
+mount_fs() {
+  local name=$1 dir="$work/$1"
+  mkdir -p "$dir/mnt" "$dir/back"
+  case $name in
+    bindfs)
+      bindfs "$dir/back" "$dir/mnt"
+      pid=$(pgrep -n -f "bindfs $dir/back")
+      ;;
+    gocryptfs)
+      gocryptfs -q -init -extpass "echo bench-password" -scryptn 10 "$dir/back" >/dev/null
+      gocryptfs -q -extpass "echo bench-password" "$dir/back" "$dir/mnt"
+      pid=$(pgrep -n -f "gocryptfs.*$dir/back")
+      ;;
+    datamesh)
+      "$DATAMESH_BIN" --home "$dir/back" mount "$dir/mnt" >/dev/null
+      pid=$(head -1 "$dir/back/mount.pid")
+      ;;
+  esac
+}
+
+umount_fs() {
+  local name=$1 dir="$work/$1"
+  if [ "$name" = datamesh ]; then
+    "$DATAMESH_BIN" --home "$dir/back" umount "$dir/mnt" >/dev/null
+  else
+    fusermount3 -u "$dir/mnt"
+  fi
+}
+
+peak_rss_mib() { awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$1/status"; }
+
+fio_run() { # fio_run DIR ARGS... → terse output line
+  fio --minimal --directory="$1" --ioengine=psync --group_reporting "${@:2}"
+}
+
+declare -A R
+bench() {
+  local name=$1 m="$work/$1/mnt" t
+  mount_fs "$name"
+  echo "bench-fs: $name" >&2
+
+  # Sequential: write 1 GiB with a final fsync, then read it cold.
+  R[$name,seqw]=$(fio_run "$m" --name=seq --rw=write --bs=1M --size="$size" --end_fsync=1 |
+    awk -F';' '{ printf "%.0f", $48 / 1024 }')
+  drop_caches
+  R[$name,seqr]=$(fio_run "$m" --name=seq --rw=read --bs=1M --size="$size" |
+    awk -F';' '{ printf "%.0f", $7 / 1024 }')
+  rm -f "$m"/seq.*
+
+  # 4 KiB random 70/30 read/write over a 256 MiB file for 15 s.
+  R[$name,rand]=$(fio_run "$m" --name=rand --rw=randrw --rwmixread=70 --bs=4k --size=256M \
+    --time_based --runtime=15 | awk -F';' '{ printf "%.0f", $8 + $49 }')
+  rm -f "$m"/rand.*
+
+  # 4 KiB file creates (fs_mark style, one directory, no fsync per file), then syncfs.
+  mkdir "$m/creates"
+  t=$(now)
+  perl -e 'my $b = "x" x 4096; for my $i (1..$ARGV[1]) {
+      open(my $f, ">", "$ARGV[0]/f$i") or die "f$i: $!"; print $f $b; close($f) or die "f$i: $!" }' \
+    "$m/creates" 5000
+  sync -f "$m/creates"
+  R[$name,creates]=$(echo "5000 / $(elapsed "$t")" | bc -l | xargs printf '%.0f')
+  rm -rf "$m/creates"
+
+  # ls -l and stat over 10 000 entries, cold.
+  mkdir "$m/many"
+  perl -e 'for my $i (1..10000) { open(my $f, ">", "$ARGV[0]/entry$i") or die "$!"; close($f) }' "$m/many"
+  drop_caches
+  t=$(now); ls -l "$m/many" >/dev/null; R[$name,ls]=$(elapsed "$t")
+  drop_caches
+  t=$(now); (cd "$m/many" && stat -- * >/dev/null); R[$name,stat]=$(elapsed "$t")
+  rm -rf "$m/many"
+
+  # Extract a real source tarball, then remove it.
+  mkdir "$m/src"
+  t=$(now); tar xzf "$tarball" -C "$m/src"; sync -f "$m/src"; R[$name,extract]=$(elapsed "$t")
+  t=$(now); rm -rf "$m/src"; R[$name,rm]=$(elapsed "$t")
+
+  # git clone of a local repository (this one), no hardlinks.
+  t=$(now); git clone -q --no-hardlinks "$REPO" "$m/clone"; R[$name,clone]=$(elapsed "$t")
+  rm -rf "$m/clone"
+
+  R[$name,rss]=$(peak_rss_mib "$pid")
+  umount_fs "$name"
+}
+
+for fs in bindfs gocryptfs datamesh; do bench $fs; done
+
+ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
+printf '\n%-32s %10s %10s %10s %9s %9s   %s\n' workload datamesh bindfs gocryptfs "dm/bind" "dm/gocr" goal
+row() { # row LABEL KEY FORMAT GOAL
+  local d=${R[datamesh,$2]} b=${R[bindfs,$2]} g=${R[gocryptfs,$2]}
+  printf "%-32s $3 $3 $3 %9s %9s   %s\n" "$1" "$d" "$b" "$g" "$(ratio "$d" "$b")" "$(ratio "$d" "$g")" "$4"
+}
+row "seq write $size, MiB/s" seqw '%10.0f' "≥ 1.0× gocryptfs"
+row "seq read $size (cold), MiB/s" seqr '%10.0f' "≥ 0.8× bindfs"
+row "4K randrw 70/30, IOPS" rand '%10.0f' ""
+row "4K creates, files/s" creates '%10.0f' "≥ 0.5× bindfs"
+row "ls -l 10k entries, s" ls '%10.2f' ""
+row "stat 10k entries, s" stat '%10.2f' ""
+row "extract $(basename "$tarball"), s" extract '%10.2f' "≤ 2× bindfs"
+row "rm -rf the tree, s" rm '%10.2f' "≤ 2× bindfs"
+row "git clone (local), s" clone '%10.2f' ""
+row "peak RSS of the mount, MiB" rss '%10.0f' "datamesh < 400"
