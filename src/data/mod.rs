@@ -330,6 +330,82 @@ impl Engine {
         attr
     }
 
+    /// Extends the file to `offset + len` (unless `keep_size`) after checking the
+    /// store has room for that much data. Nothing is reserved: shards are written
+    /// when data is, so a later write can still meet a full disk.
+    pub fn allocate(&self, ino: Ino, offset: u64, len: u64, keep_size: bool) -> Result<()> {
+        let end = offset.checked_add(len).ok_or(Error::TooBig)?;
+        if end > i64::MAX as u64 {
+            return Err(Error::TooBig);
+        }
+        let attr = self.getattr(ino)?;
+        if attr.kind != FileKind::File {
+            return Err(Error::Invalid("not a regular file"));
+        }
+        let want = end.saturating_sub(attr.size);
+        if want > self.statfs()?.avail_bytes {
+            return Err(Error::NoSpace);
+        }
+        if !keep_size && end > attr.size {
+            self.setattr(
+                ino,
+                &SetAttr {
+                    size: Some(end),
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes `[offset, offset + len)` within the file, keeping its size: whole
+    /// chunks become holes, the chunks at either edge are rewritten.
+    pub fn punch_hole(&self, ino: Ino, offset: u64, len: u64) -> Result<()> {
+        let cell = self.state_or_new(ino);
+        let st = self.flush_locked(ino, &cell, lock(&cell.state))?;
+        let rec = self.s.meta.inode(ino)?;
+        if rec.kind != FileKind::File {
+            return Err(Error::Invalid("not a regular file"));
+        }
+        let end = offset.saturating_add(len).min(rec.size);
+        if offset >= end {
+            return Ok(());
+        }
+        let cs = self.chunk_size as u64;
+        let mut changes = Vec::new();
+        for idx in offset / cs..end.div_ceil(cs) {
+            let (from, to) = (
+                offset.max(idx * cs) - idx * cs,
+                end.min((idx + 1) * cs) - idx * cs,
+            );
+            let Some(plain) = self.read_chunk(ino, idx)? else {
+                continue; // already a hole
+            };
+            if from == 0 && to as usize >= plain.len() {
+                changes.push((idx, None));
+                continue;
+            }
+            let (from, to) = (from as usize, (to as usize).min(plain.len()));
+            if from >= to {
+                continue; // past this chunk's stored bytes: already zeros
+            }
+            let mut buf = plain.to_vec();
+            buf[from..to].fill(0);
+            let chunk = if buf.iter().all(|&b| b == 0) {
+                None
+            } else {
+                Some(self.seal_and_store(&buf)?)
+            };
+            changes.push((idx, chunk));
+        }
+        let res = self
+            .s
+            .meta
+            .commit_chunks(ino, changes, rec.size, Some(Timestamp::now()));
+        drop(st);
+        res.map(drop)
+    }
+
     // ---- open files --------------------------------------------------------------
 
     pub fn open(&self, ino: Ino) -> Result<Attr> {

@@ -488,6 +488,28 @@ impl Filesystem for DatameshFs {
         Self::reply_empty(self.engine.fsync(ino(i)), reply);
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let res = match mode {
+            0 => self.engine.allocate(ino(i), offset, length, false),
+            libc::FALLOC_FL_KEEP_SIZE => self.engine.allocate(ino(i), offset, length, true),
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
+                self.engine.punch_hole(ino(i), offset, length)
+            }
+            // Zero-range, collapse and insert: tools fall back to writing.
+            _ => return reply.error(Errno::from_i32(libc::EOPNOTSUPP)),
+        };
+        Self::reply_empty(res, reply);
+    }
+
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.engine.getattr(ino(i)) {
             Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),

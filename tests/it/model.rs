@@ -45,6 +45,11 @@ enum Op {
         path: Vec<u8>,
         size: u64,
     },
+    PunchHole {
+        path: Vec<u8>,
+        off: u64,
+        len: u64,
+    },
     Read {
         path: Vec<u8>,
         off: u64,
@@ -85,6 +90,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (path(), 0..3 * CHUNK as u64, 0..2 * CHUNK as usize, any::<u8>())
             .prop_map(|(path, off, len, seed)| Op::Write { path, off, len, seed }),
         1 => (path(), 0..3 * CHUNK as u64).prop_map(|(path, size)| Op::Truncate { path, size }),
+        1 => (path(), 0..3 * CHUNK as u64, 0..2 * CHUNK as u64)
+            .prop_map(|(path, off, len)| Op::PunchHole { path, off, len }),
         3 => (path(), 0..3 * CHUNK as u64, 1..2 * CHUNK as usize)
             .prop_map(|(path, off, len)| Op::Read { path, off, len }),
         2 => path().prop_map(|path| Op::Mkdir { path }),
@@ -246,6 +253,23 @@ fn apply(e: &Engine, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
                     )
                     .map(|_| ())
                 });
+            prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
+        }
+        Op::PunchHole { path, off, len } => {
+            let want = match m.lookup(path) {
+                Ok(Node::File(id)) => {
+                    let f = &mut m.files[id];
+                    let end = (off + len).min(f.len() as u64) as usize;
+                    let start = (*off as usize).min(end);
+                    f[start..end].fill(0);
+                    Ok(())
+                }
+                Ok(Node::Dir) => Err(E::Invalid),
+                Err(x) => Err(x),
+            };
+            let got = resolve(e, path)
+                .and_then(|(d, n)| e.lookup(d, &n))
+                .and_then(|a| e.punch_hole(a.ino, *off, *len));
             prop_assert_eq!(got.map_err(|x| kind(&x)), want, "{:?}", op);
         }
         Op::Read { path, off, len } => {
