@@ -185,6 +185,15 @@ impl Home {
 
     /// Open the volume, creating it with defaults on first use.
     pub fn open_engine(&self) -> Result<Engine, HomeError> {
+        self.open_engine_with(None, None)
+    }
+
+    /// Like [`Home::open_engine`], with the cache and dirty budgets (MiB) overridden.
+    pub fn open_engine_with(
+        &self,
+        cache_mb: Option<usize>,
+        dirty_mb: Option<usize>,
+    ) -> Result<Engine, HomeError> {
         if !self.exists() {
             self.init(&InitOptions::default())?;
             tracing::info!("created a new volume in {}", self.dir.display());
@@ -194,8 +203,8 @@ impl Home {
         let meta = MetaStore::open(&self.dir.join("meta"), None)?;
         let store = LocalStore::open(&self.dir.join("store")).map_err(crate::Error::from)?;
         let ecfg = EngineConfig {
-            cache_bytes: cfg.cache_mb << 20,
-            dirty_bytes: cfg.dirty_mb << 20,
+            cache_bytes: cache_mb.unwrap_or(cfg.cache_mb) << 20,
+            dirty_bytes: dirty_mb.unwrap_or(cfg.dirty_mb) << 20,
         };
         Ok(Engine::new(meta, Arc::new(store), key, ecfg)?)
     }

@@ -100,3 +100,63 @@ fn kill_9_then_mount_again_keeps_what_was_fsynced() {
     drop(m);
     v.assert_fsck_clean();
 }
+
+#[test]
+fn read_only_mount_options_and_a_non_empty_mountpoint() {
+    if !fuse_available() {
+        eprintln!("skipped: no /dev/fuse or fusermount3");
+        return;
+    }
+    let v = Volume::new();
+    let m = v.mount();
+    sh(&m.at, "echo kept > f");
+    assert!(m.unmount());
+    // mount.datamesh passes fstab's options through -o.
+    let helper = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/mount.datamesh");
+    let out = std::process::Command::new("sh")
+        .arg(helper)
+        .arg(v.home())
+        .arg(v.mountpoint())
+        .args(["-o", "ro,_netdev,attr_ttl=2,entry_ttl=0.5"])
+        .env("DATAMESH_BIN", fs_tests::datamesh_bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at = v.mountpoint();
+    let touch = std::process::Command::new("touch")
+        .arg(at.join("new"))
+        .output()
+        .unwrap();
+    let umount = || {
+        std::process::Command::new(fs_tests::datamesh_bin())
+            .arg("--home")
+            .arg(v.home())
+            .arg("umount")
+            .arg(&at)
+            .status()
+            .unwrap()
+    };
+    let read = fs::read_to_string(at.join("f"));
+    assert!(umount().success());
+    assert!(String::from_utf8_lossy(&touch.stderr).contains("Read-only file system"));
+    assert_eq!(read.unwrap(), "kept\n");
+    // A non-empty directory is refused, naming it.
+    fs::write(at.join("stray"), "x").unwrap();
+    let out = std::process::Command::new(fs_tests::datamesh_bin())
+        .arg("--home")
+        .arg(v.home())
+        .arg("mount")
+        .arg(&at)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not empty") && err.contains(&*at.to_string_lossy()),
+        "{err}"
+    );
+}

@@ -238,3 +238,18 @@ fn fallocate_and_punch_hole_match_the_local_disk() {
     assert_eq!(a.trim(), "5000000");
     sh(&m.at, "cmp f ../local/f");
 }
+
+/// Locks are kept by the kernel for this mount (datamesh does not take them over):
+/// flock(2) and fcntl locks exclude each other between processes on this host.
+#[test]
+fn flock_excludes_a_second_locker() {
+    require!("flock");
+    let v = Volume::new();
+    let m = v.mount();
+    sh(
+        &m.at,
+        "touch lk && flock lk sleep 2 & sleep 0.5; \
+         if flock -n lk true; then echo 'second lock taken' >&2; exit 1; fi; \
+         wait && flock -n lk true",
+    );
+}

@@ -61,7 +61,7 @@ fn cmd_name(cmd: &Cmd) -> &'static str {
         Cmd::Fsck { .. } => "fsck",
         Cmd::Gc { .. } => "gc",
         Cmd::Bench { .. } => "bench",
-        Cmd::Mount { .. } => "mount",
+        Cmd::Mount(_) => "mount",
         Cmd::Umount { .. } => "umount",
     }
 }
@@ -96,12 +96,9 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             bench::run(size, &dir)?;
             return Ok(true);
         }
-        Cmd::Mount {
-            mountpoint,
-            foreground,
-            allow_other,
-        } => {
-            super::mount::mount(home, &mountpoint, allow_other, foreground)?;
+        Cmd::Mount(args) => {
+            let args = args.resolve().map_err(|e| anyhow::anyhow!(e))?;
+            super::mount::mount(home, &args)?;
             return Ok(true);
         }
         Cmd::Umount { mountpoint } => {
@@ -207,7 +204,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
         }
         Cmd::Init { .. }
         | Cmd::Bench { .. }
-        | Cmd::Mount { .. }
+        | Cmd::Mount(_)
         | Cmd::Umount { .. }
         | Cmd::Gc { .. } => {
             unreachable!("handled above")

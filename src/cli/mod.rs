@@ -118,15 +118,7 @@ enum Cmd {
         grace: Option<u64>,
     },
     /// Mount the volume at MOUNTPOINT; returns once it is ready and serves in the background.
-    Mount {
-        mountpoint: PathBuf,
-        /// Stay attached (for systemd and tests); SIGINT/SIGTERM unmount.
-        #[arg(long)]
-        foreground: bool,
-        /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
-        #[arg(long)]
-        allow_other: bool,
-    },
+    Mount(MountArgs),
     /// Flush everything buffered, then unmount.
     Umount { mountpoint: PathBuf },
     /// Measure the chunk pipeline (see scripts/bench-engine.sh).
@@ -142,6 +134,129 @@ enum Cmd {
 }
 
 /// Sizes like `4M`, `512K`, `1G` or plain bytes.
+/// `datamesh mount`: flags, or the same as `-o` options (as /etc/fstab gives them).
+#[derive(clap::Args, Clone, Debug)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    /// Stay attached (for systemd and tests); SIGINT/SIGTERM unmount.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Seconds the kernel caches file attributes [default: 1].
+    #[arg(long, value_name = "SECS")]
+    pub attr_ttl: Option<f64>,
+    /// Seconds the kernel caches name lookups [default: 1].
+    #[arg(long, value_name = "SECS")]
+    pub entry_ttl: Option<f64>,
+    /// Decoded chunks kept in memory, MiB (overrides config.toml's cache_mb).
+    #[arg(long, value_name = "MIB")]
+    pub cache_mb: Option<usize>,
+    /// Unsealed writes held in memory, MiB (overrides config.toml's dirty_mb).
+    #[arg(long, value_name = "MIB")]
+    pub dirty_mb: Option<usize>,
+    /// Comma-separated mount options: allow_other, ro, rw, attr_ttl=SECS,
+    /// entry_ttl=SECS, cache_mb=MIB, dirty_mb=MIB; fstab's generic options
+    /// (defaults, _netdev, nofail, noauto, user, …) are accepted and ignored.
+    #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
+    pub options: Vec<String>,
+}
+
+impl MountArgs {
+    /// Folds the `-o` options into the flags; an unknown option is an error.
+    pub fn resolve(mut self) -> Result<MountArgs, String> {
+        for opt in std::mem::take(&mut self.options) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt.as_str(), None),
+            };
+            let secs = |v: Option<&str>| -> Result<f64, String> {
+                v.and_then(|v| v.parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| format!("-o {opt}: expected a number of seconds"))
+            };
+            let mib = |v: Option<&str>| -> Result<usize, String> {
+                v.and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("-o {opt}: expected a size in MiB"))
+            };
+            match key {
+                "allow_other" => self.allow_other = true,
+                "ro" => self.read_only = true,
+                "rw" => self.read_only = false,
+                "attr_ttl" | "attr_timeout" => self.attr_ttl = Some(secs(value)?),
+                "entry_ttl" | "entry_timeout" => self.entry_ttl = Some(secs(value)?),
+                "cache_mb" => self.cache_mb = Some(mib(value)?),
+                "dirty_mb" => self.dirty_mb = Some(mib(value)?),
+                "defaults"
+                | "_netdev"
+                | "nofail"
+                | "noauto"
+                | "auto"
+                | "user"
+                | "users"
+                | "nouser"
+                | "exec"
+                | "noexec"
+                | "suid"
+                | "nosuid"
+                | "dev"
+                | "nodev"
+                | "atime"
+                | "noatime"
+                | "relatime"
+                | "x-systemd.automount" => {}
+                k if k.starts_with("x-") || k.starts_with("comment=") => {}
+                _ => return Err(format!("-o {opt}: unknown mount option")),
+            }
+        }
+        for (name, v) in [("attr-ttl", self.attr_ttl), ("entry-ttl", self.entry_ttl)] {
+            if v.is_some_and(|s| !s.is_finite() || s < 0.0) {
+                return Err(format!("--{name}: expected a number of seconds"));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The flags that give the same mount again (for the background process).
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.allow_other {
+            out.push("--allow-other".to_string());
+        }
+        if self.read_only {
+            out.push("--read-only".to_string());
+        }
+        let named = [
+            ("--attr-ttl", self.attr_ttl.map(|v| v.to_string())),
+            ("--entry-ttl", self.entry_ttl.map(|v| v.to_string())),
+            ("--cache-mb", self.cache_mb.map(|v| v.to_string())),
+            ("--dirty-mb", self.dirty_mb.map(|v| v.to_string())),
+        ];
+        for (flag, value) in named {
+            if let Some(v) = value {
+                out.push(flag.to_string());
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    pub fn fs_options(&self) -> crate::fs::MountOptions {
+        let d = crate::fs::MountOptions::default();
+        let dur = |s: Option<f64>, d| s.map_or(d, std::time::Duration::from_secs_f64);
+        crate::fs::MountOptions {
+            allow_other: self.allow_other,
+            read_only: self.read_only,
+            attr_ttl: dur(self.attr_ttl, d.attr_ttl),
+            entry_ttl: dur(self.entry_ttl, d.entry_ttl),
+        }
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {

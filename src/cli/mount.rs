@@ -3,6 +3,7 @@
 //! until the kernel shows the mount, and returns; `umount` asks that process to
 //! stop (SIGTERM: it flushes every buffered write, then unmounts) and waits for it.
 
+use super::MountArgs;
 use crate::home::{Home, InitOptions};
 use anyhow::{Context, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
@@ -48,12 +49,8 @@ fn pid_file(home: &Home) -> PathBuf {
     home.dir.join("mount.pid")
 }
 
-pub fn mount(
-    home: &Home,
-    mountpoint: &Path,
-    allow_other: bool,
-    foreground: bool,
-) -> anyhow::Result<()> {
+pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
+    let mountpoint = args.mountpoint.as_path();
     clean_stale_mount(mountpoint)?;
     crate::fs::check_mountable(mountpoint)?;
     let mountpoint =
@@ -67,17 +64,17 @@ pub fn mount(
     if !home.exists() {
         home.init(&InitOptions::default())?;
     }
-    if foreground {
+    if args.foreground {
         // Before the engine starts threads, so that a signal unmounts cleanly.
         crate::fs::block_exit_signals()?;
-        let engine = std::sync::Arc::new(home.open_engine()?);
+        let engine = std::sync::Arc::new(home.open_engine_with(args.cache_mb, args.dirty_mb)?);
         let pid = pid_file(home);
         fs::write(
             &pid,
             format!("{}\n{}\n", std::process::id(), mountpoint.display()),
         )
         .with_context(|| pid.display().to_string())?;
-        let res = crate::fs::mount(engine, &mountpoint, allow_other);
+        let res = crate::fs::mount(engine, &mountpoint, &args.fs_options());
         let _ = fs::remove_file(&pid);
         return Ok(res?);
     }
@@ -91,11 +88,9 @@ pub fn mount(
     cmd.arg("--home")
         .arg(&home.dir)
         .arg("mount")
-        .arg("--foreground");
-    if allow_other {
-        cmd.arg("--allow-other");
-    }
-    cmd.arg(&mountpoint)
+        .arg("--foreground")
+        .args(args.to_flags())
+        .arg(&mountpoint)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -26,8 +26,33 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// How long the kernel may cache attributes and directory entries.
-const TTL: Duration = Duration::from_secs(1);
+/// How a volume is mounted.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let users other than the mounting one in (`-o allow_other`).
+    pub allow_other: bool,
+    /// Mount read-only: the kernel refuses every change with EROFS.
+    pub read_only: bool,
+    /// How long the kernel may cache a file's attributes before asking again.
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache a name → inode lookup (and a failed one).
+    pub entry_ttl: Duration,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: false,
+            read_only: false,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Threads that answer requests which may wait on storage (reads, flushes, fsyncs,
+/// releases), so the FUSE threads keep taking requests meanwhile.
+const IO_THREADS: usize = 16;
 
 /// Directory entries fetched from the engine per batch while filling a readdir reply.
 const READDIR_BATCH: usize = 128;
@@ -111,16 +136,40 @@ fn new_perm(mode: u32, umask: u32) -> u16 {
 /// A datamesh volume as a FUSE filesystem.
 pub struct DatameshFs {
     engine: Arc<Engine>,
+    attr_ttl: Duration,
+    entry_ttl: Duration,
+    io: tokio::runtime::Runtime,
 }
 
 impl DatameshFs {
-    pub fn new(engine: Arc<Engine>) -> DatameshFs {
-        DatameshFs { engine }
+    pub fn new(engine: Arc<Engine>, opts: &MountOptions) -> io::Result<DatameshFs> {
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(IO_THREADS)
+            .thread_name("datamesh-io")
+            .build()?;
+        Ok(DatameshFs {
+            engine,
+            attr_ttl: opts.attr_ttl,
+            entry_ttl: opts.entry_ttl,
+            io,
+        })
     }
 
-    fn reply_entry(res: crate::Result<Attr>, reply: ReplyEntry) {
+    /// Runs `work` on an I/O thread; it answers the request itself.
+    fn spawn(&self, work: impl FnOnce(&Engine) + Send + 'static) {
+        let engine = self.engine.clone();
+        self.io.spawn_blocking(move || work(&engine));
+    }
+
+    fn reply_entry(&self, res: crate::Result<Attr>, reply: ReplyEntry) {
         match res {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(
+                &self.attr_ttl,
+                &self.entry_ttl,
+                &file_attr(&a),
+                Generation(0),
+            ),
             Err(e) => reply.error(err(&e)),
         }
     }
@@ -216,12 +265,12 @@ impl Filesystem for DatameshFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        Self::reply_entry(self.engine.lookup(ino(parent), name.as_bytes()), reply);
+        self.reply_entry(self.engine.lookup(ino(parent), name.as_bytes()), reply);
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.engine.getattr(ino(i)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(err(&e)),
         }
     }
@@ -267,7 +316,7 @@ impl Filesystem for DatameshFs {
             Ok(a)
         });
         match res {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(err(&e)),
         }
     }
@@ -308,7 +357,7 @@ impl Filesystem for DatameshFs {
             },
             target: None,
         };
-        Self::reply_entry(self.engine.mknod(ino(parent), name.as_bytes(), node), reply);
+        self.reply_entry(self.engine.mknod(ino(parent), name.as_bytes(), node), reply);
     }
 
     fn mkdir(
@@ -327,7 +376,7 @@ impl Filesystem for DatameshFs {
             req.uid(),
             req.gid(),
         );
-        Self::reply_entry(res, reply);
+        self.reply_entry(res, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -353,7 +402,7 @@ impl Filesystem for DatameshFs {
             req.uid(),
             req.gid(),
         );
-        Self::reply_entry(res, reply);
+        self.reply_entry(res, reply);
     }
 
     fn rename(
@@ -392,7 +441,7 @@ impl Filesystem for DatameshFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        Self::reply_entry(
+        self.reply_entry(
             self.engine.link(ino(i), ino(newparent), newname.as_bytes()),
             reply,
         );
@@ -429,10 +478,12 @@ impl Filesystem for DatameshFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.engine.read(ino(i), offset, size as usize) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(err(&e)),
-        }
+        self.spawn(
+            move |engine| match engine.read(ino(i), offset, size as usize) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(err(&e)),
+            },
+        );
     }
 
     fn write(
@@ -461,7 +512,7 @@ impl Filesystem for DatameshFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(self.engine.flush(ino(i)), reply);
+        self.spawn(move |engine| Self::reply_empty(engine.flush(ino(i)), reply));
     }
 
     fn release(
@@ -474,7 +525,7 @@ impl Filesystem for DatameshFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(self.engine.release(ino(i)), reply);
+        self.spawn(move |engine| Self::reply_empty(engine.release(ino(i)), reply));
     }
 
     fn fsync(
@@ -485,7 +536,7 @@ impl Filesystem for DatameshFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(self.engine.fsync(ino(i)), reply);
+        self.spawn(move |engine| Self::reply_empty(engine.fsync(ino(i)), reply));
     }
 
     fn fallocate(
@@ -498,16 +549,22 @@ impl Filesystem for DatameshFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let res = match mode {
-            0 => self.engine.allocate(ino(i), offset, length, false),
-            libc::FALLOC_FL_KEEP_SIZE => self.engine.allocate(ino(i), offset, length, true),
-            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
-                self.engine.punch_hole(ino(i), offset, length)
-            }
+        let i = ino(i);
+        let (keep_size, punch) = match mode {
+            0 => (false, false),
+            libc::FALLOC_FL_KEEP_SIZE => (true, false),
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => (true, true),
             // Zero-range, collapse and insert: tools fall back to writing.
             _ => return reply.error(Errno::from_i32(libc::EOPNOTSUPP)),
         };
-        Self::reply_empty(res, reply);
+        self.spawn(move |engine| {
+            let res = if punch {
+                engine.punch_hole(i, offset, length)
+            } else {
+                engine.allocate(i, offset, length, keep_size)
+            };
+            Self::reply_empty(res, reply)
+        });
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -690,7 +747,7 @@ impl Filesystem for DatameshFs {
         };
         match self.engine.open(attr.ino) {
             Ok(a) => reply.created(
-                &TTL,
+                &self.entry_ttl,
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(0),
@@ -745,6 +802,16 @@ pub fn check_mountable(mountpoint: &Path) -> io::Result<()> {
             ));
         }
     }
+    if std::fs::read_dir(mountpoint).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(io::Error::new(
+            io::ErrorKind::DirectoryNotEmpty,
+            format!(
+                "{}: the mountpoint is not empty (its files would be hidden): \
+                 mount on an empty directory",
+                mountpoint.display()
+            ),
+        ));
+    }
     if !Path::new("/dev/fuse").exists() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -759,7 +826,7 @@ pub fn check_mountable(mountpoint: &Path) -> io::Result<()> {
 /// unmounted (`fusermount3 -u`, or SIGINT/SIGTERM/SIGHUP, which unmount it), then
 /// seals everything still buffered. Call [`block_exit_signals`] before opening the
 /// engine for the signals to unmount reliably.
-pub fn mount(engine: Arc<Engine>, mountpoint: &Path, allow_other: bool) -> io::Result<()> {
+pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io::Result<()> {
     check_mountable(mountpoint)?;
     let mut cfg = Config::default();
     cfg.mount_options = vec![
@@ -767,14 +834,17 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, allow_other: bool) -> io::R
         MountOption::Subtype("datamesh".to_string()),
         MountOption::DefaultPermissions,
     ];
-    if allow_other {
+    if opts.read_only {
+        cfg.mount_options.push(MountOption::RO);
+    }
+    if opts.allow_other {
         cfg.acl = SessionACL::All;
     }
     cfg.n_threads = Some(4);
 
     let signals = block_exit_signals()?;
 
-    let fs = DatameshFs::new(engine.clone());
+    let fs = DatameshFs::new(engine.clone(), opts)?;
     let mut session = Session::new(fs, mountpoint, &cfg).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -793,6 +863,8 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, allow_other: bool) -> io::R
             }
         })?;
     tracing::info!("mounted at {}", mountpoint.display());
+    // The session owns the filesystem; dropping it (as run ends) waits for requests
+    // still being answered on I/O threads, so the flush below comes after them.
     let res = session.run();
     let flushed = engine.flush_all();
     res?;
