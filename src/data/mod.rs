@@ -19,7 +19,6 @@ use crate::meta::{MetaStore, NewNode};
 use crate::store::ShardStore;
 use crate::types::*;
 use lru::LruCache;
-use rayon::prelude::*;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
@@ -83,6 +82,15 @@ struct Sealer {
     /// across all files.
     dirty_total: AtomicUsize,
     cache: Mutex<LruCache<[u8; 32], Arc<Vec<u8>>>>,
+    /// Chunks being decoded now, for others wanting the same one to wait on.
+    loading: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+}
+
+/// One chunk being decoded; `done` turns true when it is cached (or failed).
+#[derive(Default)]
+struct Flight {
+    done: Mutex<bool>,
+    cv: Condvar,
 }
 
 pub struct Engine {
@@ -126,6 +134,7 @@ impl Engine {
                 inline_max: p.inline_max as usize,
                 dirty_total: AtomicUsize::new(0),
                 cache: Mutex::new(LruCache::new(NonZeroUsize::new(entries).unwrap())),
+                loading: Mutex::new(HashMap::new()),
             }),
             sealing_pool: rayon::ThreadPoolBuilder::new()
                 .thread_name(|i| format!("datamesh-seal-{i}"))
@@ -466,33 +475,36 @@ impl Engine {
         let end = size.min(offset.saturating_add(len as u64));
         let mut out = vec![0u8; (end - offset) as usize];
         let cs = self.chunk_size as u64;
+        // Pieces of `out` as (chunk, offset within it, position in out, length).
+        let mut pieces = Vec::new();
         let mut pos = offset;
         while pos < end {
-            let idx = pos / cs;
-            let within = (pos % cs) as usize;
+            let (idx, within) = (pos / cs, (pos % cs) as usize);
             let n = ((cs - within as u64).min(end - pos)) as usize;
-            let dst = &mut out[(pos - offset) as usize..][..n];
+            pieces.push((idx, within, (pos - offset) as usize, n));
+            pos += n as u64;
+        }
+        // Unsealed contents first, under the file's lock; committed chunks after
+        // letting it go, since decoding one can take a while.
+        let mut committed = Vec::new();
+        for &(idx, within, at, n) in &pieces {
             let pending = guard.as_ref().and_then(|g| {
                 g.dirty
                     .get(&idx)
                     .map(Vec::as_slice)
                     .or_else(|| g.sealing.get(&idx).map(|b| b.as_slice()))
             });
-            let committed;
-            let src: &[u8] = match pending {
-                Some(buf) => buf,
-                None => {
-                    committed = self.read_chunk(ino, idx)?;
-                    committed.as_deref().map_or(&[], |v| v.as_slice())
-                }
-            };
-            if within < src.len() {
-                let m = n.min(src.len() - within);
-                dst[..m].copy_from_slice(&src[within..within + m]);
+            match pending {
+                Some(src) => copy_piece(&mut out[at..at + n], src, within),
+                None => committed.push((idx, within, at, n)),
             }
-            pos += n as u64;
         }
         drop(guard);
+        for (idx, within, at, n) in committed {
+            if let Some(src) = self.read_chunk(ino, idx)? {
+                copy_piece(&mut out[at..at + n], &src, within);
+            }
+        }
         self.read_ahead(ino, offset / cs, (end - 1) / cs, size.div_ceil(cs));
         Ok(out)
     }
@@ -518,7 +530,7 @@ impl Engine {
             }
             let s = self.s.clone();
             rayon::spawn(move || {
-                if let Err(e) = s.load_chunk(&chunk) {
+                if let Err(e) = s.prefetch(&chunk) {
                     tracing::debug!(%ino, "read-ahead of chunk {idx} failed: {e}");
                 }
             });
@@ -808,8 +820,17 @@ impl Engine {
     }
 }
 
+/// Copies what `src` (a chunk's bytes, maybe short) holds from `within` on into
+/// `dst`; the rest of `dst` stays zero.
+fn copy_piece(dst: &mut [u8], src: &[u8], within: usize) {
+    if within < src.len() {
+        let m = dst.len().min(src.len() - within);
+        dst[..m].copy_from_slice(&src[within..within + m]);
+    }
+}
+
 /// Chunks decoded ahead of a sequential reader.
-const READAHEAD_CHUNKS: u64 = 2;
+const READAHEAD_CHUNKS: u64 = 3;
 
 /// Waits until a background seal of this file lands (the lock is let go meanwhile).
 fn wait<'a>(cell: &'a FileCell, st: MutexGuard<'a, FileState>) -> MutexGuard<'a, FileState> {
@@ -866,14 +887,54 @@ impl Sealer {
         Ok(sealed.chunk)
     }
 
+    /// A chunk's plaintext through the cache. Concurrent loads of one chunk (a
+    /// reader catching up with its read-ahead) decode it once: the others wait.
     fn load_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+        self.load_chunk_or_skip(chunk, true)
+            .map(|hit| hit.expect("loads that wait always return the chunk"))
+    }
+
+    /// Decodes a chunk into the cache unless it is there or being decoded already.
+    /// Read-ahead runs on rayon's pool, whose threads must never block waiting for
+    /// another load (that load's parallel shard fetch may need those very threads).
+    fn prefetch(&self, chunk: &ChunkRef) -> Result<()> {
+        self.load_chunk_or_skip(chunk, false).map(drop)
+    }
+
+    fn load_chunk_or_skip(&self, chunk: &ChunkRef, wait: bool) -> Result<Option<Arc<Vec<u8>>>> {
         let key = chunk_cache_key(chunk);
         if let Some(hit) = lock(&self.cache).get(&key) {
-            return Ok(hit.clone());
+            return Ok(Some(hit.clone()));
         }
-        let plain = Arc::new(self.decode(chunk)?);
-        lock(&self.cache).put(key, plain.clone());
-        Ok(plain)
+        let (flight, leader) = match lock(&self.loading).entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => (o.get().clone(), false),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                (v.insert(Arc::new(Flight::default())).clone(), true)
+            }
+        };
+        if !leader {
+            if !wait {
+                return Ok(None);
+            }
+            let mut done = lock(&flight.done);
+            while !*done {
+                done = flight.cv.wait(done).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(done);
+            if let Some(hit) = lock(&self.cache).get(&key) {
+                return Ok(Some(hit.clone()));
+            }
+            // The leader failed (or the chunk was evicted already): try ourselves.
+            return self.decode(chunk).map(|p| Some(Arc::new(p)));
+        }
+        let res = self.decode(chunk).map(Arc::new);
+        if let Ok(plain) = &res {
+            lock(&self.cache).put(key, plain.clone());
+        }
+        lock(&self.loading).remove(&key);
+        *lock(&flight.done) = true;
+        flight.cv.notify_all();
+        res.map(Some)
     }
 
     fn decode(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
@@ -894,13 +955,27 @@ impl Sealer {
                 None
             }
         };
-        let mut shards: Vec<Option<Vec<u8>>> = (0..first).into_par_iter().map(fetch).collect();
+        // Shards are read on scoped threads, not rayon's pool: callers block in
+        // here (some holding locks) and rayon would let them steal unrelated work.
+        let fetch_range = |r: std::ops::Range<usize>| -> Vec<Option<Vec<u8>>> {
+            if r.len() <= 1 {
+                return r.map(fetch).collect();
+            }
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = r.map(|i| sc.spawn(move || fetch(i))).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(None))
+                    .collect()
+            })
+        };
+        let mut shards = fetch_range(0..first);
         let mut bad: Vec<usize> = (0..first).filter(|&i| shards[i].is_none()).collect();
         let mut next = first;
         while shards.iter().flatten().count() < k && next < ids.len() {
             let want = k - shards.iter().flatten().count();
             let upto = (next + want).min(ids.len());
-            let more: Vec<Option<Vec<u8>>> = (next..upto).into_par_iter().map(fetch).collect();
+            let more = fetch_range(next..upto);
             for (off, s) in more.into_iter().enumerate() {
                 if s.is_none() {
                     bad.push(next + off);

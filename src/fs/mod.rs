@@ -822,6 +822,23 @@ pub fn check_mountable(mountpoint: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The kernel reads ahead 128 KiB on a FUSE mount unless told otherwise, and the
+/// FUSE handshake cannot ask for more: set the mount's read-ahead to one chunk
+/// through sysfs (root only; elsewhere the default stays, and reads are slower).
+fn raise_readahead(mountpoint: &Path, chunk_size: usize) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&knob, format!("{}", chunk_size / 1024)) {
+        Ok(()) => tracing::debug!("read-ahead set to {} KiB", chunk_size / 1024),
+        Err(e) => tracing::debug!("cannot raise read-ahead ({knob}: {e})"),
+    }
+}
+
 /// Mounts the volume at `mountpoint` and serves it in the foreground until it is
 /// unmounted (`fusermount3 -u`, or SIGINT/SIGTERM/SIGHUP, which unmount it), then
 /// seals everything still buffered. Call [`block_exit_signals`] before opening the
@@ -863,6 +880,9 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io:
             }
         })?;
     tracing::info!("mounted at {}", mountpoint.display());
+    // From another thread: the stat it needs is answered once the session runs.
+    let (at, chunk_size) = (mountpoint.to_path_buf(), engine.chunk_size());
+    std::thread::spawn(move || raise_readahead(&at, chunk_size));
     // The session owns the filesystem; dropping it (as run ends) waits for requests
     // still being answered on I/O threads, so the flush below comes after them.
     let res = session.run();
