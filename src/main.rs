@@ -16,6 +16,11 @@ fn tune_malloc() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+    // The thread starts with every signal blocked: signals are for the threads that
+    // act on them (the mount unmounts on SIGTERM); one landing here would end the
+    // process with its default action.
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    let old = SigSet::all().thread_swap_mask(SigmaskHow::SIG_BLOCK);
     let _ = std::thread::Builder::new()
         .name("datamesh-trim".into())
         .spawn(|| {
@@ -27,4 +32,7 @@ fn tune_malloc() {
                 }
             }
         });
+    if let Ok(old) = old {
+        let _ = old.thread_set_mask();
+    }
 }
