@@ -7,12 +7,14 @@
 //! inode with no links that is still open is an orphan, freed at last release or at
 //! the next open of the volume.
 
+mod cache;
 pub mod schema;
 mod tx;
 
 use crate::chunk::{ChunkRef, ShardId};
 use crate::error::{Error, Result};
 use crate::types::*;
+use cache::{Cached, MetaCache};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteOptions,
 };
@@ -39,7 +41,11 @@ pub struct MetaStore {
     db: DB,
     writer: Mutex<()>,
     params: VolumeParams,
+    cache: MetaCache,
 }
+
+/// Inode records and directory entries kept in memory (each).
+const CACHE_ENTRIES: usize = 65_536;
 
 fn db_err(e: rocksdb::Error) -> Error {
     Error::Db(e.into_string())
@@ -124,6 +130,7 @@ impl MetaStore {
             db,
             writer: Mutex::new(()),
             params,
+            cache: MetaCache::new(CACHE_ENTRIES),
         };
         store.free_orphans()?;
         Ok(store)
@@ -186,12 +193,20 @@ impl MetaStore {
     }
 
     fn inode_opt(&self, ino: Ino) -> Result<Option<InodeRec>> {
+        let epoch = match self.cache.inode(ino) {
+            Cached::Hit(rec) => return Ok(Some(rec)),
+            Cached::Miss(epoch) => epoch,
+        };
         match self
             .db
             .get_pinned_cf(self.cf(CF_INODES), ino_key(ino))
             .map_err(db_err)?
         {
-            Some(v) => Ok(Some(decode("inode", &v)?)),
+            Some(v) => {
+                let rec: InodeRec = decode("inode", &v)?;
+                self.cache.fill_inode(epoch, ino, &rec);
+                Ok(Some(rec))
+            }
             None => Ok(None),
         }
     }
@@ -201,14 +216,20 @@ impl MetaStore {
     }
 
     fn dentry(&self, parent: Ino, name: &[u8]) -> Result<Option<DentryRec>> {
-        match self
+        let epoch = match self.cache.dentry(parent, name) {
+            Cached::Hit(d) => return Ok(d),
+            Cached::Miss(epoch) => epoch,
+        };
+        let d = match self
             .db
             .get_pinned_cf(self.cf(CF_DENTRIES), dentry_key(parent, name))
             .map_err(db_err)?
         {
-            Some(v) => Ok(Some(decode("directory entry", &v)?)),
-            None => Ok(None),
-        }
+            Some(v) => Some(decode("directory entry", &v)?),
+            None => None,
+        };
+        self.cache.fill_dentry(epoch, parent, name, d);
+        Ok(d)
     }
 
     fn dir(&self, ino: Ino) -> Result<InodeRec> {

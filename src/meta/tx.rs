@@ -1,6 +1,7 @@
 //! One namespace operation in the making: reads see its own pending writes, and
 //! `commit` writes everything, reference counts included, as one `WriteBatch`.
 
+use super::cache::Changes;
 use super::schema::*;
 use super::{MetaStore, db_err, decode};
 use crate::chunk::{ChunkRef, ShardId};
@@ -15,6 +16,8 @@ pub struct Tx<'a> {
     inodes: HashMap<Ino, Option<InodeRec>>,
     refs: HashMap<ShardId, i64>,
     next_ino: Option<u64>,
+    /// Entries put or deleted, for the cache once the batch is written.
+    dentries: Vec<(Ino, Vec<u8>, Option<DentryRec>)>,
 }
 
 impl<'a> Tx<'a> {
@@ -25,6 +28,7 @@ impl<'a> Tx<'a> {
             inodes: HashMap::new(),
             refs: HashMap::new(),
             next_ino: None,
+            dentries: Vec::new(),
         }
     }
 
@@ -73,6 +77,7 @@ impl<'a> Tx<'a> {
     }
 
     pub fn put_dentry(&mut self, parent: Ino, name: &[u8], d: DentryRec) {
+        self.dentries.push((parent, name.to_vec(), Some(d)));
         self.batch.put_cf(
             self.meta.cf(CF_DENTRIES),
             dentry_key(parent, name),
@@ -81,6 +86,7 @@ impl<'a> Tx<'a> {
     }
 
     pub fn delete_dentry(&mut self, parent: Ino, name: &[u8]) {
+        self.dentries.push((parent, name.to_vec(), None));
         self.batch
             .delete_cf(self.meta.cf(CF_DENTRIES), dentry_key(parent, name));
     }
@@ -148,13 +154,18 @@ impl<'a> Tx<'a> {
 
     pub fn commit(mut self) -> Result<()> {
         let meta = self.meta;
+        let mut changes = Changes {
+            inodes: Vec::with_capacity(self.inodes.len()),
+            dentries: std::mem::take(&mut self.dentries),
+        };
         for (ino, rec) in self.inodes.drain() {
-            match rec {
+            match &rec {
                 Some(rec) => self
                     .batch
-                    .put_cf(meta.cf(CF_INODES), ino_key(ino), encode(&rec)),
+                    .put_cf(meta.cf(CF_INODES), ino_key(ino), encode(rec)),
                 None => self.batch.delete_cf(meta.cf(CF_INODES), ino_key(ino)),
             }
+            changes.inodes.push((ino, rec));
         }
         let now = Timestamp::now().secs;
         for (id, delta) in self.refs.drain() {
@@ -194,6 +205,8 @@ impl<'a> Tx<'a> {
             self.batch
                 .put_cf(meta.cf(CF_META), KEY_NEXT_INO, n.to_be_bytes());
         }
-        meta.db.write(self.batch).map_err(db_err)
+        meta.db.write(self.batch).map_err(db_err)?;
+        meta.cache.apply(changes);
+        Ok(())
     }
 }
