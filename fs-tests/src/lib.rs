@@ -60,11 +60,17 @@ impl Volume {
 
     /// Mount in the background; the guard unmounts.
     pub fn mount(&self) -> Mount {
+        self.mount_with(&[])
+    }
+
+    /// Mount with extra `datamesh mount` flags.
+    pub fn mount_with(&self, flags: &[&str]) -> Mount {
         let child = Command::new(datamesh_bin())
             .arg("--home")
             .arg(self.home())
             .arg("mount")
             .arg("--foreground")
+            .args(flags)
             .arg(self.mountpoint())
             .stdin(Stdio::null())
             .spawn()

@@ -160,3 +160,63 @@ fn read_only_mount_options_and_a_non_empty_mountpoint() {
         "{err}"
     );
 }
+
+/// The kernel enforces modes and ownership (default_permissions) for users other
+/// than the one who mounted: run as root, the test acts as `nobody` too.
+#[test]
+fn permissions_hold_for_another_user() {
+    if !fuse_available() || !nix_is_root() {
+        eprintln!("skipped: needs FUSE and root (to act as another user)");
+        return;
+    }
+    let v = Volume::new();
+    // The temp dir is 0700; the other user must be able to reach the mountpoint.
+    sh(v.dir.path(), "chmod 755 .");
+    let m = v.mount_with(&["--allow-other"]);
+    let as_nobody = |script: &str| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(script)
+            .current_dir(&m.at)
+            .output()
+            .unwrap()
+    };
+    sh(
+        &m.at,
+        "mkdir shut open && chmod 755 shut && chmod 1777 open && echo root > open/mine && chmod 644 open/mine",
+    );
+    let out = as_nobody("touch shut/x");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    let out = as_nobody("echo more >> open/mine");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    let out = as_nobody("chmod 777 open/mine");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{out:?}"
+    );
+    // Sticky directory: nobody may not remove root's file there.
+    let out = as_nobody("rm -f open/mine");
+    assert!(!out.status.success(), "{out:?}");
+    let out = as_nobody("echo theirs > open/theirs && cat open/mine && stat -c %u:%g open/theirs");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "root\n65534:65534\n");
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+}
