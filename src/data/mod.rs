@@ -56,6 +56,8 @@ struct FileState {
     /// Size and mtime including unsealed writes, while any are pending.
     size: Option<u64>,
     mtime: Option<Timestamp>,
+    /// When the last write landed here, for sealing files left idle.
+    last_write: Option<std::time::Instant>,
 }
 
 impl FileState {
@@ -605,6 +607,7 @@ impl Engine {
         }
         st.size = Some(size.max(end));
         st.mtime = Some(Timestamp::now());
+        st.last_write = Some(std::time::Instant::now());
         // A chunk written through to its end is sealed now, in the background:
         // sequential writers stream out instead of piling up dirty memory.
         for idx in full {
@@ -674,6 +677,29 @@ impl Engine {
         self.sealing_pool
             .spawn(move || s.seal_in_background(ino, &cell, idx, plain));
         st
+    }
+
+    /// Hands the dirty chunks of every file not written to for `idle` to the sealing
+    /// pool (without waiting), so a file left open with a partial chunk does not
+    /// keep it only in memory. Files busy right now are skipped until next time.
+    pub fn seal_idle(&self, idle: std::time::Duration) {
+        let cells: Vec<(Ino, Arc<FileCell>)> = lock(&self.files)
+            .iter()
+            .map(|(ino, cell)| (*ino, cell.clone()))
+            .collect();
+        for (ino, cell) in cells {
+            let Ok(mut st) = cell.state.try_lock() else {
+                continue;
+            };
+            let quiet = st.last_write.is_some_and(|t| t.elapsed() >= idle);
+            if !quiet || st.dirty.is_empty() {
+                continue;
+            }
+            let idxs: Vec<u64> = st.dirty.keys().copied().collect();
+            for idx in idxs {
+                st = self.hand_off(ino, &cell, st, idx);
+            }
+        }
     }
 
     /// Visibility barrier: this file's writes are stored and committed.

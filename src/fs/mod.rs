@@ -50,6 +50,9 @@ impl Default for MountOptions {
     }
 }
 
+/// How long a file may go unwritten before its partial chunks are sealed.
+const IDLE_SEAL: Duration = Duration::from_secs(5);
+
 /// Threads that answer requests which may wait on storage (reads, flushes, fsyncs,
 /// releases), so the FUSE threads keep taking requests meanwhile.
 const IO_THREADS: usize = 16;
@@ -880,6 +883,17 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io:
             }
         })?;
     tracing::info!("mounted at {}", mountpoint.display());
+    // Partial chunks of files left open but idle are sealed after IDLE_SEAL.
+    let weak = Arc::downgrade(&engine);
+    std::thread::Builder::new()
+        .name("datamesh-idle".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.seal_idle(IDLE_SEAL);
+                drop(engine);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })?;
     // From another thread: the stat it needs is answered once the session runs.
     let (at, chunk_size) = (mountpoint.to_path_buf(), engine.chunk_size());
     std::thread::spawn(move || raise_readahead(&at, chunk_size));
