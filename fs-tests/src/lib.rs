@@ -43,14 +43,16 @@ impl Volume {
     pub fn mountpoint(&self) -> PathBuf {
         self.dir.path().join("mnt")
     }
+    /// `datamesh --home HOME`, ready for a command and its arguments.
+    pub fn datamesh(&self) -> Command {
+        let mut c = Command::new(datamesh_bin());
+        c.arg("--home").arg(self.home());
+        c
+    }
+
     /// `datamesh fsck` on the (unmounted) volume must report it clean.
     pub fn assert_fsck_clean(&self) {
-        let out = Command::new(datamesh_bin())
-            .arg("--home")
-            .arg(self.home())
-            .arg("fsck")
-            .output()
-            .unwrap();
+        let out = self.datamesh().arg("fsck").output().unwrap();
         assert!(
             out.status.success(),
             "fsck: {}",
@@ -65,9 +67,8 @@ impl Volume {
 
     /// Mount with extra `datamesh mount` flags.
     pub fn mount_with(&self, flags: &[&str]) -> Mount {
-        let child = Command::new(datamesh_bin())
-            .arg("--home")
-            .arg(self.home())
+        let child = self
+            .datamesh()
             .arg("mount")
             .arg("--foreground")
             .args(flags)

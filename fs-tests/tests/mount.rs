@@ -1,14 +1,11 @@
 //! The real binary mounted, with real tools on the mountpoint.
 
-use fs_tests::{Volume, fuse_available, sh};
+use fs_tests::{Volume, require, sh};
 use std::fs;
 
 #[test]
 fn copy_a_tree_in_and_diff_it_then_remount_and_diff_again() {
-    if !fuse_available() {
-        eprintln!("skipped: no /dev/fuse or fusermount3");
-        return;
-    }
+    require!();
     let v = Volume::new();
     let m = v.mount();
     let at = m.at.clone();
@@ -43,10 +40,7 @@ fn copy_a_tree_in_and_diff_it_then_remount_and_diff_again() {
 
 #[test]
 fn posix_errors_reach_the_tools() {
-    if !fuse_available() {
-        eprintln!("skipped: no /dev/fuse or fusermount3");
-        return;
-    }
+    require!();
     let v = Volume::new();
     let m = v.mount();
     let at = &m.at;
@@ -81,10 +75,7 @@ fn posix_errors_reach_the_tools() {
 
 #[test]
 fn kill_9_then_mount_again_keeps_what_was_fsynced() {
-    if !fuse_available() {
-        eprintln!("skipped: no /dev/fuse or fusermount3");
-        return;
-    }
+    require!();
     let v = Volume::new();
     let m = v.mount();
     // dd's conv=fsync makes fsync(2) the barrier; the later file is left unsynced.
@@ -103,10 +94,7 @@ fn kill_9_then_mount_again_keeps_what_was_fsynced() {
 
 #[test]
 fn read_only_mount_options_and_a_non_empty_mountpoint() {
-    if !fuse_available() {
-        eprintln!("skipped: no /dev/fuse or fusermount3");
-        return;
-    }
+    require!();
     let v = Volume::new();
     let m = v.mount();
     sh(&m.at, "echo kept > f");
@@ -131,28 +119,14 @@ fn read_only_mount_options_and_a_non_empty_mountpoint() {
         .arg(at.join("new"))
         .output()
         .unwrap();
-    let umount = || {
-        std::process::Command::new(fs_tests::datamesh_bin())
-            .arg("--home")
-            .arg(v.home())
-            .arg("umount")
-            .arg(&at)
-            .status()
-            .unwrap()
-    };
+    let umount = || v.datamesh().arg("umount").arg(&at).status().unwrap();
     let read = fs::read_to_string(at.join("f"));
     assert!(umount().success());
     assert!(String::from_utf8_lossy(&touch.stderr).contains("Read-only file system"));
     assert_eq!(read.unwrap(), "kept\n");
     // A non-empty directory is refused, naming it.
     fs::write(at.join("stray"), "x").unwrap();
-    let out = std::process::Command::new(fs_tests::datamesh_bin())
-        .arg("--home")
-        .arg(v.home())
-        .arg("mount")
-        .arg(&at)
-        .output()
-        .unwrap();
+    let out = v.datamesh().arg("mount").arg(&at).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -165,8 +139,9 @@ fn read_only_mount_options_and_a_non_empty_mountpoint() {
 /// than the one who mounted: run as root, the test acts as `nobody` too.
 #[test]
 fn permissions_hold_for_another_user() {
-    if !fuse_available() || !nix_is_root() {
-        eprintln!("skipped: needs FUSE and root (to act as another user)");
+    require!("setpriv");
+    if !is_root() {
+        eprintln!("skipped: needs root (to act as another user)");
         return;
     }
     let v = Volume::new();
@@ -214,7 +189,7 @@ fn permissions_hold_for_another_user() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "root\n65534:65534\n");
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -225,10 +200,7 @@ fn nix_is_root() -> bool {
 /// of the mount process after that loses nothing even without fsync.
 #[test]
 fn idle_open_file_is_sealed_before_a_crash() {
-    if !fuse_available() {
-        eprintln!("skipped: no /dev/fuse or fusermount3");
-        return;
-    }
+    require!();
     let v = Volume::new();
     let m = v.mount();
     // perl writes and keeps the file open: no close, so no FUSE flush.
