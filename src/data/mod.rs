@@ -58,6 +58,9 @@ struct FileState {
     mtime: Option<Timestamp>,
     /// When the last write landed here, for sealing files left idle.
     last_write: Option<std::time::Instant>,
+    /// The size and mtime the last landed seal committed, so a flush that finds
+    /// them current commits nothing more.
+    committed: Option<(u64, Option<Timestamp>)>,
 }
 
 impl FileState {
@@ -753,9 +756,11 @@ impl Engine {
             return Err(e);
         }
         if st.dirty.is_empty() {
-            if let Some(size) = st.size {
-                // Size or mtime may have moved since the last chunk landed (a
-                // write of zero-length pieces, or none at all after truncation).
+            if let Some(size) = st.size
+                && st.committed != Some((size, st.mtime))
+            {
+                // Size or mtime moved after the last chunk landed (a zero-length
+                // write, say): commit them on their own.
                 match self.s.meta.commit_chunks(ino, Vec::new(), size, st.mtime) {
                     Ok(_) | Err(Error::NotFound) => {}
                     Err(e) => return Err(e),
@@ -763,6 +768,7 @@ impl Engine {
             }
             st.size = None;
             st.mtime = None;
+            st.committed = None;
         }
         Ok(st)
     }
@@ -875,8 +881,12 @@ impl Sealer {
         };
         let mut st = lock(&cell.state);
         let size = st.size.expect("a file with chunks in flight has a size");
-        let res = sealed.and_then(|c| self.meta.commit_chunks(ino, vec![(idx, c)], size, st.mtime));
+        let mtime = st.mtime;
+        let res = sealed.and_then(|c| self.meta.commit_chunks(ino, vec![(idx, c)], size, mtime));
         st.sealing.remove(&idx);
+        if res.is_ok() {
+            st.committed = Some((size, mtime));
+        }
         match res {
             // Removed meanwhile (with no handle open): its writes have nowhere to go,
             // and gc collects any shards just stored.
