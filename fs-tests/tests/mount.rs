@@ -211,7 +211,7 @@ fn idle_open_file_is_sealed_before_a_crash() {
         .spawn()
         .unwrap();
     // The idle sealer runs every second and seals after 5 s without writes.
-    std::thread::sleep(std::time::Duration::from_secs(8));
+    std::thread::sleep(std::time::Duration::from_secs(10));
     m.kill();
     let _ = holder.kill();
     let _ = holder.wait();
