@@ -161,7 +161,11 @@ fn links_xattrs_modes_owners_and_times() {
          && chmod 4751 b && test \"$(stat -c %a b)\" = 4751 \
          && touch -d '2001-02-03 04:05:06.789' b \
          && test \"$(stat -c %y b)\" = '2001-02-03 04:05:06.789000000 +0000' \
-         && mkfifo p && test -p p",
+         && mkfifo p && test -p p \
+         && mkdir shared && chgrp 4321 shared && chmod 2775 shared \
+         && mkdir shared/sub && touch shared/f && ln -s f shared/l \
+         && test \"$(stat -c %g:%a shared/sub)\" = 4321:2755 \
+         && test \"$(stat -c %g shared/f)\" = 4321",
     );
     assert!(m.unmount());
     // Everything above survives a remount.

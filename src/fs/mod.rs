@@ -184,6 +184,15 @@ impl DatameshFs {
         }
     }
 
+    /// The owner of a node made in `parent` by `req`, as Linux local filesystems
+    /// do it: in a setgid directory the group is the directory's, and a new
+    /// subdirectory is setgid too (the returned bool).
+    fn owner(&self, req: &Request, parent: INodeNo) -> crate::Result<(u32, u32, bool)> {
+        let dir = self.engine.getattr(ino(parent))?;
+        let setgid = dir.perm & libc::S_ISGID as u16 != 0;
+        Ok((req.uid(), if setgid { dir.gid } else { req.gid() }, setgid))
+    }
+
     /// Keeps a stored access ACL in step with a chmod.
     fn chmod_acl(&self, i: Ino, perm: u16) -> crate::Result<()> {
         let value = match self.engine.getxattr(i, acl::ACCESS) {
@@ -349,11 +358,15 @@ impl Filesystem for DatameshFs {
             libc::S_IFBLK => FileKind::BlockDev,
             _ => return reply.error(Errno::from_i32(libc::EINVAL)),
         };
+        let (uid, gid, _) = match self.owner(req, parent) {
+            Ok(o) => o,
+            Err(e) => return reply.error(err(&e)),
+        };
         let node = NewNode {
             kind,
             perm: new_perm(mode, umask),
-            uid: req.uid(),
-            gid: req.gid(),
+            uid,
+            gid,
             rdev: match kind {
                 FileKind::CharDev | FileKind::BlockDev => rdev,
                 _ => 0,
@@ -372,13 +385,14 @@ impl Filesystem for DatameshFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let res = self.engine.mkdir(
-            ino(parent),
-            name.as_bytes(),
-            new_perm(mode, umask),
-            req.uid(),
-            req.gid(),
-        );
+        let res = self.owner(req, parent).and_then(|(uid, gid, setgid)| {
+            let mut perm = new_perm(mode, umask);
+            if setgid {
+                perm |= libc::S_ISGID as u16;
+            }
+            self.engine
+                .mkdir(ino(parent), name.as_bytes(), perm, uid, gid)
+        });
         self.reply_entry(res, reply);
     }
 
@@ -398,13 +412,11 @@ impl Filesystem for DatameshFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let res = self.engine.symlink(
-            ino(parent),
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-            req.uid(),
-            req.gid(),
-        );
+        let res = self.owner(req, parent).and_then(|(uid, gid, _)| {
+            let target = target.as_os_str().as_bytes();
+            self.engine
+                .symlink(ino(parent), link_name.as_bytes(), target, uid, gid)
+        });
         self.reply_entry(res, reply);
     }
 
@@ -738,13 +750,12 @@ impl Filesystem for DatameshFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let attr = match self.engine.create(
-            ino(parent),
-            name.as_bytes(),
-            new_perm(mode, umask),
-            req.uid(),
-            req.gid(),
-        ) {
+        let made = self.owner(req, parent).and_then(|(uid, gid, _)| {
+            let perm = new_perm(mode, umask);
+            self.engine
+                .create(ino(parent), name.as_bytes(), perm, uid, gid)
+        });
+        let attr = match made {
             Ok(a) => a,
             Err(e) => return reply.error(err(&e)),
         };
