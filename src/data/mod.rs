@@ -1,12 +1,13 @@
 //! The engine: the namespace of [`crate::meta`] plus file contents, sealed by
 //! [`crate::chunk`] into shards kept by a [`ShardStore`].
 //!
-//! Writes land in per-file dirty chunk buffers; a buffer is sealed and stored when
-//! its chunk fills, on `flush`/`fsync`, or when the dirty total passes its budget,
-//! and then committed (chunk map, size and shard references in one batch). Reads
-//! see dirty buffers first, then committed chunks through a decoded-chunk LRU cache.
-//! A shard that is missing or fails its hash is rebuilt from the others and written
-//! back (self-healing).
+//! Writes land in per-file dirty chunk buffers. A buffer goes to the background
+//! sealing pool when its chunk fills, on `flush`/`fsync`, when the dirty total
+//! passes its budget, or when its file sits idle; the pool seals and stores it and
+//! commits it (chunk map, size and shard references in one batch). Reads see
+//! unsealed buffers first, then committed chunks through a decoded-chunk LRU cache
+//! with single-flight loads and read-ahead. A shard that is missing or fails its
+//! hash is rebuilt from the others and written back (self-healing).
 
 mod check;
 mod stream;
