@@ -177,6 +177,13 @@ impl DatameshFs {
         }
     }
 
+    fn reply_data(res: crate::Result<Vec<u8>>, reply: ReplyData) {
+        match res {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(err(&e)),
+        }
+    }
+
     fn reply_empty(res: crate::Result<()>, reply: ReplyEmpty) {
         match res {
             Ok(()) => reply.ok(),
@@ -334,10 +341,7 @@ impl Filesystem for DatameshFs {
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        match self.engine.readlink(ino(i)) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(err(&e)),
-        }
+        Self::reply_data(self.engine.readlink(ino(i)), reply);
     }
 
     fn mknod(
@@ -493,12 +497,9 @@ impl Filesystem for DatameshFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(
-            move |engine| match engine.read(ino(i), offset, size as usize) {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(err(&e)),
-            },
-        );
+        self.spawn(move |engine| {
+            Self::reply_data(engine.read(ino(i), offset, size as usize), reply)
+        });
     }
 
     fn write(
