@@ -111,8 +111,8 @@ pub struct Engine {
     /// it must never wait on a file's state.
     opens: Mutex<HashMap<Ino, u32>>,
     dirty_budget: usize,
-    /// Per file, the last chunk read and whether it was read in order: sequential
-    /// readers get the next chunks decoded ahead of them.
+    /// Per file, the chunk its last read ended in: a read that carries on from
+    /// there into a new chunk is sequential, and gets the next chunks decoded ahead.
     readahead: Mutex<HashMap<Ino, u64>>,
 }
 
@@ -406,12 +406,7 @@ impl Engine {
             }
             let mut buf = plain.to_vec();
             buf[from..to].fill(0);
-            let chunk = if buf.iter().all(|&b| b == 0) {
-                None
-            } else {
-                Some(self.seal_and_store(&buf)?)
-            };
-            changes.push((idx, chunk));
+            changes.push((idx, self.s.seal_or_hole(&buf)?));
         }
         let res = self
             .s
@@ -522,7 +517,7 @@ impl Engine {
         let sequential = {
             let mut ra = lock(&self.readahead);
             let prev = ra.insert(ino, last);
-            prev.is_some_and(|p| first == p || first == p + 1) && last != prev.unwrap_or(0)
+            prev.is_some_and(|p| last != p && (first == p || first == p + 1))
         };
         if !sequential {
             return;
@@ -692,18 +687,27 @@ impl Engine {
             .map(|(ino, cell)| (*ino, cell.clone()))
             .collect();
         for (ino, cell) in cells {
-            let Ok(mut st) = cell.state.try_lock() else {
+            let Ok(st) = cell.state.try_lock() else {
                 continue;
             };
-            let quiet = st.last_write.is_some_and(|t| t.elapsed() >= idle);
-            if !quiet || st.dirty.is_empty() {
-                continue;
-            }
-            let idxs: Vec<u64> = st.dirty.keys().copied().collect();
-            for idx in idxs {
-                st = self.hand_off(ino, &cell, st, idx);
+            if st.last_write.is_some_and(|t| t.elapsed() >= idle) {
+                drop(self.hand_off_all(ino, &cell, st));
             }
         }
+    }
+
+    /// Hands every dirty chunk of the file to the sealing pool.
+    fn hand_off_all<'a>(
+        &self,
+        ino: Ino,
+        cell: &'a Arc<FileCell>,
+        mut st: MutexGuard<'a, FileState>,
+    ) -> MutexGuard<'a, FileState> {
+        let idxs: Vec<u64> = st.dirty.keys().copied().collect();
+        for idx in idxs {
+            st = self.hand_off(ino, cell, st, idx);
+        }
+        st
     }
 
     /// Visibility barrier: this file's writes are stored and committed.
@@ -744,12 +748,9 @@ impl Engine {
         &self,
         ino: Ino,
         cell: &'a Arc<FileCell>,
-        mut st: MutexGuard<'a, FileState>,
+        st: MutexGuard<'a, FileState>,
     ) -> Result<MutexGuard<'a, FileState>> {
-        let idxs: Vec<u64> = st.dirty.keys().copied().collect();
-        for idx in idxs {
-            st = self.hand_off(ino, cell, st, idx);
-        }
+        let mut st = self.hand_off_all(ino, cell, st);
         while !st.sealing.is_empty() {
             st = wait(cell, st);
         }
@@ -875,11 +876,7 @@ impl Sealer {
     /// file's current size. On failure the buffer goes back to the dirty set (unless
     /// rewritten meanwhile) and the error waits for the file's next flush.
     fn seal_in_background(&self, ino: Ino, cell: &FileCell, idx: u64, plain: Arc<Vec<u8>>) {
-        let sealed = if plain.iter().all(|&b| b == 0) {
-            Ok(None)
-        } else {
-            self.seal_and_store(&plain).map(Some)
-        };
+        let sealed = self.seal_or_hole(&plain);
         let mut st = lock(&cell.state);
         let size = st.size.expect("a file with chunks in flight has a size");
         let mtime = st.mtime;
@@ -911,6 +908,16 @@ impl Sealer {
         }
         drop(st);
         cell.landed.notify_all();
+    }
+
+    /// A chunk to commit for `plain`: None (a hole) when it is all zeros, else
+    /// sealed and stored.
+    fn seal_or_hole(&self, plain: &[u8]) -> Result<Option<ChunkRef>> {
+        if plain.iter().all(|&b| b == 0) {
+            Ok(None)
+        } else {
+            self.seal_and_store(plain).map(Some)
+        }
     }
 
     fn seal_and_store(&self, plain: &[u8]) -> Result<ChunkRef> {
