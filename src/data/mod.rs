@@ -559,6 +559,9 @@ impl Engine {
                 _ => return Err(Error::Invalid("not a regular file")),
             }
         }
+        if data.is_empty() {
+            return Ok(0); // moves neither the size nor the mtime
+        }
         let size = st.size.unwrap_or(0);
         let cs = self.chunk_size as u64;
         let mut full = Vec::new();

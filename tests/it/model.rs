@@ -214,10 +214,13 @@ fn apply(e: &Engine, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
                 };
                 let f = &mut m.files[id];
                 let end = *off as usize + len;
-                if f.len() < end && *len > 0 {
-                    f.resize(end, 0);
+                // A zero-length write changes nothing, wherever it points.
+                if *len > 0 {
+                    if f.len() < end {
+                        f.resize(end, 0);
+                    }
+                    f[*off as usize..end].copy_from_slice(&data);
                 }
-                f[*off as usize..*off as usize + len].copy_from_slice(&data);
                 Ok(*len)
             })();
             let got = (|| {
