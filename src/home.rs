@@ -4,9 +4,12 @@
 //! ```text
 //! volume.key    32-byte volume secret (0600): the root of confidentiality
 //! device.key    this device's secp256k1 key (0600): what volume keys are wrapped to
+//! mesh.key      the mesh key (0600): gates every connection to storage peers
+//! peer.key      this device's libp2p identity (0600)
+//! peers         storage peers seen, one address per line (rewritten as they change)
 //! config.toml   run-time settings, with commented defaults
 //! meta/         the RocksDB namespace
-//! store/        shards held by this host
+//! store/        shards held by this host (the embedded default, no peers)
 //! ```
 
 use crate::chunk::{DeviceKey, VolumeKey};
@@ -69,6 +72,10 @@ pub struct Config {
     pub cache_mb: usize,
     pub dirty_mb: usize,
     pub gc_grace_secs: u64,
+    /// Storage peers to reach at start (multiaddrs ending in /p2p/ID).
+    pub bootstrap: Vec<String>,
+    /// Seconds a storage peer may be gone before its shards are rebuilt elsewhere.
+    pub repair_grace_secs: u64,
 }
 
 impl Default for Config {
@@ -77,6 +84,8 @@ impl Default for Config {
             cache_mb: 32,
             dirty_mb: 256,
             gc_grace_secs: 3600,
+            bootstrap: Vec::new(),
+            repair_grace_secs: 600,
         }
     }
 }
@@ -92,10 +101,22 @@ const CONFIG_TEMPLATE: &str = "\
 
 # Seconds a shard must stay unreferenced before `datamesh gc` deletes it.
 # gc_grace_secs = 3600
+
+# Storage peers (`datamesh node`) to reach at start, as multiaddrs ending in
+# /p2p/PEER_ID. With none here, on the command line or remembered in `peers`,
+# shards stay in this host's store/.
+# bootstrap = []
+
+# Seconds a storage peer may be unreachable before the mount rebuilds its
+# shards on the others.
+# repair_grace_secs = 600
 ";
 
 pub struct Home {
     pub dir: PathBuf,
+    /// Storage peers given on the command line (`--bootstrap`), beside the
+    /// configured and remembered ones.
+    pub bootstrap: Vec<String>,
 }
 
 impl Home {
@@ -112,7 +133,10 @@ impl Home {
                 });
             base.join("datamesh")
         });
-        Home { dir }
+        Home {
+            dir,
+            bootstrap: Vec::new(),
+        }
     }
 
     fn key_path(&self) -> PathBuf {
@@ -157,6 +181,7 @@ impl Home {
             inline_max: opts.inline_max.min(opts.chunk_size),
         };
         MetaStore::open(&self.dir.join("meta"), Some(params))?;
+        self.mesh_key()?;
         // The key is written last: its presence marks a complete volume.
         write_secret(&self.key_path(), VolumeKey::generate().as_bytes())
     }
@@ -183,6 +208,56 @@ impl Home {
         Ok(VolumeKey::from_bytes(arr))
     }
 
+    /// The mesh key, made on first use (volumes from before the mesh have none).
+    pub fn mesh_key(&self) -> Result<crate::net::MeshKey, HomeError> {
+        crate::net::MeshKey::load(&self.dir.join("mesh.key"), true).map_err(net_err)
+    }
+
+    /// Every storage peer address known: `--bootstrap`, config.toml's
+    /// `bootstrap`, and the peers remembered from earlier runs.
+    pub fn peer_addrs(&self) -> Result<Vec<libp2p::Multiaddr>, HomeError> {
+        let cfg = self.config()?;
+        let remembered = fs::read_to_string(self.dir.join("peers")).unwrap_or_default();
+        let mut out: Vec<libp2p::Multiaddr> = Vec::new();
+        let given = self
+            .bootstrap
+            .iter()
+            .chain(&cfg.bootstrap)
+            .map(String::as_str);
+        for a in given.chain(remembered.lines().map(str::trim)) {
+            if a.is_empty() || a.starts_with('#') {
+                continue;
+            }
+            let addr = a.parse().map_err(|e| HomeError::Bad {
+                path: self.dir.join("config.toml"),
+                why: format!("bootstrap address {a}: {e}"),
+            })?;
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The mesh store when storage peers are known, else `None` (shards stay local).
+    fn mesh_store(&self, n: usize) -> Result<Option<Arc<crate::net::MeshStore>>, HomeError> {
+        let addrs = self.peer_addrs()?;
+        if addrs.is_empty() {
+            return Ok(None);
+        }
+        let key = self.mesh_key()?;
+        let identity = crate::net::load_identity(&self.dir.join("peer.key")).map_err(net_err)?;
+        let client =
+            crate::net::MeshClient::start(identity, &key, addrs, Some(self.dir.join("peers")))
+                .map_err(net_err)?;
+        let live = client.wait_for_peers(n, std::time::Duration::from_secs(10));
+        if live < n {
+            tracing::warn!("{live} of the {n} storage peers a chunk spreads over are reachable");
+        }
+        let store = crate::net::MeshStore::new(client);
+        Ok(Some(store))
+    }
+
     /// Open the volume, creating it with defaults on first use.
     pub fn open_engine(&self) -> Result<Engine, HomeError> {
         self.open_engine_with(None, None)
@@ -201,12 +276,29 @@ impl Home {
         let cfg = self.config()?;
         let key = self.volume_key()?;
         let meta = MetaStore::open(&self.dir.join("meta"), None)?;
-        let store = LocalStore::open(&self.dir.join("store")).map_err(crate::Error::from)?;
+        let n = meta.params().data_shards as usize + meta.params().parity_shards as usize;
+        let store: Arc<dyn crate::store::ShardStore> = match self.mesh_store(n)? {
+            Some(mesh) => mesh,
+            None => {
+                Arc::new(LocalStore::open(&self.dir.join("store")).map_err(crate::Error::from)?)
+            }
+        };
         let ecfg = EngineConfig {
             cache_bytes: cache_mb.unwrap_or(cfg.cache_mb) << 20,
             dirty_bytes: dirty_mb.unwrap_or(cfg.dirty_mb) << 20,
+            repair_grace: std::time::Duration::from_secs(cfg.repair_grace_secs),
         };
-        Ok(Engine::new(meta, Arc::new(store), key, ecfg)?)
+        Ok(Engine::new(meta, store, key, ecfg)?)
+    }
+}
+
+fn net_err(e: crate::net::NetError) -> HomeError {
+    match e {
+        crate::net::NetError::Io { path, source } => HomeError::Io { path, source },
+        crate::net::NetError::Bad(why) => HomeError::Bad {
+            path: PathBuf::from("mesh"),
+            why,
+        },
     }
 }
 

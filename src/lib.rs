@@ -2,8 +2,9 @@
 //! and whose file data lives as content-addressed shards.
 //!
 //! Layers, from the bottom: [`chunk`] (pure: compress, encrypt, erasure-code, hash),
-//! [`store`] (local shard files), [`meta`] (the RocksDB namespace), [`data`] (the engine
-//! that joins them), then the front ends: [`cli`] and the FUSE adapter in `fs`.
+//! [`store`] (local shard files), [`net`] (storage peers over libp2p, and the store
+//! that spreads shards over them), [`meta`] (the RocksDB namespace), [`data`] (the
+//! engine that joins them), then the front ends: [`cli`] and the FUSE adapter in `fs`.
 
 pub mod chunk;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod fs;
 pub mod home;
 pub mod meta;
+pub mod net;
 pub mod store;
 pub mod types;
 

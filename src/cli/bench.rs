@@ -90,9 +90,7 @@ pub fn run(size: u64, dir: &Path) -> anyhow::Result<()> {
     let compute = 1.0 / (1.0 / b3 + 1.0 / aead + 1.0 / rs + n / b3);
 
     let scratch = dir.join(format!("datamesh-bench-{}", std::process::id()));
-    let home = Home {
-        dir: scratch.clone(),
-    };
+    let home = Home::locate(Some(scratch.clone()));
     home.init(&InitOptions::default())?;
     let result = (|| -> anyhow::Result<(f64, Vec<(String, f64)>)> {
         // Shard files: 256 distinct 1 MiB shards through the store, into the page cache.

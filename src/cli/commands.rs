@@ -63,6 +63,11 @@ fn cmd_name(cmd: &Cmd) -> &'static str {
         Cmd::Bench { .. } => "bench",
         Cmd::Mount(_) => "mount",
         Cmd::Umount { .. } => "umount",
+        Cmd::Node(_) => "node",
+        Cmd::Invite { .. } => "invite",
+        Cmd::Status { .. } => "status",
+        Cmd::Repair => "repair",
+        Cmd::Scrub => "scrub",
     }
 }
 
@@ -103,6 +108,14 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
         }
         Cmd::Umount { mountpoint } => {
             super::mount::umount(home, &mountpoint)?;
+            return Ok(true);
+        }
+        Cmd::Node(args) => {
+            super::mesh::node(args)?;
+            return Ok(true);
+        }
+        Cmd::Invite { address } => {
+            super::mesh::invite(home, &address)?;
             return Ok(true);
         }
         Cmd::Gc { grace } => {
@@ -197,6 +210,9 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             }
         }
         Cmd::Df => df(&engine)?,
+        Cmd::Status { json } => return super::mesh::status(&engine, json),
+        Cmd::Repair => return super::mesh::repair(&engine),
+        Cmd::Scrub => return super::mesh::scrub(&engine),
         Cmd::Fsck { repair } => {
             let clean = fsck(&engine, repair)?;
             engine.flush_all().context("flushing the volume")?;
@@ -206,6 +222,8 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
         | Cmd::Bench { .. }
         | Cmd::Mount(_)
         | Cmd::Umount { .. }
+        | Cmd::Node(_)
+        | Cmd::Invite { .. }
         | Cmd::Gc { .. } => {
             unreachable!("handled above")
         }
@@ -300,7 +318,7 @@ fn remove_tree(engine: &Engine, dir: Ino) -> crate::Result<()> {
     }
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
+pub(super) fn progress_bar(total: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod mesh;
 mod mount;
 mod paths;
 
@@ -19,6 +20,10 @@ pub struct Cli {
     /// The device's home directory (keys, namespace, local shards).
     #[arg(long, global = true, env = "DATAMESH_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
+    /// A storage peer to reach (multiaddr ending in /p2p/PEER_ID); repeatable.
+    /// Peers seen are remembered in the home directory, so later runs need none.
+    #[arg(long, global = true, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
     /// Log more (repeat for more still); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -121,6 +126,25 @@ enum Cmd {
     Mount(MountArgs),
     /// Flush everything buffered, then unmount.
     Umount { mountpoint: PathBuf },
+    /// Run a storage peer: holds shards for the mesh, no keys, no names.
+    Node(mesh::NodeArgs),
+    /// Print a join token for a new storage peer (its last line).
+    Invite {
+        /// An address of a running peer to put in the token (repeatable); the
+        /// known storage peers are put in too.
+        #[arg(long, value_name = "MULTIADDR")]
+        address: Vec<String>,
+    },
+    /// Show the storage peers and how much loss the volume survives now.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild lost shards onto reachable peers until every chunk is whole again.
+    Repair,
+    /// Ask every peer to re-hash what it holds, then repair what was bad.
+    Scrub,
     /// Measure the chunk pipeline (see scripts/bench-engine.sh).
     #[command(hide = true)]
     Bench {
@@ -292,6 +316,7 @@ pub fn main() -> i32 {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let home = crate::home::Home::locate(cli.home);
+    let mut home = crate::home::Home::locate(cli.home);
+    home.bootstrap = cli.bootstrap;
     commands::run(&home, cli.cmd)
 }

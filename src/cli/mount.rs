@@ -85,9 +85,11 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         .open(&log_path)
         .with_context(|| log_path.display().to_string())?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("--home")
-        .arg(&home.dir)
-        .arg("mount")
+    cmd.arg("--home").arg(&home.dir);
+    for b in &home.bootstrap {
+        cmd.arg("--bootstrap").arg(b);
+    }
+    cmd.arg("mount")
         .arg("--foreground")
         .args(args.to_flags())
         .arg(&mountpoint)

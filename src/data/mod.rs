@@ -10,14 +10,16 @@
 //! hash is rebuilt from the others and written back (self-healing).
 
 mod check;
+mod repair;
 mod stream;
 
 pub use check::{CheckReport, Usage};
+pub use repair::Redundancy;
 
 use crate::chunk::{self, ChunkRef, Codec, ShardId, VolumeKey};
 use crate::error::{Error, Result};
 use crate::meta::{MetaStore, NewNode};
-use crate::store::ShardStore;
+use crate::store::{ShardStore, StoreError};
 use crate::types::*;
 use lru::LruCache;
 use std::collections::btree_map::Entry;
@@ -33,6 +35,8 @@ pub struct EngineConfig {
     pub cache_bytes: usize,
     /// Dirty data held across all files before writers are made to flush.
     pub dirty_bytes: usize,
+    /// How long a storage peer may be gone before its shards are rebuilt.
+    pub repair_grace: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +44,7 @@ impl Default for EngineConfig {
         EngineConfig {
             cache_bytes: 32 << 20,
             dirty_bytes: 256 << 20,
+            repair_grace: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -111,6 +116,7 @@ pub struct Engine {
     /// it must never wait on a file's state.
     opens: Mutex<HashMap<Ino, u32>>,
     dirty_budget: usize,
+    repair_grace: std::time::Duration,
     /// Per file, the chunk its last read ended in: a read that carries on from
     /// there into a new chunk is sequential, and gets the next chunks decoded ahead.
     readahead: Mutex<HashMap<Ino, u64>>,
@@ -150,6 +156,7 @@ impl Engine {
             files: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
             dirty_budget: cfg.dirty_bytes.max(2 * chunk_size),
+            repair_grace: cfg.repair_grace,
             readahead: Mutex::new(HashMap::new()),
         })
     }
@@ -927,9 +934,19 @@ impl Sealer {
         self.store_sealed(chunk::seal(&self.key, &self.codec, plain, self.inline_max))
     }
 
+    /// Stores a sealed chunk's shards; returns once k+1 are stored (one loss
+    /// survivable at once), the rest land in the background.
     fn store_sealed(&self, sealed: chunk::Sealed) -> Result<ChunkRef> {
-        for (id, bytes) in sealed.chunk.shard_ids().iter().zip(sealed.shards()) {
-            self.store.put(id, bytes)?;
+        let shards: Vec<(ShardId, &[u8])> = sealed
+            .chunk
+            .shard_ids()
+            .iter()
+            .copied()
+            .zip(sealed.shards())
+            .collect();
+        if !shards.is_empty() {
+            self.store
+                .put_chunk(&shards, self.codec.data_shards() + 1)?;
         }
         Ok(sealed.chunk)
     }
@@ -992,45 +1009,69 @@ impl Sealer {
     }
 
     fn fetch_sharded(&self, chunk: &ChunkRef, check_all: bool) -> Result<Vec<u8>> {
-        let ids = chunk.shard_ids();
-        let k = self.codec.data_shards().min(ids.len());
-        let first = if check_all { ids.len() } else { k };
-        let fetch = |i: usize| match self.store.get(&ids[i]) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!("shard {} of a chunk is unusable: {e}", ids[i]);
-                None
-            }
+        let ids: Arc<[ShardId]> = chunk.shard_ids().into();
+        let n = ids.len();
+        let k = self.codec.data_shards().min(n);
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Each fetch runs on its own thread, not rayon's pool (callers block in
+        // here, some holding locks), and is never joined: a straggler from a slow
+        // peer must not hold up a read that has k shards already.
+        let launch = |i: usize| {
+            let (store, ids, tx) = (self.store.clone(), ids.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name("datamesh-fetch".into())
+                .spawn(move || {
+                    let _ = tx.send((i, store.get(&ids[i])));
+                })
+                .map(drop)
         };
-        // Shards are read on scoped threads, not rayon's pool: callers block in
-        // here (some holding locks) and rayon would let them steal unrelated work.
-        let fetch_range = |r: std::ops::Range<usize>| -> Vec<Option<Vec<u8>>> {
-            if r.len() <= 1 {
-                return r.map(fetch).collect();
-            }
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = r.map(|i| sc.spawn(move || fetch(i))).collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or(None))
-                    .collect()
-            })
-        };
-        let mut shards = fetch_range(0..first);
-        let mut bad: Vec<usize> = (0..first).filter(|&i| shards[i].is_none()).collect();
-        let mut next = first;
-        while shards.iter().flatten().count() < k && next < ids.len() {
-            let want = k - shards.iter().flatten().count();
-            let upto = (next + want).min(ids.len());
-            let more = fetch_range(next..upto);
-            for (off, s) in more.into_iter().enumerate() {
-                if s.is_none() {
-                    bad.push(next + off);
-                }
-                shards.push(s);
-            }
-            next = upto;
+        // Data shards first: with all of them there is nothing to decode.
+        let first = if check_all { n } else { k };
+        for i in 0..first {
+            launch(i)?;
         }
+        let (mut next, mut outstanding, mut got) = (first, first, 0);
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut heal = Vec::new();
+        let hedge = self.store.hedge_after();
+        while outstanding > 0 && (got < k || check_all) {
+            let msg = match hedge {
+                Some(after) if next < n => match rx.recv_timeout(after) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        // A slow shard: ask for a parity shard as well.
+                        launch(next)?;
+                        next += 1;
+                        outstanding += 1;
+                        continue;
+                    }
+                },
+                _ => rx.recv().expect("a fetch thread always answers"),
+            };
+            outstanding -= 1;
+            match msg {
+                (i, Ok(b)) => {
+                    shards[i] = Some(b);
+                    got += 1;
+                }
+                (i, Err(e)) => {
+                    // Damaged or lost copies are rewritten once rebuilt; an
+                    // unreachable peer is left to repair (it may come back).
+                    if matches!(e, StoreError::Missing(_) | StoreError::Corrupt(_)) {
+                        tracing::warn!("shard {} of a chunk is unusable: {e}", ids[i]);
+                        heal.push(i);
+                    } else {
+                        tracing::info!("shard {} of a chunk is unavailable: {e}", ids[i]);
+                    }
+                    if next < n && got + outstanding < k {
+                        launch(next)?;
+                        next += 1;
+                        outstanding += 1;
+                    }
+                }
+            }
+        }
+        let bad = heal;
         shards.resize(ids.len(), None);
         let plain = chunk::open_sharded(chunk, &self.codec, &mut shards, !bad.is_empty())?;
         for i in bad {

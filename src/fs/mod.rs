@@ -906,6 +906,17 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io:
                 std::thread::sleep(Duration::from_secs(1));
             }
         })?;
+    // Shards of storage peers gone past the grace time are rebuilt elsewhere.
+    let weak = Arc::downgrade(&engine);
+    std::thread::Builder::new()
+        .name("datamesh-repair".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.repair_if_due();
+                drop(engine);
+                std::thread::sleep(Duration::from_secs(10));
+            }
+        })?;
     // From another thread: the stat it needs is answered once the session runs.
     let (at, chunk_size) = (mountpoint.to_path_buf(), engine.chunk_size());
     std::thread::spawn(move || raise_readahead(&at, chunk_size));

@@ -43,6 +43,48 @@ impl LocalStore {
         self.root.join("shards").join(&hex[0..2]).join(hex)
     }
 
+    pub fn contains(&self, id: &ShardId) -> bool {
+        self.path_of(id).exists()
+    }
+
+    pub fn len_of(&self, id: &ShardId) -> Option<u64> {
+        fs::metadata(self.path_of(id)).ok().map(|m| m.len())
+    }
+
+    /// Up to `max` shards with ids above `after`, in id order, as
+    /// `(id, length, mtime seconds)`, and whether more follow. The fan-out
+    /// directories are the first byte of the id, so a page reads few of them.
+    pub fn list_after(
+        &self,
+        after: Option<ShardId>,
+        max: usize,
+    ) -> (Vec<(ShardId, u64, i64)>, bool) {
+        let mut out = Vec::new();
+        let start = after.map_or(0, |a| a.0[0]);
+        for b in start..=255u8 {
+            let dir = self.root.join("shards").join(format!("{b:02x}"));
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            let mut here: Vec<(ShardId, u64, i64)> = rd
+                .flatten()
+                .filter_map(|e| {
+                    let id = e.file_name().to_str().and_then(ShardId::from_hex)?;
+                    let m = e.metadata().ok()?;
+                    let mtime = std::os::unix::fs::MetadataExt::mtime(&m);
+                    Some((id, m.len(), mtime))
+                })
+                .filter(|(id, _, _)| after.is_none_or(|a| *id > a))
+                .collect();
+            here.sort_unstable_by_key(|s| s.0);
+            for s in here {
+                if out.len() == max {
+                    return (out, true);
+                }
+                out.push(s);
+            }
+        }
+        (out, false)
+    }
+
     fn write_new(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
         let (_, avail) = self.capacity()?;
         if avail < RESERVE + bytes.len() as u64 {

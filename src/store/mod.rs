@@ -1,5 +1,6 @@
 //! Shard stores. [`ShardStore`] is what the engine writes shards to and reads them
-//! from; [`LocalStore`] keeps them as content-addressed files on this host.
+//! from; [`LocalStore`] keeps them as content-addressed files on this host, and
+//! `net::MeshStore` spreads them over storage peers.
 //!
 //! Invariants: a shard file, once visible under its name, holds exactly the bytes
 //! whose BLAKE3 hash is that name (written to a temp file, then renamed); every read
@@ -26,6 +27,9 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A peer (named in the text) could not be reached or failed the request.
+    #[error("{0}")]
+    Peer(String),
 }
 
 /// One stored shard, as listed by [`ShardStore::for_each`].
@@ -33,6 +37,19 @@ pub struct ShardInfo {
     pub id: ShardId,
     pub len: u64,
     pub modified: SystemTime,
+}
+
+/// A storage peer as `datamesh status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerStatus {
+    /// The bit that stands for this peer in [`ShardStore::placement`] masks.
+    pub tag: u32,
+    pub id: String,
+    pub address: String,
+    pub reachable: bool,
+    pub shards: u64,
+    pub bytes: u64,
+    pub capacity: u64,
 }
 
 /// Where shards live. Implementations must be safe to call from many threads.
@@ -50,4 +67,71 @@ pub trait ShardStore: Send + Sync {
     fn for_each(&self, f: &mut dyn FnMut(ShardInfo)) -> Result<(), StoreError>;
     /// (total, available) bytes of the storage behind this store.
     fn capacity(&self) -> Result<(u64, u64), StoreError>;
+
+    /// Store the shards of one chunk, each on its own holder where the store has
+    /// several. Returns once at least `need` are stored; the rest may still be
+    /// landing ([`ShardStore::sync`] waits for them).
+    fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {
+        let _ = need;
+        shards.iter().try_for_each(|(id, b)| self.put(id, b))
+    }
+
+    /// After this long without a data shard, a reader also asks for a parity
+    /// shard (a hedged request). `None`: reads are local and never hedged.
+    fn hedge_after(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Refresh what the store knows of where shards are (asks every holder).
+    fn survey(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// For each shard, the reachable holders as a bit mask of peer tags, from the
+    /// last survey and the puts since. `None`: one host holds everything.
+    fn placement(&self, ids: &[ShardId]) -> Option<Vec<u64>> {
+        let _ = ids;
+        None
+    }
+
+    /// Store shards `which` of the chunk `ids` again, on holders that hold none of
+    /// its other shards where there are such (repair).
+    fn place(&self, ids: &[ShardId], which: &[usize], bytes: &[&[u8]]) -> Result<(), StoreError> {
+        which
+            .iter()
+            .zip(bytes)
+            .try_for_each(|(&i, b)| self.replace(&ids[i], b))
+    }
+
+    /// The storage peers, reachable or not; `None` for a store on this host.
+    fn peers(&self) -> Option<Vec<PeerStatus>> {
+        None
+    }
+
+    /// Whether shards need rebuilding: a holder has been gone longer than `grace`
+    /// or a write left some shards unplaced. Cleared by [`ShardStore::repaired`].
+    fn wants_repair(&self, grace: std::time::Duration) -> bool {
+        let _ = grace;
+        false
+    }
+
+    /// A repair pass over every chunk has finished.
+    fn repaired(&self) {}
+
+    /// Ask every holder to re-hash what it holds; returns the bad shards found
+    /// (already dropped by their holders' records so that repair rebuilds them).
+    fn scrub(&self, progress: &dyn Fn(u64)) -> Result<Vec<ShardId>, StoreError> {
+        let mut bad = Vec::new();
+        let mut n = 0;
+        let mut ids = Vec::new();
+        self.for_each(&mut |info| ids.push(info.id))?;
+        for id in ids {
+            if let Err(StoreError::Corrupt(_)) = self.get(&id) {
+                bad.push(id);
+            }
+            n += 1;
+            progress(n);
+        }
+        Ok(bad)
+    }
 }

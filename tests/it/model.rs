@@ -27,6 +27,7 @@ fn open(dir: &Path, create: bool) -> Engine {
     let cfg = EngineConfig {
         cache_bytes: 8 * CHUNK as usize,
         dirty_bytes: 16 * CHUNK as usize,
+        ..Default::default()
     };
     Engine::new(meta, Arc::new(store), VolumeKey::from_bytes([9; 32]), cfg).unwrap()
 }

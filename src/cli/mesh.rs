@@ -1,0 +1,190 @@
+//! The mesh commands: `node`, `invite`, `status`, `repair`, `scrub`.
+
+use super::commands::human;
+use crate::data::{Engine, Redundancy};
+use crate::home::Home;
+use crate::net::node::NodeOptions;
+use anyhow::{Context, anyhow};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// Address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/4719].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Where this peer keeps its identity, mesh key and shards
+    /// [default: $XDG_DATA_HOME/datamesh-node or ~/.local/share/datamesh-node].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Most shard bytes to hold (e.g. 500G); puts beyond it are refused and the
+    /// writer places the shard elsewhere [default: the disk's free space].
+    #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
+    capacity: Option<u64>,
+    /// A peer of the mesh to reach first (repeatable; the token's are added).
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Join the mesh with a token from `datamesh invite` (needed once; the mesh
+    /// key is then kept in the data directory).
+    #[arg(long, value_name = "TOKEN")]
+    join: Option<String>,
+}
+
+fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+    list.iter()
+        .map(|a| a.parse().map_err(|e| anyhow!("{what} {a}: {e}")))
+        .collect()
+}
+
+pub fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let data = args.data.unwrap_or_else(|| {
+        let home = Home::locate(None);
+        home.dir.with_file_name("datamesh-node")
+    });
+    let mut listen = addrs(&args.listen, "--listen")?;
+    if listen.is_empty() {
+        listen.push("/ip4/0.0.0.0/tcp/4719".parse().expect("valid address"));
+    }
+    crate::net::node::run(NodeOptions {
+        data,
+        listen,
+        capacity: args.capacity,
+        bootstrap: addrs(&args.bootstrap, "--bootstrap")?,
+        join: args.join,
+    })?;
+    Ok(())
+}
+
+pub fn invite(home: &Home, extra: &[String]) -> anyhow::Result<()> {
+    if !home.exists() {
+        home.init(&Default::default())?;
+    }
+    let key = home.mesh_key()?;
+    let mut addrs = addrs(extra, "--address")?;
+    for a in home.peer_addrs()? {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    println!("Start a storage peer with this token (it holds the mesh key, not the volume key):");
+    println!("  datamesh node --listen /ip4/0.0.0.0/tcp/4719 --join TOKEN");
+    if addrs.is_empty() {
+        println!("No peers known yet: the first node listens, then mount or run commands with");
+        println!("  --bootstrap /ip4/ADDRESS/tcp/4719/p2p/PEER_ID  (as that node prints it).");
+    }
+    println!("{}", crate::net::JoinToken::new(&key, &addrs).encode());
+    Ok(())
+}
+
+fn chunk_bar(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} chunks {{eta}}"))
+            .expect("valid template"),
+    );
+    pb
+}
+
+fn print_redundancy(r: &Redundancy, k: usize) {
+    println!(
+        "chunks: {} sharded; {} full, {} reduced, {} critical (exactly {k} shards left), {} unreadable",
+        r.chunks, r.full, r.reduced, r.critical, r.lost
+    );
+    match r.survives {
+        Some(n) => println!("the volume survives the loss of any {n} storage peer(s) right now"),
+        None => println!("no storage peers: every shard is on this host (the embedded store)"),
+    }
+}
+
+pub fn status(engine: &Engine, json: bool) -> anyhow::Result<bool> {
+    let peers = engine.store().peers();
+    let r = engine.redundancy(false, &|_, _| {})?;
+    let healthy = r.lost == 0;
+    if json {
+        let out = serde_json::json!({
+            "peers": peers,
+            "redundancy": r,
+            "data_shards": engine.codec().data_shards(),
+            "parity_shards": engine.codec().parity_shards(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(healthy);
+    }
+    let n = engine.codec().total_shards();
+    if let Some(peers) = &peers {
+        let live = peers.iter().filter(|p| p.reachable).count();
+        println!("{} storage peers, {live} reachable:", peers.len());
+        for p in peers {
+            let frac = if p.capacity > 0 {
+                p.bytes as f64 / p.capacity as f64
+            } else {
+                0.0
+            };
+            let filled = (frac * 20.0).round().clamp(0.0, 20.0) as usize;
+            println!(
+                "  {} {:<11} {:>7} shards {:>10} of {:>10} [{}{}] {}",
+                p.id,
+                if p.reachable {
+                    "reachable"
+                } else {
+                    "UNREACHABLE"
+                },
+                p.shards,
+                human(p.bytes),
+                human(p.capacity),
+                "#".repeat(filled),
+                ".".repeat(20 - filled),
+                p.address
+            );
+        }
+        if live < n {
+            println!(
+                "fewer reachable peers ({live}) than shards per chunk ({n}): some peers hold several shards of a chunk"
+            );
+        }
+    }
+    print_redundancy(&r, engine.codec().data_shards());
+    Ok(healthy)
+}
+
+pub fn repair(engine: &Engine) -> anyhow::Result<bool> {
+    let pb = chunk_bar("repair");
+    let r = engine
+        .redundancy(true, &|done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+        })
+        .context("repair")?;
+    pb.finish_and_clear();
+    for f in &r.failures {
+        println!("could not repair {f}");
+    }
+    println!("datamesh: repair: rebuilt {} shards", r.rebuilt);
+    print_redundancy(&r, engine.codec().data_shards());
+    Ok(r.failures.is_empty() && r.lost == 0)
+}
+
+pub fn scrub(engine: &Engine) -> anyhow::Result<bool> {
+    let pb = chunk_bar("scrub");
+    let (bad, r) = engine
+        .scrub(&|done, total| {
+            pb.set_length(total.max(done));
+            pb.set_position(done);
+        })
+        .context("scrub")?;
+    pb.finish_and_clear();
+    for id in &bad {
+        println!("corrupt shard {} dropped and rebuilt", id.to_hex());
+    }
+    println!(
+        "datamesh: scrub: {} corrupt shards found; repair rebuilt {} shards",
+        bad.len(),
+        r.rebuilt
+    );
+    print_redundancy(&r, engine.codec().data_shards());
+    Ok(r.failures.is_empty() && r.lost == 0)
+}

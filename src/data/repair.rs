@@ -1,0 +1,250 @@
+//! Redundancy over the mesh: how many chunks keep all their shards, and how many
+//! peer losses the volume survives right now (`datamesh status`); rebuilding lost
+//! shards onto live peers (`datamesh repair`, the mount's repair worker).
+
+use super::Engine;
+use crate::chunk::{self, ChunkRef, ShardId};
+use crate::error::Result;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default, Serialize)]
+pub struct Redundancy {
+    /// Sharded chunks (inline chunks live in the metadata and are not counted).
+    pub chunks: u64,
+    /// All n shards on reachable peers.
+    pub full: u64,
+    /// More than k but fewer than n.
+    pub reduced: u64,
+    /// Exactly k: one more loss and the chunk is gone.
+    pub critical: u64,
+    /// Fewer than k: unreadable until a peer comes back.
+    pub lost: u64,
+    /// Peer losses every chunk survives now; `None` without peers (one host).
+    pub survives: Option<usize>,
+    /// Shards rebuilt and placed by this pass.
+    pub rebuilt: u64,
+    /// Chunks a repair could not fix, with the reason.
+    pub failures: Vec<String>,
+}
+
+/// How many holders can go, worst case, before fewer than `k` shards are left:
+/// each step removes the holder whose loss costs the most shards.
+fn losses_survived(masks: &[u64], k: usize) -> usize {
+    let mut masks = masks.to_vec();
+    let mut losses = 0usize;
+    loop {
+        let left = masks.iter().filter(|&&m| m != 0).count();
+        if left < k {
+            return losses.saturating_sub(1);
+        }
+        let holders = masks.iter().fold(0u64, |a, m| a | m);
+        if holders == 0 {
+            return losses;
+        }
+        let worst = (0..64)
+            .filter(|t| holders & (1 << t) != 0)
+            .max_by_key(|&t| masks.iter().filter(|&&m| m == 1 << t).count())
+            .expect("some holder");
+        for m in &mut masks {
+            *m &= !(1u64 << worst);
+        }
+        losses += 1;
+    }
+}
+
+impl Engine {
+    /// Counts chunks by redundancy; with `repair`, rebuilds every missing shard
+    /// of a readable chunk onto live peers. `progress(done, total)`.
+    pub fn redundancy(
+        &self,
+        repair: bool,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Redundancy> {
+        self.s.store.survey()?;
+        let mut chunks: Vec<ChunkRef> = Vec::new();
+        let mut seen = HashSet::new();
+        self.s.meta.for_each_chunk(|_, _, c| {
+            if let Some(first) = c.shard_ids().first()
+                && seen.insert(*first)
+            {
+                chunks.push(c);
+            }
+            Ok(())
+        })?;
+        let total = chunks.len() as u64;
+        let k = self.s.codec.data_shards();
+        let r = Mutex::new(Redundancy {
+            chunks: total,
+            ..Default::default()
+        });
+        let done = AtomicU64::new(0);
+        let survives = AtomicU64::new(u64::MAX);
+        let one_host = self.s.store.placement(&[]).is_none();
+        chunks.par_iter().for_each(|c| {
+            let ids = c.shard_ids();
+            let masks = self
+                .s
+                .store
+                .placement(ids)
+                .unwrap_or_else(|| vec![1; ids.len()]);
+            let present = masks.iter().filter(|&&m| m != 0).count();
+            let mut fixed = false;
+            if repair && present < ids.len() && present >= k {
+                match self.rebuild(c, &masks) {
+                    Ok(n) => {
+                        lock(&r).rebuilt += n;
+                        fixed = true;
+                    }
+                    Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
+                }
+            }
+            let masks = if fixed {
+                self.s.store.placement(ids).unwrap_or(masks)
+            } else {
+                masks
+            };
+            let present = masks.iter().filter(|&&m| m != 0).count();
+            survives.fetch_min(losses_survived(&masks, k) as u64, Ordering::Relaxed);
+            {
+                let mut r = lock(&r);
+                match present {
+                    p if p == ids.len() => r.full += 1,
+                    p if p > k => r.reduced += 1,
+                    p if p == k => r.critical += 1,
+                    _ => r.lost += 1,
+                }
+            }
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+        });
+        let mut r = r.into_inner().unwrap_or_else(|p| p.into_inner());
+        if !one_host {
+            let s = survives.into_inner();
+            r.survives = Some(if s == u64::MAX {
+                self.s.codec.parity_shards()
+            } else {
+                s as usize
+            });
+        }
+        if repair && r.failures.is_empty() {
+            self.s.store.repaired();
+        }
+        Ok(r)
+    }
+
+    /// The mount's repair worker calls this periodically: a full repair pass when
+    /// a storage peer has been gone past the grace time or a write left shards
+    /// unplaced.
+    pub fn repair_if_due(&self) {
+        if !self.s.store.wants_repair(self.repair_grace) {
+            return;
+        }
+        tracing::warn!("repairing: a storage peer is gone or shards are unplaced");
+        match self.redundancy(true, &|_, _| {}) {
+            Ok(r) => tracing::warn!(
+                "repair: rebuilt {} shards; {} chunks full, {} reduced, {} critical, {} unreadable",
+                r.rebuilt,
+                r.full,
+                r.reduced,
+                r.critical,
+                r.lost
+            ),
+            Err(e) => tracing::error!("repair: {e}"),
+        }
+    }
+
+    /// Fetches k shards of `c`, rebuilds the rest and places the missing ones.
+    fn rebuild(&self, c: &ChunkRef, masks: &[u64]) -> Result<u64> {
+        let ids = c.shard_ids();
+        let k = self.s.codec.data_shards();
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
+        let mut have = 0;
+        for (i, id) in ids.iter().enumerate() {
+            if have == k {
+                break;
+            }
+            if masks[i] == 0 {
+                continue;
+            }
+            match self.s.store.get(id) {
+                Ok(b) => {
+                    shards[i] = Some(b);
+                    have += 1;
+                }
+                Err(e) => tracing::warn!("repair: shard {id}: {e}"),
+            }
+        }
+        chunk::open_sharded(c, &self.s.codec, &mut shards, true)?;
+        let which: Vec<usize> = (0..ids.len()).filter(|&i| masks[i] == 0).collect();
+        let bytes: Vec<&[u8]> = which
+            .iter()
+            .map(|&i| shards[i].as_deref().expect("rebuilt"))
+            .collect();
+        for (&i, b) in which.iter().zip(&bytes) {
+            if ShardId::of(b) != ids[i] {
+                return Err(crate::Error::Corrupt(format!(
+                    "rebuilt shard {} does not match its id",
+                    ids[i]
+                )));
+            }
+        }
+        self.s.store.place(ids, &which, &bytes)?;
+        Ok(which.len() as u64)
+    }
+
+    /// Asks the holders to re-hash every shard; bad ones are dropped and rebuilt.
+    pub fn scrub(
+        &self,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(Vec<ShardId>, Redundancy)> {
+        let bad = self.s.store.scrub(&|n| progress(n, 0))?;
+        if self.s.store.placement(&[]).is_none() && !bad.is_empty() {
+            // One host: the bad copies are still in place; reading every chunk
+            // that has one rebuilds and rewrites it.
+            let bad_set: HashSet<ShardId> = bad.iter().copied().collect();
+            let mut hit = Vec::new();
+            self.s.meta.for_each_chunk(|_, _, c| {
+                if c.shard_ids().iter().any(|id| bad_set.contains(id)) {
+                    hit.push(c);
+                }
+                Ok(())
+            })?;
+            for c in hit {
+                self.fetch_sharded(&c, true)?;
+            }
+        }
+        let r = self.redundancy(true, progress)?;
+        Ok((bad, r))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::losses_survived;
+
+    #[test]
+    fn losses_survived_counts_the_worst_case() {
+        // Six shards on six peers, k = 4: any two may go.
+        let spread: Vec<u64> = (0..6).map(|t| 1 << t).collect();
+        assert_eq!(losses_survived(&spread, 4), 2);
+        // Six shards on three peers, two each: one loss leaves four.
+        let paired: Vec<u64> = (0..6).map(|i| 1 << (i / 2)).collect();
+        assert_eq!(losses_survived(&paired, 4), 1);
+        // One peer holds everything: no loss survivable.
+        assert_eq!(losses_survived(&[1; 6], 4), 0);
+        // Two shards gone already on a six-peer spread.
+        let mut degraded = spread.clone();
+        degraded[0] = 0;
+        degraded[1] = 0;
+        assert_eq!(losses_survived(&degraded, 4), 0);
+        // Fewer than k present: nothing survives.
+        assert_eq!(losses_survived(&[1, 2, 0, 0, 0, 0], 4), 0);
+    }
+}

@@ -1,0 +1,1070 @@
+//! The home node's side of the mesh.
+//!
+//! [`MeshClient`] runs the swarm as an actor on its own small tokio runtime; the
+//! rest of the program holds a cloneable handle and sends it requests, each with
+//! a callback for the answer. [`MeshStore`] is the [`ShardStore`] over it: it
+//! places the shards of a chunk on distinct peers by rendezvous hashing, keeps a
+//! map of which peer holds which shard, and rides over dead or slow peers.
+
+use super::proto::{MAX_IDS, Request, Response};
+use super::{BehaviourEvent, MeshKey, NetError, build_swarm, peer_of};
+use crate::chunk::ShardId;
+use crate::store::{PeerStatus, ShardInfo, ShardStore, StoreError};
+use libp2p::futures::StreamExt;
+use libp2p::request_response::{self, Message, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, identify, kad};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as smpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+/// Peer tags are bits of a u64 mask: a mesh of up to 64 storage peers.
+pub const MAX_PEERS: usize = 64;
+/// How long a caller waits for any one answer (the request itself times out
+/// earlier, inside libp2p).
+const ANSWER_WAIT: Duration = Duration::from_secs(40);
+
+type Reply = Box<dyn FnOnce(Result<Response, String>) + Send>;
+
+enum Cmd {
+    Request {
+        peer: PeerId,
+        req: Request,
+        reply: Reply,
+    },
+}
+
+#[derive(Clone)]
+struct PeerEntry {
+    id: PeerId,
+    addrs: Vec<Multiaddr>,
+    connected: bool,
+    storage: bool,
+    /// Since when it has been unreachable (None while connected).
+    down_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct PeerTable {
+    /// Index = tag. Only storage peers get a tag.
+    list: Vec<PeerEntry>,
+    by_id: HashMap<PeerId, usize>,
+}
+
+impl PeerTable {
+    fn entry(&mut self, id: PeerId) -> Option<&mut PeerEntry> {
+        if let Some(&i) = self.by_id.get(&id) {
+            return Some(&mut self.list[i]);
+        }
+        if self.list.len() >= MAX_PEERS {
+            tracing::warn!("peer {id} ignored: a mesh holds at most {MAX_PEERS} storage peers");
+            return None;
+        }
+        self.by_id.insert(id, self.list.len());
+        self.list.push(PeerEntry {
+            id,
+            addrs: Vec::new(),
+            connected: false,
+            storage: false,
+            down_since: Some(Instant::now()),
+        });
+        self.list.last_mut()
+    }
+}
+
+struct Shared {
+    peers: Mutex<PeerTable>,
+    /// Where the addresses of the storage peers seen are remembered.
+    remember: Option<PathBuf>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn save_peers(&self) {
+        let Some(path) = &self.remember else { return };
+        let text: String = lock(&self.peers)
+            .list
+            .iter()
+            .filter(|p| p.storage)
+            .flat_map(|p| p.addrs.first().map(|a| format!("{a}/p2p/{}\n", p.id)))
+            .collect();
+        if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, path)) {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// A handle on the swarm actor; cheap to clone.
+#[derive(Clone)]
+pub struct MeshClient {
+    tx: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
+    _rt: Arc<Runtime>,
+}
+
+/// The actor's runtime, shut down without waiting when the last handle goes
+/// (it may go from inside another runtime's blocking thread).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl MeshClient {
+    /// Starts the swarm and dials `bootstrap` (addresses ending in `/p2p/ID` are
+    /// remembered as peers at once). `remember`: a file that keeps the storage
+    /// peers' addresses for later runs.
+    pub fn start(
+        identity: libp2p::identity::Keypair,
+        key: &MeshKey,
+        bootstrap: Vec<Multiaddr>,
+        remember: Option<PathBuf>,
+    ) -> Result<MeshClient, NetError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("datamesh-net")
+            .enable_all()
+            .build()
+            .map_err(|e| NetError::Bad(format!("starting the network runtime: {e}")))?;
+        let swarm = {
+            let _g = rt.enter();
+            build_swarm(identity, key, false)?
+        };
+        let shared = Arc::new(Shared {
+            peers: Mutex::new(PeerTable::default()),
+            remember,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.spawn(actor(swarm, rx, shared.clone(), bootstrap));
+        Ok(MeshClient {
+            tx,
+            shared,
+            _rt: Arc::new(Runtime(Some(rt))),
+        })
+    }
+
+    /// Sends `req` to `peer`; `reply` gets the answer (on the network thread: it
+    /// must only hand it on).
+    fn request(&self, peer: PeerId, req: Request, reply: Reply) {
+        if let Err(mpsc::error::SendError(Cmd::Request { reply, .. })) =
+            self.tx.send(Cmd::Request { peer, req, reply })
+        {
+            reply(Err("the network task has stopped".into()));
+        }
+    }
+
+    /// One request, waited for.
+    fn ask(&self, peer: PeerId, req: Request) -> Result<Response, String> {
+        let (tx, rx) = smpsc::channel();
+        self.request(
+            peer,
+            req,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv_timeout(ANSWER_WAIT)
+            .unwrap_or_else(|_| Err(format!("peer {peer}: no answer in {ANSWER_WAIT:?}")))
+    }
+
+    /// Reachable storage peers as (tag, id).
+    fn live(&self) -> Vec<(usize, PeerId)> {
+        lock(&self.shared.peers)
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.storage && p.connected)
+            .map(|(i, p)| (i, p.id))
+            .collect()
+    }
+
+    /// Waits until `want` storage peers are reachable; gives up after `limit`
+    /// with none, or once a second passes with some but no new one (the others
+    /// are down: waiting longer would only delay every command).
+    pub fn wait_for_peers(&self, want: usize, limit: Duration) -> usize {
+        let start = Instant::now();
+        let (mut last, mut since) = (0, Instant::now());
+        loop {
+            let n = self.live().len();
+            if n != last {
+                (last, since) = (n, Instant::now());
+            }
+            let settled = n > 0 && since.elapsed() >= Duration::from_secs(1);
+            if n >= want || settled || start.elapsed() >= limit {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Storage peers known but unreachable now.
+    fn down(&self) -> usize {
+        lock(&self.shared.peers)
+            .list
+            .iter()
+            .filter(|p| p.storage && !p.connected)
+            .count()
+    }
+}
+
+async fn actor(
+    mut swarm: libp2p::Swarm<super::Behaviour>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    shared: Arc<Shared>,
+    bootstrap: Vec<Multiaddr>,
+) {
+    let mut pending: HashMap<OutboundRequestId, Reply> = HashMap::new();
+    for addr in &bootstrap {
+        if let Some(peer) = peer_of(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            swarm.add_peer_address(peer, addr.clone());
+            // Bootstrap and remembered addresses are storage peers until identify
+            // says otherwise, so that one that is down shows as such.
+            if let Some(p) = lock(&shared.peers).entry(peer) {
+                p.addrs.push(bare(addr));
+                p.storage = true;
+            }
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!("bootstrap {addr}: {e}");
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => break,
+                Some(Cmd::Request { peer, req, reply }) => {
+                    let id = swarm.behaviour_mut().shard.send_request(&peer, req);
+                    pending.insert(id, reply);
+                }
+            },
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    let mut t = lock(&shared.peers);
+                    if let Some(p) = t.entry(peer_id) {
+                        p.connected = true;
+                        p.down_since = None;
+                        if endpoint.is_dialer() {
+                            let a = bare(endpoint.get_remote_address());
+                            if !p.addrs.contains(&a) {
+                                p.addrs.insert(0, a);
+                            }
+                        }
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                    if let Some(p) = lock(&shared.peers).entry(peer_id) {
+                        if p.storage {
+                            tracing::warn!("lost storage peer {peer_id}: {cause:?}");
+                        }
+                        p.connected = false;
+                        p.down_since = Some(Instant::now());
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                    peer_id, info, ..
+                })) => {
+                    let storage = info.agent_version.starts_with("datamesh-node/");
+                    if storage {
+                        for a in &info.listen_addrs {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
+                        }
+                    }
+                    let mut t = lock(&shared.peers);
+                    if let Some(p) = t.entry(peer_id) {
+                                                p.storage = storage;
+                        for a in info.listen_addrs.iter().filter(|a| !is_unspecified(a)).map(bare) {
+                            if !p.addrs.contains(&a) {
+                                p.addrs.push(a);
+                            }
+                        }
+                        drop(t);
+                        if storage {
+                            tracing::info!("storage peer {peer_id} identified");
+                            shared.save_peers();
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                    peer, addresses, ..
+                })) if !swarm.is_connected(&peer) => {
+                    let _ = swarm.dial(
+                        DialOpts::peer_id(peer).addresses(addresses.into_vec()).build(),
+                    );
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Shard(request_response::Event::Message {
+                    message: Message::Response { request_id, response },
+                    ..
+                })) => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        reply(Ok(response));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Shard(
+                    request_response::Event::OutboundFailure { request_id, error, peer, .. },
+                )) => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        reply(Err(format!("peer {peer}: {error}")));
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    tracing::debug!("dial {peer_id:?}: {error}");
+                }
+                _ => {}
+            },
+            _ = tick.tick() => {
+                ticks += 1;
+                // Dead peers are redialled so that a restarted one is used again.
+                let down: Vec<PeerEntry> = lock(&shared.peers)
+                    .list
+                    .iter()
+                    .filter(|p| !p.connected && !p.addrs.is_empty())
+                    .cloned()
+                    .collect();
+                for p in down {
+                    if !swarm.is_connected(&p.id) {
+                        let _ = swarm.dial(DialOpts::peer_id(p.id).addresses(p.addrs).build());
+                    }
+                }
+                if ticks % 15 == 1 {
+                    let _ = swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+    }
+}
+
+/// An address without its trailing `/p2p/ID` (kept once, beside the peer id).
+fn bare(a: &Multiaddr) -> Multiaddr {
+    a.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
+}
+
+fn is_unspecified(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// Rendezvous (highest-random-weight) score of a peer for a placement key.
+fn score(key: &ShardId, peer: &PeerId) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&key.0);
+    h.update(&peer.to_bytes());
+    u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
+}
+
+fn bit(tag: usize) -> u64 {
+    1u64 << tag
+}
+
+/// Shards spread over storage peers.
+pub struct MeshStore {
+    client: MeshClient,
+    /// Which peers (tag bits) hold each shard.
+    loc: Mutex<HashMap<ShardId, u64>>,
+    /// Chunks whose last shards are still landing in the background.
+    inflight: (Mutex<usize>, Condvar),
+    /// Peers that took puts since the last sync.
+    written: AtomicU64,
+    /// A background put could not place every shard: repair has work.
+    unplaced: AtomicBool,
+    /// This store, for the threads that finish puts in the background.
+    me: std::sync::Weak<MeshStore>,
+    /// Exponential average of a shard fetch, in microseconds (for hedging).
+    fetch_us: AtomicU64,
+    /// Peers that have been gone past the grace time and were repaired around.
+    repaired_mask: AtomicU64,
+}
+
+impl MeshStore {
+    pub fn new(client: MeshClient) -> Arc<MeshStore> {
+        Arc::new_cyclic(|me| MeshStore {
+            client,
+            loc: Mutex::new(HashMap::new()),
+            inflight: (Mutex::new(0), Condvar::new()),
+            written: AtomicU64::new(0),
+            unplaced: AtomicBool::new(false),
+            fetch_us: AtomicU64::new(20_000),
+            repaired_mask: AtomicU64::new(0),
+            me: me.clone(),
+        })
+    }
+
+    pub fn client(&self) -> &MeshClient {
+        &self.client
+    }
+
+    /// Live peers ordered by rendezvous score for `key`.
+    fn ranked(&self, key: &ShardId) -> Vec<(usize, PeerId)> {
+        let mut live = self.client.live();
+        live.sort_by_key(|(_, p)| std::cmp::Reverse(score(key, p)));
+        live
+    }
+
+    /// Storage peers unreachable for longer than `grace`.
+    fn gone_mask(&self, grace: Duration) -> u64 {
+        lock(&self.client.shared.peers)
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.storage && p.down_since.is_some_and(|t| t.elapsed() >= grace))
+            .fold(0, |m, (t, _)| m | bit(t))
+    }
+
+    fn holders(&self, id: &ShardId) -> u64 {
+        lock(&self.loc).get(id).copied().unwrap_or(0)
+    }
+
+    fn record(&self, id: ShardId, tag: usize) {
+        *lock(&self.loc).entry(id).or_default() |= bit(tag);
+    }
+
+    fn forget(&self, id: &ShardId, tag: usize) {
+        let mut loc = lock(&self.loc);
+        if let Some(m) = loc.get_mut(id) {
+            *m &= !bit(tag);
+            if *m == 0 {
+                loc.remove(id);
+            }
+        }
+    }
+
+    fn no_peers() -> StoreError {
+        StoreError::Peer(
+            "no storage peer is reachable (start some with `datamesh node`, see `datamesh status`)"
+                .into(),
+        )
+    }
+
+    /// Fetches a shard from `peer`, checking what comes back against its id.
+    fn fetch_from(&self, tag: usize, peer: PeerId, id: &ShardId) -> Result<Vec<u8>, StoreError> {
+        let start = Instant::now();
+        match self.client.ask(peer, Request::Get { id: *id }) {
+            Ok(Response::Data(b)) if ShardId::of(&b) == *id => {
+                let us = start.elapsed().as_micros() as u64;
+                let old = self.fetch_us.load(Ordering::Relaxed);
+                self.fetch_us.store((old * 7 + us) / 8, Ordering::Relaxed);
+                Ok(b)
+            }
+            Ok(Response::Data(_)) => {
+                tracing::error!("peer {peer} returned altered bytes for shard {id}: ignored");
+                Err(StoreError::Corrupt(*id))
+            }
+            Ok(Response::Missing) => {
+                self.forget(id, tag);
+                Err(StoreError::Missing(*id))
+            }
+            Ok(Response::Corrupt) => Err(StoreError::Corrupt(*id)),
+            Ok(other) => Err(StoreError::Peer(format!(
+                "peer {peer}: unexpected answer {other:?}"
+            ))),
+            Err(e) => Err(StoreError::Peer(e)),
+        }
+    }
+
+    /// Asks every live peer not in `skip` whether it has `id`; records the holders.
+    fn find(&self, id: &ShardId, skip: u64) -> u64 {
+        let (tx, rx) = smpsc::channel();
+        let mut asked = 0;
+        for (tag, peer) in self.client.live() {
+            if skip & bit(tag) != 0 {
+                continue;
+            }
+            asked += 1;
+            let tx = tx.clone();
+            self.client.request(
+                peer,
+                Request::Has { ids: vec![*id] },
+                Box::new(move |r| {
+                    let _ = tx.send((tag, r));
+                }),
+            );
+        }
+        let mut found = 0;
+        for _ in 0..asked {
+            match rx.recv_timeout(ANSWER_WAIT) {
+                Ok((tag, Ok(Response::Have(v)))) if v.first() == Some(&true) => {
+                    self.record(*id, tag);
+                    found |= bit(tag);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        found
+    }
+
+    /// Sends one request to each of `peers` at once and collects the answers.
+    fn ask_all(
+        &self,
+        peers: &[(usize, PeerId)],
+        req: impl Fn() -> Request,
+    ) -> Vec<(usize, PeerId, Result<Response, String>)> {
+        let (tx, rx) = smpsc::channel();
+        for &(tag, peer) in peers {
+            let tx = tx.clone();
+            self.client.request(
+                peer,
+                req(),
+                Box::new(move |r| {
+                    let _ = tx.send((tag, peer, r));
+                }),
+            );
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        for &(tag, peer) in peers {
+            match rx.recv_timeout(ANSWER_WAIT) {
+                Ok(r) => out.push(r),
+                Err(_) => out.push((tag, peer, Err(format!("peer {peer}: no answer")))),
+            }
+        }
+        out
+    }
+
+    /// Every shard a live peer holds, page by page.
+    fn inventory(
+        &self,
+        tag: usize,
+        peer: PeerId,
+        f: &mut dyn FnMut(ShardInfo),
+    ) -> Result<(), StoreError> {
+        let mut after = None;
+        loop {
+            match self.client.ask(
+                peer,
+                Request::List {
+                    after,
+                    max: MAX_IDS as u32,
+                },
+            ) {
+                Ok(Response::List { shards, more }) => {
+                    after = shards.last().map(|s| s.0);
+                    let mut loc = lock(&self.loc);
+                    for (id, len, mtime) in shards {
+                        *loc.entry(id).or_default() |= bit(tag);
+                        f(ShardInfo {
+                            id,
+                            len,
+                            modified: SystemTime::UNIX_EPOCH
+                                + Duration::from_secs(mtime.max(0) as u64),
+                        });
+                    }
+                    if !more {
+                        return Ok(());
+                    }
+                }
+                Ok(other) => {
+                    return Err(StoreError::Peer(format!(
+                        "peer {peer}: unexpected answer {other:?}"
+                    )));
+                }
+                Err(e) => return Err(StoreError::Peer(e)),
+            }
+        }
+    }
+
+    /// Starts putting shard `i` to the best candidate not tried yet for it
+    /// (a peer holding no shard of this chunk, else the least used one); false
+    /// when every live peer has been tried.
+    fn send_put(&self, job: &mut PutJob, i: usize, tx: &PutTx) -> bool {
+        let pick = job
+            .ranked
+            .iter()
+            .filter(|(tag, _)| job.tried[i] & bit(*tag) == 0)
+            .min_by_key(|(tag, _)| job.load.get(tag).copied().unwrap_or(0))
+            .copied();
+        match pick {
+            Some((tag, peer)) => {
+                self.send_put_to(job, i, tag, peer, tx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn send_put_to(&self, job: &mut PutJob, i: usize, tag: usize, peer: PeerId, tx: &PutTx) {
+        job.tried[i] |= bit(tag);
+        *job.load.entry(tag).or_default() += 1;
+        job.outstanding += 1;
+        let tx = tx.clone();
+        self.client.request(
+            peer,
+            Request::Put {
+                id: job.ids[i],
+                data: job.bytes[i].clone(),
+            },
+            Box::new(move |r| {
+                let _ = tx.send((i, tag, r));
+            }),
+        );
+    }
+
+    /// Takes one answer of a chunk put; returns false when the wait ran out.
+    fn take_answer(&self, job: &mut PutJob, rx: &PutRx, tx: &PutTx) -> bool {
+        let Ok((i, tag, res)) = rx.recv_timeout(ANSWER_WAIT) else {
+            return false;
+        };
+        job.outstanding -= 1;
+        match res {
+            Ok(Response::Done) => {
+                job.stored += 1;
+                self.record(job.ids[i], tag);
+                self.written.fetch_or(bit(tag), Ordering::Relaxed);
+            }
+            other => {
+                *job.load.entry(tag).or_default() -= 1;
+                let why = match other {
+                    Ok(Response::Full) => {
+                        job.full += 1;
+                        "it is full".to_string()
+                    }
+                    Ok(r) => format!("{r:?}"),
+                    Err(e) => e,
+                };
+                tracing::info!(
+                    "shard {} not stored on peer {tag}: {why}; placing it elsewhere",
+                    job.ids[i]
+                );
+                if !self.send_put(job, i, tx) {
+                    job.failed += 1;
+                    job.last_error = why;
+                }
+            }
+        }
+        true
+    }
+}
+
+type PutAnswer = (usize, usize, Result<Response, String>);
+type PutTx = smpsc::Sender<PutAnswer>;
+type PutRx = smpsc::Receiver<PutAnswer>;
+
+/// One chunk's shards on their way to peers.
+struct PutJob {
+    ids: Vec<ShardId>,
+    bytes: Vec<Vec<u8>>,
+    ranked: Vec<(usize, PeerId)>,
+    /// Per shard, the peers tried.
+    tried: Vec<u64>,
+    /// Shards of this chunk per peer.
+    load: HashMap<usize, usize>,
+    outstanding: usize,
+    stored: usize,
+    failed: usize,
+    full: usize,
+    last_error: String,
+}
+
+impl ShardStore for MeshStore {
+    fn put(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_chunk(&[(*id, bytes)], 1)
+    }
+
+    fn replace(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        // A holder with a damaged copy would keep it (puts of a shard it has are
+        // no-ops): store it on another peer.
+        self.place(&[*id], &[0], &[bytes])
+    }
+
+    fn get(&self, id: &ShardId) -> Result<Vec<u8>, StoreError> {
+        let live: HashMap<usize, PeerId> = self.client.live().into_iter().collect();
+        if live.is_empty() {
+            return Err(Self::no_peers());
+        }
+        let mut tried = 0u64;
+        let mut last = StoreError::Missing(*id);
+        for round in 0..2 {
+            let mask = if round == 0 {
+                self.holders(id)
+            } else {
+                self.find(id, tried)
+            };
+            for (&tag, &peer) in &live {
+                if mask & bit(tag) == 0 || tried & bit(tag) != 0 {
+                    continue;
+                }
+                tried |= bit(tag);
+                match self.fetch_from(tag, peer, id) {
+                    Ok(b) => return Ok(b),
+                    Err(e) => last = e,
+                }
+            }
+        }
+        // Not lost while a peer that may hold it is only unreachable.
+        let down = self.client.down();
+        if matches!(last, StoreError::Missing(_)) && down > 0 {
+            return Err(StoreError::Peer(format!(
+                "shard {id} is on no reachable peer ({down} storage peers unreachable)"
+            )));
+        }
+        Err(last)
+    }
+
+    fn delete(&self, id: &ShardId) -> Result<(), StoreError> {
+        let holders = self.holders(id);
+        let live = self.client.live();
+        let targets: Vec<_> = if holders == 0 {
+            live
+        } else {
+            live.into_iter()
+                .filter(|(t, _)| holders & bit(*t) != 0)
+                .collect()
+        };
+        for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
+            match r {
+                Ok(Response::Done) => self.forget(id, tag),
+                Ok(other) => tracing::warn!("delete {id} on {peer}: {other:?}"),
+                Err(e) => tracing::warn!("delete {id}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let (m, cv) = &self.inflight;
+        let mut n = lock(m);
+        while *n > 0 {
+            n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(n);
+        let mask = self.written.swap(0, Ordering::Relaxed);
+        let targets: Vec<_> = self
+            .client
+            .live()
+            .into_iter()
+            .filter(|(t, _)| mask & bit(*t) != 0)
+            .collect();
+        for (_, peer, r) in self.ask_all(&targets, || Request::Sync) {
+            match r {
+                Ok(Response::Done) => {}
+                Ok(other) => {
+                    return Err(StoreError::Peer(format!("sync on peer {peer}: {other:?}")));
+                }
+                Err(e) => return Err(StoreError::Peer(format!("sync: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(ShardInfo)) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for (tag, peer) in self.client.live() {
+            self.inventory(tag, peer, &mut |info| {
+                if seen.insert(info.id) {
+                    f(info)
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn capacity(&self) -> Result<(u64, u64), StoreError> {
+        let (mut total, mut avail) = (0, 0);
+        for (_, _, r) in self.ask_all(&self.client.live(), || Request::Stat) {
+            if let Ok(Response::Stat { used, capacity, .. }) = r {
+                total += capacity;
+                avail += capacity.saturating_sub(used);
+            }
+        }
+        Ok((total, avail))
+    }
+
+    fn hedge_after(&self) -> Option<Duration> {
+        // Three times a typical fetch: a peer that slow is probably stalled.
+        let us = self
+            .fetch_us
+            .load(Ordering::Relaxed)
+            .clamp(10_000, 2_000_000);
+        Some(Duration::from_micros(us * 3))
+    }
+
+    fn survey(&self) -> Result<(), StoreError> {
+        let live = self.client.live();
+        let mut fresh: HashMap<ShardId, u64> = HashMap::new();
+        for (tag, peer) in live {
+            self.inventory(tag, peer, &mut |info| {
+                *fresh.entry(info.id).or_default() |= bit(tag)
+            })?;
+        }
+        // Holders that are down keep their entries: their shards count again
+        // if they come back.
+        let mut loc = lock(&self.loc);
+        let live_mask = self.client.live().iter().fold(0, |m, (t, _)| m | bit(*t));
+        loc.retain(|_, m| {
+            *m &= !live_mask;
+            true
+        });
+        for (id, m) in fresh {
+            *loc.entry(id).or_default() |= m;
+        }
+        loc.retain(|_, m| *m != 0);
+        Ok(())
+    }
+
+    fn placement(&self, ids: &[ShardId]) -> Option<Vec<u64>> {
+        let live = self.client.live().iter().fold(0, |m, (t, _)| m | bit(*t));
+        let loc = lock(&self.loc);
+        Some(
+            ids.iter()
+                .map(|id| loc.get(id).copied().unwrap_or(0) & live)
+                .collect(),
+        )
+    }
+
+    fn place(&self, ids: &[ShardId], which: &[usize], bytes: &[&[u8]]) -> Result<(), StoreError> {
+        let Some(key) = ids.first() else {
+            return Ok(());
+        };
+        let ranked = self.ranked(key);
+        if ranked.is_empty() {
+            return Err(Self::no_peers());
+        }
+        let live_mask = ranked.iter().fold(0, |m, (t, _)| m | bit(*t));
+        let mut job = PutJob {
+            ids: which.iter().map(|&i| ids[i]).collect(),
+            bytes: bytes.iter().map(|b| b.to_vec()).collect(),
+            ranked,
+            tried: vec![0; which.len()],
+            load: HashMap::new(),
+            outstanding: 0,
+            stored: 0,
+            failed: 0,
+            full: 0,
+            last_error: String::new(),
+        };
+        // Count what the chunk's other shards already put on each peer, and never
+        // send a shard back to a peer that holds (or held a bad copy of) it.
+        for m in self.placement(ids).unwrap_or_default() {
+            for tag in 0..MAX_PEERS {
+                if m & bit(tag) != 0 {
+                    *job.load.entry(tag).or_default() += 1;
+                }
+            }
+        }
+        for (j, &i) in which.iter().enumerate() {
+            job.tried[j] = self.holders(&ids[i]) & live_mask;
+        }
+        let (tx, rx) = smpsc::channel();
+        for j in 0..which.len() {
+            if !self.send_put(&mut job, j, &tx) {
+                // Every live peer has it already (or refused): put it anywhere.
+                job.tried[j] = 0;
+                self.send_put(&mut job, j, &tx);
+            }
+        }
+        while job.outstanding > 0 {
+            if !self.take_answer(&mut job, &rx, &tx) {
+                break;
+            }
+        }
+        if job.stored < which.len() {
+            if job.full > 0 {
+                return Err(StoreError::Full(PathBuf::from("the storage peers")));
+            }
+            return Err(StoreError::Peer(format!(
+                "placed {} of {} shards: {}",
+                job.stored,
+                which.len(),
+                job.last_error
+            )));
+        }
+        Ok(())
+    }
+
+    fn peers(&self) -> Option<Vec<PeerStatus>> {
+        let table: Vec<PeerEntry> = lock(&self.client.shared.peers).list.clone();
+        let live: Vec<(usize, PeerId)> = table
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.storage && p.connected)
+            .map(|(i, p)| (i, p.id))
+            .collect();
+        let mut stats: HashMap<usize, (u64, u64, u64)> = HashMap::new();
+        for (tag, _, r) in self.ask_all(&live, || Request::Stat) {
+            if let Ok(Response::Stat {
+                shards,
+                used,
+                capacity,
+            }) = r
+            {
+                stats.insert(tag, (shards, used, capacity));
+            }
+        }
+        Some(
+            table
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.storage)
+                .map(|(tag, p)| {
+                    let (shards, bytes, capacity) = stats.get(&tag).copied().unwrap_or_default();
+                    PeerStatus {
+                        tag: tag as u32,
+                        id: p.id.to_string(),
+                        address: p.addrs.first().map(|a| a.to_string()).unwrap_or_default(),
+                        reachable: stats.contains_key(&tag),
+                        shards,
+                        bytes,
+                        capacity,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn wants_repair(&self, grace: Duration) -> bool {
+        if self.unplaced.load(Ordering::Relaxed) {
+            return true;
+        }
+        let gone = self.gone_mask(grace);
+        gone & !self.repaired_mask.load(Ordering::Relaxed) != 0
+    }
+
+    fn repaired(&self) {
+        self.unplaced.store(false, Ordering::Relaxed);
+        // Peers gone now were repaired around; one that returns and goes again
+        // counts anew.
+        self.repaired_mask
+            .store(self.gone_mask(Duration::ZERO), Ordering::Relaxed);
+    }
+
+    fn scrub(&self, progress: &dyn Fn(u64)) -> Result<Vec<ShardId>, StoreError> {
+        let mut bad_all = Vec::new();
+        let mut checked = 0u64;
+        for (tag, peer) in self.client.live() {
+            let mut after = None;
+            loop {
+                match self.client.ask(peer, Request::Verify { after, max: 256 }) {
+                    Ok(Response::Verified {
+                        checked: c,
+                        bad,
+                        last,
+                        more,
+                    }) => {
+                        checked += c as u64;
+                        progress(checked);
+                        if !bad.is_empty() {
+                            tracing::warn!("scrub: peer {peer} holds {} corrupt shards", bad.len());
+                            // The peer drops its bad copies; repair puts good ones back.
+                            let _ = self.client.ask(peer, Request::Delete { ids: bad.clone() });
+                            for id in &bad {
+                                self.forget(id, tag);
+                            }
+                            bad_all.extend(bad);
+                        }
+                        after = last;
+                        if !more {
+                            break;
+                        }
+                    }
+                    Ok(other) => {
+                        return Err(StoreError::Peer(format!("scrub on peer {peer}: {other:?}")));
+                    }
+                    Err(e) => return Err(StoreError::Peer(format!("scrub: {e}"))),
+                }
+            }
+        }
+        if !bad_all.is_empty() {
+            self.unplaced.store(true, Ordering::Relaxed);
+        }
+        Ok(bad_all)
+    }
+
+    fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {
+        let Some((key, _)) = shards.first() else {
+            return Ok(());
+        };
+        let ranked = self.ranked(key);
+        if ranked.is_empty() {
+            return Err(Self::no_peers());
+        }
+        let n = shards.len();
+        let mut job = PutJob {
+            ids: shards.iter().map(|s| s.0).collect(),
+            bytes: shards.iter().map(|s| s.1.to_vec()).collect(),
+            ranked,
+            tried: vec![0; n],
+            load: HashMap::new(),
+            outstanding: 0,
+            stored: 0,
+            failed: 0,
+            full: 0,
+            last_error: String::new(),
+        };
+        let (tx, rx) = smpsc::channel();
+        // Shard i starts on the i-th ranked peer (wrapping when there are fewer).
+        for i in 0..n {
+            let (tag, peer) = job.ranked[i % job.ranked.len()];
+            self.send_put_to(&mut job, i, tag, peer, &tx);
+        }
+        let need = need.min(n);
+        while job.stored < need && job.outstanding > 0 {
+            if !self.take_answer(&mut job, &rx, &tx) {
+                break;
+            }
+        }
+        if job.stored < need {
+            if job.full > 0 {
+                return Err(StoreError::Full(PathBuf::from("the storage peers")));
+            }
+            let why = if job.last_error.is_empty() {
+                "no answer in time"
+            } else {
+                &job.last_error
+            };
+            return Err(StoreError::Peer(format!(
+                "only {} of {} shards stored: {why}",
+                job.stored, n
+            )));
+        }
+        if job.outstanding > 0 {
+            // The rest land in the background; sync waits for them.
+            let Some(this) = self.me.upgrade() else {
+                return Ok(());
+            };
+            *lock(&self.inflight.0) += 1;
+            std::thread::Builder::new()
+                .name("datamesh-put".into())
+                .spawn(move || {
+                    while job.outstanding > 0 {
+                        if !this.take_answer(&mut job, &rx, &tx) {
+                            break;
+                        }
+                    }
+                    if job.stored < n {
+                        tracing::warn!(
+                            "{} of {n} shards of a chunk stored; the rest are left to repair",
+                            job.stored
+                        );
+                        this.unplaced.store(true, Ordering::Relaxed);
+                    }
+                    let (m, cv) = &this.inflight;
+                    *lock(m) -= 1;
+                    cv.notify_all();
+                })
+                .map_err(|e| StoreError::Peer(format!("starting a put thread: {e}")))?;
+        }
+        Ok(())
+    }
+}

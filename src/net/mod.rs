@@ -1,0 +1,250 @@
+//! The mesh: libp2p peers that hold shards. This module owns everything libp2p:
+//! identities, the mesh key that gates every connection, join tokens, the shard
+//! protocol ([`proto`]), the storage peer ([`node`]) and the home node's side
+//! ([`client`]: a swarm actor with a cloneable handle, and [`MeshStore`], the
+//! [`crate::store::ShardStore`] that places shards on peers).
+//!
+//! Privacy of the mesh: the Noise handshake's prologue is derived from the mesh
+//! key, so a process without the key fails the handshake and never gets a stream.
+//! (libp2p's pre-shared-key transport does the same at a third of the throughput.)
+
+pub mod client;
+pub mod node;
+pub mod proto;
+
+pub use client::{MeshClient, MeshStore};
+
+use libp2p::identity::Keypair;
+use libp2p::kad;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{Multiaddr, PeerId, identify, noise, ping, request_response, tcp, yamux};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// What identify announces: storage peers serve shards, home nodes only ask.
+pub const AGENT_NODE: &str = concat!("datamesh-node/", env!("CARGO_PKG_VERSION"));
+pub const AGENT_HOME: &str = concat!("datamesh-home/", env!("CARGO_PKG_VERSION"));
+const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/datamesh/kad/1");
+/// How long one shard request may take before the peer counts as failing it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests in flight on one connection; more wait for a free stream.
+pub const STREAMS_PER_PEER: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Bad(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NetError + '_ {
+    move |source| NetError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// 32 random bytes shared by every member of one mesh.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MeshKey([u8; 32]);
+
+impl MeshKey {
+    pub fn generate() -> MeshKey {
+        MeshKey(rand::random())
+    }
+
+    /// Reads the key at `path`; with `create`, makes one there if there is none.
+    pub fn load(path: &Path, create: bool) -> Result<MeshKey, NetError> {
+        match fs::read(path) {
+            Ok(b) => b
+                .try_into()
+                .map(MeshKey)
+                .map_err(|_| NetError::Bad(format!("{}: a mesh key is 32 bytes", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let key = MeshKey::generate();
+                key.save(path)?;
+                Ok(key)
+            }
+            Err(e) => Err(NetError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), NetError> {
+        write_secret(path, &self.0)
+    }
+
+    /// The Noise prologue: both ends of a handshake must have the same one.
+    fn prologue(&self) -> Vec<u8> {
+        blake3::derive_key("datamesh 2026 mesh noise prologue", &self.0).to_vec()
+    }
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// This process's libp2p identity, kept at `path` so its peer id is stable.
+pub fn load_identity(path: &Path) -> Result<Keypair, NetError> {
+    match fs::read(path) {
+        Ok(b) => Keypair::from_protobuf_encoding(&b)
+            .map_err(|e| NetError::Bad(format!("{}: not a peer key: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = Keypair::generate_ed25519();
+            let bytes = kp
+                .to_protobuf_encoding()
+                .map_err(|e| NetError::Bad(e.to_string()))?;
+            write_secret(path, &bytes)?;
+            Ok(kp)
+        }
+        Err(e) => Err(NetError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// What `datamesh invite` hands out: the mesh key and where to find the mesh.
+/// Nothing in it decrypts data (the volume key never leaves the home node).
+#[derive(Serialize, Deserialize)]
+pub struct JoinToken {
+    pub mesh_key: [u8; 32],
+    pub bootstrap: Vec<String>,
+}
+
+const TOKEN_PREFIX: &str = "dmjoin1";
+
+impl JoinToken {
+    pub fn new(key: &MeshKey, bootstrap: &[Multiaddr]) -> JoinToken {
+        JoinToken {
+            mesh_key: key.0,
+            bootstrap: bootstrap.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let body = postcard::to_allocvec(self).expect("tokens serialize");
+        format!("{TOKEN_PREFIX}{}", hex::encode(body))
+    }
+
+    pub fn decode(s: &str) -> Result<(MeshKey, Vec<Multiaddr>), NetError> {
+        let bad = |why: &str| NetError::Bad(format!("join token: {why}"));
+        let body = s.trim().strip_prefix(TOKEN_PREFIX).ok_or_else(|| {
+            bad("does not start with dmjoin1 (copy the last line of `datamesh invite`)")
+        })?;
+        let bytes = hex::decode(body).map_err(|_| bad("not hex after the prefix"))?;
+        let t: JoinToken = postcard::from_bytes(&bytes).map_err(|_| bad("damaged"))?;
+        let addrs = t
+            .bootstrap
+            .iter()
+            .map(|a| a.parse().map_err(|_| bad(&format!("bad address {a}"))))
+            .collect::<Result<_, _>>()?;
+        Ok((MeshKey(t.mesh_key), addrs))
+    }
+}
+
+/// The peer id at the end of an address (`…/p2p/ID`), if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    shard: request_response::Behaviour<proto::Codec>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// A swarm on TCP + Noise (prologue from the mesh key) + Yamux.
+fn build_swarm(
+    identity: Keypair,
+    key: &MeshKey,
+    serve: bool,
+) -> Result<libp2p::Swarm<Behaviour>, NetError> {
+    let prologue = key.prologue();
+    let bad = |e: &dyn std::fmt::Display| NetError::Bad(format!("starting libp2p: {e}"));
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            move |kp: &Keypair| noise::Config::new(kp).map(|c| c.with_prologue(prologue)),
+            yamux::Config::default,
+        )
+        .map_err(|e| bad(&e))?
+        .with_behaviour(|kp| {
+            let id = kp.public().to_peer_id();
+            let support = if serve {
+                request_response::ProtocolSupport::Full
+            } else {
+                request_response::ProtocolSupport::Outbound
+            };
+            let rr = request_response::Config::default()
+                .with_request_timeout(REQUEST_TIMEOUT)
+                .with_max_concurrent_streams(STREAMS_PER_PEER);
+            let mut kad = kad::Behaviour::with_config(
+                id,
+                kad::store::MemoryStore::new(id),
+                kad::Config::new(KAD_PROTOCOL),
+            );
+            kad.set_mode(Some(if serve {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            }));
+            Behaviour {
+                shard: request_response::Behaviour::new([(proto::PROTOCOL, support)], rr),
+                kad,
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/datamesh/id/1".into(), kp.public())
+                        .with_agent_version(if serve { AGENT_NODE } else { AGENT_HOME }.into()),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+            }
+        })
+        .map_err(|e| bad(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_tokens_round_trip_and_reject_damage() {
+        let key = MeshKey::generate();
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4100".parse().unwrap();
+        let tok = JoinToken::new(&key, std::slice::from_ref(&addr)).encode();
+        let (k2, addrs) = JoinToken::decode(&tok).unwrap();
+        assert!(k2 == key);
+        assert_eq!(addrs, vec![addr]);
+        assert!(JoinToken::decode(&tok[..tok.len() - 2]).is_err());
+        assert!(JoinToken::decode("hello").is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! `datamesh node`: a storage peer. It holds shards (ciphertext) in the same
+//! [`LocalStore`] the embedded volume uses, and nothing else: no keys, no names.
+//!
+//! The swarm runs on one task; each shard request is answered from tokio's
+//! blocking pool (bounded), so disk I/O never stalls the network loop.
+
+use super::proto::{MAX_IDS, Request, Response};
+use super::{BehaviourEvent, JoinToken, MeshKey, NetError, build_swarm, load_identity, peer_of};
+use crate::chunk::ShardId;
+use crate::store::{LocalStore, ShardStore, StoreError};
+use libp2p::futures::StreamExt;
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, identify};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub struct NodeOptions {
+    pub data: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    /// Most shard bytes this peer keeps; `None`: as much as its disk holds.
+    pub capacity: Option<u64>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub join: Option<String>,
+}
+
+/// Shard requests answered at once; more queue in the swarm.
+const BLOCKING_THREADS: usize = 16;
+
+struct Shards {
+    store: LocalStore,
+    capacity: Option<u64>,
+    used: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Shards {
+    fn answer(&self, from: &libp2p::PeerId, req: Request) -> Response {
+        let failed = |e: StoreError| match e {
+            StoreError::Full(_) => Response::Full,
+            StoreError::Missing(_) => Response::Missing,
+            StoreError::Corrupt(id) => {
+                tracing::error!("shard {id} is corrupt on this peer's disk");
+                Response::Corrupt
+            }
+            e => Response::Failed(e.to_string()),
+        };
+        match req {
+            Request::Put { id, data } => {
+                if ShardId::of(&data) != id {
+                    tracing::warn!("{from} sent bytes that do not match shard id {id}: refused");
+                    return Response::BadHash;
+                }
+                if self.store.contains(&id) {
+                    return Response::Done;
+                }
+                let len = data.len() as u64;
+                if self
+                    .capacity
+                    .is_some_and(|cap| self.used.load(Ordering::Relaxed) + len > cap)
+                {
+                    return Response::Full;
+                }
+                match self.store.put(&id, &data) {
+                    Ok(()) => {
+                        self.used.fetch_add(len, Ordering::Relaxed);
+                        self.count.fetch_add(1, Ordering::Relaxed);
+                        Response::Done
+                    }
+                    Err(e) => failed(e),
+                }
+            }
+            Request::Get { id } => match self.store.get(&id) {
+                Ok(data) => Response::Data(data),
+                Err(e) => failed(e),
+            },
+            Request::Has { ids } => {
+                Response::Have(ids.iter().map(|i| self.store.contains(i)).collect())
+            }
+            Request::Delete { ids } => {
+                for id in ids {
+                    if let Some(len) = self.store.len_of(&id) {
+                        if let Err(e) = self.store.delete(&id) {
+                            return failed(e);
+                        }
+                        self.used.fetch_sub(len, Ordering::Relaxed);
+                        self.count.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Response::Done
+            }
+            Request::Sync => match self.store.sync() {
+                Ok(()) => Response::Done,
+                Err(e) => failed(e),
+            },
+            Request::List { after, max } => {
+                let (shards, more) = self.store.list_after(after, max as usize);
+                Response::List { shards, more }
+            }
+            Request::Verify { after, max } => {
+                let (shards, more) = self.store.list_after(after, (max as usize).min(MAX_IDS));
+                let bad = shards
+                    .iter()
+                    .filter(|(id, _, _)| matches!(self.store.get(id), Err(StoreError::Corrupt(_))))
+                    .map(|(id, _, _)| *id)
+                    .collect::<Vec<_>>();
+                for id in &bad {
+                    tracing::error!("scrub: shard {id} is corrupt on this peer's disk");
+                }
+                Response::Verified {
+                    checked: shards.len() as u32,
+                    bad,
+                    last: shards.last().map(|s| s.0),
+                    more,
+                }
+            }
+            Request::Stat => {
+                let used = self.used.load(Ordering::Relaxed);
+                let disk = self
+                    .store
+                    .capacity()
+                    .map(|(_, avail)| used + avail)
+                    .unwrap_or(used);
+                Response::Stat {
+                    shards: self.count.load(Ordering::Relaxed),
+                    used,
+                    capacity: self.capacity.map_or(disk, |c| c.min(disk)),
+                }
+            }
+        }
+    }
+}
+
+/// Runs a storage peer until SIGTERM or SIGINT.
+pub fn run(opts: NodeOptions) -> Result<(), NetError> {
+    std::fs::create_dir_all(&opts.data).map_err(super::io_err(&opts.data))?;
+    let key_path = opts.data.join("mesh.key");
+    let mut bootstrap = opts.bootstrap.clone();
+    let key = match &opts.join {
+        Some(token) => {
+            let (key, addrs) = JoinToken::decode(token)?;
+            match MeshKey::load(&key_path, false) {
+                Ok(have) if have != key => {
+                    return Err(NetError::Bad(format!(
+                        "{}: this peer already belongs to another mesh (remove its data dir to rejoin)",
+                        opts.data.display()
+                    )));
+                }
+                Ok(_) => {}
+                Err(_) => key.save(&key_path)?,
+            }
+            bootstrap.extend(addrs);
+            key
+        }
+        None => MeshKey::load(&key_path, false).map_err(|_| {
+            NetError::Bad(format!(
+                "{}: no mesh key yet: start with --join TOKEN (the last line of `datamesh invite`)",
+                opts.data.display()
+            ))
+        })?,
+    };
+    let identity = load_identity(&opts.data.join("node.key"))?;
+    let store =
+        LocalStore::open(&opts.data.join("store")).map_err(|e| NetError::Bad(e.to_string()))?;
+    let (mut used, mut count) = (0, 0);
+    store
+        .for_each(&mut |info| {
+            used += info.len;
+            count += 1;
+        })
+        .map_err(|e| NetError::Bad(e.to_string()))?;
+    let shards = Arc::new(Shards {
+        store,
+        capacity: opts.capacity,
+        used: AtomicU64::new(used),
+        count: AtomicU64::new(count),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name("datamesh-node")
+        .enable_all()
+        .build()
+        .map_err(super::io_err(&opts.data))?;
+    rt.block_on(serve(identity, key, opts.listen, bootstrap, shards))
+}
+
+async fn serve(
+    identity: libp2p::identity::Keypair,
+    key: MeshKey,
+    listen: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    shards: Arc<Shards>,
+) -> Result<(), NetError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let me = identity.public().to_peer_id();
+    let mut swarm = build_swarm(identity, &key, true)?;
+    for addr in listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Bad(format!("listen on {addr}: {e}")))?;
+    }
+    for addr in &bootstrap {
+        if let Some(peer) = peer_of(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!("bootstrap {addr}: {e}");
+        }
+    }
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut term = signal(SignalKind::terminate()).map_err(|e| NetError::Bad(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| NetError::Bad(e.to_string()))?;
+    let mut discover = tokio::time::interval(Duration::from_secs(30));
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    if !announced {
+                        announced = true;
+                        println!("datamesh node: listening on {address}/p2p/{me}");
+                        use std::io::Write;
+                        let _ = std::io::stdout().flush();
+                    } else {
+                        tracing::info!("also listening on {address}/p2p/{me}");
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Shard(request_response::Event::Message {
+                    peer,
+                    message: Message::Request { request, channel, .. },
+                    ..
+                })) => {
+                    let shards = shards.clone();
+                    let done = done_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let resp = shards.answer(&peer, request);
+                        let _ = done.send((channel, resp));
+                    });
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Shard(request_response::Event::InboundFailure {
+                    peer, error, ..
+                })) => tracing::info!("request from {peer} failed: {error}"),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                    peer_id, info, ..
+                })) if info.agent_version.starts_with("datamesh-node/") => {
+                    for a in info.listen_addrs {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                    }
+                }
+                SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                    tracing::info!("refused a connection from {send_back_addr}: {error}");
+                }
+                _ => {}
+            },
+            Some((channel, resp)) = done_rx.recv() => {
+                let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
+            }
+            _ = discover.tick() => {
+                let _ = swarm.behaviour_mut().kad.bootstrap();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Everything acknowledged is made durable before the peer goes.
+    let s = shards.clone();
+    let _ = tokio::task::spawn_blocking(move || s.store.sync()).await;
+    tracing::info!("datamesh node {me}: stopped");
+    Ok(())
+}

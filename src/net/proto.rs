@@ -1,0 +1,279 @@
+//! `/datamesh/shard/1`: the messages between a home node and a storage peer, and
+//! their wire form.
+//!
+//! A message is one frame: a 4-byte big-endian length, then that many bytes of
+//! postcard. Every length is bounded before anything is allocated for it, so a
+//! malformed, truncated or oversized frame is an error on that stream only.
+
+use crate::chunk::ShardId;
+use libp2p::StreamProtocol;
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde::{Deserialize, Serialize};
+use std::io;
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/datamesh/shard/1");
+
+/// Largest shard a peer accepts: a 64 MiB chunk (the largest `init` allows) split
+/// into as few as one data shard.
+pub const MAX_SHARD: usize = 64 << 20;
+/// Largest frame: a shard plus its header.
+pub const MAX_FRAME: usize = MAX_SHARD + 4096;
+/// Most ids in one `Has`, `Delete`, `List` or `Verify` exchange.
+pub const MAX_IDS: usize = 16 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Store a shard; the peer checks that `data` hashes to `id`.
+    Put {
+        id: ShardId,
+        data: Vec<u8>,
+    },
+    Get {
+        id: ShardId,
+    },
+    Has {
+        ids: Vec<ShardId>,
+    },
+    Delete {
+        ids: Vec<ShardId>,
+    },
+    /// Make everything stored so far durable.
+    Sync,
+    /// Up to `max` held shards with ids after `after`, in id order.
+    List {
+        after: Option<ShardId>,
+        max: u32,
+    },
+    /// Re-hash up to `max` held shards after `after` and report the bad ones.
+    Verify {
+        after: Option<ShardId>,
+        max: u32,
+    },
+    Stat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Done,
+    Data(Vec<u8>),
+    Have(Vec<bool>),
+    Missing,
+    /// The peer holds the shard but its bytes no longer match the id.
+    Corrupt,
+    /// Over the peer's capacity (or its disk is full): place the shard elsewhere.
+    Full,
+    /// The bytes sent do not hash to the id given.
+    BadHash,
+    Failed(String),
+    /// `(id, length, mtime in seconds)`; `more` when the listing goes on after the last.
+    List {
+        shards: Vec<(ShardId, u64, i64)>,
+        more: bool,
+    },
+    Verified {
+        checked: u32,
+        bad: Vec<ShardId>,
+        last: Option<ShardId>,
+        more: bool,
+    },
+    Stat {
+        shards: u64,
+        used: u64,
+        capacity: u64,
+    },
+}
+
+impl Request {
+    /// Checks the bounds serde cannot express.
+    fn check(&self) -> io::Result<()> {
+        let ok = match self {
+            Request::Put { data, .. } => data.len() <= MAX_SHARD,
+            Request::Has { ids } | Request::Delete { ids } => ids.len() <= MAX_IDS,
+            Request::List { max, .. } | Request::Verify { max, .. } => *max as usize <= MAX_IDS,
+            Request::Get { .. } | Request::Sync | Request::Stat => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid("request over its size limit"))
+        }
+    }
+}
+
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    let mut out = vec![0u8; 4];
+    postcard::to_io(msg, &mut out).map_err(|e| invalid(&e.to_string()))?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME {
+        return Err(invalid("message over the frame limit"));
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes one frame's payload (what follows the length).
+pub fn decode_request(payload: &[u8]) -> io::Result<Request> {
+    let req: Request = postcard::from_bytes(payload).map_err(|e| invalid(&e.to_string()))?;
+    req.check()?;
+    Ok(req)
+}
+
+pub fn decode_response(payload: &[u8]) -> io::Result<Response> {
+    postcard::from_bytes(payload).map_err(|e| invalid(&e.to_string()))
+}
+
+/// Reads one frame's payload; the buffer grows with the bytes that actually
+/// arrive, so a lying length cannot make the reader allocate it up front.
+async fn read_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(invalid("frame over the size limit"));
+    }
+    let mut buf = Vec::with_capacity(len.min(1 << 20));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, frame: Vec<u8>) -> io::Result<()> {
+    io.write_all(&frame).await?;
+    io.close().await
+}
+
+#[derive(Clone, Default)]
+pub struct Codec;
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode_request(&read_frame(io).await?)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode_response(&read_frame(io).await?)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        req.check()?;
+        write_frame(io, encode(&req)?).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, encode(&res)?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::futures::executor::block_on;
+    use libp2p::request_response::Codec as _;
+    use proptest::prelude::*;
+
+    fn id() -> impl Strategy<Value = ShardId> {
+        any::<[u8; 32]>().prop_map(ShardId)
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (id(), proptest::collection::vec(any::<u8>(), 0..300))
+                .prop_map(|(id, data)| Request::Put { id, data }),
+            id().prop_map(|id| Request::Get { id }),
+            proptest::collection::vec(id(), 0..20).prop_map(|ids| Request::Has { ids }),
+            proptest::collection::vec(id(), 0..20).prop_map(|ids| Request::Delete { ids }),
+            Just(Request::Sync),
+            Just(Request::Stat),
+            (proptest::option::of(id()), 0u32..100)
+                .prop_map(|(after, max)| Request::List { after, max }),
+        ]
+    }
+
+    fn read_req(bytes: &[u8]) -> io::Result<Request> {
+        let mut io = bytes;
+        block_on(Codec.read_request(&PROTOCOL, &mut io))
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(req in request()) {
+            let frame = encode(&req).unwrap();
+            prop_assert_eq!(read_req(&frame).unwrap(), req);
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(req in request(), cut in any::<prop::sample::Index>()) {
+            let frame = encode(&req).unwrap();
+            let cut = cut.index(frame.len());
+            prop_assert!(read_req(&frame[..cut]).is_err());
+        }
+
+        /// Arbitrary bytes never panic the decoder and never make it allocate
+        /// what a length field claims.
+        #[test]
+        fn garbage_is_an_error_not_a_crash(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = read_req(&bytes);
+            let _ = decode_response(&bytes);
+        }
+
+        /// Flipping bytes inside a valid frame gives a valid message or an error.
+        #[test]
+        fn mutated_frames_do_not_crash(req in request(), at in any::<prop::sample::Index>(), val in any::<u8>()) {
+            let mut frame = encode(&req).unwrap();
+            let i = at.index(frame.len());
+            frame[i] = val;
+            let _ = read_req(&frame);
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading() {
+        let mut frame = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0; 16]);
+        assert!(read_req(&frame).is_err());
+    }
+
+    #[test]
+    fn too_many_ids_are_refused() {
+        let req = Request::Has {
+            ids: vec![ShardId([7; 32]); MAX_IDS + 1],
+        };
+        let mut frame = vec![0u8; 4];
+        postcard::to_io(&req, &mut frame).unwrap();
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(read_req(&frame).is_err());
+    }
+}
