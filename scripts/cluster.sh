@@ -23,7 +23,9 @@ HOME_DIR="$DIR/home"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 pid_of() { cat "$DIR/node$1.pid" 2>/dev/null || true; }
-running() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# Alive and not a zombie (a killed node is reaped by init, maybe not at once).
+alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+running() { local p; p=$(pid_of "$1"); [ -n "$p" ] && alive "$p"; }
 
 # start_node I [EXTRA ARGS…]: starts node I and waits for its listening line.
 start_node() {
@@ -76,7 +78,9 @@ case "$cmd" in
   kill)
     i="${2:?usage: cluster.sh kill I}"
     running "$i" || die "node $i is not running"
-    kill -9 "$(pid_of "$i")"
+    p=$(pid_of "$i")
+    kill -9 "$p"
+    for _ in $(seq 100); do alive "$p" || break; sleep 0.05; done
     echo "node $i: killed"
     ;;
   stop)
@@ -84,7 +88,7 @@ case "$cmd" in
       [ -e "$f" ] || continue
       p=$(cat "$f")
       kill -TERM "$p" 2>/dev/null || true
-      for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+      for _ in $(seq 100); do alive "$p" || break; sleep 0.05; done
       kill -9 "$p" 2>/dev/null || true
       rm -f "$f"
     done

@@ -219,3 +219,173 @@ pub fn sh(dir: &Path, script: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Storage peers (`datamesh node`) on loopback, each its own process with its
+/// own data dir, invited by a [`Volume`]'s home. Dropping it kills them all.
+pub struct Cluster {
+    dir: PathBuf,
+    token: String,
+    pub nodes: Vec<Node>,
+}
+
+pub struct Node {
+    pub data: PathBuf,
+    pub port: u16,
+    /// `/ip4/127.0.0.1/tcp/PORT/p2p/ID`, as the node printed it.
+    pub addr: String,
+    /// Joined with another mesh's token.
+    pub stranger: bool,
+    child: Option<Child>,
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Cluster {
+    /// `n` nodes joined with a token from `v`'s `datamesh invite`.
+    pub fn start(v: &Volume, n: usize) -> Cluster {
+        let out = v.datamesh().arg("invite").output().unwrap();
+        assert!(out.status.success(), "invite failed");
+        let token = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .expect("a token line")
+            .to_string();
+        let mut c = Cluster {
+            dir: v.dir.path().join("nodes"),
+            token,
+            nodes: Vec::new(),
+        };
+        for _ in 0..n {
+            c.add(&[]);
+        }
+        c
+    }
+
+    /// Starts one more node (with extra `datamesh node` flags); returns its index.
+    pub fn add(&mut self, extra: &[&str]) -> usize {
+        let i = self.nodes.len();
+        self.nodes.push(Node {
+            data: self.dir.join(format!("node{i}")),
+            port: free_port(),
+            addr: String::new(),
+            stranger: false,
+            child: None,
+        });
+        let token = self.token.clone();
+        self.launch(i, &[&["--join", &token], extra].concat());
+        i
+    }
+
+    /// Starts node `i` with another mesh's token (a stranger).
+    pub fn add_stranger(&mut self, other: &Volume) -> usize {
+        let out = other.datamesh().arg("invite").output().unwrap();
+        let token = String::from_utf8(out.stdout).unwrap();
+        let token = token.lines().last().unwrap().to_string();
+        let i = self.nodes.len();
+        self.nodes.push(Node {
+            data: self.dir.join(format!("stranger{i}")),
+            port: free_port(),
+            addr: String::new(),
+            stranger: true,
+            child: None,
+        });
+        self.launch(i, &["--join", &token]);
+        i
+    }
+
+    fn launch(&mut self, i: usize, extra: &[&str]) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let out_path = self.dir.join(format!("node{i}.out"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node{i}.log")))
+            .unwrap();
+        let mut cmd = Command::new(datamesh_bin());
+        cmd.arg("node")
+            .arg("--data")
+            .arg(&self.nodes[i].data)
+            .arg("--listen")
+            .arg(format!("/ip4/127.0.0.1/tcp/{}", self.nodes[i].port))
+            .args(extra);
+        if i > 0 {
+            cmd.arg("--bootstrap").arg(&self.nodes[0].addr);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start datamesh node");
+        self.nodes[i].child = Some(child);
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+            if let Some(addr) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("datamesh node: listening on "))
+            {
+                self.nodes[i].addr = addr.to_string();
+                return;
+            }
+            if let Some(st) = self.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node {i} exited: {st}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "node {i} did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again on its data dir and port.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} is running");
+        self.launch(i, &[]);
+    }
+
+    /// `--bootstrap ADDR` for every node started so far (strangers excluded).
+    pub fn bootstrap_flags(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.stranger)
+            .flat_map(|n| ["--bootstrap".to_string(), n.addr.clone()])
+            .collect()
+    }
+
+    /// The shard files node `i` holds.
+    pub fn shard_files(&self, i: usize) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let top = self.nodes[i].data.join("store/shards");
+        for d in std::fs::read_dir(top).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                out.push(f.path());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The mesh with real processes on loopback: storage peers (`datamesh node`) and
+//! a mounted home node, killed, restarted, filled up and visited by a stranger.
+
+use fs_tests::{Cluster, Volume, datamesh_bin, require, sh};
+use std::path::Path;
+use std::process::Command;
+
+/// Written into the test files; must never appear in a shard.
+const MARKER: &str = "DATAMESH-PLAINTEXT-MARKER-5b1e";
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// About 200 MiB of mixed files under `dir`: large and medium random files, a
+/// compressible text file and many small ones, all carrying the marker.
+fn make_files(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    sh(
+        dir,
+        &format!(
+            "head -c 100000000 /dev/urandom > big.bin && \
+             for i in $(seq 1 12); do head -c $((4000000 + i * 417000)) /dev/urandom > mid$i.bin; done && \
+             yes '{MARKER} some very compressible text' | head -c 30000000 > text.log && \
+             mkdir small && for i in $(seq 1 300); do printf '{MARKER} file %s\\n' $i > small/f$i.txt; \
+               head -c $((i * 37)) /dev/urandom >> small/f$i.txt; done"
+        ),
+    );
+}
+
+fn status_json(v: &Volume, extra: &[&str]) -> String {
+    let out = v
+        .datamesh()
+        .args(extra)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The number after `"key": ` in a JSON text (enough for these flat fields).
+fn json_num(json: &str, key: &str) -> i64 {
+    let pat = format!("\"{key}\": ");
+    let at = json.find(&pat).unwrap_or_else(|| panic!("{key} in {json}")) + pat.len();
+    let end = json[at..].find(|c: char| !c.is_ascii_digit()).unwrap() + at;
+    json[at..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {json}"))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn six_peers_survive_two_kills_and_repair_restores_redundancy() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 6);
+    let src = v.dir.path().join("src");
+    make_files(&src);
+    let m = v.mount_with(&strs(&c.bootstrap_flags()));
+    sh(&m.at, &format!("cp -a {} data", src.display()));
+    assert!(m.unmount());
+
+    // Every node holds shards, and none holds a byte of plaintext.
+    for i in 0..6 {
+        let files = c.shard_files(i);
+        assert!(
+            files.len() > 20,
+            "node {i} holds only {} shards",
+            files.len()
+        );
+        for f in files {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !contains(&bytes, MARKER.as_bytes()),
+                "plaintext in {}",
+                f.display()
+            );
+        }
+    }
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "survives"), 2, "{json}");
+
+    // Any two peers die: everything reads back, from a fresh mount (no caches)
+    // that finds its peers from what the home remembered.
+    c.kill(1);
+    c.kill(4);
+    let m = v.mount();
+    sh(&m.at, &format!("diff -r {} data", src.display()));
+    // Writes go on with four peers.
+    sh(
+        &m.at,
+        "head -c 9000000 /dev/urandom > degraded.bin && cp degraded.bin /var/tmp/dm-degraded.$$ && cmp degraded.bin /var/tmp/dm-degraded.$$ && rm /var/tmp/dm-degraded.$$",
+    );
+    assert!(m.unmount());
+    let json = status_json(&v, &[]);
+    assert!(
+        json_num(&json, "critical") > 0,
+        "two losses leave critical chunks: {json}"
+    );
+
+    // A new peer, then repair: every chunk whole again on the five live peers.
+    let new = c.add(&[]);
+    let boot = ["--bootstrap".to_string(), c.nodes[new].addr.clone()];
+    let out = v.datamesh().args(&boot).arg("repair").output().unwrap();
+    assert!(
+        out.status.success(),
+        "repair: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = status_json(&v, &[]);
+    let chunks = json_num(&json, "chunks");
+    assert_eq!(json_num(&json, "full"), chunks, "{json}");
+    assert_eq!(
+        json_num(&json, "survives"),
+        1,
+        "five peers for six shards: {json}"
+    );
+    assert!(
+        !c.shard_files(new).is_empty(),
+        "the new peer got rebuilt shards"
+    );
+    let m = v.mount();
+    sh(&m.at, &format!("diff -r {} data", src.display()));
+    drop(m);
+    v.assert_fsck_clean();
+}
+
+#[test]
+fn strangers_full_peers_and_restarted_peers() {
+    require!();
+    let v = Volume::new();
+    let other = Volume::new();
+    let mut c = Cluster::start(&v, 5);
+    let full = c.add(&["--capacity", "1M"]);
+    let stranger = c.add_stranger(&other);
+    let m = v.mount_with(&strs(&c.bootstrap_flags()));
+    // A full peer makes writes go elsewhere, not fail.
+    sh(
+        &m.at,
+        "head -c 40000000 /dev/urandom > one.bin && cp one.bin /var/tmp/dm-one.$$ && cmp one.bin /var/tmp/dm-one.$$ && rm /var/tmp/dm-one.$$",
+    );
+    let held: u64 = c
+        .shard_files(full)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(
+        held <= 1 << 20,
+        "the full peer holds {held} bytes, over its capacity"
+    );
+    // The stranger (another mesh's key) was never let in.
+    assert!(
+        c.shard_files(stranger).is_empty(),
+        "the stranger received shards"
+    );
+    // And a client holding the other mesh's key reaches nobody.
+    let probe = v.dir.path().join("probe");
+    // Larger than the inline limit, so that it needs shards.
+    std::fs::write(&probe, vec![7u8; 200_000]).unwrap();
+    let out = other
+        .datamesh()
+        .args(["--bootstrap", &c.nodes[0].addr, "put"])
+        .arg(&probe)
+        .arg("/probe")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a write with the wrong mesh key succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no storage peer is reachable"), "{err}");
+
+    // A restarted peer keeps its shards and is used again.
+    let before = c.shard_files(2).len();
+    assert!(before > 0);
+    c.kill(2);
+    c.restart(2);
+    assert_eq!(
+        c.shard_files(2).len(),
+        before,
+        "node 2 lost shards across a restart"
+    );
+    sh(&m.at, "head -c 40000000 /dev/urandom > two.bin && sync");
+    assert!(m.unmount());
+    assert!(
+        c.shard_files(2).len() > before,
+        "the restarted node got no new shards"
+    );
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "lost"), 0, "{json}");
+    let stranger_id = c.nodes[stranger]
+        .addr
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !json.contains(&stranger_id),
+        "the stranger is listed as a peer: {json}"
+    );
+    assert_eq!(json.matches("\"reachable\": true").count(), 6, "{json}");
+    v.assert_fsck_clean();
+}
+
+#[test]
+fn cluster_script_starts_kills_restarts_and_stops_nodes() {
+    require!();
+    let v = Volume::new();
+    let dir = v.dir.path().join("cluster");
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
+    let run = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("DATAMESH_CLUSTER", &dir)
+            .env("DATAMESH_CLUSTER_PORT", port.to_string())
+            .env("DATAMESH_BIN", datamesh_bin())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["start", "3"]);
+    let stop = scopeguard(|| {
+        run(&["stop"]);
+    });
+    assert!(ok, "{text}");
+    assert!(text.contains("token: dmjoin1"), "{text}");
+    assert_eq!(text.matches("/p2p/").count() >= 3, true, "{text}");
+    let (ok, text) = run(&["kill", "1"]);
+    assert!(ok, "{text}");
+    let (_, text) = run(&["status"]);
+    assert!(text.contains("node 1: down"), "{text}");
+    let (ok, text) = run(&["restart", "1"]);
+    assert!(ok, "{text}");
+    // A client with the cluster's home reaches all three.
+    let out = Command::new(datamesh_bin())
+        .arg("--home")
+        .arg(dir.join("home"))
+        .args(
+            std::fs::read_to_string(dir.join("bootstrap"))
+                .unwrap()
+                .split_whitespace(),
+        )
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(json.matches("\"reachable\": true").count(), 3, "{json}");
+    drop(stop);
+    let (_, text) = run(&["status"]);
+    assert!(!text.contains("running"), "{text}");
+}
+
+/// Runs `f` when dropped (so the cluster stops even when an assert fails).
+fn scopeguard(f: impl FnMut()) -> impl Drop {
+    struct G<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for G<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    G(f)
+}
