@@ -354,6 +354,14 @@ impl Cluster {
         }
     }
 
+    /// Whether node `i`'s process is still running.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.nodes[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Starts node `i` again on its data dir and port.
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is running");

@@ -272,3 +272,71 @@ fn scopeguard(f: impl FnMut()) -> impl Drop {
     }
     G(f)
 }
+
+#[test]
+fn lying_peers_rotting_shards_and_garbage_are_caught() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 5);
+    let liar = c.add(&["--fault-flip-reads"]);
+    let src = v.dir.path().join("src.bin");
+    sh(
+        v.dir.path(),
+        &format!("head -c 30000000 /dev/urandom > {}", src.display()),
+    );
+    let put = v
+        .datamesh()
+        .args(strs(&c.bootstrap_flags()))
+        .arg("put")
+        .arg(&src)
+        .arg("/f.bin")
+        .output()
+        .unwrap();
+    assert!(put.status.success());
+    assert!(!c.shard_files(liar).is_empty());
+
+    // Garbage on a node's port: the handshake fails, the node carries on.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", c.nodes[0].port)).unwrap();
+        let junk: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let _ = s.write_all(&junk);
+    }
+
+    // Every byte the liar sends is caught by the hash; the read still succeeds.
+    let back = v.dir.path().join("back.bin");
+    let get = v
+        .datamesh()
+        .arg("get")
+        .arg("/f.bin")
+        .arg(&back)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&get.stderr);
+    assert!(get.status.success(), "{err}");
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
+    assert!(err.contains("returned altered bytes"), "{err}");
+
+    // A shard rotting on a peer's disk is found by scrub and rebuilt.
+    let victim = c.shard_files(1)[0].clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let scrub = v.datamesh().arg("scrub").output().unwrap();
+    let out = String::from_utf8_lossy(&scrub.stdout);
+    assert!(scrub.status.success(), "{out}");
+    assert!(out.contains("1 corrupt shards found"), "{out}");
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "full"), json_num(&json, "chunks"), "{json}");
+    std::fs::remove_file(&back).unwrap();
+    let get = v
+        .datamesh()
+        .arg("get")
+        .arg("/f.bin")
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(get.status.success());
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
+    assert!(c.is_running(0), "garbage on its port stopped node 0");
+}

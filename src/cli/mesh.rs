@@ -29,6 +29,9 @@ pub struct NodeArgs {
     /// key is then kept in the data directory).
     #[arg(long, value_name = "TOKEN")]
     join: Option<String>,
+    /// Fault injection for tests: corrupt every shard this peer sends.
+    #[arg(long, hide = true)]
+    fault_flip_reads: bool,
 }
 
 fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
@@ -52,6 +55,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         capacity: args.capacity,
         bootstrap: addrs(&args.bootstrap, "--bootstrap")?,
         join: args.join,
+        flip_reads: args.fault_flip_reads,
     })?;
     Ok(())
 }

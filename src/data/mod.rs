@@ -842,6 +842,8 @@ impl Engine {
     /// one about to be collected) must not go between its store and its commit.
     pub fn collect_garbage(&mut self, grace_secs: u64) -> Result<u64> {
         self.flush_all()?;
+        // Learn where shards are first, so deletes go to their holders only.
+        self.s.store.survey()?;
         let cutoff = Timestamp::now().secs - grace_secs as i64;
         let store = &self.s.store;
         let mut n = self

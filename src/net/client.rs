@@ -97,7 +97,8 @@ impl Shared {
             .flat_map(|p| p.addrs.first().map(|a| format!("{a}/p2p/{}\n", p.id)))
             .collect();
         if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
-            let tmp = path.with_extension("tmp");
+            // Its own temp name: a mount and a command may both be saving.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             if let Err(e) = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, path)) {
                 tracing::warn!("{}: {e}", path.display());
             }
@@ -468,14 +469,22 @@ impl MeshStore {
                 Ok(b)
             }
             Ok(Response::Data(_)) => {
-                tracing::error!("peer {peer} returned altered bytes for shard {id}: ignored");
+                tracing::error!(
+                    "peer {peer} returned altered bytes for shard {id}: ignored, fetching it elsewhere"
+                );
+                // Not asked for this shard again; the rebuilt copy goes elsewhere.
+                self.forget(id, tag);
                 Err(StoreError::Corrupt(*id))
             }
             Ok(Response::Missing) => {
                 self.forget(id, tag);
                 Err(StoreError::Missing(*id))
             }
-            Ok(Response::Corrupt) => Err(StoreError::Corrupt(*id)),
+            Ok(Response::Corrupt) => {
+                tracing::warn!("peer {peer} holds a damaged copy of shard {id}");
+                self.forget(id, tag);
+                Err(StoreError::Corrupt(*id))
+            }
             Ok(other) => Err(StoreError::Peer(format!(
                 "peer {peer}: unexpected answer {other:?}"
             ))),

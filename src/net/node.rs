@@ -24,6 +24,9 @@ pub struct NodeOptions {
     pub capacity: Option<u64>,
     pub bootstrap: Vec<Multiaddr>,
     pub join: Option<String>,
+    /// Fault injection for tests: answer every get with one bit flipped, as a
+    /// faulty or lying peer would.
+    pub flip_reads: bool,
 }
 
 /// Shard requests answered at once; more queue in the swarm.
@@ -34,6 +37,7 @@ struct Shards {
     capacity: Option<u64>,
     used: AtomicU64,
     count: AtomicU64,
+    flip_reads: bool,
 }
 
 impl Shards {
@@ -73,7 +77,12 @@ impl Shards {
                 }
             }
             Request::Get { id } => match self.store.get(&id) {
-                Ok(data) => Response::Data(data),
+                Ok(mut data) => {
+                    if self.flip_reads && !data.is_empty() {
+                        data[0] ^= 1;
+                    }
+                    Response::Data(data)
+                }
                 Err(e) => failed(e),
             },
             Request::Has { ids } => {
@@ -176,6 +185,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         capacity: opts.capacity,
         used: AtomicU64::new(used),
         count: AtomicU64::new(count),
+        flip_reads: opts.flip_reads,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
