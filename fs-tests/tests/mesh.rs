@@ -340,3 +340,40 @@ fn lying_peers_rotting_shards_and_garbage_are_caught() {
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
     assert!(c.is_running(0), "garbage on its port stopped node 0");
 }
+
+#[test]
+fn a_mount_rebuilds_the_shards_of_a_peer_gone_past_the_grace_time() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 7);
+    let cfg = v.home().join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}\nrepair_grace_secs = 2\n")).unwrap();
+    let m = v.mount_with(&strs(&c.bootstrap_flags()));
+    sh(&m.at, "head -c 24000000 /dev/urandom > f.bin && sync");
+    let total = |c: &Cluster, skip: usize| -> usize {
+        (0..c.nodes.len())
+            .filter(|&i| i != skip)
+            .map(|i| c.shard_files(i).len())
+            .sum()
+    };
+    let whole = total(&c, usize::MAX);
+    let lost = c.shard_files(3).len();
+    assert!(lost > 0);
+    c.kill(3);
+    // The worker notices within a few seconds past the grace time and puts the
+    // lost shards on the six others.
+    let start = std::time::Instant::now();
+    while total(&c, 3) < whole {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(40),
+            "{} of {lost} lost shards rebuilt",
+            total(&c, 3) + lost - whole
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(m.unmount());
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "full"), json_num(&json, "chunks"), "{json}");
+    assert_eq!(json_num(&json, "survives"), 2, "{json}");
+}

@@ -914,7 +914,7 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io:
             while let Some(engine) = weak.upgrade() {
                 engine.repair_if_due();
                 drop(engine);
-                std::thread::sleep(Duration::from_secs(10));
+                std::thread::sleep(Duration::from_secs(2));
             }
         })?;
     // From another thread: the stat it needs is answered once the session runs.
