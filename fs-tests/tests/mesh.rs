@@ -315,7 +315,7 @@ fn lying_peers_rotting_shards_and_garbage_are_caught() {
     let err = String::from_utf8_lossy(&get.stderr);
     assert!(get.status.success(), "{err}");
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
-    assert!(err.contains("returned altered bytes"), "{err}");
+    assert!(err.contains("sent bytes that do not match shard"), "{err}");
 
     // A shard rotting on a peer's disk is found by scrub and rebuilt.
     let victim = c.shard_files(1)[0].clone();

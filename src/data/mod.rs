@@ -136,6 +136,7 @@ impl Engine {
         let p = meta.params().clone();
         let codec = Codec::new(p.data_shards as usize, p.parity_shards as usize)?;
         let chunk_size = p.chunk_size as usize;
+        let remote = store.remote();
         let entries = (cfg.cache_bytes / chunk_size).max(2);
         Ok(Engine {
             s: Arc::new(Sealer {
@@ -148,7 +149,10 @@ impl Engine {
                 cache: Mutex::new(LruCache::new(NonZeroUsize::new(entries).unwrap())),
                 loading: Mutex::new(HashMap::new()),
             }),
+            // One seal per core; over a network, four more whose puts wait on
+            // answers while the others compute.
             sealing_pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(rayon::current_num_threads() + if remote { 4 } else { 0 })
                 .thread_name(|i| format!("datamesh-seal-{i}"))
                 .build()
                 .map_err(|e| Error::Io(std::io::Error::other(e)))?,

@@ -137,7 +137,9 @@ impl MeshClient {
         remember: Option<PathBuf>,
     ) -> Result<MeshClient, NetError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            // Each connection's Noise and Yamux work runs as its own task: one
+            // worker per core lets them run side by side.
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .thread_name("datamesh-net")
             .enable_all()
             .build()
@@ -470,7 +472,7 @@ impl MeshStore {
             }
             Ok(Response::Data(_)) => {
                 tracing::error!(
-                    "peer {peer} returned altered bytes for shard {id}: ignored, fetching it elsewhere"
+                    "peer {peer} sent bytes that do not match shard {id} (damaged on its disk, in transit or on purpose): ignored, fetching it elsewhere"
                 );
                 // Not asked for this shard again; the rebuilt copy goes elsewhere.
                 self.forget(id, tag);
@@ -798,6 +800,10 @@ impl ShardStore for MeshStore {
             }
         }
         Ok((total, avail))
+    }
+
+    fn remote(&self) -> bool {
+        true
     }
 
     fn hedge_after(&self) -> Option<Duration> {

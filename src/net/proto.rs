@@ -55,7 +55,7 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Done,
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Have(Vec<bool>),
     Missing,
     /// The peer holds the shard but its bytes no longer match the id.

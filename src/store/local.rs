@@ -43,6 +43,15 @@ impl LocalStore {
         self.root.join("shards").join(&hex[0..2]).join(hex)
     }
 
+    /// A shard's bytes as stored, for a caller that checks them itself.
+    pub fn get_unverified(&self, id: &ShardId) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(id);
+        fs::read(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StoreError::Missing(*id),
+            _ => io_err(&path, e),
+        })
+    }
+
     pub fn contains(&self, id: &ShardId) -> bool {
         self.path_of(id).exists()
     }
@@ -130,11 +139,7 @@ impl ShardStore for LocalStore {
     }
 
     fn get(&self, id: &ShardId) -> Result<Vec<u8>, StoreError> {
-        let path = self.path_of(id);
-        let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => StoreError::Missing(*id),
-            _ => io_err(&path, e),
-        })?;
+        let bytes = self.get_unverified(id)?;
         if ShardId::of(&bytes) != *id {
             return Err(StoreError::Corrupt(*id));
         }

@@ -76,6 +76,12 @@ pub trait ShardStore: Send + Sync {
         shards.iter().try_for_each(|(id, b)| self.put(id, b))
     }
 
+    /// Whether puts wait on a network rather than a local disk: the engine then
+    /// keeps more chunks in flight, since each waits mostly for answers.
+    fn remote(&self) -> bool {
+        false
+    }
+
     /// After this long without a data shard, a reader also asks for a parity
     /// shard (a hedged request). `None`: reads are local and never hedged.
     fn hedge_after(&self) -> Option<std::time::Duration> {
