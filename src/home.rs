@@ -254,7 +254,15 @@ impl Home {
         if live < n {
             tracing::warn!("{live} of the {n} storage peers a chunk spreads over are reachable");
         }
-        let store = crate::net::MeshStore::new(client);
+        // Shards from before the volume had peers stay readable from here until
+        // `datamesh repair` moves them onto peers.
+        let dir = self.dir.join("store");
+        let local = if dir.join("shards").is_dir() {
+            Some(LocalStore::open(&dir).map_err(crate::Error::from)?)
+        } else {
+            None
+        };
+        let store = crate::net::MeshStore::new(client, local);
         Ok(Some(store))
     }
 

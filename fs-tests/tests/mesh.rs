@@ -185,12 +185,22 @@ fn strangers_full_peers_and_restarted_peers() {
         before,
         "node 2 lost shards across a restart"
     );
-    sh(&m.at, "head -c 40000000 /dev/urandom > two.bin && sync");
+    // The mount redials it within seconds; from then on new chunks use it.
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while c.shard_files(2).len() == before {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the restarted node got no new shards"
+        );
+        n += 1;
+        sh(
+            &m.at,
+            &format!("head -c 5000000 /dev/urandom > two.{n} && sync"),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     assert!(m.unmount());
-    assert!(
-        c.shard_files(2).len() > before,
-        "the restarted node got no new shards"
-    );
     let json = status_json(&v, &[]);
     assert_eq!(json_num(&json, "lost"), 0, "{json}");
     let stranger_id = c.nodes[stranger]
@@ -376,4 +386,64 @@ fn a_mount_rebuilds_the_shards_of_a_peer_gone_past_the_grace_time() {
     let json = status_json(&v, &[]);
     assert_eq!(json_num(&json, "full"), json_num(&json, "chunks"), "{json}");
     assert_eq!(json_num(&json, "survives"), 2, "{json}");
+}
+
+#[test]
+fn a_volume_written_before_it_had_peers_moves_onto_them_with_repair() {
+    let v = Volume::new();
+    let src = v.dir.path().join("src.bin");
+    sh(
+        v.dir.path(),
+        &format!("head -c 20000000 /dev/urandom > {}", src.display()),
+    );
+    let put = v.datamesh().arg("put").arg(&src).arg("/early.bin").status();
+    assert!(put.unwrap().success());
+    let local = v.home().join("store/shards");
+    let count_local = || {
+        std::fs::read_dir(&local)
+            .unwrap()
+            .flatten()
+            .map(|d| std::fs::read_dir(d.path()).unwrap().count())
+            .sum::<usize>()
+    };
+    assert!(count_local() > 0);
+
+    let c = Cluster::start(&v, 6);
+    let back = v.dir.path().join("back.bin");
+    let get = |v: &Volume| {
+        let _ = std::fs::remove_file(&back);
+        let out = v
+            .datamesh()
+            .arg("get")
+            .arg("/early.bin")
+            .arg(&back)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
+    };
+    // With peers configured, the shards on this host are still read.
+    let status = v
+        .datamesh()
+        .args(strs(&c.bootstrap_flags()))
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(json_num(&json, "survives"), 0, "all on this host: {json}");
+    get(&v);
+    let out = v.datamesh().arg("repair").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(count_local(), 0, "repair left shards on this host");
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "survives"), 2, "{json}");
+    get(&v);
 }

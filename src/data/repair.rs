@@ -84,6 +84,7 @@ impl Engine {
         let done = AtomicU64::new(0);
         let survives = AtomicU64::new(u64::MAX);
         let one_host = self.s.store.placement(&[]).is_none();
+        let local = self.s.store.local_bit();
         chunks.par_iter().for_each(|c| {
             let ids = c.shard_ids();
             let masks = self
@@ -92,9 +93,11 @@ impl Engine {
                 .placement(ids)
                 .unwrap_or_else(|| vec![1; ids.len()]);
             let present = masks.iter().filter(|&&m| m != 0).count();
+            // Shards only in this host's store (from before it had peers).
+            let stranded = masks.iter().any(|&m| m != 0 && m & !local == 0);
             let mut fixed = false;
-            if repair && present < ids.len() && present >= k {
-                match self.rebuild(c, &masks) {
+            if repair && present >= k && (present < ids.len() || stranded) {
+                match self.rebuild(c, &masks, local) {
                     Ok(n) => {
                         lock(&r).rebuilt += n;
                         fixed = true;
@@ -156,8 +159,9 @@ impl Engine {
         }
     }
 
-    /// Fetches k shards of `c`, rebuilds the rest and places the missing ones.
-    fn rebuild(&self, c: &ChunkRef, masks: &[u64]) -> Result<u64> {
+    /// Fetches k shards of `c`, rebuilds the rest and places the missing ones
+    /// and those held only by this host (`local`) on peers.
+    fn rebuild(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<u64> {
         let ids = c.shard_ids();
         let k = self.s.codec.data_shards();
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
@@ -178,7 +182,7 @@ impl Engine {
             }
         }
         chunk::open_sharded(c, &self.s.codec, &mut shards, true)?;
-        let which: Vec<usize> = (0..ids.len()).filter(|&i| masks[i] == 0).collect();
+        let which: Vec<usize> = (0..ids.len()).filter(|&i| masks[i] & !local == 0).collect();
         let bytes: Vec<&[u8]> = which
             .iter()
             .map(|&i| shards[i].as_deref().expect("rebuilt"))

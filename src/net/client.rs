@@ -9,7 +9,7 @@
 use super::proto::{MAX_IDS, Request, Response};
 use super::{BehaviourEvent, MeshKey, NetError, build_swarm, peer_of};
 use crate::chunk::ShardId;
-use crate::store::{PeerStatus, ShardInfo, ShardStore, StoreError};
+use crate::store::{LocalStore, PeerStatus, ShardInfo, ShardStore, StoreError};
 use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, Message, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
@@ -23,8 +23,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
-/// Peer tags are bits of a u64 mask: a mesh of up to 64 storage peers.
-pub const MAX_PEERS: usize = 64;
+/// Peer tags are bits of a u64 mask: a mesh of up to 63 storage peers, and the
+/// last bit for shards still in this host's own store.
+pub const MAX_PEERS: usize = 63;
+const LOCAL_TAG: usize = 63;
 /// How long a caller waits for any one answer (the request itself times out
 /// earlier, inside libp2p).
 const ANSWER_WAIT: Duration = Duration::from_secs(40);
@@ -394,6 +396,9 @@ pub struct MeshStore {
     unplaced: AtomicBool,
     /// This store, for the threads that finish puts in the background.
     me: std::sync::Weak<MeshStore>,
+    /// Shards written before the volume had peers: still read from here, and
+    /// moved onto peers by repair.
+    local: Option<LocalStore>,
     /// Exponential average of a shard fetch, in microseconds (for hedging).
     fetch_us: AtomicU64,
     /// Peers that have been gone past the grace time and were repaired around.
@@ -401,7 +406,7 @@ pub struct MeshStore {
 }
 
 impl MeshStore {
-    pub fn new(client: MeshClient) -> Arc<MeshStore> {
+    pub fn new(client: MeshClient, local: Option<LocalStore>) -> Arc<MeshStore> {
         Arc::new_cyclic(|me| MeshStore {
             client,
             loc: Mutex::new(HashMap::new()),
@@ -411,6 +416,7 @@ impl MeshStore {
             fetch_us: AtomicU64::new(20_000),
             repaired_mask: AtomicU64::new(0),
             me: me.clone(),
+            local,
         })
     }
 
@@ -723,6 +729,9 @@ impl ShardStore for MeshStore {
                 }
             }
         }
+        if let Some(b) = self.local.as_ref().and_then(|l| l.get(id).ok()) {
+            return Ok(b);
+        }
         // Not lost while a peer that may hold it is only unreachable.
         let down = self.client.down();
         if matches!(last, StoreError::Missing(_)) && down > 0 {
@@ -743,6 +752,9 @@ impl ShardStore for MeshStore {
                 .filter(|(t, _)| holders & bit(*t) != 0)
                 .collect()
         };
+        if let Some(l) = &self.local {
+            l.delete(id)?;
+        }
         for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
             match r {
                 Ok(Response::Done) => self.forget(id, tag),
@@ -781,6 +793,13 @@ impl ShardStore for MeshStore {
 
     fn for_each(&self, f: &mut dyn FnMut(ShardInfo)) -> Result<(), StoreError> {
         let mut seen = std::collections::HashSet::new();
+        if let Some(l) = &self.local {
+            l.for_each(&mut |info| {
+                if seen.insert(info.id) {
+                    f(info)
+                }
+            })?;
+        }
         for (tag, peer) in self.client.live() {
             self.inventory(tag, peer, &mut |info| {
                 if seen.insert(info.id) {
@@ -806,6 +825,14 @@ impl ShardStore for MeshStore {
         true
     }
 
+    fn local_bit(&self) -> u64 {
+        if self.local.is_some() {
+            bit(LOCAL_TAG)
+        } else {
+            0
+        }
+    }
+
     fn hedge_after(&self) -> Option<Duration> {
         // Three times a typical fetch: a peer that slow is probably stalled.
         let us = self
@@ -823,10 +850,17 @@ impl ShardStore for MeshStore {
                 *fresh.entry(info.id).or_default() |= bit(tag)
             })?;
         }
+        if let Some(l) = &self.local {
+            l.for_each(&mut |info| *fresh.entry(info.id).or_default() |= bit(LOCAL_TAG))?;
+        }
         // Holders that are down keep their entries: their shards count again
         // if they come back.
         let mut loc = lock(&self.loc);
-        let live_mask = self.client.live().iter().fold(0, |m, (t, _)| m | bit(*t));
+        let live_mask = self
+            .client
+            .live()
+            .iter()
+            .fold(self.local_bit(), |m, (t, _)| m | bit(*t));
         loc.retain(|_, m| {
             *m &= !live_mask;
             true
@@ -839,7 +873,11 @@ impl ShardStore for MeshStore {
     }
 
     fn placement(&self, ids: &[ShardId]) -> Option<Vec<u64>> {
-        let live = self.client.live().iter().fold(0, |m, (t, _)| m | bit(*t));
+        let live = self
+            .client
+            .live()
+            .iter()
+            .fold(self.local_bit(), |m, (t, _)| m | bit(*t));
         let loc = lock(&self.loc);
         Some(
             ids.iter()
@@ -904,6 +942,15 @@ impl ShardStore for MeshStore {
                 which.len(),
                 job.last_error
             )));
+        }
+        // Shards moved off this host are now on peers: the local copies go.
+        if let Some(l) = &self.local {
+            for &i in which {
+                if l.contains(&ids[i]) {
+                    l.delete(&ids[i])?;
+                    self.forget(&ids[i], LOCAL_TAG);
+                }
+            }
         }
         Ok(())
     }

@@ -100,6 +100,12 @@ pub trait ShardStore: Send + Sync {
         None
     }
 
+    /// The bit of [`ShardStore::placement`] masks that means "in this host's own
+    /// store": such shards are readable but not yet spread over peers.
+    fn local_bit(&self) -> u64 {
+        0
+    }
+
     /// Store shards `which` of the chunk `ids` again, on holders that hold none of
     /// its other shards where there are such (repair).
     fn place(&self, ids: &[ShardId], which: &[usize], bytes: &[&[u8]]) -> Result<(), StoreError> {
