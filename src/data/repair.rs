@@ -85,43 +85,52 @@ impl Engine {
         let survives = AtomicU64::new(u64::MAX);
         let one_host = self.s.store.placement(&[]).is_none();
         let local = self.s.store.local_bit();
-        chunks.par_iter().for_each(|c| {
-            let ids = c.shard_ids();
-            let masks = self
-                .s
-                .store
-                .placement(ids)
-                .unwrap_or_else(|| vec![1; ids.len()]);
-            let present = masks.iter().filter(|&&m| m != 0).count();
-            // Shards only in this host's store (from before it had peers).
-            let stranded = masks.iter().any(|&m| m != 0 && m & !local == 0);
-            let mut fixed = false;
-            if repair && present >= k && (present < ids.len() || stranded) {
-                match self.rebuild(c, &masks, local) {
-                    Ok(n) => {
-                        lock(&r).rebuilt += n;
-                        fixed = true;
+        // Its own pool: a pass blocks on the network, and must not hold up
+        // read-ahead on rayon's global pool while a mount is serving.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .thread_name(|i| format!("datamesh-repair-{i}"))
+            .build()
+            .map_err(|e| crate::Error::Io(std::io::Error::other(e)))?;
+        pool.install(|| {
+            chunks.par_iter().for_each(|c| {
+                let ids = c.shard_ids();
+                let masks = self
+                    .s
+                    .store
+                    .placement(ids)
+                    .unwrap_or_else(|| vec![1; ids.len()]);
+                let present = masks.iter().filter(|&&m| m != 0).count();
+                // Shards only in this host's store (from before it had peers).
+                let stranded = masks.iter().any(|&m| m != 0 && m & !local == 0);
+                let mut fixed = false;
+                if repair && present >= k && (present < ids.len() || stranded) {
+                    match self.rebuild(c, &masks, local) {
+                        Ok(n) => {
+                            lock(&r).rebuilt += n;
+                            fixed = true;
+                        }
+                        Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
                     }
-                    Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
                 }
-            }
-            let masks = if fixed {
-                self.s.store.placement(ids).unwrap_or(masks)
-            } else {
-                masks
-            };
-            let present = masks.iter().filter(|&&m| m != 0).count();
-            survives.fetch_min(losses_survived(&masks, k) as u64, Ordering::Relaxed);
-            {
-                let mut r = lock(&r);
-                match present {
-                    p if p == ids.len() => r.full += 1,
-                    p if p > k => r.reduced += 1,
-                    p if p == k => r.critical += 1,
-                    _ => r.lost += 1,
+                let masks = if fixed {
+                    self.s.store.placement(ids).unwrap_or(masks)
+                } else {
+                    masks
+                };
+                let present = masks.iter().filter(|&&m| m != 0).count();
+                survives.fetch_min(losses_survived(&masks, k) as u64, Ordering::Relaxed);
+                {
+                    let mut r = lock(&r);
+                    match present {
+                        p if p == ids.len() => r.full += 1,
+                        p if p > k => r.reduced += 1,
+                        p if p == k => r.critical += 1,
+                        _ => r.lost += 1,
+                    }
                 }
-            }
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+            })
         });
         let mut r = r.into_inner().unwrap_or_else(|p| p.into_inner());
         if !one_host {

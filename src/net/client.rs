@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 /// last bit for shards still in this host's own store.
 pub const MAX_PEERS: usize = 63;
 const LOCAL_TAG: usize = 63;
+/// Chunks whose last shards may still be landing after the write returned.
+const MAX_BACKGROUND_PUTS: usize = 16;
 /// How long a caller waits for any one answer (the request itself times out
 /// earlier, inside libp2p).
 const ANSWER_WAIT: Duration = Duration::from_secs(40);
@@ -647,6 +649,8 @@ impl MeshStore {
         match res {
             Ok(Response::Done) => {
                 job.stored += 1;
+                // Never sent again: its bytes need not outlive the answer.
+                job.bytes[i] = Vec::new();
                 self.record(job.ids[i], tag);
                 self.written.fetch_or(bit(tag), Ordering::Relaxed);
             }
@@ -708,7 +712,10 @@ impl ShardStore for MeshStore {
     fn get(&self, id: &ShardId) -> Result<Vec<u8>, StoreError> {
         let live: HashMap<usize, PeerId> = self.client.live().into_iter().collect();
         if live.is_empty() {
-            return Err(Self::no_peers());
+            return match self.local.as_ref().map(|l| l.get(id)) {
+                Some(Ok(b)) => Ok(b),
+                _ => Err(Self::no_peers()),
+            };
         }
         let mut tried = 0u64;
         let mut last = StoreError::Missing(*id);
@@ -1105,7 +1112,15 @@ impl ShardStore for MeshStore {
             let Some(this) = self.me.upgrade() else {
                 return Ok(());
             };
-            *lock(&self.inflight.0) += 1;
+            // Bounded: a slow peer makes writers wait here rather than pile up
+            // chunks of unsent shards in memory.
+            let (m, cv) = &self.inflight;
+            let mut busy = lock(m);
+            while *busy >= MAX_BACKGROUND_PUTS {
+                busy = cv.wait(busy).unwrap_or_else(|p| p.into_inner());
+            }
+            *busy += 1;
+            drop(busy);
             std::thread::Builder::new()
                 .name("datamesh-put".into())
                 .spawn(move || {
