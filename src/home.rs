@@ -263,6 +263,20 @@ impl Home {
             None
         };
         let store = crate::net::MeshStore::new(client, local);
+        // Learn where shards are in the background, so that first reads go
+        // straight to their holders instead of asking every peer.
+        let bg = store.clone();
+        std::thread::Builder::new()
+            .name("datamesh-survey".into())
+            .spawn(move || {
+                if let Err(e) = crate::store::ShardStore::survey(&*bg) {
+                    tracing::warn!("listing the peers' shards: {e}");
+                }
+            })
+            .map_err(|e| HomeError::Io {
+                path: self.dir.clone(),
+                source: e,
+            })?;
         Ok(Some(store))
     }
 

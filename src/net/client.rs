@@ -390,6 +390,8 @@ pub struct MeshStore {
     client: MeshClient,
     /// Which peers (tag bits) hold each shard.
     loc: Mutex<HashMap<ShardId, u64>>,
+    /// While a survey runs: the shards stored meanwhile.
+    touched: Mutex<Option<std::collections::HashSet<ShardId>>>,
     /// Chunks whose last shards are still landing in the background.
     inflight: (Mutex<usize>, Condvar),
     /// Peers that took puts since the last sync.
@@ -412,6 +414,7 @@ impl MeshStore {
         Arc::new_cyclic(|me| MeshStore {
             client,
             loc: Mutex::new(HashMap::new()),
+            touched: Mutex::new(None),
             inflight: (Mutex::new(0), Condvar::new()),
             written: AtomicU64::new(0),
             unplaced: AtomicBool::new(false),
@@ -448,6 +451,9 @@ impl MeshStore {
     }
 
     fn record(&self, id: ShardId, tag: usize) {
+        if let Some(t) = lock(&self.touched).as_mut() {
+            t.insert(id);
+        }
         *lock(&self.loc).entry(id).or_default() |= bit(tag);
     }
 
@@ -850,28 +856,34 @@ impl ShardStore for MeshStore {
     }
 
     fn survey(&self) -> Result<(), StoreError> {
+        // Shards stored while the inventories are taken are recorded here, so
+        // that an inventory taken just before they landed does not unlist them.
+        *lock(&self.touched) = Some(std::collections::HashSet::new());
         let live = self.client.live();
         let mut fresh: HashMap<ShardId, u64> = HashMap::new();
-        for (tag, peer) in live {
-            self.inventory(tag, peer, &mut |info| {
-                *fresh.entry(info.id).or_default() |= bit(tag)
-            })?;
-        }
-        if let Some(l) = &self.local {
-            l.for_each(&mut |info| *fresh.entry(info.id).or_default() |= bit(LOCAL_TAG))?;
-        }
-        // Holders that are down keep their entries: their shards count again
-        // if they come back.
+        let mut asked = self.local_bit();
+        let res = (|| {
+            for &(tag, peer) in &live {
+                self.inventory(tag, peer, &mut |info| {
+                    *fresh.entry(info.id).or_default() |= bit(tag)
+                })?;
+                asked |= bit(tag);
+            }
+            if let Some(l) = &self.local {
+                l.for_each(&mut |info| *fresh.entry(info.id).or_default() |= bit(LOCAL_TAG))?;
+            }
+            Ok(())
+        })();
+        let touched = lock(&self.touched).take().unwrap_or_default();
+        res?;
+        // What the peers asked did not list, they do not hold; peers that are
+        // down keep their entries (their shards count again if they return).
         let mut loc = lock(&self.loc);
-        let live_mask = self
-            .client
-            .live()
-            .iter()
-            .fold(self.local_bit(), |m, (t, _)| m | bit(*t));
-        loc.retain(|_, m| {
-            *m &= !live_mask;
-            true
-        });
+        for (id, m) in loc.iter_mut() {
+            if !touched.contains(id) {
+                *m = (*m & !asked) | fresh.get(id).copied().unwrap_or(0);
+            }
+        }
         for (id, m) in fresh {
             *loc.entry(id).or_default() |= m;
         }

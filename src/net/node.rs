@@ -245,12 +245,18 @@ async fn serve(
                     message: Message::Request { request, channel, .. },
                     ..
                 })) => {
-                    let shards = shards.clone();
-                    let done = done_tx.clone();
-                    tokio::task::spawn_blocking(move || {
+                    if request.is_quick() {
+                        // Two thread hops would cost more than the work itself.
                         let resp = shards.answer(&peer, request);
-                        let _ = done.send((channel, resp));
-                    });
+                        let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
+                    } else {
+                        let shards = shards.clone();
+                        let done = done_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let resp = shards.answer(&peer, request);
+                            let _ = done.send((channel, resp));
+                        });
+                    }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Shard(request_response::Event::InboundFailure {
                     peer, error, ..

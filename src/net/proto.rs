@@ -100,6 +100,21 @@ impl Request {
     }
 }
 
+impl Request {
+    /// Small enough to answer on the network thread: a put or get of a small
+    /// shard, or a question about a few ids. Everything else goes to the
+    /// blocking pool.
+    pub fn is_quick(&self) -> bool {
+        const SMALL: usize = 64 << 10;
+        match self {
+            Request::Put { data, .. } => data.len() <= SMALL,
+            Request::Has { ids } => ids.len() <= 16,
+            Request::Stat => true,
+            _ => false,
+        }
+    }
+}
+
 fn invalid(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_string())
 }
@@ -126,21 +141,107 @@ pub fn decode_response(payload: &[u8]) -> io::Result<Response> {
     postcard::from_bytes(payload).map_err(|e| invalid(&e.to_string()))
 }
 
-/// Reads one frame's payload; the buffer grows with the bytes that actually
-/// arrive, so a lying length cannot make the reader allocate it up front.
-async fn read_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<u8>> {
+/// The postcard variant tags of the two messages that carry a shard, which are
+/// read and written without a copy of the shard (`Request::Put`, `Response::Data`).
+const PUT_TAG: u8 = 0;
+const DATA_TAG: u8 = 1;
+/// A frame's first allocation; larger frames grow as their bytes arrive, so a
+/// lying length cannot make a reader allocate 64 MiB up front.
+const FIRST_ALLOC: usize = 8 << 20;
+
+async fn read_len<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(invalid("frame over the size limit"));
+    if len == 0 || len > MAX_FRAME {
+        return Err(invalid("frame length out of bounds"));
     }
-    let mut buf = Vec::with_capacity(len.min(1 << 20));
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
+    Ok(len)
+}
+
+async fn read_exactly<T: AsyncRead + Unpin>(
+    io: &mut T,
+    len: usize,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    buf.reserve(len.min(FIRST_ALLOC));
+    let want = buf.len() + len;
+    io.take(len as u64).read_to_end(buf).await?;
+    if buf.len() != want {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
+    Ok(())
+}
+
+/// A LEB128 length, as postcard writes one; returns it and the bytes it took.
+async fn read_varint<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<(usize, usize)> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        io.read_exact(&mut b).await?;
+        v |= u64::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return usize::try_from(v)
+                .map(|v| (v, i + 1))
+                .map_err(|_| invalid("length overflow"));
+        }
+    }
+    Err(invalid("bad length"))
+}
+
+fn varint(mut v: usize, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The shard of a `Put` or `Data` frame, read straight into its own buffer.
+/// `header` bytes of the frame (tag, id) are read already.
+async fn read_payload<T: AsyncRead + Unpin>(
+    io: &mut T,
+    len: usize,
+    header: usize,
+) -> io::Result<Vec<u8>> {
+    let (n, vlen) = read_varint(io).await?;
+    if n > MAX_SHARD || header + vlen + n != len {
+        return Err(invalid("shard length does not match its frame"));
+    }
+    let mut data = Vec::new();
+    read_exactly(io, n, &mut data).await?;
+    Ok(data)
+}
+
+/// The rest of a frame whose first byte (`tag`) is read, as postcard.
+async fn read_rest<T: AsyncRead + Unpin>(io: &mut T, len: usize, tag: u8) -> io::Result<Vec<u8>> {
+    let mut buf = vec![tag];
+    read_exactly(io, len - 1, &mut buf).await?;
     Ok(buf)
+}
+
+async fn read_tag<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<u8> {
+    let mut tag = [0u8; 1];
+    io.read_exact(&mut tag).await?;
+    Ok(tag[0])
+}
+
+/// Writes a frame whose payload is `head` followed by `shard` (a varint length
+/// then the bytes), without copying the shard into one buffer.
+async fn write_shard_frame<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    mut head: Vec<u8>,
+    shard: &[u8],
+) -> io::Result<()> {
+    varint(shard.len(), &mut head);
+    let len = head.len() + shard.len();
+    if shard.len() > MAX_SHARD {
+        return Err(invalid("shard over the size limit"));
+    }
+    io.write_all(&(len as u32).to_be_bytes()).await?;
+    io.write_all(&head).await?;
+    io.write_all(shard).await?;
+    io.close().await
 }
 
 async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, frame: Vec<u8>) -> io::Result<()> {
@@ -160,14 +261,30 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_request(&read_frame(io).await?)
+        let len = read_len(io).await?;
+        let tag = read_tag(io).await?;
+        if tag == PUT_TAG {
+            let mut id = [0u8; 32];
+            io.read_exact(&mut id).await?;
+            let data = read_payload(io, len, 33).await?;
+            return Ok(Request::Put {
+                id: ShardId(id),
+                data,
+            });
+        }
+        decode_request(&read_rest(io, len, tag).await?)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_response(&read_frame(io).await?)
+        let len = read_len(io).await?;
+        let tag = read_tag(io).await?;
+        if tag == DATA_TAG {
+            return read_payload(io, len, 1).await.map(Response::Data);
+        }
+        decode_response(&read_rest(io, len, tag).await?)
     }
 
     async fn write_request<T>(
@@ -180,6 +297,11 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncWrite + Unpin + Send,
     {
         req.check()?;
+        if let Request::Put { id, data } = &req {
+            let mut head = vec![PUT_TAG];
+            head.extend_from_slice(&id.0);
+            return write_shard_frame(io, head, data).await;
+        }
         write_frame(io, encode(&req)?).await
     }
 
@@ -192,6 +314,9 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        if let Response::Data(data) = &res {
+            return write_shard_frame(io, vec![DATA_TAG], data).await;
+        }
         write_frame(io, encode(&res)?).await
     }
 }
@@ -221,16 +346,58 @@ mod tests {
         ]
     }
 
+    fn response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..3000).prop_map(Response::Data),
+            Just(Response::Done),
+            Just(Response::Missing),
+            Just(Response::Full),
+            proptest::collection::vec(any::<bool>(), 0..20).prop_map(Response::Have),
+            ".{0,40}".prop_map(Response::Failed),
+            (
+                proptest::collection::vec((id(), any::<u64>(), any::<i64>()), 0..10),
+                any::<bool>()
+            )
+                .prop_map(|(shards, more)| Response::List { shards, more }),
+        ]
+    }
+
     fn read_req(bytes: &[u8]) -> io::Result<Request> {
         let mut io = bytes;
         block_on(Codec.read_request(&PROTOCOL, &mut io))
     }
 
+    fn read_res(bytes: &[u8]) -> io::Result<Response> {
+        let mut io = bytes;
+        block_on(Codec.read_response(&PROTOCOL, &mut io))
+    }
+
     proptest! {
+        /// What the codec writes is postcard's own encoding (the shard-carrying
+        /// messages are written in pieces), and reads back as it was.
         #[test]
         fn requests_round_trip(req in request()) {
             let frame = encode(&req).unwrap();
+            let mut written = Vec::new();
+            block_on(Codec.write_request(&PROTOCOL, &mut written, req.clone())).unwrap();
+            prop_assert_eq!(&written, &frame);
             prop_assert_eq!(read_req(&frame).unwrap(), req);
+        }
+
+        #[test]
+        fn responses_round_trip(res in response()) {
+            let frame = encode(&res).unwrap();
+            let mut written = Vec::new();
+            block_on(Codec.write_response(&PROTOCOL, &mut written, res.clone())).unwrap();
+            prop_assert_eq!(&written, &frame);
+            prop_assert_eq!(read_res(&frame).unwrap(), res);
+        }
+
+        #[test]
+        fn truncated_responses_are_errors(res in response(), cut in any::<prop::sample::Index>()) {
+            let frame = encode(&res).unwrap();
+            let cut = cut.index(frame.len());
+            prop_assert!(read_res(&frame[..cut]).is_err());
         }
 
         #[test]
@@ -245,6 +412,7 @@ mod tests {
         #[test]
         fn garbage_is_an_error_not_a_crash(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = read_req(&bytes);
+            let _ = read_res(&bytes);
             let _ = decode_response(&bytes);
         }
 
