@@ -99,6 +99,7 @@ fn print_redundancy(r: &Redundancy, k: usize) {
         r.chunks, r.full, r.reduced, r.critical, r.lost
     );
     match r.survives {
+        _ if r.chunks == 0 => println!("no chunk is stored as shards yet"),
         Some(n) => println!("the volume survives the loss of any {n} storage peer(s) right now"),
         None => println!("no storage peers: every shard is on this host (the embedded store)"),
     }
@@ -145,9 +146,13 @@ pub fn status(engine: &Engine, json: bool) -> anyhow::Result<bool> {
                 p.address
             );
         }
-        if live < n {
+        if live == 0 {
             println!(
-                "fewer reachable peers ({live}) than shards per chunk ({n}): some peers hold several shards of a chunk"
+                "no storage peer is reachable: chunks stored on peers cannot be read or written"
+            );
+        } else if live < n {
+            println!(
+                "fewer reachable peers ({live}) than shards per chunk ({n}): new chunks put several shards on some peers"
             );
         }
     }

@@ -144,6 +144,28 @@ impl Shards {
     }
 }
 
+/// libp2p listens with SO_REUSEPORT (so that dials can reuse the port), which
+/// lets a second node bind the same port and silently take half its
+/// connections. A plain bind first turns that into an error.
+fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) if p != 0 => port = Some(p),
+            _ => {}
+        }
+    }
+    if let (Some(ip), Some(port)) = (ip, port) {
+        std::net::TcpListener::bind((ip, port))
+            .map_err(|e| NetError::Bad(format!("listen on {addr}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Runs a storage peer until SIGTERM or SIGINT.
 pub fn run(opts: NodeOptions) -> Result<(), NetError> {
     std::fs::create_dir_all(&opts.data).map_err(super::io_err(&opts.data))?;
@@ -210,6 +232,7 @@ async fn serve(
     let me = identity.public().to_peer_id();
     let mut swarm = build_swarm(identity, &key, true)?;
     for addr in listen {
+        check_port_free(&addr)?;
         swarm
             .listen_on(addr.clone())
             .map_err(|e| NetError::Bad(format!("listen on {addr}: {e}")))?;
