@@ -50,6 +50,35 @@ impl Volume {
         c
     }
 
+    /// A join token from `datamesh invite` (its last line).
+    pub fn invite(&self) -> String {
+        let out = self.datamesh().arg("invite").output().unwrap();
+        assert!(out.status.success(), "invite failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().last().expect("a token line").to_string()
+    }
+
+    /// `datamesh get REMOTE LOCAL` must succeed and give `expect`'s bytes;
+    /// returns what it logged.
+    pub fn get_same(&self, remote: &str, local: &Path, expect: &Path) -> String {
+        let _ = std::fs::remove_file(local);
+        let out = self
+            .datamesh()
+            .arg("get")
+            .arg(remote)
+            .arg(local)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "get {remote}: {err}");
+        assert!(
+            std::fs::read(local).unwrap() == std::fs::read(expect).unwrap(),
+            "{remote} differs from {}",
+            expect.display()
+        );
+        err
+    }
+
     /// `datamesh fsck` on the (unmounted) volume must report it clean.
     pub fn assert_fsck_clean(&self) {
         let out = self.datamesh().arg("fsck").output().unwrap();
@@ -249,17 +278,9 @@ fn free_port() -> u16 {
 impl Cluster {
     /// `n` nodes joined with a token from `v`'s `datamesh invite`.
     pub fn start(v: &Volume, n: usize) -> Cluster {
-        let out = v.datamesh().arg("invite").output().unwrap();
-        assert!(out.status.success(), "invite failed");
-        let token = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .expect("a token line")
-            .to_string();
         let mut c = Cluster {
             dir: v.dir.path().join("nodes"),
-            token,
+            token: v.invite(),
             nodes: Vec::new(),
         };
         for _ in 0..n {
@@ -270,33 +291,28 @@ impl Cluster {
 
     /// Starts one more node (with extra `datamesh node` flags); returns its index.
     pub fn add(&mut self, extra: &[&str]) -> usize {
-        let i = self.nodes.len();
-        self.nodes.push(Node {
-            data: self.dir.join(format!("node{i}")),
-            port: free_port(),
-            addr: String::new(),
-            stranger: false,
-            child: None,
-        });
+        let i = self.push_node("node", false);
         let token = self.token.clone();
         self.launch(i, &[&["--join", &token], extra].concat());
         i
     }
 
-    /// Starts node `i` with another mesh's token (a stranger).
-    pub fn add_stranger(&mut self, other: &Volume) -> usize {
-        let out = other.datamesh().arg("invite").output().unwrap();
-        let token = String::from_utf8(out.stdout).unwrap();
-        let token = token.lines().last().unwrap().to_string();
+    fn push_node(&mut self, name: &str, stranger: bool) -> usize {
         let i = self.nodes.len();
         self.nodes.push(Node {
-            data: self.dir.join(format!("stranger{i}")),
+            data: self.dir.join(format!("{name}{i}")),
             port: free_port(),
             addr: String::new(),
-            stranger: true,
+            stranger,
             child: None,
         });
-        self.launch(i, &["--join", &token]);
+        i
+    }
+
+    /// Starts node `i` with another mesh's token (a stranger).
+    pub fn add_stranger(&mut self, other: &Volume) -> usize {
+        let i = self.push_node("stranger", true);
+        self.launch(i, &["--join", &other.invite()]);
         i
     }
 

@@ -315,16 +315,7 @@ fn lying_peers_rotting_shards_and_garbage_are_caught() {
 
     // Every byte the liar sends is caught by the hash; the read still succeeds.
     let back = v.dir.path().join("back.bin");
-    let get = v
-        .datamesh()
-        .arg("get")
-        .arg("/f.bin")
-        .arg(&back)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&get.stderr);
-    assert!(get.status.success(), "{err}");
-    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
+    let err = v.get_same("/f.bin", &back, &src);
     assert!(err.contains("sent bytes that do not match shard"), "{err}");
 
     // A shard rotting on a peer's disk is found by scrub and rebuilt.
@@ -338,16 +329,7 @@ fn lying_peers_rotting_shards_and_garbage_are_caught() {
     assert!(out.contains("1 corrupt shards found"), "{out}");
     let json = status_json(&v, &[]);
     assert_eq!(json_num(&json, "full"), json_num(&json, "chunks"), "{json}");
-    std::fs::remove_file(&back).unwrap();
-    let get = v
-        .datamesh()
-        .arg("get")
-        .arg("/f.bin")
-        .arg(&back)
-        .output()
-        .unwrap();
-    assert!(get.status.success());
-    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
+    v.get_same("/f.bin", &back, &src);
     assert!(c.is_running(0), "garbage on its port stopped node 0");
 }
 
@@ -410,22 +392,6 @@ fn a_volume_written_before_it_had_peers_moves_onto_them_with_repair() {
 
     let c = Cluster::start(&v, 6);
     let back = v.dir.path().join("back.bin");
-    let get = |v: &Volume| {
-        let _ = std::fs::remove_file(&back);
-        let out = v
-            .datamesh()
-            .arg("get")
-            .arg("/early.bin")
-            .arg(&back)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&src).unwrap());
-    };
     // With peers configured, the shards on this host are still read.
     let status = v
         .datamesh()
@@ -435,7 +401,7 @@ fn a_volume_written_before_it_had_peers_moves_onto_them_with_repair() {
         .unwrap();
     let json = String::from_utf8_lossy(&status.stdout);
     assert_eq!(json_num(&json, "survives"), 0, "all on this host: {json}");
-    get(&v);
+    v.get_same("/early.bin", &back, &src);
     let out = v.datamesh().arg("repair").output().unwrap();
     assert!(
         out.status.success(),
@@ -445,5 +411,5 @@ fn a_volume_written_before_it_had_peers_moves_onto_them_with_repair() {
     assert_eq!(count_local(), 0, "repair left shards on this host");
     let json = status_json(&v, &[]);
     assert_eq!(json_num(&json, "survives"), 2, "{json}");
-    get(&v);
+    v.get_same("/early.bin", &back, &src);
 }

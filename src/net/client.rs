@@ -704,6 +704,23 @@ struct PutJob {
     last_error: String,
 }
 
+impl PutJob {
+    fn new(ids: Vec<ShardId>, bytes: Vec<Vec<u8>>, ranked: Vec<(usize, PeerId)>) -> PutJob {
+        PutJob {
+            tried: vec![0; ids.len()],
+            ids,
+            bytes,
+            ranked,
+            load: HashMap::new(),
+            outstanding: 0,
+            stored: 0,
+            failed: 0,
+            full: 0,
+            last_error: String::new(),
+        }
+    }
+}
+
 impl ShardStore for MeshStore {
     fn put(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
         self.put_chunk(&[(*id, bytes)], 1)
@@ -914,18 +931,11 @@ impl ShardStore for MeshStore {
             return Err(Self::no_peers());
         }
         let live_mask = ranked.iter().fold(0, |m, (t, _)| m | bit(*t));
-        let mut job = PutJob {
-            ids: which.iter().map(|&i| ids[i]).collect(),
-            bytes: bytes.iter().map(|b| b.to_vec()).collect(),
+        let mut job = PutJob::new(
+            which.iter().map(|&i| ids[i]).collect(),
+            bytes.iter().map(|b| b.to_vec()).collect(),
             ranked,
-            tried: vec![0; which.len()],
-            load: HashMap::new(),
-            outstanding: 0,
-            stored: 0,
-            failed: 0,
-            full: 0,
-            last_error: String::new(),
-        };
+        );
         // Count what the chunk's other shards already put on each peer, and never
         // send a shard back to a peer that holds (or held a bad copy of) it.
         for m in self.placement(ids).unwrap_or_default() {
@@ -1081,18 +1091,11 @@ impl ShardStore for MeshStore {
             return Err(Self::no_peers());
         }
         let n = shards.len();
-        let mut job = PutJob {
-            ids: shards.iter().map(|s| s.0).collect(),
-            bytes: shards.iter().map(|s| s.1.to_vec()).collect(),
+        let mut job = PutJob::new(
+            shards.iter().map(|s| s.0).collect(),
+            shards.iter().map(|s| s.1.to_vec()).collect(),
             ranked,
-            tried: vec![0; n],
-            load: HashMap::new(),
-            outstanding: 0,
-            stored: 0,
-            failed: 0,
-            full: 0,
-            last_error: String::new(),
-        };
+        );
         let (tx, rx) = smpsc::channel();
         // Shard i starts on the i-th ranked peer (wrapping when there are fewer).
         for i in 0..n {
