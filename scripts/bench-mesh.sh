@@ -77,6 +77,14 @@ bench() {
       open(my $f, ">", "$ARGV[0]/f$i") or die "f$i: $!"; print $f $b; close($f) or die "f$i: $!" }' "$m/small"
   sync -f "$m/small"
   R[$name,small]=$(echo "1000 / $(elapsed "$t")" | bc -l)
+  # 1 000 files of 4 KiB: inline in the metadata, so no peer is involved.
+  mkdir "$m/tiny"
+  t=$(now)
+  perl -e 'my $b = "x" x 4096; for my $i (1..1000) {
+      open(my $f, ">", "$ARGV[0]/f$i") or die "f$i: $!"; print $f "$i$b"; close($f) or die "f$i: $!" }' "$m/tiny"
+  sync -f "$m/tiny"
+  R[$name,tiny]=$(echo "1000 / $(elapsed "$t")" | bc -l)
+  R[$name,rss]=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$pid/status")
 }
 
 # Embedded: shards in the home's own store.
@@ -110,8 +118,11 @@ printf '%-34s %10s %10s %8s   %s\n' "seq read, 2 of 6 peers killed" "" "$(f0 "${
   "$(ratio "${R[degraded]}" "${R[cluster,seqr]}")" "≥ 0.5× healthy read"
 printf '%-34s %10s %10s %8s   %s\n' "1 000 × 64 KiB files, files/s" "$(f0 "${R[embedded,small]}")" "$(f0 "${R[cluster,small]}")" \
   "$(ratio "${R[cluster,small]}" "${R[embedded,small]}")" "≥ 0.5×"
+printf '%-34s %10s %10s %8s   %s\n' "1 000 × 4 KiB files (inline), /s" "$(f0 "${R[embedded,tiny]}")" "$(f0 "${R[cluster,tiny]}")" \
+  "$(ratio "${R[cluster,tiny]}" "${R[embedded,tiny]}")" ""
 printf '%-34s %10s %10s %8s   %s\n' "mount CPU s per GiB written" "$(f2 "${R[embedded,seqw,cpu]}")" "$(f2 "${R[cluster,seqw,cpu]}")" \
   "$(ratio "${R[cluster,seqw,cpu]}" "${R[embedded,seqw,cpu]}")" "≤ 1.5×"
 printf '%-34s %10s %10s %8s   %s\n' "mount CPU s per GiB read" "$(f2 "${R[embedded,seqr,cpu]}")" "$(f2 "${R[cluster,seqr,cpu]}")" \
   "$(ratio "${R[cluster,seqr,cpu]}" "${R[embedded,seqr,cpu]}")" "≤ 1.5×"
 printf '%-34s %10s %10s\n' "  … with 2 peers killed" "" "$(f2 "${R[degraded,cpu]}")"
+printf '%-34s %10s %10s\n' "peak RSS of the mount, MiB" "${R[embedded,rss]}" "${R[cluster,rss]}"
