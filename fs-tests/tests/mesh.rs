@@ -413,3 +413,46 @@ fn a_volume_written_before_it_had_peers_moves_onto_them_with_repair() {
     assert_eq!(json_num(&json, "survives"), 2, "{json}");
     v.get_same("/early.bin", &back, &src);
 }
+
+#[test]
+fn repair_spreads_chunks_written_to_few_peers_over_peers_that_joined_later() {
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 3);
+    let src = v.dir.path().join("src.bin");
+    sh(
+        v.dir.path(),
+        &format!("head -c 20000000 /dev/urandom > {}", src.display()),
+    );
+    let put = v
+        .datamesh()
+        .args(strs(&c.bootstrap_flags()))
+        .arg("put")
+        .arg(&src)
+        .arg("/f.bin")
+        .status()
+        .unwrap();
+    assert!(put.success());
+    // Two shards of every chunk on each of three peers: one loss survivable.
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "survives"), 1, "{json}");
+    for _ in 0..3 {
+        c.add(&[]);
+    }
+    let out = v
+        .datamesh()
+        .args(strs(&c.bootstrap_flags()))
+        .arg("repair")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "survives"), 2, "{json}");
+    let total: usize = (0..6).map(|i| c.shard_files(i).len()).sum();
+    assert_eq!(
+        total,
+        6 * json_num(&json, "chunks") as usize,
+        "moved shards were not dropped where they came from"
+    );
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+}

@@ -172,7 +172,10 @@ pub fn repair(engine: &Engine) -> anyhow::Result<bool> {
     for f in &r.failures {
         println!("could not repair {f}");
     }
-    println!("datamesh: repair: rebuilt {} shards", r.rebuilt);
+    println!(
+        "datamesh: repair: rebuilt {} shards, moved {} onto peers that held none of their chunk",
+        r.rebuilt, r.moved
+    );
     print_redundancy(&r, engine.codec().data_shards());
     Ok(r.failures.is_empty() && r.lost == 0)
 }

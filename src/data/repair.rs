@@ -27,6 +27,9 @@ pub struct Redundancy {
     pub survives: Option<usize>,
     /// Shards rebuilt and placed by this pass.
     pub rebuilt: u64,
+    /// Shards moved off a peer holding several of their chunk onto one holding
+    /// none (peers joined since the chunk was written).
+    pub moved: u64,
     /// Chunks a repair could not fix, with the reason.
     pub failures: Vec<String>,
 }
@@ -113,11 +116,21 @@ impl Engine {
                         Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
                     }
                 }
-                let masks = if fixed {
+                let mut masks = if fixed {
                     self.s.store.placement(ids).unwrap_or(masks)
                 } else {
                     masks
                 };
+                if repair && present >= k {
+                    match self.spread(c, &masks, local) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            lock(&r).moved += n;
+                            masks = self.s.store.placement(ids).unwrap_or(masks);
+                        }
+                        Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
+                    }
+                }
                 let present = masks.iter().filter(|&&m| m != 0).count();
                 survives.fetch_min(losses_survived(&masks, k) as u64, Ordering::Relaxed);
                 {
@@ -206,6 +219,37 @@ impl Engine {
         }
         self.s.store.place(ids, &which, &bytes)?;
         Ok(which.len() as u64)
+    }
+
+    /// Moves shards off peers that hold several of this chunk's shards onto
+    /// reachable peers that hold none, as long as there are such peers.
+    fn spread(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<u64> {
+        let ids = c.shard_ids();
+        let used = masks.iter().fold(0u64, |a, m| a | m);
+        let free = (self.s.store.holders_up() & !used & !local).count_ones() as usize;
+        if free == 0 {
+            return Ok(0);
+        }
+        let mut seen = 0u64;
+        let mut moves = Vec::new();
+        for (i, &m) in masks.iter().enumerate() {
+            // A shard whose one holder already holds another shard of the chunk.
+            if m.count_ones() == 1 && m & !local != 0 {
+                if seen & m != 0 {
+                    moves.push(i);
+                }
+                seen |= m;
+            }
+        }
+        moves.truncate(free);
+        let mut moved = 0;
+        for i in moves {
+            let bytes = self.s.store.get(&ids[i])?;
+            self.s.store.place(ids, &[i], &[&bytes])?;
+            self.s.store.release(&ids[i], masks[i]);
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// Asks the holders to re-hash every shard; bad ones are dropped and rebuilt.

@@ -855,6 +855,25 @@ impl ShardStore for MeshStore {
         true
     }
 
+    fn holders_up(&self) -> u64 {
+        self.client.live().iter().fold(0, |m, (t, _)| m | bit(*t))
+    }
+
+    fn release(&self, id: &ShardId, mask: u64) {
+        let targets: Vec<_> = self
+            .client
+            .live()
+            .into_iter()
+            .filter(|(t, _)| mask & bit(*t) != 0)
+            .collect();
+        for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
+            match r {
+                Ok(Response::Done) => self.forget(id, tag),
+                other => tracing::warn!("dropping the moved copy of {id} on {peer}: {other:?}"),
+            }
+        }
+    }
+
     fn local_bit(&self) -> u64 {
         if self.local.is_some() {
             bit(LOCAL_TAG)

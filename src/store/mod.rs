@@ -100,6 +100,17 @@ pub trait ShardStore: Send + Sync {
         None
     }
 
+    /// The holders reachable now, as a mask like [`ShardStore::placement`]'s.
+    fn holders_up(&self) -> u64 {
+        0
+    }
+
+    /// Drop the copies of a shard held by the holders in `mask` (it has been
+    /// placed elsewhere).
+    fn release(&self, id: &ShardId, mask: u64) {
+        let _ = (id, mask);
+    }
+
     /// The bit of [`ShardStore::placement`] masks that means "in this host's own
     /// store": such shards are readable but not yet spread over peers.
     fn local_bit(&self) -> u64 {
