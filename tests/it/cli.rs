@@ -268,3 +268,43 @@ fn full_disk_fails_cleanly_and_loses_nothing() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+#[test]
+fn invite_and_node_refuse_bad_input_with_clear_errors() {
+    let v = Vol::new();
+    let out = v.ok(&["invite"]);
+    let token = out.lines().last().unwrap();
+    assert!(token.starts_with("dmjoin1"), "{out}");
+    assert!(
+        fs::read(v.home().join("mesh.key")).unwrap().len() == 32,
+        "init makes a mesh key"
+    );
+    let data = v.dir.path().join("node");
+    let node = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("node")
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    assert!(node(&[]).contains("no mesh key yet: start with --join TOKEN"));
+    assert!(node(&["--join", "dmjoin1zz"]).contains("join token: not hex"));
+    assert!(node(&["--join", &token[..token.len() - 4]]).contains("join token"));
+    let err = node(&["--join", token, "--listen", "/ip4/1.2.3/tcp/1"]);
+    assert!(err.contains("--listen /ip4/1.2.3/tcp/1"), "{err}");
+    // Another volume's token, after joining this one: refused, naming the dir.
+    let other = Vol::new();
+    let theirs = other.ok(&["invite"]);
+    fs::create_dir_all(&data).unwrap();
+    fs::copy(v.home().join("mesh.key"), data.join("mesh.key")).unwrap();
+    let err = node(&["--join", theirs.lines().last().unwrap()]);
+    assert!(err.contains("already belongs to another mesh"), "{err}");
+    // A bad bootstrap address names itself.
+    let err = v.run(&["--bootstrap", "nonsense", "ls"]);
+    assert_eq!(err.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("bootstrap address nonsense"));
+}
