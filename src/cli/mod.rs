@@ -277,6 +277,7 @@ impl MountArgs {
             read_only: self.read_only,
             attr_ttl: dur(self.attr_ttl, d.attr_ttl),
             entry_ttl: dur(self.entry_ttl, d.entry_ttl),
+            source: d.source,
         }
     }
 }

@@ -74,7 +74,11 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
             format!("{}\n{}\n", std::process::id(), mountpoint.display()),
         )
         .with_context(|| pid.display().to_string())?;
-        let res = crate::fs::mount(engine, &mountpoint, &args.fs_options());
+        let mut opts = args.fs_options();
+        if let Some(src) = mount_source(home) {
+            opts.source = src;
+        }
+        let res = crate::fs::mount(engine, &mountpoint, &opts);
         let _ = fs::remove_file(&pid);
         return Ok(res?);
     }
@@ -127,13 +131,40 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `datamesh:HOME`, so that /proc/mounts names the volume and `umount` finds its
+/// process without `--home`; plain `datamesh` for a path the option syntax
+/// cannot carry.
+fn mount_source(home: &Home) -> Option<String> {
+    let dir = home.dir.to_str()?;
+    (!dir.contains([',', ' ', '\t', '\n', '\\'])).then(|| format!("datamesh:{dir}"))
+}
+
+/// The home directory named by a datamesh mount's source in /proc/mounts.
+fn home_of_mount(at: &Path) -> Option<Home> {
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    let at = at.to_str()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (src, mnt) = (f.next()?, f.next()?);
+        let dir = src.strip_prefix("datamesh:").filter(|_| mnt == at)?;
+        Some(Home::locate(Some(dir.into())))
+    })
+}
+
+/// The pid of the process serving `mountpoint`, from a home's pid file.
+fn owner_in(home: &Home, mountpoint: &Path) -> Option<i32> {
+    let t = fs::read_to_string(pid_file(home)).ok()?;
+    let mut lines = t.lines();
+    let pid: i32 = lines.next()?.parse().ok()?;
+    (Path::new(lines.next()?) == mountpoint).then_some(pid)
+}
+
 pub fn umount(home: &Home, mountpoint: &Path) -> anyhow::Result<()> {
     let mountpoint = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let owner = fs::read_to_string(pid_file(home)).ok().and_then(|t| {
-        let mut lines = t.lines();
-        let pid: i32 = lines.next()?.parse().ok()?;
-        (Path::new(lines.next()?) == mountpoint).then_some(pid)
-    });
+    // The mount of this home, or (without --home) of whichever home the
+    // mount's source names.
+    let owner = owner_in(home, &mountpoint)
+        .or_else(|| home_of_mount(&mountpoint).and_then(|h| owner_in(&h, &mountpoint)));
     let Some(pid) = owner.map(Pid::from_raw).filter(|p| kill(*p, None).is_ok()) else {
         // Not ours (another home, or a process that is gone): let the kernel do it.
         let st = Command::new("fusermount3")

@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub attr_ttl: Duration,
     /// How long the kernel may cache a name → inode lookup (and a failed one).
     pub entry_ttl: Duration,
+    /// What /proc/mounts and df show as the mount's source.
+    pub source: String,
 }
 
 impl Default for MountOptions {
@@ -45,6 +47,7 @@ impl Default for MountOptions {
             allow_other: false,
             read_only: false,
             attr_ttl: Duration::from_secs(1),
+            source: "datamesh".to_string(),
             entry_ttl: Duration::from_secs(1),
         }
     }
@@ -862,7 +865,7 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io:
     check_mountable(mountpoint)?;
     let mut cfg = Config::default();
     cfg.mount_options = vec![
-        MountOption::FSName("datamesh".to_string()),
+        MountOption::FSName(opts.source.clone()),
         MountOption::Subtype("datamesh".to_string()),
         MountOption::DefaultPermissions,
     ];
