@@ -127,6 +127,17 @@ fn six_peers_survive_two_kills_and_repair_restores_redundancy() {
     sh(&m.at, &format!("diff -r {} data", src.display()));
     drop(m);
     v.assert_fsck_clean();
+
+    // A killed peer comes back with the shards that were rebuilt elsewhere:
+    // repair drops the extra copies, every chunk spread over six peers again.
+    c.restart(1);
+    let out = v.datamesh().arg("repair").output().unwrap();
+    assert!(out.status.success());
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "survives"), 2, "{json}");
+    let live = [0, 1, 2, 3, 5, new];
+    let total: usize = live.iter().map(|&i| c.shard_files(i).len()).sum();
+    assert_eq!(total, 6 * chunks as usize, "extra copies left behind");
 }
 
 #[test]

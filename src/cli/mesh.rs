@@ -173,7 +173,7 @@ pub fn repair(engine: &Engine) -> anyhow::Result<bool> {
         println!("could not repair {f}");
     }
     println!(
-        "datamesh: repair: rebuilt {} shards, moved {} onto peers that held none of their chunk",
+        "datamesh: repair: rebuilt {} shards; moved or dropped {} extra copies to spread chunks",
         r.rebuilt, r.moved
     );
     print_redundancy(&r, engine.codec().data_shards());

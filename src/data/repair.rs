@@ -28,7 +28,8 @@ pub struct Redundancy {
     /// Shards rebuilt and placed by this pass.
     pub rebuilt: u64,
     /// Shards moved off a peer holding several of their chunk onto one holding
-    /// none (peers joined since the chunk was written).
+    /// none (peers joined since the chunk was written), and extra copies
+    /// dropped (a peer returned after its shards were rebuilt elsewhere).
     pub moved: u64,
     /// Chunks a repair could not fix, with the reason.
     pub failures: Vec<String>,
@@ -221,14 +222,42 @@ impl Engine {
         Ok(which.len() as u64)
     }
 
-    /// Moves shards off peers that hold several of this chunk's shards onto
-    /// reachable peers that hold none, as long as there are such peers.
+    /// Drops extra copies of a whole chunk's shards (a peer came back after its
+    /// shards were rebuilt elsewhere), keeping each on the holder with the fewest
+    /// other shards of the chunk; then moves shards off peers that hold several
+    /// onto reachable peers that hold none, while there are such peers.
     fn spread(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<u64> {
         let ids = c.shard_ids();
+        let mut masks = masks.to_vec();
+        let mut changed = 0;
+        if masks.iter().all(|&m| m & !local != 0) {
+            for i in 0..masks.len() {
+                let on_peers = masks[i] & !local;
+                if on_peers.count_ones() < 2 {
+                    continue;
+                }
+                let others = |t: u32| {
+                    let b = 1u64 << t;
+                    masks
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, m)| j != i && m & b != 0)
+                        .count()
+                };
+                let keep = (0..64)
+                    .filter(|t| on_peers & (1u64 << t) != 0)
+                    .min_by_key(|&t| others(t))
+                    .map(|t| 1u64 << t)
+                    .expect("two holders");
+                self.s.store.release(&ids[i], on_peers & !keep);
+                masks[i] = keep | (masks[i] & local);
+                changed += 1;
+            }
+        }
         let used = masks.iter().fold(0u64, |a, m| a | m);
         let free = (self.s.store.holders_up() & !used & !local).count_ones() as usize;
         if free == 0 {
-            return Ok(0);
+            return Ok(changed);
         }
         let mut seen = 0u64;
         let mut moves = Vec::new();
@@ -242,14 +271,13 @@ impl Engine {
             }
         }
         moves.truncate(free);
-        let mut moved = 0;
         for i in moves {
             let bytes = self.s.store.get(&ids[i])?;
             self.s.store.place(ids, &[i], &[&bytes])?;
             self.s.store.release(&ids[i], masks[i]);
-            moved += 1;
+            changed += 1;
         }
-        Ok(moved)
+        Ok(changed)
     }
 
     /// Asks the holders to re-hash every shard; bad ones are dropped and rebuilt.

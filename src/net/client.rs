@@ -425,10 +425,6 @@ impl MeshStore {
         })
     }
 
-    pub fn client(&self) -> &MeshClient {
-        &self.client
-    }
-
     /// Live peers ordered by rendezvous score for `key`.
     fn ranked(&self, key: &ShardId) -> Vec<(usize, PeerId)> {
         let mut live = self.client.live();
