@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 /// last bit for shards still in this host's own store.
 pub const MAX_PEERS: usize = 63;
 const LOCAL_TAG: usize = 63;
+/// How long a peer that refused a put for want of room is passed over.
+const FULL_RETRY: Duration = Duration::from_secs(60);
 /// Chunks whose last shards may still be landing after the write returned.
 const MAX_BACKGROUND_PUTS: usize = 16;
 /// How long a caller waits for any one answer (the request itself times out
@@ -390,6 +392,8 @@ pub struct MeshStore {
     client: MeshClient,
     /// Which peers (tag bits) hold each shard.
     loc: Mutex<HashMap<ShardId, u64>>,
+    /// When each peer last refused a put for want of room.
+    full: Mutex<HashMap<usize, Instant>>,
     /// While a survey runs: the shards stored meanwhile.
     touched: Mutex<Option<std::collections::HashSet<ShardId>>>,
     /// Chunks whose last shards are still landing in the background.
@@ -415,6 +419,7 @@ impl MeshStore {
             client,
             loc: Mutex::new(HashMap::new()),
             touched: Mutex::new(None),
+            full: Mutex::new(HashMap::new()),
             inflight: (Mutex::new(0), Condvar::new()),
             written: AtomicU64::new(0),
             unplaced: AtomicBool::new(false),
@@ -426,10 +431,18 @@ impl MeshStore {
     }
 
     /// Live peers ordered by rendezvous score for `key`.
+    /// Peers that said they were full within [`FULL_RETRY`] are left out while
+    /// there are others, so each chunk does not pay a refused round trip.
     fn ranked(&self, key: &ShardId) -> Vec<(usize, PeerId)> {
         let mut live = self.client.live();
         live.sort_by_key(|(_, p)| std::cmp::Reverse(score(key, p)));
-        live
+        let full = lock(&self.full);
+        let roomy: Vec<_> = live
+            .iter()
+            .filter(|(t, _)| full.get(t).is_none_or(|at| at.elapsed() > FULL_RETRY))
+            .copied()
+            .collect();
+        if roomy.is_empty() { live } else { roomy }
     }
 
     /// Storage peers unreachable for longer than `grace`.
@@ -498,7 +511,7 @@ impl MeshStore {
                 Err(StoreError::Corrupt(*id))
             }
             Ok(other) => Err(StoreError::Peer(format!(
-                "peer {peer}: unexpected answer {other:?}"
+                "peer {peer}: unexpected answer: {other}"
             ))),
             Err(e) => Err(StoreError::Peer(e)),
         }
@@ -598,7 +611,7 @@ impl MeshStore {
                 }
                 Ok(other) => {
                     return Err(StoreError::Peer(format!(
-                        "peer {peer}: unexpected answer {other:?}"
+                        "peer {peer}: unexpected answer: {other}"
                     )));
                 }
                 Err(e) => return Err(StoreError::Peer(e)),
@@ -661,9 +674,10 @@ impl MeshStore {
                 let why = match other {
                     Ok(Response::Full) => {
                         job.full += 1;
+                        lock(&self.full).insert(tag, Instant::now());
                         "it is full".to_string()
                     }
-                    Ok(r) => format!("{r:?}"),
+                    Ok(r) => r.to_string(),
                     Err(e) => e,
                 };
                 tracing::info!(
@@ -784,7 +798,7 @@ impl ShardStore for MeshStore {
         for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
             match r {
                 Ok(Response::Done) => self.forget(id, tag),
-                Ok(other) => tracing::warn!("delete {id} on {peer}: {other:?}"),
+                Ok(other) => tracing::warn!("delete {id} on {peer}: {other}"),
                 Err(e) => tracing::warn!("delete {id}: {e}"),
             }
         }
@@ -809,7 +823,7 @@ impl ShardStore for MeshStore {
             match r {
                 Ok(Response::Done) => {}
                 Ok(other) => {
-                    return Err(StoreError::Peer(format!("sync on peer {peer}: {other:?}")));
+                    return Err(StoreError::Peer(format!("sync on peer {peer}: {other}")));
                 }
                 Err(e) => return Err(StoreError::Peer(format!("sync: {e}"))),
             }
@@ -865,7 +879,8 @@ impl ShardStore for MeshStore {
         for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
             match r {
                 Ok(Response::Done) => self.forget(id, tag),
-                other => tracing::warn!("dropping the moved copy of {id} on {peer}: {other:?}"),
+                Ok(other) => tracing::warn!("dropping the moved copy of {id} on {peer}: {other}"),
+                Err(e) => tracing::warn!("dropping the moved copy of {id}: {e}"),
             }
         }
     }
@@ -1085,7 +1100,7 @@ impl ShardStore for MeshStore {
                         }
                     }
                     Ok(other) => {
-                        return Err(StoreError::Peer(format!("scrub on peer {peer}: {other:?}")));
+                        return Err(StoreError::Peer(format!("scrub on peer {peer}: {other}")));
                     }
                     Err(e) => return Err(StoreError::Peer(format!("scrub: {e}"))),
                 }

@@ -100,6 +100,25 @@ impl Request {
     }
 }
 
+impl std::fmt::Display for Response {
+    /// A short form for logs and errors: never a shard's bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Response::Done => write!(f, "done"),
+            Response::Data(d) => write!(f, "{} bytes of data", d.len()),
+            Response::Have(v) => write!(f, "an answer about {} shards", v.len()),
+            Response::Missing => write!(f, "shard missing"),
+            Response::Corrupt => write!(f, "shard corrupt on the peer's disk"),
+            Response::Full => write!(f, "peer full"),
+            Response::BadHash => write!(f, "bytes do not match the shard id"),
+            Response::Failed(why) => write!(f, "failed: {why}"),
+            Response::List { shards, .. } => write!(f, "a list of {} shards", shards.len()),
+            Response::Verified { checked, .. } => write!(f, "{checked} shards verified"),
+            Response::Stat { .. } => write!(f, "usage figures"),
+        }
+    }
+}
+
 impl Request {
     /// Small enough to answer on the network thread: a put or get of a small
     /// shard, or a question about a few ids. Everything else goes to the
