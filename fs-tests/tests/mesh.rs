@@ -349,10 +349,19 @@ fn a_mount_rebuilds_the_shards_of_a_peer_gone_past_the_grace_time() {
     require!();
     let v = Volume::new();
     let mut c = Cluster::start(&v, 7);
+    // The peers come from config.toml this time, not from flags.
     let cfg = v.home().join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, format!("{text}\nrepair_grace_secs = 2\n")).unwrap();
-    let m = v.mount_with(&strs(&c.bootstrap_flags()));
+    let peers: Vec<String> = c.nodes.iter().map(|n| format!("{:?}", n.addr)).collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}\nrepair_grace_secs = 2\nbootstrap = [{}]\n",
+            peers.join(", ")
+        ),
+    )
+    .unwrap();
+    let m = v.mount();
     sh(&m.at, "head -c 24000000 /dev/urandom > f.bin && sync");
     let total = |c: &Cluster, skip: usize| -> usize {
         (0..c.nodes.len())
