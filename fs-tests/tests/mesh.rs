@@ -476,3 +476,33 @@ fn repair_spreads_chunks_written_to_few_peers_over_peers_that_joined_later() {
     );
     v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
 }
+
+#[test]
+fn a_stalled_peer_does_not_set_the_pace_of_reads() {
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 5);
+    // Answers every get 10 s late: without hedged requests, each chunk with a
+    // data shard there would wait that long.
+    c.add(&["--fault-delay-ms", "10000"]);
+    let src = v.dir.path().join("src.bin");
+    sh(
+        v.dir.path(),
+        &format!("head -c 40000000 /dev/urandom > {}", src.display()),
+    );
+    let put = v
+        .datamesh()
+        .args(strs(&c.bootstrap_flags()))
+        .arg("put")
+        .arg(&src)
+        .arg("/f.bin")
+        .status()
+        .unwrap();
+    assert!(put.success());
+    let start = std::time::Instant::now();
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(6),
+        "a read of 40 MB took {took:?} with one stalled peer"
+    );
+}

@@ -32,6 +32,9 @@ pub struct NodeArgs {
     /// Fault injection for tests: corrupt every shard this peer sends.
     #[arg(long, hide = true)]
     fault_flip_reads: bool,
+    /// Fault injection for tests: answer every get this many ms late.
+    #[arg(long, hide = true, default_value_t = 0)]
+    fault_delay_ms: u64,
 }
 
 fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
@@ -56,6 +59,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         bootstrap: addrs(&args.bootstrap, "--bootstrap")?,
         join: args.join,
         flip_reads: args.fault_flip_reads,
+        delay_reads: std::time::Duration::from_millis(args.fault_delay_ms),
     })?;
     Ok(())
 }

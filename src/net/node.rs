@@ -27,6 +27,9 @@ pub struct NodeOptions {
     /// Fault injection for tests: answer every get with one bit flipped, as a
     /// faulty or lying peer would.
     pub flip_reads: bool,
+    /// Fault injection for tests: answer every get this late, as a stalled
+    /// peer would.
+    pub delay_reads: std::time::Duration,
 }
 
 /// Shard requests answered at once; more queue in the swarm.
@@ -38,6 +41,7 @@ struct Shards {
     used: AtomicU64,
     count: AtomicU64,
     flip_reads: bool,
+    delay_reads: std::time::Duration,
 }
 
 impl Shards {
@@ -78,7 +82,10 @@ impl Shards {
             }
             // Not re-hashed here: the reader checks every shard against its id
             // anyway, and scrub finds rot on this disk.
-            Request::Get { id } => match self.store.get_unverified(&id) {
+            Request::Get { id } => match {
+                std::thread::sleep(self.delay_reads);
+                self.store.get_unverified(&id)
+            } {
                 Ok(mut data) => {
                     if self.flip_reads && !data.is_empty() {
                         data[0] ^= 1;
@@ -210,6 +217,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         used: AtomicU64::new(used),
         count: AtomicU64::new(count),
         flip_reads: opts.flip_reads,
+        delay_reads: opts.delay_reads,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
