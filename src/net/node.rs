@@ -82,18 +82,18 @@ impl Shards {
             }
             // Not re-hashed here: the reader checks every shard against its id
             // anyway, and scrub finds rot on this disk.
-            Request::Get { id } => match {
+            Request::Get { id } => {
                 std::thread::sleep(self.delay_reads);
-                self.store.get_unverified(&id)
-            } {
-                Ok(mut data) => {
-                    if self.flip_reads && !data.is_empty() {
-                        data[0] ^= 1;
+                match self.store.get_unverified(&id) {
+                    Ok(mut data) => {
+                        if self.flip_reads && !data.is_empty() {
+                            data[0] ^= 1;
+                        }
+                        Response::Data(data)
                     }
-                    Response::Data(data)
+                    Err(e) => failed(e),
                 }
-                Err(e) => failed(e),
-            },
+            }
             Request::Has { ids } => {
                 Response::Have(ids.iter().map(|i| self.store.contains(i)).collect())
             }
