@@ -478,17 +478,18 @@ fn repair_spreads_chunks_written_to_few_peers_over_peers_that_joined_later() {
 }
 
 #[test]
-fn a_stalled_peer_does_not_set_the_pace_of_reads() {
+fn a_stalled_peer_sets_the_pace_of_neither_writes_nor_reads() {
     let v = Volume::new();
     let mut c = Cluster::start(&v, 5);
-    // Answers every get 10 s late: without hedged requests, each chunk with a
-    // data shard there would wait that long.
-    c.add(&["--fault-delay-ms", "10000"]);
+    // Answers every put and get 25 s late: without shards sent elsewhere after a
+    // few seconds and hedged reads, every chunk touching it would wait that long.
+    c.add(&["--fault-delay-ms", "25000"]);
     let src = v.dir.path().join("src.bin");
     sh(
         v.dir.path(),
         &format!("head -c 40000000 /dev/urandom > {}", src.display()),
     );
+    let start = std::time::Instant::now();
     let put = v
         .datamesh()
         .args(strs(&c.bootstrap_flags()))
@@ -498,6 +499,11 @@ fn a_stalled_peer_does_not_set_the_pace_of_reads() {
         .status()
         .unwrap();
     assert!(put.success());
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "a put of 40 MB took {took:?} with one stalled peer"
+    );
     let start = std::time::Instant::now();
     v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
     let took = start.elapsed();

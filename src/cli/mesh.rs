@@ -32,7 +32,7 @@ pub struct NodeArgs {
     /// Fault injection for tests: corrupt every shard this peer sends.
     #[arg(long, hide = true)]
     fault_flip_reads: bool,
-    /// Fault injection for tests: answer every get this many ms late.
+    /// Fault injection for tests: answer every put and get this many ms late.
     #[arg(long, hide = true, default_value_t = 0)]
     fault_delay_ms: u64,
 }
@@ -59,7 +59,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         bootstrap: addrs(&args.bootstrap, "--bootstrap")?,
         join: args.join,
         flip_reads: args.fault_flip_reads,
-        delay_reads: std::time::Duration::from_millis(args.fault_delay_ms),
+        delay: std::time::Duration::from_millis(args.fault_delay_ms),
     })?;
     Ok(())
 }

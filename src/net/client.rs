@@ -27,8 +27,11 @@ use tokio::sync::mpsc;
 /// last bit for shards still in this host's own store.
 pub const MAX_PEERS: usize = 63;
 const LOCAL_TAG: usize = 63;
-/// How long a peer that refused a put for want of room is passed over.
-const FULL_RETRY: Duration = Duration::from_secs(60);
+/// How long a peer that refused a put for want of room, or was too slow to
+/// answer one, is passed over.
+const AVOID_FOR: Duration = Duration::from_secs(60);
+/// How long a put waits for a shard before sending it to another peer too.
+const STRAGGLER_WAIT: Duration = Duration::from_secs(5);
 /// Chunks whose last shards may still be landing after the write returned.
 const MAX_BACKGROUND_PUTS: usize = 16;
 /// How long a caller waits for any one answer (the request itself times out
@@ -392,8 +395,9 @@ pub struct MeshStore {
     client: MeshClient,
     /// Which peers (tag bits) hold each shard.
     loc: Mutex<HashMap<ShardId, u64>>,
-    /// When each peer last refused a put for want of room.
-    full: Mutex<HashMap<usize, Instant>>,
+    /// When each peer last refused a put for want of room, or was too slow
+    /// to answer one.
+    avoid: Mutex<HashMap<usize, Instant>>,
     /// While a survey runs: the shards stored meanwhile.
     touched: Mutex<Option<std::collections::HashSet<ShardId>>>,
     /// Chunks whose last shards are still landing in the background.
@@ -419,7 +423,7 @@ impl MeshStore {
             client,
             loc: Mutex::new(HashMap::new()),
             touched: Mutex::new(None),
-            full: Mutex::new(HashMap::new()),
+            avoid: Mutex::new(HashMap::new()),
             inflight: (Mutex::new(0), Condvar::new()),
             written: AtomicU64::new(0),
             unplaced: AtomicBool::new(false),
@@ -431,15 +435,15 @@ impl MeshStore {
     }
 
     /// Live peers ordered by rendezvous score for `key`.
-    /// Peers that said they were full within [`FULL_RETRY`] are left out while
-    /// there are others, so each chunk does not pay a refused round trip.
+    /// Peers that were full or too slow within [`AVOID_FOR`] are left out while
+    /// there are others, so each chunk does not pay for them again.
     fn ranked(&self, key: &ShardId) -> Vec<(usize, PeerId)> {
         let mut live = self.client.live();
         live.sort_by_key(|(_, p)| std::cmp::Reverse(score(key, p)));
-        let full = lock(&self.full);
+        let avoid = lock(&self.avoid);
         let roomy: Vec<_> = live
             .iter()
-            .filter(|(t, _)| full.get(t).is_none_or(|at| at.elapsed() > FULL_RETRY))
+            .filter(|(t, _)| avoid.get(t).is_none_or(|at| at.elapsed() > AVOID_FOR))
             .copied()
             .collect();
         if roomy.is_empty() { live } else { roomy }
@@ -640,6 +644,7 @@ impl MeshStore {
 
     fn send_put_to(&self, job: &mut PutJob, i: usize, tag: usize, peer: PeerId, tx: &PutTx) {
         job.tried[i] |= bit(tag);
+        job.pending[i] |= bit(tag);
         *job.load.entry(tag).or_default() += 1;
         job.outstanding += 1;
         let tx = tx.clone();
@@ -655,26 +660,60 @@ impl MeshStore {
         );
     }
 
-    /// Takes one answer of a chunk put; returns false when the wait ran out.
-    fn take_answer(&self, job: &mut PutJob, rx: &PutRx, tx: &PutTx) -> bool {
-        let Ok((i, tag, res)) = rx.recv_timeout(ANSWER_WAIT) else {
-            return false;
-        };
+    /// Takes answers until `until` shards are stored or nothing is pending. A
+    /// shard unanswered for [`STRAGGLER_WAIT`] is sent to another peer as well,
+    /// and the slow peer is passed over for a while: a stalled peer costs a
+    /// write seconds, not the request timeout.
+    fn drive(&self, job: &mut PutJob, rx: &PutRx, tx: &PutTx, until: usize) {
+        let start = Instant::now();
+        while job.stored < until && job.outstanding > 0 {
+            match rx.recv_timeout(STRAGGLER_WAIT) {
+                Ok(answer) => self.take_answer(job, answer, tx),
+                Err(smpsc::RecvTimeoutError::Timeout) if start.elapsed() < ANSWER_WAIT => {
+                    for i in 0..job.ids.len() {
+                        if job.done[i] || job.pending[i] == 0 {
+                            continue;
+                        }
+                        {
+                            let mut avoid = lock(&self.avoid);
+                            for tag in (0..MAX_PEERS).filter(|t| job.pending[i] & bit(*t) != 0) {
+                                avoid.insert(tag, Instant::now());
+                            }
+                        }
+                        if self.send_put(job, i, tx) {
+                            tracing::info!(
+                                "shard {} is slow to store: sent to another peer too",
+                                job.ids[i]
+                            );
+                        }
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn take_answer(&self, job: &mut PutJob, (i, tag, res): PutAnswer, tx: &PutTx) {
         job.outstanding -= 1;
+        job.pending[i] &= !bit(tag);
         match res {
             Ok(Response::Done) => {
-                job.stored += 1;
-                // Never sent again: its bytes need not outlive the answer.
-                job.bytes[i] = Vec::new();
+                if !job.done[i] {
+                    job.done[i] = true;
+                    job.stored += 1;
+                    // Never sent again: its bytes need not outlive the answer.
+                    job.bytes[i] = Vec::new();
+                }
                 self.record(job.ids[i], tag);
                 self.written.fetch_or(bit(tag), Ordering::Relaxed);
             }
+            _ if job.done[i] => {}
             other => {
                 *job.load.entry(tag).or_default() -= 1;
                 let why = match other {
                     Ok(Response::Full) => {
                         job.full += 1;
-                        lock(&self.full).insert(tag, Instant::now());
+                        lock(&self.avoid).insert(tag, Instant::now());
                         "it is full".to_string()
                     }
                     Ok(r) => r.to_string(),
@@ -684,13 +723,12 @@ impl MeshStore {
                     "shard {} not stored on peer {tag}: {why}; placing it elsewhere",
                     job.ids[i]
                 );
-                if !self.send_put(job, i, tx) {
+                if job.pending[i] == 0 && !self.send_put(job, i, tx) {
                     job.failed += 1;
                     job.last_error = why;
                 }
             }
         }
-        true
     }
 }
 
@@ -705,6 +743,10 @@ struct PutJob {
     ranked: Vec<(usize, PeerId)>,
     /// Per shard, the peers tried.
     tried: Vec<u64>,
+    /// Per shard, the peers whose answer is awaited.
+    pending: Vec<u64>,
+    /// Per shard, stored somewhere.
+    done: Vec<bool>,
     /// Shards of this chunk per peer.
     load: HashMap<usize, usize>,
     outstanding: usize,
@@ -718,6 +760,8 @@ impl PutJob {
     fn new(ids: Vec<ShardId>, bytes: Vec<Vec<u8>>, ranked: Vec<(usize, PeerId)>) -> PutJob {
         PutJob {
             tried: vec![0; ids.len()],
+            pending: vec![0; ids.len()],
+            done: vec![false; ids.len()],
             ids,
             bytes,
             ranked,
@@ -986,11 +1030,7 @@ impl ShardStore for MeshStore {
                 self.send_put(&mut job, j, &tx);
             }
         }
-        while job.outstanding > 0 {
-            if !self.take_answer(&mut job, &rx, &tx) {
-                break;
-            }
-        }
+        self.drive(&mut job, &rx, &tx, which.len());
         if job.stored < which.len() {
             if job.full > 0 {
                 return Err(StoreError::Full(PathBuf::from("the storage peers")));
@@ -1133,11 +1173,7 @@ impl ShardStore for MeshStore {
             self.send_put_to(&mut job, i, tag, peer, &tx);
         }
         let need = need.min(n);
-        while job.stored < need && job.outstanding > 0 {
-            if !self.take_answer(&mut job, &rx, &tx) {
-                break;
-            }
-        }
+        self.drive(&mut job, &rx, &tx, need);
         if job.stored < need {
             if job.full > 0 {
                 return Err(StoreError::Full(PathBuf::from("the storage peers")));
@@ -1152,7 +1188,7 @@ impl ShardStore for MeshStore {
                 job.stored, n
             )));
         }
-        if job.outstanding > 0 {
+        if job.stored < n {
             // The rest land in the background; sync waits for them.
             let Some(this) = self.me.upgrade() else {
                 return Ok(());
@@ -1169,11 +1205,7 @@ impl ShardStore for MeshStore {
             std::thread::Builder::new()
                 .name("datamesh-put".into())
                 .spawn(move || {
-                    while job.outstanding > 0 {
-                        if !this.take_answer(&mut job, &rx, &tx) {
-                            break;
-                        }
-                    }
+                    this.drive(&mut job, &rx, &tx, n);
                     if job.stored < n {
                         tracing::warn!(
                             "{} of {n} shards of a chunk stored; the rest are left to repair",

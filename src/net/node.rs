@@ -27,9 +27,9 @@ pub struct NodeOptions {
     /// Fault injection for tests: answer every get with one bit flipped, as a
     /// faulty or lying peer would.
     pub flip_reads: bool,
-    /// Fault injection for tests: answer every get this late, as a stalled
-    /// peer would.
-    pub delay_reads: std::time::Duration,
+    /// Fault injection for tests: answer every put and get this late, as a
+    /// stalled peer would.
+    pub delay: std::time::Duration,
 }
 
 /// Shard requests answered at once; more queue in the swarm.
@@ -41,7 +41,7 @@ struct Shards {
     used: AtomicU64,
     count: AtomicU64,
     flip_reads: bool,
-    delay_reads: std::time::Duration,
+    delay: std::time::Duration,
 }
 
 impl Shards {
@@ -57,6 +57,7 @@ impl Shards {
         };
         match req {
             Request::Put { id, data } => {
+                std::thread::sleep(self.delay);
                 if ShardId::of(&data) != id {
                     tracing::warn!("{from} sent bytes that do not match shard id {id}: refused");
                     return Response::BadHash;
@@ -83,7 +84,7 @@ impl Shards {
             // Not re-hashed here: the reader checks every shard against its id
             // anyway, and scrub finds rot on this disk.
             Request::Get { id } => {
-                std::thread::sleep(self.delay_reads);
+                std::thread::sleep(self.delay);
                 match self.store.get_unverified(&id) {
                     Ok(mut data) => {
                         if self.flip_reads && !data.is_empty() {
@@ -217,7 +218,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         used: AtomicU64::new(used),
         count: AtomicU64::new(count),
         flip_reads: opts.flip_reads,
-        delay_reads: opts.delay_reads,
+        delay: opts.delay,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
