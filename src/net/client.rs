@@ -7,7 +7,7 @@
 //! map of which peer holds which shard, and rides over dead or slow peers.
 
 use super::proto::{MAX_IDS, Request, Response};
-use super::{BehaviourEvent, MeshKey, NetError, build_swarm, peer_of};
+use super::{BehaviourEvent, MeshKey, NetError, build_swarm, is_unspecified, peer_of};
 use crate::chunk::ShardId;
 use crate::store::{LocalStore, PeerStatus, ShardInfo, ShardStore, StoreError};
 use libp2p::futures::StreamExt;
@@ -368,14 +368,6 @@ fn bare(a: &Multiaddr) -> Multiaddr {
     a.iter()
         .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
         .collect()
-}
-
-fn is_unspecified(a: &Multiaddr) -> bool {
-    a.iter().any(|p| match p {
-        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
-        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
-        _ => false,
-    })
 }
 
 /// Rendezvous (highest-random-weight) score of a peer for a placement key.

@@ -172,6 +172,24 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
+/// The IP of an address, if it has one.
+fn ip_of(a: &Multiaddr) -> Option<std::net::IpAddr> {
+    a.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
+}
+
+/// `0.0.0.0` / `::`: every interface.
+fn is_unspecified(a: &Multiaddr) -> bool {
+    ip_of(a).is_some_and(|ip| ip.is_unspecified())
+}
+
+fn is_loopback(a: &Multiaddr) -> bool {
+    ip_of(a).is_some_and(|ip| ip.is_loopback())
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     shard: request_response::Behaviour<proto::Codec>,

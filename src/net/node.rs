@@ -5,7 +5,10 @@
 //! blocking pool (bounded), so disk I/O never stalls the network loop.
 
 use super::proto::{MAX_IDS, Request, Response};
-use super::{BehaviourEvent, JoinToken, MeshKey, NetError, build_swarm, load_identity, peer_of};
+use super::{
+    BehaviourEvent, JoinToken, MeshKey, NetError, build_swarm, is_loopback, is_unspecified,
+    load_identity, peer_of,
+};
 use crate::chunk::ShardId;
 use crate::store::{LocalStore, ShardStore, StoreError};
 use libp2p::futures::StreamExt;
@@ -156,18 +159,11 @@ impl Shards {
 /// lets a second node bind the same port and silently take half its
 /// connections. A plain bind first turns that into an error.
 fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
-    use libp2p::multiaddr::Protocol;
-    let mut ip = None;
-    let mut port = None;
-    for p in addr.iter() {
-        match p {
-            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
-            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
-            Protocol::Tcp(p) if p != 0 => port = Some(p),
-            _ => {}
-        }
-    }
-    if let (Some(ip), Some(port)) = (ip, port) {
+    let port = addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Tcp(p) if p != 0 => Some(p),
+        _ => None,
+    });
+    if let (Some(ip), Some(port)) = (super::ip_of(addr), port) {
         std::net::TcpListener::bind((ip, port))
             .map_err(|e| NetError::Bad(format!("listen on {addr}: {e}")))?;
     }
@@ -240,6 +236,7 @@ async fn serve(
     use tokio::signal::unix::{SignalKind, signal};
     let me = identity.public().to_peer_id();
     let mut swarm = build_swarm(identity, &key, true)?;
+    let on_any = listen.iter().any(is_unspecified);
     for addr in listen {
         check_port_free(&addr)?;
         swarm
@@ -258,18 +255,28 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).map_err(|e| NetError::Bad(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| NetError::Bad(e.to_string()))?;
     let mut discover = tokio::time::interval(Duration::from_secs(30));
+    // The one "listening on" line names the most useful address: on 0.0.0.0
+    // the interfaces are reported one by one, loopback first, so the line waits
+    // a moment for one that other machines can reach.
+    let mut heard: Vec<Multiaddr> = Vec::new();
+    let mut announce_at: Option<tokio::time::Instant> = None;
     let mut announced = false;
     loop {
+        let due = announce_at.filter(|_| !announced);
         tokio::select! {
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::NewListenAddr { address, .. } => {
+                    tracing::info!("listening on {address}/p2p/{me}");
                     if !announced {
-                        announced = true;
-                        println!("datamesh node: listening on {address}/p2p/{me}");
-                        use std::io::Write;
-                        let _ = std::io::stdout().flush();
-                    } else {
-                        tracing::info!("also listening on {address}/p2p/{me}");
+                        let reachable = !is_loopback(&address) || !on_any;
+                        heard.push(address);
+                        announce_at = Some(if reachable {
+                            tokio::time::Instant::now()
+                        } else {
+                            announce_at.unwrap_or_else(|| {
+                                tokio::time::Instant::now() + Duration::from_millis(300)
+                            })
+                        });
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Shard(request_response::Event::Message {
@@ -307,6 +314,13 @@ async fn serve(
             },
             Some((channel, resp)) = done_rx.recv() => {
                 let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                announced = true;
+                let best = heard.iter().find(|a| !is_loopback(a)).unwrap_or(&heard[0]);
+                println!("datamesh node: listening on {best}/p2p/{me}");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
             }
             _ = discover.tick() => {
                 let _ = swarm.behaviour_mut().kad.bootstrap();
