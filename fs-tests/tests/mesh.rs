@@ -48,6 +48,30 @@ fn json_num(json: &str, key: &str) -> i64 {
         .unwrap_or_else(|_| panic!("{key} in {json}"))
 }
 
+/// A file of `len` random bytes put as /f.bin through the CLI with the
+/// cluster's addresses; returns the local copy.
+fn put_random(v: &Volume, c: &Cluster, len: usize) -> std::path::PathBuf {
+    let src = v.dir.path().join("src.bin");
+    sh(
+        v.dir.path(),
+        &format!("head -c {len} /dev/urandom > {}", src.display()),
+    );
+    let put = v
+        .datamesh()
+        .args(strs(&c.bootstrap_flags()))
+        .arg("put")
+        .arg(&src)
+        .arg("/f.bin")
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    src
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -300,20 +324,7 @@ fn lying_peers_rotting_shards_and_garbage_are_caught() {
     let v = Volume::new();
     let mut c = Cluster::start(&v, 5);
     let liar = c.add(&["--fault-flip-reads"]);
-    let src = v.dir.path().join("src.bin");
-    sh(
-        v.dir.path(),
-        &format!("head -c 30000000 /dev/urandom > {}", src.display()),
-    );
-    let put = v
-        .datamesh()
-        .args(strs(&c.bootstrap_flags()))
-        .arg("put")
-        .arg(&src)
-        .arg("/f.bin")
-        .output()
-        .unwrap();
-    assert!(put.status.success());
+    let src = put_random(&v, &c, 30_000_000);
     assert!(!c.shard_files(liar).is_empty());
 
     // Garbage on a node's port: the handshake fails, the node carries on.
@@ -438,20 +449,7 @@ fn a_volume_written_before_it_had_peers_moves_onto_them_with_repair() {
 fn repair_spreads_chunks_written_to_few_peers_over_peers_that_joined_later() {
     let v = Volume::new();
     let mut c = Cluster::start(&v, 3);
-    let src = v.dir.path().join("src.bin");
-    sh(
-        v.dir.path(),
-        &format!("head -c 20000000 /dev/urandom > {}", src.display()),
-    );
-    let put = v
-        .datamesh()
-        .args(strs(&c.bootstrap_flags()))
-        .arg("put")
-        .arg(&src)
-        .arg("/f.bin")
-        .status()
-        .unwrap();
-    assert!(put.success());
+    let src = put_random(&v, &c, 20_000_000);
     // Two shards of every chunk on each of three peers: one loss survivable.
     let json = status_json(&v, &[]);
     assert_eq!(json_num(&json, "survives"), 1, "{json}");
@@ -484,21 +482,8 @@ fn a_stalled_peer_sets_the_pace_of_neither_writes_nor_reads() {
     // Answers every put and get 25 s late: without shards sent elsewhere after a
     // few seconds and hedged reads, every chunk touching it would wait that long.
     c.add(&["--fault-delay-ms", "25000"]);
-    let src = v.dir.path().join("src.bin");
-    sh(
-        v.dir.path(),
-        &format!("head -c 40000000 /dev/urandom > {}", src.display()),
-    );
     let start = std::time::Instant::now();
-    let put = v
-        .datamesh()
-        .args(strs(&c.bootstrap_flags()))
-        .arg("put")
-        .arg(&src)
-        .arg("/f.bin")
-        .status()
-        .unwrap();
-    assert!(put.success());
+    let src = put_random(&v, &c, 40_000_000);
     let took = start.elapsed();
     assert!(
         took < std::time::Duration::from_secs(15),

@@ -225,39 +225,23 @@ fn idle_open_file_is_sealed_before_a_crash() {
 fn umount_without_home_finds_the_mount_and_waits_for_it_to_finish() {
     require!();
     let v = Volume::new();
-    let out = v
-        .datamesh()
-        .arg("mount")
-        .arg(v.mountpoint())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ok = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cmd:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(v.datamesh().arg("mount").arg(v.mountpoint()));
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
     let src = format!("datamesh:{} ", v.home().display());
     assert!(mounts.contains(&src), "{mounts}");
     sh(&v.mountpoint(), "head -c 30000000 /dev/urandom > f");
     // Another home by default: umount must go by what /proc/mounts says.
-    let out = std::process::Command::new(fs_tests::datamesh_bin())
+    ok(std::process::Command::new(fs_tests::datamesh_bin())
         .env("DATAMESH_HOME", v.dir.path().join("elsewhere"))
         .arg("umount")
-        .arg(v.mountpoint())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(v.mountpoint()));
     // The mount process has finished: the volume is free at once, data stored.
-    let ls = v.datamesh().args(["ls", "-l", "/"]).output().unwrap();
-    assert!(
-        ls.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ls.stderr)
-    );
-    assert!(String::from_utf8_lossy(&ls.stdout).contains(" 30000000 "));
+    let ls = ok(v.datamesh().args(["ls", "-l", "/"]));
+    assert!(ls.contains(" 30000000 "), "{ls}");
 }

@@ -205,6 +205,18 @@ impl MeshClient {
             .collect()
     }
 
+    /// Reachable storage peers among the tags in `mask`.
+    fn live_in(&self, mask: u64) -> Vec<(usize, PeerId)> {
+        let mut live = self.live();
+        live.retain(|(t, _)| mask & bit(*t) != 0);
+        live
+    }
+
+    /// The tags of the reachable storage peers, as a mask.
+    fn live_mask(&self) -> u64 {
+        self.live().iter().fold(0, |m, (t, _)| m | bit(*t))
+    }
+
     /// Waits until `want` storage peers are reachable; gives up after `limit`
     /// with none, or once a second passes with some but no new one (the others
     /// are down: waiting longer would only delay every command).
@@ -820,14 +832,7 @@ impl ShardStore for MeshStore {
 
     fn delete(&self, id: &ShardId) -> Result<(), StoreError> {
         let holders = self.holders(id);
-        let live = self.client.live();
-        let targets: Vec<_> = if holders == 0 {
-            live
-        } else {
-            live.into_iter()
-                .filter(|(t, _)| holders & bit(*t) != 0)
-                .collect()
-        };
+        let targets = self.client.live_in(if holders == 0 { !0 } else { holders });
         if let Some(l) = &self.local {
             l.delete(id)?;
         }
@@ -849,12 +854,7 @@ impl ShardStore for MeshStore {
         }
         drop(n);
         let mask = self.written.swap(0, Ordering::Relaxed);
-        let targets: Vec<_> = self
-            .client
-            .live()
-            .into_iter()
-            .filter(|(t, _)| mask & bit(*t) != 0)
-            .collect();
+        let targets = self.client.live_in(mask);
         for (_, peer, r) in self.ask_all(&targets, || Request::Sync) {
             match r {
                 Ok(Response::Done) => {}
@@ -902,16 +902,11 @@ impl ShardStore for MeshStore {
     }
 
     fn holders_up(&self) -> u64 {
-        self.client.live().iter().fold(0, |m, (t, _)| m | bit(*t))
+        self.client.live_mask()
     }
 
     fn release(&self, id: &ShardId, mask: u64) {
-        let targets: Vec<_> = self
-            .client
-            .live()
-            .into_iter()
-            .filter(|(t, _)| mask & bit(*t) != 0)
-            .collect();
+        let targets = self.client.live_in(mask);
         for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
             match r {
                 Ok(Response::Done) => self.forget(id, tag),
@@ -975,11 +970,7 @@ impl ShardStore for MeshStore {
     }
 
     fn placement(&self, ids: &[ShardId]) -> Option<Vec<u64>> {
-        let live = self
-            .client
-            .live()
-            .iter()
-            .fold(self.local_bit(), |m, (t, _)| m | bit(*t));
+        let live = self.client.live_mask() | self.local_bit();
         let loc = lock(&self.loc);
         Some(
             ids.iter()
