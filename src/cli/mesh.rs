@@ -128,6 +128,10 @@ pub fn status(engine: &Engine, json: bool) -> anyhow::Result<bool> {
         let live = peers.iter().filter(|p| p.reachable).count();
         println!("{} storage peers, {live} reachable:", peers.len());
         for p in peers {
+            if !p.reachable {
+                println!("  {} UNREACHABLE {}", p.id, p.address);
+                continue;
+            }
             let frac = if p.capacity > 0 {
                 p.bytes as f64 / p.capacity as f64
             } else {
@@ -135,13 +139,8 @@ pub fn status(engine: &Engine, json: bool) -> anyhow::Result<bool> {
             };
             let filled = (frac * 20.0).round().clamp(0.0, 20.0) as usize;
             println!(
-                "  {} {:<11} {:>7} shards {:>10} of {:>10} [{}{}] {}",
+                "  {} reachable   {:>7} shards {:>10} of {:>10} [{}{}] {}",
                 p.id,
-                if p.reachable {
-                    "reachable"
-                } else {
-                    "UNREACHABLE"
-                },
                 p.shards,
                 human(p.bytes),
                 human(p.capacity),
