@@ -473,6 +473,14 @@ fn repair_spreads_chunks_written_to_few_peers_over_peers_that_joined_later() {
         "moved shards were not dropped where they came from"
     );
     v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+
+    // Deleted and collected: gc removes the shards from the peers too.
+    let rm = v.datamesh().args(["rm", "/f.bin"]).status().unwrap();
+    assert!(rm.success());
+    let gc = v.datamesh().args(["gc", "--grace", "0"]).output().unwrap();
+    assert!(gc.status.success());
+    let left: usize = (0..6).map(|i| c.shard_files(i).len()).sum();
+    assert_eq!(left, 0, "{}", String::from_utf8_lossy(&gc.stdout));
 }
 
 #[test]
