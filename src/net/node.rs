@@ -1,8 +1,9 @@
 //! `datamesh node`: a storage peer. It holds shards (ciphertext) in the same
 //! [`LocalStore`] the embedded volume uses, and nothing else: no keys, no names.
 //!
-//! The swarm runs on one task; each shard request is answered from tokio's
-//! blocking pool (bounded), so disk I/O never stalls the network loop.
+//! The swarm runs on one task. Small requests (a put of a shard up to 64 KiB,
+//! `Has` of a few ids, `Stat`) are answered there; the rest from tokio's blocking
+//! pool (bounded), so large disk reads and writes never stall the network loop.
 
 use super::proto::{MAX_IDS, Request, Response};
 use super::{
