@@ -269,10 +269,25 @@ pub struct Node {
 
 /// A port nothing listens on right now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports nothing listens on right now.
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let all_free = (1..n).all(|k| {
+            first
+                .checked_add(k)
+                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if all_free {
+            return first;
+        }
+    }
 }
 
 impl Cluster {
@@ -293,7 +308,7 @@ impl Cluster {
     pub fn add(&mut self, extra: &[&str]) -> usize {
         let i = self.push_node("node", false);
         let token = self.token.clone();
-        self.launch(i, &[&["--join", &token], extra].concat());
+        self.launch_fresh(i, &[&["--join", &token], extra].concat());
         i
     }
 
@@ -312,11 +327,26 @@ impl Cluster {
     /// Starts node `i` with another mesh's token (a stranger).
     pub fn add_stranger(&mut self, other: &Volume) -> usize {
         let i = self.push_node("stranger", true);
-        self.launch(i, &["--join", &other.invite()]);
+        self.launch_fresh(i, &["--join", &other.invite()]);
         i
     }
 
-    fn launch(&mut self, i: usize, extra: &[&str]) {
+    /// Starts a new node, on another free port if a parallel test took the
+    /// one picked meanwhile.
+    fn launch_fresh(&mut self, i: usize, extra: &[&str]) {
+        for _ in 0..5 {
+            match self.launch(i, extra) {
+                Ok(()) => return,
+                Err(why) if why.contains("Address already in use") => {
+                    self.nodes[i].port = free_port();
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        panic!("node {i}: no free port after 5 tries");
+    }
+
+    fn launch(&mut self, i: usize, extra: &[&str]) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).unwrap();
         let out_path = self.dir.join(format!("node{i}.out"));
         let log = std::fs::OpenOptions::new()
@@ -349,10 +379,15 @@ impl Cluster {
                 .find_map(|l| l.strip_prefix("datamesh node: listening on "))
             {
                 self.nodes[i].addr = addr.to_string();
-                return;
+                return Ok(());
             }
             if let Some(st) = self.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node {i} exited: {st}");
+                self.nodes[i].child = None;
+                let log = std::fs::read_to_string(self.dir.join(format!("node{i}.log")));
+                return Err(format!(
+                    "node {i} exited ({st}): {}",
+                    log.unwrap_or_default()
+                ));
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
@@ -381,7 +416,9 @@ impl Cluster {
     /// Starts node `i` again on its data dir and port.
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is running");
-        self.launch(i, &[]);
+        if let Err(why) = self.launch(i, &[]) {
+            panic!("{why}");
+        }
     }
 
     /// `--bootstrap ADDR` for every node started so far (strangers excluded).

@@ -257,7 +257,7 @@ fn cluster_script_starts_kills_restarts_and_stops_nodes() {
     require!();
     let v = Volume::new();
     let dir = v.dir.path().join("cluster");
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    let port = fs_tests::free_ports(3);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
     let run = |args: &[&str]| {
         let out = Command::new("bash")
