@@ -7,6 +7,7 @@
 //! mesh.key      the mesh key (0600): gates every connection to storage peers
 //! peer.key      this device's libp2p identity (0600)
 //! peers         storage peers seen, one address per line (rewritten as they change)
+//! mount.*       while mounted: the log, pid + mountpoint, control socket (cli/)
 //! config.toml   run-time settings, with commented defaults
 //! meta/         the RocksDB namespace
 //! store/        shards held by this host (the embedded default, no peers)

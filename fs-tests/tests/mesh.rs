@@ -395,10 +395,16 @@ fn a_mount_rebuilds_the_shards_of_a_peer_gone_past_the_grace_time() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert!(m.unmount());
+    // Asked while mounted, status and repair are answered by the mount process.
     let json = status_json(&v, &[]);
     assert_eq!(json_num(&json, "full"), json_num(&json, "chunks"), "{json}");
     assert_eq!(json_num(&json, "survives"), 2, "{json}");
+    let out = v.datamesh().arg("repair").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("rebuilt 0 shards"), "{text}");
+    assert!(m.unmount());
+    assert!(!v.home().join("mount.sock").exists());
 }
 
 #[test]

@@ -41,6 +41,15 @@ pub fn run(home: &Home, cmd: Cmd) -> i32 {
         Ok(false) => 1,
         Err(e) => {
             eprintln!("datamesh: {name}: {e:#}");
+            if let Some(at) = super::mount::mounted_at(home)
+                && format!("{e:#}").contains("in use by another datamesh process")
+            {
+                eprintln!(
+                    "datamesh: {name}: the volume is mounted at {}: use the files there (status, repair and scrub work while mounted), or `datamesh umount {}` first",
+                    at.display(),
+                    at.display()
+                );
+            }
             1
         }
     }
@@ -118,6 +127,9 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             super::mesh::invite(home, &address)?;
             return Ok(true);
         }
+        Cmd::Status { json } => return super::mesh::run(home, super::mesh::Ask::Status, json),
+        Cmd::Repair => return super::mesh::run(home, super::mesh::Ask::Repair, false),
+        Cmd::Scrub => return super::mesh::run(home, super::mesh::Ask::Scrub, false),
         Cmd::Gc { grace } => {
             let grace = match grace {
                 Some(g) => g,
@@ -210,9 +222,6 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             }
         }
         Cmd::Df => df(&engine)?,
-        Cmd::Status { json } => return super::mesh::status(&engine, json),
-        Cmd::Repair => return super::mesh::repair(&engine),
-        Cmd::Scrub => return super::mesh::scrub(&engine),
         Cmd::Fsck { repair } => {
             let clean = fsck(&engine, repair)?;
             engine.flush_all().context("flushing the volume")?;
@@ -224,6 +233,9 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
         | Cmd::Umount { .. }
         | Cmd::Node(_)
         | Cmd::Invite { .. }
+        | Cmd::Status { .. }
+        | Cmd::Repair
+        | Cmd::Scrub
         | Cmd::Gc { .. } => {
             unreachable!("handled above")
         }

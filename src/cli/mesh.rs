@@ -1,11 +1,15 @@
-//! The mesh commands: `node`, `invite`, `status`, `repair`, `scrub`.
+//! The mesh commands: `node`, `invite`, `status`, `repair`, `scrub`. The last
+//! three run in the mount process when the volume is mounted (see `control`).
 
 use super::commands::human;
+use super::control;
 use crate::data::{Engine, Redundancy};
 use crate::home::Home;
 use crate::net::node::NodeOptions;
+use crate::store::PeerStatus;
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -97,6 +101,107 @@ fn chunk_bar(what: &str) -> ProgressBar {
     pb
 }
 
+/// What `status`, `repair` and `scrub` report; also what a mount sends back
+/// when they are asked of it over its control socket.
+#[derive(Serialize, Deserialize)]
+pub struct Report {
+    pub peers: Option<Vec<PeerStatus>>,
+    pub redundancy: Redundancy,
+    pub data_shards: usize,
+    pub parity_shards: usize,
+    /// Corrupt shards found (scrub only), as hex ids.
+    #[serde(default)]
+    pub corrupt: Vec<String>,
+}
+
+/// The operations a mount answers on its control socket.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+pub enum Ask {
+    Status,
+    Repair,
+    Scrub,
+}
+
+/// Runs `ask` on an open engine; `progress(done, total)`.
+pub fn answer(
+    engine: &Engine,
+    ask: Ask,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> anyhow::Result<Report> {
+    let (corrupt, redundancy) = match ask {
+        Ask::Status => (Vec::new(), engine.redundancy(false, progress)?),
+        Ask::Repair => (
+            Vec::new(),
+            engine.redundancy(true, progress).context("repair")?,
+        ),
+        Ask::Scrub => {
+            let (bad, r) = engine.scrub(progress).context("scrub")?;
+            (bad.iter().map(|id| id.to_hex()).collect(), r)
+        }
+    };
+    Ok(Report {
+        peers: engine.store().peers(),
+        redundancy,
+        data_shards: engine.codec().data_shards(),
+        parity_shards: engine.codec().parity_shards(),
+        corrupt,
+    })
+}
+
+/// `status`, `repair` or `scrub`: asked of the running mount when the volume is
+/// mounted (the CLI cannot open it then), else done here. Exit 1 when a chunk
+/// is unreadable or a repair failed.
+pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
+    let report = match control::ask_mount(home, ask)? {
+        Some(r) => r,
+        None => {
+            let engine = home.open_engine()?;
+            let pb = match ask {
+                Ask::Status => ProgressBar::hidden(),
+                Ask::Repair => chunk_bar("repair"),
+                Ask::Scrub => chunk_bar("scrub"),
+            };
+            let r = answer(&engine, ask, &|done, total| {
+                pb.set_length(total.max(done));
+                pb.set_position(done);
+            })?;
+            pb.finish_and_clear();
+            engine.flush_all().context("flushing the volume")?;
+            r
+        }
+    };
+    let r = &report.redundancy;
+    let ok = r.lost == 0 && r.failures.is_empty();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ok);
+    }
+    match ask {
+        Ask::Status => print_peers(&report),
+        Ask::Repair => {
+            for f in &r.failures {
+                println!("could not repair {f}");
+            }
+            println!(
+                "datamesh: repair: rebuilt {} shards; moved or dropped {} extra copies to spread chunks",
+                r.rebuilt, r.moved
+            );
+        }
+        Ask::Scrub => {
+            for id in &report.corrupt {
+                println!("corrupt shard {id} dropped and rebuilt");
+            }
+            println!(
+                "datamesh: scrub: {} corrupt shards found; repair rebuilt {} shards",
+                report.corrupt.len(),
+                r.rebuilt
+            );
+        }
+    }
+    print_redundancy(r, report.data_shards);
+    Ok(ok)
+}
+
 fn print_redundancy(r: &Redundancy, k: usize) {
     println!(
         "chunks: {} sharded; {} full, {} reduced, {} critical (exactly {k} shards left), {} unreadable",
@@ -109,97 +214,38 @@ fn print_redundancy(r: &Redundancy, k: usize) {
     }
 }
 
-pub fn status(engine: &Engine, json: bool) -> anyhow::Result<bool> {
-    let peers = engine.store().peers();
-    let r = engine.redundancy(false, &|_, _| {})?;
-    let healthy = r.lost == 0;
-    if json {
-        let out = serde_json::json!({
-            "peers": peers,
-            "redundancy": r,
-            "data_shards": engine.codec().data_shards(),
-            "parity_shards": engine.codec().parity_shards(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(healthy);
-    }
-    let n = engine.codec().total_shards();
-    if let Some(peers) = &peers {
-        let live = peers.iter().filter(|p| p.reachable).count();
-        println!("{} storage peers, {live} reachable:", peers.len());
-        for p in peers {
-            if !p.reachable {
-                println!("  {} UNREACHABLE {}", p.id, p.address);
-                continue;
-            }
-            let frac = if p.capacity > 0 {
-                p.bytes as f64 / p.capacity as f64
-            } else {
-                0.0
-            };
-            let filled = (frac * 20.0).round().clamp(0.0, 20.0) as usize;
-            println!(
-                "  {} reachable   {:>7} shards {:>10} of {:>10} [{}{}] {}",
-                p.id,
-                p.shards,
-                human(p.bytes),
-                human(p.capacity),
-                "#".repeat(filled),
-                ".".repeat(20 - filled),
-                p.address
-            );
+fn print_peers(report: &Report) {
+    let Some(peers) = &report.peers else { return };
+    let n = report.data_shards + report.parity_shards;
+    let live = peers.iter().filter(|p| p.reachable).count();
+    println!("{} storage peers, {live} reachable:", peers.len());
+    for p in peers {
+        if !p.reachable {
+            println!("  {} UNREACHABLE {}", p.id, p.address);
+            continue;
         }
-        if live == 0 {
-            println!(
-                "no storage peer is reachable: chunks stored on peers cannot be read or written"
-            );
-        } else if live < n {
-            println!(
-                "fewer reachable peers ({live}) than shards per chunk ({n}): new chunks put several shards on some peers"
-            );
-        }
+        let frac = if p.capacity > 0 {
+            p.bytes as f64 / p.capacity as f64
+        } else {
+            0.0
+        };
+        let filled = (frac * 20.0).round().clamp(0.0, 20.0) as usize;
+        println!(
+            "  {} reachable   {:>7} shards {:>10} of {:>10} [{}{}] {}",
+            p.id,
+            p.shards,
+            human(p.bytes),
+            human(p.capacity),
+            "#".repeat(filled),
+            ".".repeat(20 - filled),
+            p.address
+        );
     }
-    print_redundancy(&r, engine.codec().data_shards());
-    Ok(healthy)
-}
-
-pub fn repair(engine: &Engine) -> anyhow::Result<bool> {
-    let pb = chunk_bar("repair");
-    let r = engine
-        .redundancy(true, &|done, total| {
-            pb.set_length(total);
-            pb.set_position(done);
-        })
-        .context("repair")?;
-    pb.finish_and_clear();
-    for f in &r.failures {
-        println!("could not repair {f}");
+    if live == 0 {
+        println!("no storage peer is reachable: chunks stored on peers cannot be read or written");
+    } else if live < n {
+        println!(
+            "fewer reachable peers ({live}) than shards per chunk ({n}): new chunks put several shards on some peers"
+        );
     }
-    println!(
-        "datamesh: repair: rebuilt {} shards; moved or dropped {} extra copies to spread chunks",
-        r.rebuilt, r.moved
-    );
-    print_redundancy(&r, engine.codec().data_shards());
-    Ok(r.failures.is_empty() && r.lost == 0)
-}
-
-pub fn scrub(engine: &Engine) -> anyhow::Result<bool> {
-    let pb = chunk_bar("scrub");
-    let (bad, r) = engine
-        .scrub(&|done, total| {
-            pb.set_length(total.max(done));
-            pb.set_position(done);
-        })
-        .context("scrub")?;
-    pb.finish_and_clear();
-    for id in &bad {
-        println!("corrupt shard {} dropped and rebuilt", id.to_hex());
-    }
-    println!(
-        "datamesh: scrub: {} corrupt shards found; repair rebuilt {} shards",
-        bad.len(),
-        r.rebuilt
-    );
-    print_redundancy(&r, engine.codec().data_shards());
-    Ok(r.failures.is_empty() && r.lost == 0)
 }

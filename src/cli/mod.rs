@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod control;
 mod mesh;
 mod mount;
 mod paths;

@@ -78,7 +78,9 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         if let Some(src) = mount_source(home) {
             opts.source = src;
         }
+        super::control::serve(home, &engine);
         let res = crate::fs::mount(engine, &mountpoint, &opts);
+        let _ = fs::remove_file(super::control::socket_path(home));
         let _ = fs::remove_file(&pid);
         return Ok(res?);
     }
@@ -149,6 +151,15 @@ fn home_of_mount(at: &Path) -> Option<Home> {
         let dir = src.strip_prefix("datamesh:").filter(|_| mnt == at)?;
         Some(Home::locate(Some(dir.into())))
     })
+}
+
+/// Where this home's volume is mounted, if a mount process is serving it.
+pub fn mounted_at(home: &Home) -> Option<PathBuf> {
+    let t = fs::read_to_string(pid_file(home)).ok()?;
+    let mut lines = t.lines();
+    let pid: i32 = lines.next()?.parse().ok()?;
+    kill(Pid::from_raw(pid), None).ok()?;
+    Some(PathBuf::from(lines.next()?))
 }
 
 /// The pid of the process serving `mountpoint`, from a home's pid file.

@@ -6,12 +6,12 @@ use super::Engine;
 use crate::chunk::{self, ChunkRef, ShardId};
 use crate::error::Result;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Redundancy {
     /// Sharded chunks (inline chunks live in the metadata and are not counted).
     pub chunks: u64,

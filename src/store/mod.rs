@@ -40,7 +40,7 @@ pub struct ShardInfo {
 }
 
 /// A storage peer as `datamesh status` shows it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PeerStatus {
     /// The bit that stands for this peer in [`ShardStore::placement`] masks.
     pub tag: u32,
