@@ -120,6 +120,9 @@ pub struct Engine {
     /// Per file, the chunk its last read ended in: a read that carries on from
     /// there into a new chunk is sequential, and gets the next chunks decoded ahead.
     readahead: Mutex<HashMap<Ino, u64>>,
+    /// One repair pass at a time (the mount's worker, or one asked of the
+    /// mount): two would both place the same missing shards.
+    repairing: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +165,7 @@ impl Engine {
             dirty_budget: cfg.dirty_bytes.max(2 * chunk_size),
             repair_grace: cfg.repair_grace,
             readahead: Mutex::new(HashMap::new()),
+            repairing: Mutex::new(()),
         })
     }
 

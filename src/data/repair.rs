@@ -68,6 +68,7 @@ impl Engine {
         repair: bool,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Redundancy> {
+        let _one_pass = repair.then(|| super::lock(&self.repairing));
         self.s.store.survey()?;
         let mut chunks: Vec<ChunkRef> = Vec::new();
         let mut seen = HashSet::new();
