@@ -120,7 +120,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             return Ok(true);
         }
         Cmd::Node(args) => {
-            super::mesh::node(args)?;
+            super::mesh::node(args, &home.bootstrap)?;
             return Ok(true);
         }
         Cmd::Invite { address } => {

@@ -26,9 +26,6 @@ pub struct NodeArgs {
     /// writer places the shard elsewhere [default: the disk's free space].
     #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
     capacity: Option<u64>,
-    /// A peer of the mesh to reach first (repeatable; the token's are added).
-    #[arg(long, value_name = "MULTIADDR")]
-    bootstrap: Vec<String>,
     /// Join the mesh with a token from `datamesh invite` (needed once; the mesh
     /// key is then kept in the data directory).
     #[arg(long, value_name = "TOKEN")]
@@ -47,7 +44,9 @@ fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> 
         .collect()
 }
 
-pub fn node(args: NodeArgs) -> anyhow::Result<()> {
+/// `bootstrap`: the global `--bootstrap` addresses (peers of the mesh to reach
+/// first; the token's are added).
+pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
     let data = args.data.unwrap_or_else(|| {
         let home = Home::locate(None);
         home.dir.with_file_name("datamesh-node")
@@ -60,7 +59,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         data,
         listen,
         capacity: args.capacity,
-        bootstrap: addrs(&args.bootstrap, "--bootstrap")?,
+        bootstrap: addrs(bootstrap, "--bootstrap")?,
         join: args.join,
         flip_reads: args.fault_flip_reads,
         delay: std::time::Duration::from_millis(args.fault_delay_ms),

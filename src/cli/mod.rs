@@ -322,3 +322,14 @@ pub fn main() -> i32 {
     home.bootstrap = cli.bootstrap;
     commands::run(&home, cli.cmd)
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks names, defaults and conflicts only in debug builds: run
+    /// those checks here, where everything builds in release.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
