@@ -216,10 +216,10 @@ impl Home {
 
     /// Every storage peer address known: `--bootstrap`, config.toml's
     /// `bootstrap`, and the peers remembered from earlier runs.
-    pub fn peer_addrs(&self) -> Result<Vec<libp2p::Multiaddr>, HomeError> {
+    pub fn peer_addrs(&self) -> Result<Vec<crate::net::Multiaddr>, HomeError> {
         let cfg = self.config()?;
         let remembered = fs::read_to_string(self.dir.join("peers")).unwrap_or_default();
-        let mut out: Vec<libp2p::Multiaddr> = Vec::new();
+        let mut out: Vec<crate::net::Multiaddr> = Vec::new();
         let given = self
             .bootstrap
             .iter()

@@ -38,7 +38,7 @@ pub struct NodeArgs {
     fault_delay_ms: u64,
 }
 
-fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<crate::net::Multiaddr>> {
     list.iter()
         .map(|a| a.parse().map_err(|e| anyhow!("{what} {a}: {e}")))
         .collect()

@@ -13,11 +13,13 @@ pub mod node;
 pub mod proto;
 
 pub use client::{MeshClient, MeshStore};
+/// Peer addresses, for the command line and the configuration to parse.
+pub use libp2p::Multiaddr;
 
 use libp2p::identity::Keypair;
 use libp2p::kad;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{Multiaddr, PeerId, identify, noise, ping, request_response, tcp, yamux};
+use libp2p::{PeerId, identify, noise, ping, request_response, tcp, yamux};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
