@@ -527,31 +527,14 @@ impl MeshStore {
 
     /// Asks every live peer not in `skip` whether it has `id`; records the holders.
     fn find(&self, id: &ShardId, skip: u64) -> u64 {
-        let (tx, rx) = smpsc::channel();
-        let mut asked = 0;
-        for (tag, peer) in self.client.live() {
-            if skip & bit(tag) != 0 {
-                continue;
-            }
-            asked += 1;
-            let tx = tx.clone();
-            self.client.request(
-                peer,
-                Request::Has { ids: vec![*id] },
-                Box::new(move |r| {
-                    let _ = tx.send((tag, r));
-                }),
-            );
-        }
+        let peers = self.client.live_in(!skip);
         let mut found = 0;
-        for _ in 0..asked {
-            match rx.recv_timeout(ANSWER_WAIT) {
-                Ok((tag, Ok(Response::Have(v)))) if v.first() == Some(&true) => {
-                    self.record(*id, tag);
-                    found |= bit(tag);
-                }
-                Ok(_) => {}
-                Err(_) => break,
+        for (tag, _, r) in self.ask_all(&peers, || Request::Has { ids: vec![*id] }) {
+            if let Ok(Response::Have(v)) = r
+                && v.first() == Some(&true)
+            {
+                self.record(*id, tag);
+                found |= bit(tag);
             }
         }
         found
@@ -575,11 +558,17 @@ impl MeshStore {
             );
         }
         drop(tx);
-        let mut out = Vec::new();
-        for &(tag, peer) in peers {
+        let mut out: Vec<(usize, PeerId, Result<Response, String>)> = Vec::new();
+        while out.len() < peers.len() {
             match rx.recv_timeout(ANSWER_WAIT) {
                 Ok(r) => out.push(r),
-                Err(_) => out.push((tag, peer, Err(format!("peer {peer}: no answer")))),
+                Err(_) => break,
+            }
+        }
+        // Whoever has not answered by now is reported as such.
+        for &(tag, peer) in peers {
+            if !out.iter().any(|(t, _, _)| *t == tag) {
+                out.push((tag, peer, Err(format!("peer {peer}: no answer"))));
             }
         }
         out
