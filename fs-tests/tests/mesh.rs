@@ -511,3 +511,24 @@ fn a_stalled_peer_sets_the_pace_of_neither_writes_nor_reads() {
         "a read of 40 MB took {took:?} with one stalled peer"
     );
 }
+
+#[test]
+fn a_shard_found_rotten_by_a_read_is_replaced_not_kept() {
+    let v = Volume::new();
+    let c = Cluster::start(&v, 6);
+    let src = put_random(&v, &c, 9_000_000);
+    // Rot every shard on one peer; reads find the data shards among them.
+    let victims = c.shard_files(2);
+    for f in &victims {
+        let mut b = std::fs::read(f).unwrap();
+        b[0] ^= 0xff;
+        std::fs::write(f, &b).unwrap();
+    }
+    let back = v.dir.path().join("back.bin");
+    let err = v.get_same("/f.bin", &back, &src);
+    assert!(err.contains("do not match shard"), "{err}");
+    // Healed: a second read (a fresh process, asking the peers afresh) meets
+    // no rotten copy. (Parity shards a read never touched are scrub's job.)
+    let err = v.get_same("/f.bin", &back, &src);
+    assert!(!err.contains("do not match shard"), "{err}");
+}

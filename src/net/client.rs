@@ -505,7 +505,10 @@ impl MeshStore {
                 tracing::error!(
                     "peer {peer} sent bytes that do not match shard {id} (damaged on its disk, in transit or on purpose): ignored, fetching it elsewhere"
                 );
-                // Not asked for this shard again; the rebuilt copy goes elsewhere.
+                // The bad copy goes (the peer is told to drop it, without waiting
+                // for its answer) and the rebuilt one is placed afresh.
+                self.client
+                    .request(peer, Request::Delete { ids: vec![*id] }, Box::new(drop));
                 self.forget(id, tag);
                 Err(StoreError::Corrupt(*id))
             }

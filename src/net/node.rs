@@ -67,7 +67,18 @@ impl Shards {
                     return Response::BadHash;
                 }
                 if self.store.contains(&id) {
-                    return Response::Done;
+                    // Already here, unless the copy here has rotted: a writer
+                    // re-placing a shard it found bad may pick this peer again.
+                    return match self.store.get(&id) {
+                        Err(StoreError::Corrupt(_)) => match self.store.replace(&id, &data) {
+                            Ok(()) => {
+                                tracing::warn!("shard {id}: rotted copy replaced");
+                                Response::Done
+                            }
+                            Err(e) => failed(e),
+                        },
+                        _ => Response::Done,
+                    };
                 }
                 let len = data.len() as u64;
                 if self
