@@ -5,6 +5,7 @@
 use super::Engine;
 use crate::chunk::{self, ChunkRef, ShardId};
 use crate::error::Result;
+use crate::store::StoreError;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -189,6 +190,9 @@ impl Engine {
         let ids = c.shard_ids();
         let k = self.s.codec.data_shards();
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
+        // Shards found missing or bad while fetching: gone from their holder by
+        // now (a bad copy is dropped there), so rebuilt and placed too.
+        let mut lost = vec![false; ids.len()];
         let mut have = 0;
         for (i, id) in ids.iter().enumerate() {
             if have == k {
@@ -202,11 +206,16 @@ impl Engine {
                     shards[i] = Some(b);
                     have += 1;
                 }
-                Err(e) => tracing::warn!("repair: shard {id}: {e}"),
+                Err(e) => {
+                    tracing::warn!("repair: shard {id}: {e}");
+                    lost[i] = matches!(e, StoreError::Missing(_) | StoreError::Corrupt(_));
+                }
             }
         }
         chunk::open_sharded(c, &self.s.codec, &mut shards, true)?;
-        let which: Vec<usize> = (0..ids.len()).filter(|&i| masks[i] & !local == 0).collect();
+        let which: Vec<usize> = (0..ids.len())
+            .filter(|&i| masks[i] & !local == 0 || lost[i])
+            .collect();
         let bytes: Vec<&[u8]> = which
             .iter()
             .map(|&i| shards[i].as_deref().expect("rebuilt"))

@@ -506,10 +506,13 @@ impl MeshStore {
                     "peer {peer} sent bytes that do not match shard {id} (damaged on its disk, in transit or on purpose): ignored, fetching it elsewhere"
                 );
                 // The bad copy goes (the peer is told to drop it, without waiting
-                // for its answer) and the rebuilt one is placed afresh.
+                // for its answer) and the rebuilt one is placed afresh, on
+                // another peer: this one is passed over for a while (a put there
+                // could also race the delete).
                 self.client
                     .request(peer, Request::Delete { ids: vec![*id] }, Box::new(drop));
                 self.forget(id, tag);
+                lock(&self.avoid).insert(tag, Instant::now());
                 Err(StoreError::Corrupt(*id))
             }
             Ok(Response::Missing) => {
