@@ -2,7 +2,7 @@
 //! peer losses the volume survives right now (`datamesh status`); rebuilding lost
 //! shards onto live peers (`datamesh repair`, the mount's repair worker).
 
-use super::Engine;
+use super::{Engine, lock};
 use crate::chunk::{self, ChunkRef, ShardId};
 use crate::error::Result;
 use crate::store::StoreError;
@@ -69,7 +69,7 @@ impl Engine {
         repair: bool,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Redundancy> {
-        let _one_pass = repair.then(|| super::lock(&self.repairing));
+        let _one_pass = repair.then(|| lock(&self.repairing));
         self.s.store.survey()?;
         let mut chunks: Vec<ChunkRef> = Vec::new();
         let mut seen = HashSet::new();
@@ -314,10 +314,6 @@ impl Engine {
         let r = self.redundancy(true, progress)?;
         Ok((bad, r))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -1034,12 +1034,7 @@ impl ShardStore for MeshStore {
 
     fn peers(&self) -> Option<Vec<PeerStatus>> {
         let table: Vec<PeerEntry> = lock(&self.client.shared.peers).list.clone();
-        let live: Vec<(usize, PeerId)> = table
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.storage && p.connected)
-            .map(|(i, p)| (i, p.id))
-            .collect();
+        let live = self.client.live();
         let mut stats: HashMap<usize, (u64, u64, u64)> = HashMap::new();
         for (tag, _, r) in self.ask_all(&live, || Request::Stat) {
             if let Ok(Response::Stat {
