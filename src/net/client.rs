@@ -56,6 +56,8 @@ struct PeerEntry {
     storage: bool,
     /// Since when it has been unreachable (None while connected).
     down_since: Option<Instant>,
+    /// The last dial failed (it is down, not merely not answered yet).
+    dial_failed: bool,
 }
 
 #[derive(Default)]
@@ -81,6 +83,7 @@ impl PeerTable {
             connected: false,
             storage: false,
             down_since: Some(Instant::now()),
+            dial_failed: false,
         });
         self.list.last_mut()
     }
@@ -218,17 +221,25 @@ impl MeshClient {
     }
 
     /// Waits until `want` storage peers are reachable; gives up after `limit`
-    /// with none, or once a second passes with some but no new one (the others
-    /// are down: waiting longer would only delay every command).
+    /// with none, or with some once every known peer has connected or failed
+    /// to (or 3 s pass without a new one: a dial to a vanished host can hang).
     pub fn wait_for_peers(&self, want: usize, limit: Duration) -> usize {
         let start = Instant::now();
         let (mut last, mut since) = (0, Instant::now());
         loop {
-            let n = self.live().len();
+            let (n, pending) = {
+                let t = lock(&self.shared.peers);
+                let storage = t.list.iter().filter(|p| p.storage);
+                let n = storage.clone().filter(|p| p.connected).count();
+                (
+                    n,
+                    storage.filter(|p| !p.connected && !p.dial_failed).count(),
+                )
+            };
             if n != last {
                 (last, since) = (n, Instant::now());
             }
-            let settled = n > 0 && since.elapsed() >= Duration::from_secs(1);
+            let settled = n > 0 && (pending == 0 || since.elapsed() >= Duration::from_secs(3));
             if n >= want || settled || start.elapsed() >= limit {
                 return n;
             }
@@ -285,6 +296,7 @@ async fn actor(
                     if let Some(p) = t.entry(peer_id) {
                         p.connected = true;
                         p.down_since = None;
+                        p.dial_failed = false;
                         if endpoint.is_dialer() {
                             let a = bare(endpoint.get_remote_address());
                             if !p.addrs.contains(&a) {
@@ -350,6 +362,10 @@ async fn actor(
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                     tracing::debug!("dial {peer_id:?}: {error}");
+                    let mut t = lock(&shared.peers);
+                    if let Some(i) = peer_id.and_then(|id| t.by_id.get(&id).copied()) {
+                        t.list[i].dial_failed = true;
+                    }
                 }
                 _ => {}
             },
