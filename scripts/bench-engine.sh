@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 size="${1:-1G}"
 scratch="${2:-/var/tmp}"
-[ -x "$DATAMESH_BIN" ] || (cd "$REPO" && cargo build --release --locked)
+ensure_built
 
 "$DATAMESH_BIN" bench --size "$size" --dir "$scratch"
 

@@ -12,7 +12,7 @@ scratch="${2:-/var/tmp}"
 for tool in fio bindfs gocryptfs perl git fusermount3; do
   command -v "$tool" >/dev/null || { echo "bench-fs: $tool is missing: run scripts/setup.sh" >&2; exit 1; }
 done
-[ -x "$DATAMESH_BIN" ] || (cd "$REPO" && cargo build --release --locked)
+ensure_built
 
 work=$(mktemp -d "$scratch/datamesh-benchfs.XXXXXX")
 pids=()

@@ -13,7 +13,7 @@ scratch="${2:-/var/tmp}"
 for tool in fio perl fusermount3 bc; do
   command -v "$tool" >/dev/null || { echo "bench-mesh: $tool is missing: run scripts/setup.sh" >&2; exit 1; }
 done
-[ -x "$DATAMESH_BIN" ] || (cd "$REPO" && cargo build --release --locked)
+ensure_built
 
 work=$(mktemp -d "$scratch/datamesh-benchmesh.XXXXXX")
 export DATAMESH_CLUSTER="$work/cluster" DATAMESH_CLUSTER_PORT="${DATAMESH_CLUSTER_PORT:-4900}"

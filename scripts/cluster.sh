@@ -19,7 +19,7 @@ source "$(dirname "$0")/common.sh"
 DIR="${DATAMESH_CLUSTER:-/tmp/datamesh-cluster}"
 BASE="${DATAMESH_CLUSTER_PORT:-4700}"
 HOME_DIR="$DIR/home"
-[ -x "$DATAMESH_BIN" ] || (cd "$REPO" && cargo build --release --locked)
+ensure_built
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 pid_of() { cat "$DIR/node$1.pid" 2>/dev/null || true; }

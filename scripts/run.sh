@@ -5,7 +5,7 @@
 # Usage: scripts/run.sh [MOUNTPOINT]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-[ -x "$DATAMESH_BIN" ] || (cd "$REPO" && cargo build --release --locked)
+ensure_built
 dm() { "$DATAMESH_BIN" "$@"; }
 if [ "$(id -u)" -eq 0 ]; then default_mnt=/mnt/mesh; else default_mnt="$HOME/mesh"; fi
 mnt="${1:-$default_mnt}"

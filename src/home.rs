@@ -113,6 +113,56 @@ const CONFIG_TEMPLATE: &str = "\
 # repair_grace_secs = 600
 ";
 
+/// Where each file of a home directory is: the one place these names are
+/// spelled (see the module doc for what each holds).
+#[derive(Clone, Debug)]
+pub struct HomePaths {
+    pub dir: PathBuf,
+}
+
+impl HomePaths {
+    pub fn volume_key(&self) -> PathBuf {
+        self.dir.join("volume.key")
+    }
+    pub fn device_key(&self) -> PathBuf {
+        self.dir.join("device.key")
+    }
+    pub fn mesh_key(&self) -> PathBuf {
+        self.dir.join("mesh.key")
+    }
+    pub fn peer_key(&self) -> PathBuf {
+        self.dir.join("peer.key")
+    }
+    pub fn peers(&self) -> PathBuf {
+        self.dir.join("peers")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    pub fn meta(&self) -> PathBuf {
+        self.dir.join("meta")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+    /// The background mount's log.
+    pub fn mount_log(&self) -> PathBuf {
+        self.dir.join("mount.log")
+    }
+    /// The mount process's pid and mountpoint, while mounted.
+    pub fn mount_pid(&self) -> PathBuf {
+        self.dir.join("mount.pid")
+    }
+    /// The mount's control socket, while mounted.
+    pub fn mount_sock(&self) -> PathBuf {
+        self.dir.join("mount.sock")
+    }
+    /// A storage peer's default data directory, beside this home.
+    pub fn default_node_dir(&self) -> PathBuf {
+        self.dir.with_file_name("datamesh-node")
+    }
+}
+
 pub struct Home {
     pub dir: PathBuf,
     /// Storage peers given on the command line (`--bootstrap`), beside the
@@ -140,8 +190,14 @@ impl Home {
         }
     }
 
+    pub fn paths(&self) -> HomePaths {
+        HomePaths {
+            dir: self.dir.clone(),
+        }
+    }
+
     fn key_path(&self) -> PathBuf {
-        self.dir.join("volume.key")
+        self.paths().volume_key()
     }
 
     pub fn exists(&self) -> bool {
@@ -150,7 +206,7 @@ impl Home {
 
     /// Create a new volume here; refuses to touch an existing one.
     pub fn init(&self, opts: &InitOptions) -> Result<(), HomeError> {
-        if self.exists() || self.dir.join("meta").exists() {
+        if self.exists() || self.paths().meta().exists() {
             return Err(HomeError::Exists(self.dir.clone()));
         }
         if !opts.chunk_size.is_power_of_two() || !(64 << 10..=64 << 20).contains(&opts.chunk_size) {
@@ -167,10 +223,10 @@ impl Home {
             .create(&self.dir)
             .map_err(io(&self.dir))?;
         write_secret(
-            &self.dir.join("device.key"),
+            &self.paths().device_key(),
             &DeviceKey::generate().to_bytes(),
         )?;
-        let cfg = self.dir.join("config.toml");
+        let cfg = self.paths().config();
         if !cfg.exists() {
             fs::write(&cfg, CONFIG_TEMPLATE).map_err(io(&cfg))?;
         }
@@ -181,14 +237,14 @@ impl Home {
             parity_shards: opts.parity_shards,
             inline_max: opts.inline_max.min(opts.chunk_size),
         };
-        MetaStore::open(&self.dir.join("meta"), Some(params))?;
+        MetaStore::open(&self.paths().meta(), Some(params))?;
         self.mesh_key()?;
         // The key is written last: its presence marks a complete volume.
         write_secret(&self.key_path(), VolumeKey::generate().as_bytes())
     }
 
     pub fn config(&self) -> Result<Config, HomeError> {
-        let path = self.dir.join("config.toml");
+        let path = self.paths().config();
         match fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text).map_err(|e| HomeError::Bad {
                 path,
@@ -211,14 +267,14 @@ impl Home {
 
     /// The mesh key, made on first use (volumes from before the mesh have none).
     pub fn mesh_key(&self) -> Result<crate::net::MeshKey, HomeError> {
-        crate::net::MeshKey::load(&self.dir.join("mesh.key"), true).map_err(net_err)
+        crate::net::MeshKey::load(&self.paths().mesh_key(), true).map_err(net_err)
     }
 
     /// Every storage peer address known: `--bootstrap`, config.toml's
     /// `bootstrap`, and the peers remembered from earlier runs.
     pub fn peer_addrs(&self) -> Result<Vec<crate::net::Multiaddr>, HomeError> {
         let cfg = self.config()?;
-        let remembered = fs::read_to_string(self.dir.join("peers")).unwrap_or_default();
+        let remembered = fs::read_to_string(self.paths().peers()).unwrap_or_default();
         let mut out: Vec<crate::net::Multiaddr> = Vec::new();
         let given = self
             .bootstrap
@@ -230,7 +286,7 @@ impl Home {
                 continue;
             }
             let addr = a.parse().map_err(|e| HomeError::Bad {
-                path: self.dir.join("config.toml"),
+                path: self.paths().config(),
                 why: format!("bootstrap address {a}: {e}"),
             })?;
             if !out.contains(&addr) {
@@ -247,9 +303,9 @@ impl Home {
             return Ok(None);
         }
         let key = self.mesh_key()?;
-        let identity = crate::net::load_identity(&self.dir.join("peer.key")).map_err(net_err)?;
+        let identity = crate::net::load_identity(&self.paths().peer_key()).map_err(net_err)?;
         let client =
-            crate::net::MeshClient::start(identity, &key, addrs, Some(self.dir.join("peers")))
+            crate::net::MeshClient::start(identity, &key, addrs, Some(self.paths().peers()))
                 .map_err(net_err)?;
         let live = client.wait_for_peers(n, std::time::Duration::from_secs(10));
         if live < n {
@@ -257,7 +313,7 @@ impl Home {
         }
         // Shards from before the volume had peers stay readable from here until
         // `datamesh repair` moves them onto peers.
-        let dir = self.dir.join("store");
+        let dir = self.paths().store();
         let local = if dir.join("shards").is_dir() {
             Some(LocalStore::open(&dir).map_err(crate::Error::from)?)
         } else {
@@ -298,13 +354,11 @@ impl Home {
         }
         let cfg = self.config()?;
         let key = self.volume_key()?;
-        let meta = MetaStore::open(&self.dir.join("meta"), None)?;
+        let meta = MetaStore::open(&self.paths().meta(), None)?;
         let n = meta.params().data_shards as usize + meta.params().parity_shards as usize;
         let store: Arc<dyn crate::store::ShardStore> = match self.mesh_store(n)? {
             Some(mesh) => mesh,
-            None => {
-                Arc::new(LocalStore::open(&self.dir.join("store")).map_err(crate::Error::from)?)
-            }
+            None => Arc::new(LocalStore::open(&self.paths().store()).map_err(crate::Error::from)?),
         };
         let ecfg = EngineConfig {
             cache_bytes: cache_mb.unwrap_or(cfg.cache_mb) << 20,

@@ -6,6 +6,7 @@
 //! that spreads shards over them), [`meta`] (the RocksDB namespace), [`data`] (the
 //! engine that joins them), then the front ends: [`cli`] and the FUSE adapter in `fs`.
 
+pub mod admin;
 pub mod chunk;
 pub mod cli;
 pub mod data;
@@ -16,5 +17,6 @@ pub mod meta;
 pub mod net;
 pub mod store;
 pub mod types;
+pub mod workers;
 
 pub use error::{Error, Result};

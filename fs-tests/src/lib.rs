@@ -415,8 +415,13 @@ impl Cluster {
 
     /// Starts node `i` again on its data dir and port.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with(i, &[]);
+    }
+
+    /// Starts node `i` again on its data dir and port, with extra flags.
+    pub fn restart_with(&mut self, i: usize, extra: &[&str]) {
         assert!(self.nodes[i].child.is_none(), "node {i} is running");
-        if let Err(why) = self.launch(i, &[]) {
+        if let Err(why) = self.launch(i, extra) {
             panic!("{why}");
         }
     }

@@ -557,3 +557,126 @@ fn kill_9_of_the_mount_and_two_peers_keeps_what_was_fsynced() {
     c.restart(3);
     v.assert_fsck_clean();
 }
+
+/// The redundancy counts of a `status --json`, as one comparable line.
+fn counts(json: &str) -> String {
+    ["chunks", "full", "reduced", "critical", "lost", "unknown"]
+        .iter()
+        .map(|k| format!("{k}={}", json_num(json, k)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `status --json` five times in a row: the same counts every time; returns them.
+fn steady_status(v: &Volume) -> String {
+    let first = status_json(v, &[]);
+    let want = counts(&first);
+    for run in 1..5 {
+        let json = status_json(v, &[]);
+        assert_eq!(counts(&json), want, "status run {run} differs:\n{json}");
+    }
+    first
+}
+
+#[test]
+fn status_and_repair_hear_from_every_one_of_twenty_peers() {
+    require!();
+    let v = Volume::new();
+    // Small chunks: many chunks (and so many placements) from little data.
+    let init = v
+        .datamesh()
+        .args(["init", "--chunk-size", "64K"])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let mut c = Cluster::start(&v, 20);
+    let src = v.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    sh(
+        &src,
+        "for i in $(seq 1 40); do head -c $((100000 + i * 7919)) /dev/urandom > f$i.bin; done",
+    );
+    // Peers are given once; later commands find them in the home's peers file.
+    let put = v
+        .datamesh()
+        .args(strs(&c.bootstrap_flags()))
+        .args(["put", "-r"])
+        .arg(&src)
+        .arg("/")
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let json = steady_status(&v);
+    let chunks = json_num(&json, "chunks");
+    assert!(chunks >= 80, "{json}");
+    assert_eq!(json_num(&json, "full"), chunks, "{json}");
+    assert_eq!(json_num(&json, "survives"), 2, "{json}");
+    v.assert_fsck_clean();
+
+    // Two peers die; repair rebuilds their shards, and its last line and exit
+    // code come from a survey taken after the rebuild.
+    c.kill(3);
+    c.kill(11);
+    let json = steady_status(&v);
+    assert!(json_num(&json, "reduced") > 0, "{json}");
+    assert_eq!(json_num(&json, "lost"), 0, "{json}");
+    let out = v.datamesh().arg("repair").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "repair: {text}");
+    assert!(
+        text.contains(&format!("{chunks} full, 0 reduced, 0 critical")),
+        "{text}"
+    );
+    assert!(text.contains("survives the loss of any 2"), "{text}");
+    let json = steady_status(&v);
+    assert_eq!(json_num(&json, "full"), chunks, "{json}");
+    assert_eq!(json_num(&json, "unknown"), 0, "{json}");
+    assert!(json.contains("\"unreachable\": ["), "{json}");
+    for dead in [3, 11] {
+        let id = c.nodes[dead].addr.rsplit('/').next().unwrap().to_string();
+        assert!(json.contains(&id), "dead peer {id} is listed: {json}");
+    }
+    v.assert_fsck_clean();
+
+    // A peer holding shards that connects but never sends its inventory is
+    // named, the chunks that may depend on it are unknown (not critical), and
+    // status ends within its per-peer bound, exiting 1.
+    let mute = 5;
+    c.kill(mute);
+    c.restart_with(mute, &["--fault-mute-lists"]);
+    let mute_id = c.nodes[mute].addr.rsplit('/').next().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let out = v.datamesh().arg("status").output().unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        took < std::time::Duration::from_secs(45),
+        "status took {took:?}"
+    );
+    assert!(
+        text.contains("1 storage peer(s) did not answer") && text.contains(&mute_id),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 critical") && text.contains("0 unreadable"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(", 0 unknown"),
+        "chunks on the mute peer: {text}"
+    );
+    assert!(text.contains(&format!("{mute_id} NO ANSWER")), "{text}");
+    // gc refuses to act on a survey that misses a peer, and deletes nothing.
+    let gc = v.datamesh().args(["gc", "--grace", "0"]).output().unwrap();
+    assert!(!gc.status.success());
+    let err = String::from_utf8_lossy(&gc.stderr);
+    assert!(
+        err.contains(&mute_id) && err.contains("nothing was deleted"),
+        "{err}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The commands. Each failure is printed as `datamesh: CMD: PATH: cause`; a command
 //! that hit any failure exits 1, after doing what it could with the other paths.
 
+use super::output::{count_bar, human, mode_string, progress_bar, time_string};
 use super::paths::{base_name, join, resolve, resolve_parent};
 use super::{Cmd, bench};
 use crate::Error;
@@ -8,9 +9,9 @@ use crate::data::Engine;
 use crate::home::{Home, InitOptions};
 use crate::types::*;
 use anyhow::{Context, anyhow};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::fs;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -127,9 +128,9 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             super::mesh::invite(home, &address)?;
             return Ok(true);
         }
-        Cmd::Status { json } => return super::mesh::run(home, super::mesh::Ask::Status, json),
-        Cmd::Repair => return super::mesh::run(home, super::mesh::Ask::Repair, false),
-        Cmd::Scrub => return super::mesh::run(home, super::mesh::Ask::Scrub, false),
+        Cmd::Status { json } => return super::mesh::run(home, crate::admin::Ask::Status, json),
+        Cmd::Repair => return super::mesh::run(home, crate::admin::Ask::Repair, false),
+        Cmd::Scrub => return super::mesh::run(home, crate::admin::Ask::Scrub, false),
         Cmd::Gc { grace } => {
             let grace = match grace {
                 Some(g) => g,
@@ -328,18 +329,6 @@ fn remove_tree(engine: &Engine, dir: Ino) -> crate::Result<()> {
             }
         }
     }
-}
-
-pub(super) fn progress_bar(total: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(total);
-    pb.set_style(
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .expect("valid template"),
-    );
-    pb
 }
 
 fn local_size(path: &Path) -> u64 {
@@ -651,38 +640,6 @@ fn print_entry(engine: &Engine, name: &str, a: &Attr, long: bool) {
     );
 }
 
-fn mode_string(a: &Attr) -> String {
-    let t = match a.kind {
-        FileKind::File => '-',
-        FileKind::Dir => 'd',
-        FileKind::Symlink => 'l',
-        FileKind::Fifo => 'p',
-        FileKind::Socket => 's',
-        FileKind::CharDev => 'c',
-        FileKind::BlockDev => 'b',
-    };
-    let mut s = String::from(t);
-    let p = a.perm;
-    for (shift, special, ch) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
-        let bits = (p >> shift) & 7;
-        s.push(if bits & 4 != 0 { 'r' } else { '-' });
-        s.push(if bits & 2 != 0 { 'w' } else { '-' });
-        let x = bits & 1 != 0;
-        s.push(match (p & special != 0, x) {
-            (true, true) => ch,
-            (true, false) => ch.to_ascii_uppercase(),
-            (false, true) => 'x',
-            (false, false) => '-',
-        });
-    }
-    s
-}
-
-fn time_string(t: Timestamp) -> String {
-    let st: std::time::SystemTime = t.into();
-    humantime::format_rfc3339_seconds(st).to_string()
-}
-
 fn print_stat(path: &str, a: &Attr) {
     let kind = match a.kind {
         FileKind::File => "regular file",
@@ -726,21 +683,6 @@ fn print_chunks(engine: &Engine, ino: Ino) -> crate::Result<()> {
     Ok(())
 }
 
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 fn df(engine: &Engine) -> anyhow::Result<()> {
     let u = engine.usage()?;
     let stored = u.stored_bytes + u.inline_bytes;
@@ -776,11 +718,7 @@ fn df(engine: &Engine) -> anyhow::Result<()> {
 }
 
 fn fsck(engine: &Engine, repair: bool) -> anyhow::Result<bool> {
-    let pb = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
+    let pb = count_bar();
     let report = engine.check(repair, &|done, total| {
         pb.set_length(total);
         pb.set_position(done);

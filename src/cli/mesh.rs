@@ -1,16 +1,14 @@
 //! The mesh commands: `node`, `invite`, `status`, `repair`, `scrub`. The last
-//! three run in the mount process when the volume is mounted (see `control`).
+//! three are asked of the mount process when the volume is mounted (see
+//! [`crate::admin`]); this module parses, dispatches and prints.
 
-use super::commands::human;
-use super::control;
-use crate::data::{Engine, Redundancy};
+use super::output::{chunk_bar, human};
+use crate::admin::{self, Ask, Report};
+use crate::data::Redundancy;
 use crate::home::Home;
 use crate::net::node::NodeOptions;
-use crate::store::PeerStatus;
 use anyhow::{Context, anyhow};
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
-use std::io::IsTerminal;
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -36,6 +34,9 @@ pub struct NodeArgs {
     /// Fault injection for tests: answer every put and get this many ms late.
     #[arg(long, hide = true, default_value_t = 0)]
     fault_delay_ms: u64,
+    /// Fault injection for tests: never answer an inventory request.
+    #[arg(long, hide = true)]
+    fault_mute_lists: bool,
 }
 
 fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<crate::net::Multiaddr>> {
@@ -49,7 +50,7 @@ fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<crate::net::Multiadd
 pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
     let data = args.data.unwrap_or_else(|| {
         let home = Home::locate(None);
-        home.dir.with_file_name("datamesh-node")
+        home.paths().default_node_dir()
     });
     let mut listen = addrs(&args.listen, "--listen")?;
     if listen.is_empty() {
@@ -63,6 +64,7 @@ pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
         join: args.join,
         flip_reads: args.fault_flip_reads,
         delay: std::time::Duration::from_millis(args.fault_delay_ms),
+        mute_lists: args.fault_mute_lists,
     })?;
     Ok(())
 }
@@ -88,70 +90,12 @@ pub fn invite(home: &Home, extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn chunk_bar(what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} chunks {{eta}}"))
-            .expect("valid template"),
-    );
-    pb
-}
-
-/// What `status`, `repair` and `scrub` report; also what a mount sends back
-/// when they are asked of it over its control socket.
-#[derive(Serialize, Deserialize)]
-pub struct Report {
-    pub peers: Option<Vec<PeerStatus>>,
-    pub redundancy: Redundancy,
-    pub data_shards: usize,
-    pub parity_shards: usize,
-    /// Corrupt shards found (scrub only), as hex ids.
-    #[serde(default)]
-    pub corrupt: Vec<String>,
-}
-
-/// The operations a mount answers on its control socket.
-#[derive(Clone, Copy, Serialize, Deserialize)]
-pub enum Ask {
-    Status,
-    Repair,
-    Scrub,
-}
-
-/// Runs `ask` on an open engine; `progress(done, total)`.
-pub fn answer(
-    engine: &Engine,
-    ask: Ask,
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> anyhow::Result<Report> {
-    let (corrupt, redundancy) = match ask {
-        Ask::Status => (Vec::new(), engine.redundancy(false, progress)?),
-        Ask::Repair => (
-            Vec::new(),
-            engine.redundancy(true, progress).context("repair")?,
-        ),
-        Ask::Scrub => {
-            let (bad, r) = engine.scrub(progress).context("scrub")?;
-            (bad.iter().map(|id| id.to_hex()).collect(), r)
-        }
-    };
-    Ok(Report {
-        peers: engine.store().peers(),
-        redundancy,
-        data_shards: engine.codec().data_shards(),
-        parity_shards: engine.codec().parity_shards(),
-        corrupt,
-    })
-}
-
 /// `status`, `repair` or `scrub`: asked of the running mount when the volume is
 /// mounted (the CLI cannot open it then), else done here. Exit 1 when a chunk
 /// is unreadable or a repair failed.
 pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
-    let report = match control::ask_mount(home, ask)? {
+    let asked = admin::ask(&home.paths().mount_sock(), ask).map_err(|e| anyhow!(e))?;
+    let report = match asked {
         Some(r) => r,
         None => {
             let engine = home.open_engine()?;
@@ -160,23 +104,32 @@ pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
                 Ask::Repair => chunk_bar("repair"),
                 Ask::Scrub => chunk_bar("scrub"),
             };
-            let r = answer(&engine, ask, &|done, total| {
+            let what = match ask {
+                Ask::Status => "status",
+                Ask::Repair => "repair",
+                Ask::Scrub => "scrub",
+            };
+            let r = admin::answer(&engine, ask, Vec::new(), &|done, total| {
                 pb.set_length(total.max(done));
                 pb.set_position(done);
-            })?;
+            })
+            .context(what)?;
             pb.finish_and_clear();
             engine.flush_all().context("flushing the volume")?;
             r
         }
     };
     let r = &report.redundancy;
-    let ok = r.lost == 0 && r.failures.is_empty();
+    let ok = r.lost == 0 && r.unknown == 0 && r.failures.is_empty();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ok);
     }
     match ask {
-        Ask::Status => print_peers(&report),
+        Ask::Status => {
+            print_peers(&report);
+            print_workers(&report.workers);
+        }
         Ask::Repair => {
             for f in &r.failures {
                 println!("could not repair {f}");
@@ -190,6 +143,9 @@ pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
             for id in &report.corrupt {
                 println!("corrupt shard {id} dropped and rebuilt");
             }
+            for p in &report.unverified {
+                println!("not scrubbed: peer {} {}: {}", p.id, p.address, p.why);
+            }
             println!(
                 "datamesh: scrub: {} corrupt shards found; repair rebuilt {} shards",
                 report.corrupt.len(),
@@ -202,12 +158,30 @@ pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
 }
 
 fn print_redundancy(r: &Redundancy, k: usize) {
+    if !r.silent.is_empty() {
+        println!(
+            "{} storage peer(s) did not answer: counts below exclude them, and a chunk that may have shards there is counted unknown:",
+            r.silent.len()
+        );
+        for p in &r.silent {
+            println!("  {} {}: {}", p.id, p.address, p.why);
+        }
+    }
+    let unknown = if r.unknown > 0 || !r.silent.is_empty() {
+        format!(", {} unknown", r.unknown)
+    } else {
+        String::new()
+    };
     println!(
-        "chunks: {} sharded; {} full, {} reduced, {} critical (exactly {k} shards left), {} unreadable",
+        "chunks: {} sharded; {} full, {} reduced, {} critical (exactly {k} shards left), {} unreadable{unknown}",
         r.chunks, r.full, r.reduced, r.critical, r.lost
     );
     match r.survives {
         _ if r.chunks == 0 => println!("no chunk is stored as shards yet"),
+        _ if r.unknown > 0 => println!(
+            "peer losses survivable: unknown until every storage peer answers ({} chunks depend on the peers that did not)",
+            r.unknown
+        ),
         Some(n) => println!("the volume survives the loss of any {n} storage peer(s) right now"),
         None => println!("no storage peers: every shard is on this host (the embedded store)"),
     }
@@ -218,9 +192,20 @@ fn print_peers(report: &Report) {
     let n = report.data_shards + report.parity_shards;
     let live = peers.iter().filter(|p| p.reachable).count();
     println!("{} storage peers, {live} reachable:", peers.len());
+    let r = &report.redundancy;
+    let why = |list: &[crate::store::PeerNote], id: &str| {
+        list.iter()
+            .find(|n| n.id == id)
+            .map(|n| format!(" ({})", n.why))
+    };
     for p in peers {
+        if let Some(w) = why(&r.silent, &p.id) {
+            println!("  {} NO ANSWER   {}{w}", p.id, p.address);
+            continue;
+        }
         if !p.reachable {
-            println!("  {} UNREACHABLE {}", p.id, p.address);
+            let w = why(&r.unreachable, &p.id).unwrap_or_default();
+            println!("  {} UNREACHABLE {}{w}", p.id, p.address);
             continue;
         }
         let frac = if p.capacity > 0 {
@@ -246,5 +231,26 @@ fn print_peers(report: &Report) {
         println!(
             "fewer reachable peers ({live}) than shards per chunk ({n}): new chunks put several shards on some peers"
         );
+    }
+}
+
+/// The background workers of the mount that answered, like `garage worker list`.
+fn print_workers(workers: &[crate::workers::WorkerInfo]) {
+    if workers.is_empty() {
+        return;
+    }
+    println!("workers of the mount process:");
+    for w in workers {
+        let state = match w.state {
+            crate::workers::WorkerState::Busy => "busy",
+            crate::workers::WorkerState::Idle => "idle",
+            crate::workers::WorkerState::Stopped => "stopped",
+        };
+        let err = match (&w.last_error, &w.last_error_at) {
+            (Some(e), Some(at)) => format!("  last error at {at}: {e}"),
+            (Some(e), None) => format!("  last error: {e}"),
+            _ => String::new(),
+        };
+        println!("  {:<12} {state:<8} {:>8} rounds{err}", w.name, w.rounds);
     }
 }

@@ -3,9 +3,9 @@
 
 mod bench;
 mod commands;
-mod control;
 mod mesh;
 mod mount;
+mod output;
 mod paths;
 
 use clap::{Parser, Subcommand};

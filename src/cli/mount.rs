@@ -46,7 +46,7 @@ fn clean_stale_mount(at: &Path) -> anyhow::Result<()> {
 }
 
 fn pid_file(home: &Home) -> PathBuf {
-    home.dir.join("mount.pid")
+    home.paths().mount_pid()
 }
 
 pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
@@ -65,8 +65,8 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         home.init(&InitOptions::default())?;
     }
     if args.foreground {
-        // Before the engine starts threads, so that a signal unmounts cleanly.
-        crate::fs::block_exit_signals()?;
+        // Before the engine opens, so that a signal from then on unmounts cleanly.
+        let signals = crate::fs::catch_exit_signals()?;
         let engine = std::sync::Arc::new(home.open_engine_with(args.cache_mb, args.dirty_mb)?);
         let pid = pid_file(home);
         fs::write(
@@ -78,13 +78,26 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         if let Some(src) = mount_source(home) {
             opts.source = src;
         }
-        super::control::serve(home, &engine);
-        let res = crate::fs::mount(engine, &mountpoint, &opts);
-        let _ = fs::remove_file(super::control::socket_path(home));
+        let runner = crate::workers::Runner::new();
+        let res = (|| -> anyhow::Result<()> {
+            crate::admin::serve(&home.paths().mount_sock(), &engine, &runner)?;
+            engine.spawn_workers(&runner)?;
+            Ok(crate::fs::mount(
+                engine.clone(),
+                &mountpoint,
+                &opts,
+                signals,
+                &runner,
+            )?)
+        })();
+        // Workers end before the last flush, so none seals or repairs after it.
+        runner.stop();
+        let flushed = engine.flush_all().context("flushing the volume");
+        let _ = fs::remove_file(home.paths().mount_sock());
         let _ = fs::remove_file(&pid);
-        return Ok(res?);
+        return res.and(flushed);
     }
-    let log_path = home.dir.join("mount.log");
+    let log_path = home.paths().mount_log();
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)

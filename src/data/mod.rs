@@ -696,6 +696,25 @@ impl Engine {
         st
     }
 
+    /// Starts the engine's background work in a process that serves the volume:
+    /// partial chunks of files left open but idle are sealed after
+    /// [`IDLE_SEAL`], and the shards of storage peers gone past the grace time
+    /// are rebuilt elsewhere. The workers hold the engine weakly.
+    pub fn spawn_workers(self: &Arc<Self>, runner: &crate::workers::Runner) -> std::io::Result<()> {
+        let weak = Arc::downgrade(self);
+        runner.every("idle-seal", std::time::Duration::from_secs(1), move || {
+            if let Some(engine) = weak.upgrade() {
+                engine.seal_idle(IDLE_SEAL);
+            }
+            Ok(())
+        })?;
+        let weak = Arc::downgrade(self);
+        runner.every("repair", std::time::Duration::from_secs(2), move || {
+            weak.upgrade()
+                .map_or(Ok(()), |engine| engine.repair_if_due())
+        })
+    }
+
     /// Hands the dirty chunks of every file not written to for `idle` to the sealing
     /// pool (without waiting), so a file left open with a partial chunk does not
     /// keep it only in memory. Files busy right now are skipped until next time.
@@ -850,8 +869,21 @@ impl Engine {
     /// one about to be collected) must not go between its store and its commit.
     pub fn collect_garbage(&mut self, grace_secs: u64) -> Result<u64> {
         self.flush_all()?;
-        // Learn where shards are first, so deletes go to their holders only.
-        self.s.store.survey()?;
+        // Learn where shards are first, so deletes go to their holders only;
+        // and act only when every peer that is up has told what it holds.
+        let survey = self.s.store.survey()?;
+        if !survey.silent.is_empty() {
+            let names: Vec<String> = survey
+                .silent
+                .iter()
+                .map(|p| format!("{} ({})", p.id, p.why))
+                .collect();
+            return Err(crate::Error::Store(StoreError::Peer(format!(
+                "{} storage peer(s) did not send their inventory: {}; nothing was deleted",
+                names.len(),
+                names.join(", ")
+            ))));
+        }
         let cutoff = Timestamp::now().secs - grace_secs as i64;
         let store = &self.s.store;
         let mut n = self
@@ -882,6 +914,9 @@ fn copy_piece(dst: &mut [u8], src: &[u8], within: usize) {
         dst[..m].copy_from_slice(&src[within..within + m]);
     }
 }
+
+/// How long a file may go unwritten before its partial chunks are sealed.
+const IDLE_SEAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Chunks decoded ahead of a sequential reader.
 const READAHEAD_CHUNKS: u64 = 3;

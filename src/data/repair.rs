@@ -5,7 +5,7 @@
 use super::{Engine, lock};
 use crate::chunk::{self, ChunkRef, ShardId};
 use crate::error::Result;
-use crate::store::StoreError;
+use crate::store::{PeerNote, Scrubbed, StoreError, Survey};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -24,6 +24,17 @@ pub struct Redundancy {
     pub critical: u64,
     /// Fewer than k: unreadable until a peer comes back.
     pub lost: u64,
+    /// Fewer than n shards among the peers that answered, while some peer did
+    /// not answer: its missing shards may be there.
+    #[serde(default)]
+    pub unknown: u64,
+    /// Storage peers no connection could be made to (their shards are not
+    /// counted: they are not available now).
+    #[serde(default)]
+    pub unreachable: Vec<PeerNote>,
+    /// Storage peers that were connected but did not send their inventory.
+    #[serde(default)]
+    pub silent: Vec<PeerNote>,
     /// Peer losses every chunk survives now; `None` without peers (one host).
     pub survives: Option<usize>,
     /// Shards rebuilt and placed by this pass.
@@ -62,15 +73,41 @@ fn losses_survived(masks: &[u64], k: usize) -> usize {
 }
 
 impl Engine {
-    /// Counts chunks by redundancy; with `repair`, rebuilds every missing shard
-    /// of a readable chunk onto live peers. `progress(done, total)`.
+    /// Counts chunks by redundancy over a complete survey of the peers; with
+    /// `repair`, rebuilds every missing shard of a readable chunk onto live
+    /// peers, then counts again over a fresh survey. `progress(done, total)`.
     pub fn redundancy(
         &self,
         repair: bool,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Redundancy> {
         let _one_pass = repair.then(|| lock(&self.repairing));
-        self.s.store.survey()?;
+        let survey = self.s.store.survey()?;
+        let r = self.pass(&survey, repair, progress)?;
+        if !repair {
+            return Ok(r);
+        }
+        if r.failures.is_empty() && r.unknown == 0 {
+            self.s.store.repaired();
+        }
+        // What the repair did is told by the peers, not by its own bookkeeping.
+        let after = self.s.store.survey()?;
+        Ok(Redundancy {
+            rebuilt: r.rebuilt,
+            moved: r.moved,
+            failures: r.failures,
+            ..self.pass(&after, false, &|_, _| {})?
+        })
+    }
+
+    /// One pass over every distinct sharded chunk, counting holders among the
+    /// peers that answered `survey`; with `repair`, fixing what is known broken.
+    fn pass(
+        &self,
+        survey: &Survey,
+        repair: bool,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Redundancy> {
         let mut chunks: Vec<ChunkRef> = Vec::new();
         let mut seen = HashSet::new();
         self.s.meta.for_each_chunk(|_, _, c| {
@@ -85,12 +122,26 @@ impl Engine {
         let k = self.s.codec.data_shards();
         let r = Mutex::new(Redundancy {
             chunks: total,
+            unreachable: survey.unreachable.clone(),
+            silent: survey.silent.clone(),
             ..Default::default()
         });
         let done = AtomicU64::new(0);
         let survives = AtomicU64::new(u64::MAX);
         let one_host = self.s.store.placement(&[]).is_none();
         let local = self.s.store.local_bit();
+        // Holders that were heard from: a peer that connected after the survey
+        // has not told what it holds.
+        let heard = |masks: Vec<u64>| -> Vec<u64> {
+            masks.into_iter().map(|m| m & survey.answered).collect()
+        };
+        let placement = |ids: &[ShardId]| -> Vec<u64> {
+            match self.s.store.placement(ids) {
+                Some(m) => heard(m),
+                None => vec![1; ids.len()],
+            }
+        };
+        let incomplete = !survey.silent.is_empty();
         // Its own pool: a pass blocks on the network, and must not hold up
         // read-ahead on rayon's global pool while a mount is serving.
         let pool = rayon::ThreadPoolBuilder::new()
@@ -101,35 +152,31 @@ impl Engine {
         pool.install(|| {
             chunks.par_iter().for_each(|c| {
                 let ids = c.shard_ids();
-                let masks = self
-                    .s
-                    .store
-                    .placement(ids)
-                    .unwrap_or_else(|| vec![1; ids.len()]);
+                let mut masks = placement(ids);
                 let present = masks.iter().filter(|&&m| m != 0).count();
+                if incomplete && present < ids.len() {
+                    // Its missing shards may be on a peer that did not answer.
+                    lock(&r).unknown += 1;
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                    return;
+                }
                 // Shards only in this host's store (from before it had peers).
                 let stranded = masks.iter().any(|&m| m != 0 && m & !local == 0);
-                let mut fixed = false;
                 if repair && present >= k && (present < ids.len() || stranded) {
                     match self.rebuild(c, &masks, local) {
                         Ok(n) => {
                             lock(&r).rebuilt += n;
-                            fixed = true;
+                            masks = placement(ids);
                         }
                         Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
                     }
                 }
-                let mut masks = if fixed {
-                    self.s.store.placement(ids).unwrap_or(masks)
-                } else {
-                    masks
-                };
                 if repair && present >= k {
                     match self.spread(c, &masks, local) {
                         Ok(0) => {}
                         Ok(n) => {
                             lock(&r).moved += n;
-                            masks = self.s.store.placement(ids).unwrap_or(masks);
+                            masks = placement(ids);
                         }
                         Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
                     }
@@ -157,31 +204,31 @@ impl Engine {
                 s as usize
             });
         }
-        if repair && r.failures.is_empty() {
-            self.s.store.repaired();
-        }
         Ok(r)
     }
 
-    /// The mount's repair worker calls this periodically: a full repair pass when
-    /// a storage peer has been gone past the grace time or a write left shards
-    /// unplaced.
-    pub fn repair_if_due(&self) {
+    /// The repair worker calls this periodically: a full repair pass when a
+    /// storage peer has been gone past the grace time or a write left shards
+    /// unplaced. An error is the worker's to report.
+    pub fn repair_if_due(&self) -> std::result::Result<(), String> {
         if !self.s.store.wants_repair(self.repair_grace) {
-            return;
+            return Ok(());
         }
         tracing::warn!("repairing: a storage peer is gone or shards are unplaced");
         match self.redundancy(true, &|_, _| {}) {
             Ok(r) => tracing::warn!(
-                "repair: rebuilt {} shards; {} chunks full, {} reduced, {} critical, {} unreadable",
+                "repair: rebuilt {} shards; {} chunks full, {} reduced, {} critical, {} unreadable, {} unknown ({} peers did not answer)",
                 r.rebuilt,
                 r.full,
                 r.reduced,
                 r.critical,
-                r.lost
+                r.lost,
+                r.unknown,
+                r.silent.len()
             ),
-            Err(e) => tracing::error!("repair: {e}"),
+            Err(e) => return Err(format!("repair: {e}")),
         }
+        Ok(())
     }
 
     /// Fetches k shards of `c`, rebuilds the rest and places the missing ones
@@ -291,11 +338,9 @@ impl Engine {
     }
 
     /// Asks the holders to re-hash every shard; bad ones are dropped and rebuilt.
-    pub fn scrub(
-        &self,
-        progress: &(dyn Fn(u64, u64) + Sync),
-    ) -> Result<(Vec<ShardId>, Redundancy)> {
-        let bad = self.s.store.scrub(&|n| progress(n, 0))?;
+    pub fn scrub(&self, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<(Scrubbed, Redundancy)> {
+        let scrubbed = self.s.store.scrub(&|n| progress(n, 0))?;
+        let bad = &scrubbed.bad;
         if self.s.store.placement(&[]).is_none() && !bad.is_empty() {
             // One host: the bad copies are still in place; reading every chunk
             // that has one rebuilds and rewrites it.
@@ -312,7 +357,7 @@ impl Engine {
             }
         }
         let r = self.redundancy(true, progress)?;
-        Ok((bad, r))
+        Ok((scrubbed, r))
     }
 }
 

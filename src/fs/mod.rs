@@ -12,6 +12,7 @@ use crate::meta::NewNode;
 use crate::types::{
     Attr, FileKind, FsStats, Ino, RenameFlags as DmRenameFlags, SetAttr, SetTime, Timestamp,
 };
+use crate::workers::Runner;
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
@@ -52,9 +53,6 @@ impl Default for MountOptions {
         }
     }
 }
-
-/// How long a file may go unwritten before its partial chunks are sealed.
-const IDLE_SEAL: Duration = Duration::from_secs(5);
 
 /// Threads that answer requests which may wait on storage (reads, flushes, fsyncs,
 /// releases), so the FUSE threads keep taking requests meanwhile.
@@ -776,25 +774,18 @@ impl Filesystem for DatameshFs {
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP, which [`mount`] turns into an unmount.
-fn exit_signals() -> nix::sys::signal::SigSet {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    set
+/// Catches SIGINT, SIGTERM and SIGHUP for [`mount`], which turns them into an
+/// unmount. A handler, not a blocked mask: RocksDB's background threads run
+/// with every signal unblocked, so a signal's default action could land on one
+/// of them and end the process with the volume still mounted. Call it before
+/// opening the engine: a signal that comes meanwhile waits for the mount.
+pub fn catch_exit_signals() -> io::Result<ExitSignals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map(ExitSignals)
 }
 
-/// Blocks SIGINT/SIGTERM/SIGHUP in the calling thread so that [`mount`] can wait for
-/// them and unmount cleanly. Threads inherit the mask, so call this before anything
-/// starts threads (opening the engine does: RocksDB's background threads would
-/// otherwise take the signal and end the process with the volume still mounted).
-pub fn block_exit_signals() -> io::Result<nix::sys::signal::SigSet> {
-    let set = exit_signals();
-    set.thread_block().map_err(io::Error::from)?;
-    Ok(set)
-}
+/// The exit signals caught by [`catch_exit_signals`].
+pub struct ExitSignals(signal_hook::iterator::Signals);
 
 /// Whether `mountpoint` can take a FUSE mount here: an existing directory, and
 /// /dev/fuse present. Callers check before opening (or creating) a volume.
@@ -857,12 +848,18 @@ fn raise_readahead(mountpoint: &Path, chunk_size: usize) {
     }
 }
 
-/// Mounts the volume at `mountpoint` and serves it in the foreground until it is
-/// unmounted (`fusermount3 -u`, or SIGINT/SIGTERM/SIGHUP, which unmount it), then
-/// seals everything still buffered. Call [`block_exit_signals`] before opening the
-/// engine for the signals to unmount reliably.
-pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io::Result<()> {
-    check_mountable(mountpoint)?;
+/// Mounts the volume at `mountpoint` (checked with [`check_mountable`] by the
+/// caller) and serves it in the foreground until it is unmounted (`fusermount3
+/// -u`, or one of `signals`, which unmounts it). The signal watcher runs under
+/// `runner`; the caller stops the runner and flushes the engine once this
+/// returns.
+pub fn mount(
+    engine: Arc<Engine>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    signals: ExitSignals,
+    runner: &Runner,
+) -> io::Result<()> {
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName(opts.source.clone()),
@@ -877,8 +874,6 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io:
     }
     cfg.n_threads = Some(4);
 
-    let signals = block_exit_signals()?;
-
     let fs = DatameshFs::new(engine.clone(), opts)?;
     let mut session = Session::new(fs, mountpoint, &cfg).map_err(|e| {
         io::Error::new(
@@ -887,46 +882,24 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: &MountOptions) -> io:
         )
     })?;
     let mut unmounter = session.unmount_callable();
-    std::thread::Builder::new()
-        .name("datamesh-signals".into())
-        .spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                tracing::info!("{sig}: unmounting");
-                if let Err(e) = unmounter.unmount() {
-                    tracing::error!("unmounting: {e}");
-                }
+    let ExitSignals(mut signals) = signals;
+    let waiting = signals.handle();
+    runner.spawn("signals", move |w| {
+        // Ends with no signal once the runner stops (the handle is closed).
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!("signal {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                w.round(Err(format!("unmounting: {e}")));
             }
-        })?;
+        }
+    })?;
+    runner.on_stop(move || waiting.close());
     tracing::info!("mounted at {}", mountpoint.display());
-    // Partial chunks of files left open but idle are sealed after IDLE_SEAL.
-    let weak = Arc::downgrade(&engine);
-    std::thread::Builder::new()
-        .name("datamesh-idle".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.seal_idle(IDLE_SEAL);
-                drop(engine);
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        })?;
-    // Shards of storage peers gone past the grace time are rebuilt elsewhere.
-    let weak = Arc::downgrade(&engine);
-    std::thread::Builder::new()
-        .name("datamesh-repair".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.repair_if_due();
-                drop(engine);
-                std::thread::sleep(Duration::from_secs(2));
-            }
-        })?;
     // From another thread: the stat it needs is answered once the session runs.
     let (at, chunk_size) = (mountpoint.to_path_buf(), engine.chunk_size());
-    std::thread::spawn(move || raise_readahead(&at, chunk_size));
-    // The session owns the filesystem; dropping it (as run ends) waits for requests
-    // still being answered on I/O threads, so the flush below comes after them.
-    let res = session.run();
-    let flushed = engine.flush_all();
-    res?;
-    flushed.map_err(|e| io::Error::other(format!("flushing the volume: {e}")))
+    runner.spawn("readahead", move |_| raise_readahead(&at, chunk_size))?;
+    // The session owns the filesystem; dropping it (as run ends) waits for
+    // requests still being answered on I/O threads, so the caller's flush comes
+    // after them.
+    session.run()
 }

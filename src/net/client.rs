@@ -9,7 +9,9 @@
 use super::proto::{MAX_IDS, Request, Response};
 use super::{BehaviourEvent, MeshKey, NetError, build_swarm, is_unspecified, peer_of};
 use crate::chunk::ShardId;
-use crate::store::{LocalStore, PeerStatus, ShardInfo, ShardStore, StoreError};
+use crate::store::{
+    LocalStore, PeerNote, PeerStatus, Scrubbed, ShardInfo, ShardStore, StoreError, Survey,
+};
 use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, Message, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
@@ -37,6 +39,12 @@ const MAX_BACKGROUND_PUTS: usize = 16;
 /// How long a caller waits for any one answer (the request itself times out
 /// earlier, inside libp2p).
 const ANSWER_WAIT: Duration = Duration::from_secs(40);
+/// A survey counts a peer unreachable when no connection to it comes up
+/// within this long (a dial to a vanished host can hang for minutes).
+const SURVEY_DIAL_WAIT: Duration = Duration::from_secs(10);
+/// A survey counts a connected peer as not answering when one page of its
+/// inventory takes longer than this.
+const SURVEY_PAGE_WAIT: Duration = Duration::from_secs(20);
 
 type Reply = Box<dyn FnOnce(Result<Response, String>) + Send>;
 
@@ -46,6 +54,8 @@ enum Cmd {
         req: Request,
         reply: Reply,
     },
+    /// Dial every known peer that is not connected, now.
+    Redial,
 }
 
 #[derive(Clone)]
@@ -58,6 +68,11 @@ struct PeerEntry {
     down_since: Option<Instant>,
     /// The last dial failed (it is down, not merely not answered yet).
     dial_failed: bool,
+    /// Identify has told what it is (a storage peer or not).
+    identified: bool,
+    /// Failed dials so far, and the last one's error.
+    dial_failures: u64,
+    last_dial_error: String,
 }
 
 #[derive(Default)]
@@ -84,6 +99,9 @@ impl PeerTable {
             storage: false,
             down_since: Some(Instant::now()),
             dial_failed: false,
+            identified: false,
+            dial_failures: 0,
+            last_dial_error: String::new(),
         });
         self.list.last_mut()
     }
@@ -93,6 +111,8 @@ struct Shared {
     peers: Mutex<PeerTable>,
     /// Where the addresses of the storage peers seen are remembered.
     remember: Option<PathBuf>,
+    /// The first Kademlia bootstrap has finished: the peers it found are known.
+    kad_settled: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,6 +183,7 @@ impl MeshClient {
         let shared = Arc::new(Shared {
             peers: Mutex::new(PeerTable::default()),
             remember,
+            kad_settled: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(actor(swarm, rx, shared.clone(), bootstrap));
@@ -247,6 +268,33 @@ impl MeshClient {
         }
     }
 
+    /// Every storage peer known, reachable or not, as (tag, entry).
+    fn storage_peers(&self) -> Vec<(usize, PeerEntry)> {
+        lock(&self.shared.peers)
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.storage)
+            .map(|(i, p)| (i, p.clone()))
+            .collect()
+    }
+
+    /// Connected peers that have not said yet whether they store shards.
+    fn unclassified(&self) -> Vec<PeerId> {
+        lock(&self.shared.peers)
+            .list
+            .iter()
+            .filter(|p| p.connected && !p.identified && !p.storage)
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Dials every known peer that is not connected, without waiting for the
+    /// periodic redial.
+    fn redial(&self) {
+        let _ = self.tx.send(Cmd::Redial);
+    }
+
     /// Storage peers known but unreachable now.
     fn down(&self) -> usize {
         lock(&self.shared.peers)
@@ -289,6 +337,7 @@ async fn actor(
                     let id = swarm.behaviour_mut().shard.send_request(&peer, req);
                     pending.insert(id, reply);
                 }
+                Some(Cmd::Redial) => redial(&mut swarm, &shared),
             },
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
@@ -325,7 +374,8 @@ async fn actor(
                     }
                     let mut t = lock(&shared.peers);
                     if let Some(p) = t.entry(peer_id) {
-                                                p.storage = storage;
+                        p.storage = storage;
+                        p.identified = true;
                         for a in info.listen_addrs.iter().filter(|a| !is_unspecified(a)).map(bare) {
                             if !p.addrs.contains(&a) {
                                 p.addrs.push(a);
@@ -340,10 +390,26 @@ async fn actor(
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                     peer, addresses, ..
-                })) if !swarm.is_connected(&peer) => {
-                    let _ = swarm.dial(
-                        DialOpts::peer_id(peer).addresses(addresses.into_vec()).build(),
-                    );
+                })) => {
+                    // Only storage peers serve the DHT (home nodes are kad clients),
+                    // so a peer found there counts as one from now on.
+                    let addresses = addresses.into_vec();
+                    if let Some(p) = lock(&shared.peers).entry(peer) {
+                        p.storage = true;
+                        for a in addresses.iter().filter(|a| !is_unspecified(a)).map(bare) {
+                            if !p.addrs.contains(&a) {
+                                p.addrs.push(a);
+                            }
+                        }
+                    }
+                    if !swarm.is_connected(&peer) {
+                        let _ = swarm.dial(DialOpts::peer_id(peer).addresses(addresses).build());
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                    result: kad::QueryResult::Bootstrap(_), step, ..
+                })) if step.last => {
+                    shared.kad_settled.store(true, Ordering::Relaxed);
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Shard(request_response::Event::Message {
                     message: Message::Response { request_id, response },
@@ -364,7 +430,10 @@ async fn actor(
                     tracing::debug!("dial {peer_id:?}: {error}");
                     let mut t = lock(&shared.peers);
                     if let Some(i) = peer_id.and_then(|id| t.by_id.get(&id).copied()) {
-                        t.list[i].dial_failed = true;
+                        let p = &mut t.list[i];
+                        p.dial_failed = true;
+                        p.dial_failures += 1;
+                        p.last_dial_error = short_dial_error(&error);
                     }
                 }
                 _ => {}
@@ -372,23 +441,46 @@ async fn actor(
             _ = tick.tick() => {
                 ticks += 1;
                 // Dead peers are redialled so that a restarted one is used again.
-                let down: Vec<PeerEntry> = lock(&shared.peers)
-                    .list
-                    .iter()
-                    .filter(|p| !p.connected && !p.addrs.is_empty())
-                    .cloned()
-                    .collect();
-                for p in down {
-                    if !swarm.is_connected(&p.id) {
-                        let _ = swarm.dial(DialOpts::peer_id(p.id).addresses(p.addrs).build());
-                    }
-                }
-                if ticks % 15 == 1 {
-                    let _ = swarm.behaviour_mut().kad.bootstrap();
+                redial(&mut swarm, &shared);
+                if ticks % 15 == 1 && swarm.behaviour_mut().kad.bootstrap().is_err() {
+                    // No peer to ask: there is nothing to discover.
+                    shared.kad_settled.store(true, Ordering::Relaxed);
                 }
             }
         }
     }
+}
+
+/// Dials the known peers that are not connected (a dial already under way for
+/// a peer is left to finish).
+fn redial(swarm: &mut libp2p::Swarm<super::Behaviour>, shared: &Shared) {
+    let down: Vec<PeerEntry> = lock(&shared.peers)
+        .list
+        .iter()
+        .filter(|p| !p.connected && !p.addrs.is_empty())
+        .cloned()
+        .collect();
+    for p in down {
+        if !swarm.is_connected(&p.id) {
+            let _ = swarm.dial(DialOpts::peer_id(p.id).addresses(p.addrs).build());
+        }
+    }
+}
+
+/// A dial error in one line: libp2p's lists every address tried with its
+/// whole error chain.
+fn short_dial_error(e: &libp2p::swarm::DialError) -> String {
+    let mut text = e.to_string();
+    if let libp2p::swarm::DialError::Transport(tries) = e
+        && let Some((addr, err)) = tries.first()
+    {
+        let mut cause: &dyn std::error::Error = err;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        text = format!("{addr}: {cause}");
+    }
+    text
 }
 
 /// An address without its trailing `/p2p/ID` (kept once, beside the peer id).
@@ -408,6 +500,14 @@ fn score(key: &ShardId, peer: &PeerId) -> u64 {
 
 fn bit(tag: usize) -> u64 {
     1u64 << tag
+}
+
+fn note(p: &PeerEntry, why: String) -> PeerNote {
+    PeerNote {
+        id: p.id.to_string(),
+        address: p.addrs.first().map(|a| a.to_string()).unwrap_or_default(),
+        why,
+    }
 }
 
 /// Shards spread over storage peers.
@@ -435,6 +535,13 @@ pub struct MeshStore {
     fetch_us: AtomicU64,
     /// Peers that have been gone past the grace time and were repaired around.
     repaired_mask: AtomicU64,
+    /// One survey at a time; callers that ask meanwhile may share its result.
+    surveying: Mutex<()>,
+    /// Numbers survey calls and runs, so a caller knows whether a run started
+    /// after it asked.
+    survey_ticket: AtomicU64,
+    /// The last survey run: its ticket and what it heard.
+    last_survey: Mutex<Option<(u64, Survey)>>,
 }
 
 impl MeshStore {
@@ -449,6 +556,9 @@ impl MeshStore {
             unplaced: AtomicBool::new(false),
             fetch_us: AtomicU64::new(20_000),
             repaired_mask: AtomicU64::new(0),
+            surveying: Mutex::new(()),
+            survey_ticket: AtomicU64::new(0),
+            last_survey: Mutex::new(None),
             me: me.clone(),
             local,
         })
@@ -594,6 +704,164 @@ impl MeshStore {
             }
         }
         out
+    }
+
+    /// One survey: every known storage peer ends answered, unreachable or
+    /// silent (docs/DESIGN.md, "A complete survey"); peers found meanwhile are
+    /// included. Inventory pages of all peers are asked for in parallel.
+    fn run_survey(&self) -> Result<Survey, StoreError> {
+        enum Stage {
+            Dialing { since: Instant, failures: u64 },
+            Listing { since: Instant },
+            Answered,
+            Unreachable(String),
+            Silent(String),
+        }
+        // Shards stored while the inventories are taken are recorded here, so
+        // that an inventory taken just before they landed does not unlist them.
+        *lock(&self.touched) = Some(std::collections::HashSet::new());
+        self.client.redial();
+        let (tx, rx) = smpsc::channel::<(usize, Result<Response, String>)>();
+        let list = |peer: PeerId, tag: usize, after: Option<ShardId>| {
+            let tx = tx.clone();
+            let req = Request::List {
+                after,
+                max: MAX_IDS as u32,
+            };
+            self.client.request(
+                peer,
+                req,
+                Box::new(move |r| {
+                    let _ = tx.send((tag, r));
+                }),
+            );
+        };
+        let mut stage: HashMap<usize, (PeerEntry, Stage)> = HashMap::new();
+        let mut fresh: HashMap<ShardId, u64> = HashMap::new();
+        // Connected peers not yet identified, since when: they may be storage
+        // peers found through the DHT.
+        let mut classifying: HashMap<PeerId, Instant> = HashMap::new();
+        let start = Instant::now();
+        loop {
+            let now = Instant::now();
+            let table = self.client.storage_peers();
+            // A bootstrap address that identified as something else is no peer.
+            stage.retain(|t, _| table.iter().any(|(tag, _)| tag == t));
+            for (tag, p) in table {
+                let (entry, st) = stage.entry(tag).or_insert_with(|| {
+                    let dialing = Stage::Dialing {
+                        since: now,
+                        failures: p.dial_failures,
+                    };
+                    (p.clone(), dialing)
+                });
+                *entry = p;
+                match st {
+                    Stage::Dialing { since, failures } => {
+                        if entry.connected {
+                            list(entry.id, tag, None);
+                            *st = Stage::Listing { since: now };
+                        } else if entry.dial_failures > *failures {
+                            *st = Stage::Unreachable(entry.last_dial_error.clone());
+                        } else if since.elapsed() >= SURVEY_DIAL_WAIT {
+                            *st = Stage::Unreachable(format!(
+                                "no connection within {}s",
+                                SURVEY_DIAL_WAIT.as_secs()
+                            ));
+                        }
+                    }
+                    Stage::Listing { since } if since.elapsed() >= SURVEY_PAGE_WAIT => {
+                        *st = Stage::Silent(format!(
+                            "no answer to an inventory request within {}s",
+                            SURVEY_PAGE_WAIT.as_secs()
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            let busy = |s: &Stage| matches!(s, Stage::Dialing { .. } | Stage::Listing { .. });
+            // Peers may still be found: the DHT's first walk, and peers connected
+            // but not yet identified, each waited for no longer than a dial.
+            let discovering = !self.client.shared.kad_settled.load(Ordering::Relaxed)
+                && start.elapsed() < SURVEY_DIAL_WAIT;
+            let classifying_now = self.client.unclassified();
+            classifying.retain(|id, _| classifying_now.contains(id));
+            let identifying = classifying_now
+                .into_iter()
+                .any(|id| classifying.entry(id).or_insert(now).elapsed() < SURVEY_DIAL_WAIT);
+            if !stage.values().any(|(_, s)| busy(s)) && !discovering && !identifying {
+                break;
+            }
+            let first = rx.recv_timeout(Duration::from_millis(20)).ok();
+            for (tag, r) in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
+                let Some((entry, st @ Stage::Listing { .. })) = stage.get_mut(&tag) else {
+                    continue; // late: the peer was already counted as silent
+                };
+                *st = match r {
+                    Ok(Response::List { shards, more }) => {
+                        let last = shards.last().map(|sh| sh.0);
+                        let mut loc = lock(&self.loc);
+                        for (id, _, _) in shards {
+                            *loc.entry(id).or_default() |= bit(tag);
+                            *fresh.entry(id).or_default() |= bit(tag);
+                        }
+                        drop(loc);
+                        if more {
+                            list(entry.id, tag, last);
+                            Stage::Listing {
+                                since: Instant::now(),
+                            }
+                        } else {
+                            Stage::Answered
+                        }
+                    }
+                    Ok(other) => Stage::Silent(format!("unexpected answer: {other}")),
+                    Err(e) => Stage::Silent(e),
+                };
+            }
+        }
+        let mut out = Survey {
+            answered: self.local_bit(),
+            ..Default::default()
+        };
+        let res = match &self.local {
+            Some(l) => l.for_each(&mut |info| *fresh.entry(info.id).or_default() |= bit(LOCAL_TAG)),
+            None => Ok(()),
+        };
+        let touched = lock(&self.touched).take().unwrap_or_default();
+        res?;
+        let mut tags: Vec<_> = stage.into_iter().collect();
+        tags.sort_by_key(|(t, _)| *t);
+        for (tag, (entry, st)) in tags {
+            match st {
+                Stage::Answered => out.answered |= bit(tag),
+                Stage::Unreachable(why) => {
+                    tracing::warn!("survey: peer {} unreachable: {why}", entry.id);
+                    out.unreachable.push(note(&entry, why));
+                }
+                Stage::Silent(why) => {
+                    tracing::warn!("survey: peer {} did not answer: {why}", entry.id);
+                    out.silent.push(note(&entry, why));
+                }
+                Stage::Dialing { .. } | Stage::Listing { .. } => unreachable!("survey ended"),
+            }
+        }
+        // What the peers that answered did not list, they do not hold; other
+        // peers keep their entries (their shards count again if they return).
+        let mut loc = lock(&self.loc);
+        for (id, m) in loc.iter_mut() {
+            if !touched.contains(id) {
+                *m = (*m & !out.answered) | fresh.get(id).copied().unwrap_or(0);
+            }
+        }
+        for (id, m) in fresh {
+            *loc.entry(id).or_default() |= m;
+        }
+        loc.retain(|_, m| *m != 0);
+        Ok(out)
     }
 
     /// Every shard a live peer holds, page by page.
@@ -944,40 +1212,19 @@ impl ShardStore for MeshStore {
         Some(Duration::from_micros(us * 3))
     }
 
-    fn survey(&self) -> Result<(), StoreError> {
-        // Shards stored while the inventories are taken are recorded here, so
-        // that an inventory taken just before they landed does not unlist them.
-        *lock(&self.touched) = Some(std::collections::HashSet::new());
-        let live = self.client.live();
-        let mut fresh: HashMap<ShardId, u64> = HashMap::new();
-        let mut asked = self.local_bit();
-        let res = (|| {
-            for &(tag, peer) in &live {
-                self.inventory(tag, peer, &mut |info| {
-                    *fresh.entry(info.id).or_default() |= bit(tag)
-                })?;
-                asked |= bit(tag);
-            }
-            if let Some(l) = &self.local {
-                l.for_each(&mut |info| *fresh.entry(info.id).or_default() |= bit(LOCAL_TAG))?;
-            }
-            Ok(())
-        })();
-        let touched = lock(&self.touched).take().unwrap_or_default();
-        res?;
-        // What the peers asked did not list, they do not hold; peers that are
-        // down keep their entries (their shards count again if they return).
-        let mut loc = lock(&self.loc);
-        for (id, m) in loc.iter_mut() {
-            if !touched.contains(id) {
-                *m = (*m & !asked) | fresh.get(id).copied().unwrap_or(0);
-            }
+    fn survey(&self) -> Result<Survey, StoreError> {
+        let asked = self.survey_ticket.fetch_add(1, Ordering::SeqCst);
+        let _one = lock(&self.surveying);
+        // A run that started after this call asked is as fresh as one of its own.
+        if let Some((ticket, s)) = &*lock(&self.last_survey)
+            && *ticket > asked
+        {
+            return Ok(s.clone());
         }
-        for (id, m) in fresh {
-            *loc.entry(id).or_default() |= m;
-        }
-        loc.retain(|_, m| *m != 0);
-        Ok(())
+        let ticket = self.survey_ticket.fetch_add(1, Ordering::SeqCst);
+        let s = self.run_survey()?;
+        *lock(&self.last_survey) = Some((ticket, s.clone()));
+        Ok(s)
     }
 
     fn placement(&self, ids: &[ShardId]) -> Option<Vec<u64>> {
@@ -1099,13 +1346,25 @@ impl ShardStore for MeshStore {
             .store(self.gone_mask(Duration::ZERO), Ordering::Relaxed);
     }
 
-    fn scrub(&self, progress: &dyn Fn(u64)) -> Result<Vec<ShardId>, StoreError> {
-        let mut bad_all = Vec::new();
+    fn scrub(&self, progress: &dyn Fn(u64)) -> Result<Scrubbed, StoreError> {
+        // Every known peer is settled first, so none is skipped for being slow
+        // to connect; those the survey could not hear from are reported.
+        let survey = self.survey()?;
+        let mut out = Scrubbed {
+            skipped: survey
+                .unreachable
+                .into_iter()
+                .chain(survey.silent)
+                .collect(),
+            ..Default::default()
+        };
         let mut checked = 0u64;
-        for (tag, peer) in self.client.live() {
+        let table = self.client.storage_peers();
+        for (tag, entry) in table.iter().filter(|(t, _)| survey.answered & bit(*t) != 0) {
+            let peer = entry.id;
             let mut after = None;
             loop {
-                match self.client.ask(peer, Request::Verify { after, max: 256 }) {
+                let why = match self.client.ask(peer, Request::Verify { after, max: 256 }) {
                     Ok(Response::Verified {
                         checked: c,
                         bad,
@@ -1119,26 +1378,28 @@ impl ShardStore for MeshStore {
                             // The peer drops its bad copies; repair puts good ones back.
                             let _ = self.client.ask(peer, Request::Delete { ids: bad.clone() });
                             for id in &bad {
-                                self.forget(id, tag);
+                                self.forget(id, *tag);
                             }
-                            bad_all.extend(bad);
+                            out.bad.extend(bad);
                         }
                         after = last;
                         if !more {
                             break;
                         }
+                        continue;
                     }
-                    Ok(other) => {
-                        return Err(StoreError::Peer(format!("scrub on peer {peer}: {other}")));
-                    }
-                    Err(e) => return Err(StoreError::Peer(format!("scrub: {e}"))),
-                }
+                    Ok(other) => format!("unexpected answer: {other}"),
+                    Err(e) => e,
+                };
+                tracing::warn!("scrub: peer {peer}: {why}");
+                out.skipped.push(note(entry, format!("verify: {why}")));
+                break;
             }
         }
-        if !bad_all.is_empty() {
+        if !out.bad.is_empty() {
             self.unplaced.store(true, Ordering::Relaxed);
         }
-        Ok(bad_all)
+        Ok(out)
     }
 
     fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {

@@ -34,6 +34,9 @@ pub struct NodeOptions {
     /// Fault injection for tests: answer every put and get this late, as a
     /// stalled peer would.
     pub delay: std::time::Duration,
+    /// Fault injection for tests: never answer an inventory (`List`) request,
+    /// while answering every other one, as a wedged peer would.
+    pub mute_lists: bool,
 }
 
 /// Shard requests answered at once; more queue in the swarm.
@@ -235,7 +238,14 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         .enable_all()
         .build()
         .map_err(super::io_err(&opts.data))?;
-    rt.block_on(serve(identity, key, opts.listen, bootstrap, shards))
+    rt.block_on(serve(
+        identity,
+        key,
+        opts.listen,
+        bootstrap,
+        shards,
+        opts.mute_lists,
+    ))
 }
 
 async fn serve(
@@ -244,6 +254,7 @@ async fn serve(
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     shards: Arc<Shards>,
+    mute_lists: bool,
 ) -> Result<(), NetError> {
     use tokio::signal::unix::{SignalKind, signal};
     let me = identity.public().to_peer_id();
@@ -273,6 +284,8 @@ async fn serve(
     let mut heard: Vec<Multiaddr> = Vec::new();
     let mut announce_at: Option<tokio::time::Instant> = None;
     let mut announced = false;
+    // Inventory requests held unanswered (fault injection).
+    let mut muted = Vec::new();
     loop {
         let due = announce_at.filter(|_| !announced);
         tokio::select! {
@@ -296,7 +309,9 @@ async fn serve(
                     message: Message::Request { request, channel, .. },
                     ..
                 })) => {
-                    if request.is_quick() {
+                    if mute_lists && matches!(request, Request::List { .. }) {
+                        muted.push(channel);
+                    } else if request.is_quick() {
                         // Two thread hops would cost more than the work itself.
                         let resp = shards.answer(&peer, request);
                         let _ = swarm.behaviour_mut().shard.send_response(channel, resp);

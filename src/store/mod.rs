@@ -52,6 +52,35 @@ pub struct PeerStatus {
     pub capacity: u64,
 }
 
+/// A storage peer a survey could not count, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerNote {
+    pub id: String,
+    pub address: String,
+    pub why: String,
+}
+
+/// What [`ShardStore::survey`] heard. Every known storage peer is in exactly one
+/// of: `answered` (its whole inventory arrived), `unreachable` (no connection
+/// could be made), `silent` (connected, but its inventory did not arrive).
+#[derive(Clone, Debug, Default)]
+pub struct Survey {
+    /// Holders (tags, as in [`ShardStore::placement`] masks) that answered.
+    pub answered: u64,
+    pub unreachable: Vec<PeerNote>,
+    pub silent: Vec<PeerNote>,
+}
+
+/// What [`ShardStore::scrub`] found.
+#[derive(Debug, Default)]
+pub struct Scrubbed {
+    /// Bad shards, already dropped from their holders' records so that repair
+    /// rebuilds them.
+    pub bad: Vec<ShardId>,
+    /// Holders that could not be verified, and why.
+    pub skipped: Vec<PeerNote>,
+}
+
 /// Where shards live. Implementations must be safe to call from many threads.
 pub trait ShardStore: Send + Sync {
     /// Store a shard; storing one that is already there is a cheap no-op.
@@ -88,9 +117,11 @@ pub trait ShardStore: Send + Sync {
         None
     }
 
-    /// Refresh what the store knows of where shards are (asks every holder).
-    fn survey(&self) -> Result<(), StoreError> {
-        Ok(())
+    /// Refresh what the store knows of where shards are: asks every known
+    /// holder for its inventory and waits until each has answered or is known
+    /// not to (see docs/DESIGN.md, "A complete survey").
+    fn survey(&self) -> Result<Survey, StoreError> {
+        Ok(Survey::default())
     }
 
     /// For each shard, the reachable holders as a bit mask of peer tags, from the
@@ -141,9 +172,8 @@ pub trait ShardStore: Send + Sync {
     /// A repair pass over every chunk has finished.
     fn repaired(&self) {}
 
-    /// Ask every holder to re-hash what it holds; returns the bad shards found
-    /// (already dropped by their holders' records so that repair rebuilds them).
-    fn scrub(&self, progress: &dyn Fn(u64)) -> Result<Vec<ShardId>, StoreError> {
+    /// Ask every holder to re-hash what it holds.
+    fn scrub(&self, progress: &dyn Fn(u64)) -> Result<Scrubbed, StoreError> {
         let mut bad = Vec::new();
         let mut n = 0;
         let mut ids = Vec::new();
@@ -155,6 +185,9 @@ pub trait ShardStore: Send + Sync {
             n += 1;
             progress(n);
         }
-        Ok(bad)
+        Ok(Scrubbed {
+            bad,
+            skipped: Vec::new(),
+        })
     }
 }
