@@ -839,11 +839,11 @@ impl MeshStore {
             match st {
                 Stage::Answered => out.answered |= bit(tag),
                 Stage::Unreachable(why) => {
-                    tracing::warn!("survey: peer {} unreachable: {why}", entry.id);
+                    tracing::info!("survey: peer {} unreachable: {why}", entry.id);
                     out.unreachable.push(note(&entry, why));
                 }
                 Stage::Silent(why) => {
-                    tracing::warn!("survey: peer {} did not answer: {why}", entry.id);
+                    tracing::info!("survey: peer {} did not answer: {why}", entry.id);
                     out.silent.push(note(&entry, why));
                 }
                 Stage::Dialing { .. } | Stage::Listing { .. } => unreachable!("survey ended"),
