@@ -18,9 +18,8 @@ use crate::data::{Engine, EngineConfig};
 use crate::meta::{MetaStore, VolumeParams};
 use crate::store::LocalStore;
 use serde::Deserialize;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -380,13 +379,5 @@ fn net_err(e: crate::net::NetError) -> HomeError {
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io(path))
+    crate::util::write_secret(path, bytes).map_err(|(path, source)| HomeError::Io { path, source })
 }

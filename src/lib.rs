@@ -17,6 +17,7 @@ pub mod meta;
 pub mod net;
 pub mod store;
 pub mod types;
+pub mod util;
 pub mod workers;
 
 pub use error::{Error, Result};

@@ -7,7 +7,7 @@
 //! blocks on disks and on the network bridge.
 
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -48,9 +48,7 @@ struct Shared {
     wakers: Mutex<Vec<Box<dyn Fn() + Send>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::util::lock;
 
 /// Starts, lists, stops and joins the background workers of one process.
 #[derive(Clone, Default)]

@@ -56,12 +56,17 @@ fn put_random(v: &Volume, c: &Cluster, len: usize) -> std::path::PathBuf {
         v.dir.path(),
         &format!("head -c {len} /dev/urandom > {}", src.display()),
     );
+    put_via_peers(v, c, &[src.as_os_str(), "/f.bin".as_ref()]);
+    src
+}
+
+/// `datamesh --bootstrap … put ARGS` naming every peer of `c`; must succeed.
+fn put_via_peers(v: &Volume, c: &Cluster, args: &[&std::ffi::OsStr]) {
     let put = v
         .datamesh()
         .args(strs(&c.bootstrap_flags()))
         .arg("put")
-        .arg(&src)
-        .arg("/f.bin")
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -69,7 +74,6 @@ fn put_random(v: &Volume, c: &Cluster, len: usize) -> std::path::PathBuf {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    src
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -597,19 +601,7 @@ fn status_and_repair_hear_from_every_one_of_twenty_peers() {
         "for i in $(seq 1 40); do head -c $((100000 + i * 7919)) /dev/urandom > f$i.bin; done",
     );
     // Peers are given once; later commands find them in the home's peers file.
-    let put = v
-        .datamesh()
-        .args(strs(&c.bootstrap_flags()))
-        .args(["put", "-r"])
-        .arg(&src)
-        .arg("/")
-        .output()
-        .unwrap();
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    put_via_peers(&v, &c, &["-r".as_ref(), src.as_os_str(), "/".as_ref()]);
     let json = steady_status(&v);
     let chunks = json_num(&json, "chunks");
     assert!(chunks >= 80, "{json}");

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// Collects failures of one command run.
 struct Ctx<'a> {
-    cmd: &'static str,
+    cmd: &'a str,
     engine: &'a Engine,
     failed: bool,
     uid: u32,
@@ -35,8 +35,8 @@ fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-pub fn run(home: &Home, cmd: Cmd) -> i32 {
-    let name = cmd_name(&cmd);
+/// Runs `cmd` (named `name` in messages); returns the exit code.
+pub fn run(home: &Home, cmd: Cmd, name: &str) -> i32 {
     match run_inner(home, cmd, name) {
         Ok(true) => 0,
         Ok(false) => 1,
@@ -56,33 +56,8 @@ pub fn run(home: &Home, cmd: Cmd) -> i32 {
     }
 }
 
-fn cmd_name(cmd: &Cmd) -> &'static str {
-    match cmd {
-        Cmd::Init { .. } => "init",
-        Cmd::Ls { .. } => "ls",
-        Cmd::Mkdir { .. } => "mkdir",
-        Cmd::Mv { .. } => "mv",
-        Cmd::Rm { .. } => "rm",
-        Cmd::Put { .. } => "put",
-        Cmd::Get { .. } => "get",
-        Cmd::Cat { .. } => "cat",
-        Cmd::Stat { .. } => "stat",
-        Cmd::Df => "df",
-        Cmd::Fsck { .. } => "fsck",
-        Cmd::Gc { .. } => "gc",
-        Cmd::Bench { .. } => "bench",
-        Cmd::Mount(_) => "mount",
-        Cmd::Umount { .. } => "umount",
-        Cmd::Node(_) => "node",
-        Cmd::Invite { .. } => "invite",
-        Cmd::Status { .. } => "status",
-        Cmd::Repair => "repair",
-        Cmd::Scrub => "scrub",
-    }
-}
-
 /// Ok(true) on full success, Ok(false) when some path failed (already reported).
-fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> {
+fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
     match cmd {
         Cmd::Init {
             chunk_size,
@@ -105,32 +80,32 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
                 parity_shards,
                 human(chunk_size as u64)
             );
-            return Ok(true);
+            Ok(true)
         }
         Cmd::Bench { size, dir } => {
             bench::run(size, &dir)?;
-            return Ok(true);
+            Ok(true)
         }
         Cmd::Mount(args) => {
             let args = args.resolve().map_err(|e| anyhow::anyhow!(e))?;
             super::mount::mount(home, &args)?;
-            return Ok(true);
+            Ok(true)
         }
         Cmd::Umount { mountpoint } => {
             super::mount::umount(home, &mountpoint)?;
-            return Ok(true);
+            Ok(true)
         }
         Cmd::Node(args) => {
             super::mesh::node(args, &home.bootstrap)?;
-            return Ok(true);
+            Ok(true)
         }
         Cmd::Invite { address } => {
             super::mesh::invite(home, &address)?;
-            return Ok(true);
+            Ok(true)
         }
-        Cmd::Status { json } => return super::mesh::run(home, crate::admin::Ask::Status, json),
-        Cmd::Repair => return super::mesh::run(home, crate::admin::Ask::Repair, false),
-        Cmd::Scrub => return super::mesh::run(home, crate::admin::Ask::Scrub, false),
+        Cmd::Status { json } => super::mesh::run(home, crate::admin::Ask::Status, json),
+        Cmd::Repair => super::mesh::run(home, crate::admin::Ask::Repair, false),
+        Cmd::Scrub => super::mesh::run(home, crate::admin::Ask::Scrub, false),
         Cmd::Gc { grace } => {
             let grace = match grace {
                 Some(g) => g,
@@ -138,10 +113,104 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
             };
             let n = home.open_engine()?.collect_garbage(grace)?;
             println!("datamesh: gc: deleted {n} unreferenced shards");
-            return Ok(true);
+            Ok(true)
         }
-        _ => {}
+        Cmd::Ls {
+            long,
+            recursive,
+            paths,
+        } => with_volume(home, name, |cx| {
+            let many = paths.len() > 1 || recursive;
+            for p in &paths {
+                ls(cx, p, long, recursive, many);
+            }
+            Ok(())
+        }),
+        Cmd::Mkdir { parents, paths } => with_volume(home, name, |cx| {
+            for p in &paths {
+                if let Err(e) = mkdir(cx, p, parents) {
+                    cx.fail(p, e);
+                }
+            }
+            Ok(())
+        }),
+        Cmd::Mv { mut paths } => with_volume(home, name, |cx| {
+            let dst = paths.pop().expect("clap requires two paths");
+            mv(cx, &paths, &dst);
+            Ok(())
+        }),
+        Cmd::Rm {
+            recursive,
+            force,
+            paths,
+        } => with_volume(home, name, |cx| {
+            for p in &paths {
+                rm(cx, p, recursive, force);
+            }
+            Ok(())
+        }),
+        Cmd::Put {
+            recursive,
+            mut paths,
+        } => with_volume(home, name, |cx| {
+            let dst = paths.pop().expect("clap requires two paths");
+            put(cx, &paths, &dst, recursive);
+            Ok(())
+        }),
+        Cmd::Get {
+            recursive,
+            mut paths,
+        } => with_volume(home, name, |cx| {
+            let dst = paths.pop().expect("clap requires two paths");
+            get(cx, &paths, &dst, recursive);
+            Ok(())
+        }),
+        Cmd::Cat { paths } => with_volume(home, name, |cx| {
+            let stdout = std::io::stdout();
+            for p in &paths {
+                let res = resolve(cx.engine, p).and_then(|a| match a.kind {
+                    FileKind::Dir => Err(Error::IsDir),
+                    _ => cx
+                        .engine
+                        .read_stream(a.ino, &mut stdout.lock(), workers(), &mut |_| {})
+                        .map(|_| ()),
+                });
+                if let Err(e) = res {
+                    cx.fail(p, e);
+                }
+            }
+            Ok(())
+        }),
+        Cmd::Stat { chunks, paths } => with_volume(home, name, |cx| {
+            for p in &paths {
+                match resolve(cx.engine, p) {
+                    Ok(a) => {
+                        print_stat(p, &a);
+                        if chunks && let Err(e) = print_chunks(cx.engine, a.ino) {
+                            cx.fail(p, e);
+                        }
+                    }
+                    Err(e) => cx.fail(p, e),
+                }
+            }
+            Ok(())
+        }),
+        Cmd::Df => with_volume(home, name, |cx| df(cx.engine)),
+        Cmd::Fsck { repair } => with_volume(home, name, |cx| {
+            // Problems are printed by fsck itself.
+            cx.failed = !fsck(cx.engine, repair)?;
+            Ok(())
+        }),
     }
+}
+
+/// Opens the volume, runs `f` on it, and flushes it; Ok(false) when some path
+/// failed (already reported by `f`).
+fn with_volume(
+    home: &Home,
+    name: &str,
+    f: impl FnOnce(&mut Ctx) -> anyhow::Result<()>,
+) -> anyhow::Result<bool> {
     let engine = home.open_engine()?;
     let mut cx = Ctx {
         cmd: name,
@@ -150,97 +219,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &'static str) -> anyhow::Result<bool> 
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
     };
-    match cmd {
-        Cmd::Ls {
-            long,
-            recursive,
-            paths,
-        } => {
-            let many = paths.len() > 1 || recursive;
-            for p in &paths {
-                ls(&mut cx, p, long, recursive, many);
-            }
-        }
-        Cmd::Mkdir { parents, paths } => {
-            for p in &paths {
-                if let Err(e) = mkdir(&cx, p, parents) {
-                    cx.fail(p, e);
-                }
-            }
-        }
-        Cmd::Mv { mut paths } => {
-            let dst = paths.pop().expect("clap requires two paths");
-            mv(&mut cx, &paths, &dst);
-        }
-        Cmd::Rm {
-            recursive,
-            force,
-            paths,
-        } => {
-            for p in &paths {
-                rm(&mut cx, p, recursive, force);
-            }
-        }
-        Cmd::Put {
-            recursive,
-            mut paths,
-        } => {
-            let dst = paths.pop().expect("clap requires two paths");
-            put(&mut cx, &paths, &dst, recursive);
-        }
-        Cmd::Get {
-            recursive,
-            mut paths,
-        } => {
-            let dst = paths.pop().expect("clap requires two paths");
-            get(&mut cx, &paths, &dst, recursive);
-        }
-        Cmd::Cat { paths } => {
-            let stdout = std::io::stdout();
-            for p in &paths {
-                let res = resolve(&engine, p).and_then(|a| match a.kind {
-                    FileKind::Dir => Err(Error::IsDir),
-                    _ => engine
-                        .read_stream(a.ino, &mut stdout.lock(), workers(), &mut |_| {})
-                        .map(|_| ()),
-                });
-                if let Err(e) = res {
-                    cx.fail(p, e);
-                }
-            }
-        }
-        Cmd::Stat { chunks, paths } => {
-            for p in &paths {
-                match resolve(&engine, p) {
-                    Ok(a) => {
-                        print_stat(p, &a);
-                        if chunks && let Err(e) = print_chunks(&engine, a.ino) {
-                            cx.fail(p, e);
-                        }
-                    }
-                    Err(e) => cx.fail(p, e),
-                }
-            }
-        }
-        Cmd::Df => df(&engine)?,
-        Cmd::Fsck { repair } => {
-            let clean = fsck(&engine, repair)?;
-            engine.flush_all().context("flushing the volume")?;
-            return Ok(clean);
-        }
-        Cmd::Init { .. }
-        | Cmd::Bench { .. }
-        | Cmd::Mount(_)
-        | Cmd::Umount { .. }
-        | Cmd::Node(_)
-        | Cmd::Invite { .. }
-        | Cmd::Status { .. }
-        | Cmd::Repair
-        | Cmd::Scrub
-        | Cmd::Gc { .. } => {
-            unreachable!("handled above")
-        }
-    }
+    f(&mut cx)?;
     engine.flush_all().context("flushing the volume")?;
     Ok(!cx.failed)
 }

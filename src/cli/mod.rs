@@ -306,7 +306,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Run the command line; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let name = matches.subcommand_name().unwrap_or("datamesh").to_string();
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -320,7 +323,7 @@ pub fn main() -> i32 {
         .init();
     let mut home = crate::home::Home::locate(cli.home);
     home.bootstrap = cli.bootstrap;
-    commands::run(&home, cli.cmd)
+    commands::run(&home, cli.cmd, &name)
 }
 
 #[cfg(test)]

@@ -230,7 +230,7 @@ impl Engine {
                     }
                 }
             }
-            let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+            let mut d = crate::util::lock(&done);
             d.0.extend(problems);
             d.1 += checked;
             d.2 += degraded;

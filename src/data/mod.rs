@@ -125,9 +125,7 @@ pub struct Engine {
     repairing: Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::util::lock;
 
 impl Engine {
     pub fn new(

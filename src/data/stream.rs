@@ -40,7 +40,7 @@ impl Engine {
                 let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
                 s.spawn(move || {
                     loop {
-                        let next = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let next = crate::util::lock(&work_rx).recv();
                         let Ok((idx, buf)) = next else { break };
                         let len = buf.len();
                         let res = if buf.iter().all(|&b| b == 0) {

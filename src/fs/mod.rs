@@ -313,14 +313,8 @@ impl Filesystem for DatameshFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if (atime.is_some() || mtime.is_some())
-            && size.is_none()
-            && let Err(e) = self.engine.flush(ino(i))
-        {
-            // Buffered writes carry their own mtime: seal them first so the times
-            // set here are the ones that stay.
-            return reply.error(err(&e));
-        }
+        // The engine seals buffered writes before setting times, so the times
+        // set here are the ones that stay.
         let set = SetAttr {
             perm: mode.map(|m| (m & 0o7777) as u16),
             uid,

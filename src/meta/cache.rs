@@ -45,7 +45,7 @@ impl MetaCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.inner)
     }
 
     pub fn inode(&self, ino: Ino) -> Cached<InodeRec> {

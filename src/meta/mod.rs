@@ -174,7 +174,7 @@ impl MetaStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.writer)
     }
 
     fn tx(&self) -> Tx<'_> {

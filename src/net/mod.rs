@@ -22,8 +22,6 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{PeerId, identify, noise, ping, request_response, tcp, yamux};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -93,18 +91,7 @@ impl MeshKey {
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    crate::util::write_secret(path, bytes).map_err(|(path, source)| NetError::Io { path, source })
 }
 
 /// This process's libp2p identity, kept at `path` so its peer id is stable.
