@@ -12,7 +12,7 @@ pub mod client;
 pub mod node;
 pub mod proto;
 
-pub use client::{MeshClient, MeshStore};
+pub use client::{MeshClient, MeshStore, Timings};
 /// Peer addresses, for the command line and the configuration to parse.
 pub use libp2p::Multiaddr;
 

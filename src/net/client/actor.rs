@@ -1,0 +1,188 @@
+//! The swarm actor: dials, connection and identify events, requests in flight.
+
+use super::*;
+
+pub(super) async fn actor(
+    mut swarm: libp2p::Swarm<crate::net::Behaviour>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    shared: Arc<Shared>,
+    bootstrap: Vec<Multiaddr>,
+) {
+    let mut pending: HashMap<OutboundRequestId, Reply> = HashMap::new();
+    for addr in &bootstrap {
+        if let Some(peer) = peer_of(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            swarm.add_peer_address(peer, addr.clone());
+            // Bootstrap and remembered addresses are storage peers until identify
+            // says otherwise, so that one that is down shows as such.
+            if let Some(p) = lock(&shared.peers).entry(peer) {
+                p.addrs.push(bare(addr));
+                p.storage = true;
+            }
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!("bootstrap {addr}: {e}");
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => break,
+                Some(Cmd::Request { peer, req, reply }) => {
+                    let id = swarm.behaviour_mut().shard.send_request(&peer, req);
+                    pending.insert(id, reply);
+                }
+                Some(Cmd::Redial) => redial(&mut swarm, &shared),
+            },
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    let mut t = lock(&shared.peers);
+                    if let Some(p) = t.entry(peer_id) {
+                        p.connected = true;
+                        p.down_since = None;
+                        p.dial_failed = false;
+                        if endpoint.is_dialer() {
+                            let a = bare(endpoint.get_remote_address());
+                            if !p.addrs.contains(&a) {
+                                p.addrs.insert(0, a);
+                            }
+                        }
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                    if let Some(p) = lock(&shared.peers).entry(peer_id) {
+                        if p.storage {
+                            tracing::warn!("lost storage peer {peer_id}: {cause:?}");
+                        }
+                        p.connected = false;
+                        p.down_since = Some(Instant::now());
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                    peer_id, info, ..
+                })) => {
+                    let storage = info.agent_version.starts_with("datamesh-node/");
+                    if storage {
+                        for a in &info.listen_addrs {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
+                        }
+                    }
+                    let mut t = lock(&shared.peers);
+                    if let Some(p) = t.entry(peer_id) {
+                        p.storage = storage;
+                        p.identified = true;
+                        for a in info.listen_addrs.iter().filter(|a| !is_unspecified(a)).map(bare) {
+                            if !p.addrs.contains(&a) {
+                                p.addrs.push(a);
+                            }
+                        }
+                        drop(t);
+                        if storage {
+                            tracing::info!("storage peer {peer_id} identified");
+                            shared.save_peers();
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                    peer, addresses, ..
+                })) => {
+                    // Only storage peers serve the DHT (home nodes are kad clients),
+                    // so a peer found there counts as one from now on.
+                    let addresses = addresses.into_vec();
+                    if let Some(p) = lock(&shared.peers).entry(peer) {
+                        p.storage = true;
+                        for a in addresses.iter().filter(|a| !is_unspecified(a)).map(bare) {
+                            if !p.addrs.contains(&a) {
+                                p.addrs.push(a);
+                            }
+                        }
+                    }
+                    if !swarm.is_connected(&peer) {
+                        let _ = swarm.dial(DialOpts::peer_id(peer).addresses(addresses).build());
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                    result: kad::QueryResult::Bootstrap(_), step, ..
+                })) if step.last => {
+                    shared.kad_settled.store(true, Ordering::Relaxed);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Shard(request_response::Event::Message {
+                    message: Message::Response { request_id, response },
+                    ..
+                })) => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        reply(Ok(response));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Shard(
+                    request_response::Event::OutboundFailure { request_id, error, peer, .. },
+                )) => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        reply(Err(format!("peer {peer}: {error}")));
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    tracing::debug!("dial {peer_id:?}: {error}");
+                    let mut t = lock(&shared.peers);
+                    if let Some(i) = peer_id.and_then(|id| t.by_id.get(&id).copied()) {
+                        let p = &mut t.list[i];
+                        p.dial_failed = true;
+                        p.dial_failures += 1;
+                        p.last_dial_error = short_dial_error(&error);
+                    }
+                }
+                _ => {}
+            },
+            _ = tick.tick() => {
+                ticks += 1;
+                // Dead peers are redialled so that a restarted one is used again.
+                redial(&mut swarm, &shared);
+                if ticks % 15 == 1 && swarm.behaviour_mut().kad.bootstrap().is_err() {
+                    // No peer to ask: there is nothing to discover.
+                    shared.kad_settled.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Dials the known peers that are not connected (a dial already under way for
+/// a peer is left to finish).
+pub(super) fn redial(swarm: &mut libp2p::Swarm<crate::net::Behaviour>, shared: &Shared) {
+    let down: Vec<PeerEntry> = lock(&shared.peers)
+        .list
+        .iter()
+        .filter(|p| !p.connected && !p.addrs.is_empty())
+        .cloned()
+        .collect();
+    for p in down {
+        if !swarm.is_connected(&p.id) {
+            let _ = swarm.dial(DialOpts::peer_id(p.id).addresses(p.addrs).build());
+        }
+    }
+}
+
+/// A dial error in one line: libp2p's lists every address tried with its
+/// whole error chain.
+pub(super) fn short_dial_error(e: &libp2p::swarm::DialError) -> String {
+    let mut text = e.to_string();
+    if let libp2p::swarm::DialError::Transport(tries) = e
+        && let Some((addr, err)) = tries.first()
+    {
+        let mut cause: &dyn std::error::Error = err;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        text = format!("{addr}: {cause}");
+    }
+    text
+}
+
+/// An address without its trailing `/p2p/ID` (kept once, beside the peer id).
+pub(super) fn bare(a: &Multiaddr) -> Multiaddr {
+    a.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
+}

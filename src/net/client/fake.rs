@@ -1,0 +1,201 @@
+//! In-process fake storage peers for unit tests: a [`MeshClient`] whose
+//! requests are answered from maps instead of going through libp2p, with peers
+//! that can be dead, full, slow, lying or mute. Everything above the handle
+//! (placement, the put state machine, surveys, fetches) is the real code.
+
+use super::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Ok,
+    /// Not connected; dials to it fail.
+    Dead,
+    /// Refuses every put for want of room.
+    Full,
+    /// Answers every request this late.
+    Slow(Duration),
+    /// Flips a bit of every shard it sends.
+    Lying,
+    /// Never answers an inventory request (answers the rest).
+    Mute,
+}
+
+pub struct FakePeer {
+    pub id: PeerId,
+    pub mode: Mode,
+    pub shards: Mutex<HashMap<ShardId, Vec<u8>>>,
+    /// Answers a mute peer holds back.
+    held: Mutex<Vec<Reply>>,
+}
+
+impl FakePeer {
+    pub fn holds(&self, id: &ShardId) -> bool {
+        lock(&self.shards).contains_key(id)
+    }
+
+    fn answer(&self, req: Request) -> Response {
+        let mut shards = lock(&self.shards);
+        match req {
+            Request::Put { .. } if self.mode == Mode::Full => Response::Full,
+            Request::Put { id, data } => {
+                if ShardId::of(&data) != id {
+                    return Response::BadHash;
+                }
+                shards.insert(id, data);
+                Response::Done
+            }
+            Request::Get { id } => match shards.get(&id) {
+                Some(b) => {
+                    let mut b = b.clone();
+                    if self.mode == Mode::Lying {
+                        b[0] ^= 1;
+                    }
+                    Response::Data(b)
+                }
+                None => Response::Missing,
+            },
+            Request::Has { ids } => {
+                Response::Have(ids.iter().map(|i| shards.contains_key(i)).collect())
+            }
+            Request::Delete { ids } => {
+                for id in ids {
+                    shards.remove(&id);
+                }
+                Response::Done
+            }
+            Request::Sync => Response::Done,
+            Request::List { after, max } | Request::Verify { after, max } => {
+                let verify = matches!(req, Request::Verify { .. });
+                let mut ids: Vec<&ShardId> = shards
+                    .keys()
+                    .filter(|id| after.is_none_or(|a| **id > a))
+                    .collect();
+                ids.sort();
+                let more = ids.len() > max as usize;
+                ids.truncate(max as usize);
+                if verify {
+                    Response::Verified {
+                        checked: ids.len() as u32,
+                        bad: Vec::new(),
+                        last: ids.last().map(|id| **id),
+                        more,
+                    }
+                } else {
+                    Response::List {
+                        shards: ids
+                            .iter()
+                            .map(|id| (**id, shards[*id].len() as u64, 0))
+                            .collect(),
+                        more,
+                    }
+                }
+            }
+            Request::Stat => Response::Stat {
+                shards: shards.len() as u64,
+                used: shards.values().map(|b| b.len() as u64).sum(),
+                capacity: 1 << 40,
+            },
+        }
+    }
+}
+
+/// A mesh of fake peers and the client handle on it.
+pub struct FakeMesh {
+    pub peers: Vec<Arc<FakePeer>>,
+    pub client: MeshClient,
+}
+
+impl FakeMesh {
+    pub fn new(modes: &[Mode]) -> FakeMesh {
+        let peers: Vec<Arc<FakePeer>> = modes
+            .iter()
+            .map(|&mode| {
+                Arc::new(FakePeer {
+                    id: PeerId::random(),
+                    mode,
+                    shards: Mutex::new(HashMap::new()),
+                    held: Mutex::new(Vec::new()),
+                })
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            peers: Mutex::new(PeerTable::default()),
+            remember: None,
+            kad_settled: AtomicBool::new(true),
+        });
+        for p in &peers {
+            let mut t = lock(&shared.peers);
+            let e = t.entry(p.id).expect("room in the table");
+            e.storage = true;
+            e.identified = true;
+            e.addrs = vec!["/ip4/127.0.0.1/tcp/9".parse().expect("an address")];
+            e.connected = p.mode != Mode::Dead;
+            if e.connected {
+                e.down_since = None;
+            }
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+        let (by_id, table) = (peers.clone(), shared.clone());
+        std::thread::spawn(move || {
+            while let Some(cmd) = rx.blocking_recv() {
+                match cmd {
+                    Cmd::Request { peer, req, reply } => {
+                        let p = by_id
+                            .iter()
+                            .find(|p| p.id == peer)
+                            .expect("a fake peer")
+                            .clone();
+                        match p.mode {
+                            Mode::Dead => reply(Err(format!("peer {peer}: dial failure"))),
+                            Mode::Mute if matches!(req, Request::List { .. }) => {
+                                lock(&p.held).push(reply)
+                            }
+                            Mode::Slow(d) => {
+                                std::thread::spawn(move || {
+                                    std::thread::sleep(d);
+                                    reply(Ok(p.answer(req)));
+                                });
+                            }
+                            _ => reply(Ok(p.answer(req))),
+                        }
+                    }
+                    Cmd::Redial => {
+                        for e in lock(&table.peers).list.iter_mut().filter(|e| !e.connected) {
+                            e.dial_failed = true;
+                            e.dial_failures += 1;
+                            e.last_dial_error = "Connection refused".into();
+                        }
+                    }
+                }
+            }
+        });
+        FakeMesh {
+            peers,
+            client: MeshClient {
+                tx,
+                shared,
+                _rt: Arc::new(Runtime(None)),
+            },
+        }
+    }
+
+    /// The store over this mesh, with waits short enough for unit tests.
+    pub fn store(&self) -> Arc<MeshStore> {
+        MeshStore::with_timings(
+            self.client.clone(),
+            None,
+            Timings {
+                avoid_for: Duration::from_secs(60),
+                straggler_wait: Duration::from_millis(100),
+                answer_wait: Duration::from_secs(5),
+                survey_dial_wait: Duration::from_millis(300),
+                survey_page_wait: Duration::from_millis(300),
+            },
+        )
+    }
+
+    /// How many of `ids` fake peer `i` holds.
+    pub fn held_by(&self, i: usize, ids: &[ShardId]) -> usize {
+        ids.iter().filter(|id| self.peers[i].holds(id)).count()
+    }
+}

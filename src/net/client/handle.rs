@@ -1,0 +1,150 @@
+//! [`MeshClient`]: the cloneable handle on the swarm actor.
+
+use super::*;
+
+impl MeshClient {
+    /// Starts the swarm and dials `bootstrap` (addresses ending in `/p2p/ID` are
+    /// remembered as peers at once). `remember`: a file that keeps the storage
+    /// peers' addresses for later runs.
+    pub fn start(
+        identity: libp2p::identity::Keypair,
+        key: &MeshKey,
+        bootstrap: Vec<Multiaddr>,
+        remember: Option<PathBuf>,
+    ) -> Result<MeshClient, NetError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            // Each connection's Noise and Yamux work runs as its own task: one
+            // worker per core lets them run side by side.
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .thread_name("datamesh-net")
+            .enable_all()
+            .build()
+            .map_err(|e| NetError::Bad(format!("starting the network runtime: {e}")))?;
+        let swarm = {
+            let _g = rt.enter();
+            build_swarm(identity, key, false)?
+        };
+        let shared = Arc::new(Shared {
+            peers: Mutex::new(PeerTable::default()),
+            remember,
+            kad_settled: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.spawn(super::actor::actor(swarm, rx, shared.clone(), bootstrap));
+        Ok(MeshClient {
+            tx,
+            shared,
+            _rt: Arc::new(Runtime(Some(rt))),
+        })
+    }
+
+    /// Sends `req` to `peer`; `reply` gets the answer (on the network thread: it
+    /// must only hand it on).
+    pub(super) fn request(&self, peer: PeerId, req: Request, reply: Reply) {
+        if let Err(mpsc::error::SendError(Cmd::Request { reply, .. })) =
+            self.tx.send(Cmd::Request { peer, req, reply })
+        {
+            reply(Err("the network task has stopped".into()));
+        }
+    }
+
+    /// One request, waited for.
+    pub(super) fn ask(&self, peer: PeerId, req: Request) -> Result<Response, String> {
+        let (tx, rx) = smpsc::channel();
+        self.request(
+            peer,
+            req,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv_timeout(ANSWER_WAIT)
+            .unwrap_or_else(|_| Err(format!("peer {peer}: no answer in {ANSWER_WAIT:?}")))
+    }
+
+    /// Reachable storage peers as (tag, id).
+    pub(super) fn live(&self) -> Vec<(usize, PeerId)> {
+        lock(&self.shared.peers)
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.storage && p.connected)
+            .map(|(i, p)| (i, p.id))
+            .collect()
+    }
+
+    /// Reachable storage peers among the tags in `mask`.
+    pub(super) fn live_in(&self, mask: u64) -> Vec<(usize, PeerId)> {
+        let mut live = self.live();
+        live.retain(|(t, _)| mask & bit(*t) != 0);
+        live
+    }
+
+    /// The tags of the reachable storage peers, as a mask.
+    pub(super) fn live_mask(&self) -> u64 {
+        self.live().iter().fold(0, |m, (t, _)| m | bit(*t))
+    }
+
+    /// Waits until `want` storage peers are reachable; gives up after `limit`
+    /// with none, or with some once every known peer has connected or failed
+    /// to (or 3 s pass without a new one: a dial to a vanished host can hang).
+    pub fn wait_for_peers(&self, want: usize, limit: Duration) -> usize {
+        let start = Instant::now();
+        let (mut last, mut since) = (0, Instant::now());
+        loop {
+            let (n, pending) = {
+                let t = lock(&self.shared.peers);
+                let storage = t.list.iter().filter(|p| p.storage);
+                let n = storage.clone().filter(|p| p.connected).count();
+                (
+                    n,
+                    storage.filter(|p| !p.connected && !p.dial_failed).count(),
+                )
+            };
+            if n != last {
+                (last, since) = (n, Instant::now());
+            }
+            let settled = n > 0 && (pending == 0 || since.elapsed() >= Duration::from_secs(3));
+            if n >= want || settled || start.elapsed() >= limit {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every storage peer known, reachable or not, as (tag, entry).
+    pub(super) fn storage_peers(&self) -> Vec<(usize, PeerEntry)> {
+        lock(&self.shared.peers)
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.storage)
+            .map(|(i, p)| (i, p.clone()))
+            .collect()
+    }
+
+    /// Connected peers that have not said yet whether they store shards.
+    pub(super) fn unclassified(&self) -> Vec<PeerId> {
+        lock(&self.shared.peers)
+            .list
+            .iter()
+            .filter(|p| p.connected && !p.identified && !p.storage)
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Dials every known peer that is not connected, without waiting for the
+    /// periodic redial.
+    pub(super) fn redial(&self) {
+        let _ = self.tx.send(Cmd::Redial);
+    }
+
+    /// Storage peers known but unreachable now.
+    pub(super) fn down(&self) -> usize {
+        lock(&self.shared.peers)
+            .list
+            .iter()
+            .filter(|p| p.storage && !p.connected)
+            .count()
+    }
+}

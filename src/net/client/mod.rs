@@ -1,0 +1,228 @@
+//! The home node's side of the mesh.
+//!
+//! [`MeshClient`] runs the swarm as an actor on its own small tokio runtime; the
+//! rest of the program holds a cloneable handle and sends it requests, each with
+//! a callback for the answer. [`MeshStore`] is the [`ShardStore`] over it: it
+//! places the shards of a chunk on distinct peers by rendezvous hashing, keeps a
+//! map of which peer holds which shard, and rides over dead or slow peers.
+//!
+//! The types live here; their code by concern: `handle` (the client handle),
+//! `actor` (the swarm task), `peers` (the peer table and the peers file),
+//! `store` (where shards are, fetches, the `ShardStore` impl), `put` (placing a
+//! chunk's shards, stragglers, full peers), `survey` (inventories and scrub).
+
+use super::proto::{MAX_IDS, Request, Response};
+use super::{BehaviourEvent, MeshKey, NetError, build_swarm, is_unspecified, peer_of};
+use crate::chunk::ShardId;
+use crate::store::{
+    LocalStore, PeerNote, PeerStatus, Scrubbed, ShardInfo, ShardStore, StoreError, Survey,
+};
+use libp2p::futures::StreamExt;
+use libp2p::request_response::{self, Message, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, identify, kad};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as smpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+use crate::util::lock;
+
+mod actor;
+#[cfg(test)]
+mod fake;
+mod handle;
+mod peers;
+mod put;
+mod store;
+mod survey;
+#[cfg(test)]
+mod tests;
+
+/// Peer tags are bits of a u64 mask: a mesh of up to 63 storage peers, and the
+/// last bit for shards still in this host's own store.
+pub const MAX_PEERS: usize = 63;
+const LOCAL_TAG: usize = 63;
+/// Chunks whose last shards may still be landing after the write returned.
+const MAX_BACKGROUND_PUTS: usize = 16;
+/// How long a caller waits for any one answer (the request itself times out
+/// earlier, inside libp2p).
+const ANSWER_WAIT: Duration = Duration::from_secs(40);
+
+/// How long the store waits for peers before it acts; the defaults are for
+/// real networks, tests shorten them.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    /// How long a peer that refused a put for want of room, or was too slow
+    /// to answer one, is passed over.
+    pub avoid_for: Duration,
+    /// How long a put waits for a shard before sending it to another peer too.
+    pub straggler_wait: Duration,
+    /// How long a put waits for answers at all.
+    pub answer_wait: Duration,
+    /// A survey counts a peer unreachable when no connection to it comes up
+    /// within this long (a dial to a vanished host can hang for minutes).
+    pub survey_dial_wait: Duration,
+    /// A survey counts a connected peer as not answering when one page of its
+    /// inventory takes longer than this.
+    pub survey_page_wait: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            avoid_for: Duration::from_secs(60),
+            straggler_wait: Duration::from_secs(5),
+            answer_wait: ANSWER_WAIT,
+            survey_dial_wait: Duration::from_secs(10),
+            survey_page_wait: Duration::from_secs(20),
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce(Result<Response, String>) + Send>;
+
+enum Cmd {
+    Request {
+        peer: PeerId,
+        req: Request,
+        reply: Reply,
+    },
+    /// Dial every known peer that is not connected, now.
+    Redial,
+}
+
+#[derive(Clone)]
+struct PeerEntry {
+    id: PeerId,
+    addrs: Vec<Multiaddr>,
+    connected: bool,
+    storage: bool,
+    /// Since when it has been unreachable (None while connected).
+    down_since: Option<Instant>,
+    /// The last dial failed (it is down, not merely not answered yet).
+    dial_failed: bool,
+    /// Identify has told what it is (a storage peer or not).
+    identified: bool,
+    /// Failed dials so far, and the last one's error.
+    dial_failures: u64,
+    last_dial_error: String,
+}
+
+#[derive(Default)]
+struct PeerTable {
+    /// Index = tag. Only storage peers get a tag.
+    list: Vec<PeerEntry>,
+    by_id: HashMap<PeerId, usize>,
+}
+
+struct Shared {
+    peers: Mutex<PeerTable>,
+    /// Where the addresses of the storage peers seen are remembered.
+    remember: Option<PathBuf>,
+    /// The first Kademlia bootstrap has finished: the peers it found are known.
+    kad_settled: AtomicBool,
+}
+
+/// A handle on the swarm actor; cheap to clone.
+#[derive(Clone)]
+pub struct MeshClient {
+    tx: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
+    _rt: Arc<Runtime>,
+}
+
+/// The actor's runtime, shut down without waiting when the last handle goes
+/// (it may go from inside another runtime's blocking thread).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Rendezvous (highest-random-weight) score of a peer for a placement key.
+fn score(key: &ShardId, peer: &PeerId) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&key.0);
+    h.update(&peer.to_bytes());
+    u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
+}
+
+fn bit(tag: usize) -> u64 {
+    1u64 << tag
+}
+
+fn note(p: &PeerEntry, why: String) -> PeerNote {
+    PeerNote {
+        id: p.id.to_string(),
+        address: p.addrs.first().map(|a| a.to_string()).unwrap_or_default(),
+        why,
+    }
+}
+
+/// Shards spread over storage peers.
+pub struct MeshStore {
+    client: MeshClient,
+    /// Which peers (tag bits) hold each shard.
+    loc: Mutex<HashMap<ShardId, u64>>,
+    /// When each peer last refused a put for want of room, or was too slow
+    /// to answer one.
+    avoid: Mutex<HashMap<usize, Instant>>,
+    /// While a survey runs: the shards stored meanwhile.
+    touched: Mutex<Option<std::collections::HashSet<ShardId>>>,
+    /// Chunks whose last shards are still landing in the background.
+    inflight: (Mutex<usize>, Condvar),
+    /// Peers that took puts since the last sync.
+    written: AtomicU64,
+    /// A background put could not place every shard: repair has work.
+    unplaced: AtomicBool,
+    /// This store, for the threads that finish puts in the background.
+    me: std::sync::Weak<MeshStore>,
+    /// Shards written before the volume had peers: still read from here, and
+    /// moved onto peers by repair.
+    local: Option<LocalStore>,
+    /// Exponential average of a shard fetch, in microseconds (for hedging).
+    fetch_us: AtomicU64,
+    /// Peers that have been gone past the grace time and were repaired around.
+    repaired_mask: AtomicU64,
+    /// One survey at a time; callers that ask meanwhile may share its result.
+    surveying: Mutex<()>,
+    /// Numbers survey calls and runs, so a caller knows whether a run started
+    /// after it asked.
+    survey_ticket: AtomicU64,
+    /// The last survey run: its ticket and what it heard.
+    last_survey: Mutex<Option<(u64, Survey)>>,
+    t: Timings,
+}
+
+type PutAnswer = (usize, usize, Result<Response, String>);
+type PutTx = smpsc::Sender<PutAnswer>;
+type PutRx = smpsc::Receiver<PutAnswer>;
+
+/// One chunk's shards on their way to peers.
+struct PutJob {
+    ids: Vec<ShardId>,
+    bytes: Vec<Vec<u8>>,
+    ranked: Vec<(usize, PeerId)>,
+    /// Per shard, the peers tried.
+    tried: Vec<u64>,
+    /// Per shard, the peers whose answer is awaited.
+    pending: Vec<u64>,
+    /// Per shard, stored somewhere.
+    done: Vec<bool>,
+    /// Shards of this chunk per peer.
+    load: HashMap<usize, usize>,
+    outstanding: usize,
+    stored: usize,
+    failed: usize,
+    full: usize,
+    last_error: String,
+}

@@ -1,0 +1,470 @@
+//! [`MeshStore`]: where shards are, fetching and asking peers, and the
+//! [`ShardStore`] implementation.
+
+use super::*;
+
+impl MeshStore {
+    pub fn new(client: MeshClient, local: Option<LocalStore>) -> Arc<MeshStore> {
+        MeshStore::with_timings(client, local, Timings::default())
+    }
+
+    pub fn with_timings(
+        client: MeshClient,
+        local: Option<LocalStore>,
+        t: Timings,
+    ) -> Arc<MeshStore> {
+        Arc::new_cyclic(|me| MeshStore {
+            t,
+            client,
+            loc: Mutex::new(HashMap::new()),
+            touched: Mutex::new(None),
+            avoid: Mutex::new(HashMap::new()),
+            inflight: (Mutex::new(0), Condvar::new()),
+            written: AtomicU64::new(0),
+            unplaced: AtomicBool::new(false),
+            fetch_us: AtomicU64::new(20_000),
+            repaired_mask: AtomicU64::new(0),
+            surveying: Mutex::new(()),
+            survey_ticket: AtomicU64::new(0),
+            last_survey: Mutex::new(None),
+            me: me.clone(),
+            local,
+        })
+    }
+
+    /// Live peers ordered by rendezvous score for `key`.
+    /// Peers that were full or too slow within `avoid_for` are left out while
+    /// there are others, so each chunk does not pay for them again.
+    pub(super) fn ranked(&self, key: &ShardId) -> Vec<(usize, PeerId)> {
+        let mut live = self.client.live();
+        live.sort_by_key(|(_, p)| std::cmp::Reverse(score(key, p)));
+        let avoid = lock(&self.avoid);
+        let roomy: Vec<_> = live
+            .iter()
+            .filter(|(t, _)| {
+                avoid
+                    .get(t)
+                    .is_none_or(|at| at.elapsed() > self.t.avoid_for)
+            })
+            .copied()
+            .collect();
+        if roomy.is_empty() { live } else { roomy }
+    }
+
+    /// Storage peers unreachable for longer than `grace`.
+    pub(super) fn gone_mask(&self, grace: Duration) -> u64 {
+        lock(&self.client.shared.peers)
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.storage && p.down_since.is_some_and(|t| t.elapsed() >= grace))
+            .fold(0, |m, (t, _)| m | bit(t))
+    }
+
+    pub(super) fn holders(&self, id: &ShardId) -> u64 {
+        lock(&self.loc).get(id).copied().unwrap_or(0)
+    }
+
+    pub(super) fn record(&self, id: ShardId, tag: usize) {
+        if let Some(t) = lock(&self.touched).as_mut() {
+            t.insert(id);
+        }
+        *lock(&self.loc).entry(id).or_default() |= bit(tag);
+    }
+
+    pub(super) fn forget(&self, id: &ShardId, tag: usize) {
+        let mut loc = lock(&self.loc);
+        if let Some(m) = loc.get_mut(id) {
+            *m &= !bit(tag);
+            if *m == 0 {
+                loc.remove(id);
+            }
+        }
+    }
+
+    pub(super) fn no_peers() -> StoreError {
+        StoreError::Peer(
+            "no storage peer is reachable (start some with `datamesh node`, see `datamesh status`)"
+                .into(),
+        )
+    }
+
+    /// Fetches a shard from `peer`, checking what comes back against its id.
+    pub(super) fn fetch_from(
+        &self,
+        tag: usize,
+        peer: PeerId,
+        id: &ShardId,
+    ) -> Result<Vec<u8>, StoreError> {
+        let start = Instant::now();
+        match self.client.ask(peer, Request::Get { id: *id }) {
+            Ok(Response::Data(b)) if ShardId::of(&b) == *id => {
+                let us = start.elapsed().as_micros() as u64;
+                let old = self.fetch_us.load(Ordering::Relaxed);
+                self.fetch_us.store((old * 7 + us) / 8, Ordering::Relaxed);
+                Ok(b)
+            }
+            Ok(Response::Data(_)) => {
+                tracing::error!(
+                    "peer {peer} sent bytes that do not match shard {id} (damaged on its disk, in transit or on purpose): ignored, fetching it elsewhere"
+                );
+                // The bad copy goes (the peer is told to drop it, without waiting
+                // for its answer) and the rebuilt one is placed afresh, on
+                // another peer: this one is passed over for a while (a put there
+                // could also race the delete).
+                self.client
+                    .request(peer, Request::Delete { ids: vec![*id] }, Box::new(drop));
+                self.forget(id, tag);
+                lock(&self.avoid).insert(tag, Instant::now());
+                Err(StoreError::Corrupt(*id))
+            }
+            Ok(Response::Missing) => {
+                self.forget(id, tag);
+                Err(StoreError::Missing(*id))
+            }
+            Ok(Response::Corrupt) => {
+                tracing::warn!("peer {peer} holds a damaged copy of shard {id}");
+                self.forget(id, tag);
+                Err(StoreError::Corrupt(*id))
+            }
+            Ok(other) => Err(StoreError::Peer(format!(
+                "peer {peer}: unexpected answer: {other}"
+            ))),
+            Err(e) => Err(StoreError::Peer(e)),
+        }
+    }
+
+    /// Asks every live peer not in `skip` whether it has `id`; records the holders.
+    pub(super) fn find(&self, id: &ShardId, skip: u64) -> u64 {
+        let peers = self.client.live_in(!skip);
+        let mut found = 0;
+        for (tag, _, r) in self.ask_all(&peers, || Request::Has { ids: vec![*id] }) {
+            if let Ok(Response::Have(v)) = r
+                && v.first() == Some(&true)
+            {
+                self.record(*id, tag);
+                found |= bit(tag);
+            }
+        }
+        found
+    }
+
+    /// Sends one request to each of `peers` at once and collects the answers.
+    pub(super) fn ask_all(
+        &self,
+        peers: &[(usize, PeerId)],
+        req: impl Fn() -> Request,
+    ) -> Vec<(usize, PeerId, Result<Response, String>)> {
+        let (tx, rx) = smpsc::channel();
+        for &(tag, peer) in peers {
+            let tx = tx.clone();
+            self.client.request(
+                peer,
+                req(),
+                Box::new(move |r| {
+                    let _ = tx.send((tag, peer, r));
+                }),
+            );
+        }
+        drop(tx);
+        let mut out: Vec<(usize, PeerId, Result<Response, String>)> = Vec::new();
+        while out.len() < peers.len() {
+            match rx.recv_timeout(self.t.answer_wait) {
+                Ok(r) => out.push(r),
+                Err(_) => break,
+            }
+        }
+        // Whoever has not answered by now is reported as such.
+        for &(tag, peer) in peers {
+            if !out.iter().any(|(t, _, _)| *t == tag) {
+                out.push((tag, peer, Err(format!("peer {peer}: no answer"))));
+            }
+        }
+        out
+    }
+
+    /// Every shard a live peer holds, page by page.
+    pub(super) fn inventory(
+        &self,
+        tag: usize,
+        peer: PeerId,
+        f: &mut dyn FnMut(ShardInfo),
+    ) -> Result<(), StoreError> {
+        let mut after = None;
+        loop {
+            match self.client.ask(
+                peer,
+                Request::List {
+                    after,
+                    max: MAX_IDS as u32,
+                },
+            ) {
+                Ok(Response::List { shards, more }) => {
+                    after = shards.last().map(|s| s.0);
+                    let mut loc = lock(&self.loc);
+                    for (id, len, mtime) in shards {
+                        *loc.entry(id).or_default() |= bit(tag);
+                        f(ShardInfo {
+                            id,
+                            len,
+                            modified: SystemTime::UNIX_EPOCH
+                                + Duration::from_secs(mtime.max(0) as u64),
+                        });
+                    }
+                    if !more {
+                        return Ok(());
+                    }
+                }
+                Ok(other) => {
+                    return Err(StoreError::Peer(format!(
+                        "peer {peer}: unexpected answer: {other}"
+                    )));
+                }
+                Err(e) => return Err(StoreError::Peer(e)),
+            }
+        }
+    }
+}
+
+impl ShardStore for MeshStore {
+    fn put(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_chunk(&[(*id, bytes)], 1)
+    }
+
+    fn replace(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        // A holder with a damaged copy would keep it (puts of a shard it has are
+        // no-ops): store it on another peer.
+        self.place(&[*id], &[0], &[bytes])
+    }
+
+    fn get(&self, id: &ShardId) -> Result<Vec<u8>, StoreError> {
+        let live: HashMap<usize, PeerId> = self.client.live().into_iter().collect();
+        if live.is_empty() {
+            return match self.local.as_ref().map(|l| l.get(id)) {
+                Some(Ok(b)) => Ok(b),
+                _ => Err(Self::no_peers()),
+            };
+        }
+        let mut tried = 0u64;
+        let mut last = StoreError::Missing(*id);
+        for round in 0..2 {
+            let mask = if round == 0 {
+                self.holders(id)
+            } else {
+                self.find(id, tried)
+            };
+            for (&tag, &peer) in &live {
+                if mask & bit(tag) == 0 || tried & bit(tag) != 0 {
+                    continue;
+                }
+                tried |= bit(tag);
+                match self.fetch_from(tag, peer, id) {
+                    Ok(b) => return Ok(b),
+                    Err(e) => last = e,
+                }
+            }
+        }
+        if let Some(b) = self.local.as_ref().and_then(|l| l.get(id).ok()) {
+            return Ok(b);
+        }
+        // Not lost while a peer that may hold it is only unreachable.
+        let down = self.client.down();
+        if matches!(last, StoreError::Missing(_)) && down > 0 {
+            return Err(StoreError::Peer(format!(
+                "shard {id} is on no reachable peer ({down} storage peers unreachable)"
+            )));
+        }
+        Err(last)
+    }
+
+    fn delete(&self, id: &ShardId) -> Result<(), StoreError> {
+        let holders = self.holders(id);
+        let targets = self.client.live_in(if holders == 0 { !0 } else { holders });
+        if let Some(l) = &self.local {
+            l.delete(id)?;
+        }
+        for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
+            match r {
+                Ok(Response::Done) => self.forget(id, tag),
+                Ok(other) => tracing::warn!("delete {id} on {peer}: {other}"),
+                Err(e) => tracing::warn!("delete {id}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let (m, cv) = &self.inflight;
+        let mut n = lock(m);
+        while *n > 0 {
+            n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(n);
+        let mask = self.written.swap(0, Ordering::Relaxed);
+        let targets = self.client.live_in(mask);
+        for (_, peer, r) in self.ask_all(&targets, || Request::Sync) {
+            match r {
+                Ok(Response::Done) => {}
+                Ok(other) => {
+                    return Err(StoreError::Peer(format!("sync on peer {peer}: {other}")));
+                }
+                Err(e) => return Err(StoreError::Peer(format!("sync: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(ShardInfo)) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(l) = &self.local {
+            l.for_each(&mut |info| {
+                if seen.insert(info.id) {
+                    f(info)
+                }
+            })?;
+        }
+        for (tag, peer) in self.client.live() {
+            self.inventory(tag, peer, &mut |info| {
+                if seen.insert(info.id) {
+                    f(info)
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn capacity(&self) -> Result<(u64, u64), StoreError> {
+        let (mut total, mut avail) = (0, 0);
+        for (_, _, r) in self.ask_all(&self.client.live(), || Request::Stat) {
+            if let Ok(Response::Stat { used, capacity, .. }) = r {
+                total += capacity;
+                avail += capacity.saturating_sub(used);
+            }
+        }
+        Ok((total, avail))
+    }
+
+    fn remote(&self) -> bool {
+        true
+    }
+
+    fn holders_up(&self) -> u64 {
+        self.client.live_mask()
+    }
+
+    fn release(&self, id: &ShardId, mask: u64) {
+        let targets = self.client.live_in(mask);
+        for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
+            match r {
+                Ok(Response::Done) => self.forget(id, tag),
+                Ok(other) => tracing::warn!("dropping the moved copy of {id} on {peer}: {other}"),
+                Err(e) => tracing::warn!("dropping the moved copy of {id}: {e}"),
+            }
+        }
+    }
+
+    fn local_bit(&self) -> u64 {
+        if self.local.is_some() {
+            bit(LOCAL_TAG)
+        } else {
+            0
+        }
+    }
+
+    fn hedge_after(&self) -> Option<Duration> {
+        // Three times a typical fetch: a peer that slow is probably stalled.
+        let us = self
+            .fetch_us
+            .load(Ordering::Relaxed)
+            .clamp(10_000, 2_000_000);
+        Some(Duration::from_micros(us * 3))
+    }
+
+    fn survey(&self) -> Result<Survey, StoreError> {
+        let asked = self.survey_ticket.fetch_add(1, Ordering::SeqCst);
+        let _one = lock(&self.surveying);
+        // A run that started after this call asked is as fresh as one of its own.
+        if let Some((ticket, s)) = &*lock(&self.last_survey)
+            && *ticket > asked
+        {
+            return Ok(s.clone());
+        }
+        let ticket = self.survey_ticket.fetch_add(1, Ordering::SeqCst);
+        let s = self.run_survey()?;
+        *lock(&self.last_survey) = Some((ticket, s.clone()));
+        Ok(s)
+    }
+
+    fn placement(&self, ids: &[ShardId]) -> Option<Vec<u64>> {
+        let live = self.client.live_mask() | self.local_bit();
+        let loc = lock(&self.loc);
+        Some(
+            ids.iter()
+                .map(|id| loc.get(id).copied().unwrap_or(0) & live)
+                .collect(),
+        )
+    }
+
+    fn place(&self, ids: &[ShardId], which: &[usize], bytes: &[&[u8]]) -> Result<(), StoreError> {
+        self.place_shards(ids, which, bytes)
+    }
+
+    fn peers(&self) -> Option<Vec<PeerStatus>> {
+        let table: Vec<PeerEntry> = lock(&self.client.shared.peers).list.clone();
+        let live = self.client.live();
+        let mut stats: HashMap<usize, (u64, u64, u64)> = HashMap::new();
+        for (tag, _, r) in self.ask_all(&live, || Request::Stat) {
+            if let Ok(Response::Stat {
+                shards,
+                used,
+                capacity,
+            }) = r
+            {
+                stats.insert(tag, (shards, used, capacity));
+            }
+        }
+        Some(
+            table
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.storage)
+                .map(|(tag, p)| {
+                    let (shards, bytes, capacity) = stats.get(&tag).copied().unwrap_or_default();
+                    PeerStatus {
+                        tag: tag as u32,
+                        id: p.id.to_string(),
+                        address: p.addrs.first().map(|a| a.to_string()).unwrap_or_default(),
+                        reachable: stats.contains_key(&tag),
+                        shards,
+                        bytes,
+                        capacity,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn wants_repair(&self, grace: Duration) -> bool {
+        if self.unplaced.load(Ordering::Relaxed) {
+            return true;
+        }
+        let gone = self.gone_mask(grace);
+        gone & !self.repaired_mask.load(Ordering::Relaxed) != 0
+    }
+
+    fn repaired(&self) {
+        self.unplaced.store(false, Ordering::Relaxed);
+        // Peers gone now were repaired around; one that returns and goes again
+        // counts anew.
+        self.repaired_mask
+            .store(self.gone_mask(Duration::ZERO), Ordering::Relaxed);
+    }
+
+    fn scrub(&self, progress: &dyn Fn(u64)) -> Result<Scrubbed, StoreError> {
+        self.verify_peers(progress)
+    }
+
+    fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {
+        self.put_shards(shards, need)
+    }
+}

@@ -1,0 +1,219 @@
+//! Surveys: hearing from every known peer (docs/DESIGN.md, "A complete survey").
+
+use super::*;
+
+impl MeshStore {
+    pub(super) fn verify_peers(&self, progress: &dyn Fn(u64)) -> Result<Scrubbed, StoreError> {
+        // Every known peer is settled first, so none is skipped for being slow
+        // to connect; those the survey could not hear from are reported.
+        let survey = self.survey()?;
+        let mut out = Scrubbed {
+            skipped: survey
+                .unreachable
+                .into_iter()
+                .chain(survey.silent)
+                .collect(),
+            ..Default::default()
+        };
+        let mut checked = 0u64;
+        let table = self.client.storage_peers();
+        for (tag, entry) in table.iter().filter(|(t, _)| survey.answered & bit(*t) != 0) {
+            let peer = entry.id;
+            let mut after = None;
+            loop {
+                let why = match self.client.ask(peer, Request::Verify { after, max: 256 }) {
+                    Ok(Response::Verified {
+                        checked: c,
+                        bad,
+                        last,
+                        more,
+                    }) => {
+                        checked += c as u64;
+                        progress(checked);
+                        if !bad.is_empty() {
+                            tracing::warn!("scrub: peer {peer} holds {} corrupt shards", bad.len());
+                            // The peer drops its bad copies; repair puts good ones back.
+                            let _ = self.client.ask(peer, Request::Delete { ids: bad.clone() });
+                            for id in &bad {
+                                self.forget(id, *tag);
+                            }
+                            out.bad.extend(bad);
+                        }
+                        after = last;
+                        if !more {
+                            break;
+                        }
+                        continue;
+                    }
+                    Ok(other) => format!("unexpected answer: {other}"),
+                    Err(e) => e,
+                };
+                tracing::warn!("scrub: peer {peer}: {why}");
+                out.skipped.push(note(entry, format!("verify: {why}")));
+                break;
+            }
+        }
+        if !out.bad.is_empty() {
+            self.unplaced.store(true, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    /// One survey: every known storage peer ends answered, unreachable or
+    /// silent (docs/DESIGN.md, "A complete survey"); peers found meanwhile are
+    /// included. Inventory pages of all peers are asked for in parallel.
+    pub(super) fn run_survey(&self) -> Result<Survey, StoreError> {
+        enum Stage {
+            Dialing { since: Instant, failures: u64 },
+            Listing { since: Instant },
+            Answered,
+            Unreachable(String),
+            Silent(String),
+        }
+        // Shards stored while the inventories are taken are recorded here, so
+        // that an inventory taken just before they landed does not unlist them.
+        *lock(&self.touched) = Some(std::collections::HashSet::new());
+        self.client.redial();
+        let (tx, rx) = smpsc::channel::<(usize, Result<Response, String>)>();
+        let list = |peer: PeerId, tag: usize, after: Option<ShardId>| {
+            let tx = tx.clone();
+            let req = Request::List {
+                after,
+                max: MAX_IDS as u32,
+            };
+            self.client.request(
+                peer,
+                req,
+                Box::new(move |r| {
+                    let _ = tx.send((tag, r));
+                }),
+            );
+        };
+        let mut stage: HashMap<usize, (PeerEntry, Stage)> = HashMap::new();
+        let mut fresh: HashMap<ShardId, u64> = HashMap::new();
+        // Connected peers not yet identified, since when: they may be storage
+        // peers found through the DHT.
+        let mut classifying: HashMap<PeerId, Instant> = HashMap::new();
+        let start = Instant::now();
+        loop {
+            let now = Instant::now();
+            let table = self.client.storage_peers();
+            // A bootstrap address that identified as something else is no peer.
+            stage.retain(|t, _| table.iter().any(|(tag, _)| tag == t));
+            for (tag, p) in table {
+                let (entry, st) = stage.entry(tag).or_insert_with(|| {
+                    let dialing = Stage::Dialing {
+                        since: now,
+                        failures: p.dial_failures,
+                    };
+                    (p.clone(), dialing)
+                });
+                *entry = p;
+                match st {
+                    Stage::Dialing { since, failures } => {
+                        if entry.connected {
+                            list(entry.id, tag, None);
+                            *st = Stage::Listing { since: now };
+                        } else if entry.dial_failures > *failures {
+                            *st = Stage::Unreachable(entry.last_dial_error.clone());
+                        } else if since.elapsed() >= self.t.survey_dial_wait {
+                            *st = Stage::Unreachable(format!(
+                                "no connection within {}s",
+                                self.t.survey_dial_wait.as_secs_f32()
+                            ));
+                        }
+                    }
+                    Stage::Listing { since } if since.elapsed() >= self.t.survey_page_wait => {
+                        *st = Stage::Silent(format!(
+                            "no answer to an inventory request within {}s",
+                            self.t.survey_page_wait.as_secs_f32()
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            let busy = |s: &Stage| matches!(s, Stage::Dialing { .. } | Stage::Listing { .. });
+            // Peers may still be found: the DHT's first walk, and peers connected
+            // but not yet identified, each waited for no longer than a dial.
+            let discovering = !self.client.shared.kad_settled.load(Ordering::Relaxed)
+                && start.elapsed() < self.t.survey_dial_wait;
+            let classifying_now = self.client.unclassified();
+            classifying.retain(|id, _| classifying_now.contains(id));
+            let identifying = classifying_now
+                .into_iter()
+                .any(|id| classifying.entry(id).or_insert(now).elapsed() < self.t.survey_dial_wait);
+            if !stage.values().any(|(_, s)| busy(s)) && !discovering && !identifying {
+                break;
+            }
+            let first = rx.recv_timeout(Duration::from_millis(20)).ok();
+            for (tag, r) in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
+                let Some((entry, st @ Stage::Listing { .. })) = stage.get_mut(&tag) else {
+                    continue; // late: the peer was already counted as silent
+                };
+                *st = match r {
+                    Ok(Response::List { shards, more }) => {
+                        let last = shards.last().map(|sh| sh.0);
+                        let mut loc = lock(&self.loc);
+                        for (id, _, _) in shards {
+                            *loc.entry(id).or_default() |= bit(tag);
+                            *fresh.entry(id).or_default() |= bit(tag);
+                        }
+                        drop(loc);
+                        if more {
+                            list(entry.id, tag, last);
+                            Stage::Listing {
+                                since: Instant::now(),
+                            }
+                        } else {
+                            Stage::Answered
+                        }
+                    }
+                    Ok(other) => Stage::Silent(format!("unexpected answer: {other}")),
+                    Err(e) => Stage::Silent(e),
+                };
+            }
+        }
+        let mut out = Survey {
+            answered: self.local_bit(),
+            ..Default::default()
+        };
+        let res = match &self.local {
+            Some(l) => l.for_each(&mut |info| *fresh.entry(info.id).or_default() |= bit(LOCAL_TAG)),
+            None => Ok(()),
+        };
+        let touched = lock(&self.touched).take().unwrap_or_default();
+        res?;
+        let mut tags: Vec<_> = stage.into_iter().collect();
+        tags.sort_by_key(|(t, _)| *t);
+        for (tag, (entry, st)) in tags {
+            match st {
+                Stage::Answered => out.answered |= bit(tag),
+                Stage::Unreachable(why) => {
+                    tracing::info!("survey: peer {} unreachable: {why}", entry.id);
+                    out.unreachable.push(note(&entry, why));
+                }
+                Stage::Silent(why) => {
+                    tracing::info!("survey: peer {} did not answer: {why}", entry.id);
+                    out.silent.push(note(&entry, why));
+                }
+                Stage::Dialing { .. } | Stage::Listing { .. } => unreachable!("survey ended"),
+            }
+        }
+        // What the peers that answered did not list, they do not hold; other
+        // peers keep their entries (their shards count again if they return).
+        let mut loc = lock(&self.loc);
+        for (id, m) in loc.iter_mut() {
+            if !touched.contains(id) {
+                *m = (*m & !out.answered) | fresh.get(id).copied().unwrap_or(0);
+            }
+        }
+        for (id, m) in fresh {
+            *loc.entry(id).or_default() |= m;
+        }
+        loc.retain(|_, m| *m != 0);
+        Ok(out)
+    }
+}

@@ -1,0 +1,172 @@
+//! Placement, the put state machine, fetches and surveys against in-process
+//! fake peers (`fake.rs`): dead, full, slow, lying and mute ones, in
+//! milliseconds. The multi-process fs-tests cover the same end to end.
+
+use super::fake::{FakeMesh, Mode};
+use super::*;
+
+/// `n` shards of one chunk: distinct bytes, ids their hashes.
+fn chunk(n: usize, seed: u32) -> Vec<(ShardId, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let b: Vec<u8> = (0..200u32)
+                .map(|j| (j * 31 + seed * 7 + i as u32 * 13) as u8)
+                .chain(seed.to_le_bytes())
+                .chain((i as u32).to_le_bytes())
+                .collect();
+            (ShardId::of(&b), b)
+        })
+        .collect()
+}
+
+fn put(store: &MeshStore, c: &[(ShardId, Vec<u8>)], need: usize) -> Result<(), StoreError> {
+    let refs: Vec<(ShardId, &[u8])> = c.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+    store.put_chunk(&refs, need)
+}
+
+fn ids(c: &[(ShardId, Vec<u8>)]) -> Vec<ShardId> {
+    c.iter().map(|(id, _)| *id).collect()
+}
+
+/// Every shard on exactly one peer, and no peer with two shards of the chunk.
+fn assert_spread(mesh: &FakeMesh, c: &[(ShardId, Vec<u8>)]) {
+    for (id, _) in c {
+        let holders = mesh.peers.iter().filter(|p| p.holds(id)).count();
+        assert_eq!(holders, 1, "shard {id} on {holders} peers");
+    }
+    for i in 0..mesh.peers.len() {
+        assert!(
+            mesh.held_by(i, &ids(c)) <= 1,
+            "peer {i} holds two shards of a chunk"
+        );
+    }
+}
+
+#[test]
+fn a_chunk_spreads_over_distinct_peers_and_the_load_evens_out() {
+    let mesh = FakeMesh::new(&[Mode::Ok; 8]);
+    let store = mesh.store();
+    let mut per_peer = [0usize; 8];
+    for seed in 0..40 {
+        let c = chunk(6, seed);
+        put(&store, &c, 5).unwrap();
+        store.sync().unwrap();
+        assert_spread(&mesh, &c);
+        for (i, n) in per_peer.iter_mut().enumerate() {
+            *n += mesh.held_by(i, &ids(&c));
+        }
+    }
+    // 240 shards over 8 peers: rendezvous hashing gives each a fair share.
+    assert!(
+        per_peer.iter().all(|&n| (15..=45).contains(&n)),
+        "{per_peer:?}"
+    );
+}
+
+#[test]
+fn a_full_peer_is_passed_over() {
+    let mut modes = vec![Mode::Ok; 7];
+    modes[0] = Mode::Full;
+    let mesh = FakeMesh::new(&modes);
+    let store = mesh.store();
+    for seed in 0..10 {
+        let c = chunk(6, seed);
+        put(&store, &c, 6).unwrap();
+        assert_spread(&mesh, &c);
+        assert_eq!(mesh.held_by(0, &ids(&c)), 0);
+    }
+}
+
+#[test]
+fn a_stalled_peer_costs_a_write_one_straggler_wait_not_the_timeout() {
+    let mut modes = vec![Mode::Ok; 7];
+    modes[3] = Mode::Slow(Duration::from_secs(3));
+    let mesh = FakeMesh::new(&modes);
+    let store = mesh.store();
+    for seed in 0..6 {
+        let c = chunk(6, seed);
+        let start = Instant::now();
+        put(&store, &c, 6).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "put took {:?}",
+            start.elapsed()
+        );
+        // Every shard landed on a peer that answered in time.
+        for (id, _) in &c {
+            let fast = (0..7).filter(|&i| i != 3).any(|i| mesh.peers[i].holds(id));
+            assert!(fast, "shard {id} only on the stalled peer");
+        }
+    }
+}
+
+#[test]
+fn a_lying_peer_is_caught_and_the_shard_read_from_another() {
+    let mesh = FakeMesh::new(&[Mode::Lying, Mode::Ok, Mode::Ok]);
+    let store = mesh.store();
+    let (id, bytes) = chunk(1, 9).remove(0);
+    for p in &mesh.peers[..2] {
+        lock(&p.shards).insert(id, bytes.clone());
+    }
+    let survey = store.survey().unwrap();
+    assert_eq!(survey.answered.count_ones(), 3);
+    for _ in 0..4 {
+        assert_eq!(store.get(&id).unwrap(), bytes);
+    }
+    // The liar is no holder any more: the store asked it to drop its copy.
+    let start = Instant::now();
+    while mesh.peers[0].holds(&id) {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the bad copy stays"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(store.placement(&[id]).unwrap()[0] & bit(0), 0);
+}
+
+#[test]
+fn a_survey_hears_from_every_peer_or_says_why_not() {
+    let mesh = FakeMesh::new(&[
+        Mode::Ok,
+        Mode::Ok,
+        Mode::Dead,
+        Mode::Ok,
+        Mode::Mute,
+        Mode::Ok,
+    ]);
+    let store = mesh.store();
+    let c = chunk(6, 1);
+    for (i, (id, b)) in c.iter().enumerate() {
+        lock(&mesh.peers[i].shards).insert(*id, b.clone());
+    }
+    let start = Instant::now();
+    let s = store.survey().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(s.answered, bit(0) | bit(1) | bit(3) | bit(5));
+    assert_eq!(s.unreachable.len(), 1);
+    assert_eq!(s.unreachable[0].id, mesh.peers[2].id.to_string());
+    assert!(
+        s.unreachable[0].why.contains("refused"),
+        "{:?}",
+        s.unreachable
+    );
+    assert_eq!(s.silent.len(), 1);
+    assert_eq!(s.silent[0].id, mesh.peers[4].id.to_string());
+    // Holders counted from the peers that answered only.
+    let masks = store.placement(&ids(&c)).unwrap();
+    let heard: Vec<bool> = masks.iter().map(|m| m & s.answered != 0).collect();
+    assert_eq!(heard, [true, true, false, true, false, true]);
+}
+
+#[test]
+fn with_every_peer_dead_a_put_says_so() {
+    let mesh = FakeMesh::new(&[Mode::Dead; 3]);
+    let store = mesh.store();
+    let err = put(&store, &chunk(6, 2), 5).unwrap_err().to_string();
+    assert!(err.contains("no storage peer is reachable"), "{err}");
+}
