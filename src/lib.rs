@@ -4,14 +4,14 @@
 //! Layers, from the bottom: [`chunk`] (pure: compress, encrypt, erasure-code, hash),
 //! [`store`] (local shard files), [`net`] (storage peers over libp2p, and the store
 //! that spreads shards over them), [`meta`] (the RocksDB namespace), [`data`] (the
-//! engine that joins them), then the front ends: [`cli`] and the FUSE adapter in `fs`.
+//! engine that joins them), then the front ends: [`cli`] and the FUSE adapter in [`fuse`].
 
 pub mod admin;
 pub mod chunk;
 pub mod cli;
 pub mod data;
 pub mod error;
-pub mod fs;
+pub mod fuse;
 pub mod home;
 pub mod meta;
 pub mod net;

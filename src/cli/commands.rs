@@ -1,7 +1,7 @@
 //! The commands. Each failure is printed as `datamesh: CMD: PATH: cause`; a command
 //! that hit any failure exits 1, after doing what it could with the other paths.
 
-use super::output::{count_bar, human, mode_string, progress_bar, time_string};
+use super::output::{count_bar, human, mode_string, time_string};
 use super::paths::{base_name, join, resolve, resolve_parent};
 use super::{Cmd, bench};
 use crate::Error;
@@ -9,29 +9,24 @@ use crate::data::Engine;
 use crate::home::{Home, InitOptions};
 use crate::types::*;
 use anyhow::{Context, anyhow};
-use indicatif::ProgressBar;
-use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 
 /// Collects failures of one command run.
-struct Ctx<'a> {
-    cmd: &'a str,
-    engine: &'a Engine,
-    failed: bool,
-    uid: u32,
-    gid: u32,
+pub(super) struct Ctx<'a> {
+    pub(super) cmd: &'a str,
+    pub(super) engine: &'a Engine,
+    pub(super) failed: bool,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
 }
 
 impl Ctx<'_> {
-    fn fail(&mut self, path: &str, err: impl std::fmt::Display) {
+    pub(super) fn fail(&mut self, path: &str, err: impl std::fmt::Display) {
         eprintln!("datamesh: {}: {path}: {err}", self.cmd);
         self.failed = true;
     }
 }
 
-fn workers() -> usize {
+pub(super) fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
@@ -154,7 +149,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             mut paths,
         } => with_volume(home, name, |cx| {
             let dst = paths.pop().expect("clap requires two paths");
-            put(cx, &paths, &dst, recursive);
+            super::transfer::put(cx, &paths, &dst, recursive);
             Ok(())
         }),
         Cmd::Get {
@@ -162,7 +157,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             mut paths,
         } => with_volume(home, name, |cx| {
             let dst = paths.pop().expect("clap requires two paths");
-            get(cx, &paths, &dst, recursive);
+            super::transfer::get(cx, &paths, &dst, recursive);
             Ok(())
         }),
         Cmd::Cat { paths } => with_volume(home, name, |cx| {
@@ -307,245 +302,6 @@ fn remove_tree(engine: &Engine, dir: Ino) -> crate::Result<()> {
                 engine.unlink(dir, &e.name)?;
             }
         }
-    }
-}
-
-fn local_size(path: &Path) -> u64 {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::read_dir(path)
-            .map(|rd| rd.flatten().map(|e| local_size(&e.path())).sum())
-            .unwrap_or(0),
-        Ok(m) if m.is_file() => m.len(),
-        _ => 0,
-    }
-}
-
-fn put(cx: &mut Ctx, srcs: &[String], dst: &str, recursive: bool) {
-    let into_dir = matches!(resolve(cx.engine, dst), Ok(a) if a.kind == FileKind::Dir);
-    if srcs.len() > 1 && !into_dir {
-        cx.fail(
-            dst,
-            "Not a directory (copying several paths needs a directory)",
-        );
-        return;
-    }
-    let total = srcs.iter().map(|s| local_size(Path::new(s))).sum();
-    let pb = progress_bar(total);
-    for src in srcs {
-        let target = if into_dir && src != "-" {
-            join(dst, base_name(src))
-        } else if into_dir {
-            cx.fail(dst, Error::IsDir);
-            continue;
-        } else {
-            dst.to_string()
-        };
-        put_one(cx, Path::new(src), &target, recursive, &pb);
-    }
-    pb.finish_and_clear();
-}
-
-fn put_one(cx: &mut Ctx, src: &Path, dst: &str, recursive: bool, pb: &ProgressBar) {
-    let shown = src.display().to_string();
-    if shown == "-" {
-        if let Err(e) = put_file(cx, &mut std::io::stdin(), 0o644, dst, pb) {
-            cx.fail(dst, e);
-        }
-        return;
-    }
-    let meta = match fs::symlink_metadata(src) {
-        Ok(m) => m,
-        Err(e) => return cx.fail(&shown, e),
-    };
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        if !recursive {
-            return cx.fail(&shown, "Is a directory (use -r to copy directories)");
-        }
-        let res = resolve_parent(cx.engine, dst).and_then(|(dir, name)| {
-            match cx
-                .engine
-                .mkdir(dir, &name, (meta.mode() & 0o7777) as u16, cx.uid, cx.gid)
-            {
-                Ok(_) => Ok(()),
-                Err(Error::Exists) if resolve(cx.engine, dst)?.kind == FileKind::Dir => Ok(()),
-                Err(e) => Err(e),
-            }
-        });
-        if let Err(e) = res {
-            return cx.fail(dst, e);
-        }
-        let entries = match fs::read_dir(src) {
-            Ok(rd) => rd,
-            Err(e) => return cx.fail(&shown, e),
-        };
-        let mut names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
-        names.sort();
-        for n in names {
-            let child = join(dst, &n.to_string_lossy());
-            put_one(cx, &src.join(&n), &child, recursive, pb);
-        }
-    } else if ft.is_symlink() {
-        let res = fs::read_link(src).map_err(Error::Io).and_then(|t| {
-            let (dir, name) = resolve_parent(cx.engine, dst)?;
-            let target = t.as_os_str().as_encoded_bytes();
-            match cx.engine.symlink(dir, &name, target, cx.uid, cx.gid) {
-                Err(Error::Exists) => {
-                    cx.engine.unlink(dir, &name)?;
-                    cx.engine
-                        .symlink(dir, &name, target, cx.uid, cx.gid)
-                        .map(|_| ())
-                }
-                other => other.map(|_| ()),
-            }
-        });
-        if let Err(e) = res {
-            cx.fail(dst, e);
-        }
-    } else if ft.is_file() {
-        match fs::File::open(src) {
-            Ok(mut f) => {
-                if let Err(e) = put_file(cx, &mut f, (meta.mode() & 0o7777) as u16, dst, pb) {
-                    cx.fail(dst, e);
-                }
-            }
-            Err(e) => cx.fail(&shown, e),
-        }
-    } else {
-        cx.fail(&shown, "not a regular file, directory or symlink; skipped");
-    }
-}
-
-/// Write `src` to a hidden temp name beside `dst`, then rename it over `dst`: an
-/// interrupted or failed put leaves the old contents (or nothing) in place.
-fn put_file(
-    cx: &Ctx,
-    src: &mut (dyn Read + Send),
-    perm: u16,
-    dst: &str,
-    pb: &ProgressBar,
-) -> crate::Result<()> {
-    let (dir, name) = resolve_parent(cx.engine, dst)?;
-    match cx.engine.lookup(dir, &name) {
-        Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
-        Ok(a) if a.kind != FileKind::File => {
-            return Err(Error::Invalid("exists and is not a regular file"));
-        }
-        Ok(_) | Err(Error::NotFound) => {}
-        Err(e) => return Err(e),
-    }
-    let mut tmp = format!(
-        ".{}.put-{:08x}",
-        String::from_utf8_lossy(&name),
-        rand::random::<u32>()
-    );
-    tmp.truncate(NAME_MAX);
-    let attr = cx
-        .engine
-        .create(dir, tmp.as_bytes(), perm, cx.uid, cx.gid)?;
-    let base = pb.position();
-    let res = cx
-        .engine
-        .write_stream(attr.ino, src, workers(), &mut |n| pb.set_position(base + n))
-        .and_then(|_| {
-            cx.engine
-                .rename(dir, tmp.as_bytes(), dir, &name, RenameFlags::default())
-        });
-    if res.is_err() {
-        let _ = cx.engine.unlink(dir, tmp.as_bytes());
-    }
-    res
-}
-
-fn get(cx: &mut Ctx, srcs: &[String], dst: &str, recursive: bool) {
-    let dst_path = Path::new(dst);
-    let into_dir = dst != "-" && dst_path.is_dir();
-    if srcs.len() > 1 && !into_dir && dst != "-" {
-        cx.fail(
-            dst,
-            "Not a directory (copying several paths needs a directory)",
-        );
-        return;
-    }
-    for src in srcs {
-        let attr = match resolve(cx.engine, src) {
-            Ok(a) => a,
-            Err(e) => {
-                cx.fail(src, e);
-                continue;
-            }
-        };
-        let target = if into_dir {
-            dst_path.join(base_name(src))
-        } else {
-            dst_path.to_path_buf()
-        };
-        let pb = progress_bar(attr.size);
-        get_one(cx, src, &attr, &target, recursive, &pb);
-        pb.finish_and_clear();
-    }
-}
-
-fn get_one(cx: &mut Ctx, src: &str, attr: &Attr, dst: &PathBuf, recursive: bool, pb: &ProgressBar) {
-    let engine = cx.engine;
-    let res: anyhow::Result<()> = (|| {
-        match attr.kind {
-            FileKind::Dir => {
-                if !recursive {
-                    return Err(anyhow!("Is a directory (use -r to copy directories)"));
-                }
-                match fs::create_dir(dst) {
-                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                        return Err(anyhow!("{}: {e}", dst.display()));
-                    }
-                    _ => {}
-                }
-                let mut offset = 2;
-                loop {
-                    let entries = engine.readdir(attr.ino, offset, 1024)?;
-                    let Some(last) = entries.last() else { break };
-                    offset = last.offset;
-                    for e in entries {
-                        let name = String::from_utf8_lossy(&e.name).into_owned();
-                        let child_src = join(src, &name);
-                        match engine.getattr(e.ino) {
-                            Ok(a) => get_one(cx, &child_src, &a, &dst.join(&name), recursive, pb),
-                            Err(err) => cx.fail(&child_src, err),
-                        }
-                    }
-                }
-            }
-            FileKind::Symlink => {
-                let target = engine.readlink(attr.ino)?;
-                let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
-                let _ = fs::remove_file(dst);
-                std::os::unix::fs::symlink(target, dst)
-                    .with_context(|| dst.display().to_string())?;
-            }
-            FileKind::File if dst.as_os_str() == "-" => {
-                engine.read_stream(
-                    attr.ino,
-                    &mut std::io::stdout().lock(),
-                    workers(),
-                    &mut |_| {},
-                )?;
-            }
-            FileKind::File => {
-                let mut f = fs::File::create(dst).with_context(|| dst.display().to_string())?;
-                let base = pb.position();
-                engine.read_stream(attr.ino, &mut f, workers(), &mut |n| {
-                    pb.set_position(base + n)
-                })?;
-                f.flush()?;
-                let perm = fs::Permissions::from_mode(attr.perm as u32);
-                fs::set_permissions(dst, perm).with_context(|| dst.display().to_string())?;
-            }
-            _ => return Err(anyhow!("a special file; skipped")),
-        }
-        Ok(())
-    })();
-    if let Err(e) = res {
-        cx.fail(src, format!("{e:#}"));
     }
 }
 

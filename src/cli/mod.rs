@@ -7,6 +7,7 @@ mod mesh;
 mod mount;
 mod output;
 mod paths;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -270,10 +271,10 @@ impl MountArgs {
         out
     }
 
-    pub fn fs_options(&self) -> crate::fs::MountOptions {
-        let d = crate::fs::MountOptions::default();
+    pub fn fs_options(&self) -> crate::fuse::MountOptions {
+        let d = crate::fuse::MountOptions::default();
         let dur = |s: Option<f64>, d| s.map_or(d, std::time::Duration::from_secs_f64);
-        crate::fs::MountOptions {
+        crate::fuse::MountOptions {
             allow_other: self.allow_other,
             read_only: self.read_only,
             attr_ttl: dur(self.attr_ttl, d.attr_ttl),

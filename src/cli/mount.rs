@@ -52,7 +52,7 @@ fn pid_file(home: &Home) -> PathBuf {
 pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
     let mountpoint = args.mountpoint.as_path();
     clean_stale_mount(mountpoint)?;
-    crate::fs::check_mountable(mountpoint)?;
+    crate::fuse::check_mountable(mountpoint)?;
     let mountpoint =
         fs::canonicalize(mountpoint).with_context(|| mountpoint.display().to_string())?;
     if is_mounted(&mountpoint) {
@@ -66,7 +66,7 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
     }
     if args.foreground {
         // Before the engine opens, so that a signal from then on unmounts cleanly.
-        let signals = crate::fs::catch_exit_signals()?;
+        let signals = crate::fuse::catch_exit_signals()?;
         let engine = std::sync::Arc::new(home.open_engine_with(args.cache_mb, args.dirty_mb)?);
         let pid = pid_file(home);
         fs::write(
@@ -82,7 +82,7 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         let res = (|| -> anyhow::Result<()> {
             crate::admin::serve(&home.paths().mount_sock(), &engine, &runner)?;
             engine.spawn_workers(&runner)?;
-            Ok(crate::fs::mount(
+            Ok(crate::fuse::mount(
                 engine.clone(),
                 &mountpoint,
                 &opts,

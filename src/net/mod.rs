@@ -181,7 +181,7 @@ fn is_loopback(a: &Multiaddr) -> bool {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    shard: request_response::Behaviour<proto::Codec>,
+    shard: request_response::Behaviour<proto::WireCodec>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,

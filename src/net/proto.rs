@@ -269,9 +269,9 @@ async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, frame: Vec<u8>) -> io::R
 }
 
 #[derive(Clone, Default)]
-pub struct Codec;
+pub struct WireCodec;
 
-impl libp2p::request_response::Codec for Codec {
+impl libp2p::request_response::Codec for WireCodec {
     type Protocol = StreamProtocol;
     type Request = Request;
     type Response = Response;
@@ -383,12 +383,12 @@ mod tests {
 
     fn read_req(bytes: &[u8]) -> io::Result<Request> {
         let mut io = bytes;
-        block_on(Codec.read_request(&PROTOCOL, &mut io))
+        block_on(WireCodec.read_request(&PROTOCOL, &mut io))
     }
 
     fn read_res(bytes: &[u8]) -> io::Result<Response> {
         let mut io = bytes;
-        block_on(Codec.read_response(&PROTOCOL, &mut io))
+        block_on(WireCodec.read_response(&PROTOCOL, &mut io))
     }
 
     proptest! {
@@ -398,7 +398,7 @@ mod tests {
         fn requests_round_trip(req in request()) {
             let frame = encode(&req).unwrap();
             let mut written = Vec::new();
-            block_on(Codec.write_request(&PROTOCOL, &mut written, req.clone())).unwrap();
+            block_on(WireCodec.write_request(&PROTOCOL, &mut written, req.clone())).unwrap();
             prop_assert_eq!(&written, &frame);
             prop_assert_eq!(read_req(&frame).unwrap(), req);
         }
@@ -407,7 +407,7 @@ mod tests {
         fn responses_round_trip(res in response()) {
             let frame = encode(&res).unwrap();
             let mut written = Vec::new();
-            block_on(Codec.write_response(&PROTOCOL, &mut written, res.clone())).unwrap();
+            block_on(WireCodec.write_response(&PROTOCOL, &mut written, res.clone())).unwrap();
             prop_assert_eq!(&written, &frame);
             prop_assert_eq!(read_res(&frame).unwrap(), res);
         }

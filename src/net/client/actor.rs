@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn actor(
     mut swarm: libp2p::Swarm<crate::net::Behaviour>,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    mut rx: mpsc::UnboundedReceiver<ToActor>,
     shared: Arc<Shared>,
     bootstrap: Vec<Multiaddr>,
 ) {
@@ -30,11 +30,11 @@ pub(super) async fn actor(
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 None => break,
-                Some(Cmd::Request { peer, req, reply }) => {
+                Some(ToActor::Request { peer, req, reply }) => {
                     let id = swarm.behaviour_mut().shard.send_request(&peer, req);
                     pending.insert(id, reply);
                 }
-                Some(Cmd::Redial) => redial(&mut swarm, &shared),
+                Some(ToActor::Redial) => redial(&mut swarm, &shared),
             },
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {

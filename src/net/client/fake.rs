@@ -134,12 +134,12 @@ impl FakeMesh {
                 e.down_since = None;
             }
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<ToActor>();
         let (by_id, table) = (peers.clone(), shared.clone());
         std::thread::spawn(move || {
             while let Some(cmd) = rx.blocking_recv() {
                 match cmd {
-                    Cmd::Request { peer, req, reply } => {
+                    ToActor::Request { peer, req, reply } => {
                         let p = by_id
                             .iter()
                             .find(|p| p.id == peer)
@@ -159,7 +159,7 @@ impl FakeMesh {
                             _ => reply(Ok(p.answer(req))),
                         }
                     }
-                    Cmd::Redial => {
+                    ToActor::Redial => {
                         for e in lock(&table.peers).list.iter_mut().filter(|e| !e.connected) {
                             e.dial_failed = true;
                             e.dial_failures += 1;

@@ -41,8 +41,8 @@ impl MeshClient {
     /// Sends `req` to `peer`; `reply` gets the answer (on the network thread: it
     /// must only hand it on).
     pub(super) fn request(&self, peer: PeerId, req: Request, reply: Reply) {
-        if let Err(mpsc::error::SendError(Cmd::Request { reply, .. })) =
-            self.tx.send(Cmd::Request { peer, req, reply })
+        if let Err(mpsc::error::SendError(ToActor::Request { reply, .. })) =
+            self.tx.send(ToActor::Request { peer, req, reply })
         {
             reply(Err("the network task has stopped".into()));
         }
@@ -136,7 +136,7 @@ impl MeshClient {
     /// Dials every known peer that is not connected, without waiting for the
     /// periodic redial.
     pub(super) fn redial(&self) {
-        let _ = self.tx.send(Cmd::Redial);
+        let _ = self.tx.send(ToActor::Redial);
     }
 
     /// Storage peers known but unreachable now.

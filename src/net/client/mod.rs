@@ -86,7 +86,7 @@ impl Default for Timings {
 
 type Reply = Box<dyn FnOnce(Result<Response, String>) + Send>;
 
-enum Cmd {
+enum ToActor {
     Request {
         peer: PeerId,
         req: Request,
@@ -131,7 +131,7 @@ struct Shared {
 /// A handle on the swarm actor; cheap to clone.
 #[derive(Clone)]
 pub struct MeshClient {
-    tx: mpsc::UnboundedSender<Cmd>,
+    tx: mpsc::UnboundedSender<ToActor>,
     shared: Arc<Shared>,
     _rt: Arc<Runtime>,
 }

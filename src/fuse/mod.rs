@@ -3,8 +3,15 @@
 //! [`DatameshFs`] turns kernel requests into [`Engine`] calls; [`errno`] maps every
 //! engine error to the errno the kernel sees, and [`mount`] runs a session in the
 //! foreground until the volume is unmounted.
+//!
+//! This file is long for one reason: fuser's `Filesystem` is one trait, so its
+//! impl is one block (about 500 lines of thin translations, one engine call
+//! each). Mounting (checks, signals, the session) is in `mount`, ACLs in `acl`.
 
 mod acl;
+mod mount;
+
+pub use mount::{ExitSignals, MountOptions, catch_exit_signals, check_mountable, mount};
 
 use crate::Error;
 use crate::data::Engine;
@@ -12,13 +19,11 @@ use crate::meta::NewNode;
 use crate::types::{
     Attr, FileKind, FsStats, Ino, RenameFlags as DmRenameFlags, SetAttr, SetTime, Timestamp,
 };
-use crate::workers::Runner;
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
-    WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
@@ -26,33 +31,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-/// How a volume is mounted.
-#[derive(Clone, Debug)]
-pub struct MountOptions {
-    /// Let users other than the mounting one in (`-o allow_other`).
-    pub allow_other: bool,
-    /// Mount read-only: the kernel refuses every change with EROFS.
-    pub read_only: bool,
-    /// How long the kernel may cache a file's attributes before asking again.
-    pub attr_ttl: Duration,
-    /// How long the kernel may cache a name → inode lookup (and a failed one).
-    pub entry_ttl: Duration,
-    /// What /proc/mounts and df show as the mount's source.
-    pub source: String,
-}
-
-impl Default for MountOptions {
-    fn default() -> Self {
-        MountOptions {
-            allow_other: false,
-            read_only: false,
-            attr_ttl: Duration::from_secs(1),
-            source: "datamesh".to_string(),
-            entry_ttl: Duration::from_secs(1),
-        }
-    }
-}
 
 /// Threads that answer requests which may wait on storage (reads, flushes, fsyncs,
 /// releases), so the FUSE threads keep taking requests meanwhile.
@@ -766,134 +744,4 @@ impl Filesystem for DatameshFs {
             Err(e) => reply.error(err(&e)),
         }
     }
-}
-
-/// Catches SIGINT, SIGTERM and SIGHUP for [`mount`], which turns them into an
-/// unmount. A handler, not a blocked mask: RocksDB's background threads run
-/// with every signal unblocked, so a signal's default action could land on one
-/// of them and end the process with the volume still mounted. Call it before
-/// opening the engine: a signal that comes meanwhile waits for the mount.
-pub fn catch_exit_signals() -> io::Result<ExitSignals> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map(ExitSignals)
-}
-
-/// The exit signals caught by [`catch_exit_signals`].
-pub struct ExitSignals(signal_hook::iterator::Signals);
-
-/// Whether `mountpoint` can take a FUSE mount here: an existing directory, and
-/// /dev/fuse present. Callers check before opening (or creating) a volume.
-pub fn check_mountable(mountpoint: &Path) -> io::Result<()> {
-    match std::fs::metadata(mountpoint) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!(
-                    "{}: the mountpoint is not a directory",
-                    mountpoint.display()
-                ),
-            ));
-        }
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!(
-                    "{}: the mountpoint does not exist or is not a directory ({e})",
-                    mountpoint.display()
-                ),
-            ));
-        }
-    }
-    if std::fs::read_dir(mountpoint).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(io::Error::new(
-            io::ErrorKind::DirectoryNotEmpty,
-            format!(
-                "{}: the mountpoint is not empty (its files would be hidden): \
-                 mount on an empty directory",
-                mountpoint.display()
-            ),
-        ));
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "/dev/fuse is missing: load the fuse kernel module (modprobe fuse) \
-             or give the container access to /dev/fuse",
-        ));
-    }
-    Ok(())
-}
-
-/// The kernel reads ahead 128 KiB on a FUSE mount unless told otherwise, and the
-/// FUSE handshake cannot ask for more: set the mount's read-ahead to one chunk
-/// through sysfs (root only; elsewhere the default stays, and reads are slower).
-fn raise_readahead(mountpoint: &Path, chunk_size: usize) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else {
-        return;
-    };
-    let dev = meta.dev();
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    match std::fs::write(&knob, format!("{}", chunk_size / 1024)) {
-        Ok(()) => tracing::debug!("read-ahead set to {} KiB", chunk_size / 1024),
-        Err(e) => tracing::debug!("cannot raise read-ahead ({knob}: {e})"),
-    }
-}
-
-/// Mounts the volume at `mountpoint` (checked with [`check_mountable`] by the
-/// caller) and serves it in the foreground until it is unmounted (`fusermount3
-/// -u`, or one of `signals`, which unmounts it). The signal watcher runs under
-/// `runner`; the caller stops the runner and flushes the engine once this
-/// returns.
-pub fn mount(
-    engine: Arc<Engine>,
-    mountpoint: &Path,
-    opts: &MountOptions,
-    signals: ExitSignals,
-    runner: &Runner,
-) -> io::Result<()> {
-    let mut cfg = Config::default();
-    cfg.mount_options = vec![
-        MountOption::FSName(opts.source.clone()),
-        MountOption::Subtype("datamesh".to_string()),
-        MountOption::DefaultPermissions,
-    ];
-    if opts.read_only {
-        cfg.mount_options.push(MountOption::RO);
-    }
-    if opts.allow_other {
-        cfg.acl = SessionACL::All;
-    }
-    cfg.n_threads = Some(4);
-
-    let fs = DatameshFs::new(engine.clone(), opts)?;
-    let mut session = Session::new(fs, mountpoint, &cfg).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("mounting at {}: {e}", mountpoint.display()),
-        )
-    })?;
-    let mut unmounter = session.unmount_callable();
-    let ExitSignals(mut signals) = signals;
-    let waiting = signals.handle();
-    runner.spawn("signals", move |w| {
-        // Ends with no signal once the runner stops (the handle is closed).
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                w.round(Err(format!("unmounting: {e}")));
-            }
-        }
-    })?;
-    runner.on_stop(move || waiting.close());
-    tracing::info!("mounted at {}", mountpoint.display());
-    // From another thread: the stat it needs is answered once the session runs.
-    let (at, chunk_size) = (mountpoint.to_path_buf(), engine.chunk_size());
-    runner.spawn("readahead", move |_| raise_readahead(&at, chunk_size))?;
-    // The session owns the filesystem; dropping it (as run ends) waits for
-    // requests still being answered on I/O threads, so the caller's flush comes
-    // after them.
-    session.run()
 }

@@ -1,0 +1,464 @@
+//! Changing the namespace: every operation reads, checks and commits one
+//! batch under the writer lock (names, links, renames, attributes, chunk maps,
+//! xattrs, orphans, garbage).
+
+use super::*;
+
+impl MetaStore {
+    pub fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        check_name(name)?;
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut dir = tx.dir(parent)?;
+        if self.dentry(parent, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let ino = tx.alloc_ino()?;
+        let now = Timestamp::now();
+        let is_dir = node.kind == FileKind::Dir;
+        let size = node.target.as_ref().map_or(0, |t| t.len() as u64);
+        let rec = InodeRec {
+            kind: node.kind,
+            perm: node.perm & 0o7777,
+            uid: node.uid,
+            gid: node.gid,
+            size,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            nlink: if is_dir { 2 } else { 1 },
+            rdev: node.rdev,
+            parent: if is_dir { parent.0 } else { 0 },
+            allocated: 0,
+            target: node.target,
+        };
+        if is_dir {
+            dir.nlink += 1;
+        }
+        dir.mtime = now;
+        dir.ctime = now;
+        tx.put_dentry(
+            parent,
+            name,
+            DentryRec {
+                ino: ino.0,
+                kind: rec.kind,
+            },
+        );
+        tx.put_inode(parent, dir);
+        tx.put_inode(ino, rec.clone());
+        tx.commit()?;
+        Ok(to_attr(ino, &rec))
+    }
+
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        check_name(name)?;
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut dir = tx.dir(parent)?;
+        let mut rec = tx.inode(ino)?;
+        if rec.kind == FileKind::Dir {
+            return Err(Error::NotPermitted);
+        }
+        if rec.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if self.dentry(parent, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let now = Timestamp::now();
+        rec.nlink += 1;
+        rec.ctime = now;
+        dir.mtime = now;
+        dir.ctime = now;
+        tx.put_dentry(
+            parent,
+            name,
+            DentryRec {
+                ino: ino.0,
+                kind: rec.kind,
+            },
+        );
+        tx.put_inode(parent, dir);
+        tx.put_inode(ino, rec.clone());
+        tx.commit()?;
+        Ok(to_attr(ino, &rec))
+    }
+
+    /// Remove a non-directory entry. `is_open` says whether an inode still has open
+    /// handles (its data then lives on as an orphan until the last release).
+    pub fn unlink(&self, parent: Ino, name: &[u8], is_open: &dyn Fn(Ino) -> bool) -> Result<()> {
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut dir = tx.dir(parent)?;
+        let d = self.dentry(parent, name)?.ok_or(Error::NotFound)?;
+        if d.kind == FileKind::Dir {
+            return Err(Error::IsDir);
+        }
+        let now = Timestamp::now();
+        dir.mtime = now;
+        dir.ctime = now;
+        tx.put_inode(parent, dir);
+        tx.delete_dentry(parent, name);
+        tx.drop_link(Ino(d.ino), now, is_open)?;
+        tx.commit()
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(Error::Invalid("cannot remove '.'"));
+        }
+        if name == b".." {
+            return Err(Error::NotEmpty);
+        }
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut dir = tx.dir(parent)?;
+        let d = self.dentry(parent, name)?.ok_or(Error::NotFound)?;
+        if d.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        if !self.is_empty_dir(Ino(d.ino))? {
+            return Err(Error::NotEmpty);
+        }
+        let now = Timestamp::now();
+        dir.nlink -= 1;
+        dir.mtime = now;
+        dir.ctime = now;
+        tx.put_inode(parent, dir);
+        tx.delete_dentry(parent, name);
+        tx.free_inode(Ino(d.ino))?;
+        tx.commit()
+    }
+
+    /// `rename(2)` with RENAME_NOREPLACE and RENAME_EXCHANGE, as one batch.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<()> {
+        check_name(new_name)?;
+        if flags.exchange && flags.noreplace {
+            return Err(Error::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE"));
+        }
+        let _g = self.lock();
+        let mut tx = self.tx();
+        tx.dir(parent)?;
+        tx.dir(new_parent)?;
+        let src = self.dentry(parent, name)?.ok_or(Error::NotFound)?;
+        let dst = self.dentry(new_parent, new_name)?;
+        let now = Timestamp::now();
+        // Moving a directory under itself would cut the subtree off from the root.
+        if src.kind == FileKind::Dir && parent != new_parent {
+            self.check_not_ancestor(&mut tx, Ino(src.ino), new_parent)?;
+        }
+        if let Some(dst) = dst
+            && dst.kind == FileKind::Dir
+            && flags.exchange
+            && parent != new_parent
+        {
+            self.check_not_ancestor(&mut tx, Ino(dst.ino), parent)?;
+        }
+        match (dst, flags.exchange) {
+            (None, true) => return Err(Error::NotFound),
+            (Some(_), _) if flags.noreplace => return Err(Error::Exists),
+            (Some(dst), true) => {
+                tx.put_dentry(parent, name, dst);
+                tx.put_dentry(new_parent, new_name, src);
+                if parent != new_parent {
+                    self.reparent(&mut tx, src, parent, new_parent)?;
+                    self.reparent(&mut tx, dst, new_parent, parent)?;
+                }
+                for ino in [src.ino, dst.ino] {
+                    let mut rec = tx.inode(Ino(ino))?;
+                    rec.ctime = now;
+                    tx.put_inode(Ino(ino), rec);
+                }
+            }
+            (Some(dst), false) if dst.ino == src.ino => return Ok(()),
+            (dst, false) => {
+                if let Some(dst) = dst {
+                    match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
+                        (true, false) => return Err(Error::NotDir),
+                        (false, true) => return Err(Error::IsDir),
+                        (true, true) => {
+                            if !self.is_empty_dir(Ino(dst.ino))? {
+                                return Err(Error::NotEmpty);
+                            }
+                            let mut np = tx.inode(new_parent)?;
+                            np.nlink -= 1;
+                            tx.put_inode(new_parent, np);
+                            tx.free_inode(Ino(dst.ino))?;
+                        }
+                        (false, false) => tx.drop_link(Ino(dst.ino), now, is_open)?,
+                    }
+                }
+                tx.delete_dentry(parent, name);
+                tx.put_dentry(new_parent, new_name, src);
+                if parent != new_parent {
+                    self.reparent(&mut tx, src, parent, new_parent)?;
+                }
+                let mut rec = tx.inode(Ino(src.ino))?;
+                rec.ctime = now;
+                tx.put_inode(Ino(src.ino), rec);
+            }
+        }
+        for p in [parent, new_parent] {
+            let mut rec = tx.inode(p)?;
+            rec.mtime = now;
+            rec.ctime = now;
+            tx.put_inode(p, rec);
+        }
+        tx.commit()
+    }
+
+    pub(super) fn check_not_ancestor(&self, tx: &mut Tx<'_>, moving: Ino, dest: Ino) -> Result<()> {
+        let mut cur = dest;
+        loop {
+            if cur == moving {
+                return Err(Error::Invalid("cannot move a directory into itself"));
+            }
+            if cur == Ino::ROOT {
+                return Ok(());
+            }
+            cur = Ino(tx.inode(cur)?.parent);
+        }
+    }
+
+    /// A directory moved from `from` to `to`: fix its `..` and both link counts.
+    pub(super) fn reparent(&self, tx: &mut Tx<'_>, d: DentryRec, from: Ino, to: Ino) -> Result<()> {
+        if d.kind != FileKind::Dir {
+            return Ok(());
+        }
+        let mut rec = tx.inode(Ino(d.ino))?;
+        rec.parent = to.0;
+        tx.put_inode(Ino(d.ino), rec);
+        let mut f = tx.inode(from)?;
+        f.nlink -= 1;
+        tx.put_inode(from, f);
+        let mut t = tx.inode(to)?;
+        t.nlink += 1;
+        tx.put_inode(to, t);
+        Ok(())
+    }
+
+    /// Change attributes other than size (the data layer handles truncation).
+    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut rec = tx.inode(ino)?;
+        let now = Timestamp::now();
+        apply_setattr(&mut rec, set, now);
+        tx.put_inode(ino, rec.clone());
+        tx.commit()?;
+        Ok(to_attr(ino, &rec))
+    }
+
+    /// Store new chunk maps for `ino` (`None`: the chunk became a hole) and set its
+    /// size: one batch, with the shards' reference counts.
+    pub fn commit_chunks(
+        &self,
+        ino: Ino,
+        chunks: Vec<(u64, Option<ChunkRef>)>,
+        size: u64,
+        mtime: Option<Timestamp>,
+    ) -> Result<Attr> {
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut rec = tx.inode(ino)?;
+        if rec.kind != FileKind::File {
+            return Err(Error::IsDir);
+        }
+        for (idx, chunk) in chunks {
+            self.replace_chunk(&mut tx, &mut rec, ino, idx, chunk)?;
+        }
+        rec.size = size;
+        if let Some(t) = mtime {
+            rec.mtime = t;
+            rec.ctime = t;
+        }
+        tx.put_inode(ino, rec.clone());
+        tx.commit()?;
+        Ok(to_attr(ino, &rec))
+    }
+
+    pub(super) fn replace_chunk(
+        &self,
+        tx: &mut Tx<'_>,
+        rec: &mut InodeRec,
+        ino: Ino,
+        idx: u64,
+        chunk: Option<ChunkRef>,
+    ) -> Result<()> {
+        if let Some(old) = self.chunk(ino, idx)? {
+            rec.allocated -= old.plain_len() as u64;
+            tx.unref(&old);
+        }
+        match chunk {
+            Some(chunk) => {
+                rec.allocated += chunk.plain_len() as u64;
+                tx.put_chunk(ino, idx, &chunk);
+            }
+            None => tx.delete_chunk(ino, idx),
+        }
+        Ok(())
+    }
+
+    /// Truncate `ino` to `size`: chunks wholly past the end are dropped and the chunk
+    /// that straddles it is replaced by `tail` (its data cut at the new end).
+    /// Other attributes in `set` change in the same batch.
+    pub fn truncate(
+        &self,
+        ino: Ino,
+        size: u64,
+        tail: Option<(u64, Option<ChunkRef>)>,
+        set: &SetAttr,
+    ) -> Result<Attr> {
+        let chunk_size = self.params.chunk_size as u64;
+        let keep = size.div_ceil(chunk_size);
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut rec = tx.inode(ino)?;
+        match rec.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(Error::IsDir),
+            _ => return Err(Error::Invalid("not a regular file")),
+        }
+        for (idx, old) in self.chunks_from(ino, keep)? {
+            rec.allocated -= old.plain_len() as u64;
+            tx.unref(&old);
+            tx.delete_chunk(ino, idx);
+        }
+        if let Some((idx, chunk)) = tail {
+            self.replace_chunk(&mut tx, &mut rec, ino, idx, chunk)?;
+        }
+        let now = Timestamp::now();
+        if size != rec.size {
+            rec.mtime = now;
+        }
+        rec.size = size;
+        apply_setattr(&mut rec, set, now);
+        tx.put_inode(ino, rec.clone());
+        tx.commit()?;
+        Ok(to_attr(ino, &rec))
+    }
+
+    pub fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> Result<()> {
+        if name.is_empty() || name.len() > NAME_MAX {
+            return Err(if name.is_empty() {
+                Error::Invalid("empty attribute name")
+            } else {
+                Error::NameTooLong
+            });
+        }
+        if value.len() > 64 * 1024 {
+            return Err(Error::TooBig);
+        }
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut rec = tx.inode(ino)?;
+        let exists = self
+            .db
+            .get_pinned_cf(self.cf(CF_XATTRS), xattr_key(ino, name))
+            .map_err(db_err)?
+            .is_some();
+        if create && exists {
+            return Err(Error::Exists);
+        }
+        if replace && !exists {
+            return Err(Error::NoXattr);
+        }
+        rec.ctime = Timestamp::now();
+        tx.put_inode(ino, rec);
+        tx.batch
+            .put_cf(self.cf(CF_XATTRS), xattr_key(ino, name), value);
+        tx.commit()
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        let _g = self.lock();
+        let mut tx = self.tx();
+        let mut rec = tx.inode(ino)?;
+        let key = xattr_key(ino, name);
+        if self
+            .db
+            .get_pinned_cf(self.cf(CF_XATTRS), &key)
+            .map_err(db_err)?
+            .is_none()
+        {
+            return Err(Error::NoXattr);
+        }
+        rec.ctime = Timestamp::now();
+        tx.put_inode(ino, rec);
+        tx.batch.delete_cf(self.cf(CF_XATTRS), key);
+        tx.commit()
+    }
+
+    /// The last handle of `ino` closed: free it if it has no links left.
+    pub fn release_orphan(&self, ino: Ino) -> Result<()> {
+        let _g = self.lock();
+        let mut tx = self.tx();
+        match tx.inode_opt(ino)? {
+            Some(rec) if rec.nlink == 0 => {
+                tx.free_inode(ino)?;
+                tx.commit()
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn free_orphans(&self) -> Result<()> {
+        let mut orphans = Vec::new();
+        self.scan_prefix(CF_ORPHANS, &[], &[], |k, _| {
+            orphans.push(ino_of_key(k));
+            Ok(true)
+        })?;
+        for ino in orphans {
+            tracing::info!(%ino, "freeing inode unlinked while open before the last shutdown");
+            let _g = self.lock();
+            let mut tx = self.tx();
+            if tx.inode_opt(ino)?.is_some() {
+                tx.free_inode(ino)?;
+            } else {
+                tx.batch.delete_cf(self.cf(CF_ORPHANS), ino_key(ino));
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Forget shards whose count has been zero since before `cutoff` (seconds since
+    /// the epoch), calling `delete` on each first; rows are removed only for shards
+    /// `delete` succeeded on. Runs under the writer lock, so no commit can take a new
+    /// reference to a shard while it goes.
+    pub fn collect_garbage(
+        &self,
+        cutoff: i64,
+        delete: &mut dyn FnMut(&ShardId) -> Result<()>,
+    ) -> Result<u64> {
+        let _g = self.lock();
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut n = 0;
+        for (id, r) in self.refs()? {
+            if r.count == 0 && r.zero_since <= cutoff {
+                delete(&id)?;
+                batch.delete_cf(self.cf(CF_REFS), ref_key(&id));
+                n += 1;
+            }
+        }
+        self.db.write(batch).map_err(db_err)?;
+        Ok(n)
+    }
+}
