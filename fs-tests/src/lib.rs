@@ -50,6 +50,49 @@ impl Volume {
         c
     }
 
+    /// `datamesh --home HOME ARGS`, with no input and the default log level.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.datamesh();
+        c.args(args).stdin(Stdio::null()).env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs `datamesh ARGS` and returns its output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs `datamesh ARGS`, which must succeed; returns its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "datamesh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Where the embedded store keeps shard `id` (hex).
+    pub fn shard_path(&self, id: &str) -> PathBuf {
+        self.home().join("store/shards").join(&id[0..2]).join(id)
+    }
+
+    /// The shard ids of chunk `idx` of a file, from `stat --chunks`.
+    pub fn shards_of(&self, path: &str, idx: u64) -> Vec<String> {
+        let out = self.ok(&["stat", "--chunks", path]);
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("Chunk: {idx} ")))
+            .unwrap_or_else(|| panic!("no chunk {idx} in {out}"));
+        line.split("shards ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+
     /// A join token from `datamesh invite` (its last line).
     pub fn invite(&self) -> String {
         let out = self.datamesh().arg("invite").output().unwrap();

@@ -22,21 +22,26 @@ pub enum Mode {
 
 pub struct FakePeer {
     pub id: PeerId,
-    pub mode: Mode,
+    mode: Mutex<Mode>,
     pub shards: Mutex<HashMap<ShardId, Vec<u8>>>,
     /// Answers a mute peer holds back.
     held: Mutex<Vec<Reply>>,
 }
 
 impl FakePeer {
+    pub fn mode(&self) -> Mode {
+        *lock(&self.mode)
+    }
+
     pub fn holds(&self, id: &ShardId) -> bool {
         lock(&self.shards).contains_key(id)
     }
 
     fn answer(&self, req: Request) -> Response {
+        let mode = self.mode();
         let mut shards = lock(&self.shards);
         match req {
-            Request::Put { .. } if self.mode == Mode::Full => Response::Full,
+            Request::Put { .. } if mode == Mode::Full => Response::Full,
             Request::Put { id, data } => {
                 if ShardId::of(&data) != id {
                     return Response::BadHash;
@@ -47,7 +52,7 @@ impl FakePeer {
             Request::Get { id } => match shards.get(&id) {
                 Some(b) => {
                     let mut b = b.clone();
-                    if self.mode == Mode::Lying {
+                    if mode == Mode::Lying {
                         b[0] ^= 1;
                     }
                     Response::Data(b)
@@ -112,7 +117,7 @@ impl FakeMesh {
             .map(|&mode| {
                 Arc::new(FakePeer {
                     id: PeerId::random(),
-                    mode,
+                    mode: Mutex::new(mode),
                     shards: Mutex::new(HashMap::new()),
                     held: Mutex::new(Vec::new()),
                 })
@@ -129,7 +134,7 @@ impl FakeMesh {
             e.storage = true;
             e.identified = true;
             e.addrs = vec!["/ip4/127.0.0.1/tcp/9".parse().expect("an address")];
-            e.connected = p.mode != Mode::Dead;
+            e.connected = p.mode() != Mode::Dead;
             if e.connected {
                 e.down_since = None;
             }
@@ -145,7 +150,7 @@ impl FakeMesh {
                             .find(|p| p.id == peer)
                             .expect("a fake peer")
                             .clone();
-                        match p.mode {
+                        match p.mode() {
                             Mode::Dead => reply(Err(format!("peer {peer}: dial failure"))),
                             Mode::Mute if matches!(req, Request::List { .. }) => {
                                 lock(&p.held).push(reply)
@@ -177,6 +182,15 @@ impl FakeMesh {
                 _rt: Arc::new(Runtime(None)),
             },
         }
+    }
+
+    /// Peer `i` dies: its connection drops and dials to it fail from now on.
+    pub fn kill(&self, i: usize) {
+        *lock(&self.peers[i].mode) = Mode::Dead;
+        let mut t = lock(&self.client.shared.peers);
+        let e = &mut t.list[i];
+        e.connected = false;
+        e.down_since = Some(Instant::now());
     }
 
     /// The store over this mesh, with waits short enough for unit tests.

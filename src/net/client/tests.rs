@@ -170,3 +170,48 @@ fn with_every_peer_dead_a_put_says_so() {
     let err = put(&store, &chunk(6, 2), 5).unwrap_err().to_string();
     assert!(err.contains("no storage peer is reachable"), "{err}");
 }
+
+#[test]
+fn repair_rebuilds_a_dead_peers_shards_onto_the_live_ones() {
+    use crate::data::{Engine, EngineConfig};
+    use crate::meta::{MetaStore, VolumeParams};
+    let mesh = FakeMesh::new(&[Mode::Ok; 8]);
+    let dir = tempfile::tempdir().unwrap();
+    let params = VolumeParams {
+        volume_id: [7; 16],
+        chunk_size: 64 << 10,
+        data_shards: 4,
+        parity_shards: 2,
+        inline_max: 1024,
+    };
+    let meta = MetaStore::open(&dir.path().join("meta"), Some(params)).unwrap();
+    let key = crate::chunk::VolumeKey::generate();
+    let engine = Engine::new(meta, mesh.store(), key, EngineConfig::default()).unwrap();
+    let f = engine
+        .create(crate::types::Ino::ROOT, b"f", 0o644, 0, 0)
+        .unwrap();
+    let data: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    engine.write(f.ino, 0, &data).unwrap();
+    engine.fsync(f.ino).unwrap();
+    let healthy = engine.redundancy(false, &|_, _| {}).unwrap();
+    assert_eq!(healthy.full, healthy.chunks);
+    assert_eq!(healthy.survives, Some(2));
+
+    mesh.kill(2);
+    mesh.kill(5);
+    let hurt = engine.redundancy(false, &|_, _| {}).unwrap();
+    assert!(hurt.reduced + hurt.critical > 0, "{hurt:?}");
+    assert_eq!(hurt.lost, 0);
+    assert_eq!(hurt.unreachable.len(), 2);
+
+    let r = engine.redundancy(true, &|_, _| {}).unwrap();
+    assert!(r.rebuilt > 0 && r.failures.is_empty(), "{r:?}");
+    assert_eq!(r.full, r.chunks, "{r:?}");
+    assert_eq!(r.survives, Some(2), "six live peers for six shards");
+    // The rebuilt shards went to the live peers, and the data reads back
+    // with the dead peers still dead.
+    let back = engine.read(f.ino, 0, data.len()).unwrap();
+    assert!(back == data);
+}
