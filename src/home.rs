@@ -269,6 +269,13 @@ impl Home {
         crate::net::MeshKey::load(&self.paths().mesh_key(), true).map_err(net_err)
     }
 
+    /// This device's peer id (its libp2p identity, made on first use): what
+    /// storage peers know the home node by.
+    pub fn peer_id(&self) -> Result<crate::net::PeerId, HomeError> {
+        let identity = crate::net::load_identity(&self.paths().peer_key()).map_err(net_err)?;
+        Ok(identity.public().to_peer_id())
+    }
+
     /// Every storage peer address known: `--bootstrap`, config.toml's
     /// `bootstrap`, and the peers remembered from earlier runs.
     pub fn peer_addrs(&self) -> Result<Vec<crate::net::Multiaddr>, HomeError> {

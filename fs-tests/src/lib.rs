@@ -355,6 +355,18 @@ impl Cluster {
         i
     }
 
+    /// Starts one more node joined with `token` (maybe a bad one); returns its
+    /// index, or the node's own error when it exits instead of listening.
+    pub fn try_add_with_token(&mut self, token: &str) -> Result<usize, String> {
+        let i = self.push_node("node", false);
+        self.launch(i, &["--join", token]).map(|()| i)
+    }
+
+    /// The mesh's join token, as `datamesh invite` printed it.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     fn push_node(&mut self, name: &str, stranger: bool) -> usize {
         let i = self.nodes.len();
         self.nodes.push(Node {
@@ -497,4 +509,9 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -284,7 +284,7 @@ fn cluster_script_starts_kills_restarts_and_stops_nodes() {
         run(&["stop"]);
     });
     assert!(ok, "{text}");
-    assert!(text.contains("token: dmjoin1"), "{text}");
+    assert!(text.contains("token: dmjoin2"), "{text}");
     assert!(text.matches("/p2p/").count() >= 3, "{text}");
     let (ok, text) = run(&["kill", "1"]);
     assert!(ok, "{text}");
@@ -671,4 +671,106 @@ fn status_and_repair_hear_from_every_one_of_twenty_peers() {
         err.contains(&mute_id) && err.contains("nothing was deleted"),
         "{err}"
     );
+}
+
+/// The shard files every node of `c` holds, in all.
+fn all_shards(c: &Cluster) -> usize {
+    (0..c.nodes.len()).map(|i| c.shard_files(i).len()).sum()
+}
+
+#[test]
+fn a_copied_mesh_key_can_neither_delete_nor_list_nor_store() {
+    require!();
+    let v = Volume::new();
+    let c = Cluster::start(&v, 6);
+    let src = put_random(&v, &c, 3_000_000);
+    let before = all_shards(&c);
+    assert!(before >= 6);
+
+    // The attack: a fresh home directory holding a storage peer's mesh key.
+    let thief = Volume::new();
+    thief.ok(&["init"]);
+    std::fs::copy(
+        c.nodes[0].data.join("mesh.key"),
+        thief.home().join("mesh.key"),
+    )
+    .unwrap();
+    let boot = c.bootstrap_flags();
+    let gc = thief
+        .cmd(&strs(&boot))
+        .args(["gc", "--grace", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&gc.stderr);
+    assert!(!gc.status.success(), "the thief's gc succeeded: {err}");
+    assert!(
+        err.contains("refused") && err.contains("nothing was deleted"),
+        "{err}"
+    );
+    // Its status hears nothing: every peer refuses the inventory.
+    let status = thief.cmd(&strs(&boot)).arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("6 storage peer(s) did not answer"), "{text}");
+    assert!(text.contains("may not List on this peer"), "{text}");
+    // Nor can it fill the peers' disks.
+    let junk = thief.dir.path().join("junk");
+    std::fs::write(&junk, vec![9u8; 300_000]).unwrap();
+    let put = thief
+        .cmd(&strs(&boot))
+        .arg("put")
+        .arg(&junk)
+        .arg("/junk")
+        .output()
+        .unwrap();
+    assert!(!put.status.success(), "the thief stored shards");
+    assert!(String::from_utf8_lossy(&put.stderr).contains("refused"));
+
+    // Nothing was lost or added: the real home reads everything, fsck clean.
+    assert_eq!(all_shards(&c), before);
+    v.assert_fsck_clean();
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+    // Each node logged the refusals, naming the caller.
+    let log = std::fs::read_to_string(v.dir.path().join("nodes/node0.log")).unwrap();
+    assert!(log.contains("refused List from"), "{log}");
+}
+
+#[test]
+fn bad_tokens_are_refused_before_anything_is_written_and_old_ones_still_join() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 1);
+    let good = c.token().to_string();
+    // One character mistyped, and a token cut short.
+    let mut typo: Vec<char> = good.chars().collect();
+    let at = typo.len() / 2;
+    typo[at] = if typo[at] == '0' { '1' } else { '0' };
+    let typo: String = typo.into_iter().collect();
+    for (bad, why) in [
+        (&typo, "checksum"),
+        (&good[..good.len() - 9].to_string(), ""),
+    ] {
+        let err = c.try_add_with_token(bad).unwrap_err();
+        assert!(err.contains("join token") && err.contains(why), "{err}");
+        let data = &c.nodes.last().unwrap().data;
+        assert!(!data.join("mesh.key").exists(), "a bad token wrote a key");
+    }
+    // An expired token.
+    let out = v.run(&["invite", "--ttl", "1s"]);
+    let expired = String::from_utf8(out.stdout).unwrap();
+    let expired = expired.lines().last().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let err = c.try_add_with_token(&expired).unwrap_err();
+    assert!(err.contains("expired"), "{err}");
+
+    // A token from before roles (dmjoin1: the key, no home) still joins; the
+    // node serves the home as before and says how to bind it to its home.
+    let key = std::fs::read(v.home().join("mesh.key")).unwrap();
+    let mut body = key.clone();
+    body.push(0); // no bootstrap addresses
+    let old = format!("dmjoin1{}", fs_tests::hex(&body));
+    let i = c.try_add_with_token(&old).unwrap();
+    let log = std::fs::read_to_string(v.dir.path().join(format!("nodes/node{i}.log"))).unwrap();
+    assert!(log.contains("predates roles"), "{log}");
+    let src = put_random(&v, &c, 1_000_000);
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
 }

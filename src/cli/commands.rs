@@ -94,8 +94,8 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             super::mesh::node(args, &home.bootstrap)?;
             Ok(true)
         }
-        Cmd::Invite { address } => {
-            super::mesh::invite(home, &address)?;
+        Cmd::Invite { address, ttl } => {
+            super::mesh::invite(home, &address, ttl)?;
             Ok(true)
         }
         Cmd::Status { json } => super::mesh::run(home, crate::admin::Ask::Status, json),

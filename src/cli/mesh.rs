@@ -69,24 +69,42 @@ pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn invite(home: &Home, extra: &[String]) -> anyhow::Result<()> {
+pub fn invite(home: &Home, extra: &[String], ttl: std::time::Duration) -> anyhow::Result<()> {
     if !home.exists() {
         home.init(&Default::default())?;
     }
     let key = home.mesh_key()?;
+    let me = home.peer_id()?;
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        .saturating_add(ttl.as_secs());
     let mut addrs = addrs(extra, "--address")?;
     for a in home.peer_addrs()? {
         if !addrs.contains(&a) {
             addrs.push(a);
         }
     }
-    println!("Start a storage peer with this token (it holds the mesh key, not the volume key):");
+    let within = match ttl.as_secs() {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} day(s)", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{} hour(s)", s / 3600),
+        _ => humantime::format_duration(ttl).to_string(),
+    };
+    println!(
+        "Start a storage peer with this token within {within} (it holds the mesh key, not the volume key):"
+    );
     println!("  datamesh node --listen /ip4/0.0.0.0/tcp/4719 --join TOKEN");
     if addrs.is_empty() {
         println!("No peers known yet: the first node listens, then mount or run commands with");
         println!("  --bootstrap /ip4/ADDRESS/tcp/4719/p2p/PEER_ID  (as that node prints it).");
     }
-    println!("{}", crate::net::JoinToken::new(&key, &addrs).encode());
+    let token = crate::net::JoinToken {
+        key,
+        home: None,
+        bootstrap: addrs,
+        expires: None,
+    };
+    println!("{}", token.encode(me, expires));
     Ok(())
 }
 

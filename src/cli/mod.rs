@@ -136,6 +136,9 @@ enum Cmd {
         /// known storage peers are put in too.
         #[arg(long, value_name = "MULTIADDR")]
         address: Vec<String>,
+        /// How long the token stays valid (e.g. 24h, 30m, 7d).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
     },
     /// Show the storage peers and how much loss the volume survives now.
     Status {

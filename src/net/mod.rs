@@ -11,16 +11,17 @@
 pub mod client;
 pub mod node;
 pub mod proto;
+pub mod trust;
 
 pub use client::{MeshClient, MeshStore, Timings};
 /// Peer addresses, for the command line and the configuration to parse.
-pub use libp2p::Multiaddr;
+pub use libp2p::{Multiaddr, PeerId};
+pub use trust::{JoinToken, Role, Roles};
 
 use libp2p::identity::Keypair;
 use libp2p::kad;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{PeerId, identify, noise, ping, request_response, tcp, yamux};
-use serde::{Deserialize, Serialize};
+use libp2p::{identify, noise, ping, request_response, tcp, yamux};
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -114,45 +115,6 @@ pub fn load_identity(path: &Path) -> Result<Keypair, NetError> {
     }
 }
 
-/// What `datamesh invite` hands out: the mesh key and where to find the mesh.
-/// Nothing in it decrypts data (the volume key never leaves the home node).
-#[derive(Serialize, Deserialize)]
-pub struct JoinToken {
-    pub mesh_key: [u8; 32],
-    pub bootstrap: Vec<String>,
-}
-
-const TOKEN_PREFIX: &str = "dmjoin1";
-
-impl JoinToken {
-    pub fn new(key: &MeshKey, bootstrap: &[Multiaddr]) -> JoinToken {
-        JoinToken {
-            mesh_key: key.0,
-            bootstrap: bootstrap.iter().map(|a| a.to_string()).collect(),
-        }
-    }
-
-    pub fn encode(&self) -> String {
-        let body = postcard::to_allocvec(self).expect("tokens serialize");
-        format!("{TOKEN_PREFIX}{}", hex::encode(body))
-    }
-
-    pub fn decode(s: &str) -> Result<(MeshKey, Vec<Multiaddr>), NetError> {
-        let bad = |why: &str| NetError::Bad(format!("join token: {why}"));
-        let body = s.trim().strip_prefix(TOKEN_PREFIX).ok_or_else(|| {
-            bad("does not start with dmjoin1 (copy the last line of `datamesh invite`)")
-        })?;
-        let bytes = hex::decode(body).map_err(|_| bad("not hex after the prefix"))?;
-        let t: JoinToken = postcard::from_bytes(&bytes).map_err(|_| bad("damaged"))?;
-        let addrs = t
-            .bootstrap
-            .iter()
-            .map(|a| a.parse().map_err(|_| bad(&format!("bad address {a}"))))
-            .collect::<Result<_, _>>()?;
-        Ok((MeshKey(t.mesh_key), addrs))
-    }
-}
-
 /// The peer id at the end of an address (`…/p2p/ID`), if any.
 pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
@@ -237,21 +199,4 @@ fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     Ok(swarm)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn join_tokens_round_trip_and_reject_damage() {
-        let key = MeshKey::generate();
-        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4100".parse().unwrap();
-        let tok = JoinToken::new(&key, std::slice::from_ref(&addr)).encode();
-        let (k2, addrs) = JoinToken::decode(&tok).unwrap();
-        assert!(k2 == key);
-        assert_eq!(addrs, vec![addr]);
-        assert!(JoinToken::decode(&tok[..tok.len() - 2]).is_err());
-        assert!(JoinToken::decode("hello").is_err());
-    }
 }

@@ -4,10 +4,14 @@
 //! The swarm runs on one task. Small requests (a put of a shard up to 64 KiB,
 //! `Has` of a few ids, `Stat`) are answered there; the rest from tokio's blocking
 //! pool (bounded), so large disk reads and writes never stall the network loop.
+//!
+//! Every request passes the [`Gate`] first: the caller's authenticated peer id
+//! decides what it may ask (the home's id is in `DIR/roles`, from the join
+//! token); see [`super::trust`].
 
 use super::proto::{MAX_IDS, Request, Response};
 use super::{
-    BehaviourEvent, JoinToken, MeshKey, NetError, build_swarm, is_loopback, is_unspecified,
+    BehaviourEvent, JoinToken, MeshKey, NetError, Roles, build_swarm, is_loopback, is_unspecified,
     load_identity, peer_of,
 };
 use crate::chunk::ShardId;
@@ -16,7 +20,7 @@ use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, identify};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -170,6 +174,39 @@ impl Shards {
     }
 }
 
+/// Lets through only what the caller's role allows (docs/DESIGN.md, "Roles").
+struct Gate {
+    /// `None`: a data dir from before roles, open to every mesh-key holder.
+    roles: Option<Roles>,
+    /// (caller, right) pairs refused already: each is logged once.
+    logged: std::collections::HashSet<(libp2p::PeerId, &'static str)>,
+}
+
+impl Gate {
+    fn new(roles: Option<Roles>) -> Gate {
+        Gate {
+            roles,
+            logged: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The refusal to send, when `from` may not ask `req`.
+    fn check(&mut self, from: &libp2p::PeerId, req: &Request) -> Option<Response> {
+        let role = self.roles.as_ref()?.role_of(from);
+        if role.may(req) {
+            return None;
+        }
+        let right = req.right();
+        if self.logged.len() < 4096 && self.logged.insert((*from, right)) {
+            tracing::warn!("refused {right} from {from}: it is {}", role.name());
+        }
+        Some(Response::Refused(format!(
+            "{from} may not {right} on this peer: it is {}",
+            role.name()
+        )))
+    }
+}
+
 /// libp2p listens with SO_REUSEPORT (so that dials can reuse the port), which
 /// lets a second node bind the same port and silently take half its
 /// connections. A plain bind first turns that into an error.
@@ -185,34 +222,81 @@ fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Joins the mesh of `token` with the data dir `data`: keeps the mesh key
+/// (written only when missing) and the home's id. Everything is checked
+/// before anything is written.
+fn join(data: &Path, token: &str) -> Result<Vec<Multiaddr>, NetError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let t = JoinToken::decode(token, now)?;
+    let (key_path, roles_path) = (data.join("mesh.key"), data.join("roles"));
+    let have = match MeshKey::load(&key_path, false) {
+        Ok(have) => Some(have),
+        Err(NetError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    if have.as_ref().is_some_and(|have| *have != t.key) {
+        return Err(NetError::Bad(format!(
+            "{}: this peer already belongs to another mesh (remove its data dir to rejoin)",
+            data.display()
+        )));
+    }
+    let roles = Roles::load(&roles_path)?;
+    if let (Some(old), Some(new)) = (roles.as_ref().and_then(Roles::home), t.home)
+        && old != new
+    {
+        return Err(NetError::Bad(format!(
+            "{}: this peer already serves the home node {old}, and the token names {new} \
+             (remove its data dir to join another home)",
+            data.display()
+        )));
+    }
+    create_private_dir(data)?;
+    if have.is_none() {
+        t.key.save(&key_path)?;
+    }
+    if let (None, Some(home)) = (&roles, t.home) {
+        Roles::new(home).save(&roles_path)?;
+    }
+    Ok(t.bootstrap)
+}
+
+/// `dir`, created if missing, readable by its owner only.
+fn create_private_dir(dir: &Path) -> Result<(), NetError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(super::io_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(super::io_err(dir))
+}
+
 /// Runs a storage peer until SIGTERM or SIGINT.
 pub fn run(opts: NodeOptions) -> Result<(), NetError> {
-    std::fs::create_dir_all(&opts.data).map_err(super::io_err(&opts.data))?;
     let key_path = opts.data.join("mesh.key");
     let mut bootstrap = opts.bootstrap.clone();
-    let key = match &opts.join {
-        Some(token) => {
-            let (key, addrs) = JoinToken::decode(token)?;
-            match MeshKey::load(&key_path, false) {
-                Ok(have) if have != key => {
-                    return Err(NetError::Bad(format!(
-                        "{}: this peer already belongs to another mesh (remove its data dir to rejoin)",
-                        opts.data.display()
-                    )));
-                }
-                Ok(_) => {}
-                Err(_) => key.save(&key_path)?,
-            }
-            bootstrap.extend(addrs);
-            key
-        }
-        None => MeshKey::load(&key_path, false).map_err(|_| {
+    if let Some(token) = &opts.join {
+        bootstrap.extend(join(&opts.data, token)?);
+    }
+    let key = MeshKey::load(&key_path, false).map_err(|e| match e {
+        NetError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             NetError::Bad(format!(
                 "{}: no mesh key yet: start with --join TOKEN (the last line of `datamesh invite`)",
                 opts.data.display()
             ))
-        })?,
-    };
+        }
+        e => e,
+    })?;
+    create_private_dir(&opts.data)?;
+    let roles = Roles::load(&opts.data.join("roles"))?;
+    match roles.as_ref().and_then(Roles::home) {
+        Some(home) => tracing::info!("serving the home node {home}"),
+        None => tracing::warn!(
+            "{}: this peer predates roles and answers every holder of the mesh key, \
+             deletes included: join it again with a token from `datamesh invite` \
+             (`datamesh node --join TOKEN`, same data dir; shards are kept)",
+            opts.data.display()
+        ),
+    }
     let identity = load_identity(&opts.data.join("node.key"))?;
     let store =
         LocalStore::open(&opts.data.join("store")).map_err(|e| NetError::Bad(e.to_string()))?;
@@ -244,6 +328,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         opts.listen,
         bootstrap,
         shards,
+        Gate::new(roles),
         opts.mute_lists,
     ))
 }
@@ -254,6 +339,7 @@ async fn serve(
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     shards: Arc<Shards>,
+    mut gate: Gate,
     mute_lists: bool,
 ) -> Result<(), NetError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -309,7 +395,9 @@ async fn serve(
                     message: Message::Request { request, channel, .. },
                     ..
                 })) => {
-                    if mute_lists && matches!(request, Request::List { .. }) {
+                    if let Some(refusal) = gate.check(&peer, &request) {
+                        let _ = swarm.behaviour_mut().shard.send_response(channel, refusal);
+                    } else if mute_lists && matches!(request, Request::List { .. }) {
                         muted.push(channel);
                     } else if request.is_quick() {
                         // Two thread hops would cost more than the work itself.

@@ -81,6 +81,9 @@ pub enum Response {
         used: u64,
         capacity: u64,
     },
+    /// The caller lacks the right to this request (see `net::roles`); nothing
+    /// was changed. Last, so homes from before roles never meet it.
+    Refused(String),
 }
 
 impl Request {
@@ -115,11 +118,26 @@ impl std::fmt::Display for Response {
             Response::List { shards, .. } => write!(f, "a list of {} shards", shards.len()),
             Response::Verified { checked, .. } => write!(f, "{checked} shards verified"),
             Response::Stat { .. } => write!(f, "usage figures"),
+            Response::Refused(why) => write!(f, "refused: {why}"),
         }
     }
 }
 
 impl Request {
+    /// The request's name, as a right: what a refusal names.
+    pub fn right(&self) -> &'static str {
+        match self {
+            Request::Put { .. } => "Put",
+            Request::Get { .. } => "Get",
+            Request::Has { .. } => "Has",
+            Request::Delete { .. } => "Delete",
+            Request::Sync => "Sync",
+            Request::List { .. } => "List",
+            Request::Verify { .. } => "Verify",
+            Request::Stat => "Stat",
+        }
+    }
+
     /// Small enough to answer on the network thread: a put or get of a small
     /// shard, or a question about a few ids. Everything else goes to the
     /// blocking pool.
@@ -373,6 +391,7 @@ mod tests {
             Just(Response::Full),
             proptest::collection::vec(any::<bool>(), 0..20).prop_map(Response::Have),
             ".{0,40}".prop_map(Response::Failed),
+            ".{0,40}".prop_map(Response::Refused),
             (
                 proptest::collection::vec((id(), any::<u64>(), any::<i64>()), 0..10),
                 any::<bool>()

@@ -274,7 +274,7 @@ fn invite_and_node_refuse_bad_input_with_clear_errors() {
     let v = Vol::new();
     let out = v.ok(&["invite"]);
     let token = out.lines().last().unwrap();
-    assert!(token.starts_with("dmjoin1"), "{out}");
+    assert!(token.starts_with("dmjoin2"), "{out}");
     assert!(
         fs::read(v.home().join("mesh.key")).unwrap().len() == 32,
         "init makes a mesh key"

@@ -171,6 +171,7 @@ impl MeshStore {
                             Stage::Answered
                         }
                     }
+                    Ok(Response::Refused(why)) => Stage::Silent(format!("refused: {why}")),
                     Ok(other) => Stage::Silent(format!("unexpected answer: {other}")),
                     Err(e) => Stage::Silent(e),
                 };

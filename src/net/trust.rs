@@ -1,0 +1,300 @@
+//! Who may ask a storage peer what, and how a peer learns it: join tokens
+//! (what `datamesh invite` hands a new peer) and the roles a peer keeps in its
+//! data directory. See docs/DESIGN.md, "Roles".
+//!
+//! The mesh key only lets a process complete a handshake; a request is then
+//! allowed by the caller's authenticated peer id. The home's id comes from the
+//! token, never from what a peer says about itself.
+
+use super::proto::Request;
+use super::{MeshKey, Multiaddr, NetError};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What a caller is to a storage peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The home node: every request.
+    Home,
+    /// A member device: reads and writes of shards, never deletes or listings.
+    Member,
+    /// Anyone else holding the mesh key (another storage peer, a copied key).
+    Other,
+}
+
+impl Role {
+    pub fn may(self, req: &Request) -> bool {
+        match self {
+            Role::Home => true,
+            Role::Member => matches!(
+                req,
+                Request::Put { .. } | Request::Get { .. } | Request::Has { .. } | Request::Stat
+            ),
+            Role::Other => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Home => "the home node",
+            Role::Member => "a member device",
+            Role::Other => "neither the home node nor a member",
+        }
+    }
+}
+
+const ROLES_VERSION: u8 = 1;
+
+/// The roles a storage peer knows, kept in `DIR/roles` (postcard, 0600).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roles {
+    version: u8,
+    home: Vec<u8>,
+    members: Vec<Vec<u8>>,
+}
+
+impl Roles {
+    pub fn new(home: PeerId) -> Roles {
+        Roles {
+            version: ROLES_VERSION,
+            home: home.to_bytes(),
+            members: Vec::new(),
+        }
+    }
+
+    pub fn home(&self) -> Option<PeerId> {
+        PeerId::from_bytes(&self.home).ok()
+    }
+
+    pub fn role_of(&self, peer: &PeerId) -> Role {
+        let id = peer.to_bytes();
+        if id == self.home {
+            Role::Home
+        } else if self.members.contains(&id) {
+            Role::Member
+        } else {
+            Role::Other
+        }
+    }
+
+    /// The roles at `path`; `None` when there is no such file (a data dir from
+    /// before roles). A damaged file is an error, never taken as "none".
+    pub fn load(path: &Path) -> Result<Option<Roles>, NetError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(NetError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let bad = |why: &str| NetError::Bad(format!("{}: {why}", path.display()));
+        let (roles, rest): (Roles, _) =
+            postcard::take_from_bytes(&bytes).map_err(|_| bad("damaged roles file"))?;
+        if !rest.is_empty() || roles.version != ROLES_VERSION || roles.home().is_none() {
+            return Err(bad("damaged roles file, or one from a newer datamesh"));
+        }
+        Ok(Some(roles))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), NetError> {
+        super::write_secret(path, &postcard::to_allocvec(self).expect("roles serialize"))
+    }
+}
+
+/// What a join token carries.
+pub struct JoinToken {
+    pub key: MeshKey,
+    /// The home node's peer id (`None` in a `dmjoin1` token).
+    pub home: Option<PeerId>,
+    pub bootstrap: Vec<Multiaddr>,
+    /// Unix seconds after which the token is refused (`None` in `dmjoin1`).
+    pub expires: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenV1 {
+    mesh_key: [u8; 32],
+    bootstrap: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenV2 {
+    mesh_key: [u8; 32],
+    home: Vec<u8>,
+    bootstrap: Vec<String>,
+    expires: u64,
+}
+
+const V1: &str = "dmjoin1";
+const V2: &str = "dmjoin2";
+/// Bytes of BLAKE3 over the body that end a `dmjoin2` token.
+const CHECK: usize = 4;
+
+impl JoinToken {
+    /// A `dmjoin2` token.
+    pub fn encode(&self, home: PeerId, expires: u64) -> String {
+        let body = postcard::to_allocvec(&TokenV2 {
+            mesh_key: self.key.0,
+            home: home.to_bytes(),
+            bootstrap: self.bootstrap.iter().map(|a| a.to_string()).collect(),
+            expires,
+        })
+        .expect("tokens serialize");
+        let check = blake3::hash(&body);
+        format!(
+            "{V2}{}{}",
+            hex::encode(&body),
+            hex::encode(&check.as_bytes()[..CHECK])
+        )
+    }
+
+    /// Reads a token (`dmjoin2`, or the older `dmjoin1`); `now` in unix seconds.
+    pub fn decode(s: &str, now: u64) -> Result<JoinToken, NetError> {
+        let bad = |why: &str| NetError::Bad(format!("join token: {why}"));
+        let s = s.trim();
+        let (v2, hexed) = match (s.strip_prefix(V2), s.strip_prefix(V1)) {
+            (Some(h), _) => (true, h),
+            (None, Some(h)) => (false, h),
+            _ => {
+                return Err(bad(
+                    "does not start with dmjoin2 (copy the last line of `datamesh invite`)",
+                ));
+            }
+        };
+        let bytes = hex::decode(hexed).map_err(|_| {
+            bad("not hex after the prefix (a character was mistyped, or the token was cut)")
+        })?;
+        let addrs = |list: &[String]| -> Result<Vec<Multiaddr>, NetError> {
+            list.iter()
+                .map(|a| a.parse().map_err(|_| bad(&format!("bad address {a}"))))
+                .collect()
+        };
+        if !v2 {
+            let (t, rest): (TokenV1, _) =
+                postcard::take_from_bytes(&bytes).map_err(|_| bad("damaged"))?;
+            if !rest.is_empty() {
+                return Err(bad("damaged (bytes after its end)"));
+            }
+            return Ok(JoinToken {
+                key: MeshKey(t.mesh_key),
+                home: None,
+                bootstrap: addrs(&t.bootstrap)?,
+                expires: None,
+            });
+        }
+        if bytes.len() < CHECK {
+            return Err(bad("too short (cut off?)"));
+        }
+        let (body, check) = bytes.split_at(bytes.len() - CHECK);
+        if blake3::hash(body).as_bytes()[..CHECK] != *check {
+            return Err(bad(
+                "its checksum does not match: a character was mistyped, or the token was cut",
+            ));
+        }
+        let (t, rest): (TokenV2, _) =
+            postcard::take_from_bytes(body).map_err(|_| bad("damaged"))?;
+        if !rest.is_empty() {
+            return Err(bad("damaged (bytes after its end)"));
+        }
+        if t.expires <= now {
+            return Err(bad(
+                "it has expired: ask for a new one (`datamesh invite` on the home node)",
+            ));
+        }
+        let home = PeerId::from_bytes(&t.home).map_err(|_| bad("damaged home id"))?;
+        Ok(JoinToken {
+            key: MeshKey(t.mesh_key),
+            home: Some(home),
+            bootstrap: addrs(&t.bootstrap)?,
+            expires: Some(t.expires),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn token() -> (JoinToken, PeerId) {
+        let t = JoinToken {
+            key: MeshKey::generate(),
+            home: None,
+            bootstrap: vec!["/ip4/127.0.0.1/tcp/4100".parse().unwrap()],
+            expires: None,
+        };
+        (t, PeerId::random())
+    }
+
+    #[test]
+    fn tokens_round_trip_and_carry_the_home() {
+        let (t, home) = token();
+        let s = t.encode(home, 2000);
+        let back = JoinToken::decode(&s, 1000).unwrap();
+        assert!(back.key == t.key);
+        assert_eq!(back.home, Some(home));
+        assert_eq!(back.bootstrap, t.bootstrap);
+        assert_eq!(back.expires, Some(2000));
+        let err = JoinToken::decode(&s, 2000).err().unwrap().to_string();
+        assert!(err.contains("expired"), "{err}");
+        assert!(JoinToken::decode("hello", 0).is_err());
+        assert!(JoinToken::decode(&format!("{s}00"), 1000).is_err());
+    }
+
+    #[test]
+    fn old_tokens_are_still_read_without_a_home() {
+        let (t, _) = token();
+        let body = postcard::to_allocvec(&TokenV1 {
+            mesh_key: t.key.0,
+            bootstrap: vec!["/ip4/127.0.0.1/tcp/4100".into()],
+        })
+        .unwrap();
+        let back = JoinToken::decode(&format!("dmjoin1{}", hex::encode(body)), 0).unwrap();
+        assert!(back.key == t.key);
+        assert_eq!(back.home, None);
+    }
+
+    proptest! {
+        /// Any one character changed, or the token cut anywhere: refused.
+        #[test]
+        fn a_mistyped_or_cut_token_is_refused(at in 7usize..200, c in "[0-9a-f]", cut in 8usize..200) {
+            let (t, home) = token();
+            let s = t.encode(home, u64::MAX);
+            let at = at % s.len();
+            let mut typo: Vec<char> = s.chars().collect();
+            prop_assume!(at >= 7 && typo[at] != c.chars().next().unwrap());
+            typo[at] = c.chars().next().unwrap();
+            let typo: String = typo.into_iter().collect();
+            prop_assert!(JoinToken::decode(&typo, 0).is_err());
+            let cut = cut % s.len();
+            prop_assert!(JoinToken::decode(&s[..cut], 0).is_err());
+        }
+    }
+
+    #[test]
+    fn only_the_home_may_delete_or_list() {
+        let home = PeerId::random();
+        let roles = Roles::new(home);
+        let del = Request::Delete { ids: vec![] };
+        let list = Request::List {
+            after: None,
+            max: 1,
+        };
+        assert!(roles.role_of(&home).may(&del) && roles.role_of(&home).may(&list));
+        let other = roles.role_of(&PeerId::random());
+        assert_eq!(other, Role::Other);
+        assert!(!other.may(&del) && !other.may(&list) && !other.may(&Request::Stat));
+        assert!(Role::Member.may(&Request::Stat) && !Role::Member.may(&del));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roles");
+        assert_eq!(Roles::load(&path).unwrap(), None);
+        roles.save(&path).unwrap();
+        assert_eq!(Roles::load(&path).unwrap(), Some(roles));
+        std::fs::write(&path, b"junk").unwrap();
+        assert!(Roles::load(&path).is_err());
+    }
+}
