@@ -9,7 +9,11 @@
 //! A request of another version is answered with an error that names both
 //! versions. Lines are capped ([`MAX_REQUEST`], [`MAX_ANSWER`]) and at most
 //! [`MAX_CONNECTIONS`] requests are answered at once; more are told to retry.
-//! The socket is 0600 inside the 0700 home directory.
+//! The socket is made 0600 (the umask is set before it is bound, so it never
+//! exists with a wider mode) inside the 0700 home directory, and each caller is
+//! checked by its kernel credentials (SO_PEERCRED): root, or the user who owns
+//! the home directory. Reads and writes on a connection time out
+//! ([`IO_TIMEOUT`]), so a caller that connects and says nothing holds no slot.
 
 use crate::data::{Engine, Redundancy};
 use crate::store::{PeerNote, PeerStatus, Scrubbed};
@@ -30,6 +34,8 @@ pub const MAX_REQUEST: u64 = 4096;
 pub const MAX_ANSWER: u64 = 64 << 20;
 /// Requests answered at once; a repair may run long, status stays answerable.
 pub const MAX_CONNECTIONS: usize = 8;
+/// How long a read of a request, or a write of an answer, may take.
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The operations a serving process answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,8 +168,17 @@ fn decode_answer(line: &str) -> Result<Result<Report, String>, String> {
 /// `admin`, stopped with the runner). A socket that cannot be bound is logged,
 /// not fatal: the volume is served without it.
 pub fn serve(path: &Path, engine: &Arc<Engine>, runner: &Runner) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let _ = std::fs::remove_file(path);
-    let listener = match UnixListener::bind(path) {
+    // Whoever owns the home directory may ask, and root.
+    let owner = path
+        .parent()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .map_or(0, |m| m.uid());
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(
@@ -173,6 +188,7 @@ pub fn serve(path: &Path, engine: &Arc<Engine>, runner: &Runner) -> std::io::Res
             return Ok(());
         }
     };
+    // Also for a umask that another thread changed meanwhile.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let weak = Arc::downgrade(engine);
     let workers = runner.clone();
@@ -195,7 +211,7 @@ pub fn serve(path: &Path, engine: &Arc<Engine>, runner: &Runner) -> std::io::Res
             let spawned = std::thread::Builder::new()
                 .name("datamesh-admin-conn".into())
                 .spawn(move || {
-                    handle(conn, &weak, &workers);
+                    handle(conn, owner, &weak, &workers);
                     done.fetch_sub(1, Ordering::SeqCst);
                 });
             match spawned {
@@ -219,7 +235,31 @@ pub fn serve(path: &Path, engine: &Arc<Engine>, runner: &Runner) -> std::io::Res
     Ok(())
 }
 
-fn handle(conn: UnixStream, engine: &Weak<Engine>, runner: &Runner) {
+/// Whether the process at the other end of `conn` may ask: root, or `owner`.
+fn check_caller(conn: &UnixStream, owner: u32) -> Result<(), String> {
+    let cred = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("reading the caller's credentials: {e}"))?;
+    if cred.uid() == 0 || cred.uid() == owner {
+        return Ok(());
+    }
+    tracing::warn!(
+        "admin socket: refused uid {} (pid {})",
+        cred.uid(),
+        cred.pid()
+    );
+    Err(format!(
+        "refused: uid {} is neither root nor the owner (uid {owner}) of this volume",
+        cred.uid()
+    ))
+}
+
+fn handle(conn: UnixStream, owner: u32, engine: &Weak<Engine>, runner: &Runner) {
+    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+    if let Err(why) = check_caller(&conn, owner) {
+        let _ = (&conn).write_all(&encode_answer(Err(why)));
+        return;
+    }
     let mut line = String::new();
     let read = BufReader::new(&conn).take(MAX_REQUEST).read_line(&mut line);
     let answer: Result<Report, String> = (|| {

@@ -237,9 +237,47 @@ impl Home {
             inline_max: opts.inline_max.min(opts.chunk_size),
         };
         MetaStore::open(&self.paths().meta(), Some(params))?;
+        // RocksDB makes its directory with the umask's mode; it holds the
+        // chunk keys.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = self.paths().meta();
+            fs::set_permissions(&meta, fs::Permissions::from_mode(0o700)).map_err(io(&meta))?;
+        }
         self.mesh_key()?;
         // The key is written last: its presence marks a complete volume.
         write_secret(&self.key_path(), VolumeKey::generate().as_bytes())
+    }
+
+    /// The home directory must be its user's alone: one owned by another
+    /// user is refused (unless this is root), and the directory and `meta/`
+    /// are put back to 0700 if something widened them (a pre-created
+    /// /var/lib/datamesh, say): RocksDB's files hold the chunk keys.
+    fn check_private(&self) -> Result<(), HomeError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let me = nix::unistd::geteuid();
+        for dir in [self.dir.clone(), self.paths().meta()] {
+            let meta = fs::metadata(&dir).map_err(io(&dir))?;
+            if !me.is_root() && meta.uid() != me.as_raw() {
+                return Err(HomeError::Bad {
+                    path: dir,
+                    why: format!(
+                        "owned by uid {}, not by this user (uid {me}): refusing to use a volume \
+                         another user could read or change",
+                        meta.uid()
+                    ),
+                });
+            }
+            if meta.mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "{}: was mode {:o}; set to 0700 (it holds the volume's keys)",
+                    dir.display(),
+                    meta.mode() & 0o777
+                );
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> Result<Config, HomeError> {
@@ -358,6 +396,7 @@ impl Home {
             self.init(&InitOptions::default())?;
             tracing::info!("created a new volume in {}", self.dir.display());
         }
+        self.check_private()?;
         let cfg = self.config()?;
         let key = self.volume_key()?;
         let meta = MetaStore::open(&self.paths().meta(), None)?;

@@ -686,6 +686,13 @@ fn a_copied_mesh_key_can_neither_delete_nor_list_nor_store() {
     let src = put_random(&v, &c, 3_000_000);
     let before = all_shards(&c);
     assert!(before >= 6);
+    // What a peer keeps is its own: data dir 0700, shard files 0600.
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&c.nodes[0].data), 0o700);
+    assert_eq!(mode(&c.shard_files(0)[0]), 0o600);
 
     // The attack: a fresh home directory holding a storage peer's mesh key.
     let thief = Volume::new();
@@ -711,7 +718,7 @@ fn a_copied_mesh_key_can_neither_delete_nor_list_nor_store() {
     let status = thief.cmd(&strs(&boot)).arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("6 storage peer(s) did not answer"), "{text}");
-    assert!(text.contains("may not List on this peer"), "{text}");
+    assert!(text.contains("may not Stat on this peer"), "{text}");
     // Nor can it fill the peers' disks.
     let junk = thief.dir.path().join("junk");
     std::fs::write(&junk, vec![9u8; 300_000]).unwrap();
@@ -731,7 +738,7 @@ fn a_copied_mesh_key_can_neither_delete_nor_list_nor_store() {
     v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
     // Each node logged the refusals, naming the caller.
     let log = std::fs::read_to_string(v.dir.path().join("nodes/node0.log")).unwrap();
-    assert!(log.contains("refused List from"), "{log}");
+    assert!(log.contains("refused Stat from"), "{log}");
 }
 
 #[test]

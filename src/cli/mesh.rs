@@ -25,9 +25,18 @@ pub struct NodeArgs {
     #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
     capacity: Option<u64>,
     /// Join the mesh with a token from `datamesh invite` (needed once; the mesh
-    /// key is then kept in the data directory).
-    #[arg(long, value_name = "TOKEN")]
+    /// key is then kept in the data directory). Other users can read process
+    /// arguments: prefer --join-file or the DATAMESH_JOIN environment variable.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DATAMESH_JOIN",
+        hide_env_values = true
+    )]
     join: Option<String>,
+    /// Read the join token from FILE (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
+    join_file: Option<PathBuf>,
     /// Fault injection for tests: corrupt every shard this peer sends.
     #[arg(long, hide = true)]
     fault_flip_reads: bool,
@@ -56,12 +65,23 @@ pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
     if listen.is_empty() {
         listen.push("/ip4/0.0.0.0/tcp/4719".parse().expect("valid address"));
     }
+    let join = match (&args.join_file, args.join) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| anyhow!("--join-file {}: {e}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        (None, j) => j,
+    };
     crate::net::node::run(NodeOptions {
         data,
         listen,
         capacity: args.capacity,
         bootstrap: addrs(bootstrap, "--bootstrap")?,
-        join: args.join,
+        join,
         flip_reads: args.fault_flip_reads,
         delay: std::time::Duration::from_millis(args.fault_delay_ms),
         mute_lists: args.fault_mute_lists,

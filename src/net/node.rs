@@ -229,20 +229,27 @@ fn join(data: &Path, token: &str) -> Result<Vec<Multiaddr>, NetError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let t = JoinToken::decode(token, now)?;
+    let t = JoinToken::decode_any_age(token)?;
     let (key_path, roles_path) = (data.join("mesh.key"), data.join("roles"));
     let have = match MeshKey::load(&key_path, false) {
         Ok(have) => Some(have),
         Err(NetError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
+    let roles = Roles::load(&roles_path)?;
+    // A peer that joined with this very token already may be started with it
+    // again (a service's environment keeps it); anything new needs it fresh.
+    let joined = have.as_ref() == Some(&t.key)
+        && (t.home.is_none() || roles.as_ref().and_then(Roles::home) == t.home);
+    if !joined {
+        JoinToken::decode(token, now)?;
+    }
     if have.as_ref().is_some_and(|have| *have != t.key) {
         return Err(NetError::Bad(format!(
             "{}: this peer already belongs to another mesh (remove its data dir to rejoin)",
             data.display()
         )));
     }
-    let roles = Roles::load(&roles_path)?;
     if let (Some(old), Some(new)) = (roles.as_ref().and_then(Roles::home), t.home)
         && old != new
     {

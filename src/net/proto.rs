@@ -20,6 +20,10 @@ pub const MAX_SHARD: usize = 64 << 20;
 pub const MAX_FRAME: usize = MAX_SHARD + 4096;
 /// Most ids in one `Has`, `Delete`, `List` or `Verify` exchange.
 pub const MAX_IDS: usize = 16 * 1024;
+/// Longest frame of a message that carries no shard: a full page of
+/// [`MAX_IDS`] inventory entries (at most 52 bytes each) with room to spare.
+/// Only `Put` and `Data` may use the rest of [`MAX_FRAME`].
+pub const MAX_SMALL_FRAME: usize = (1 << 20) + (64 << 10);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -103,6 +107,20 @@ impl Request {
     }
 }
 
+/// A peer's own text, cut to 200 characters (with its control characters
+/// shown escaped): it goes into logs and error messages.
+fn short(text: &str) -> String {
+    let mut s: String = text
+        .chars()
+        .take(200)
+        .flat_map(char::escape_default)
+        .collect();
+    if text.chars().count() > 200 {
+        s.push('…');
+    }
+    s
+}
+
 impl std::fmt::Display for Response {
     /// A short form for logs and errors: never a shard's bytes.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,11 +132,11 @@ impl std::fmt::Display for Response {
             Response::Corrupt => write!(f, "shard corrupt on the peer's disk"),
             Response::Full => write!(f, "peer full"),
             Response::BadHash => write!(f, "bytes do not match the shard id"),
-            Response::Failed(why) => write!(f, "failed: {why}"),
+            Response::Failed(why) => write!(f, "failed: {}", short(why)),
             Response::List { shards, .. } => write!(f, "a list of {} shards", shards.len()),
             Response::Verified { checked, .. } => write!(f, "{checked} shards verified"),
             Response::Stat { .. } => write!(f, "usage figures"),
-            Response::Refused(why) => write!(f, "refused: {why}"),
+            Response::Refused(why) => write!(f, "refused: {}", short(why)),
         }
     }
 }
@@ -252,6 +270,9 @@ async fn read_payload<T: AsyncRead + Unpin>(
 
 /// The rest of a frame whose first byte (`tag`) is read, as postcard.
 async fn read_rest<T: AsyncRead + Unpin>(io: &mut T, len: usize, tag: u8) -> io::Result<Vec<u8>> {
+    if len > MAX_SMALL_FRAME {
+        return Err(invalid("a frame without a shard over its size limit"));
+    }
     let mut buf = vec![tag];
     read_exactly(io, len - 1, &mut buf).await?;
     Ok(buf)
@@ -469,6 +490,26 @@ mod tests {
         let mut frame = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&[0; 16]);
         assert!(read_req(&frame).is_err());
+    }
+
+    #[test]
+    fn a_large_frame_without_a_shard_is_refused() {
+        // A 60 MiB "List" answer: within MAX_FRAME, far over a page.
+        let len = 60usize << 20;
+        let mut frame = (len as u32).to_be_bytes().to_vec();
+        frame.push(8); // the List variant, not a shard-carrying one
+        frame.extend(std::iter::repeat_n(0u8, 64));
+        let err = read_res(&frame).unwrap_err();
+        assert!(err.to_string().contains("size limit"), "{err}");
+        // The largest real page fits.
+        let shards = vec![(ShardId([0xff; 32]), u64::MAX, i64::MIN); MAX_IDS];
+        let page = Response::List { shards, more: true };
+        let mut frame = vec![0u8; 4];
+        postcard::to_io(&page, &mut frame).unwrap();
+        let n = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&n.to_be_bytes());
+        assert!(frame.len() <= MAX_SMALL_FRAME);
+        assert_eq!(read_res(&frame).unwrap(), page);
     }
 
     #[test]

@@ -152,8 +152,22 @@ impl JoinToken {
         )
     }
 
-    /// Reads a token (`dmjoin2`, or the older `dmjoin1`); `now` in unix seconds.
+    /// Reads a token (`dmjoin2`, or the older `dmjoin1`) and refuses it once
+    /// expired; `now` in unix seconds.
     pub fn decode(s: &str, now: u64) -> Result<JoinToken, NetError> {
+        let t = JoinToken::decode_any_age(s)?;
+        if t.expires.is_some_and(|e| e <= now) {
+            return Err(NetError::Bad(
+                "join token: it has expired: ask for a new one (`datamesh invite` on the home node)"
+                    .into(),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Reads a token whatever its expiry (a peer that joined with it already
+    /// may be started with it again).
+    pub fn decode_any_age(s: &str) -> Result<JoinToken, NetError> {
         let bad = |why: &str| NetError::Bad(format!("join token: {why}"));
         let s = s.trim();
         let (v2, hexed) = match (s.strip_prefix(V2), s.strip_prefix(V1)) {
@@ -199,11 +213,6 @@ impl JoinToken {
             postcard::take_from_bytes(body).map_err(|_| bad("damaged"))?;
         if !rest.is_empty() {
             return Err(bad("damaged (bytes after its end)"));
-        }
-        if t.expires <= now {
-            return Err(bad(
-                "it has expired: ask for a new one (`datamesh invite` on the home node)",
-            ));
         }
         let home = PeerId::from_bytes(&t.home).map_err(|_| bad("damaged home id"))?;
         Ok(JoinToken {

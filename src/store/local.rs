@@ -5,6 +5,7 @@ use super::{ShardInfo, ShardStore, StoreError};
 use crate::chunk::ShardId;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Free space kept back so the metadata can still commit when the disk is nearly full.
@@ -104,7 +105,13 @@ impl LocalStore {
             .tmp
             .join(format!("{}.{:016x}", id.to_hex(), rand::random::<u64>()));
         let res = (|| {
-            let mut f = File::create(&tmp)?;
+            // Owner-only: shards are ciphertext, but their sizes and ids are
+            // still nobody else's business.
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(bytes)?;
             fs::rename(&tmp, &dest)
         })();

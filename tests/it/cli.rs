@@ -308,3 +308,63 @@ fn invite_and_node_refuse_bad_input_with_clear_errors() {
     assert_eq!(err.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&err.stderr).contains("bootstrap address nonsense"));
 }
+
+#[test]
+fn a_widened_home_is_made_private_again_and_another_users_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let v = Vol::new();
+    v.ok(&["mkdir", "/d"]);
+    fs::set_permissions(v.home(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(v.home().join("meta"), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = v.run(&["ls"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set to 0700"));
+    for d in [v.home(), v.home().join("meta")] {
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+    // A volume owned by another user is refused (root excepted), even when
+    // its modes would let the caller in.
+    let as_uid = |uid: u32, home: &std::path::Path, bin: &std::path::Path| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+            ])
+            .arg(bin)
+            .arg("--home")
+            .arg(home)
+            .arg("ls")
+            .output()
+            .unwrap()
+    };
+    let can_setpriv = Command::new("setpriv")
+        .args(["--reuid=65534", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nix::unistd::geteuid().is_root() || !can_setpriv {
+        eprintln!("skipped the other-user half: needs root and setpriv");
+        return;
+    }
+    fs::set_permissions(v.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = v.dir.path().join("datamesh");
+    fs::copy(BIN, &bin).unwrap();
+    let theirs = v.dir.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let made = as_uid(65534, &theirs, &bin);
+    assert!(made.status.success(), "{made:?}");
+    for d in [theirs.clone(), theirs.join("meta")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = as_uid(65533, &theirs, &bin);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("owned by uid 65534, not by this user"),
+        "{err}"
+    );
+}

@@ -26,9 +26,16 @@ pub struct FakePeer {
     pub shards: Mutex<HashMap<ShardId, Vec<u8>>>,
     /// Answers a mute peer holds back.
     held: Mutex<Vec<Reply>>,
+    /// Reports holding no shards whatever it lists (a lying count).
+    understate: AtomicBool,
 }
 
 impl FakePeer {
+    /// From now on its `Stat` says it holds nothing.
+    pub fn understate_count(&self) {
+        self.understate.store(true, Ordering::Relaxed);
+    }
+
     pub fn mode(&self) -> Mode {
         *lock(&self.mode)
     }
@@ -96,7 +103,11 @@ impl FakePeer {
                 }
             }
             Request::Stat => Response::Stat {
-                shards: shards.len() as u64,
+                shards: if self.understate.load(Ordering::Relaxed) {
+                    0
+                } else {
+                    shards.len() as u64
+                },
                 used: shards.values().map(|b| b.len() as u64).sum(),
                 capacity: 1 << 40,
             },
@@ -120,6 +131,7 @@ impl FakeMesh {
                     mode: Mutex::new(mode),
                     shards: Mutex::new(HashMap::new()),
                     held: Mutex::new(Vec::new()),
+                    understate: AtomicBool::new(false),
                 })
             })
             .collect();

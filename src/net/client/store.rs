@@ -200,6 +200,13 @@ impl MeshStore {
                 },
             ) {
                 Ok(Response::List { shards, more }) => {
+                    let ordered = shards.windows(2).all(|w| w[0].0 < w[1].0)
+                        && after.is_none_or(|a| shards.first().is_none_or(|s| s.0 > a));
+                    if !ordered || shards.len() > MAX_IDS || (more && shards.is_empty()) {
+                        return Err(StoreError::Peer(format!(
+                            "peer {peer} sent an inventory page out of order: cut off"
+                        )));
+                    }
                     after = shards.last().map(|s| s.0);
                     let mut loc = lock(&self.loc);
                     for (id, len, mtime) in shards {

@@ -63,9 +63,23 @@ impl MeshStore {
     /// silent (docs/DESIGN.md, "A complete survey"); peers found meanwhile are
     /// included. Inventory pages of all peers are asked for in parallel.
     pub(super) fn run_survey(&self) -> Result<Survey, StoreError> {
+        /// Shards a peer may list beyond its own count (puts landing meanwhile).
+        const SLACK: u64 = 1024;
         enum Stage {
-            Dialing { since: Instant, failures: u64 },
-            Listing { since: Instant },
+            Dialing {
+                since: Instant,
+                failures: u64,
+            },
+            /// Asked how many shards it holds: its inventory may hold no more.
+            Counting {
+                since: Instant,
+            },
+            Listing {
+                since: Instant,
+                after: Option<ShardId>,
+                listed: u64,
+                cap: u64,
+            },
             Answered,
             Unreachable(String),
             Silent(String),
@@ -75,12 +89,8 @@ impl MeshStore {
         *lock(&self.touched) = Some(std::collections::HashSet::new());
         self.client.redial();
         let (tx, rx) = smpsc::channel::<(usize, Result<Response, String>)>();
-        let list = |peer: PeerId, tag: usize, after: Option<ShardId>| {
+        let ask = |peer: PeerId, tag: usize, req: Request| {
             let tx = tx.clone();
-            let req = Request::List {
-                after,
-                max: MAX_IDS as u32,
-            };
             self.client.request(
                 peer,
                 req,
@@ -112,8 +122,8 @@ impl MeshStore {
                 match st {
                     Stage::Dialing { since, failures } => {
                         if entry.connected {
-                            list(entry.id, tag, None);
-                            *st = Stage::Listing { since: now };
+                            ask(entry.id, tag, Request::Stat);
+                            *st = Stage::Counting { since: now };
                         } else if entry.dial_failures > *failures {
                             *st = Stage::Unreachable(entry.last_dial_error.clone());
                         } else if since.elapsed() >= self.t.survey_dial_wait {
@@ -123,7 +133,9 @@ impl MeshStore {
                             ));
                         }
                     }
-                    Stage::Listing { since } if since.elapsed() >= self.t.survey_page_wait => {
+                    Stage::Counting { since } | Stage::Listing { since, .. }
+                        if since.elapsed() >= self.t.survey_page_wait =>
+                    {
                         *st = Stage::Silent(format!(
                             "no answer to an inventory request within {}s",
                             self.t.survey_page_wait.as_secs_f32()
@@ -132,7 +144,12 @@ impl MeshStore {
                     _ => {}
                 }
             }
-            let busy = |s: &Stage| matches!(s, Stage::Dialing { .. } | Stage::Listing { .. });
+            let busy = |s: &Stage| {
+                matches!(
+                    s,
+                    Stage::Dialing { .. } | Stage::Counting { .. } | Stage::Listing { .. }
+                )
+            };
             // Peers may still be found: the DHT's first walk, and peers connected
             // but not yet identified, each waited for no longer than a dial.
             let discovering = !self.client.shared.kad_settled.load(Ordering::Relaxed)
@@ -150,30 +167,75 @@ impl MeshStore {
                 .into_iter()
                 .chain(std::iter::from_fn(|| rx.try_recv().ok()))
             {
-                let Some((entry, st @ Stage::Listing { .. })) = stage.get_mut(&tag) else {
-                    continue; // late: the peer was already counted as silent
+                let Some((entry, st)) = stage.get_mut(&tag) else {
+                    continue;
                 };
-                *st = match r {
-                    Ok(Response::List { shards, more }) => {
-                        let last = shards.last().map(|sh| sh.0);
-                        let mut loc = lock(&self.loc);
-                        for (id, _, _) in shards {
-                            *loc.entry(id).or_default() |= bit(tag);
-                            *fresh.entry(id).or_default() |= bit(tag);
-                        }
-                        drop(loc);
-                        if more {
-                            list(entry.id, tag, last);
-                            Stage::Listing {
-                                since: Instant::now(),
-                            }
-                        } else {
-                            Stage::Answered
+                let list = |after: Option<ShardId>| Request::List {
+                    after,
+                    max: MAX_IDS as u32,
+                };
+                *st = match (&*st, r) {
+                    (Stage::Counting { .. }, Ok(Response::Stat { shards, .. })) => {
+                        ask(entry.id, tag, list(None));
+                        Stage::Listing {
+                            since: Instant::now(),
+                            after: None,
+                            listed: 0,
+                            // Shards stored while it lists may add some.
+                            cap: shards.saturating_add(shards / 8 + SLACK),
                         }
                     }
-                    Ok(Response::Refused(why)) => Stage::Silent(format!("refused: {why}")),
-                    Ok(other) => Stage::Silent(format!("unexpected answer: {other}")),
-                    Err(e) => Stage::Silent(e),
+                    (
+                        &Stage::Listing {
+                            after, listed, cap, ..
+                        },
+                        Ok(Response::List { shards, more }),
+                    ) => {
+                        let listed = listed + shards.len() as u64;
+                        // A page must go on from where the last ended, in order,
+                        // no longer than asked, and the whole no longer than the
+                        // peer's own count: an endless or lying inventory is cut.
+                        let ordered = shards.windows(2).all(|w| w[0].0 < w[1].0)
+                            && after.is_none_or(|a| shards.first().is_none_or(|s| s.0 > a));
+                        if !ordered || shards.len() > MAX_IDS || (more && shards.is_empty()) {
+                            Stage::Silent("sent an inventory page out of order: cut off".into())
+                        } else if listed > cap {
+                            Stage::Silent(format!(
+                                "listed more shards than the {} it reported holding: cut off",
+                                (cap - SLACK) * 8 / 9
+                            ))
+                        } else {
+                            let last = shards.last().map(|sh| sh.0);
+                            let mut loc = lock(&self.loc);
+                            for (id, _, _) in shards {
+                                *loc.entry(id).or_default() |= bit(tag);
+                                *fresh.entry(id).or_default() |= bit(tag);
+                            }
+                            drop(loc);
+                            if more {
+                                ask(entry.id, tag, list(last));
+                                Stage::Listing {
+                                    since: Instant::now(),
+                                    after: last,
+                                    listed,
+                                    cap,
+                                }
+                            } else {
+                                Stage::Answered
+                            }
+                        }
+                    }
+                    // Late: the peer was counted already.
+                    (
+                        Stage::Dialing { .. }
+                        | Stage::Answered
+                        | Stage::Unreachable(_)
+                        | Stage::Silent(_),
+                        _,
+                    ) => continue,
+                    (_, Ok(r @ Response::Refused(_))) => Stage::Silent(r.to_string()),
+                    (_, Ok(other)) => Stage::Silent(format!("unexpected answer: {other}")),
+                    (_, Err(e)) => Stage::Silent(e),
                 };
             }
         }
@@ -200,7 +262,9 @@ impl MeshStore {
                     tracing::info!("survey: peer {} did not answer: {why}", entry.id);
                     out.silent.push(note(&entry, why));
                 }
-                Stage::Dialing { .. } | Stage::Listing { .. } => unreachable!("survey ended"),
+                Stage::Dialing { .. } | Stage::Counting { .. } | Stage::Listing { .. } => {
+                    unreachable!("survey ended")
+                }
             }
         }
         // What the peers that answered did not list, they do not hold; other

@@ -215,3 +215,22 @@ fn repair_rebuilds_a_dead_peers_shards_onto_the_live_ones() {
     let back = engine.read(f.ino, 0, data.len()).unwrap();
     assert!(back == data);
 }
+
+#[test]
+fn an_inventory_out_of_order_or_longer_than_its_count_is_cut_off() {
+    // A peer whose count says 0 but which lists shards: more than it holds.
+    let mesh = FakeMesh::new(&[Mode::Ok, Mode::Ok]);
+    let store = mesh.store();
+    for i in 0..1500u32 {
+        let b = i.to_le_bytes().to_vec();
+        lock(&mesh.peers[1].shards).insert(ShardId::of(&b), b);
+    }
+    mesh.peers[1].understate_count();
+    let s = store.survey().unwrap();
+    assert_eq!(s.answered, bit(0));
+    assert!(
+        s.silent[0].why.contains("more shards than"),
+        "{:?}",
+        s.silent
+    );
+}
