@@ -460,6 +460,17 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s resident set size now, in KiB.
+    pub fn rss_kib(&self, i: usize) -> u64 {
+        let pid = self.nodes[i].child.as_ref().expect("node is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// Whether node `i`'s process is still running.
     pub fn is_running(&mut self, i: usize) -> bool {
         self.nodes[i]

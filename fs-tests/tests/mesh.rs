@@ -781,3 +781,27 @@ fn bad_tokens_are_refused_before_anything_is_written_and_old_ones_still_join() {
     let src = put_random(&v, &c, 1_000_000);
     v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
 }
+
+#[test]
+fn a_thousand_connections_to_a_peer_neither_stop_it_nor_grow_it() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 6);
+    let before = c.rss_kib(0);
+    // 1 000 connections that never finish a handshake, all held open.
+    let held: Vec<std::net::TcpStream> = (0..1000)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", c.nodes[0].port)).ok())
+        .collect();
+    assert!(held.len() > 100, "only {} connections", held.len());
+    // The mesh goes on: a write and a read through every peer, node 0 included.
+    let src = put_random(&v, &c, 2_000_000);
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+    assert!(c.is_running(0));
+    let after = c.rss_kib(0);
+    assert!(
+        after < before + 64 * 1024,
+        "node RSS grew from {before} to {after} KiB"
+    );
+    drop(held);
+    v.assert_fsck_clean();
+}

@@ -143,6 +143,9 @@ fn is_loopback(a: &Multiaddr) -> bool {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First, so a connection over the limits is refused before the others
+    /// see it.
+    limits: libp2p::connection_limits::Behaviour,
     shard: request_response::Behaviour<proto::WireCodec>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
@@ -185,7 +188,15 @@ fn build_swarm(
             } else {
                 kad::Mode::Client
             }));
+            // One connection per peer is the norm (two while both dial at once);
+            // a mesh of hundreds of peers fits under the total.
+            let limits = libp2p::connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(4))
+                .with_max_pending_incoming(Some(64))
+                .with_max_established_incoming(Some(512))
+                .with_max_established(Some(1024));
             Behaviour {
+                limits: libp2p::connection_limits::Behaviour::new(limits),
                 shard: request_response::Behaviour::new([(proto::PROTOCOL, support)], rr),
                 kad,
                 identify: identify::Behaviour::new(

@@ -45,6 +45,11 @@ pub struct NodeOptions {
 
 /// Shard requests answered at once; more queue in the swarm.
 const BLOCKING_THREADS: usize = 16;
+/// Requests waiting for a blocking thread; past this a node answers "busy"
+/// instead of letting the queue (and the shards it holds) grow.
+const MAX_QUEUED: usize = 256;
+/// Bytes one `Verify` request may hash.
+const VERIFY_BYTES: u64 = 256 << 20;
 
 struct Shards {
     store: LocalStore,
@@ -94,10 +99,12 @@ impl Shards {
                 {
                     return Response::Full;
                 }
-                match self.store.put(&id, &data) {
-                    Ok(()) => {
-                        self.used.fetch_add(len, Ordering::Relaxed);
-                        self.count.fetch_add(1, Ordering::Relaxed);
+                match self.store.put_if_absent(&id, &data) {
+                    Ok(fresh) => {
+                        if fresh {
+                            self.used.fetch_add(len, Ordering::Relaxed);
+                            self.count.fetch_add(1, Ordering::Relaxed);
+                        }
                         Response::Done
                     }
                     Err(e) => failed(e),
@@ -122,12 +129,13 @@ impl Shards {
             }
             Request::Delete { ids } => {
                 for id in ids {
-                    if let Some(len) = self.store.len_of(&id) {
-                        if let Err(e) = self.store.delete(&id) {
-                            return failed(e);
+                    match self.store.remove(&id) {
+                        Ok(Some(len)) => {
+                            self.used.fetch_sub(len, Ordering::Relaxed);
+                            self.count.fetch_sub(1, Ordering::Relaxed);
                         }
-                        self.used.fetch_sub(len, Ordering::Relaxed);
-                        self.count.fetch_sub(1, Ordering::Relaxed);
+                        Ok(None) => {}
+                        Err(e) => return failed(e),
                     }
                 }
                 Response::Done
@@ -141,7 +149,18 @@ impl Shards {
                 Response::List { shards, more }
             }
             Request::Verify { after, max } => {
-                let (shards, more) = self.store.list_after(after, (max as usize).min(MAX_IDS));
+                let (mut shards, mut more) =
+                    self.store.list_after(after, (max as usize).min(MAX_IDS));
+                // Paged by bytes too: one request never asks for more than
+                // VERIFY_BYTES of hashing, whatever the shards' sizes.
+                let mut bytes = 0u64;
+                if let Some(cut) = shards.iter().position(|(_, len, _)| {
+                    bytes += len;
+                    bytes > VERIFY_BYTES
+                }) {
+                    shards.truncate(cut.max(1));
+                    more = true;
+                }
                 let bad = shards
                     .iter()
                     .filter(|(id, _, _)| matches!(self.store.get(id), Err(StoreError::Corrupt(_))))
@@ -379,6 +398,8 @@ async fn serve(
     let mut announced = false;
     // Inventory requests held unanswered (fault injection).
     let mut muted = Vec::new();
+    // Requests handed to the blocking pool and not answered yet.
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let due = announce_at.filter(|_| !announced);
         tokio::select! {
@@ -410,11 +431,19 @@ async fn serve(
                         // Two thread hops would cost more than the work itself.
                         let resp = shards.answer(&peer, request);
                         let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
+                    } else if queued.load(Ordering::Relaxed) >= MAX_QUEUED {
+                        let busy = Response::Failed(format!(
+                            "busy: {MAX_QUEUED} requests waiting; try another peer or later"
+                        ));
+                        let _ = swarm.behaviour_mut().shard.send_response(channel, busy);
                     } else {
                         let shards = shards.clone();
                         let done = done_tx.clone();
+                        let queued = queued.clone();
+                        queued.fetch_add(1, Ordering::Relaxed);
                         tokio::task::spawn_blocking(move || {
                             let resp = shards.answer(&peer, request);
+                            queued.fetch_sub(1, Ordering::Relaxed);
                             let _ = done.send((channel, resp));
                         });
                     }

@@ -95,7 +95,46 @@ impl LocalStore {
         (out, false)
     }
 
+    /// Stores a shard unless it is here already; true when this call stored it
+    /// (so that concurrent puts of one id count its bytes once).
+    pub fn put_if_absent(&self, id: &ShardId, bytes: &[u8]) -> Result<bool, StoreError> {
+        let mut fresh = false;
+        self.write_with(id, bytes, &mut |tmp, dest| match fs::hard_link(tmp, dest) {
+            Ok(()) => {
+                fresh = true;
+                fs::remove_file(tmp)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => fs::remove_file(tmp),
+            Err(e) => Err(e),
+        })?;
+        Ok(fresh)
+    }
+
+    /// Deletes a shard; its length when this call removed it (`None` when it
+    /// was not here, or a concurrent delete took it first).
+    pub fn remove(&self, id: &ShardId) -> Result<Option<u64>, StoreError> {
+        let path = self.path_of(id);
+        let Some(len) = self.len_of(id) else {
+            return Ok(None);
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(Some(len)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
     fn write_new(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write_with(id, bytes, &mut |tmp, dest| fs::rename(tmp, dest))
+    }
+
+    /// Writes `bytes` to a temporary file, then `place`s it at the shard's name.
+    fn write_with(
+        &self,
+        id: &ShardId,
+        bytes: &[u8],
+        place: &mut dyn FnMut(&Path, &Path) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
         let (_, avail) = self.capacity()?;
         if avail < RESERVE + bytes.len() as u64 {
             return Err(StoreError::Full(self.root.clone()));
@@ -113,7 +152,7 @@ impl LocalStore {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(bytes)?;
-            fs::rename(&tmp, &dest)
+            place(&tmp, &dest)
         })();
         res.map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -200,5 +239,39 @@ impl ShardStore for LocalStore {
             st.blocks() as u64 * frag,
             st.blocks_available() as u64 * frag,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node counts a shard's bytes once however many puts or deletes of it
+    /// race: exactly one of them is told it stored, or removed, the shard.
+    #[test]
+    fn racing_puts_and_deletes_of_one_shard_count_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let bytes = vec![5u8; 100_000];
+        let id = ShardId::of(&bytes);
+        for _ in 0..5 {
+            let stored: usize = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| store.put_if_absent(&id, &bytes).unwrap()))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap() as usize).sum()
+            });
+            assert_eq!(stored, 1);
+            assert_eq!(store.get(&id).unwrap(), bytes);
+            let removed: Vec<Option<u64>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| store.remove(&id).unwrap()))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(removed.iter().flatten().count(), 1);
+            assert_eq!(removed.iter().flatten().next(), Some(&100_000));
+            assert!(!store.contains(&id));
+        }
     }
 }
