@@ -191,13 +191,7 @@ pub struct Mount {
 impl Mount {
     /// The peak resident set size of the mount process so far, in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
-        let pid = self.child.as_ref().expect("mount is running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status")
+        proc_status_kib(self.child.as_ref().expect("mount is running").id(), "VmHWM")
     }
 
     /// Unmount and wait for the process; returns its exit status success.
@@ -462,13 +456,10 @@ impl Cluster {
 
     /// Node `i`'s resident set size now, in KiB.
     pub fn rss_kib(&self, i: usize) -> u64 {
-        let pid = self.nodes[i].child.as_ref().expect("node is running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+        proc_status_kib(
+            self.nodes[i].child.as_ref().expect("node is running").id(),
+            "VmRSS",
+        )
     }
 
     /// Whether node `i`'s process is still running.
@@ -525,4 +516,14 @@ impl Drop for Cluster {
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `kB` figure of /proc/PID/status (`VmRSS`, `VmHWM`, …).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
