@@ -56,8 +56,8 @@ case "$cmd" in
     n="${2:?usage: cluster.sh start N}"
     mkdir -p "$DIR"
     [ -d "$HOME_DIR" ] || "$DATAMESH_BIN" --home "$HOME_DIR" init > /dev/null
-    # A dev cluster lives long: its token stays valid for nodes added later.
-    "$DATAMESH_BIN" --home "$HOME_DIR" invite --ttl 30d | tail -1 > "$DIR/token"
+    # A dev cluster lives long: its token stays good for the nodes added later.
+    "$DATAMESH_BIN" --home "$HOME_DIR" invite --ttl 30d --uses 1000 | tail -1 > "$DIR/token"
     for i in $(seq 0 $((n - 1))); do start_node "$i"; done
     boot=$(for i in $(seq 0 $((n - 1))); do printf -- ' --bootstrap %s' "$(cat "$DIR/node$i.addr")"; done)
     echo "$boot" > "$DIR/bootstrap"

@@ -364,6 +364,7 @@ mod tests {
                 shards: 5,
                 bytes: 500,
                 capacity: 1000,
+                admitted: true,
             }]),
             redundancy: Redundancy {
                 chunks: 9,

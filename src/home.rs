@@ -138,6 +138,14 @@ impl HomePaths {
     pub fn config(&self) -> PathBuf {
         self.dir.join("config.toml")
     }
+    /// Invitations handed out and not used up (`datamesh invite`).
+    pub fn invites(&self) -> PathBuf {
+        self.dir.join("invites")
+    }
+    /// The storage peers this home admitted.
+    pub fn admitted(&self) -> PathBuf {
+        self.dir.join("admitted")
+    }
     pub fn meta(&self) -> PathBuf {
         self.dir.join("meta")
     }
@@ -348,9 +356,35 @@ impl Home {
         }
         let key = self.mesh_key()?;
         let identity = crate::net::load_identity(&self.paths().peer_key()).map_err(net_err)?;
-        let client =
-            crate::net::MeshClient::start(identity, &key, addrs, Some(self.paths().peers()))
-                .map_err(net_err)?;
+        let paths = self.paths();
+        if !paths.admitted().exists() {
+            // The first run that admits peers: those this home used so far
+            // (remembered in `peers`) stay admitted.
+            let known: std::collections::HashSet<crate::net::PeerId> =
+                fs::read_to_string(paths.peers())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .filter_map(|a| crate::net::peer_of(&a))
+                    .collect();
+            let list = crate::net::trust::Admitted {
+                peers: known,
+                retired: Default::default(),
+            };
+            list.save(&paths.admitted()).map_err(net_err)?;
+        }
+        let admission = crate::net::Admission {
+            admitted: paths.admitted(),
+            invites: paths.invites(),
+        };
+        let client = crate::net::MeshClient::start(
+            identity,
+            &key,
+            addrs,
+            Some(paths.peers()),
+            Some(admission),
+        )
+        .map_err(net_err)?;
         let live = client.wait_for_peers(n, std::time::Duration::from_secs(10));
         if live < n {
             tracing::warn!("{live} of the {n} storage peers a chunk spreads over are reachable");

@@ -93,9 +93,13 @@ impl Volume {
             .collect()
     }
 
-    /// A join token from `datamesh invite` (its last line).
+    /// A join token from `datamesh invite` (its last line), good for many peers.
     pub fn invite(&self) -> String {
-        let out = self.datamesh().arg("invite").output().unwrap();
+        let out = self
+            .datamesh()
+            .args(["invite", "--uses", "1000"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "invite failed");
         let text = String::from_utf8(out.stdout).unwrap();
         text.lines().last().expect("a token line").to_string()

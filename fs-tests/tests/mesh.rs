@@ -702,6 +702,10 @@ fn a_copied_mesh_key_can_neither_delete_nor_list_nor_store() {
         thief.home().join("mesh.key"),
     )
     .unwrap();
+    // It controls its own home, so it "admits" every peer: the peers refuse it.
+    for i in 0..c.nodes.len() {
+        thief.ok(&["peers", "add", &peer_id(&c, i)]);
+    }
     let boot = c.bootstrap_flags();
     let gc = thief
         .cmd(&strs(&boot))
@@ -778,8 +782,69 @@ fn bad_tokens_are_refused_before_anything_is_written_and_old_ones_still_join() {
     let i = c.try_add_with_token(&old).unwrap();
     let log = std::fs::read_to_string(v.dir.path().join(format!("nodes/node{i}.log"))).unwrap();
     assert!(log.contains("predates roles"), "{log}");
+    // It carries no invitation: the home uses it once told to (an upgraded
+    // home admits the peers it knew already by itself).
+    v.ok(&["peers", "add", &peer_id(&c, i)]);
     let src = put_random(&v, &c, 1_000_000);
     v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+    assert!(!c.shard_files(i).is_empty(), "the old peer got no shards");
+}
+
+/// Node `i`'s peer id, from the address it printed.
+fn peer_id(c: &Cluster, i: usize) -> String {
+    c.nodes[i].addr.rsplit('/').next().unwrap().to_string()
+}
+
+#[test]
+fn only_invited_peers_get_shards_and_a_removed_one_gets_nothing_new() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 6);
+    // One invitation, two peers joining with it: the second is not admitted.
+    let out = v.ok(&["invite"]);
+    let once = out.lines().last().unwrap().to_string();
+    let first = c.try_add_with_token(&once).unwrap();
+    let put1 = put_random(&v, &c, 200_000);
+    let second = c.try_add_with_token(&once).unwrap();
+    let src = put_random(&v, &c, 20_000_000);
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+    drop(put1);
+    assert!(
+        c.shard_files(second).is_empty(),
+        "an uninvited peer got shards"
+    );
+    let status = String::from_utf8(
+        v.cmd(&strs(&c.bootstrap_flags()))
+            .arg("status")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        status.contains(&format!("{} NOT ADMITTED", peer_id(&c, second))),
+        "{status}"
+    );
+    let peers = v.ok(&["peers"]);
+    assert!(peers.contains(&peer_id(&c, first)), "{peers}");
+    assert!(!peers.contains(&peer_id(&c, second)), "{peers}");
+
+    // A removed peer gets nothing new, and repair rebuilds what it held.
+    let gone = peer_id(&c, 0);
+    v.ok(&["peers", "remove", &gone]);
+    let held = c.shard_files(0).len();
+    let src = put_random(&v, &c, 20_000_000);
+    assert_eq!(
+        c.shard_files(0).len(),
+        held,
+        "a removed peer got new shards"
+    );
+    let repair = v.run(&["repair"]);
+    assert!(repair.status.success(), "{repair:?}");
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "full"), json_num(&json, "chunks"), "{json}");
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+    v.assert_fsck_clean();
 }
 
 #[test]

@@ -94,10 +94,11 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             super::mesh::node(args, &home.bootstrap)?;
             Ok(true)
         }
-        Cmd::Invite { address, ttl } => {
-            super::mesh::invite(home, &address, ttl)?;
+        Cmd::Invite { address, ttl, uses } => {
+            super::mesh::invite(home, &address, ttl, uses)?;
             Ok(true)
         }
+        Cmd::Peers { action } => super::mesh::peers(home, action),
         Cmd::Status { json } => super::mesh::run(home, crate::admin::Ask::Status, json),
         Cmd::Repair => super::mesh::run(home, crate::admin::Ask::Repair, false),
         Cmd::Scrub => super::mesh::run(home, crate::admin::Ask::Scrub, false),

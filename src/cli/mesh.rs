@@ -7,7 +7,7 @@ use crate::admin::{self, Ask, Report};
 use crate::data::Redundancy;
 use crate::home::Home;
 use crate::net::node::NodeOptions;
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use indicatif::ProgressBar;
 use std::path::PathBuf;
 
@@ -89,16 +89,21 @@ pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn invite(home: &Home, extra: &[String], ttl: std::time::Duration) -> anyhow::Result<()> {
+pub fn invite(
+    home: &Home,
+    extra: &[String],
+    ttl: std::time::Duration,
+    uses: u32,
+) -> anyhow::Result<()> {
     if !home.exists() {
         home.init(&Default::default())?;
     }
     let key = home.mesh_key()?;
     let me = home.peer_id()?;
-    let expires = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        .saturating_add(ttl.as_secs());
+        .as_secs();
+    let expires = now.saturating_add(ttl.as_secs());
     let mut addrs = addrs(extra, "--address")?;
     for a in home.peer_addrs()? {
         if !addrs.contains(&a) {
@@ -123,8 +128,15 @@ pub fn invite(home: &Home, extra: &[String], ttl: std::time::Duration) -> anyhow
         home: None,
         bootstrap: addrs,
         expires: None,
+        admit: None,
     };
-    println!("{}", token.encode(me, expires));
+    let (token, secret) = token.encode(me, expires);
+    // The home admits the peers that prove they hold this token, `uses` of them.
+    crate::net::trust::Invites::add(&home.paths().invites(), secret, expires, uses, now)?;
+    if uses > 1 {
+        println!("It admits up to {uses} storage peers.");
+    }
+    println!("{token}");
     Ok(())
 }
 
@@ -228,7 +240,7 @@ fn print_redundancy(r: &Redundancy, k: usize) {
 fn print_peers(report: &Report) {
     let Some(peers) = &report.peers else { return };
     let n = report.data_shards + report.parity_shards;
-    let live = peers.iter().filter(|p| p.reachable).count();
+    let live = peers.iter().filter(|p| p.reachable && p.admitted).count();
     println!("{} storage peers, {live} reachable:", peers.len());
     let r = &report.redundancy;
     let why = |list: &[crate::store::PeerNote], id: &str| {
@@ -237,6 +249,13 @@ fn print_peers(report: &Report) {
             .map(|n| format!(" ({})", n.why))
     };
     for p in peers {
+        if !p.admitted {
+            println!(
+                "  {} NOT ADMITTED {} (gets no shards; `datamesh peers add` admits it)",
+                p.id, p.address
+            );
+            continue;
+        }
         if let Some(w) = why(&r.silent, &p.id) {
             println!("  {} NO ANSWER   {}{w}", p.id, p.address);
             continue;
@@ -291,4 +310,49 @@ fn print_workers(workers: &[crate::workers::WorkerInfo]) {
         };
         println!("  {:<12} {state:<8} {:>8} rounds{err}", w.name, w.rounds);
     }
+}
+
+/// `datamesh peers [add|remove ID]`: the admitted storage peers. A running
+/// mount reads the change within seconds.
+pub fn peers(home: &Home, action: Option<super::PeersAction>) -> anyhow::Result<bool> {
+    let path = home.paths().admitted();
+    let mut list = crate::net::trust::Admitted::load(&path)?.unwrap_or_default();
+    let parse = |id: &str| -> anyhow::Result<crate::net::PeerId> {
+        id.parse()
+            .map_err(|_| anyhow!("{id}: not a peer id (as `datamesh status` lists them)"))
+    };
+    match action {
+        None => {
+            let mut ids: Vec<String> = list.peers.iter().map(|p| p.to_string()).collect();
+            ids.sort();
+            println!("{} admitted storage peers:", ids.len());
+            for id in ids {
+                println!("  {id}");
+            }
+            let mut gone: Vec<String> = list.retired.iter().map(|p| p.to_string()).collect();
+            gone.sort();
+            for id in gone {
+                println!("  {id} (removed)");
+            }
+            return Ok(true);
+        }
+        Some(super::PeersAction::Add { id }) => {
+            let peer = parse(&id)?;
+            list.retired.remove(&peer);
+            list.peers.insert(peer);
+            println!("datamesh: peers: {id} admitted");
+        }
+        Some(super::PeersAction::Remove { id }) => {
+            let peer = parse(&id)?;
+            if !list.peers.remove(&peer) {
+                bail!("{id}: not an admitted peer");
+            }
+            list.retired.insert(peer);
+            println!(
+                "datamesh: peers: {id} removed; run `datamesh repair` to rebuild what it held"
+            );
+        }
+    }
+    list.save(&path)?;
+    Ok(true)
 }

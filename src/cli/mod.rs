@@ -12,6 +12,15 @@ mod transfer;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+#[derive(Subcommand)]
+pub enum PeersAction {
+    /// Admit a peer by id (one that joined without a token from this home).
+    Add { id: String },
+    /// Retire a peer: it gets no new shards and is no longer counted, so
+    /// `repair` rebuilds what it held on the others.
+    Remove { id: String },
+}
+
 #[derive(Parser)]
 #[command(
     name = "datamesh",
@@ -139,6 +148,9 @@ enum Cmd {
         /// How long the token stays valid (e.g. 24h, 30m, 7d).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
+        /// How many storage peers the token may admit.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: u32,
     },
     /// Show the storage peers and how much loss the volume survives now.
     Status {
@@ -150,6 +162,11 @@ enum Cmd {
     Repair,
     /// Ask every peer to re-hash what it holds, then repair what was bad.
     Scrub,
+    /// List the storage peers this home admitted; add or remove one.
+    Peers {
+        #[command(subcommand)]
+        action: Option<PeersAction>,
+    },
     /// Measure the chunk pipeline (see scripts/bench-engine.sh).
     #[command(hide = true)]
     Bench {

@@ -13,7 +13,7 @@ pub mod node;
 pub mod proto;
 pub mod trust;
 
-pub use client::{MeshClient, MeshStore, Timings};
+pub use client::{Admission, MeshClient, MeshStore, Timings};
 /// Peer addresses, for the command line and the configuration to parse.
 pub use libp2p::{Multiaddr, PeerId};
 pub use trust::{JoinToken, Role, Roles};

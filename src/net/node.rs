@@ -176,6 +176,8 @@ impl Shards {
                     more,
                 }
             }
+            // Answered by the network loop, which knows this peer's id.
+            Request::Hello => Response::Failed("Hello is not answered here".into()),
             Request::Stat => {
                 let used = self.used.load(Ordering::Relaxed);
                 let disk = self
@@ -206,6 +208,20 @@ impl Gate {
         Gate {
             roles,
             logged: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The answer to the home's `Hello`: proof of the token this peer joined with.
+    fn hello(&self, me: &libp2p::PeerId) -> Response {
+        match self.roles.as_ref().and_then(Roles::admit) {
+            Some(secret) => Response::Hello {
+                proof: super::trust::admission_proof(secret, me),
+            },
+            None => Response::Failed(
+                "this peer joined without an admission secret (an older token): \
+                 join it again with a token from `datamesh invite`"
+                    .into(),
+            ),
         }
     }
 
@@ -283,7 +299,7 @@ fn join(data: &Path, token: &str) -> Result<Vec<Multiaddr>, NetError> {
         t.key.save(&key_path)?;
     }
     if let (None, Some(home)) = (&roles, t.home) {
-        Roles::new(home).save(&roles_path)?;
+        Roles::new(home, t.admit).save(&roles_path)?;
     }
     Ok(t.bootstrap)
 }
@@ -425,6 +441,8 @@ async fn serve(
                 })) => {
                     if let Some(refusal) = gate.check(&peer, &request) {
                         let _ = swarm.behaviour_mut().shard.send_response(channel, refusal);
+                    } else if matches!(request, Request::Hello) {
+                        let _ = swarm.behaviour_mut().shard.send_response(channel, gate.hello(&me));
                     } else if mute_lists && matches!(request, Request::List { .. }) {
                         muted.push(channel);
                     } else if request.is_quick() {

@@ -54,6 +54,9 @@ pub enum Request {
         max: u32,
     },
     Stat,
+    /// The home asks a new storage peer to prove it was invited (last, so
+    /// older peers only meet it as a request they cannot read).
+    Hello,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,10 @@ pub enum Response {
     /// The caller lacks the right to this request (see `net::roles`); nothing
     /// was changed. Last, so homes from before roles never meet it.
     Refused(String),
+    /// `admission_proof(secret of the token it joined with, its own id)`.
+    Hello {
+        proof: [u8; 32],
+    },
 }
 
 impl Request {
@@ -97,7 +104,7 @@ impl Request {
             Request::Put { data, .. } => data.len() <= MAX_SHARD,
             Request::Has { ids } | Request::Delete { ids } => ids.len() <= MAX_IDS,
             Request::List { max, .. } | Request::Verify { max, .. } => *max as usize <= MAX_IDS,
-            Request::Get { .. } | Request::Sync | Request::Stat => true,
+            Request::Get { .. } | Request::Sync | Request::Stat | Request::Hello => true,
         };
         if ok {
             Ok(())
@@ -137,6 +144,7 @@ impl std::fmt::Display for Response {
             Response::Verified { checked, .. } => write!(f, "{checked} shards verified"),
             Response::Stat { .. } => write!(f, "usage figures"),
             Response::Refused(why) => write!(f, "refused: {}", short(why)),
+            Response::Hello { .. } => write!(f, "an admission proof"),
         }
     }
 }
@@ -153,6 +161,7 @@ impl Request {
             Request::List { .. } => "List",
             Request::Verify { .. } => "Verify",
             Request::Stat => "Stat",
+            Request::Hello => "Hello",
         }
     }
 

@@ -10,6 +10,7 @@ use super::proto::Request;
 use super::{MeshKey, Multiaddr, NetError};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::Path;
 
 /// What a caller is to a storage peer.
@@ -52,15 +53,22 @@ pub struct Roles {
     version: u8,
     home: Vec<u8>,
     members: Vec<Vec<u8>>,
+    /// The admission secret of the token this peer joined with.
+    admit: Option<[u8; 32]>,
 }
 
 impl Roles {
-    pub fn new(home: PeerId) -> Roles {
+    pub fn new(home: PeerId, admit: Option<[u8; 32]>) -> Roles {
         Roles {
             version: ROLES_VERSION,
             home: home.to_bytes(),
             members: Vec::new(),
+            admit,
         }
+    }
+
+    pub fn admit(&self) -> Option<&[u8; 32]> {
+        self.admit.as_ref()
     }
 
     pub fn home(&self) -> Option<PeerId> {
@@ -113,6 +121,157 @@ pub struct JoinToken {
     pub bootstrap: Vec<Multiaddr>,
     /// Unix seconds after which the token is refused (`None` in `dmjoin1`).
     pub expires: Option<u64>,
+    /// The admission secret (`None` in `dmjoin1`).
+    pub admit: Option<[u8; 32]>,
+}
+
+fn admission_secret(token_body: &[u8]) -> [u8; 32] {
+    blake3::derive_key("datamesh 2026 admission secret", token_body)
+}
+
+/// What a storage peer answers the home's `Hello`: proof that it joined with
+/// a token the home issued, bound to the peer's own id (a proof cannot be
+/// replayed by another peer).
+pub fn admission_proof(secret: &[u8; 32], peer: &PeerId) -> [u8; 32] {
+    *blake3::keyed_hash(secret, &peer.to_bytes()).as_bytes()
+}
+
+/// One invitation the home has handed out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Invite {
+    secret: [u8; 32],
+    expires: u64,
+    uses: u32,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct InvitesFile {
+    version: u8,
+    list: Vec<Invite>,
+}
+
+/// The home's outstanding invitations (`HOME/invites`, 0600): a token admits
+/// at most `uses` storage peers before it expires.
+pub struct Invites;
+
+impl Invites {
+    fn load(path: &Path) -> Result<InvitesFile, NetError> {
+        match std::fs::read(path) {
+            Ok(b) => postcard::from_bytes(&b)
+                .map_err(|_| NetError::Bad(format!("{}: damaged invitations", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(InvitesFile::default()),
+            Err(source) => Err(NetError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    fn save(path: &Path, f: &InvitesFile) -> Result<(), NetError> {
+        super::write_secret(path, &postcard::to_allocvec(f).expect("invites serialize"))
+    }
+
+    /// Records a new invitation; expired and used-up ones are dropped.
+    pub fn add(
+        path: &Path,
+        secret: [u8; 32],
+        expires: u64,
+        uses: u32,
+        now: u64,
+    ) -> Result<(), NetError> {
+        let mut f = Invites::load(path)?;
+        f.version = 1;
+        f.list.retain(|i| i.expires > now && i.uses > 0);
+        f.list.push(Invite {
+            secret,
+            expires,
+            uses,
+        });
+        Invites::save(path, &f)
+    }
+
+    /// Whether `proof` from `peer` matches an invitation that is still good;
+    /// if so, one use of it is spent.
+    pub fn redeem(
+        path: &Path,
+        peer: &PeerId,
+        proof: &[u8; 32],
+        now: u64,
+    ) -> Result<bool, NetError> {
+        let mut f = Invites::load(path)?;
+        let Some(i) = f
+            .list
+            .iter_mut()
+            .find(|i| i.expires > now && i.uses > 0 && admission_proof(&i.secret, peer) == *proof)
+        else {
+            return Ok(false);
+        };
+        i.uses -= 1;
+        f.list.retain(|i| i.expires > now && i.uses > 0);
+        Invites::save(path, &f)?;
+        Ok(true)
+    }
+}
+
+/// The storage peers a home admitted (`HOME/admitted`, one peer id a line),
+/// the only ones it places shards on and counts; and those it retired
+/// (`retired ID` lines), which no invitation admits again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admitted {
+    pub peers: HashSet<PeerId>,
+    pub retired: HashSet<PeerId>,
+}
+
+impl Admitted {
+    /// `None` when there is no such file (a home from before admission).
+    pub fn load(path: &Path) -> Result<Option<Admitted>, NetError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(NetError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mut out = Admitted::default();
+        for l in text.lines().map(str::trim) {
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let (retired, id) = match l.strip_prefix("retired ") {
+                Some(id) => (true, id.trim()),
+                None => (false, l),
+            };
+            let id: PeerId = id
+                .parse()
+                .map_err(|_| NetError::Bad(format!("{}: not a peer id: {l}", path.display())))?;
+            if retired {
+                out.retired.insert(id);
+            } else {
+                out.peers.insert(id);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), NetError> {
+        let mut lines: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
+        lines.sort();
+        let mut retired: Vec<String> = self
+            .retired
+            .iter()
+            .map(|p| format!("retired {p}"))
+            .collect();
+        retired.sort();
+        lines.extend(retired);
+        let text = format!(
+            "# storage peers this home node places shards on (datamesh peers)\n{}",
+            lines.iter().map(|l| format!("{l}\n")).collect::<String>()
+        );
+        super::write_secret(path, text.as_bytes())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -127,6 +286,8 @@ struct TokenV2 {
     home: Vec<u8>,
     bootstrap: Vec<String>,
     expires: u64,
+    /// Makes every token, and so its admission secret, its own.
+    nonce: [u8; 16],
 }
 
 const V1: &str = "dmjoin1";
@@ -135,21 +296,24 @@ const V2: &str = "dmjoin2";
 const CHECK: usize = 4;
 
 impl JoinToken {
-    /// A `dmjoin2` token.
-    pub fn encode(&self, home: PeerId, expires: u64) -> String {
+    /// A `dmjoin2` token, and its admission secret (what the home keeps in
+    /// its invitations, and the peer proves it holds).
+    pub fn encode(&self, home: PeerId, expires: u64) -> (String, [u8; 32]) {
         let body = postcard::to_allocvec(&TokenV2 {
             mesh_key: self.key.0,
             home: home.to_bytes(),
             bootstrap: self.bootstrap.iter().map(|a| a.to_string()).collect(),
             expires,
+            nonce: rand::random(),
         })
         .expect("tokens serialize");
         let check = blake3::hash(&body);
-        format!(
+        let token = format!(
             "{V2}{}{}",
             hex::encode(&body),
             hex::encode(&check.as_bytes()[..CHECK])
-        )
+        );
+        (token, admission_secret(&body))
     }
 
     /// Reads a token (`dmjoin2`, or the older `dmjoin1`) and refuses it once
@@ -198,6 +362,7 @@ impl JoinToken {
                 home: None,
                 bootstrap: addrs(&t.bootstrap)?,
                 expires: None,
+                admit: None,
             });
         }
         if bytes.len() < CHECK {
@@ -220,6 +385,7 @@ impl JoinToken {
             home: Some(home),
             bootstrap: addrs(&t.bootstrap)?,
             expires: Some(t.expires),
+            admit: Some(admission_secret(body)),
         })
     }
 }
@@ -235,6 +401,7 @@ mod tests {
             home: None,
             bootstrap: vec!["/ip4/127.0.0.1/tcp/4100".parse().unwrap()],
             expires: None,
+            admit: None,
         };
         (t, PeerId::random())
     }
@@ -242,12 +409,15 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_carry_the_home() {
         let (t, home) = token();
-        let s = t.encode(home, 2000);
+        let (s, secret) = t.encode(home, 2000);
         let back = JoinToken::decode(&s, 1000).unwrap();
         assert!(back.key == t.key);
         assert_eq!(back.home, Some(home));
         assert_eq!(back.bootstrap, t.bootstrap);
         assert_eq!(back.expires, Some(2000));
+        assert_eq!(back.admit, Some(secret));
+        // Two tokens with the same contents still have their own secrets.
+        assert_ne!(t.encode(home, 2000).1, secret);
         let err = JoinToken::decode(&s, 2000).err().unwrap().to_string();
         assert!(err.contains("expired"), "{err}");
         assert!(JoinToken::decode("hello", 0).is_err());
@@ -272,7 +442,7 @@ mod tests {
         #[test]
         fn a_mistyped_or_cut_token_is_refused(at in 7usize..200, c in "[0-9a-f]", cut in 8usize..200) {
             let (t, home) = token();
-            let s = t.encode(home, u64::MAX);
+            let (s, _) = t.encode(home, u64::MAX);
             let at = at % s.len();
             let mut typo: Vec<char> = s.chars().collect();
             prop_assume!(at >= 7 && typo[at] != c.chars().next().unwrap());
@@ -285,9 +455,35 @@ mod tests {
     }
 
     #[test]
+    fn an_invitation_admits_as_many_peers_as_it_allows_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invites");
+        let (t, home) = token();
+        let (_, secret) = t.encode(home, 100);
+        Invites::add(&path, secret, 100, 2, 10).unwrap();
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        // A proof made for another peer does not admit this one.
+        assert!(!Invites::redeem(&path, &b, &admission_proof(&secret, &a), 10).unwrap());
+        assert!(Invites::redeem(&path, &a, &admission_proof(&secret, &a), 10).unwrap());
+        // Expired: refused even with uses left.
+        assert!(!Invites::redeem(&path, &b, &admission_proof(&secret, &b), 100).unwrap());
+        assert!(Invites::redeem(&path, &b, &admission_proof(&secret, &b), 11).unwrap());
+        // Used up.
+        assert!(!Invites::redeem(&path, &c, &admission_proof(&secret, &c), 12).unwrap());
+        let adm = dir.path().join("admitted");
+        assert_eq!(Admitted::load(&adm).unwrap(), None);
+        let list = Admitted {
+            peers: [a, b].into(),
+            retired: [c].into(),
+        };
+        list.save(&adm).unwrap();
+        assert_eq!(Admitted::load(&adm).unwrap(), Some(list));
+    }
+
+    #[test]
     fn only_the_home_may_delete_or_list() {
         let home = PeerId::random();
-        let roles = Roles::new(home);
+        let roles = Roles::new(home, None);
         let del = Request::Delete { ids: vec![] };
         let list = Request::List {
             after: None,

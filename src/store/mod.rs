@@ -50,6 +50,13 @@ pub struct PeerStatus {
     pub shards: u64,
     pub bytes: u64,
     pub capacity: u64,
+    /// Whether the home admitted it (only admitted peers get shards and count).
+    #[serde(default = "yes")]
+    pub admitted: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A storage peer a survey could not count, and why.

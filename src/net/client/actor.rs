@@ -70,6 +70,7 @@ pub(super) async fn actor(
                         }
                     }
                     let mut t = lock(&shared.peers);
+                    let retired = t.admitted.as_ref().is_some_and(|a| a.retired.contains(&peer_id));
                     if let Some(p) = t.entry(peer_id) {
                         p.storage = storage;
                         p.identified = true;
@@ -78,7 +79,18 @@ pub(super) async fn actor(
                                 p.addrs.push(a);
                             }
                         }
+                        // A storage peer the home has not admitted proves it was invited.
+                        // A retired one is not asked: only `datamesh peers add` brings it back.
+                        let hello = storage && !p.admitted && !p.admitting && !retired;
+                        if hello {
+                            p.admitting = true;
+                        }
                         drop(t);
+                        if hello {
+                            let id = swarm.behaviour_mut().shard.send_request(&peer_id, Request::Hello);
+                            let shared = shared.clone();
+                            pending.insert(id, Box::new(move |r| shared.take_hello(peer_id, r)));
+                        }
                         if storage {
                             tracing::info!("storage peer {peer_id} identified");
                             shared.save_peers();
@@ -139,6 +151,7 @@ pub(super) async fn actor(
                 ticks += 1;
                 // Dead peers are redialled so that a restarted one is used again.
                 redial(&mut swarm, &shared);
+                shared.reload_admitted();
                 if ticks % 15 == 1 && swarm.behaviour_mut().kad.bootstrap().is_err() {
                     // No peer to ask: there is nothing to discover.
                     shared.kad_settled.store(true, Ordering::Relaxed);

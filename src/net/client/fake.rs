@@ -102,6 +102,7 @@ impl FakePeer {
                     }
                 }
             }
+            Request::Hello => Response::Failed("fake peers are admitted already".into()),
             Request::Stat => Response::Stat {
                 shards: if self.understate.load(Ordering::Relaxed) {
                     0
@@ -139,6 +140,8 @@ impl FakeMesh {
             peers: Mutex::new(PeerTable::default()),
             remember: None,
             kad_settled: AtomicBool::new(true),
+            admission: None,
+            admitted_read: Mutex::new(None),
         });
         for p in &peers {
             let mut t = lock(&shared.peers);

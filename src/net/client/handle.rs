@@ -11,6 +11,7 @@ impl MeshClient {
         key: &MeshKey,
         bootstrap: Vec<Multiaddr>,
         remember: Option<PathBuf>,
+        admission: Option<Admission>,
     ) -> Result<MeshClient, NetError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             // Each connection's Noise and Yamux work runs as its own task: one
@@ -28,7 +29,10 @@ impl MeshClient {
             peers: Mutex::new(PeerTable::default()),
             remember,
             kad_settled: AtomicBool::new(false),
+            admission,
+            admitted_read: Mutex::new(None),
         });
+        shared.reload_admitted();
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(super::actor::actor(swarm, rx, shared.clone(), bootstrap));
         Ok(MeshClient {
@@ -68,7 +72,7 @@ impl MeshClient {
             .list
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.storage && p.connected)
+            .filter(|(_, p)| p.usable() && p.connected)
             .map(|(i, p)| (i, p.id))
             .collect()
     }
@@ -85,9 +89,10 @@ impl MeshClient {
         self.live().iter().fold(0, |m, (t, _)| m | bit(*t))
     }
 
-    /// Waits until `want` storage peers are reachable; gives up after `limit`
-    /// with none, or with some once every known peer has connected or failed
-    /// to (or 3 s pass without a new one: a dial to a vanished host can hang).
+    /// Waits until `want` admitted storage peers are reachable; gives up after
+    /// `limit` with none, or with some once every known peer has connected
+    /// (and, when new, been identified and admitted or not) or failed to (or 3 s
+    /// pass without a new one: a dial to a vanished host can hang).
     pub fn wait_for_peers(&self, want: usize, limit: Duration) -> usize {
         let start = Instant::now();
         let (mut last, mut since) = (0, Instant::now());
@@ -95,10 +100,20 @@ impl MeshClient {
             let (n, pending) = {
                 let t = lock(&self.shared.peers);
                 let storage = t.list.iter().filter(|p| p.storage);
-                let n = storage.clone().filter(|p| p.connected).count();
+                let n = storage
+                    .clone()
+                    .filter(|p| p.usable() && p.connected)
+                    .count();
                 (
                     n,
-                    storage.filter(|p| !p.connected && !p.dial_failed).count(),
+                    // Connected but not identified yet: a Hello may follow.
+                    storage
+                        .filter(|p| {
+                            (!p.connected && !p.dial_failed)
+                                || p.admitting
+                                || (p.connected && !p.identified && !p.admitted)
+                        })
+                        .count(),
                 )
             };
             if n != last {
@@ -118,7 +133,7 @@ impl MeshClient {
             .list
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.storage)
+            .filter(|(_, p)| p.usable())
             .map(|(i, p)| (i, p.clone()))
             .collect()
     }
@@ -128,7 +143,7 @@ impl MeshClient {
         lock(&self.shared.peers)
             .list
             .iter()
-            .filter(|p| p.connected && !p.identified && !p.storage)
+            .filter(|p| (p.connected && !p.identified && !p.storage) || p.admitting)
             .map(|p| p.id)
             .collect()
     }
@@ -144,7 +159,7 @@ impl MeshClient {
         lock(&self.shared.peers)
             .list
             .iter()
-            .filter(|p| p.storage && !p.connected)
+            .filter(|p| p.usable() && !p.connected)
             .count()
     }
 }

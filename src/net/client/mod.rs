@@ -111,6 +111,17 @@ struct PeerEntry {
     /// Failed dials so far, and the last one's error.
     dial_failures: u64,
     last_dial_error: String,
+    /// The home admitted it: shards may be placed on it and it is counted.
+    admitted: bool,
+    /// A `Hello` to it is in flight.
+    admitting: bool,
+}
+
+impl PeerEntry {
+    /// A storage peer this home uses.
+    fn usable(&self) -> bool {
+        self.storage && self.admitted
+    }
 }
 
 #[derive(Default)]
@@ -118,6 +129,15 @@ struct PeerTable {
     /// Index = tag. Only storage peers get a tag.
     list: Vec<PeerEntry>,
     by_id: HashMap<PeerId, usize>,
+    /// `None`: no admission (every storage peer is used); else whom the home
+    /// admitted and retired.
+    admitted: Option<super::trust::Admitted>,
+}
+
+/// Where a home keeps whom it admitted, and the invitations it handed out.
+pub struct Admission {
+    pub admitted: PathBuf,
+    pub invites: PathBuf,
 }
 
 struct Shared {
@@ -126,6 +146,9 @@ struct Shared {
     remember: Option<PathBuf>,
     /// The first Kademlia bootstrap has finished: the peers it found are known.
     kad_settled: AtomicBool,
+    admission: Option<Admission>,
+    /// When the admitted file was last read (it is re-read when it changes).
+    admitted_read: Mutex<Option<SystemTime>>,
 }
 
 /// A handle on the swarm actor; cheap to clone.

@@ -57,7 +57,7 @@ impl MeshStore {
             .list
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.storage && p.down_since.is_some_and(|t| t.elapsed() >= grace))
+            .filter(|(_, p)| p.usable() && p.down_since.is_some_and(|t| t.elapsed() >= grace))
             .fold(0, |m, (t, _)| m | bit(t))
     }
 
@@ -445,6 +445,7 @@ impl ShardStore for MeshStore {
                         shards,
                         bytes,
                         capacity,
+                        admitted: p.admitted,
                     }
                 })
                 .collect(),
