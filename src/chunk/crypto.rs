@@ -19,9 +19,16 @@ impl VolumeKey {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
-    /// The convergent chunk key: keyed BLAKE3 of the plaintext.
-    pub fn chunk_key(&self, plain: &[u8]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.0, plain).as_bytes()
+    /// The convergent chunk key: keyed BLAKE3, under a subkey of its own, of
+    /// exactly the bytes it will encrypt and how to read them (`compressed`),
+    /// so one key never encrypts two different messages (docs/DESIGN.md,
+    /// "Keys").
+    pub fn chunk_key(&self, compressed: bool, blob: &[u8]) -> [u8; 32] {
+        let root = self.derive("datamesh 2026 chunk key v2");
+        let mut h = blake3::Hasher::new_keyed(&root);
+        h.update(&[compressed as u8]);
+        h.update(blob);
+        *h.finalize().as_bytes()
     }
     /// A subkey for another purpose (the mesh key, ...), so one secret never serves two.
     pub fn derive(&self, context: &str) -> [u8; 32] {
@@ -71,7 +78,7 @@ pub fn unwrap_volume_key(device: &DeviceKey, sealed: &[u8]) -> Result<VolumeKey,
     Ok(VolumeKey(bytes))
 }
 
-// Each chunk key encrypts exactly one plaintext (it is derived from it), so a fixed
+// Each chunk key encrypts exactly one message (it is a hash of it), so a fixed
 // nonce never repeats under one key.
 const NONCE: [u8; 12] = [0; 12];
 

@@ -2,8 +2,9 @@
 //! optionally compressed, AEAD-encrypted blob, split by Reed-Solomon into k data and
 //! m parity shards, each addressed by its BLAKE3 hash; and back again.
 //!
-//! Invariants: the key of a chunk is a keyed BLAKE3 hash of its plaintext under the
-//! volume key, so equal chunks of one volume seal to equal shards (dedup) and nothing
+//! Invariants: the key of a chunk is a keyed BLAKE3 hash (under a subkey of the
+//! volume key) of exactly the bytes it encrypts, so one key never encrypts two
+//! messages, equal chunks of one volume seal to equal shards (dedup) and nothing
 //! is comparable across volumes. A reader either gets the exact plaintext or an error:
 //! every shard is checked against its id by the store, and the AEAD tag checks the
 //! reassembled blob.
@@ -121,12 +122,12 @@ pub fn seal(key: &VolumeKey, codec: &Codec, plain: &[u8], inline_max: usize) -> 
 /// [`seal`], encrypting in the caller's buffer instead of a copy (with
 /// [`SEAL_HEADROOM`] spare capacity it never reallocates).
 pub fn seal_owned(key: &VolumeKey, codec: &Codec, plain: Vec<u8>, inline_max: usize) -> Sealed {
-    let chunk_key = key.chunk_key(&plain);
     let plain_len = plain.len();
     let (mut blob, compressed) = match compress::maybe_compress(&plain) {
         Some(c) => (c, true),
         None => (plain, false),
     };
+    let chunk_key = key.chunk_key(compressed, &blob);
     crypto::encrypt(&chunk_key, &mut blob);
     let inline = plain_len <= inline_max;
     let plain_len = plain_len as u32;

@@ -122,3 +122,77 @@ fn volume_key_wraps_to_a_device_and_only_that_device() {
     let again = DeviceKey::from_bytes(&dev.to_bytes()).unwrap();
     assert_eq!(again.public(), dev.public());
 }
+
+/// A chunk key is a hash of the exact bytes it encrypts: the same plaintext
+/// sealed as compressed and as stored bytes (a compressor that changed its
+/// mind) gets two keys, never one key over two messages.
+#[test]
+fn a_chunk_key_encrypts_one_message_only() {
+    let plain = vec![42u8; 100_000];
+    let packed = compress::maybe_compress(&plain).expect("runs compress");
+    let k = key();
+    assert_ne!(k.chunk_key(true, &packed), k.chunk_key(false, &plain));
+    let mut other = packed.clone();
+    other.push(0);
+    assert_ne!(k.chunk_key(true, &packed), k.chunk_key(true, &other));
+    // Convergent: the same bytes, the same key (dedup within a volume).
+    assert_eq!(
+        k.chunk_key(true, &packed),
+        k.chunk_key(true, &packed.clone())
+    );
+    let sealed = seal(&key(), &Codec::new(4, 2).unwrap(), &plain, 0);
+    let again = seal(&key(), &Codec::new(4, 2).unwrap(), &plain, 0);
+    assert_eq!(sealed.chunk, again.chunk);
+}
+
+/// Chunks written before the v2 derivation (key = keyed BLAKE3 of the
+/// plaintext under the volume secret) open unchanged: the key is stored in
+/// the map entry, and opening never derives it.
+#[test]
+fn chunks_keyed_the_old_way_still_open() {
+    let codec = Codec::new(4, 2).unwrap();
+    for plain in [
+        vec![9u8; 50_000],
+        (0..50_000u32)
+            .map(|i| (i.wrapping_mul(7919) >> 5) as u8)
+            .collect(),
+    ] {
+        let old_key = *blake3::keyed_hash(key().as_bytes(), &plain).as_bytes();
+        let (mut blob, compressed) = match compress::maybe_compress(&plain) {
+            Some(c) => (c, true),
+            None => (plain.clone(), false),
+        };
+        crypto::encrypt(&old_key, &mut blob);
+        let inline = ChunkRef::Inline {
+            key: old_key,
+            compressed,
+            plain_len: plain.len() as u32,
+            sealed: blob.clone(),
+        };
+        assert_eq!(open_inline(&inline).unwrap(), plain);
+        // The same bytes as shards.
+        let sealed_len = blob.len() as u32;
+        let (shard_len, parity) = codec.encode_in_place(&mut blob);
+        let mut shards: Vec<Option<Vec<u8>>> = blob
+            .chunks(shard_len)
+            .map(|s| Some(s.to_vec()))
+            .chain(parity.into_iter().map(Some))
+            .collect();
+        let sharded = ChunkRef::Sharded {
+            key: old_key,
+            compressed,
+            plain_len: plain.len() as u32,
+            sealed_len,
+            k: 4,
+            shards: shards
+                .iter()
+                .map(|s| ShardId::of(s.as_ref().unwrap()))
+                .collect(),
+        };
+        shards[0] = None;
+        assert_eq!(
+            open_sharded(&sharded, &codec, &mut shards, false).unwrap(),
+            plain
+        );
+    }
+}
