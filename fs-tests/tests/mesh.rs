@@ -521,8 +521,13 @@ fn a_shard_found_rotten_by_a_read_is_replaced_not_kept() {
     let v = Volume::new();
     let c = Cluster::start(&v, 6);
     let src = put_random(&v, &c, 9_000_000);
-    // Rot every shard on one peer; reads find the data shards among them.
-    let victims = c.shard_files(2);
+    // Rot every shard on the peer that holds the first data shard of the first
+    // chunk, so a read is sure to meet one.
+    let first = v.shards_of("/f.bin", 0)[0].clone();
+    let holder = (0..c.nodes.len())
+        .find(|&i| c.shard_files(i).iter().any(|f| f.ends_with(&first)))
+        .expect("some peer holds the first shard");
+    let victims = c.shard_files(holder);
     for f in &victims {
         let mut b = std::fs::read(f).unwrap();
         b[0] ^= 0xff;
