@@ -875,3 +875,52 @@ fn a_thousand_connections_to_a_peer_neither_stop_it_nor_grow_it() {
     drop(held);
     v.assert_fsck_clean();
 }
+
+#[test]
+fn hostile_peers_with_endless_inventories_or_huge_answers_are_cut_off() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 6);
+    let endless = c.add(&["--fault-endless-lists"]);
+    let huge = c.add(&["--fault-huge-answers"]);
+    let src = put_random(&v, &c, 9_000_000);
+    // The home's peak memory while two peers try to drown it.
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak-kib %M"])
+        .arg(fs_tests::datamesh_bin())
+        .arg("--home")
+        .arg(v.home())
+        .arg("status")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "status took {took:?}"
+    );
+    assert!(
+        text.contains("2 storage peer(s) did not answer"),
+        "{text}\n{err}"
+    );
+    assert!(
+        text.contains(&format!("{} NO ANSWER", peer_id(&c, endless))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{} NO ANSWER", peer_id(&c, huge))),
+        "{text}"
+    );
+    assert!(text.contains("more shards than"), "{text}");
+    let peak: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    eprintln!("status with two hostile peers: {took:?}, home peak {peak} KiB");
+    assert!(peak < 200 * 1024, "the home peaked at {peak} KiB");
+    // The data is whole, from the honest peers.
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+}

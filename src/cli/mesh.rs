@@ -46,6 +46,12 @@ pub struct NodeArgs {
     /// Fault injection for tests: never answer an inventory request.
     #[arg(long, hide = true)]
     fault_mute_lists: bool,
+    /// Fault injection for tests: an endless inventory of made-up shards.
+    #[arg(long, hide = true)]
+    fault_endless_lists: bool,
+    /// Fault injection for tests: answer Stat with a 60 MiB text.
+    #[arg(long, hide = true)]
+    fault_huge_answers: bool,
 }
 
 fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<crate::net::Multiaddr>> {
@@ -85,6 +91,8 @@ pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
         flip_reads: args.fault_flip_reads,
         delay: std::time::Duration::from_millis(args.fault_delay_ms),
         mute_lists: args.fault_mute_lists,
+        endless_lists: args.fault_endless_lists,
+        huge_answers: args.fault_huge_answers,
     })?;
     Ok(())
 }

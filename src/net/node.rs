@@ -41,6 +41,11 @@ pub struct NodeOptions {
     /// Fault injection for tests: never answer an inventory (`List`) request,
     /// while answering every other one, as a wedged peer would.
     pub mute_lists: bool,
+    /// Fault injection for tests: a hostile peer's inventory, in order but
+    /// endless (made-up ids, `more` always set).
+    pub endless_lists: bool,
+    /// Fault injection for tests: answer `Stat` with a 60 MiB text.
+    pub huge_answers: bool,
 }
 
 /// Shard requests answered at once; more queue in the swarm.
@@ -58,6 +63,24 @@ struct Shards {
     count: AtomicU64,
     flip_reads: bool,
     delay: std::time::Duration,
+    endless_lists: bool,
+    huge_answers: bool,
+}
+
+/// Up to `max` made-up ids after `after`, in order: an inventory that never ends.
+fn endless_page(after: Option<ShardId>, max: u32) -> Response {
+    let mut next = after.map_or(0u128, |a| {
+        u128::from_be_bytes(a.0[..16].try_into().unwrap()) + 1
+    });
+    let shards = (0..max.min(MAX_IDS as u32))
+        .map(|_| {
+            let mut id = [0u8; 32];
+            id[..16].copy_from_slice(&next.to_be_bytes());
+            next += 1;
+            (ShardId(id), 1 << 20, 0)
+        })
+        .collect();
+    Response::List { shards, more: true }
 }
 
 impl Shards {
@@ -144,6 +167,8 @@ impl Shards {
                 Ok(()) => Response::Done,
                 Err(e) => failed(e),
             },
+            Request::List { after, max } if self.endless_lists => endless_page(after, max),
+            Request::Stat if self.huge_answers => Response::Failed("x".repeat(60 << 20)),
             Request::List { after, max } => {
                 let (shards, more) = self.store.list_after(after, max as usize);
                 Response::List { shards, more }
@@ -356,6 +381,8 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         count: AtomicU64::new(count),
         flip_reads: opts.flip_reads,
         delay: opts.delay,
+        endless_lists: opts.endless_lists,
+        huge_answers: opts.huge_answers,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
