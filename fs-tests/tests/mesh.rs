@@ -924,3 +924,28 @@ fn hostile_peers_with_endless_inventories_or_huge_answers_are_cut_off() {
     // The data is whole, from the honest peers.
     v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
 }
+
+#[test]
+fn a_peer_that_acknowledges_puts_it_does_not_keep_is_counted_honestly_and_repaired_around() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 6);
+    let liar = c.add(&["--fault-lie-done"]);
+    let src = put_random(&v, &c, 20_000_000);
+    // Counts come from what the peers hold, not from what they said.
+    let json = status_json(&v, &[]);
+    assert!(
+        json_num(&json, "full") < json_num(&json, "chunks"),
+        "shards the liar dropped count as present: {json}"
+    );
+    let out = v.run(&["repair"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("does not hold it"), "{err}");
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "full"), json_num(&json, "chunks"), "{json}");
+    assert_eq!(json_num(&json, "survives"), 2, "{json}");
+    assert!(c.shard_files(liar).is_empty());
+    v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
+    v.assert_fsck_clean();
+}

@@ -52,6 +52,9 @@ pub struct NodeArgs {
     /// Fault injection for tests: answer Stat with a 60 MiB text.
     #[arg(long, hide = true)]
     fault_huge_answers: bool,
+    /// Fault injection for tests: acknowledge puts without storing them.
+    #[arg(long, hide = true)]
+    fault_lie_done: bool,
 }
 
 fn addrs(list: &[String], what: &str) -> anyhow::Result<Vec<crate::net::Multiaddr>> {
@@ -93,6 +96,7 @@ pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
         mute_lists: args.fault_mute_lists,
         endless_lists: args.fault_endless_lists,
         huge_answers: args.fault_huge_answers,
+        lie_done: args.fault_lie_done,
     })?;
     Ok(())
 }

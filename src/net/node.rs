@@ -46,6 +46,8 @@ pub struct NodeOptions {
     pub endless_lists: bool,
     /// Fault injection for tests: answer `Stat` with a 60 MiB text.
     pub huge_answers: bool,
+    /// Fault injection for tests: answer every put `Done` without storing it.
+    pub lie_done: bool,
 }
 
 /// Shard requests answered at once; more queue in the swarm.
@@ -65,6 +67,7 @@ struct Shards {
     delay: std::time::Duration,
     endless_lists: bool,
     huge_answers: bool,
+    lie_done: bool,
 }
 
 /// Up to `max` made-up ids after `after`, in order: an inventory that never ends.
@@ -95,6 +98,7 @@ impl Shards {
             e => Response::Failed(e.to_string()),
         };
         match req {
+            Request::Put { .. } if self.lie_done => Response::Done,
             Request::Put { id, data } => {
                 std::thread::sleep(self.delay);
                 if ShardId::of(&data) != id {
@@ -383,6 +387,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         delay: opts.delay,
         endless_lists: opts.endless_lists,
         huge_answers: opts.huge_answers,
+        lie_done: opts.lie_done,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

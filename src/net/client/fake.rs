@@ -18,6 +18,8 @@ pub enum Mode {
     Lying,
     /// Never answers an inventory request (answers the rest).
     Mute,
+    /// Says `Done` to every put and stores nothing.
+    LiesDone,
 }
 
 pub struct FakePeer {
@@ -49,6 +51,7 @@ impl FakePeer {
         let mut shards = lock(&self.shards);
         match req {
             Request::Put { .. } if mode == Mode::Full => Response::Full,
+            Request::Put { .. } if mode == Mode::LiesDone => Response::Done,
             Request::Put { id, data } => {
                 if ShardId::of(&data) != id {
                     return Response::BadHash;

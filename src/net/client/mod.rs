@@ -47,6 +47,8 @@ mod tests;
 /// last bit for shards still in this host's own store.
 pub const MAX_PEERS: usize = 63;
 const LOCAL_TAG: usize = 63;
+/// How long a peer caught lying about a put is passed over.
+const DISTRUST_FOR: Duration = Duration::from_secs(3600);
 /// Chunks whose last shards may still be landing after the write returned.
 const MAX_BACKGROUND_PUTS: usize = 16;
 /// How long a caller waits for any one answer (the request itself times out
@@ -223,6 +225,9 @@ pub struct MeshStore {
     survey_ticket: AtomicU64,
     /// The last survey run: its ticket and what it heard.
     last_survey: Mutex<Option<(u64, Survey)>>,
+    /// Peers caught acknowledging shards they did not store, and when: no
+    /// shards go to them for `DISTRUST_FOR` while there are others.
+    distrusted: Mutex<HashMap<usize, Instant>>,
     t: Timings,
 }
 
@@ -241,6 +246,8 @@ struct PutJob {
     pending: Vec<u64>,
     /// Per shard, stored somewhere.
     done: Vec<bool>,
+    /// Per shard, the peers that said they stored it.
+    stored_on: Vec<u64>,
     /// Shards of this chunk per peer.
     load: HashMap<usize, usize>,
     outstanding: usize,

@@ -4,14 +4,59 @@
 use super::*;
 
 impl MeshStore {
+    /// Stores shards `which` of the chunk `ids` again (repair), then checks
+    /// with `Has` that each peer that acknowledged one holds it: a peer that
+    /// lied is distrusted and the shard placed again (twice at most).
     pub(super) fn place_shards(
         &self,
         ids: &[ShardId],
         which: &[usize],
         bytes: &[&[u8]],
     ) -> Result<(), StoreError> {
+        let (mut which, mut bytes) = (which.to_vec(), bytes.to_vec());
+        for _ in 0..3 {
+            let placed = self.place_once(ids, &which, &bytes)?;
+            let mut again = Vec::new();
+            for (j, &i) in which.iter().enumerate() {
+                let peers = self.client.live_in(placed[j]);
+                let id = ids[i];
+                for (tag, peer, r) in self.ask_all(&peers, || Request::Has { ids: vec![id] }) {
+                    if let Ok(Response::Have(v)) = r
+                        && v.first() != Some(&true)
+                    {
+                        tracing::error!(
+                            "peer {peer} acknowledged shard {id} but does not hold it: \
+                             it gets no shards for an hour"
+                        );
+                        self.forget(&id, tag);
+                        lock(&self.distrusted).insert(tag, Instant::now());
+                        if !again.contains(&j) {
+                            again.push(j);
+                        }
+                    }
+                }
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            which = again.iter().map(|&j| which[j]).collect();
+            bytes = again.iter().map(|&j| bytes[j]).collect();
+        }
+        Err(StoreError::Peer(format!(
+            "shard {} could not be placed on a peer that keeps it",
+            ids[which[0]]
+        )))
+    }
+
+    /// One placement round; returns, per shard, the peers that acknowledged it.
+    fn place_once(
+        &self,
+        ids: &[ShardId],
+        which: &[usize],
+        bytes: &[&[u8]],
+    ) -> Result<Vec<u64>, StoreError> {
         let Some(key) = ids.first() else {
-            return Ok(());
+            return Ok(vec![0; which.len()]);
         };
         let ranked = self.ranked(key);
         if ranked.is_empty() {
@@ -64,7 +109,7 @@ impl MeshStore {
                 }
             }
         }
-        Ok(())
+        Ok(job.stored_on)
     }
     pub(super) fn put_shards(
         &self,
@@ -228,6 +273,7 @@ impl MeshStore {
                     // Never sent again: its bytes need not outlive the answer.
                     job.bytes[i] = Vec::new();
                 }
+                job.stored_on[i] |= bit(tag);
                 self.record(job.ids[i], tag);
                 self.written.fetch_or(bit(tag), Ordering::Relaxed);
             }
@@ -266,6 +312,7 @@ impl PutJob {
             tried: vec![0; ids.len()],
             pending: vec![0; ids.len()],
             done: vec![false; ids.len()],
+            stored_on: vec![0; ids.len()],
             ids,
             bytes,
             ranked,

@@ -27,6 +27,7 @@ impl MeshStore {
             surveying: Mutex::new(()),
             survey_ticket: AtomicU64::new(0),
             last_survey: Mutex::new(None),
+            distrusted: Mutex::new(HashMap::new()),
             me: me.clone(),
             local,
         })
@@ -38,6 +39,21 @@ impl MeshStore {
     pub(super) fn ranked(&self, key: &ShardId) -> Vec<(usize, PeerId)> {
         let mut live = self.client.live();
         live.sort_by_key(|(_, p)| std::cmp::Reverse(score(key, p)));
+        {
+            let distrusted = lock(&self.distrusted);
+            let honest: Vec<_> = live
+                .iter()
+                .filter(|(t, _)| {
+                    distrusted
+                        .get(t)
+                        .is_none_or(|at| at.elapsed() > DISTRUST_FOR)
+                })
+                .copied()
+                .collect();
+            if !honest.is_empty() {
+                live = honest;
+            }
+        }
         let avoid = lock(&self.avoid);
         let roomy: Vec<_> = live
             .iter()

@@ -234,3 +234,29 @@ fn an_inventory_out_of_order_or_longer_than_its_count_is_cut_off() {
         s.silent
     );
 }
+
+#[test]
+fn a_peer_that_acknowledges_puts_it_does_not_keep_is_caught_by_repair() {
+    let mesh = FakeMesh::new(&[Mode::LiesDone, Mode::LiesDone, Mode::Ok]);
+    let store = mesh.store();
+    let c = chunk(2, 5);
+    let id_list = ids(&c);
+    // Repair places shard 1 of a chunk whose shard 0 is on the honest peer.
+    lock(&mesh.peers[2].shards).insert(c[0].0, c[0].1.clone());
+    store.survey().unwrap();
+    lock(&mesh.peers[2].shards).remove(&c[0].0);
+    store.place(&id_list, &[1], &[&c[1].1]).unwrap();
+    assert!(
+        mesh.peers[2].holds(&id_list[1]),
+        "the shard is on the honest peer"
+    );
+    assert_eq!(
+        store.placement(&id_list[1..]).unwrap()[0],
+        bit(2),
+        "only the honest peer is its holder"
+    );
+    // A liar caught once is passed over from then on.
+    let c2 = chunk(1, 6);
+    store.place(&ids(&c2), &[0], &[&c2[0].1]).unwrap();
+    assert!(mesh.peers[2].holds(&c2[0].0));
+}
