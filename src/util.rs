@@ -16,13 +16,20 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Writes a secret (a key) to `path`, mode 0600: to a temporary name first,
 /// synced, then renamed, so a crash leaves the old file or the new one, never
-/// a torn key. The error names the file it is about.
+/// a torn key. The temporary file is made new and never through a link (a
+/// link planted at its name is removed, not followed), and the rename replaces
+/// whatever is at `path` instead of writing through it. The error names the
+/// file it is about.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), (std::path::PathBuf, std::io::Error)> {
     let tmp = path.with_extension("tmp");
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err((tmp, e)),
+        _ => {}
+    }
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| (tmp.clone(), e))?;
@@ -30,4 +37,30 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), (std::path::PathBuf
         .and_then(|_| f.sync_all())
         .map_err(|e| (tmp.clone(), e))?;
     fs::rename(&tmp, path).map_err(|e| (path.to_path_buf(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A link planted where a key goes, or at its temporary name, is replaced,
+    /// never written through.
+    #[test]
+    fn secrets_never_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let key = dir.path().join("mesh.key");
+        std::os::unix::fs::symlink(&victim, &key).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("mesh.tmp")).unwrap();
+        write_secret(&key, b"secret").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(&key).unwrap(), b"secret");
+        assert!(!fs::symlink_metadata(&key).unwrap().file_type().is_symlink());
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
 }

@@ -741,6 +741,13 @@ fn a_copied_mesh_key_can_neither_delete_nor_list_nor_store() {
     assert!(!put.status.success(), "the thief stored shards");
     assert!(String::from_utf8_lossy(&put.stderr).contains("refused"));
 
+    // Nor verify (scrub) anything.
+    let scrub = thief.cmd(&strs(&boot)).arg("scrub").output().unwrap();
+    let text = String::from_utf8_lossy(&scrub.stdout);
+    assert!(
+        text.contains("not scrubbed") && text.contains("refused"),
+        "{text}"
+    );
     // Nothing was lost or added: the real home reads everything, fsck clean.
     assert_eq!(all_shards(&c), before);
     v.assert_fsck_clean();

@@ -493,6 +493,15 @@ mod tests {
         let other = roles.role_of(&PeerId::random());
         assert_eq!(other, Role::Other);
         assert!(!other.may(&del) && !other.may(&list) && !other.may(&Request::Stat));
+        let get = Request::Get {
+            id: crate::chunk::ShardId([1; 32]),
+        };
+        let verify = Request::Verify {
+            after: None,
+            max: 1,
+        };
+        assert!(!other.may(&get) && !other.may(&verify) && !other.may(&Request::Hello));
+        assert!(Role::Member.may(&get) && !Role::Member.may(&verify));
         assert!(Role::Member.may(&Request::Stat) && !Role::Member.may(&del));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("roles");
