@@ -47,6 +47,18 @@ impl Role {
 
 const ROLES_VERSION: u8 = 1;
 
+/// A file's bytes; `None` when there is no such file (any other error is one).
+fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>, NetError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(NetError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// The roles a storage peer knows, kept in `DIR/roles` (postcard, 0600).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Roles {
@@ -89,15 +101,8 @@ impl Roles {
     /// The roles at `path`; `None` when there is no such file (a data dir from
     /// before roles). A damaged file is an error, never taken as "none".
     pub fn load(path: &Path) -> Result<Option<Roles>, NetError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(NetError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
+        let Some(bytes) = read_if_there(path)? else {
+            return Ok(None);
         };
         let bad = |why: &str| NetError::Bad(format!("{}: {why}", path.display()));
         let (roles, rest): (Roles, _) =
@@ -156,14 +161,10 @@ pub struct Invites;
 
 impl Invites {
     fn load(path: &Path) -> Result<InvitesFile, NetError> {
-        match std::fs::read(path) {
-            Ok(b) => postcard::from_bytes(&b)
+        match read_if_there(path)? {
+            Some(b) => postcard::from_bytes(&b)
                 .map_err(|_| NetError::Bad(format!("{}: damaged invitations", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(InvitesFile::default()),
-            Err(source) => Err(NetError::Io {
-                path: path.to_path_buf(),
-                source,
-            }),
+            None => Ok(InvitesFile::default()),
         }
     }
 
@@ -225,16 +226,10 @@ pub struct Admitted {
 impl Admitted {
     /// `None` when there is no such file (a home from before admission).
     pub fn load(path: &Path) -> Result<Option<Admitted>, NetError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(NetError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
+        let Some(bytes) = read_if_there(path)? else {
+            return Ok(None);
         };
+        let text = String::from_utf8_lossy(&bytes);
         let mut out = Admitted::default();
         for l in text.lines().map(str::trim) {
             if l.is_empty() || l.starts_with('#') {

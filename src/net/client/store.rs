@@ -39,32 +39,9 @@ impl MeshStore {
     pub(super) fn ranked(&self, key: &ShardId) -> Vec<(usize, PeerId)> {
         let mut live = self.client.live();
         live.sort_by_key(|(_, p)| std::cmp::Reverse(score(key, p)));
-        {
-            let distrusted = lock(&self.distrusted);
-            let honest: Vec<_> = live
-                .iter()
-                .filter(|(t, _)| {
-                    distrusted
-                        .get(t)
-                        .is_none_or(|at| at.elapsed() > DISTRUST_FOR)
-                })
-                .copied()
-                .collect();
-            if !honest.is_empty() {
-                live = honest;
-            }
-        }
-        let avoid = lock(&self.avoid);
-        let roomy: Vec<_> = live
-            .iter()
-            .filter(|(t, _)| {
-                avoid
-                    .get(t)
-                    .is_none_or(|at| at.elapsed() > self.t.avoid_for)
-            })
-            .copied()
-            .collect();
-        if roomy.is_empty() { live } else { roomy }
+        // Peers caught lying are left out first, then the full or slow ones.
+        let live = pass_over(live, &lock(&self.distrusted), DISTRUST_FOR);
+        pass_over(live, &lock(&self.avoid), self.t.avoid_for)
     }
 
     /// Storage peers unreachable for longer than `grace`.
@@ -491,4 +468,19 @@ impl ShardStore for MeshStore {
     fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {
         self.put_shards(shards, need)
     }
+}
+
+/// `peers` without those marked in `marks` within the last `for_`, unless that
+/// leaves none.
+fn pass_over(
+    peers: Vec<(usize, PeerId)>,
+    marks: &HashMap<usize, Instant>,
+    for_: Duration,
+) -> Vec<(usize, PeerId)> {
+    let kept: Vec<_> = peers
+        .iter()
+        .filter(|(t, _)| marks.get(t).is_none_or(|at| at.elapsed() > for_))
+        .copied()
+        .collect();
+    if kept.is_empty() { peers } else { kept }
 }
