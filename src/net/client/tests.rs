@@ -110,19 +110,20 @@ fn a_lying_peer_is_caught_and_the_shard_read_from_another() {
     }
     let survey = store.survey().unwrap();
     assert_eq!(survey.answered.count_ones(), 3);
-    for _ in 0..4 {
-        assert_eq!(store.get(&id).unwrap(), bytes);
-    }
-    // The liar is no holder any more: the store asked it to drop its copy.
+    // Holders are tried in no set order: read until the liar has been asked
+    // (every read returns the true bytes meanwhile).
     let start = Instant::now();
     while mesh.peers[0].holds(&id) {
+        assert_eq!(store.get(&id).unwrap(), bytes);
         assert!(
-            start.elapsed() < Duration::from_secs(2),
+            start.elapsed() < Duration::from_secs(5),
             "the bad copy stays"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The liar is no holder any more: the store asked it to drop its copy.
     assert_eq!(store.placement(&[id]).unwrap()[0] & bit(0), 0);
+    assert_eq!(store.get(&id).unwrap(), bytes);
 }
 
 #[test]
