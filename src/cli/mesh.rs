@@ -112,9 +112,7 @@ pub fn invite(
     }
     let key = home.mesh_key()?;
     let me = home.peer_id()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+    let now = crate::net::trust::now_secs();
     let expires = now.saturating_add(ttl.as_secs());
     let mut addrs = addrs(extra, "--address")?;
     for a in home.peer_addrs()? {

@@ -290,9 +290,7 @@ fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
 /// (written only when missing) and the home's id. Everything is checked
 /// before anything is written.
 fn join(data: &Path, token: &str) -> Result<Vec<Multiaddr>, NetError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = super::trust::now_secs();
     let t = JoinToken::decode_any_age(token)?;
     let (key_path, roles_path) = (data.join("mesh.key"), data.join("roles"));
     let have = match MeshKey::load(&key_path, false) {

@@ -130,6 +130,11 @@ pub struct JoinToken {
     pub admit: Option<[u8; 32]>,
 }
 
+/// Now, in the unix seconds that token and invitation expiries are kept in.
+pub fn now_secs() -> u64 {
+    crate::types::Timestamp::now().secs.max(0) as u64
+}
+
 fn admission_secret(token_body: &[u8]) -> [u8; 32] {
     blake3::derive_key("datamesh 2026 admission secret", token_body)
 }

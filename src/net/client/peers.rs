@@ -80,9 +80,7 @@ impl Shared {
     /// (and remembers that) when one matches.
     pub(super) fn take_hello(&self, peer: PeerId, answer: Result<Response, String>) {
         let Some(adm) = &self.admission else { return };
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = super::super::trust::now_secs();
         let verdict = match answer {
             Ok(Response::Hello { proof }) => {
                 super::super::trust::Invites::redeem(&adm.invites, &peer, &proof, now)
