@@ -43,6 +43,29 @@ pub enum Error {
     Store(StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// An error that crossed a socket: its meaning and its text.
+    #[error("{1}")]
+    Remote(Kind, String),
+}
+
+/// What an error means to a caller, the part of it that crosses a socket with
+/// its text: a `NotFound` across the volume socket is still `NotFound`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    NotFound,
+    Exists,
+    NotDir,
+    IsDir,
+    NotEmpty,
+    Invalid,
+    NameTooLong,
+    NoSpace,
+    NoXattr,
+    NotPermitted,
+    TooBig,
+    ReadOnly,
+    /// Anything else (metadata, shards, I/O): the text says what.
+    Other,
 }
 
 impl From<StoreError> for Error {
@@ -55,6 +78,44 @@ impl From<StoreError> for Error {
 }
 
 impl Error {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::NotFound => Kind::NotFound,
+            Error::Exists => Kind::Exists,
+            Error::NotDir => Kind::NotDir,
+            Error::IsDir => Kind::IsDir,
+            Error::NotEmpty => Kind::NotEmpty,
+            Error::Invalid(_) => Kind::Invalid,
+            Error::NameTooLong => Kind::NameTooLong,
+            Error::NoSpace => Kind::NoSpace,
+            Error::NoXattr => Kind::NoXattr,
+            Error::NotPermitted => Kind::NotPermitted,
+            Error::TooBig => Kind::TooBig,
+            Error::ReadOnly => Kind::ReadOnly,
+            Error::Remote(k, _) => *k,
+            _ => Kind::Other,
+        }
+    }
+
+    /// The error a caller across a socket acts on: the variant itself where it
+    /// has no payload, else the kind with the text.
+    pub fn from_kind(kind: Kind, text: String) -> Error {
+        match kind {
+            Kind::NotFound => Error::NotFound,
+            Kind::Exists => Error::Exists,
+            Kind::NotDir => Error::NotDir,
+            Kind::IsDir => Error::IsDir,
+            Kind::NotEmpty => Error::NotEmpty,
+            Kind::NameTooLong => Error::NameTooLong,
+            Kind::NoSpace => Error::NoSpace,
+            Kind::NoXattr => Error::NoXattr,
+            Kind::NotPermitted => Error::NotPermitted,
+            Kind::TooBig => Error::TooBig,
+            Kind::ReadOnly => Error::ReadOnly,
+            Kind::Invalid | Kind::Other => Error::Remote(kind, text),
+        }
+    }
+
     /// The same failure again, for reporting one error to several callers: variants
     /// without a payload are themselves, the rest keep their text.
     pub fn repeat(&self) -> Error {

@@ -7,7 +7,8 @@
 //! mesh.key      the mesh key (0600): gates every connection to storage peers
 //! peer.key      this device's libp2p identity (0600)
 //! peers         storage peers seen, one address per line (rewritten as they change)
-//! mount.*       while mounted: the log, pid + mountpoint, control socket (cli/)
+//! mount.*       while mounted: the log, and the pid + mountpoint (cli/)
+//! volume.sock   while a daemon (a mount, `datamesh serve`) holds the volume: its socket
 //! config.toml   run-time settings, with commented defaults
 //! meta/         the RocksDB namespace
 //! store/        shards held by this host (the embedded default, no peers)
@@ -160,9 +161,9 @@ impl HomePaths {
     pub fn mount_pid(&self) -> PathBuf {
         self.dir.join("mount.pid")
     }
-    /// The mount's control socket, while mounted.
-    pub fn mount_sock(&self) -> PathBuf {
-        self.dir.join("mount.sock")
+    /// The volume daemon's socket (a mount's, or `datamesh serve`'s).
+    pub fn volume_sock(&self) -> PathBuf {
+        self.dir.join("volume.sock")
     }
     /// A storage peer's default data directory, beside this home.
     pub fn default_node_dir(&self) -> PathBuf {

@@ -6,7 +6,6 @@
 //! that spreads shards over them), [`meta`] (the RocksDB namespace), [`data`] (the
 //! engine that joins them), then the front ends: [`cli`] and the FUSE adapter in [`fuse`].
 
-pub mod admin;
 pub mod chunk;
 pub mod cli;
 pub mod data;
@@ -18,6 +17,7 @@ pub mod net;
 pub mod store;
 pub mod types;
 pub mod util;
+pub mod volume;
 pub mod workers;
 
 pub use error::{Error, Result};

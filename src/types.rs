@@ -97,11 +97,12 @@ pub struct Attr {
 
 /// One entry of a directory listing. `offset` is the cookie that resumes the listing
 /// just after this entry, stable while the directory changes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
     pub ino: Ino,
     pub offset: u64,
     pub kind: FileKind,
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
 }
 

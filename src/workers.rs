@@ -183,6 +183,44 @@ impl Runner {
     }
 }
 
+/// Catches SIGINT, SIGTERM and SIGHUP for a daemon (a mount, `datamesh
+/// serve`), which turns them into its orderly end. A handler, not a blocked
+/// mask: RocksDB's background threads run with every signal unblocked, so a
+/// signal's default action could land on one of them and end the process with
+/// the volume still mounted. Call it before opening the engine: a signal that
+/// comes meanwhile waits for the daemon.
+pub fn catch_exit_signals() -> std::io::Result<ExitSignals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map(ExitSignals)
+}
+
+/// The exit signals caught by [`catch_exit_signals`].
+pub struct ExitSignals(signal_hook::iterator::Signals);
+
+impl ExitSignals {
+    /// Runs `end` (named `what` in logs) on the first exit signal, from the
+    /// worker `signals`; the worker ends without a signal once `runner` stops.
+    pub fn watch(
+        self,
+        runner: &Runner,
+        what: &'static str,
+        end: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mut signals = self.0;
+        let waiting = signals.handle();
+        runner.spawn("signals", move |w| {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!("signal {sig}: {what}");
+                if let Err(e) = end() {
+                    w.round(Err(format!("{what}: {e}")));
+                }
+            }
+        })?;
+        runner.on_stop(move || waiting.close());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,6 +172,68 @@ impl Volume {
     }
 }
 
+impl Volume {
+    /// `datamesh serve` on this volume, answering once this returns.
+    pub fn serve(&self) -> Daemon {
+        let child = self
+            .datamesh()
+            .arg("serve")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start datamesh serve");
+        let mut d = Daemon {
+            child: Some(child),
+            sock: self.home().join("volume.sock"),
+        };
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&d.sock).is_err() {
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("datamesh serve exited early: {st}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the daemon's socket did not appear"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+}
+
+/// A running `datamesh serve`; dropping it stops it (SIGTERM, then SIGKILL).
+pub struct Daemon {
+    child: Option<Child>,
+    pub sock: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, and the exit status's success (false after 30 s).
+    pub fn stop(mut self) -> bool {
+        self.end()
+    }
+
+    fn end(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        wait_or_kill(&mut child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 impl Default for Volume {
     fn default() -> Self {
         Self::new()
@@ -224,24 +286,29 @@ impl Mount {
                     .status();
             }
         }
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                return st.success();
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_or_kill(&mut child)
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits up to 30 s for `child` to exit; its success, or false (then killed).
+fn wait_or_kill(child: &mut Child) -> bool {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.success();
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -247,7 +247,7 @@ fn umount_without_home_finds_the_mount_and_waits_for_it_to_finish() {
 }
 
 #[test]
-fn the_admin_socket_answers_its_owner_and_refuses_another_user() {
+fn the_volume_socket_answers_its_owner_and_refuses_another_user() {
     require!("setpriv");
     if !is_root() {
         eprintln!("skipped: needs root (to act as another user)");
@@ -255,7 +255,7 @@ fn the_admin_socket_answers_its_owner_and_refuses_another_user() {
     }
     let v = Volume::new();
     let m = v.mount();
-    let sock = v.home().join("mount.sock");
+    let sock = v.home().join("volume.sock");
     let mode = |p: &std::path::Path| {
         use std::os::unix::fs::PermissionsExt;
         fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -264,28 +264,35 @@ fn the_admin_socket_answers_its_owner_and_refuses_another_user() {
     assert_eq!(mode(&v.home()), 0o700, "the home is owner-only");
     // The owner is answered, with the mount's workers.
     let status = v.ok(&["status"]);
-    assert!(status.contains("workers of the mount process"), "{status}");
+    assert!(status.contains("workers of the daemon"), "{status}");
     // Open every door but the socket's own check: the binary, the path and the
     // socket made reachable for nobody, who must still be refused.
     let bin = v.dir.path().join("datamesh");
     fs::copy(fs_tests::datamesh_bin(), &bin).unwrap();
     sh(
         v.dir.path(),
-        "chmod 755 . home datamesh && chmod 666 home/mount.sock",
+        "chmod 755 . home datamesh && chmod 666 home/volume.sock",
     );
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
-        .arg("--home")
-        .arg(v.home())
-        .arg("status")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("refused: uid 65534 is neither root nor the owner"),
-        "{err}"
-    );
+    for args in [
+        &["status"][..],
+        &["ls", "/"],
+        &["put", "/etc/hostname", "/x"],
+    ] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .arg("--home")
+            .arg(v.home())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("refused: uid 65534 is neither root nor the owner"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!v.ok(&["ls", "/"]).contains('x'), "nothing was put");
     assert!(m.unmount());
 }

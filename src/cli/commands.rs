@@ -5,15 +5,15 @@ use super::output::{count_bar, human, mode_string, time_string};
 use super::paths::{base_name, join, resolve, resolve_parent};
 use super::{Cmd, bench};
 use crate::Error;
-use crate::data::Engine;
 use crate::home::{Home, InitOptions};
 use crate::types::*;
+use crate::volume::{Volume, remote::Remote};
 use anyhow::{Context, anyhow};
 
 /// Collects failures of one command run.
 pub(super) struct Ctx<'a> {
     pub(super) cmd: &'a str,
-    pub(super) engine: &'a Engine,
+    pub(super) vol: &'a dyn Volume,
     pub(super) failed: bool,
     pub(super) uid: u32,
     pub(super) gid: u32,
@@ -26,10 +26,6 @@ impl Ctx<'_> {
     }
 }
 
-pub(super) fn workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
 /// Runs `cmd` (named `name` in messages); returns the exit code.
 pub fn run(home: &Home, cmd: Cmd, name: &str) -> i32 {
     match run_inner(home, cmd, name) {
@@ -37,13 +33,17 @@ pub fn run(home: &Home, cmd: Cmd, name: &str) -> i32 {
         Ok(false) => 1,
         Err(e) => {
             eprintln!("datamesh: {name}: {e:#}");
-            if let Some(at) = super::mount::mounted_at(home)
-                && format!("{e:#}").contains("in use by another datamesh process")
-            {
+            if format!("{e:#}").contains("in use by another datamesh process") {
+                // A daemon that is starting, or one of an older datamesh
+                // (which has no volume socket).
+                let held = match super::mount::mounted_at(home) {
+                    Some(at) => format!("the process mounted at {}", at.display()),
+                    None => "another process".to_string(),
+                };
                 eprintln!(
-                    "datamesh: {name}: the volume is mounted at {}: use the files there (status, repair and scrub work while mounted), or `datamesh umount {}` first",
-                    at.display(),
-                    at.display()
+                    "datamesh: {name}: {held} holds the volume but does not answer on {}: \
+                     try again in a moment, or stop it (`datamesh umount`) if it runs an older datamesh",
+                    home.paths().volume_sock().display()
                 );
             }
             1
@@ -90,6 +90,10 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             super::mount::umount(home, &mountpoint)?;
             Ok(true)
         }
+        Cmd::Serve { cache_mb, dirty_mb } => {
+            super::mount::serve(home, cache_mb, dirty_mb)?;
+            Ok(true)
+        }
         Cmd::Node(args) => {
             super::mesh::node(args, &home.bootstrap)?;
             Ok(true)
@@ -99,30 +103,32 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             Ok(true)
         }
         Cmd::Peers { action } => super::mesh::peers(home, action),
-        Cmd::Status { json } => super::mesh::run(home, crate::admin::Ask::Status, json),
-        Cmd::Repair => super::mesh::run(home, crate::admin::Ask::Repair, false),
-        Cmd::Scrub => super::mesh::run(home, crate::admin::Ask::Scrub, false),
+        Cmd::Status { json } => super::mesh::run(home, crate::volume::Ask::Status, json),
+        Cmd::Repair => super::mesh::run(home, crate::volume::Ask::Repair, false),
+        Cmd::Scrub => super::mesh::run(home, crate::volume::Ask::Scrub, false),
         Cmd::Gc { grace } => {
             let grace = match grace {
                 Some(g) => g,
                 None => home.config()?.gc_grace_secs,
             };
-            let n = home.open_engine()?.collect_garbage(grace)?;
-            println!("datamesh: gc: deleted {n} unreferenced shards");
-            Ok(true)
+            with_volume(home, name, Writes::Yes, |cx| {
+                let n = cx.vol.collect_garbage(grace)?;
+                println!("datamesh: gc: deleted {n} unreferenced shards");
+                Ok(())
+            })
         }
         Cmd::Ls {
             long,
             recursive,
             paths,
-        } => with_volume(home, name, |cx| {
+        } => with_volume(home, name, Writes::No, |cx| {
             let many = paths.len() > 1 || recursive;
             for p in &paths {
                 ls(cx, p, long, recursive, many);
             }
             Ok(())
         }),
-        Cmd::Mkdir { parents, paths } => with_volume(home, name, |cx| {
+        Cmd::Mkdir { parents, paths } => with_volume(home, name, Writes::Yes, |cx| {
             for p in &paths {
                 if let Err(e) = mkdir(cx, p, parents) {
                     cx.fail(p, e);
@@ -130,7 +136,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             }
             Ok(())
         }),
-        Cmd::Mv { mut paths } => with_volume(home, name, |cx| {
+        Cmd::Mv { mut paths } => with_volume(home, name, Writes::Yes, |cx| {
             let dst = paths.pop().expect("clap requires two paths");
             mv(cx, &paths, &dst);
             Ok(())
@@ -139,7 +145,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             recursive,
             force,
             paths,
-        } => with_volume(home, name, |cx| {
+        } => with_volume(home, name, Writes::Yes, |cx| {
             for p in &paths {
                 rm(cx, p, recursive, force);
             }
@@ -148,7 +154,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
         Cmd::Put {
             recursive,
             mut paths,
-        } => with_volume(home, name, |cx| {
+        } => with_volume(home, name, Writes::Yes, |cx| {
             let dst = paths.pop().expect("clap requires two paths");
             super::transfer::put(cx, &paths, &dst, recursive);
             Ok(())
@@ -156,19 +162,18 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
         Cmd::Get {
             recursive,
             mut paths,
-        } => with_volume(home, name, |cx| {
+        } => with_volume(home, name, Writes::No, |cx| {
             let dst = paths.pop().expect("clap requires two paths");
             super::transfer::get(cx, &paths, &dst, recursive);
             Ok(())
         }),
-        Cmd::Cat { paths } => with_volume(home, name, |cx| {
-            let stdout = std::io::stdout();
+        Cmd::Cat { paths } => with_volume(home, name, Writes::No, |cx| {
             for p in &paths {
-                let res = resolve(cx.engine, p).and_then(|a| match a.kind {
+                let res = resolve(cx.vol, p).and_then(|a| match a.kind {
                     FileKind::Dir => Err(Error::IsDir),
                     _ => cx
-                        .engine
-                        .read_stream(a.ino, &mut stdout.lock(), workers(), &mut |_| {})
+                        .vol
+                        .read_file(a.ino, &mut std::io::stdout(), &mut |_| {})
                         .map(|_| ()),
                 });
                 if let Err(e) = res {
@@ -177,12 +182,12 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             }
             Ok(())
         }),
-        Cmd::Stat { chunks, paths } => with_volume(home, name, |cx| {
+        Cmd::Stat { chunks, paths } => with_volume(home, name, Writes::No, |cx| {
             for p in &paths {
-                match resolve(cx.engine, p) {
+                match resolve(cx.vol, p) {
                     Ok(a) => {
                         print_stat(p, &a);
-                        if chunks && let Err(e) = print_chunks(cx.engine, a.ino) {
+                        if chunks && let Err(e) = print_chunks(cx.vol, a.ino) {
                             cx.fail(p, e);
                         }
                     }
@@ -191,52 +196,85 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             }
             Ok(())
         }),
-        Cmd::Df => with_volume(home, name, |cx| df(cx.engine)),
-        Cmd::Fsck { repair } => with_volume(home, name, |cx| {
+        Cmd::Df => with_volume(home, name, Writes::No, |cx| df(cx.vol)),
+        Cmd::Fsck { repair } => with_volume(home, name, Writes::Yes, |cx| {
             // Problems are printed by fsck itself.
-            cx.failed = !fsck(cx.engine, repair)?;
+            cx.failed = !fsck(cx.vol, repair)?;
             Ok(())
         }),
     }
 }
 
-/// Opens the volume, runs `f` on it, and flushes it; Ok(false) when some path
-/// failed (already reported by `f`).
+/// Whether a command changes the volume (and so ends with a durability barrier).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Writes {
+    Yes,
+    No,
+}
+
+/// The volume as this host's commands reach it: through the daemon that holds
+/// it (a mount, `datamesh serve`), or opened by this process when none runs.
+pub(super) enum Opened {
+    Daemon(Remote),
+    Here(crate::data::Engine),
+}
+
+impl Opened {
+    pub(super) fn open(home: &Home) -> anyhow::Result<Opened> {
+        match Remote::connect(&home.paths().volume_sock()).map_err(|e| anyhow!(e))? {
+            Some(r) => Ok(Opened::Daemon(r)),
+            None => Ok(Opened::Here(home.open_engine()?)),
+        }
+    }
+
+    pub(super) fn volume(&self) -> &dyn Volume {
+        match self {
+            Opened::Daemon(r) => r,
+            Opened::Here(e) => e,
+        }
+    }
+}
+
+/// Reaches the volume, runs `f` on it, and (for a command that `writes`, or
+/// one that opened the volume itself) ends with its durability barrier;
+/// Ok(false) when some path failed (already reported by `f`).
 fn with_volume(
     home: &Home,
     name: &str,
+    writes: Writes,
     f: impl FnOnce(&mut Ctx) -> anyhow::Result<()>,
 ) -> anyhow::Result<bool> {
-    let engine = home.open_engine()?;
+    let opened = Opened::open(home)?;
     let mut cx = Ctx {
         cmd: name,
-        engine: &engine,
+        vol: opened.volume(),
         failed: false,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
     };
-    f(&mut cx)?;
-    engine.flush_all().context("flushing the volume")?;
-    Ok(!cx.failed)
+    let res = f(&mut cx);
+    let failed = cx.failed;
+    if writes == Writes::Yes || matches!(opened, Opened::Here(_)) {
+        opened.volume().barrier().context("flushing the volume")?;
+    }
+    res?;
+    Ok(!failed)
 }
 
 fn mkdir(cx: &Ctx, path: &str, parents: bool) -> crate::Result<()> {
     if !parents {
-        let (dir, name) = resolve_parent(cx.engine, path)?;
-        return cx
-            .engine
-            .mkdir(dir, &name, 0o755, cx.uid, cx.gid)
-            .map(|_| ());
+        let (dir, name) = resolve_parent(cx.vol, path)?;
+        return cx.vol.mkdir(dir, &name, 0o755, cx.uid, cx.gid).map(|_| ());
     }
     let mut ino = Ino::ROOT;
     for c in super::paths::components(path)? {
-        ino = match cx.engine.lookup(ino, c) {
+        ino = match cx.vol.lookup(ino, c) {
             Ok(a) if a.kind == FileKind::Dir => a.ino,
             Ok(_) => return Err(Error::NotDir),
-            Err(Error::NotFound) => match cx.engine.mkdir(ino, c, 0o755, cx.uid, cx.gid) {
+            Err(Error::NotFound) => match cx.vol.mkdir(ino, c, 0o755, cx.uid, cx.gid) {
                 Ok(a) => a.ino,
                 // Someone made it meanwhile.
-                Err(Error::Exists) => cx.engine.lookup(ino, c)?.ino,
+                Err(Error::Exists) => cx.vol.lookup(ino, c)?.ino,
                 Err(e) => return Err(e),
             },
             Err(e) => return Err(e),
@@ -246,7 +284,7 @@ fn mkdir(cx: &Ctx, path: &str, parents: bool) -> crate::Result<()> {
 }
 
 fn mv(cx: &mut Ctx, srcs: &[String], dst: &str) {
-    let into_dir = matches!(resolve(cx.engine, dst), Ok(a) if a.kind == FileKind::Dir);
+    let into_dir = matches!(resolve(cx.vol, dst), Ok(a) if a.kind == FileKind::Dir);
     if srcs.len() > 1 && !into_dir {
         cx.fail(
             dst,
@@ -260,9 +298,9 @@ fn mv(cx: &mut Ctx, srcs: &[String], dst: &str) {
         } else {
             dst.to_string()
         };
-        let res = resolve_parent(cx.engine, src).and_then(|(sp, sn)| {
-            let (dp, dn) = resolve_parent(cx.engine, &target)?;
-            cx.engine.rename(sp, &sn, dp, &dn, RenameFlags::default())
+        let res = resolve_parent(cx.vol, src).and_then(|(sp, sn)| {
+            let (dp, dn) = resolve_parent(cx.vol, &target)?;
+            cx.vol.rename(sp, &sn, dp, &dn)
         });
         if let Err(e) = res {
             cx.fail(src, e);
@@ -271,16 +309,16 @@ fn mv(cx: &mut Ctx, srcs: &[String], dst: &str) {
 }
 
 fn rm(cx: &mut Ctx, path: &str, recursive: bool, force: bool) {
-    let res = resolve_parent(cx.engine, path).and_then(|(dir, name)| {
-        let attr = cx.engine.lookup(dir, &name)?;
+    let res = resolve_parent(cx.vol, path).and_then(|(dir, name)| {
+        let attr = cx.vol.lookup(dir, &name)?;
         if attr.kind != FileKind::Dir {
-            return cx.engine.unlink(dir, &name);
+            return cx.vol.unlink(dir, &name);
         }
         if !recursive {
             return Err(Error::IsDir);
         }
-        remove_tree(cx.engine, attr.ino)?;
-        cx.engine.rmdir(dir, &name)
+        remove_tree(cx.vol, attr.ino)?;
+        cx.vol.rmdir(dir, &name)
     });
     match res {
         Err(Error::NotFound) if force => {}
@@ -289,36 +327,36 @@ fn rm(cx: &mut Ctx, path: &str, recursive: bool, force: bool) {
     }
 }
 
-fn remove_tree(engine: &Engine, dir: Ino) -> crate::Result<()> {
+fn remove_tree(vol: &dyn Volume, dir: Ino) -> crate::Result<()> {
     loop {
-        let entries = engine.readdir(dir, 2, 1024)?;
+        let entries = vol.readdir(dir, 2, 1024)?;
         if entries.is_empty() {
             return Ok(());
         }
         for e in entries {
             if e.kind == FileKind::Dir {
-                remove_tree(engine, e.ino)?;
-                engine.rmdir(dir, &e.name)?;
+                remove_tree(vol, e.ino)?;
+                vol.rmdir(dir, &e.name)?;
             } else {
-                engine.unlink(dir, &e.name)?;
+                vol.unlink(dir, &e.name)?;
             }
         }
     }
 }
 
 fn ls(cx: &mut Ctx, path: &str, long: bool, recursive: bool, header: bool) {
-    let attr = match resolve(cx.engine, path) {
+    let attr = match resolve(cx.vol, path) {
         Ok(a) => a,
         Err(e) => return cx.fail(path, e),
     };
     if attr.kind != FileKind::Dir {
-        print_entry(cx.engine, path, &attr, long);
+        print_entry(cx.vol, path, &attr, long);
         return;
     }
     let mut entries = Vec::new();
     let mut offset = 2;
     loop {
-        match cx.engine.readdir(attr.ino, offset, 1024) {
+        match cx.vol.readdir(attr.ino, offset, 1024) {
             Ok(batch) if batch.is_empty() => break,
             Ok(batch) => {
                 offset = batch.last().expect("non-empty").offset;
@@ -334,9 +372,9 @@ fn ls(cx: &mut Ctx, path: &str, long: bool, recursive: bool, header: bool) {
     let mut subdirs = Vec::new();
     for e in &entries {
         let name = String::from_utf8_lossy(&e.name).into_owned();
-        match cx.engine.getattr(e.ino) {
+        match cx.vol.getattr(e.ino) {
             Ok(a) => {
-                print_entry(cx.engine, &name, &a, long);
+                print_entry(cx.vol, &name, &a, long);
                 if a.kind == FileKind::Dir {
                     subdirs.push(join(path, &name));
                 }
@@ -352,14 +390,13 @@ fn ls(cx: &mut Ctx, path: &str, long: bool, recursive: bool, header: bool) {
     }
 }
 
-fn print_entry(engine: &Engine, name: &str, a: &Attr, long: bool) {
+fn print_entry(vol: &dyn Volume, name: &str, a: &Attr, long: bool) {
     if !long {
         println!("{name}");
         return;
     }
     let link = if a.kind == FileKind::Symlink {
-        engine
-            .readlink(a.ino)
+        vol.readlink(a.ino)
             .map(|t| format!(" -> {}", String::from_utf8_lossy(&t)))
             .unwrap_or_default()
     } else {
@@ -402,25 +439,24 @@ fn print_stat(path: &str, a: &Attr) {
     println!(" Birth: {}", time_string(a.crtime));
 }
 
-fn print_chunks(engine: &Engine, ino: Ino) -> crate::Result<()> {
-    for (idx, c) in engine.meta().chunks_from(ino, 0)? {
-        match c.shard_ids() {
-            [] => println!(" Chunk: {idx} inline, {} bytes", c.plain_len()),
-            ids => {
-                let ids: Vec<String> = ids.iter().map(|i| i.to_hex()).collect();
-                println!(
-                    " Chunk: {idx} {} bytes, shards {}",
-                    c.plain_len(),
-                    ids.join(" ")
-                );
-            }
+fn print_chunks(vol: &dyn Volume, ino: Ino) -> crate::Result<()> {
+    for c in vol.chunks(ino)? {
+        if c.shards.is_empty() {
+            println!(" Chunk: {} inline, {} bytes", c.index, c.plain_len);
+        } else {
+            println!(
+                " Chunk: {} {} bytes, shards {}",
+                c.index,
+                c.plain_len,
+                c.shards.join(" ")
+            );
         }
     }
     Ok(())
 }
 
-fn df(engine: &Engine) -> anyhow::Result<()> {
-    let u = engine.usage()?;
+fn df(vol: &dyn Volume) -> anyhow::Result<()> {
+    let u = vol.usage()?;
     let stored = u.stored_bytes + u.inline_bytes;
     println!("files         {}", u.files);
     println!("directories   {}", u.dirs);
@@ -453,9 +489,9 @@ fn df(engine: &Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fsck(engine: &Engine, repair: bool) -> anyhow::Result<bool> {
+fn fsck(vol: &dyn Volume, repair: bool) -> anyhow::Result<bool> {
     let pb = count_bar();
-    let report = engine.check(repair, &|done, total| {
+    let report = vol.check(repair, &|done, total| {
         pb.set_length(total);
         pb.set_position(done);
     })?;

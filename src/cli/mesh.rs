@@ -1,12 +1,12 @@
 //! The mesh commands: `node`, `invite`, `status`, `repair`, `scrub`. The last
-//! three are asked of the mount process when the volume is mounted (see
-//! [`crate::admin`]); this module parses, dispatches and prints.
+//! three run in the daemon when one holds the volume (see [`crate::volume`]);
+//! this module parses, dispatches and prints.
 
 use super::output::{chunk_bar, human};
-use crate::admin::{self, Ask, Report};
 use crate::data::Redundancy;
 use crate::home::Home;
 use crate::net::node::NodeOptions;
+use crate::volume::{Ask, Report};
 use anyhow::{Context, anyhow, bail};
 use indicatif::ProgressBar;
 use std::path::PathBuf;
@@ -150,35 +150,26 @@ pub fn invite(
     Ok(())
 }
 
-/// `status`, `repair` or `scrub`: asked of the running mount when the volume is
-/// mounted (the CLI cannot open it then), else done here. Exit 1 when a chunk
-/// is unreadable or a repair failed.
+/// `status`, `repair` or `scrub`, in the daemon when one holds the volume,
+/// else here. Exit 1 when a chunk is unreadable, unknown, or a repair failed.
 pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
-    let asked = admin::ask(&home.paths().mount_sock(), ask).map_err(|e| anyhow!(e))?;
-    let report = match asked {
-        Some(r) => r,
-        None => {
-            let engine = home.open_engine()?;
-            let pb = match ask {
-                Ask::Status => ProgressBar::hidden(),
-                Ask::Repair => chunk_bar("repair"),
-                Ask::Scrub => chunk_bar("scrub"),
-            };
-            let what = match ask {
-                Ask::Status => "status",
-                Ask::Repair => "repair",
-                Ask::Scrub => "scrub",
-            };
-            let r = admin::answer(&engine, ask, Vec::new(), &|done, total| {
-                pb.set_length(total.max(done));
-                pb.set_position(done);
-            })
-            .context(what)?;
-            pb.finish_and_clear();
-            engine.flush_all().context("flushing the volume")?;
-            r
-        }
+    let opened = super::commands::Opened::open(home)?;
+    let vol = opened.volume();
+    let (pb, what) = match ask {
+        Ask::Status => (ProgressBar::hidden(), "status"),
+        Ask::Repair => (chunk_bar("repair"), "repair"),
+        Ask::Scrub => (chunk_bar("scrub"), "scrub"),
     };
+    let report = vol
+        .mesh(ask, &|done, total| {
+            pb.set_length(total.max(done));
+            pb.set_position(done);
+        })
+        .context(what)?;
+    pb.finish_and_clear();
+    if ask != Ask::Status || matches!(opened, super::commands::Opened::Here(_)) {
+        vol.barrier().context("flushing the volume")?;
+    }
     let r = &report.redundancy;
     let ok = r.lost == 0 && r.unknown == 0 && r.failures.is_empty();
     if json {
@@ -306,7 +297,7 @@ fn print_workers(workers: &[crate::workers::WorkerInfo]) {
     if workers.is_empty() {
         return;
     }
-    println!("workers of the mount process:");
+    println!("workers of the daemon:");
     for w in workers {
         let state = match w.state {
             crate::workers::WorkerState::Busy => "busy",

@@ -137,6 +137,16 @@ enum Cmd {
     Mount(MountArgs),
     /// Flush everything buffered, then unmount.
     Umount { mountpoint: PathBuf },
+    /// Hold the volume for this host's commands without mounting it (a
+    /// headless home node); stays in the foreground until SIGINT or SIGTERM.
+    Serve {
+        /// Decoded chunks kept in memory, MiB (overrides config.toml's cache_mb).
+        #[arg(long, value_name = "MIB")]
+        cache_mb: Option<usize>,
+        /// Unsealed writes held in memory, MiB (overrides config.toml's dirty_mb).
+        #[arg(long, value_name = "MIB")]
+        dirty_mb: Option<usize>,
+    },
     /// Run a storage peer: holds shards for the mesh, no keys, no names.
     Node(mesh::NodeArgs),
     /// Print a join token for a new storage peer (its last line).

@@ -1,7 +1,9 @@
-//! `datamesh mount` and `datamesh umount`: the mount process's lifecycle. By default
-//! `mount` starts itself again in the foreground as a background process, waits
-//! until the kernel shows the mount, and returns; `umount` asks that process to
-//! stop (SIGTERM: it flushes every buffered write, then unmounts) and waits for it.
+//! `datamesh mount`, `datamesh umount` and `datamesh serve`: the daemon's
+//! lifecycle. By default `mount` starts itself again in the foreground as a
+//! background process, waits until the kernel shows the mount, and returns;
+//! `umount` asks that process to stop (SIGTERM: it flushes every buffered
+//! write, then unmounts) and waits for it. `serve` holds the volume for the CLI
+//! without a mount, in the foreground, until a signal ends it.
 
 use super::MountArgs;
 use crate::home::{Home, InitOptions};
@@ -12,6 +14,7 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub fn is_mounted(at: &Path) -> bool {
@@ -65,37 +68,32 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         home.init(&InitOptions::default())?;
     }
     if args.foreground {
-        // Before the engine opens, so that a signal from then on unmounts cleanly.
-        let signals = crate::fuse::catch_exit_signals()?;
-        let engine = std::sync::Arc::new(home.open_engine_with(args.cache_mb, args.dirty_mb)?);
         let pid = pid_file(home);
-        fs::write(
-            &pid,
-            format!("{}\n{}\n", std::process::id(), mountpoint.display()),
-        )
-        .with_context(|| pid.display().to_string())?;
         let mut opts = args.fs_options();
         if let Some(src) = mount_source(home) {
             opts.source = src;
         }
-        let runner = crate::workers::Runner::new();
-        let res = (|| -> anyhow::Result<()> {
-            crate::admin::serve(&home.paths().mount_sock(), &engine, &runner)?;
-            engine.spawn_workers(&runner)?;
-            Ok(crate::fuse::mount(
-                engine.clone(),
-                &mountpoint,
-                &opts,
-                signals,
-                &runner,
-            )?)
-        })();
-        // Workers end before the last flush, so none seals or repairs after it.
-        runner.stop();
-        let flushed = engine.flush_all().context("flushing the volume");
-        let _ = fs::remove_file(home.paths().mount_sock());
+        let res = daemon(
+            home,
+            args.cache_mb,
+            args.dirty_mb,
+            |engine, signals, runner| {
+                fs::write(
+                    &pid,
+                    format!("{}\n{}\n", std::process::id(), mountpoint.display()),
+                )
+                .with_context(|| pid.display().to_string())?;
+                Ok(crate::fuse::mount(
+                    engine.clone(),
+                    &mountpoint,
+                    &opts,
+                    signals,
+                    runner,
+                )?)
+            },
+        );
         let _ = fs::remove_file(&pid);
-        return res.and(flushed);
+        return res;
     }
     let log_path = home.paths().mount_log();
     let log = fs::OpenOptions::new()
@@ -144,6 +142,57 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         log_path.display()
     );
     Ok(())
+}
+
+/// Runs a volume daemon: opens the volume, answers on its socket, runs the
+/// engine's workers and `body` (the mount, or a wait for a signal); then stops
+/// the workers and flushes the volume.
+fn daemon(
+    home: &Home,
+    cache_mb: Option<usize>,
+    dirty_mb: Option<usize>,
+    body: impl FnOnce(
+        &Arc<crate::data::Engine>,
+        crate::workers::ExitSignals,
+        &crate::workers::Runner,
+    ) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    // Before the engine opens, so that a signal from then on ends it cleanly.
+    let signals = crate::workers::catch_exit_signals()?;
+    let engine = Arc::new(home.open_engine_with(cache_mb, dirty_mb)?);
+    let runner = crate::workers::Runner::new();
+    let sock = home.paths().volume_sock();
+    let res = (|| -> anyhow::Result<()> {
+        crate::volume::serve::serve(&sock, &engine, &runner)?;
+        engine.spawn_workers(&runner)?;
+        body(&engine, signals, &runner)
+    })();
+    // Workers end before the last flush, so none seals or repairs after it.
+    runner.stop();
+    let flushed = engine.flush_all().context("flushing the volume");
+    let _ = fs::remove_file(&sock);
+    res.and(flushed)
+}
+
+/// `datamesh serve`: the volume held for this host's CLI, with no mount.
+pub fn serve(home: &Home, cache_mb: Option<usize>, dirty_mb: Option<usize>) -> anyhow::Result<()> {
+    if !home.exists() {
+        home.init(&InitOptions::default())?;
+    }
+    daemon(home, cache_mb, dirty_mb, |_, signals, runner| {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        signals.watch(runner, "stopping", move || {
+            let _ = stop.send(());
+            Ok(())
+        })?;
+        eprintln!(
+            "datamesh: serving {} on {} (SIGINT or SIGTERM stops it)",
+            home.dir.display(),
+            home.paths().volume_sock().display()
+        );
+        let _ = stopped.recv();
+        Ok(())
+    })
 }
 
 /// `datamesh:HOME`, so that /proc/mounts names the volume and `umount` finds its

@@ -1,7 +1,7 @@
 //! Volume paths (`/a/b`) resolved against the namespace.
 
-use crate::data::Engine;
 use crate::types::{Attr, Ino};
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// The components of an absolute volume path, with `.` and `..` folded.
@@ -23,16 +23,16 @@ pub fn components(path: &str) -> Result<Vec<&[u8]>> {
     Ok(out)
 }
 
-pub fn resolve(engine: &Engine, path: &str) -> Result<Attr> {
-    let mut attr = engine.getattr(Ino::ROOT)?;
+pub fn resolve(vol: &dyn Volume, path: &str) -> Result<Attr> {
+    let mut attr = vol.getattr(Ino::ROOT)?;
     for c in components(path)? {
-        attr = engine.lookup(attr.ino, c)?;
+        attr = vol.lookup(attr.ino, c)?;
     }
     Ok(attr)
 }
 
 /// The directory that holds `path`'s last component, and that component.
-pub fn resolve_parent(engine: &Engine, path: &str) -> Result<(Ino, Vec<u8>)> {
+pub fn resolve_parent(vol: &dyn Volume, path: &str) -> Result<(Ino, Vec<u8>)> {
     let mut comps = components(path)?;
     let name = comps
         .pop()
@@ -40,7 +40,7 @@ pub fn resolve_parent(engine: &Engine, path: &str) -> Result<(Ino, Vec<u8>)> {
         .to_vec();
     let mut ino = Ino::ROOT;
     for c in comps {
-        ino = engine.lookup(ino, c)?.ino;
+        ino = vol.lookup(ino, c)?.ino;
     }
     Ok((ino, name))
 }

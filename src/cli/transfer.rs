@@ -1,11 +1,12 @@
 //! `put` and `get`: copying files and trees between this host and the volume,
 //! with progress bars; special files are skipped and reported.
 
-use super::commands::{Ctx, workers};
+use super::commands::Ctx;
 use super::output::progress_bar;
 use super::paths::{base_name, join, resolve, resolve_parent};
 use crate::Error;
 use crate::types::*;
+use crate::volume::NewFile;
 use anyhow::{Context, anyhow};
 use indicatif::ProgressBar;
 use std::fs;
@@ -24,7 +25,7 @@ fn local_size(path: &Path) -> u64 {
 }
 
 pub(super) fn put(cx: &mut Ctx, srcs: &[String], dst: &str, recursive: bool) {
-    let into_dir = matches!(resolve(cx.engine, dst), Ok(a) if a.kind == FileKind::Dir);
+    let into_dir = matches!(resolve(cx.vol, dst), Ok(a) if a.kind == FileKind::Dir);
     if srcs.len() > 1 && !into_dir {
         cx.fail(
             dst,
@@ -65,13 +66,13 @@ fn put_one(cx: &mut Ctx, src: &Path, dst: &str, recursive: bool, pb: &ProgressBa
         if !recursive {
             return cx.fail(&shown, "Is a directory (use -r to copy directories)");
         }
-        let res = resolve_parent(cx.engine, dst).and_then(|(dir, name)| {
+        let res = resolve_parent(cx.vol, dst).and_then(|(dir, name)| {
             match cx
-                .engine
+                .vol
                 .mkdir(dir, &name, (meta.mode() & 0o7777) as u16, cx.uid, cx.gid)
             {
                 Ok(_) => Ok(()),
-                Err(Error::Exists) if resolve(cx.engine, dst)?.kind == FileKind::Dir => Ok(()),
+                Err(Error::Exists) if resolve(cx.vol, dst)?.kind == FileKind::Dir => Ok(()),
                 Err(e) => Err(e),
             }
         });
@@ -90,12 +91,12 @@ fn put_one(cx: &mut Ctx, src: &Path, dst: &str, recursive: bool, pb: &ProgressBa
         }
     } else if ft.is_symlink() {
         let res = fs::read_link(src).map_err(Error::Io).and_then(|t| {
-            let (dir, name) = resolve_parent(cx.engine, dst)?;
+            let (dir, name) = resolve_parent(cx.vol, dst)?;
             let target = t.as_os_str().as_encoded_bytes();
-            match cx.engine.symlink(dir, &name, target, cx.uid, cx.gid) {
+            match cx.vol.symlink(dir, &name, target, cx.uid, cx.gid) {
                 Err(Error::Exists) => {
-                    cx.engine.unlink(dir, &name)?;
-                    cx.engine
+                    cx.vol.unlink(dir, &name)?;
+                    cx.vol
                         .symlink(dir, &name, target, cx.uid, cx.gid)
                         .map(|_| ())
                 }
@@ -119,8 +120,8 @@ fn put_one(cx: &mut Ctx, src: &Path, dst: &str, recursive: bool, pb: &ProgressBa
     }
 }
 
-/// Write `src` to a hidden temp name beside `dst`, then rename it over `dst`: an
-/// interrupted or failed put leaves the old contents (or nothing) in place.
+/// Writes `src` to `dst` through [`crate::volume::Volume::put_file`]: a
+/// failed or interrupted put leaves the old contents (or nothing) in place.
 fn put_file(
     cx: &Ctx,
     src: &mut (dyn Read + Send),
@@ -128,36 +129,17 @@ fn put_file(
     dst: &str,
     pb: &ProgressBar,
 ) -> crate::Result<()> {
-    let (dir, name) = resolve_parent(cx.engine, dst)?;
-    match cx.engine.lookup(dir, &name) {
-        Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
-        Ok(a) if a.kind != FileKind::File => {
-            return Err(Error::Invalid("exists and is not a regular file"));
-        }
-        Ok(_) | Err(Error::NotFound) => {}
-        Err(e) => return Err(e),
-    }
-    let mut tmp = format!(
-        ".{}.put-{:08x}",
-        String::from_utf8_lossy(&name),
-        rand::random::<u32>()
-    );
-    tmp.truncate(NAME_MAX);
-    let attr = cx
-        .engine
-        .create(dir, tmp.as_bytes(), perm, cx.uid, cx.gid)?;
+    let (dir, name) = resolve_parent(cx.vol, dst)?;
+    let file = NewFile {
+        dir,
+        name,
+        perm,
+        uid: cx.uid,
+        gid: cx.gid,
+    };
     let base = pb.position();
-    let res = cx
-        .engine
-        .write_stream(attr.ino, src, workers(), &mut |n| pb.set_position(base + n))
-        .and_then(|_| {
-            cx.engine
-                .rename(dir, tmp.as_bytes(), dir, &name, RenameFlags::default())
-        });
-    if res.is_err() {
-        let _ = cx.engine.unlink(dir, tmp.as_bytes());
-    }
-    res
+    cx.vol
+        .put_file(&file, src, &mut |n| pb.set_position(base + n))
 }
 
 pub(super) fn get(cx: &mut Ctx, srcs: &[String], dst: &str, recursive: bool) {
@@ -171,7 +153,7 @@ pub(super) fn get(cx: &mut Ctx, srcs: &[String], dst: &str, recursive: bool) {
         return;
     }
     for src in srcs {
-        let attr = match resolve(cx.engine, src) {
+        let attr = match resolve(cx.vol, src) {
             Ok(a) => a,
             Err(e) => {
                 cx.fail(src, e);
@@ -190,7 +172,7 @@ pub(super) fn get(cx: &mut Ctx, srcs: &[String], dst: &str, recursive: bool) {
 }
 
 fn get_one(cx: &mut Ctx, src: &str, attr: &Attr, dst: &PathBuf, recursive: bool, pb: &ProgressBar) {
-    let engine = cx.engine;
+    let vol = cx.vol;
     let res: anyhow::Result<()> = (|| {
         match attr.kind {
             FileKind::Dir => {
@@ -205,13 +187,13 @@ fn get_one(cx: &mut Ctx, src: &str, attr: &Attr, dst: &PathBuf, recursive: bool,
                 }
                 let mut offset = 2;
                 loop {
-                    let entries = engine.readdir(attr.ino, offset, 1024)?;
+                    let entries = vol.readdir(attr.ino, offset, 1024)?;
                     let Some(last) = entries.last() else { break };
                     offset = last.offset;
                     for e in entries {
                         let name = String::from_utf8_lossy(&e.name).into_owned();
                         let child_src = join(src, &name);
-                        match engine.getattr(e.ino) {
+                        match vol.getattr(e.ino) {
                             Ok(a) => get_one(cx, &child_src, &a, &dst.join(&name), recursive, pb),
                             Err(err) => cx.fail(&child_src, err),
                         }
@@ -219,26 +201,19 @@ fn get_one(cx: &mut Ctx, src: &str, attr: &Attr, dst: &PathBuf, recursive: bool,
                 }
             }
             FileKind::Symlink => {
-                let target = engine.readlink(attr.ino)?;
+                let target = vol.readlink(attr.ino)?;
                 let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
                 let _ = fs::remove_file(dst);
                 std::os::unix::fs::symlink(target, dst)
                     .with_context(|| dst.display().to_string())?;
             }
             FileKind::File if dst.as_os_str() == "-" => {
-                engine.read_stream(
-                    attr.ino,
-                    &mut std::io::stdout().lock(),
-                    workers(),
-                    &mut |_| {},
-                )?;
+                vol.read_file(attr.ino, &mut std::io::stdout(), &mut |_| {})?;
             }
             FileKind::File => {
                 let mut f = fs::File::create(dst).with_context(|| dst.display().to_string())?;
                 let base = pb.position();
-                engine.read_stream(attr.ino, &mut f, workers(), &mut |n| {
-                    pb.set_position(base + n)
-                })?;
+                vol.read_file(attr.ino, &mut f, &mut |n| pb.set_position(base + n))?;
                 f.flush()?;
                 let perm = fs::Permissions::from_mode(attr.perm as u32);
                 fs::set_permissions(dst, perm).with_context(|| dst.display().to_string())?;

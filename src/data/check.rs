@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub files: u64,
     pub dirs: u64,
@@ -24,7 +24,7 @@ pub struct Usage {
     pub disk_avail: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct CheckReport {
     /// One line per problem, naming the file where there is one.
     pub problems: Vec<String>,

@@ -110,6 +110,8 @@ struct Core {
     cache: Mutex<LruCache<[u8; 32], Arc<Vec<u8>>>>,
     /// Chunks being decoded now, for others wanting the same one to wait on.
     loading: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+    /// Keeps gc out of the span between storing shards and committing them.
+    gate: gc::StoreGate,
 }
 
 /// One chunk being decoded; `done` turns true when it is cached (or failed).
@@ -164,6 +166,7 @@ impl Engine {
                 dirty_total: AtomicUsize::new(0),
                 cache: Mutex::new(LruCache::new(NonZeroUsize::new(entries).unwrap())),
                 loading: Mutex::new(HashMap::new()),
+                gate: gc::StoreGate::default(),
             }),
             // One seal per core; over a network, four more whose puts wait on
             // answers while the others compute.

@@ -158,6 +158,7 @@ impl Engine {
         };
         let cell = self.state_or_new(ino);
         let st = self.flush_locked(ino, &cell, lock(&cell.state))?;
+        let _span = self.s.gate.span();
         let idx = size / self.chunk_size as u64;
         let within = (size % self.chunk_size as u64) as usize;
         // The chunk the new end falls in keeps only the bytes before it.
@@ -205,6 +206,7 @@ impl Engine {
     pub fn punch_hole(&self, ino: Ino, offset: u64, len: u64) -> Result<()> {
         let cell = self.state_or_new(ino);
         let st = self.flush_locked(ino, &cell, lock(&cell.state))?;
+        let _span = self.s.gate.span();
         let rec = self.s.meta.inode(ino)?;
         if rec.kind != FileKind::File {
             return Err(Error::Invalid("not a regular file"));

@@ -23,6 +23,8 @@ impl Engine {
         workers: usize,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
+        // Shards stored by the workers are committed in batches by this thread.
+        let _span = self.s.gate.span();
         self.setattr(
             ino,
             &SetAttr {

@@ -214,6 +214,13 @@ impl Engine {
         self.s.meta.sync()
     }
 
+    /// Durability barrier for what is committed: shards still landing are
+    /// stored, the namespace's log is on disk. Unsealed writes stay buffered.
+    pub fn sync_committed(&self) -> Result<()> {
+        self.s.store.sync()?;
+        self.s.meta.sync()
+    }
+
     /// Seal and commit every dirty file (used before unmount and by `sync`).
     pub fn flush_all(&self) -> Result<()> {
         let inos: Vec<Ino> = lock(&self.files).keys().copied().collect();
@@ -226,8 +233,7 @@ impl Engine {
         if let Some(e) = first_err {
             return Err(e);
         }
-        self.s.store.sync()?;
-        self.s.meta.sync()
+        self.sync_committed()
     }
 
     /// Hands every dirty chunk of the file to the sealing pool and waits until they
@@ -291,11 +297,13 @@ impl Core {
         idx: u64,
         plain: Arc<Vec<u8>>,
     ) {
+        let span = self.gate.span();
         let sealed = self.seal_or_hole(&plain);
         let mut st = lock(&cell.state);
         let size = st.size.expect("a file with chunks in flight has a size");
         let mtime = st.mtime;
         let res = sealed.and_then(|c| self.meta.commit_chunks(ino, vec![(idx, c)], size, mtime));
+        drop(span);
         st.sealing.remove(&idx);
         if res.is_ok() {
             st.committed = Some((size, mtime));

@@ -11,7 +11,7 @@
 mod acl;
 mod mount;
 
-pub use mount::{ExitSignals, MountOptions, catch_exit_signals, check_mountable, mount};
+pub use mount::{MountOptions, check_mountable, mount};
 
 use crate::Error;
 use crate::data::Engine;
@@ -42,21 +42,22 @@ const READDIR_BATCH: usize = 128;
 /// The errno for an engine error. Unexpected errors (metadata, shards, I/O) are
 /// logged here and reported as `EIO`.
 pub fn errno(e: &Error) -> i32 {
-    match e {
-        Error::NotFound => libc::ENOENT,
-        Error::Exists => libc::EEXIST,
-        Error::NotDir => libc::ENOTDIR,
-        Error::IsDir => libc::EISDIR,
-        Error::NotEmpty => libc::ENOTEMPTY,
-        Error::Invalid(_) => libc::EINVAL,
-        Error::NameTooLong => libc::ENAMETOOLONG,
-        Error::NoSpace => libc::ENOSPC,
-        Error::NoXattr => libc::ENODATA,
-        Error::NotPermitted => libc::EPERM,
-        Error::TooBig => libc::EFBIG,
-        Error::ReadOnly => libc::EROFS,
-        other => {
-            tracing::error!("I/O error: {other}");
+    use crate::error::Kind;
+    match e.kind() {
+        Kind::NotFound => libc::ENOENT,
+        Kind::Exists => libc::EEXIST,
+        Kind::NotDir => libc::ENOTDIR,
+        Kind::IsDir => libc::EISDIR,
+        Kind::NotEmpty => libc::ENOTEMPTY,
+        Kind::Invalid => libc::EINVAL,
+        Kind::NameTooLong => libc::ENAMETOOLONG,
+        Kind::NoSpace => libc::ENOSPC,
+        Kind::NoXattr => libc::ENODATA,
+        Kind::NotPermitted => libc::EPERM,
+        Kind::TooBig => libc::EFBIG,
+        Kind::ReadOnly => libc::EROFS,
+        Kind::Other => {
+            tracing::error!("I/O error: {e}");
             libc::EIO
         }
     }

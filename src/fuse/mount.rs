@@ -2,7 +2,7 @@
 
 use super::DatameshFs;
 use crate::data::Engine;
-use crate::workers::Runner;
+use crate::workers::{ExitSignals, Runner};
 use fuser::{Config, MountOption, Session, SessionACL};
 use std::io;
 use std::path::Path;
@@ -35,19 +35,6 @@ impl Default for MountOptions {
         }
     }
 }
-
-/// Catches SIGINT, SIGTERM and SIGHUP for [`mount`], which turns them into an
-/// unmount. A handler, not a blocked mask: RocksDB's background threads run
-/// with every signal unblocked, so a signal's default action could land on one
-/// of them and end the process with the volume still mounted. Call it before
-/// opening the engine: a signal that comes meanwhile waits for the mount.
-pub fn catch_exit_signals() -> io::Result<ExitSignals> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map(ExitSignals)
-}
-
-/// The exit signals caught by [`catch_exit_signals`].
-pub struct ExitSignals(signal_hook::iterator::Signals);
 
 /// Whether `mountpoint` can take a FUSE mount here: an existing directory, and
 /// /dev/fuse present. Callers check before opening (or creating) a volume.
@@ -143,19 +130,11 @@ pub fn mount(
             format!("mounting at {}: {e}", mountpoint.display()),
         )
     })?;
-    let mut unmounter = session.unmount_callable();
-    let ExitSignals(mut signals) = signals;
-    let waiting = signals.handle();
-    runner.spawn("signals", move |w| {
-        // Ends with no signal once the runner stops (the handle is closed).
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                w.round(Err(format!("unmounting: {e}")));
-            }
-        }
+    let unmounter = session.unmount_callable();
+    signals.watch(runner, "unmounting", move || {
+        let mut unmounter = unmounter;
+        unmounter.unmount()
     })?;
-    runner.on_stop(move || waiting.close());
     tracing::info!("mounted at {}", mountpoint.display());
     // From another thread: the stat it needs is answered once the session runs.
     let (at, chunk_size) = (mountpoint.to_path_buf(), engine.chunk_size());
