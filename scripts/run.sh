@@ -38,6 +38,8 @@ mkdir -p "$mnt"
   cp "$REPO/README.md" "$mnt/demo/README.md"
   ls -l "$mnt/demo"
   cmp "$sample" "$mnt/demo/sample.bin"
+  # The CLI goes on working beside the mount, through the mount's daemon.
+  dm ls -l /demo
 )
-echo "datamesh: the volume is mounted at $mnt; use any tool on it."
+echo "datamesh: the volume is mounted at $mnt; use any tool on it, and the CLI beside it."
 echo "datamesh: stop with: $DATAMESH_BIN umount $mnt"

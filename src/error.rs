@@ -109,10 +109,10 @@ impl Error {
             Kind::NameTooLong => Error::NameTooLong,
             Kind::NoSpace => Error::NoSpace,
             Kind::NoXattr => Error::NoXattr,
-            Kind::NotPermitted => Error::NotPermitted,
             Kind::TooBig => Error::TooBig,
             Kind::ReadOnly => Error::ReadOnly,
-            Kind::Invalid | Kind::Other => Error::Remote(kind, text),
+            // These keep their text: it says what was refused, or why.
+            Kind::Invalid | Kind::NotPermitted | Kind::Other => Error::Remote(kind, text),
         }
     }
 

@@ -77,6 +77,8 @@ pub struct Config {
     pub bootstrap: Vec<String>,
     /// Seconds a storage peer may be gone before its shards are rebuilt elsewhere.
     pub repair_grace_secs: u64,
+    /// Where a daemon (a mount, `serve`) listens for member devices.
+    pub listen: Vec<String>,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             gc_grace_secs: 3600,
             bootstrap: Vec::new(),
             repair_grace_secs: 600,
+            listen: Vec::new(),
         }
     }
 }
@@ -111,6 +114,11 @@ const CONFIG_TEMPLATE: &str = "\
 # Seconds a storage peer may be unreachable before the mount rebuilds its
 # shards on the others.
 # repair_grace_secs = 600
+
+# Where a daemon (a mount, `datamesh serve`) listens for member devices
+# (`datamesh invite --member`), e.g. [\"/ip4/0.0.0.0/tcp/4720\"]. With none,
+# this home reaches out to storage peers only.
+# listen = []
 ";
 
 /// Where each file of a home directory is: the one place these names are
@@ -161,6 +169,18 @@ impl HomePaths {
     pub fn mount_pid(&self) -> PathBuf {
         self.dir.join("mount.pid")
     }
+    /// The member devices of this home node's volume.
+    pub fn members(&self) -> PathBuf {
+        self.dir.join("members")
+    }
+    /// Invitations for member devices not used up.
+    pub fn member_invites(&self) -> PathBuf {
+        self.dir.join("member-invites")
+    }
+    /// On a member device: its home node and the volume's parameters.
+    pub fn member(&self) -> PathBuf {
+        self.dir.join("member")
+    }
     /// The volume daemon's socket (a mount's, or `datamesh serve`'s).
     pub fn volume_sock(&self) -> PathBuf {
         self.dir.join("volume.sock")
@@ -210,6 +230,25 @@ impl Home {
 
     pub fn exists(&self) -> bool {
         self.key_path().exists()
+    }
+
+    /// A member device's home: the volume is another host's.
+    pub fn is_member(&self) -> bool {
+        self.paths().member().exists()
+    }
+
+    /// The addresses a daemon listens on for members: `given`, else config.toml's.
+    pub fn listen_addrs(&self, given: &[String]) -> Result<Vec<crate::net::Multiaddr>, HomeError> {
+        let cfg = self.config()?;
+        let list = if given.is_empty() { &cfg.listen } else { given };
+        list.iter()
+            .map(|a| {
+                a.parse().map_err(|e| HomeError::Bad {
+                    path: self.paths().config(),
+                    why: format!("listen address {a}: {e}"),
+                })
+            })
+            .collect()
     }
 
     /// Create a new volume here; refuses to touch an existing one.
@@ -427,6 +466,24 @@ impl Home {
         cache_mb: Option<usize>,
         dirty_mb: Option<usize>,
     ) -> Result<Engine, HomeError> {
+        self.open_daemon(cache_mb, dirty_mb).map(|(e, _)| e)
+    }
+
+    /// The volume as a daemon opens it: the engine, and the mesh client when
+    /// there are storage peers (to listen for members on).
+    pub fn open_daemon(
+        &self,
+        cache_mb: Option<usize>,
+        dirty_mb: Option<usize>,
+    ) -> Result<(Engine, Option<crate::net::MeshClient>), HomeError> {
+        if self.is_member() {
+            return Err(HomeError::Bad {
+                path: self.dir.clone(),
+                why: "this is a member device: the volume is the home node's, reached \
+                      through it (this command cannot run here)"
+                    .into(),
+            });
+        }
         if !self.exists() {
             self.init(&InitOptions::default())?;
             tracing::info!("created a new volume in {}", self.dir.display());
@@ -436,8 +493,12 @@ impl Home {
         let key = self.volume_key()?;
         let meta = MetaStore::open(&self.paths().meta(), None)?;
         let n = meta.params().data_shards as usize + meta.params().parity_shards as usize;
+        let mut client = None;
         let store: Arc<dyn crate::store::ShardStore> = match self.mesh_store(n)? {
-            Some(mesh) => mesh,
+            Some(mesh) => {
+                client = Some(mesh.client().clone());
+                mesh
+            }
             None => Arc::new(LocalStore::open(&self.paths().store()).map_err(crate::Error::from)?),
         };
         let ecfg = EngineConfig {
@@ -445,7 +506,7 @@ impl Home {
             dirty_bytes: dirty_mb.unwrap_or(cfg.dirty_mb) << 20,
             repair_grace: std::time::Duration::from_secs(cfg.repair_grace_secs),
         };
-        Ok(Engine::new(meta, store, key, ecfg)?)
+        Ok((Engine::new(meta, store, key, ecfg)?, client))
     }
 }
 

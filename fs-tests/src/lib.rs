@@ -175,9 +175,16 @@ impl Volume {
 impl Volume {
     /// `datamesh serve` on this volume, answering once this returns.
     pub fn serve(&self) -> Daemon {
+        self.serve_with(&[], &[])
+    }
+
+    /// `datamesh GLOBAL… serve ARGS…` (e.g. `--bootstrap` flags, `--listen`).
+    pub fn serve_with(&self, global: &[String], args: &[&str]) -> Daemon {
         let child = self
             .datamesh()
+            .args(global)
             .arg("serve")
+            .args(args)
             .stdin(Stdio::null())
             .spawn()
             .expect("start datamesh serve");
@@ -484,7 +491,9 @@ impl Cluster {
         if i > 0 {
             cmd.arg("--bootstrap").arg(&self.nodes[0].addr);
         }
+        // What a node learns from the home (its member list) is logged at info.
         let child = cmd
+            .env("RUST_LOG", "warn,datamesh::net::node=info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(log)

@@ -90,15 +90,44 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             super::mount::umount(home, &mountpoint)?;
             Ok(true)
         }
-        Cmd::Serve { cache_mb, dirty_mb } => {
-            super::mount::serve(home, cache_mb, dirty_mb)?;
+        Cmd::Serve {
+            cache_mb,
+            dirty_mb,
+            listen,
+        } => {
+            super::mount::serve(home, cache_mb, dirty_mb, &listen)?;
             Ok(true)
         }
+        Cmd::Join { token, name } => {
+            let name = name.unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "device".into())
+            });
+            let id = crate::volume::member::join(home, &token, &name)?;
+            println!(
+                "datamesh: {} is now member device {name} of the volume of home node {id}",
+                home.dir.display()
+            );
+            Ok(true)
+        }
+        Cmd::Members { action } => super::mesh::members(home, action),
         Cmd::Node(args) => {
             super::mesh::node(args, &home.bootstrap)?;
             Ok(true)
         }
-        Cmd::Invite { address, ttl, uses } => {
+        Cmd::Invite {
+            member: true,
+            address,
+            ttl,
+            ..
+        } => {
+            super::mesh::invite_member(home, &address, ttl)?;
+            Ok(true)
+        }
+        Cmd::Invite {
+            address, ttl, uses, ..
+        } => {
             super::mesh::invite(home, &address, ttl, uses)?;
             Ok(true)
         }
@@ -217,10 +246,17 @@ pub(super) enum Writes {
 pub(super) enum Opened {
     Daemon(Remote),
     Here(crate::data::Engine),
+    /// A member device: the home node's volume, over the mesh.
+    Member(Box<crate::volume::member::MemberVolume>),
 }
 
 impl Opened {
     pub(super) fn open(home: &Home) -> anyhow::Result<Opened> {
+        if home.is_member() {
+            let m = crate::volume::member::MemberVolume::open(home)
+                .context("reaching the home node")?;
+            return Ok(Opened::Member(Box::new(m)));
+        }
         match Remote::connect(&home.paths().volume_sock()).map_err(|e| anyhow!(e))? {
             Some(r) => Ok(Opened::Daemon(r)),
             None => Ok(Opened::Here(home.open_engine()?)),
@@ -231,6 +267,7 @@ impl Opened {
         match self {
             Opened::Daemon(r) => r,
             Opened::Here(e) => e,
+            Opened::Member(m) => &**m,
         }
     }
 }

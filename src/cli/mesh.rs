@@ -150,6 +150,104 @@ pub fn invite(
     Ok(())
 }
 
+/// `invite --member`: a single-use token for a member device. It names this
+/// home node and where it listens (`--address`, else config.toml's `listen`).
+pub fn invite_member(
+    home: &Home,
+    extra: &[String],
+    ttl: std::time::Duration,
+) -> anyhow::Result<()> {
+    if home.is_member() {
+        bail!("only the home node invites member devices");
+    }
+    if !home.exists() {
+        home.init(&Default::default())?;
+    }
+    let mut addrs = addrs(extra, "--address")?;
+    for a in home.listen_addrs(&[])? {
+        if !crate::net::is_unspecified(&a) && !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        bail!(
+            "--address MULTIADDR is needed: where member devices reach this home node \
+             (the address its mount or `datamesh serve` listens on with --listen, \
+             e.g. /ip4/192.0.2.7/tcp/4720)"
+        );
+    }
+    let now = crate::net::trust::now_secs();
+    let expires = now.saturating_add(ttl.as_secs());
+    let token = crate::net::JoinToken {
+        key: home.mesh_key()?,
+        home: None,
+        bootstrap: addrs,
+        expires: None,
+        admit: None,
+    };
+    let (token, secret) = token.encode_member(home.peer_id()?, expires);
+    crate::net::trust::Invites::add(&home.paths().member_invites(), secret, expires, 1, now)?;
+    println!(
+        "On the new device, within {} (the token admits one device; it carries the mesh key, \
+         not the volume key, which the device receives sealed to its own key):",
+        humantime::format_duration(ttl)
+    );
+    println!("  datamesh join TOKEN");
+    println!("{token}");
+    Ok(())
+}
+
+/// `members`: the member devices; `members revoke ID`.
+pub fn members(home: &Home, action: Option<super::MembersAction>) -> anyhow::Result<bool> {
+    use crate::net::trust::Members;
+    if home.is_member() {
+        bail!("this is a member device: list the members on the home node");
+    }
+    let path = home.paths().members();
+    let mut list = Members::load(&path)?;
+    match action {
+        None => {
+            if list.list.is_empty() {
+                println!("no member devices (add one with `datamesh invite --member`)");
+            }
+            let when = |t: Option<u64>| {
+                t.map_or("never".to_string(), |t| {
+                    super::output::time_string(crate::types::Timestamp {
+                        secs: t as i64,
+                        nanos: 0,
+                    })
+                })
+            };
+            for m in &list.list {
+                let state = match m.revoked {
+                    Some(t) => format!("revoked {}", when(Some(t))),
+                    None => format!("last seen {}", when(m.last_seen)),
+                };
+                println!("{} {:<16} {state}", m.id, m.name);
+            }
+            Ok(true)
+        }
+        Some(super::MembersAction::Revoke { id }) => {
+            let peer: crate::net::PeerId = id
+                .parse()
+                .map_err(|_| anyhow!("{id}: not a device id (see `datamesh members`)"))?;
+            let Some(m) = list.get_mut(&peer) else {
+                bail!("{id}: no such member device (see `datamesh members`)");
+            };
+            if m.revoked.is_none() {
+                m.revoked = Some(crate::net::trust::now_secs());
+            }
+            let name = m.name.clone();
+            list.save(&path)?;
+            println!(
+                "datamesh: revoked member device {id} ({name}): a running home daemon refuses it \
+                 within 2 s, and tells the storage peers to"
+            );
+            Ok(true)
+        }
+    }
+}
+
 /// `status`, `repair` or `scrub`, in the daemon when one holds the volume,
 /// else here. Exit 1 when a chunk is unreadable, unknown, or a repair failed.
 pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {

@@ -21,6 +21,13 @@ pub enum PeersAction {
     Remove { id: String },
 }
 
+#[derive(clap::Subcommand)]
+pub enum MembersAction {
+    /// Cut a device off at once: the home refuses its requests, the storage
+    /// peers its shard requests.
+    Revoke { id: String },
+}
+
 #[derive(Parser)]
 #[command(
     name = "datamesh",
@@ -146,11 +153,18 @@ enum Cmd {
         /// Unsealed writes held in memory, MiB (overrides config.toml's dirty_mb).
         #[arg(long, value_name = "MIB")]
         dirty_mb: Option<usize>,
+        /// Listen for member devices here (repeatable; overrides config.toml's listen).
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<String>,
     },
     /// Run a storage peer: holds shards for the mesh, no keys, no names.
     Node(mesh::NodeArgs),
-    /// Print a join token for a new storage peer (its last line).
+    /// Print a join token for a new storage peer, or with --member for a
+    /// member device (its last line).
     Invite {
+        /// A token for a member device (`datamesh join`), not a storage peer.
+        #[arg(long)]
+        member: bool,
         /// An address of a running peer to put in the token (repeatable); the
         /// known storage peers are put in too.
         #[arg(long, value_name = "MULTIADDR")]
@@ -172,6 +186,19 @@ enum Cmd {
     Repair,
     /// Ask every peer to re-hash what it holds, then repair what was bad.
     Scrub,
+    /// Make this home directory a member device of another host's volume,
+    /// with a token from `datamesh invite --member` there.
+    Join {
+        token: String,
+        /// This device's name in the home's member list [default: the host name].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the member devices of this volume; revoke one.
+    Members {
+        #[command(subcommand)]
+        action: Option<MembersAction>,
+    },
     /// List the storage peers this home admitted; add or remove one.
     Peers {
         #[command(subcommand)]
@@ -215,6 +242,9 @@ pub struct MountArgs {
     /// Unsealed writes held in memory, MiB (overrides config.toml's dirty_mb).
     #[arg(long, value_name = "MIB")]
     pub dirty_mb: Option<usize>,
+    /// Listen for member devices here (repeatable; overrides config.toml's listen).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
     /// Comma-separated mount options: allow_other, ro, rw, attr_ttl=SECS,
     /// entry_ttl=SECS, cache_mb=MIB, dirty_mb=MIB; fstab's generic options
     /// (defaults, _netdev, nofail, noauto, user, …) are accepted and ignored.
@@ -297,6 +327,10 @@ impl MountArgs {
                 out.push(flag.to_string());
                 out.push(v);
             }
+        }
+        for a in &self.listen {
+            out.push("--listen".to_string());
+            out.push(a.clone());
         }
         out
     }

@@ -77,6 +77,7 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
             home,
             args.cache_mb,
             args.dirty_mb,
+            &args.listen,
             |engine, signals, runner| {
                 fs::write(
                     &pid,
@@ -151,6 +152,7 @@ fn daemon(
     home: &Home,
     cache_mb: Option<usize>,
     dirty_mb: Option<usize>,
+    listen: &[String],
     body: impl FnOnce(
         &Arc<crate::data::Engine>,
         crate::workers::ExitSignals,
@@ -159,11 +161,26 @@ fn daemon(
 ) -> anyhow::Result<()> {
     // Before the engine opens, so that a signal from then on ends it cleanly.
     let signals = crate::workers::catch_exit_signals()?;
-    let engine = Arc::new(home.open_engine_with(cache_mb, dirty_mb)?);
+    let listen = home.listen_addrs(listen)?;
+    let (engine, client) = home.open_daemon(cache_mb, dirty_mb)?;
+    let engine = Arc::new(engine);
     let runner = crate::workers::Runner::new();
     let sock = home.paths().volume_sock();
     let res = (|| -> anyhow::Result<()> {
         crate::volume::serve::serve(&sock, &engine, &runner)?;
+        if !listen.is_empty() {
+            let Some(client) = client else {
+                anyhow::bail!(
+                    "--listen: member devices store their files on the storage peers, \
+                     and this volume has none yet (see `datamesh invite`)"
+                );
+            };
+            for a in listen {
+                client.listen(a).map_err(|e| anyhow!(e))?;
+            }
+            let key = home.volume_key()?;
+            crate::volume::meta::HomeServer::start(&engine, home.paths(), key, client, &runner)?;
+        }
         engine.spawn_workers(&runner)?;
         body(&engine, signals, &runner)
     })();
@@ -175,11 +192,16 @@ fn daemon(
 }
 
 /// `datamesh serve`: the volume held for this host's CLI, with no mount.
-pub fn serve(home: &Home, cache_mb: Option<usize>, dirty_mb: Option<usize>) -> anyhow::Result<()> {
+pub fn serve(
+    home: &Home,
+    cache_mb: Option<usize>,
+    dirty_mb: Option<usize>,
+    listen: &[String],
+) -> anyhow::Result<()> {
     if !home.exists() {
         home.init(&InitOptions::default())?;
     }
-    daemon(home, cache_mb, dirty_mb, |_, signals, runner| {
+    daemon(home, cache_mb, dirty_mb, listen, |_, signals, runner| {
         let (stop, stopped) = std::sync::mpsc::channel();
         signals.watch(runner, "stopping", move || {
             let _ = stop.send(());

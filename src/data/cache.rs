@@ -59,10 +59,7 @@ impl Core {
     }
 
     pub(super) fn decode(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
-        match chunk {
-            ChunkRef::Inline { .. } => Ok(chunk::open_inline(chunk)?),
-            ChunkRef::Sharded { .. } => self.fetch_sharded(chunk, false),
-        }
+        super::fetch::decode_chunk(&self.store, &self.codec, chunk)
     }
 }
 

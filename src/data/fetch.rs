@@ -15,87 +15,110 @@ impl Engine {
 
 impl Core {
     pub(super) fn fetch_sharded(&self, chunk: &ChunkRef, check_all: bool) -> Result<Vec<u8>> {
-        let ids: Arc<[ShardId]> = chunk.shard_ids().into();
-        let n = ids.len();
-        let k = self.codec.data_shards().min(n);
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Each fetch runs on its own thread, not rayon's pool (callers block in
-        // here, some holding locks), and is never joined: a straggler from a slow
-        // peer must not hold up a read that has k shards already.
-        let launch = |i: usize| {
-            let (store, ids, tx) = (self.store.clone(), ids.clone(), tx.clone());
-            std::thread::Builder::new()
-                .name("datamesh-fetch".into())
-                .spawn(move || {
-                    let _ = tx.send((i, store.get(&ids[i])));
-                })
-                .map(drop)
-        };
-        // Data shards first: with all of them there is nothing to decode.
-        let first = if check_all { n } else { k };
-        for i in 0..first {
-            launch(i)?;
-        }
-        let (mut next, mut outstanding, mut got) = (first, first, 0);
-        let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
-        let mut heal = Vec::new();
-        let hedge = self.store.hedge_after();
-        while outstanding > 0 && (got < k || check_all) {
-            let msg = match hedge {
-                Some(after) if next < n => match rx.recv_timeout(after) {
-                    Ok(m) => m,
-                    Err(_) => {
-                        // A slow shard: ask for a parity shard as well.
-                        launch(next)?;
-                        next += 1;
-                        outstanding += 1;
-                        continue;
-                    }
-                },
-                _ => rx.recv().expect("a fetch thread always answers"),
-            };
-            outstanding -= 1;
-            match msg {
-                (i, Ok(b)) => {
-                    shards[i] = Some(b);
-                    got += 1;
-                }
-                (i, Err(e)) => {
-                    // Damaged or lost copies are rewritten once rebuilt; an
-                    // unreachable peer is left to repair (it may come back).
-                    if matches!(e, StoreError::Missing(_) | StoreError::Corrupt(_)) {
-                        tracing::warn!("shard {} of a chunk is unusable: {e}", ids[i]);
-                        heal.push(i);
-                    } else {
-                        tracing::info!("shard {} of a chunk is unavailable: {e}", ids[i]);
-                    }
-                    if next < n && got + outstanding < k {
-                        launch(next)?;
-                        next += 1;
-                        outstanding += 1;
-                    }
-                }
-            }
-        }
-        let bad = heal;
-        shards.resize(ids.len(), None);
-        let plain = chunk::open_sharded(chunk, &self.codec, &mut shards, !bad.is_empty())?;
-        for i in bad {
-            let Some(bytes) = &shards[i] else { continue };
-            if ShardId::of(bytes) != ids[i] {
-                return Err(Error::Corrupt(format!(
-                    "rebuilt shard {} does not match its id",
-                    ids[i]
-                )));
-            }
-            match self.store.replace(&ids[i], bytes) {
-                Ok(()) => tracing::warn!(
-                    "healed shard {}: rebuilt from the others and rewritten",
-                    ids[i]
-                ),
-                Err(e) => tracing::error!("could not rewrite rebuilt shard {}: {e}", ids[i]),
-            }
-        }
-        Ok(plain)
+        fetch_sharded(&self.store, &self.codec, chunk, check_all)
     }
+}
+
+/// A chunk's plaintext, from the metadata (inline) or from its shards.
+/// (A member device reads this way, with no engine.)
+pub fn decode_chunk(
+    store: &Arc<dyn ShardStore>,
+    codec: &Codec,
+    chunk: &ChunkRef,
+) -> Result<Vec<u8>> {
+    match chunk {
+        ChunkRef::Inline { .. } => Ok(chunk::open_inline(chunk)?),
+        ChunkRef::Sharded { .. } => fetch_sharded(store, codec, chunk, false),
+    }
+}
+
+/// See [`Engine::fetch_sharded`].
+fn fetch_sharded(
+    store: &Arc<dyn ShardStore>,
+    codec: &Codec,
+    chunk: &ChunkRef,
+    check_all: bool,
+) -> Result<Vec<u8>> {
+    let ids: Arc<[ShardId]> = chunk.shard_ids().into();
+    let n = ids.len();
+    let k = codec.data_shards().min(n);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Each fetch runs on its own thread, not rayon's pool (callers block in
+    // here, some holding locks), and is never joined: a straggler from a slow
+    // peer must not hold up a read that has k shards already.
+    let launch = |i: usize| {
+        let (store, ids, tx) = (store.clone(), ids.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name("datamesh-fetch".into())
+            .spawn(move || {
+                let _ = tx.send((i, store.get(&ids[i])));
+            })
+            .map(drop)
+    };
+    // Data shards first: with all of them there is nothing to decode.
+    let first = if check_all { n } else { k };
+    for i in 0..first {
+        launch(i)?;
+    }
+    let (mut next, mut outstanding, mut got) = (first, first, 0);
+    let mut shards: Vec<Option<Vec<u8>>> = vec![None; n];
+    let mut heal = Vec::new();
+    let hedge = store.hedge_after();
+    while outstanding > 0 && (got < k || check_all) {
+        let msg = match hedge {
+            Some(after) if next < n => match rx.recv_timeout(after) {
+                Ok(m) => m,
+                Err(_) => {
+                    // A slow shard: ask for a parity shard as well.
+                    launch(next)?;
+                    next += 1;
+                    outstanding += 1;
+                    continue;
+                }
+            },
+            _ => rx.recv().expect("a fetch thread always answers"),
+        };
+        outstanding -= 1;
+        match msg {
+            (i, Ok(b)) => {
+                shards[i] = Some(b);
+                got += 1;
+            }
+            (i, Err(e)) => {
+                // Damaged or lost copies are rewritten once rebuilt; an
+                // unreachable peer is left to repair (it may come back).
+                if matches!(e, StoreError::Missing(_) | StoreError::Corrupt(_)) {
+                    tracing::warn!("shard {} of a chunk is unusable: {e}", ids[i]);
+                    heal.push(i);
+                } else {
+                    tracing::info!("shard {} of a chunk is unavailable: {e}", ids[i]);
+                }
+                if next < n && got + outstanding < k {
+                    launch(next)?;
+                    next += 1;
+                    outstanding += 1;
+                }
+            }
+        }
+    }
+    let bad = heal;
+    shards.resize(ids.len(), None);
+    let plain = chunk::open_sharded(chunk, codec, &mut shards, !bad.is_empty())?;
+    for i in bad {
+        let Some(bytes) = &shards[i] else { continue };
+        if ShardId::of(bytes) != ids[i] {
+            return Err(Error::Corrupt(format!(
+                "rebuilt shard {} does not match its id",
+                ids[i]
+            )));
+        }
+        match store.replace(&ids[i], bytes) {
+            Ok(()) => tracing::warn!(
+                "healed shard {}: rebuilt from the others and rewritten",
+                ids[i]
+            ),
+            Err(e) => tracing::error!("could not rewrite rebuilt shard {}: {e}", ids[i]),
+        }
+    }
+    Ok(plain)
 }

@@ -86,11 +86,12 @@ impl Engine {
         }
         let _held = self.s.gate.hold();
         let cutoff = Timestamp::now().secs - grace_secs as i64;
-        let store = &self.s.store;
-        let mut n = self
-            .s
-            .meta
-            .collect_garbage(cutoff, &mut |id| Ok(store.delete(id)?))?;
+        let (store, collected) = (&self.s.store, &self.s.collected);
+        let mut n = self.s.meta.collect_garbage(cutoff, &mut |id| {
+            store.delete(id)?;
+            lock(collected).insert(*id);
+            Ok(())
+        })?;
         let refs = self.s.meta.refs()?;
         let mut stray = Vec::new();
         self.s.store.for_each(&mut |info| {
@@ -101,6 +102,7 @@ impl Engine {
         })?;
         for id in stray {
             self.s.store.delete(&id)?;
+            lock(collected).insert(id);
             n += 1;
         }
         Ok(n)

@@ -27,7 +27,10 @@ mod stream;
 mod write;
 
 pub use check::{CheckReport, Usage};
+pub use fetch::decode_chunk;
 pub use repair::Redundancy;
+pub use stream::CommittedFile;
+pub use write::store_sealed;
 
 use crate::chunk::{self, ChunkRef, Codec, ShardId, VolumeKey};
 use crate::error::{Error, Result};
@@ -112,6 +115,9 @@ struct Core {
     loading: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     /// Keeps gc out of the span between storing shards and committing them.
     gate: gc::StoreGate,
+    /// Shards this process's gc deleted: a member's commit that names one
+    /// stored it before the delete, and must store it again.
+    collected: Mutex<std::collections::HashSet<ShardId>>,
 }
 
 /// One chunk being decoded; `done` turns true when it is cached (or failed).
@@ -167,6 +173,7 @@ impl Engine {
                 cache: Mutex::new(LruCache::new(NonZeroUsize::new(entries).unwrap())),
                 loading: Mutex::new(HashMap::new()),
                 gate: gc::StoreGate::default(),
+                collected: Mutex::new(Default::default()),
             }),
             // One seal per core; over a network, four more whose puts wait on
             // answers while the others compute.

@@ -3,7 +3,7 @@
 use super::Engine;
 use crate::chunk::ChunkRef;
 use crate::error::{Error, Result};
-use crate::types::{Ino, SetAttr, Timestamp};
+use crate::types::{FileKind, Ino, SetAttr, Timestamp};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -142,6 +142,100 @@ impl Engine {
             }
         }
         Ok(size)
+    }
+}
+
+/// A file whose chunks a member device sealed and stored itself.
+pub struct CommittedFile<'a> {
+    pub dir: Ino,
+    pub name: &'a [u8],
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Chunks by index; indexes not listed are holes.
+    pub chunks: Vec<(u64, ChunkRef)>,
+}
+
+impl Engine {
+    /// Puts a file whose chunks are stored already: a hidden temporary name
+    /// gets the whole chunk map in one commit, then is renamed over `name`,
+    /// so the namespace holds the old file or the new one. Refused when this
+    /// process's gc deleted one of the shards (they had no references yet
+    /// when it ran): the caller puts the file again.
+    pub fn commit_file(&self, f: CommittedFile) -> Result<()> {
+        let cs = self.chunk_size as u64;
+        if f.chunks
+            .iter()
+            .any(|(idx, _)| idx.saturating_mul(cs) >= f.size.max(1))
+        {
+            return Err(Error::Invalid("a chunk past the end of the file"));
+        }
+        match self.lookup(f.dir, f.name) {
+            Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
+            Ok(a) if a.kind != FileKind::File => {
+                return Err(Error::Invalid("exists and is not a regular file"));
+            }
+            Ok(_) | Err(Error::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        // Held until the map is committed: gc deletes nothing meanwhile.
+        let _span = self.s.gate.span();
+        {
+            let collected = crate::util::lock(&self.s.collected);
+            if f.chunks
+                .iter()
+                .flat_map(|(_, c)| c.shard_ids())
+                .any(|id| collected.contains(id))
+            {
+                return Err(Error::Remote(
+                    crate::error::Kind::Other,
+                    "gc deleted some of this file's shards while it was being put: \
+                     nothing was changed; put it again"
+                        .into(),
+                ));
+            }
+        }
+        let mut tmp = format!(
+            ".{}.put-{:08x}",
+            String::from_utf8_lossy(f.name),
+            rand::random::<u32>()
+        );
+        tmp.truncate(crate::types::NAME_MAX);
+        let attr = self.create(f.dir, tmp.as_bytes(), f.perm, f.uid, f.gid)?;
+        let chunks = f.chunks.into_iter().map(|(i, c)| (i, Some(c))).collect();
+        let res = self
+            .s
+            .meta
+            .commit_chunks(attr.ino, chunks, f.size, Some(Timestamp::now()))
+            .and_then(|_| {
+                self.rename(
+                    f.dir,
+                    tmp.as_bytes(),
+                    f.dir,
+                    f.name,
+                    crate::types::RenameFlags::default(),
+                )
+            });
+        if res.is_err() {
+            let _ = self.unlink(f.dir, tmp.as_bytes());
+        }
+        res
+    }
+
+    /// A regular file's size and every chunk it has (holes are not listed),
+    /// after its unsealed writes landed: what a member device reads it by.
+    pub fn chunk_map(&self, ino: Ino) -> Result<(u64, Vec<(u64, ChunkRef)>)> {
+        self.flush(ino)?;
+        let attr = self.getattr(ino)?;
+        if attr.kind != FileKind::File {
+            return Err(if attr.kind == FileKind::Dir {
+                Error::IsDir
+            } else {
+                Error::Invalid("not a regular file")
+            });
+        }
+        Ok((attr.size, self.s.meta.chunks_from(ino, 0)?))
     }
 }
 

@@ -350,17 +350,27 @@ impl Core {
     /// Stores a sealed chunk's shards; returns once k+1 are stored (one loss
     /// survivable at once), the rest land in the background.
     pub(super) fn store_sealed(&self, sealed: chunk::Sealed) -> Result<ChunkRef> {
-        let shards: Vec<(ShardId, &[u8])> = sealed
-            .chunk
-            .shard_ids()
-            .iter()
-            .copied()
-            .zip(sealed.shards())
-            .collect();
-        if !shards.is_empty() {
-            self.store
-                .put_chunk(&shards, self.codec.data_shards() + 1)?;
-        }
-        Ok(sealed.chunk)
+        store_sealed(&*self.store, &self.codec, sealed)
     }
+}
+
+/// Stores a sealed chunk's shards; returns once k+1 are stored (one loss
+/// survivable at once), the rest land in the background. (A member device
+/// writes this way, with no engine.)
+pub fn store_sealed(
+    store: &dyn ShardStore,
+    codec: &Codec,
+    sealed: chunk::Sealed,
+) -> Result<ChunkRef> {
+    let shards: Vec<(ShardId, &[u8])> = sealed
+        .chunk
+        .shard_ids()
+        .iter()
+        .copied()
+        .zip(sealed.shards())
+        .collect();
+    if !shards.is_empty() {
+        store.put_chunk(&shards, codec.data_shards() + 1)?;
+    }
+    Ok(sealed.chunk)
 }

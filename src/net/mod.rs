@@ -9,6 +9,7 @@
 //! (libp2p's pre-shared-key transport does the same at a third of the throughput.)
 
 pub mod client;
+pub mod meta;
 pub mod node;
 pub mod proto;
 pub mod trust;
@@ -133,7 +134,7 @@ fn ip_of(a: &Multiaddr) -> Option<std::net::IpAddr> {
 }
 
 /// `0.0.0.0` / `::`: every interface.
-fn is_unspecified(a: &Multiaddr) -> bool {
+pub fn is_unspecified(a: &Multiaddr) -> bool {
     ip_of(a).is_some_and(|ip| ip.is_unspecified())
 }
 
@@ -147,6 +148,7 @@ struct Behaviour {
     /// see it.
     limits: libp2p::connection_limits::Behaviour,
     shard: request_response::Behaviour<proto::WireCodec>,
+    meta: request_response::Behaviour<meta::MetaCodec>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -197,7 +199,21 @@ fn build_swarm(
                 .with_max_established(Some(1024));
             Behaviour {
                 limits: libp2p::connection_limits::Behaviour::new(limits),
-                shard: request_response::Behaviour::new([(proto::PROTOCOL, support)], rr),
+                shard: request_response::Behaviour::new([(proto::PROTOCOL, support)], rr.clone()),
+                // Homes answer members, members ask homes; storage peers neither.
+                meta: request_response::Behaviour::new(
+                    [(
+                        meta::PROTOCOL,
+                        if serve {
+                            request_response::ProtocolSupport::Outbound
+                        } else {
+                            request_response::ProtocolSupport::Full
+                        },
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(meta::ANSWER_WAIT)
+                        .with_max_concurrent_streams(STREAMS_PER_PEER),
+                ),
                 kad,
                 identify: identify::Behaviour::new(
                     identify::Config::new("/datamesh/id/1".into(), kp.public())

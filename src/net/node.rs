@@ -206,7 +206,9 @@ impl Shards {
                 }
             }
             // Answered by the network loop, which knows this peer's id.
-            Request::Hello => Response::Failed("Hello is not answered here".into()),
+            Request::Hello | Request::Members { .. } => {
+                Response::Failed("answered by the network loop".into())
+            }
             Request::Stat => {
                 let used = self.used.load(Ordering::Relaxed);
                 let disk = self
@@ -228,14 +230,17 @@ impl Shards {
 struct Gate {
     /// `None`: a data dir from before roles, open to every mesh-key holder.
     roles: Option<Roles>,
+    /// Where the roles are kept (`DIR/roles`).
+    path: std::path::PathBuf,
     /// (caller, right) pairs refused already: each is logged once.
     logged: std::collections::HashSet<(libp2p::PeerId, &'static str)>,
 }
 
 impl Gate {
-    fn new(roles: Option<Roles>) -> Gate {
+    fn new(roles: Option<Roles>, path: std::path::PathBuf) -> Gate {
         Gate {
             roles,
+            path,
             logged: std::collections::HashSet::new(),
         }
     }
@@ -251,6 +256,24 @@ impl Gate {
                  join it again with a token from `datamesh invite`"
                     .into(),
             ),
+        }
+    }
+
+    /// The home's list of member devices, kept from now on (and on disk).
+    fn set_members(&mut self, ids: Vec<Vec<u8>>) -> Response {
+        let Some(roles) = self.roles.as_mut() else {
+            return Response::Failed("this peer has no roles (an older token)".into());
+        };
+        if roles.members() == ids.as_slice() {
+            return Response::Done;
+        }
+        roles.set_members(ids);
+        match roles.save(&self.path) {
+            Ok(()) => {
+                tracing::info!("member devices: {}", roles.members().len());
+                Response::Done
+            }
+            Err(e) => Response::Failed(format!("keeping the member list: {e}")),
         }
     }
 
@@ -400,7 +423,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         opts.listen,
         bootstrap,
         shards,
-        Gate::new(roles),
+        Gate::new(roles, opts.data.join("roles")),
         opts.mute_lists,
     ))
 }
@@ -473,6 +496,9 @@ async fn serve(
                         let _ = swarm.behaviour_mut().shard.send_response(channel, refusal);
                     } else if matches!(request, Request::Hello) {
                         let _ = swarm.behaviour_mut().shard.send_response(channel, gate.hello(&me));
+                    } else if let Request::Members { ids } = request {
+                        let resp = gate.set_members(ids);
+                        let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
                     } else if mute_lists && matches!(request, Request::List { .. }) {
                         muted.push(channel);
                     } else if request.is_quick() {

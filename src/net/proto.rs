@@ -20,6 +20,8 @@ pub const MAX_SHARD: usize = 64 << 20;
 pub const MAX_FRAME: usize = MAX_SHARD + 4096;
 /// Most ids in one `Has`, `Delete`, `List` or `Verify` exchange.
 pub const MAX_IDS: usize = 16 * 1024;
+/// The most member devices a home tells its storage peers of.
+pub const MAX_MEMBERS: usize = 4096;
 /// Longest frame of a message that carries no shard: a full page of
 /// [`MAX_IDS`] inventory entries (at most 52 bytes each) with room to spare.
 /// Only `Put` and `Data` may use the rest of [`MAX_FRAME`].
@@ -57,6 +59,11 @@ pub enum Request {
     /// The home asks a new storage peer to prove it was invited (last, so
     /// older peers only meet it as a request they cannot read).
     Hello,
+    /// The home tells a storage peer its member devices (peer ids, as bytes):
+    /// the whole list, which replaces the last one (last, as `Hello`).
+    Members {
+        ids: Vec<Vec<u8>>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +112,9 @@ impl Request {
             Request::Has { ids } | Request::Delete { ids } => ids.len() <= MAX_IDS,
             Request::List { max, .. } | Request::Verify { max, .. } => *max as usize <= MAX_IDS,
             Request::Get { .. } | Request::Sync | Request::Stat | Request::Hello => true,
+            Request::Members { ids } => {
+                ids.len() <= MAX_MEMBERS && ids.iter().all(|i| i.len() <= 64)
+            }
         };
         if ok {
             Ok(())
@@ -162,6 +172,7 @@ impl Request {
             Request::Verify { .. } => "Verify",
             Request::Stat => "Stat",
             Request::Hello => "Hello",
+            Request::Members { .. } => "Members",
         }
     }
 
@@ -223,7 +234,7 @@ async fn read_len<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<usize> {
     Ok(len)
 }
 
-async fn read_exactly<T: AsyncRead + Unpin>(
+pub(super) async fn read_exactly<T: AsyncRead + Unpin>(
     io: &mut T,
     len: usize,
     buf: &mut Vec<u8>,
@@ -410,6 +421,9 @@ mod tests {
             Just(Request::Stat),
             (proptest::option::of(id()), 0u32..100)
                 .prop_map(|(after, max)| Request::List { after, max }),
+            Just(Request::Hello),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..5)
+                .prop_map(|ids| Request::Members { ids }),
         ]
     }
 

@@ -30,7 +30,11 @@ impl Role {
             Role::Home => true,
             Role::Member => matches!(
                 req,
-                Request::Put { .. } | Request::Get { .. } | Request::Has { .. } | Request::Stat
+                Request::Put { .. }
+                    | Request::Get { .. }
+                    | Request::Has { .. }
+                    | Request::Stat
+                    | Request::Sync
             ),
             Role::Other => false,
         }
@@ -77,6 +81,14 @@ impl Roles {
             members: Vec::new(),
             admit,
         }
+    }
+
+    pub fn members(&self) -> &[Vec<u8>] {
+        &self.members
+    }
+
+    pub fn set_members(&mut self, ids: Vec<Vec<u8>>) {
+        self.members = ids;
     }
 
     pub fn admit(&self) -> Option<&[u8; 32]> {
@@ -274,6 +286,63 @@ impl Admitted {
     }
 }
 
+/// A member device the home knows (`HOME/members`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its peer id: what it is known by on the mesh.
+    pub id: String,
+    pub name: String,
+    /// Its device public key (hex), which the volume secret was sealed to.
+    pub device: String,
+    /// Unix seconds.
+    pub joined: u64,
+    pub last_seen: Option<u64>,
+    /// When it was revoked; a revoked device is refused everything.
+    pub revoked: Option<u64>,
+}
+
+/// The home's member devices (`HOME/members`: JSON, 0600).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub version: u32,
+    pub list: Vec<Member>,
+}
+
+impl Members {
+    /// The members at `path`; none when there is no such file.
+    pub fn load(path: &Path) -> Result<Members, NetError> {
+        match read_if_there(path)? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| {
+                NetError::Bad(format!("{}: damaged member list: {e}", path.display()))
+            }),
+            None => Ok(Members {
+                version: 1,
+                list: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), NetError> {
+        let mut text = serde_json::to_vec_pretty(self).expect("members serialize");
+        text.push(b'\n');
+        super::write_secret(path, &text)
+    }
+
+    /// The devices not revoked.
+    pub fn active(&self) -> Vec<PeerId> {
+        self.list
+            .iter()
+            .filter(|m| m.revoked.is_none())
+            .filter_map(|m| m.id.parse().ok())
+            .collect()
+    }
+
+    pub fn get_mut(&mut self, id: &PeerId) -> Option<&mut Member> {
+        let id = id.to_string();
+        self.list.iter_mut().find(|m| m.id == id)
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct TokenV1 {
     mesh_key: [u8; 32],
@@ -292,6 +361,13 @@ struct TokenV2 {
 
 const V1: &str = "dmjoin1";
 const V2: &str = "dmjoin2";
+/// A member device's token: a `dmjoin2` body with its own prefix and its own
+/// secret, so that neither kind of token admits the other kind of peer.
+const MEMBER: &str = "dmmember1";
+
+fn member_secret(token_body: &[u8]) -> [u8; 32] {
+    blake3::derive_key("datamesh 2026 member secret", token_body)
+}
 /// Bytes of BLAKE3 over the body that end a `dmjoin2` token.
 const CHECK: usize = 4;
 
@@ -299,6 +375,58 @@ impl JoinToken {
     /// A `dmjoin2` token, and its admission secret (what the home keeps in
     /// its invitations, and the peer proves it holds).
     pub fn encode(&self, home: PeerId, expires: u64) -> (String, [u8; 32]) {
+        let (body, token) = self.encode_as(V2, home, expires);
+        (token, admission_secret(&body))
+    }
+
+    /// A member device's token (`dmmember1`), and the secret the device
+    /// proves it holds when it joins.
+    pub fn encode_member(&self, home: PeerId, expires: u64) -> (String, [u8; 32]) {
+        let (body, token) = self.encode_as(MEMBER, home, expires);
+        (token, member_secret(&body))
+    }
+
+    /// Reads a member device's token; refused once expired.
+    pub fn decode_member(s: &str, now: u64) -> Result<JoinToken, NetError> {
+        let bad = |why: &str| NetError::Bad(format!("member token: {why}"));
+        let s = s.trim();
+        let Some(hexed) = s.strip_prefix(MEMBER) else {
+            return Err(bad(if s.starts_with("dmjoin") {
+                "this is a storage peer's token (for `datamesh node --join`); \
+                 ask for a member's: `datamesh invite --member` on the home node"
+            } else {
+                "does not start with dmmember1 (copy the last line of `datamesh invite --member`)"
+            }));
+        };
+        let (t, body) = check_body(hexed, &bad)?;
+        let mut t = JoinToken::from_v2(t, &bad)?;
+        t.admit = Some(member_secret(&body));
+        if t.expires.is_some_and(|e| e <= now) {
+            return Err(bad(
+                "it has expired: ask for a new one (`datamesh invite --member` on the home node)",
+            ));
+        }
+        Ok(t)
+    }
+
+    fn from_v2(t: TokenV2, bad: &dyn Fn(&str) -> NetError) -> Result<JoinToken, NetError> {
+        let home = PeerId::from_bytes(&t.home).map_err(|_| bad("damaged home id"))?;
+        let bootstrap = t
+            .bootstrap
+            .iter()
+            .map(|a| a.parse().map_err(|_| bad(&format!("bad address {a}"))))
+            .collect::<Result<_, _>>()?;
+        Ok(JoinToken {
+            key: MeshKey(t.mesh_key),
+            home: Some(home),
+            bootstrap,
+            expires: Some(t.expires),
+            admit: None,
+        })
+    }
+
+    /// The token's body and its text, `prefix` + hex(body ‖ checksum).
+    fn encode_as(&self, prefix: &str, home: PeerId, expires: u64) -> (Vec<u8>, String) {
         let body = postcard::to_allocvec(&TokenV2 {
             mesh_key: self.key.0,
             home: home.to_bytes(),
@@ -309,11 +437,11 @@ impl JoinToken {
         .expect("tokens serialize");
         let check = blake3::hash(&body);
         let token = format!(
-            "{V2}{}{}",
+            "{prefix}{}{}",
             hex::encode(&body),
             hex::encode(&check.as_bytes()[..CHECK])
         );
-        (token, admission_secret(&body))
+        (body, token)
     }
 
     /// Reads a token (`dmjoin2`, or the older `dmjoin1`) and refuses it once
@@ -343,51 +471,54 @@ impl JoinToken {
                 ));
             }
         };
+        if v2 {
+            let (t, body) = check_body(hexed, &bad)?;
+            let mut t = JoinToken::from_v2(t, &bad)?;
+            t.admit = Some(admission_secret(&body));
+            return Ok(t);
+        }
         let bytes = hex::decode(hexed).map_err(|_| {
             bad("not hex after the prefix (a character was mistyped, or the token was cut)")
         })?;
-        let addrs = |list: &[String]| -> Result<Vec<Multiaddr>, NetError> {
-            list.iter()
-                .map(|a| a.parse().map_err(|_| bad(&format!("bad address {a}"))))
-                .collect()
-        };
-        if !v2 {
-            let (t, rest): (TokenV1, _) =
-                postcard::take_from_bytes(&bytes).map_err(|_| bad("damaged"))?;
-            if !rest.is_empty() {
-                return Err(bad("damaged (bytes after its end)"));
-            }
-            return Ok(JoinToken {
-                key: MeshKey(t.mesh_key),
-                home: None,
-                bootstrap: addrs(&t.bootstrap)?,
-                expires: None,
-                admit: None,
-            });
-        }
-        if bytes.len() < CHECK {
-            return Err(bad("too short (cut off?)"));
-        }
-        let (body, check) = bytes.split_at(bytes.len() - CHECK);
-        if blake3::hash(body).as_bytes()[..CHECK] != *check {
-            return Err(bad(
-                "its checksum does not match: a character was mistyped, or the token was cut",
-            ));
-        }
-        let (t, rest): (TokenV2, _) =
-            postcard::take_from_bytes(body).map_err(|_| bad("damaged"))?;
+        let (t, rest): (TokenV1, _) =
+            postcard::take_from_bytes(&bytes).map_err(|_| bad("damaged"))?;
         if !rest.is_empty() {
             return Err(bad("damaged (bytes after its end)"));
         }
-        let home = PeerId::from_bytes(&t.home).map_err(|_| bad("damaged home id"))?;
         Ok(JoinToken {
             key: MeshKey(t.mesh_key),
-            home: Some(home),
-            bootstrap: addrs(&t.bootstrap)?,
-            expires: Some(t.expires),
-            admit: Some(admission_secret(body)),
+            home: None,
+            bootstrap: t
+                .bootstrap
+                .iter()
+                .map(|a| a.parse().map_err(|_| bad(&format!("bad address {a}"))))
+                .collect::<Result<_, _>>()?,
+            expires: None,
+            admit: None,
         })
     }
+}
+
+/// A `dmjoin2`-style token's hex (after its prefix): the body, checked
+/// against its checksum, and what it says.
+fn check_body(hexed: &str, bad: &dyn Fn(&str) -> NetError) -> Result<(TokenV2, Vec<u8>), NetError> {
+    let bytes = hex::decode(hexed).map_err(|_| {
+        bad("not hex after the prefix (a character was mistyped, or the token was cut)")
+    })?;
+    if bytes.len() < CHECK {
+        return Err(bad("too short (cut off?)"));
+    }
+    let (body, check) = bytes.split_at(bytes.len() - CHECK);
+    if blake3::hash(body).as_bytes()[..CHECK] != *check {
+        return Err(bad(
+            "its checksum does not match: a character was mistyped, or the token was cut",
+        ));
+    }
+    let (t, rest): (TokenV2, _) = postcard::take_from_bytes(body).map_err(|_| bad("damaged"))?;
+    if !rest.is_empty() {
+        return Err(bad("damaged (bytes after its end)"));
+    }
+    Ok((t, body.to_vec()))
 }
 
 #[cfg(test)]

@@ -332,7 +332,7 @@ fn answered_early(s: &UnixStream) -> bool {
 }
 
 /// Reads what `src` has, up to `buf`'s length; 0 only at its end.
-fn read_some(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_some(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match src.read(&mut buf[got..]) {

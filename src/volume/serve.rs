@@ -203,7 +203,8 @@ fn done(reply: Result<Reply>) -> FromDaemon {
     FromDaemon::Done(reply.map_err(|e| WireError::from(&e)))
 }
 
-/// Answers one call. `input` carries a put's data; reads stream out through `w`.
+/// Answers one call. `input` carries a put's data; reads stream out through
+/// `w`, and long calls report their progress there.
 fn call(
     engine: &Engine,
     req: Request,
@@ -211,6 +212,37 @@ fn call(
     input: &mut DataIn,
     w: &mut BufWriter<UnixStream>,
 ) -> Result<Reply> {
+    Ok(match req {
+        Request::PutFile(file) => {
+            super::put_file(engine, &file, input, &mut |_| {})?;
+            Reply::Unit
+        }
+        Request::ReadFile(ino) => {
+            let mut out = DataOut {
+                w,
+                buf: Vec::with_capacity(proto::DATA_FRAME),
+            };
+            let n = engine.read_stream(ino, &mut out, super::workers(), &mut |_| {})?;
+            out.flush()?;
+            Reply::Count(n)
+        }
+        Request::Check { repair } => {
+            let progress = Progress::new(w)?;
+            Reply::Check(engine.check(repair, &|d, t| progress.send(d, t))?)
+        }
+        Request::Mesh(ask) => {
+            let progress = Progress::new(w)?;
+            let report = mesh_report(engine, ask, runner.list(), &|d, t| progress.send(d, t))?;
+            Reply::Report(Box::new(report))
+        }
+        other => answer(engine, other, runner)?,
+    })
+}
+
+/// Answers a call that streams nothing: every call but `PutFile` and
+/// `ReadFile` (which are refused here); fsck and the mesh calls report no
+/// progress. The volume socket and the member protocol both answer with it.
+pub fn answer(engine: &Engine, req: Request, runner: &Runner) -> Result<Reply> {
     let attr = Reply::Attr;
     let unit = |()| Reply::Unit;
     Ok(match req {
@@ -242,28 +274,19 @@ fn call(
             to,
             new_name,
         } => unit(Volume::rename(engine, from, &name, to, &new_name)?),
-        Request::PutFile(file) => unit(super::put_file(engine, &file, input, &mut |_| {})?),
-        Request::ReadFile(ino) => {
-            let mut out = DataOut {
-                w,
-                buf: Vec::with_capacity(proto::DATA_FRAME),
-            };
-            let n = engine.read_stream(ino, &mut out, super::workers(), &mut |_| {})?;
-            out.flush()?;
-            Reply::Count(n)
+        Request::PutFile(_) | Request::ReadFile(_) => {
+            return Err(Error::Invalid("file data is not carried by this call"));
         }
         Request::Chunks(ino) => Reply::Chunks(Volume::chunks(engine, ino)?),
         Request::Usage => Reply::Usage(engine.usage()?),
-        Request::Check { repair } => {
-            let progress = Progress::new(w)?;
-            Reply::Check(engine.check(repair, &|d, t| progress.send(d, t))?)
-        }
+        Request::Check { repair } => Reply::Check(engine.check(repair, &|_, _| {})?),
         Request::Gc { grace_secs } => Reply::Count(engine.collect_garbage(grace_secs)?),
-        Request::Mesh(ask) => {
-            let progress = Progress::new(w)?;
-            let report = mesh_report(engine, ask, runner.list(), &|d, t| progress.send(d, t))?;
-            Reply::Report(Box::new(report))
-        }
+        Request::Mesh(ask) => Reply::Report(Box::new(mesh_report(
+            engine,
+            ask,
+            runner.list(),
+            &|_, _| {},
+        )?)),
         Request::Barrier => unit(engine.sync_committed()?),
     })
 }

@@ -5,10 +5,12 @@ use super::*;
 pub(super) async fn actor(
     mut swarm: libp2p::Swarm<crate::net::Behaviour>,
     mut rx: mpsc::UnboundedReceiver<ToActor>,
+    me: mpsc::WeakUnboundedSender<ToActor>,
     shared: Arc<Shared>,
     bootstrap: Vec<Multiaddr>,
 ) {
     let mut pending: HashMap<OutboundRequestId, Reply> = HashMap::new();
+    let mut meta_pending: HashMap<OutboundRequestId, MetaReply> = HashMap::new();
     for addr in &bootstrap {
         if let Some(peer) = peer_of(addr) {
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -35,6 +37,18 @@ pub(super) async fn actor(
                     pending.insert(id, reply);
                 }
                 Some(ToActor::Redial) => redial(&mut swarm, &shared),
+                Some(ToActor::Meta { peer, bytes, reply }) => {
+                    let id = swarm.behaviour_mut().meta.send_request(&peer, bytes);
+                    meta_pending.insert(id, reply);
+                }
+                Some(ToActor::MetaAnswer { channel, bytes }) => {
+                    let _ = swarm.behaviour_mut().meta.send_response(channel, bytes);
+                }
+                Some(ToActor::Listen { addr, reply }) => {
+                    let res = swarm.listen_on(addr.clone()).map(drop).map_err(|e| format!("listen on {addr}: {e}"));
+                    let _ = reply.send(res);
+                }
+                Some(ToActor::PushMembers) => push_members(&mut swarm, &shared, None),
             },
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
@@ -94,6 +108,7 @@ pub(super) async fn actor(
                         if storage {
                             tracing::info!("storage peer {peer_id} identified");
                             shared.save_peers();
+                            push_members(&mut swarm, &shared, Some(peer_id));
                         }
                     }
                 }
@@ -135,6 +150,41 @@ pub(super) async fn actor(
                         reply(Err(format!("peer {peer}: {error}")));
                     }
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Meta(request_response::Event::Message {
+                    peer, message, ..
+                })) => match message {
+                    Message::Response { request_id, response } => {
+                        if let Some(reply) = meta_pending.remove(&request_id) {
+                            reply(Ok(response));
+                        }
+                    }
+                    Message::Request { request, channel, .. } => {
+                        let handler = lock(&shared.meta_handler).clone();
+                        let busy = shared.meta_queued.load(Ordering::Relaxed) >= MAX_META_QUEUED;
+                        match (handler, me.upgrade()) {
+                            (Some(handler), Some(tx)) if !busy => {
+                                let shared = shared.clone();
+                                shared.meta_queued.fetch_add(1, Ordering::Relaxed);
+                                tokio::task::spawn_blocking(move || {
+                                    let bytes = handler(peer, request);
+                                    shared.meta_queued.fetch_sub(1, Ordering::Relaxed);
+                                    let _ = tx.send(ToActor::MetaAnswer { channel, bytes });
+                                });
+                            }
+                            // An empty answer: this host does not answer members (now).
+                            _ => {
+                                let _ = swarm.behaviour_mut().meta.send_response(channel, Vec::new());
+                            }
+                        }
+                    }
+                },
+                SwarmEvent::Behaviour(BehaviourEvent::Meta(
+                    request_response::Event::OutboundFailure { request_id, error, peer, .. },
+                )) => {
+                    if let Some(reply) = meta_pending.remove(&request_id) {
+                        reply(Err(format!("the home node {peer}: {error}")));
+                    }
+                }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                     tracing::debug!("dial {peer_id:?}: {error}");
                     let mut t = lock(&shared.peers);
@@ -152,12 +202,42 @@ pub(super) async fn actor(
                 // Dead peers are redialled so that a restarted one is used again.
                 redial(&mut swarm, &shared);
                 shared.reload_admitted();
+                // Peers admitted since they connected learn the members too.
+                if ticks % 15 == 2 {
+                    push_members(&mut swarm, &shared, None);
+                }
                 if ticks % 15 == 1 && swarm.behaviour_mut().kad.bootstrap().is_err() {
                     // No peer to ask: there is nothing to discover.
                     shared.kad_settled.store(true, Ordering::Relaxed);
                 }
             }
         }
+    }
+}
+
+/// Sends the member list to `only` (or to every connected storage peer the
+/// home admitted), when the home has one.
+fn push_members(
+    swarm: &mut libp2p::Swarm<crate::net::Behaviour>,
+    shared: &Shared,
+    only: Option<PeerId>,
+) {
+    let Some(ids) = lock(&shared.members).clone() else {
+        return;
+    };
+    let ids: Vec<Vec<u8>> = ids.iter().map(|p| p.to_bytes()).collect();
+    let to: Vec<PeerId> = lock(&shared.peers)
+        .list
+        .iter()
+        .filter(|p| p.usable() && p.connected && only.is_none_or(|o| o == p.id))
+        .map(|p| p.id)
+        .collect();
+    for peer in to {
+        // The answer only matters as a log line; the next push retries.
+        swarm
+            .behaviour_mut()
+            .shard
+            .send_request(&peer, Request::Members { ids: ids.clone() });
     }
 }
 

@@ -106,6 +106,7 @@ impl FakePeer {
                 }
             }
             Request::Hello => Response::Failed("fake peers are admitted already".into()),
+            Request::Members { .. } => Response::Done,
             Request::Stat => Response::Stat {
                 shards: if self.understate.load(Ordering::Relaxed) {
                     0
@@ -145,6 +146,9 @@ impl FakeMesh {
             kad_settled: AtomicBool::new(true),
             admission: None,
             admitted_read: Mutex::new(None),
+            meta_handler: Mutex::new(None),
+            meta_queued: Default::default(),
+            members: Mutex::new(None),
         });
         for p in &peers {
             let mut t = lock(&shared.peers);
@@ -189,6 +193,11 @@ impl FakeMesh {
                             e.last_dial_error = "Connection refused".into();
                         }
                     }
+                    ToActor::Meta { reply, .. } => reply(Err("no home among fake peers".into())),
+                    ToActor::Listen { reply, .. } => {
+                        let _ = reply.send(Err("fake peers do not listen".into()));
+                    }
+                    ToActor::MetaAnswer { .. } | ToActor::PushMembers => {}
                 }
             }
         });

@@ -31,10 +31,19 @@ impl MeshClient {
             kad_settled: AtomicBool::new(false),
             admission,
             admitted_read: Mutex::new(None),
+            meta_handler: Mutex::new(None),
+            meta_queued: Default::default(),
+            members: Mutex::new(None),
         });
         shared.reload_admitted();
         let (tx, rx) = mpsc::unbounded_channel();
-        rt.spawn(super::actor::actor(swarm, rx, shared.clone(), bootstrap));
+        rt.spawn(super::actor::actor(
+            swarm,
+            rx,
+            tx.downgrade(),
+            shared.clone(),
+            bootstrap,
+        ));
         Ok(MeshClient {
             tx,
             shared,
@@ -50,6 +59,52 @@ impl MeshClient {
         {
             reply(Err("the network task has stopped".into()));
         }
+    }
+
+    /// Listens on `addr` (for members); the error says why it cannot.
+    pub fn listen(&self, addr: Multiaddr) -> Result<(), String> {
+        let (reply, rx) = smpsc::channel();
+        self.tx
+            .send(ToActor::Listen { addr, reply })
+            .map_err(|_| "the network task has stopped".to_string())?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| Err("the network task did not answer".into()))
+    }
+
+    /// Answers members' metadata requests with `handler` from now on.
+    pub fn serve_meta(&self, handler: MetaHandler) {
+        *lock(&self.shared.meta_handler) = Some(handler);
+    }
+
+    /// The member devices the storage peers are to serve; sent to every
+    /// connected storage peer now, and to each one as it connects.
+    pub fn set_members(&self, ids: Vec<PeerId>) {
+        *lock(&self.shared.members) = Some(ids);
+        let _ = self.tx.send(ToActor::PushMembers);
+    }
+
+    /// A metadata request to the home `peer`, waited for at most `wait`.
+    pub fn meta_call(
+        &self,
+        peer: PeerId,
+        bytes: Vec<u8>,
+        wait: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let (tx, rx) = smpsc::channel();
+        let reply: MetaReply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        if let Err(mpsc::error::SendError(ToActor::Meta { reply, .. })) =
+            self.tx.send(ToActor::Meta { peer, bytes, reply })
+        {
+            reply(Err("the network task has stopped".into()));
+        }
+        rx.recv_timeout(wait).unwrap_or_else(|_| {
+            Err(format!(
+                "the home node {peer} did not answer within {} s",
+                wait.as_secs()
+            ))
+        })
     }
 
     /// One request, waited for.

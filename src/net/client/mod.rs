@@ -87,6 +87,14 @@ impl Default for Timings {
 }
 
 type Reply = Box<dyn FnOnce(Result<Response, String>) + Send>;
+type MetaReply = Box<dyn FnOnce(Result<Vec<u8>, String>) + Send>;
+
+/// Answers a member's metadata request (its authenticated peer id, the
+/// request's bytes) with the answer's bytes; runs on a blocking thread.
+pub type MetaHandler = Arc<dyn Fn(PeerId, Vec<u8>) -> Vec<u8> + Send + Sync>;
+
+/// Metadata requests answered at once; past it a member is told the home is busy.
+const MAX_META_QUEUED: usize = 256;
 
 enum ToActor {
     Request {
@@ -96,6 +104,23 @@ enum ToActor {
     },
     /// Dial every known peer that is not connected, now.
     Redial,
+    /// A metadata request to the home (a member's).
+    Meta {
+        peer: PeerId,
+        bytes: Vec<u8>,
+        reply: MetaReply,
+    },
+    /// The answer to a member's metadata request (the home's).
+    MetaAnswer {
+        channel: request_response::ResponseChannel<Vec<u8>>,
+        bytes: Vec<u8>,
+    },
+    Listen {
+        addr: Multiaddr,
+        reply: smpsc::Sender<Result<(), String>>,
+    },
+    /// Tell the storage peers the member list now.
+    PushMembers,
 }
 
 #[derive(Clone)]
@@ -151,6 +176,11 @@ struct Shared {
     admission: Option<Admission>,
     /// When the admitted file was last read (it is re-read when it changes).
     admitted_read: Mutex<Option<SystemTime>>,
+    /// Answers members' metadata requests (set by a daemon that listens).
+    meta_handler: Mutex<Option<MetaHandler>>,
+    meta_queued: std::sync::atomic::AtomicUsize,
+    /// The member devices storage peers are told of (`None`: none are told).
+    members: Mutex<Option<Vec<PeerId>>>,
 }
 
 /// A handle on the swarm actor; cheap to clone.

@@ -4,6 +4,11 @@
 use super::*;
 
 impl MeshStore {
+    /// The handle on the swarm this store uses.
+    pub fn client(&self) -> &MeshClient {
+        &self.client
+    }
+
     pub fn new(client: MeshClient, local: Option<LocalStore>) -> Arc<MeshStore> {
         MeshStore::with_timings(client, local, Timings::default())
     }

@@ -1,0 +1,177 @@
+//! Member devices: other hosts of the same volume, each with a home directory
+//! of its own, using the namespace through the home node's daemon and moving
+//! file bytes straight to and from the storage peers (real processes: six
+//! storage peers, the home node's `datamesh serve`, two member devices).
+
+use fs_tests::{Cluster, Volume, sh};
+use std::time::{Duration, Instant};
+
+fn fails(v: &Volume, args: &[&str], says: &str) -> String {
+    let out = v.run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains(says), "{args:?} should say {says:?}: {err}");
+    err
+}
+
+fn last_line(text: &str) -> String {
+    text.lines().last().unwrap_or_default().trim().to_string()
+}
+
+#[test]
+fn member_devices_share_the_volume_and_a_revoked_one_is_cut_off() {
+    let home = Volume::new();
+    let c = Cluster::start(&home, 6);
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
+    let daemon = home.serve_with(&c.bootstrap_flags(), &["--listen", &listen]);
+    let invite = || last_line(&home.ok(&["invite", "--member", "--address", &listen]));
+
+    // Two devices join, each with a token of its own: a token admits one.
+    let (a, b) = (Volume::new(), Volume::new());
+    let token = invite();
+    a.ok(&["join", &token, "--name", "laptop-a"]);
+    fails(&b, &["join", &token], "no open member invitation");
+    assert!(!b.home().exists(), "a failed join leaves nothing behind");
+    fails(
+        &b,
+        &["join", &c.token().to_string()],
+        "a storage peer's token",
+    );
+    b.ok(&["join", &invite(), "--name", "host-b"]);
+    for m in [&a, &b] {
+        assert!(!m.home().join("meta").exists(), "a member has no namespace");
+    }
+
+    // A puts a tree; B lists it and gets it back identical; the home has it.
+    let top = a.dir.path();
+    sh(
+        top,
+        "mkdir -p src/deep && head -c 9000000 /dev/urandom > src/big && echo hi > src/deep/small \
+         && : > src/empty && ln -s deep/small src/link && cp -a /usr/share/doc/bash src/doc",
+    );
+    a.ok(&["put", "-r", top.join("src").to_str().unwrap(), "/t"]);
+    let listing = b.ok(&["ls", "-R", "/t"]);
+    assert!(
+        listing.contains("small") && listing.contains("big"),
+        "{listing}"
+    );
+    let got = b.dir.path().join("got");
+    b.ok(&["get", "-r", "/t", got.to_str().unwrap()]);
+    let diff = std::process::Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(top.join("src"))
+        .arg(&got)
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert_eq!(b.ok(&["cat", "/t/deep/small"]), "hi\n");
+    assert!(home.ok(&["ls", "-l", "/t"]).contains(" 9000000 "));
+    // The file bytes went to the storage peers, never through the home: its
+    // own store holds nothing.
+    assert!(
+        !home.home().join("store/shards").exists() || {
+            let n = sh(&home.home(), "find store/shards -type f | wc -l");
+            n.trim() == "0"
+        }
+    );
+    // Changes from one device are seen by the other at once.
+    b.ok(&["mv", "/t/deep", "/t/moved"]);
+    assert!(a.ok(&["ls", "/t"]).contains("moved"));
+    fails(
+        &a,
+        &["ls", "/t/deep"],
+        "datamesh: ls: /t/deep: No such file or directory",
+    );
+    fails(&a, &["mkdir", "/t/moved"], "File exists");
+    let fsck = a.ok(&["fsck"]);
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
+
+    // The members, and a revocation that takes effect at once.
+    let members = home.ok(&["members"]);
+    let b_id = members
+        .lines()
+        .find(|l| l.contains("host-b"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("host-b is not listed: {members}"))
+        .to_string();
+    assert!(members.contains("laptop-a"), "{members}");
+    home.ok(&["members", "revoke", &b_id]);
+    fails(&b, &["ls", "/"], "not a member device");
+    assert!(home.ok(&["members"]).contains("revoked"));
+    // The storage peers are told: one member left.
+    let start = Instant::now();
+    let logs = || {
+        (0..6)
+            .map(|i| {
+                std::fs::read_to_string(home.dir.path().join(format!("nodes/node{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+    };
+    let told = |l: &String| {
+        l.lines()
+            .rev()
+            .find(|l| l.contains("member devices:"))
+            .map(|l| l.trim_end().to_string())
+    };
+    loop {
+        let last: Vec<Option<String>> = logs().iter().map(told).collect();
+        if last.iter().all(|l| {
+            l.as_deref()
+                .is_some_and(|l| l.ends_with("member devices: 1"))
+        }) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the storage peers were not told of the revocation: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(a.ok(&["cat", "/t/moved/small"]), "hi\n");
+
+    // A device with another mesh's key cannot even reach the home.
+    std::fs::write(a.home().join("mesh.key"), [9u8; 32]).unwrap();
+    let t = Instant::now();
+    let out = a.run(&["ls", "/"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(t.elapsed() < Duration::from_secs(30), "it must not hang");
+    drop(daemon);
+}
+
+#[test]
+fn a_member_waits_a_bounded_time_for_a_home_that_is_down_and_goes_on_when_it_returns() {
+    let home = Volume::new();
+    let c = Cluster::start(&home, 6);
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
+    let flags = c.bootstrap_flags();
+    let daemon = home.serve_with(&flags, &["--listen", &listen]);
+    let a = Volume::new();
+    let token = last_line(&home.ok(&["invite", "--member", "--address", &listen]));
+    a.ok(&["join", &token]);
+    a.ok(&["put", "/etc/hostname", "/h"]);
+    assert!(daemon.stop());
+    let t = Instant::now();
+    let err = fails(&a, &["ls", "/"], "home node");
+    assert!(t.elapsed() < Duration::from_secs(30), "{err}");
+    // The daemon comes back: the member goes on.
+    let _daemon = home.serve_with(&flags, &["--listen", &listen]);
+    let start = Instant::now();
+    loop {
+        let out = a.run(&["cat", "/h"]);
+        if out.status.success() {
+            assert_eq!(out.stdout, std::fs::read("/etc/hostname").unwrap());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,441 @@
+//! A member device's side: [`join`] makes its home directory from a member
+//! token, and [`MemberVolume`] is the volume as its commands see it — every
+//! namespace operation asked of the home node over `/datamesh/meta/1`, file
+//! bytes sealed or opened here and moved straight to or from the storage
+//! peers.
+
+use super::meta::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
+use super::proto::{Reply, Request};
+use super::{Ask, ChunkInfo, NewFile, Progress, Report, Volume};
+use crate::chunk::{ChunkRef, Codec, DeviceKey, VolumeKey};
+use crate::data::{CheckReport, Usage};
+use crate::error::Kind;
+use crate::home::Home;
+use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
+use crate::store::ShardStore;
+use crate::types::*;
+use crate::{Error, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a namespace operation waits for the home node.
+pub const HOME_WAIT: Duration = crate::net::meta::ANSWER_WAIT;
+/// How long a whole operation run at home (fsck, repair, gc) may take.
+const LONG_WAIT: Duration = Duration::from_secs(3600);
+
+/// `HOME/member` on a member device (JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberFile {
+    pub version: u32,
+    /// The home node's peer id and addresses.
+    pub home: String,
+    pub addrs: Vec<String>,
+    pub name: String,
+    pub info: VolumeInfo,
+}
+
+fn bad(e: impl std::fmt::Display) -> Error {
+    Error::Remote(Kind::Other, e.to_string())
+}
+
+/// Makes a member device's home directory at `home` from `token` (from
+/// `datamesh invite --member`): proves the token to the home node, and keeps
+/// the volume secret it sends back sealed to this device's key. Returns the
+/// home node's id.
+pub fn join(home: &Home, token: &str, name: &str) -> Result<String> {
+    let fresh = !home.dir.exists();
+    let res = join_inner(home, token, name);
+    if res.is_err() {
+        // Nothing half-made stays behind: a failed join can be run again.
+        let paths = home.paths();
+        for f in [
+            paths.mesh_key(),
+            paths.peer_key(),
+            paths.device_key(),
+            paths.peers(),
+        ] {
+            let _ = std::fs::remove_file(f);
+        }
+        if fresh {
+            let _ = std::fs::remove_dir(&home.dir);
+        }
+    }
+    res
+}
+
+fn join_inner(home: &Home, token: &str, name: &str) -> Result<String> {
+    let paths = home.paths();
+    if home.exists() || paths.meta().exists() || home.is_member() {
+        return Err(bad(format!(
+            "{}: a volume or a member device is here already (use another --home)",
+            home.dir.display()
+        )));
+    }
+    let t =
+        crate::net::JoinToken::decode_member(token, crate::net::trust::now_secs()).map_err(bad)?;
+    let (Some(home_id), Some(secret)) = (t.home, t.admit) else {
+        return Err(bad("member token: no home node in it"));
+    };
+    // The home's addresses, with its id: what this device dials it by.
+    let home_addrs: Vec<Multiaddr> = t
+        .bootstrap
+        .iter()
+        .map(|a| a.clone().with_p2p(home_id).unwrap_or_else(|a| a))
+        .collect();
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&home.dir)?;
+    }
+    t.key.save(&paths.mesh_key()).map_err(bad)?;
+    let identity = crate::net::load_identity(&paths.peer_key()).map_err(bad)?;
+    let me = identity.public().to_peer_id();
+    let device = DeviceKey::generate();
+    crate::util::write_secret(&paths.device_key(), &device.to_bytes())
+        .map_err(|(p, e)| bad(format!("{}: {e}", p.display())))?;
+    let client =
+        MeshClient::start(identity, &t.key, home_addrs.clone(), None, None).map_err(bad)?;
+    let call = MetaCall::Join {
+        proof: super::meta::join_proof(&secret, &me),
+        device: ByteBuf::from(device.public()),
+        name: name.to_string(),
+    };
+    let answer = client
+        .meta_call(home_id, encode_request(call), HOME_WAIT)
+        .map_err(bad)?;
+    let MetaReply::Joined {
+        sealed_key,
+        info,
+        peers,
+    } = decode_answer(&answer)?
+    else {
+        return Err(bad("the home node answered the join with something else"));
+    };
+    let key = crate::chunk::unwrap_volume_key(&device, &sealed_key)?;
+    let file = MemberFile {
+        version: 1,
+        home: home_id.to_string(),
+        addrs: home_addrs.iter().map(|a| a.to_string()).collect(),
+        name: name.to_string(),
+        info,
+    };
+    std::fs::write(paths.peers(), peers.join("\n") + "\n")?;
+    let json = serde_json::to_vec_pretty(&file).map_err(bad)?;
+    crate::util::write_secret(&paths.member(), &json)
+        .map_err(|(p, e)| bad(format!("{}: {e}", p.display())))?;
+    // The key last: its presence marks a complete member home.
+    crate::util::write_secret(&paths.volume_key(), key.as_bytes())
+        .map_err(|(p, e)| bad(format!("{}: {e}", p.display())))?;
+    Ok(home_id.to_string())
+}
+
+/// The volume as a member device's commands see it.
+pub struct MemberVolume {
+    home: PeerId,
+    store: Arc<MeshStore>,
+    key: VolumeKey,
+    codec: Codec,
+    info: VolumeInfo,
+}
+
+impl MemberVolume {
+    pub fn open(home: &Home) -> Result<MemberVolume> {
+        let paths = home.paths();
+        let file: MemberFile = serde_json::from_slice(&std::fs::read(paths.member())?)
+            .map_err(|e| bad(format!("{}: {e}", paths.member().display())))?;
+        let home_id: PeerId = file.home.parse().map_err(bad)?;
+        let key = home.volume_key().map_err(bad)?;
+        let mesh = MeshKey::load(&paths.mesh_key(), false).map_err(bad)?;
+        let identity = crate::net::load_identity(&paths.peer_key()).map_err(bad)?;
+        let mut boot: Vec<Multiaddr> = Vec::new();
+        let remembered = std::fs::read_to_string(paths.peers()).unwrap_or_default();
+        for a in file
+            .addrs
+            .iter()
+            .map(String::as_str)
+            .chain(remembered.lines())
+        {
+            if let Ok(a) = a.trim().parse()
+                && !boot.contains(&a)
+            {
+                boot.push(a);
+            }
+        }
+        let client =
+            MeshClient::start(identity, &mesh, boot, Some(paths.peers()), None).map_err(bad)?;
+        let n = file.info.data_shards as usize + file.info.parity_shards as usize;
+        let codec = Codec::new(
+            file.info.data_shards as usize,
+            file.info.parity_shards as usize,
+        )?;
+        let store = MeshStore::new(client, None);
+        store.client().wait_for_peers(n, Duration::from_secs(10));
+        Ok(MemberVolume {
+            home: home_id,
+            store,
+            key,
+            codec,
+            info: file.info,
+        })
+    }
+
+    fn ask(&self, call: MetaCall, wait: Duration) -> Result<MetaReply> {
+        let answer = self
+            .store
+            .client()
+            .meta_call(self.home, encode_request(call), wait)
+            .map_err(bad)?;
+        decode_answer(&answer)
+    }
+
+    fn call(&self, req: Request) -> Result<Reply> {
+        let wait = match req {
+            Request::Check { .. } | Request::Gc { .. } | Request::Mesh(_) => LONG_WAIT,
+            _ => HOME_WAIT,
+        };
+        match self.ask(MetaCall::Volume(req), wait)? {
+            MetaReply::Volume(r) => Ok(r),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+
+    fn shards(&self) -> Arc<dyn ShardStore> {
+        self.store.clone()
+    }
+
+    /// Seals and stores a batch of chunks at once (k+1 shards of each
+    /// acknowledged); holes are left out.
+    fn store_chunks(&self, batch: Vec<(u64, Vec<u8>)>) -> Result<Vec<(u64, ChunkRef)>> {
+        let store = self.shards();
+        batch
+            .into_par_iter()
+            .filter(|(_, plain)| plain.iter().any(|&b| b != 0))
+            .map(|(idx, plain)| {
+                let sealed = crate::chunk::seal_owned(
+                    &self.key,
+                    &self.codec,
+                    plain,
+                    self.info.inline_max as usize,
+                );
+                crate::data::store_sealed(&*store, &self.codec, sealed).map(|c| (idx, c))
+            })
+            .collect()
+    }
+}
+
+/// The answer of a call that returns an inode.
+fn attr(r: Reply) -> Result<Attr> {
+    match r {
+        Reply::Attr(a) => Ok(a),
+        other => Err(bad(format!("the home node answered {other:?}"))),
+    }
+}
+
+fn unit(r: Reply) -> Result<()> {
+    match r {
+        Reply::Unit => Ok(()),
+        other => Err(bad(format!("the home node answered {other:?}"))),
+    }
+}
+
+fn buf(b: &[u8]) -> ByteBuf {
+    ByteBuf::from(b.to_vec())
+}
+
+impl Volume for MemberVolume {
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        attr(self.call(Request::Lookup {
+            parent,
+            name: buf(name),
+        })?)
+    }
+    fn getattr(&self, ino: Ino) -> Result<Attr> {
+        attr(self.call(Request::Getattr(ino))?)
+    }
+    fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        match self.call(Request::Readdir { ino, offset, max })? {
+            Reply::Entries(e) => Ok(e),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        match self.call(Request::Readlink(ino))? {
+            Reply::Bytes(b) => Ok(b.into_vec()),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr> {
+        attr(self.call(Request::Mkdir {
+            parent,
+            name: buf(name),
+            perm,
+            uid,
+            gid,
+        })?)
+    }
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
+        attr(self.call(Request::Symlink {
+            parent,
+            name: buf(name),
+            target: buf(target),
+            uid,
+            gid,
+        })?)
+    }
+    fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        unit(self.call(Request::Unlink {
+            parent,
+            name: buf(name),
+        })?)
+    }
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        unit(self.call(Request::Rmdir {
+            parent,
+            name: buf(name),
+        })?)
+    }
+    fn rename(&self, from: Ino, name: &[u8], to: Ino, new_name: &[u8]) -> Result<()> {
+        unit(self.call(Request::Rename {
+            from,
+            name: buf(name),
+            to,
+            new_name: buf(new_name),
+        })?)
+    }
+
+    fn put_file(
+        &self,
+        file: &NewFile,
+        src: &mut (dyn Read + Send),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        // Checked before any byte is stored (the home checks again at commit).
+        match Volume::lookup(self, file.dir, &file.name) {
+            Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
+            Ok(a) if a.kind != FileKind::File => {
+                return Err(Error::Invalid("exists and is not a regular file"));
+            }
+            Ok(_) | Err(Error::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let cs = self.info.chunk_size as usize;
+        let window = super::workers() * 2;
+        let (mut chunks, mut size, mut idx, mut done) = (Vec::new(), 0u64, 0u64, false);
+        while !done {
+            let mut batch = Vec::new();
+            while batch.len() < window {
+                let mut plain = vec![0u8; cs];
+                let n = super::remote::read_some(src, &mut plain)?;
+                plain.truncate(n);
+                if n > 0 {
+                    size += n as u64;
+                    batch.push((idx, plain));
+                    idx += 1;
+                }
+                if n < cs {
+                    done = true;
+                    break;
+                }
+            }
+            chunks.extend(self.store_chunks(batch)?);
+            progress(size);
+        }
+        // Nothing is in the namespace until this one commit: a put that
+        // fails or is killed before it leaves only unreferenced shards.
+        self.ask(
+            MetaCall::CommitFile {
+                file: file.clone(),
+                size,
+                chunks,
+            },
+            HOME_WAIT,
+        )
+        .map(drop)
+    }
+
+    fn read_file(
+        &self,
+        ino: Ino,
+        dst: &mut (dyn Write + Send),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        let MetaReply::ChunkMap { size, chunks } = self.ask(MetaCall::ChunkMap(ino), HOME_WAIT)?
+        else {
+            return Err(bad(
+                "the home node answered a chunk map request with something else",
+            ));
+        };
+        let cs = self.info.chunk_size as u64;
+        let map: std::collections::BTreeMap<u64, ChunkRef> = chunks.into_iter().collect();
+        let store = self.shards();
+        let n = size.div_ceil(cs);
+        let window = super::workers() as u64 * 2;
+        let mut at = 0u64;
+        while at < n {
+            let idxs: Vec<u64> = (at..n.min(at + window)).collect();
+            let plains: Vec<Vec<u8>> = idxs
+                .par_iter()
+                .map(|i| {
+                    let want = (size - i * cs).min(cs) as usize;
+                    let mut plain = match map.get(i) {
+                        Some(c) => crate::data::decode_chunk(&store, &self.codec, c)?,
+                        None => Vec::new(),
+                    };
+                    // A chunk shorter than its share of the file ends in zeros.
+                    plain.resize(want, 0);
+                    Ok(plain)
+                })
+                .collect::<Result<_>>()?;
+            for p in plains {
+                dst.write_all(&p)?;
+            }
+            at += idxs.len() as u64;
+            progress((at * cs).min(size));
+        }
+        dst.flush()?;
+        Ok(size)
+    }
+
+    fn chunks(&self, ino: Ino) -> Result<Vec<ChunkInfo>> {
+        match self.call(Request::Chunks(ino))? {
+            Reply::Chunks(c) => Ok(c),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn usage(&self) -> Result<Usage> {
+        match self.call(Request::Usage)? {
+            Reply::Usage(u) => Ok(u),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn check(&self, repair: bool, _progress: Progress) -> Result<CheckReport> {
+        match self.call(Request::Check { repair })? {
+            Reply::Check(c) => Ok(c),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn collect_garbage(&self, grace_secs: u64) -> Result<u64> {
+        match self.call(Request::Gc { grace_secs })? {
+            Reply::Count(n) => Ok(n),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn mesh(&self, ask: Ask, _progress: Progress) -> Result<Report> {
+        match self.call(Request::Mesh(ask))? {
+            Reply::Report(r) => Ok(*r),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn barrier(&self) -> Result<()> {
+        // This device's shards: every one stored, not only k+1 of each chunk.
+        self.store.sync()?;
+        unit(self.call(Request::Barrier)?)
+    }
+}

@@ -1,0 +1,399 @@
+//! What member devices and the home node say over `/datamesh/meta/1` (the
+//! transport is [`crate::net::meta`]'s), and the home's side of it: who may
+//! ask (members not revoked; anyone may `Join` with a good proof), and the
+//! answers, from the daemon's engine. The member's side is [`super::member`].
+//!
+//! A request is postcard [`MetaRequest`]; its answer postcard
+//! `Result<MetaReply, WireError>`; an empty answer means the host answers no
+//! members (not a home, or not listening for them).
+
+use super::proto::{Reply, Request, WireError};
+use super::{NewFile, serve};
+use crate::chunk::ChunkRef;
+use crate::data::{CommittedFile, Engine};
+use crate::error::Kind;
+use crate::home::HomePaths;
+use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
+use crate::net::{MeshClient, PeerId};
+use crate::types::Ino;
+use crate::util::lock;
+use crate::workers::Runner;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+/// The member protocol's version.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MetaRequest {
+    pub version: u32,
+    pub call: MetaCall,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MetaCall {
+    /// A new device proves it holds a member invitation.
+    Join {
+        /// `admission_proof(the token's member secret, the device's peer id)`.
+        proof: [u8; 32],
+        /// Its device public key, to seal the volume secret to.
+        device: ByteBuf,
+        name: String,
+    },
+    /// A call of the volume socket that streams nothing.
+    Volume(Request),
+    /// A file whose chunks the member stored already.
+    CommitFile {
+        file: NewFile,
+        size: u64,
+        chunks: Vec<(u64, ChunkRef)>,
+    },
+    /// A file's size and chunks.
+    ChunkMap(Ino),
+    /// The storage peers' addresses.
+    Peers,
+}
+
+/// The volume's parameters a member seals chunks with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub chunk_size: u32,
+    pub data_shards: u8,
+    pub parity_shards: u8,
+    pub inline_max: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MetaReply {
+    Joined {
+        /// The volume secret, sealed (ECIES) to the device's public key.
+        sealed_key: ByteBuf,
+        info: VolumeInfo,
+        peers: Vec<String>,
+    },
+    Volume(Reply),
+    ChunkMap {
+        size: u64,
+        chunks: Vec<(u64, ChunkRef)>,
+    },
+    Peers(Vec<String>),
+}
+
+pub fn encode_request(call: MetaCall) -> Vec<u8> {
+    postcard::to_stdvec(&MetaRequest {
+        version: VERSION,
+        call,
+    })
+    .expect("requests serialize")
+}
+
+fn encode_answer(answer: std::result::Result<MetaReply, WireError>) -> Vec<u8> {
+    postcard::to_stdvec(&answer).unwrap_or_else(|e| {
+        let e = WireError {
+            kind: Kind::Other,
+            text: format!("the answer could not be written: {e}"),
+        };
+        postcard::to_stdvec(&Err::<MetaReply, _>(e)).expect("errors serialize")
+    })
+}
+
+/// A member's reading of the home's answer.
+pub fn decode_answer(bytes: &[u8]) -> Result<MetaReply> {
+    if bytes.is_empty() {
+        return Err(Error::Remote(
+            Kind::Other,
+            "the home node does not answer member devices now (is its daemon running with --listen?)"
+                .into(),
+        ));
+    }
+    match postcard::from_bytes::<std::result::Result<MetaReply, WireError>>(bytes) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(Error::Remote(
+            Kind::Other,
+            format!("an unreadable answer from the home node: {e}"),
+        )),
+    }
+}
+
+fn refused(text: String) -> WireError {
+    WireError {
+        kind: Kind::NotPermitted,
+        text,
+    }
+}
+
+/// The home's side: answers members from the daemon's engine.
+pub struct HomeServer {
+    engine: Weak<Engine>,
+    paths: HomePaths,
+    key: crate::chunk::VolumeKey,
+    client: MeshClient,
+    runner: Runner,
+    /// The member list and when its file was last changed.
+    members: Mutex<(Option<SystemTime>, Members)>,
+    /// Callers refused already (each is logged once).
+    logged: Mutex<HashSet<PeerId>>,
+}
+
+/// How often a member's `last_seen` is written back, at most.
+const SEEN_EVERY: u64 = 60;
+
+impl HomeServer {
+    /// Answers members from now on, and keeps the storage peers told who
+    /// they are (checked every 2 s, by the worker `members`).
+    pub fn start(
+        engine: &Arc<Engine>,
+        paths: HomePaths,
+        key: crate::chunk::VolumeKey,
+        client: MeshClient,
+        runner: &Runner,
+    ) -> std::io::Result<()> {
+        let server = Arc::new(HomeServer {
+            engine: Arc::downgrade(engine),
+            paths,
+            key,
+            client: client.clone(),
+            runner: runner.clone(),
+            members: Mutex::new((None, Members::default())),
+            logged: Mutex::new(HashSet::new()),
+        });
+        if let Err(e) = server.reload(true) {
+            tracing::warn!("{e}");
+        }
+        let handler = server.clone();
+        client.serve_meta(Arc::new(move |peer, bytes| handler.handle(peer, &bytes)));
+        runner.every("members", Duration::from_secs(2), move || {
+            server.reload(false).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Re-reads the member list when its file changed (or `force`), and tells
+    /// the storage peers.
+    fn reload(&self, force: bool) -> Result<()> {
+        let path = self.paths.members();
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let mut g = lock(&self.members);
+        if !force && g.0 == mtime {
+            return Ok(());
+        }
+        let list = Members::load(&path).map_err(|e| Error::Remote(Kind::Other, e.to_string()))?;
+        *g = (mtime, list);
+        self.client.set_members(g.1.active());
+        Ok(())
+    }
+
+    fn handle(&self, peer: PeerId, bytes: &[u8]) -> Vec<u8> {
+        let req = match postcard::from_bytes::<MetaRequest>(bytes) {
+            Ok(r) if r.version == VERSION => r,
+            Ok(r) => {
+                return encode_answer(Err(WireError {
+                    kind: Kind::Other,
+                    text: format!(
+                        "the home node speaks member protocol version {VERSION}, this device {}: \
+                         use the same datamesh on both",
+                        r.version
+                    ),
+                }));
+            }
+            Err(e) => {
+                return encode_answer(Err(WireError {
+                    kind: Kind::Invalid,
+                    text: format!("an unreadable request: {e}"),
+                }));
+            }
+        };
+        encode_answer(self.answer(peer, req.call))
+    }
+
+    fn answer(&self, peer: PeerId, call: MetaCall) -> std::result::Result<MetaReply, WireError> {
+        let _ = self.reload(false);
+        if let MetaCall::Join {
+            proof,
+            device,
+            name,
+        } = call
+        {
+            return self.join(peer, proof, &device, name);
+        }
+        self.check_member(peer)?;
+        let engine = self
+            .engine
+            .upgrade()
+            .ok_or_else(|| refused("the volume is being unmounted".into()))?;
+        let wire = |e: Error| WireError::from(&e);
+        match call {
+            MetaCall::Join { .. } => unreachable!("answered above"),
+            MetaCall::Volume(req) => serve::answer(&engine, req, &self.runner)
+                .map(MetaReply::Volume)
+                .map_err(wire),
+            MetaCall::CommitFile { file, size, chunks } => engine
+                .commit_file(CommittedFile {
+                    dir: file.dir,
+                    name: &file.name,
+                    perm: file.perm,
+                    uid: file.uid,
+                    gid: file.gid,
+                    size,
+                    chunks,
+                })
+                .map(|()| MetaReply::Volume(Reply::Unit))
+                .map_err(wire),
+            MetaCall::ChunkMap(ino) => engine
+                .chunk_map(ino)
+                .map(|(size, chunks)| MetaReply::ChunkMap { size, chunks })
+                .map_err(wire),
+            MetaCall::Peers => Ok(MetaReply::Peers(storage_peers(&engine))),
+        }
+    }
+
+    /// A member not revoked may ask; its last sighting is noted.
+    fn check_member(&self, peer: PeerId) -> std::result::Result<(), WireError> {
+        let now = now_secs();
+        let mut g = lock(&self.members);
+        let Some(m) = g.1.get_mut(&peer).filter(|m| m.revoked.is_none()) else {
+            drop(g);
+            if lock(&self.logged).insert(peer) {
+                tracing::warn!(
+                    "member protocol: refused {peer}: not a member device of this volume"
+                );
+            }
+            return Err(refused(format!(
+                "refused: {peer} is not a member device of this volume (never joined, or revoked)"
+            )));
+        };
+        if m.last_seen.is_none_or(|t| t + SEEN_EVERY <= now) {
+            m.last_seen = Some(now);
+            let list = g.1.clone();
+            if list.save(&self.paths.members()).is_ok() {
+                // Our own write: not a change to act on.
+                g.0 = std::fs::metadata(self.paths.members())
+                    .and_then(|m| m.modified())
+                    .ok();
+            }
+        }
+        Ok(())
+    }
+
+    fn join(
+        &self,
+        peer: PeerId,
+        proof: [u8; 32],
+        device: &[u8],
+        name: String,
+    ) -> std::result::Result<MetaReply, WireError> {
+        let now = now_secs();
+        let other = |e: &dyn std::fmt::Display| WireError {
+            kind: Kind::Other,
+            text: e.to_string(),
+        };
+        let ok = Invites::redeem(&self.paths.member_invites(), &peer, &proof, now)
+            .map_err(|e| other(&e))?;
+        if !ok {
+            tracing::warn!("member protocol: {peer} tried to join without a good invitation");
+            return Err(refused(
+                "refused: the token matches no open member invitation of this home \
+                 (used already, expired, or from another volume)"
+                    .into(),
+            ));
+        }
+        let sealed = crate::chunk::wrap_volume_key(device, &self.key).map_err(|e| other(&e))?;
+        let engine = self
+            .engine
+            .upgrade()
+            .ok_or_else(|| refused("the volume is being unmounted".into()))?;
+        {
+            let mut g = lock(&self.members);
+            let list = &mut g.1;
+            list.version = 1;
+            list.list.retain(|m| m.id != peer.to_string());
+            list.list.push(Member {
+                id: peer.to_string(),
+                name: name.clone(),
+                device: hex::encode(device),
+                joined: now,
+                last_seen: Some(now),
+                revoked: None,
+            });
+            list.save(&self.paths.members()).map_err(|e| other(&e))?;
+            g.0 = None;
+        }
+        self.reload(true).map_err(|e| other(&e))?;
+        tracing::info!("member device {peer} ({name}) joined");
+        let p = engine.meta().params();
+        Ok(MetaReply::Joined {
+            sealed_key: ByteBuf::from(sealed),
+            info: VolumeInfo {
+                chunk_size: p.chunk_size,
+                data_shards: p.data_shards,
+                parity_shards: p.parity_shards,
+                inline_max: p.inline_max,
+            },
+            peers: storage_peers(&engine),
+        })
+    }
+}
+
+/// The admitted storage peers, as addresses ending in `/p2p/ID`.
+fn storage_peers(engine: &Engine) -> Vec<String> {
+    engine
+        .store()
+        .peers()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.admitted && !p.address.is_empty())
+        .map(|p| format!("{}/p2p/{}", p.address, p.id))
+        .collect()
+}
+
+/// The proof a joining device sends: bound to its own peer id.
+pub fn join_proof(secret: &[u8; 32], me: &PeerId) -> [u8; 32] {
+    admission_proof(secret, me)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn damaged_requests_and_answers_are_errors_not_panics(
+            junk in proptest::collection::vec(any::<u8>(), 0..200)
+        ) {
+            let _ = postcard::from_bytes::<MetaRequest>(&junk);
+            let _ = decode_answer(&junk);
+        }
+
+        #[test]
+        fn requests_round_trip(ino in any::<u64>(), name in ".{0,40}") {
+            let bytes = encode_request(MetaCall::Join {
+                proof: [7; 32],
+                device: ByteBuf::from(vec![1, 2, 3]),
+                name: name.clone(),
+            });
+            let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(back.version, VERSION);
+            match back.call {
+                MetaCall::Join { name: n, .. } => prop_assert_eq!(n, name),
+                other => prop_assert!(false, "{:?}", other),
+            }
+            let bytes = encode_request(MetaCall::ChunkMap(Ino(ino)));
+            let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
+            prop_assert!(matches!(back.call, MetaCall::ChunkMap(Ino(i)) if i == ino));
+        }
+    }
+
+    #[test]
+    fn an_empty_answer_says_the_home_answers_no_members() {
+        let err = decode_answer(&[]).unwrap_err().to_string();
+        assert!(err.contains("does not answer member devices"), "{err}");
+        let refusal = encode_answer(Err(refused("refused: x".into())));
+        let err = decode_answer(&refusal).unwrap_err();
+        assert_eq!(err.kind(), Kind::NotPermitted);
+    }
+}
