@@ -169,3 +169,60 @@ pub fn run(size: u64, dir: &Path) -> anyhow::Result<()> {
     println!("{:<34} {:>9.2}x", "write all cores / 1 core", wn / w1);
     Ok(())
 }
+
+/// `datamesh bench-meta`: namespace calls timed inside one process, through
+/// whatever reaches the volume here (the embedded engine, the daemon's socket,
+/// or the home node from a member device). `stats` getattr calls (median and
+/// 99th percentile, µs), then `creates` 4 KiB files put into volume dir `dir`
+/// (per second). Used by scripts/bench-members.sh.
+pub fn meta(
+    vol: &dyn crate::volume::Volume,
+    dir: &str,
+    stats: usize,
+    creates: usize,
+) -> anyhow::Result<()> {
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let mut ino = Ino::ROOT;
+    for c in super::paths::components(dir)? {
+        ino = match vol.lookup(ino, c) {
+            Ok(a) => a.ino,
+            Err(crate::Error::NotFound) => vol.mkdir(ino, c, 0o755, uid, gid)?.ino,
+            Err(e) => return Err(e.into()),
+        };
+    }
+    if stats > 0 {
+        let mut times: Vec<Duration> = (0..stats)
+            .map(|_| {
+                let t = Instant::now();
+                vol.getattr(ino).map(|_| t.elapsed())
+            })
+            .collect::<crate::Result<_>>()?;
+        times.sort();
+        let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        println!("stat_median_us {:.1}", at(0.5));
+        println!("stat_p99_us {:.1}", at(0.99));
+    }
+    if creates > 0 {
+        let body = vec![0x5a; 4096];
+        let t = Instant::now();
+        for i in 0..creates {
+            let file = crate::volume::NewFile {
+                dir: ino,
+                name: format!("f{i:06}").into_bytes(),
+                perm: 0o644,
+                uid,
+                gid,
+            };
+            vol.put_file(&file, &mut &body[..], &mut |_| {})?;
+        }
+        println!(
+            "creates_per_s {:.1}",
+            creates as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+    vol.barrier()?;
+    Ok(())
+}

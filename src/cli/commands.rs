@@ -77,6 +77,15 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             );
             Ok(true)
         }
+        Cmd::BenchMeta {
+            stats,
+            creates,
+            dir,
+        } => {
+            let opened = Opened::open(home)?;
+            bench::meta(opened.volume(), &dir, stats, creates)?;
+            Ok(true)
+        }
         Cmd::Bench { size, dir } => {
             bench::run(size, &dir)?;
             Ok(true)

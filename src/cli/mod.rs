@@ -204,6 +204,18 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<PeersAction>,
     },
+    /// Time namespace calls and small-file creates (see scripts/bench-members.sh).
+    #[command(hide = true)]
+    BenchMeta {
+        /// getattr calls to time.
+        #[arg(long, default_value_t = 2000)]
+        stats: usize,
+        /// 4 KiB files to put.
+        #[arg(long, default_value_t = 300)]
+        creates: usize,
+        /// The volume directory to work in (made when missing).
+        dir: String,
+    },
     /// Measure the chunk pipeline (see scripts/bench-engine.sh).
     #[command(hide = true)]
     Bench {

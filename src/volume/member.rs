@@ -15,7 +15,6 @@ use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
 use crate::store::ShardStore;
 use crate::types::*;
 use crate::{Error, Result};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::io::{Read, Write};
@@ -209,23 +208,27 @@ impl MemberVolume {
         self.store.clone()
     }
 
-    /// Seals and stores a batch of chunks at once (k+1 shards of each
-    /// acknowledged); holes are left out.
+    /// Seals and stores a batch of chunks at once, a thread each (their
+    /// time is mostly waiting on the peers: k+1 shards of each acknowledged);
+    /// holes are left out.
     fn store_chunks(&self, batch: Vec<(u64, Vec<u8>)>) -> Result<Vec<(u64, ChunkRef)>> {
         let store = self.shards();
-        batch
-            .into_par_iter()
-            .filter(|(_, plain)| plain.iter().any(|&b| b != 0))
-            .map(|(idx, plain)| {
+        let store = &*store;
+        each_on_a_thread(
+            batch
+                .into_iter()
+                .filter(|(_, plain)| plain.iter().any(|&b| b != 0))
+                .collect(),
+            |(idx, plain)| {
                 let sealed = crate::chunk::seal_owned(
                     &self.key,
                     &self.codec,
                     plain,
                     self.info.inline_max as usize,
                 );
-                crate::data::store_sealed(&*store, &self.codec, sealed).map(|c| (idx, c))
-            })
-            .collect()
+                crate::data::store_sealed(store, &self.codec, sealed).map(|c| (idx, c))
+            },
+        )
     }
 }
 
@@ -316,15 +319,6 @@ impl Volume for MemberVolume {
         src: &mut (dyn Read + Send),
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        // Checked before any byte is stored (the home checks again at commit).
-        match Volume::lookup(self, file.dir, &file.name) {
-            Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
-            Ok(a) if a.kind != FileKind::File => {
-                return Err(Error::Invalid("exists and is not a regular file"));
-            }
-            Ok(_) | Err(Error::NotFound) => {}
-            Err(e) => return Err(e),
-        }
         let cs = self.info.chunk_size as usize;
         let window = super::workers() * 2;
         let (mut chunks, mut size, mut idx, mut done) = (Vec::new(), 0u64, 0u64, false);
@@ -342,6 +336,19 @@ impl Volume for MemberVolume {
                 if n < cs {
                     done = true;
                     break;
+                }
+            }
+            if idx == batch.len() as u64 && !done {
+                // A large file: its target is checked before gigabytes are
+                // stored for nothing (the home checks again at commit; a
+                // small file is only checked there, one call fewer).
+                match Volume::lookup(self, file.dir, &file.name) {
+                    Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
+                    Ok(a) if a.kind != FileKind::File => {
+                        return Err(Error::Invalid("exists and is not a regular file"));
+                    }
+                    Ok(_) | Err(Error::NotFound) => {}
+                    Err(e) => return Err(e),
                 }
             }
             chunks.extend(self.store_chunks(batch)?);
@@ -380,23 +387,21 @@ impl Volume for MemberVolume {
         let mut at = 0u64;
         while at < n {
             let idxs: Vec<u64> = (at..n.min(at + window)).collect();
-            let plains: Vec<Vec<u8>> = idxs
-                .par_iter()
-                .map(|i| {
-                    let want = (size - i * cs).min(cs) as usize;
-                    let mut plain = match map.get(i) {
-                        Some(c) => crate::data::decode_chunk(&store, &self.codec, c)?,
-                        None => Vec::new(),
-                    };
-                    // A chunk shorter than its share of the file ends in zeros.
-                    plain.resize(want, 0);
-                    Ok(plain)
-                })
-                .collect::<Result<_>>()?;
+            let count = idxs.len() as u64;
+            let plains = each_on_a_thread(idxs, |i| {
+                let want = (size - i * cs).min(cs) as usize;
+                let mut plain = match map.get(&i) {
+                    Some(c) => crate::data::decode_chunk(&store, &self.codec, c)?,
+                    None => Vec::new(),
+                };
+                // A chunk shorter than its share of the file ends in zeros.
+                plain.resize(want, 0);
+                Ok(plain)
+            })?;
             for p in plains {
                 dst.write_all(&p)?;
             }
-            at += idxs.len() as u64;
+            at += count;
             progress((at * cs).min(size));
         }
         dst.flush()?;
@@ -438,4 +443,28 @@ impl Volume for MemberVolume {
         self.store.sync()?;
         unit(self.call(Request::Barrier)?)
     }
+}
+
+/// `f` over each item on a thread of its own (the work waits on the network
+/// more than it computes); the results in the items' order.
+fn each_on_a_thread<T: Send, R: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| {
+                let f = &f;
+                s.spawn(move || f(item))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(bad("a worker thread panicked")))
+            })
+            .collect()
+    })
 }

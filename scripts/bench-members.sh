@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Member-device benchmark, one run: the same operations through the home
+# node's daemon (its CLI over volume.sock) and from a member device (the CLI
+# over /datamesh/meta/1, file bytes to the storage peers itself), with the
+# same 6 storage peers on this machine (scripts/cluster.sh). Runs are
+# interleaved home, member, home, member and the better of each pair is kept.
+# Prints a table with member/home ratios.
+# Usage: scripts/bench-members.sh [SEQ SIZE, default 1G] [SCRATCH DIR, default /var/tmp]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+size="${1:-1G}"
+scratch="${2:-/var/tmp}"
+for tool in bc numfmt; do
+  command -v "$tool" >/dev/null || { echo "bench-members: $tool is missing: run scripts/setup.sh" >&2; exit 1; }
+done
+ensure_built
+
+work=$(mktemp -d "$scratch/datamesh-benchmembers.XXXXXX")
+export DATAMESH_CLUSTER="$work/cluster" DATAMESH_CLUSTER_PORT="${DATAMESH_CLUSTER_PORT:-4940}"
+serve_pid=""
+cleanup() {
+  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+  "$REPO/scripts/cluster.sh" stop >/dev/null 2>&1 || true
+  sleep 0.5
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$REPO/scripts/cluster.sh" start 6 >/dev/null
+home="$DATAMESH_CLUSTER/home"
+port=$((DATAMESH_CLUSTER_PORT + 50))
+listen="/ip4/127.0.0.1/tcp/$port"
+# shellcheck disable=SC2046
+"$DATAMESH_BIN" --home "$home" $(cat "$DATAMESH_CLUSTER/bootstrap") serve --listen "$listen" 2>"$work/serve.log" &
+serve_pid=$!
+until [ -S "$home/volume.sock" ]; do sleep 0.1; done
+sleep 1
+member="$work/member"
+"$DATAMESH_BIN" --home "$member" join "$("$DATAMESH_BIN" --home "$home" invite --member --address "$listen" | tail -1)" --name bench >/dev/null
+
+H() { "$DATAMESH_BIN" --home "$home" "$@"; }
+M() { "$DATAMESH_BIN" --home "$member" "$@"; }
+now() { date +%s.%N; }
+secs() { echo "$(now) - $1" | bc -l; }
+best() { # best LOWER_IS_BETTER A B
+  if [ "$1" = low ]; then echo "if ($2 < $3) $2 else $3" | bc -l; else echo "if ($2 > $3) $2 else $3" | bc -l; fi
+}
+
+declare -A R
+# Namespace calls timed inside one process (what a command pays per call).
+meta_round() { # meta_round WHO DIR
+  local out
+  out=$($1 bench-meta --stats 2000 --creates 300 "$2")
+  R[$1,stat50]=$(best low "${R[$1,stat50]:-1000000000}" "$(echo "$out" | awk '/stat_median_us/ {print $2}')")
+  R[$1,stat99]=$(best low "${R[$1,stat99]:-1000000000}" "$(echo "$out" | awk '/stat_p99_us/ {print $2}')")
+  R[$1,creates]=$(best high "${R[$1,creates]:-0}" "$(echo "$out" | awk '/creates_per_s/ {print $2}')")
+}
+H mkdir -p /bench
+for round in 1 2; do
+  meta_round H "/bench/h$round"
+  meta_round M "/bench/m$round"
+done
+
+# ls -l of 10 000 entries (made once, through the home's daemon).
+H bench-meta --stats 0 --creates 10000 /many >/dev/null
+for round in 1 2; do
+  for who in H M; do
+    t=$(now); $who ls -l /many | wc -l >/dev/null; s=$(secs "$t")
+    R[$who,ls]=$(best low "${R[$who,ls]:-1000000000}" "$s")
+  done
+done
+
+# Sequential put and get of one file of random bytes.
+bytes=$(numfmt --from=iec "$size")
+head -c "$bytes" /dev/urandom > "$work/src"
+mib=$(echo "$bytes / 1048576" | bc -l)
+for round in 1 2; do
+  for who in H M; do
+    t=$(now); $who put "$work/src" "/seq-$who"; s=$(secs "$t")
+    R[$who,put]=$(best high "${R[$who,put]:-0}" "$(echo "$mib / $s" | bc -l)")
+    t=$(now); $who get "/seq-$who" "$work/back"; s=$(secs "$t")
+    R[$who,get]=$(best high "${R[$who,get]:-0}" "$(echo "$mib / $s" | bc -l)")
+    cmp -s "$work/src" "$work/back" || { echo "bench-members: $who read back different bytes" >&2; exit 1; }
+    rm -f "$work/back"
+  done
+done
+
+row() { # row LABEL KEY UNIT
+  printf '%-34s %12.2f %12.2f %8.2f\n' "$1" "${R[H,$2]}" "${R[M,$2]}" "$(echo "${R[M,$2]} / ${R[H,$2]}" | bc -l)"
+}
+printf '%-34s %12s %12s %8s\n' "metric (6 peers on this machine)" "home" "member" "m/h"
+row "stat median (us)" stat50
+row "stat p99 (us)" stat99
+row "creates of 4 KiB files (/s)" creates
+row "ls -l of 10000 entries (s)" ls
+row "put $size (MiB/s)" put
+row "get $size (MiB/s)" get
