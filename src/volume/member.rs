@@ -4,11 +4,11 @@
 //! bytes sealed or opened here and moved straight to or from the storage
 //! peers.
 
+use super::calls::Caller;
 use super::meta::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
 use super::proto::{Reply, Request};
-use super::{Ask, ChunkInfo, NewFile, Progress, Report, Volume};
+use super::{NewFile, Progress, Volume};
 use crate::chunk::{ChunkRef, Codec, DeviceKey, VolumeKey};
-use crate::data::{CheckReport, Usage};
 use crate::error::Kind;
 use crate::home::Home;
 use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
@@ -193,17 +193,6 @@ impl MemberVolume {
         decode_answer(&answer)
     }
 
-    fn call(&self, req: Request) -> Result<Reply> {
-        let wait = match req {
-            Request::Check { .. } | Request::Gc { .. } | Request::Mesh(_) => LONG_WAIT,
-            _ => HOME_WAIT,
-        };
-        match self.ask(MetaCall::Volume(req), wait)? {
-            MetaReply::Volume(r) => Ok(r),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-
     fn shards(&self) -> Arc<dyn ShardStore> {
         self.store.clone()
     }
@@ -232,88 +221,19 @@ impl MemberVolume {
     }
 }
 
-/// The answer of a call that returns an inode.
-fn attr(r: Reply) -> Result<Attr> {
-    match r {
-        Reply::Attr(a) => Ok(a),
-        other => Err(bad(format!("the home node answered {other:?}"))),
-    }
-}
-
-fn unit(r: Reply) -> Result<()> {
-    match r {
-        Reply::Unit => Ok(()),
-        other => Err(bad(format!("the home node answered {other:?}"))),
-    }
-}
-
-fn buf(b: &[u8]) -> ByteBuf {
-    ByteBuf::from(b.to_vec())
-}
-
-impl Volume for MemberVolume {
-    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        attr(self.call(Request::Lookup {
-            parent,
-            name: buf(name),
-        })?)
-    }
-    fn getattr(&self, ino: Ino) -> Result<Attr> {
-        attr(self.call(Request::Getattr(ino))?)
-    }
-    fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
-        let max = u32::try_from(max).unwrap_or(u32::MAX);
-        match self.call(Request::Readdir { ino, offset, max })? {
-            Reply::Entries(e) => Ok(e),
+impl Caller for MemberVolume {
+    fn call(&self, req: Request, _progress: Progress) -> Result<Reply> {
+        let wait = match req {
+            Request::Check { .. } | Request::Gc { .. } | Request::Mesh(_) => LONG_WAIT,
+            _ => HOME_WAIT,
+        };
+        match self.ask(MetaCall::Volume(req), wait)? {
+            MetaReply::Volume(r) => Ok(r),
             other => Err(bad(format!("the home node answered {other:?}"))),
         }
     }
-    fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        match self.call(Request::Readlink(ino))? {
-            Reply::Bytes(b) => Ok(b.into_vec()),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr> {
-        attr(self.call(Request::Mkdir {
-            parent,
-            name: buf(name),
-            perm,
-            uid,
-            gid,
-        })?)
-    }
-    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
-        attr(self.call(Request::Symlink {
-            parent,
-            name: buf(name),
-            target: buf(target),
-            uid,
-            gid,
-        })?)
-    }
-    fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        unit(self.call(Request::Unlink {
-            parent,
-            name: buf(name),
-        })?)
-    }
-    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        unit(self.call(Request::Rmdir {
-            parent,
-            name: buf(name),
-        })?)
-    }
-    fn rename(&self, from: Ino, name: &[u8], to: Ino, new_name: &[u8]) -> Result<()> {
-        unit(self.call(Request::Rename {
-            from,
-            name: buf(name),
-            to,
-            new_name: buf(new_name),
-        })?)
-    }
 
-    fn put_file(
+    fn send_file(
         &self,
         file: &NewFile,
         src: &mut (dyn Read + Send),
@@ -367,7 +287,7 @@ impl Volume for MemberVolume {
         .map(drop)
     }
 
-    fn read_file(
+    fn fetch_file(
         &self,
         ino: Ino,
         dst: &mut (dyn Write + Send),
@@ -408,40 +328,10 @@ impl Volume for MemberVolume {
         Ok(size)
     }
 
-    fn chunks(&self, ino: Ino) -> Result<Vec<ChunkInfo>> {
-        match self.call(Request::Chunks(ino))? {
-            Reply::Chunks(c) => Ok(c),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn usage(&self) -> Result<Usage> {
-        match self.call(Request::Usage)? {
-            Reply::Usage(u) => Ok(u),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn check(&self, repair: bool, _progress: Progress) -> Result<CheckReport> {
-        match self.call(Request::Check { repair })? {
-            Reply::Check(c) => Ok(c),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn collect_garbage(&self, grace_secs: u64) -> Result<u64> {
-        match self.call(Request::Gc { grace_secs })? {
-            Reply::Count(n) => Ok(n),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn mesh(&self, ask: Ask, _progress: Progress) -> Result<Report> {
-        match self.call(Request::Mesh(ask))? {
-            Reply::Report(r) => Ok(*r),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn barrier(&self) -> Result<()> {
+    fn sync(&self) -> Result<()> {
         // This device's shards: every one stored, not only k+1 of each chunk.
         self.store.sync()?;
-        unit(self.call(Request::Barrier)?)
+        self.call(Request::Barrier, &|_, _| {}).map(drop)
     }
 }
 

@@ -9,6 +9,7 @@
 //! exit code are too. [`proto`] is the socket's wire format, [`serve`] the
 //! daemon's side of it.
 
+pub mod calls;
 pub mod member;
 pub mod meta;
 pub mod proto;

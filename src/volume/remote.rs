@@ -1,9 +1,9 @@
 //! The caller's side of the volume socket: [`Remote`] is a [`Volume`] whose
 //! every operation is a call to the daemon that holds the volume.
 
+use super::calls::Caller;
 use super::proto::{self, FromDaemon, MAX_FROM_DAEMON, Reply, Request, ToDaemon};
-use super::{Ask, ChunkInfo, NewFile, Progress, Report, Volume};
-use crate::data::{CheckReport, Usage};
+use super::{NewFile, Progress};
 use crate::types::*;
 use crate::util::lock;
 use crate::{Error, Result};
@@ -118,106 +118,14 @@ impl Remote {
             }
         }
     }
-
-    fn call(&self, req: Request) -> Result<Reply> {
-        self.call_with(req, &|_, _| {}, None)
-    }
 }
 
-fn unexpected(what: &str, got: Reply) -> Error {
-    Error::Io(io::Error::other(format!(
-        "the daemon answered {what} with {got:?}"
-    )))
-}
-
-fn attr(r: Reply) -> Result<Attr> {
-    match r {
-        Reply::Attr(a) => Ok(a),
-        other => Err(unexpected("an inode call", other)),
-    }
-}
-
-fn unit(r: Reply) -> Result<()> {
-    match r {
-        Reply::Unit => Ok(()),
-        other => Err(unexpected("a change", other)),
-    }
-}
-
-fn count(r: Reply) -> Result<u64> {
-    match r {
-        Reply::Count(n) => Ok(n),
-        other => Err(unexpected("a count", other)),
-    }
-}
-
-fn buf(b: &[u8]) -> ByteBuf {
-    ByteBuf::from(b.to_vec())
-}
-
-impl Volume for Remote {
-    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        attr(self.call(Request::Lookup {
-            parent,
-            name: buf(name),
-        })?)
-    }
-    fn getattr(&self, ino: Ino) -> Result<Attr> {
-        attr(self.call(Request::Getattr(ino))?)
-    }
-    fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
-        let max = u32::try_from(max).unwrap_or(u32::MAX);
-        match self.call(Request::Readdir { ino, offset, max })? {
-            Reply::Entries(e) => Ok(e),
-            other => Err(unexpected("readdir", other)),
-        }
-    }
-    fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        match self.call(Request::Readlink(ino))? {
-            Reply::Bytes(b) => Ok(b.into_vec()),
-            other => Err(unexpected("readlink", other)),
-        }
-    }
-    fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr> {
-        attr(self.call(Request::Mkdir {
-            parent,
-            name: buf(name),
-            perm,
-            uid,
-            gid,
-        })?)
-    }
-    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
-        attr(self.call(Request::Symlink {
-            parent,
-            name: buf(name),
-            target: buf(target),
-            uid,
-            gid,
-        })?)
-    }
-    fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        unit(self.call(Request::Unlink {
-            parent,
-            name: buf(name),
-        })?)
-    }
-    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        unit(self.call(Request::Rmdir {
-            parent,
-            name: buf(name),
-        })?)
-    }
-    fn rename(&self, from: Ino, name: &[u8], to: Ino, new_name: &[u8]) -> Result<()> {
-        unit(self.call(Request::Rename {
-            from,
-            name: buf(name),
-            to,
-            new_name: buf(new_name),
-        })?)
+impl Caller for Remote {
+    fn call(&self, req: Request, progress: Progress) -> Result<Reply> {
+        self.call_with(req, progress, None)
     }
 
-    fn put_file(
+    fn send_file(
         &self,
         file: &NewFile,
         src: &mut (dyn Read + Send),
@@ -272,7 +180,7 @@ impl Volume for Remote {
         }
     }
 
-    fn read_file(
+    fn fetch_file(
         &self,
         ino: Ino,
         dst: &mut (dyn Write + Send),
@@ -285,40 +193,25 @@ impl Volume for Remote {
             progress(got);
             Ok(())
         };
-        let n = count(self.call_with(Request::ReadFile(ino), &|_, _| {}, Some(&mut sink))?)?;
+        let n = match self.call_with(Request::ReadFile(ino), &|_, _| {}, Some(&mut sink))? {
+            Reply::Count(n) => n,
+            other => {
+                return Err(Error::Io(io::Error::other(format!(
+                    "the daemon answered a read with {other:?}"
+                ))));
+            }
+        };
         dst.flush()?;
         Ok(n)
     }
 
-    fn chunks(&self, ino: Ino) -> Result<Vec<ChunkInfo>> {
-        match self.call(Request::Chunks(ino))? {
-            Reply::Chunks(c) => Ok(c),
-            other => Err(unexpected("chunks", other)),
+    fn sync(&self) -> Result<()> {
+        match self.call_with(Request::Barrier, &|_, _| {}, None)? {
+            Reply::Unit => Ok(()),
+            other => Err(Error::Io(io::Error::other(format!(
+                "the daemon answered the barrier with {other:?}"
+            )))),
         }
-    }
-    fn usage(&self) -> Result<Usage> {
-        match self.call(Request::Usage)? {
-            Reply::Usage(u) => Ok(u),
-            other => Err(unexpected("usage", other)),
-        }
-    }
-    fn check(&self, repair: bool, progress: Progress) -> Result<CheckReport> {
-        match self.call_with(Request::Check { repair }, progress, None)? {
-            Reply::Check(c) => Ok(c),
-            other => Err(unexpected("fsck", other)),
-        }
-    }
-    fn collect_garbage(&self, grace_secs: u64) -> Result<u64> {
-        count(self.call(Request::Gc { grace_secs })?)
-    }
-    fn mesh(&self, ask: Ask, progress: Progress) -> Result<Report> {
-        match self.call_with(Request::Mesh(ask), progress, None)? {
-            Reply::Report(r) => Ok(*r),
-            other => Err(unexpected("a mesh call", other)),
-        }
-    }
-    fn barrier(&self) -> Result<()> {
-        unit(self.call(Request::Barrier)?)
     }
 }
 
