@@ -223,6 +223,14 @@ impl Daemon {
         self.end()
     }
 
+    /// `kill -9`, as a crash would (the socket file stays behind).
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn end(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
             return true;

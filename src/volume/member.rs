@@ -141,6 +141,9 @@ pub struct MemberVolume {
     key: VolumeKey,
     codec: Codec,
     info: VolumeInfo,
+    /// The storage peers were waited for (once, by the first command that
+    /// moves file bytes; a listing does not wait on them).
+    peers_waited: std::sync::Once,
 }
 
 impl MemberVolume {
@@ -168,19 +171,18 @@ impl MemberVolume {
         }
         let client =
             MeshClient::start(identity, &mesh, boot, Some(paths.peers()), None).map_err(bad)?;
-        let n = file.info.data_shards as usize + file.info.parity_shards as usize;
         let codec = Codec::new(
             file.info.data_shards as usize,
             file.info.parity_shards as usize,
         )?;
         let store = MeshStore::new(client, None);
-        store.client().wait_for_peers(n, Duration::from_secs(10));
         Ok(MemberVolume {
             home: home_id,
             store,
             key,
             codec,
             info: file.info,
+            peers_waited: std::sync::Once::new(),
         })
     }
 
@@ -193,7 +195,15 @@ impl MemberVolume {
         decode_answer(&answer)
     }
 
+    /// The shard store, once enough storage peers are connected to spread a
+    /// chunk over (or 10 s went by).
     fn shards(&self) -> Arc<dyn ShardStore> {
+        self.peers_waited.call_once(|| {
+            let n = self.codec.data_shards() + self.codec.parity_shards();
+            self.store
+                .client()
+                .wait_for_peers(n, Duration::from_secs(10));
+        });
         self.store.clone()
     }
 
