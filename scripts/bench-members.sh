@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Member-device benchmark, one run: the same operations through the home
-# node's daemon (its CLI over volume.sock) and from a member device (the CLI
-# over /datamesh/meta/1, file bytes to the storage peers itself), with the
-# same 6 storage peers on this machine (scripts/cluster.sh). Runs are
+# Member-device benchmark, one run: the same operations on the home node
+# (its mount, and its CLI over volume.sock) and on a member device (its mount
+# and its CLI over /datamesh/meta/1, file bytes to the storage peers itself),
+# with the same 6 storage peers on this machine (scripts/cluster.sh). Runs are
 # interleaved home, member, home, member and the better of each pair is kept.
-# Prints a table with member/home ratios.
+# Prints a table with member/home ratios. Needs FUSE, python3, and root for
+# drop_caches (reads through the home's mount are measured cold).
 # Usage: scripts/bench-members.sh [SEQ SIZE, default 1G] [SCRATCH DIR, default /var/tmp]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -17,9 +18,11 @@ ensure_built
 
 work=$(mktemp -d "$scratch/datamesh-benchmembers.XXXXXX")
 export DATAMESH_CLUSTER="$work/cluster" DATAMESH_CLUSTER_PORT="${DATAMESH_CLUSTER_PORT:-4940}"
-serve_pid=""
 cleanup() {
-  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+  for m in "$work/hmnt" "$work/mmnt"; do
+    mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"; }
+  done
+  sleep 0.5
   "$REPO/scripts/cluster.sh" stop >/dev/null 2>&1 || true
   sleep 0.5
   rm -rf "$work"
@@ -30,13 +33,16 @@ trap cleanup EXIT
 home="$DATAMESH_CLUSTER/home"
 port=$((DATAMESH_CLUSTER_PORT + 50))
 listen="/ip4/127.0.0.1/tcp/$port"
+mkdir -p "$work/hmnt" "$work/mmnt"
+# The home's daemon is its mount, listening for members.
 # shellcheck disable=SC2046
-"$DATAMESH_BIN" --home "$home" $(cat "$DATAMESH_CLUSTER/bootstrap") serve --listen "$listen" 2>"$work/serve.log" &
-serve_pid=$!
-until [ -S "$home/volume.sock" ]; do sleep 0.1; done
+"$DATAMESH_BIN" --home "$home" $(cat "$DATAMESH_CLUSTER/bootstrap") mount --listen "$listen" "$work/hmnt" >/dev/null
 sleep 1
 member="$work/member"
 "$DATAMESH_BIN" --home "$member" join "$("$DATAMESH_BIN" --home "$home" invite --member --address "$listen" | tail -1)" --name bench >/dev/null
+"$DATAMESH_BIN" --home "$member" mount "$work/mmnt" >/dev/null
+declare -A MNT=([H]="$work/hmnt" [M]="$work/mmnt")
+drop_caches() { sync; [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true; }
 
 H() { "$DATAMESH_BIN" --home "$home" "$@"; }
 M() { "$DATAMESH_BIN" --home "$member" "$@"; }
@@ -85,10 +91,59 @@ for round in 1 2; do
   done
 done
 
+# Through the mounts: stat latency (one file, 3000 stats), creates of 4 KiB
+# files, ls -l of the 10 000 entries, and a sequential write and cold read.
+for round in 1 2; do
+  for who in H M; do
+    m=${MNT[$who]}
+    out=$(python3 - "$m" "$who$round" <<'PY'
+import os, sys, time
+m, tag = sys.argv[1], sys.argv[2]
+d = os.path.join(m, "mc-" + tag)
+os.mkdir(d)
+body = b"z" * 4096
+t = time.perf_counter()
+for i in range(500):
+    with open(os.path.join(d, "f%d" % i), "wb") as f:
+        f.write(body)
+creates = 500 / (time.perf_counter() - t)
+p = os.path.join(d, "f0")
+lat = []
+for _ in range(3000):
+    t = time.perf_counter()
+    os.stat(p)
+    lat.append((time.perf_counter() - t) * 1e6)
+lat.sort()
+print(f"{lat[len(lat)//2]:.1f} {lat[int(len(lat)*0.99)]:.1f} {creates:.1f}")
+PY
+)
+    read -r s50 s99 cr <<<"$out"
+    R[$who,mstat50]=$(best low "${R[$who,mstat50]:-1000000000}" "$s50")
+    R[$who,mstat99]=$(best low "${R[$who,mstat99]:-1000000000}" "$s99")
+    R[$who,mcreates]=$(best high "${R[$who,mcreates]:-0}" "$cr")
+    t=$(now); ls -l "$m/many" | wc -l >/dev/null; s=$(secs "$t")
+    R[$who,mls]=$(best low "${R[$who,mls]:-1000000000}" "$s")
+    t=$(now); dd if="$work/src" of="$m/mseq-$who" bs=1M conv=fsync status=none; s=$(secs "$t")
+    R[$who,mput]=$(best high "${R[$who,mput]:-0}" "$(echo "$mib / $s" | bc -l)")
+    drop_caches
+    t=$(now); cat "$m/mseq-$who" > /dev/null; s=$(secs "$t")
+    R[$who,mget]=$(best high "${R[$who,mget]:-0}" "$(echo "$mib / $s" | bc -l)")
+    rm -f "$m/mseq-$who"
+  done
+done
+
 row() { # row LABEL KEY UNIT
   printf '%-34s %12.2f %12.2f %8.2f\n' "$1" "${R[H,$2]}" "${R[M,$2]}" "$(echo "${R[M,$2]} / ${R[H,$2]}" | bc -l)"
 }
 printf '%-34s %12s %12s %8s\n' "metric (6 peers on this machine)" "home" "member" "m/h"
+echo "-- through the mount"
+row "stat median (us)" mstat50
+row "stat p99 (us)" mstat99
+row "creates of 4 KiB files (/s)" mcreates
+row "ls -l of 10000 entries (s)" mls
+row "seq write $size, fsync (MiB/s)" mput
+row "seq read $size, cold (MiB/s)" mget
+echo "-- through the CLI (one process, calls timed inside it)"
 row "stat median (us)" stat50
 row "stat p99 (us)" stat99
 row "creates of 4 KiB files (/s)" creates

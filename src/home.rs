@@ -489,7 +489,7 @@ impl Home {
             tracing::info!("created a new volume in {}", self.dir.display());
         }
         self.check_private()?;
-        let cfg = self.config()?;
+        let ecfg = self.engine_config(cache_mb, dirty_mb)?;
         let key = self.volume_key()?;
         let meta = MetaStore::open(&self.paths().meta(), None)?;
         let n = meta.params().data_shards as usize + meta.params().parity_shards as usize;
@@ -501,12 +501,22 @@ impl Home {
             }
             None => Arc::new(LocalStore::open(&self.paths().store()).map_err(crate::Error::from)?),
         };
-        let ecfg = EngineConfig {
+        Ok((Engine::new(meta, store, key, ecfg)?, client))
+    }
+
+    /// The engine's settings: config.toml's, with the cache and dirty
+    /// budgets (MiB) overridden when given.
+    pub fn engine_config(
+        &self,
+        cache_mb: Option<usize>,
+        dirty_mb: Option<usize>,
+    ) -> Result<EngineConfig, HomeError> {
+        let cfg = self.config()?;
+        Ok(EngineConfig {
             cache_bytes: cache_mb.unwrap_or(cfg.cache_mb) << 20,
             dirty_bytes: dirty_mb.unwrap_or(cfg.dirty_mb) << 20,
             repair_grace: std::time::Duration::from_secs(cfg.repair_grace_secs),
-        };
-        Ok((Engine::new(meta, store, key, ecfg)?, client))
+        })
     }
 }
 

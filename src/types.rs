@@ -107,14 +107,14 @@ pub struct DirEntry {
 }
 
 /// Time to set in `setattr`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetTime {
     Now,
     At(Timestamp),
 }
 
 /// The changes one `setattr` call makes; `None` leaves a field as it is.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetAttr {
     pub perm: Option<u16>,
     pub uid: Option<u32>,
@@ -140,7 +140,7 @@ pub struct FsStats {
 pub const NAME_MAX: usize = 255;
 
 /// Flags of `rename`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenameFlags {
     pub noreplace: bool,
     pub exchange: bool,

@@ -250,3 +250,70 @@ fn a_member_killed_mid_put_leaves_the_old_file_and_a_home_killed_mid_copy_loses_
         "{fsck}"
     );
 }
+
+#[test]
+fn member_devices_mount_the_volume_and_see_each_others_changes() {
+    fs_tests::require!();
+    let home = Volume::new();
+    let c = Cluster::start(&home, 6);
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
+    let _daemon = home.serve_with(&c.bootstrap_flags(), &["--listen", &listen]);
+    let join = |v: &Volume, name: &str| {
+        let token = last_line(&home.ok(&["invite", "--member", "--address", &listen]));
+        v.ok(&["join", &token, "--name", name]);
+    };
+    let (a, b, cli) = (Volume::new(), Volume::new(), Volume::new());
+    join(&a, "a");
+    join(&b, "b");
+    join(&cli, "c");
+    let ma = a.mount();
+    sh(
+        &ma.at,
+        "cp -a /usr/share/doc/bash copy && head -c 9000000 /dev/urandom > big \
+         && diff -r --no-dereference /usr/share/doc/bash copy",
+    );
+    // Another host with the CLI only gets exactly that.
+    let got = cli.dir.path().join("got");
+    cli.ok(&["get", "-r", "/copy", got.to_str().unwrap()]);
+    sh(
+        cli.dir.path(),
+        "diff -r --no-dereference /usr/share/doc/bash got",
+    );
+    // Another host mounts it and reads it.
+    let mb = b.mount();
+    sh(&mb.at, "diff -r --no-dereference /usr/share/doc/bash copy");
+    sh(&mb.at, &format!("cmp big {}", ma.at.join("big").display()));
+    // A renames a directory: B sees it within the entry time-out (1 s).
+    sh(&mb.at, "ls copy >/dev/null");
+    sh(&ma.at, "mv copy moved");
+    let t = Instant::now();
+    while !mb.at.join("moved").exists() || mb.at.join("copy").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "B still sees the old name"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A edits a file and closes it; B's next open reads the new text.
+    sh(&ma.at, "echo first > note");
+    assert_eq!(
+        std::fs::read_to_string(mb.at.join("note")).unwrap(),
+        "first\n"
+    );
+    sh(&ma.at, "echo 'the second, longer text' > note");
+    assert_eq!(
+        std::fs::read_to_string(mb.at.join("note")).unwrap(),
+        "the second, longer text\n"
+    );
+    // A file removed on A while B holds it open stays readable on B.
+    sh(&ma.at, "echo kept > open-file");
+    let held = std::fs::File::open(mb.at.join("open-file")).unwrap();
+    sh(&ma.at, "rm open-file");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut &held, &mut text).unwrap();
+    assert_eq!(text, "kept\n");
+    drop(held);
+    assert!(ma.unmount() && mb.unmount(), "unmounts flush and exit 0");
+    let fsck = home.ok(&["fsck"]);
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
+}

@@ -73,6 +73,11 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         if let Some(src) = mount_source(home) {
             opts.source = src;
         }
+        if home.is_member() && args.attr_ttl.is_none() {
+            // Close-to-open across hosts: an open here must see the size
+            // another host's close committed, not one cached a moment ago.
+            opts.attr_ttl = std::time::Duration::ZERO;
+        }
         let res = daemon(
             home,
             args.cache_mb,
@@ -162,12 +167,26 @@ fn daemon(
     // Before the engine opens, so that a signal from then on ends it cleanly.
     let signals = crate::workers::catch_exit_signals()?;
     let listen = home.listen_addrs(listen)?;
-    let (engine, client) = home.open_daemon(cache_mb, dirty_mb)?;
+    let member = home.is_member();
+    if member && !listen.is_empty() {
+        bail!("--listen: only the home node answers member devices; this is one");
+    }
+    let (engine, client) = if member {
+        let cfg = home.engine_config(cache_mb, dirty_mb)?;
+        let engine =
+            crate::volume::member::open_engine(home, cfg).context("reaching the home node")?;
+        (engine, None)
+    } else {
+        home.open_daemon(cache_mb, dirty_mb)?
+    };
     let engine = Arc::new(engine);
     let runner = crate::workers::Runner::new();
     let sock = home.paths().volume_sock();
     let res = (|| -> anyhow::Result<()> {
-        crate::volume::serve::serve(&sock, &engine, &runner)?;
+        // A member's commands reach the home node themselves: no socket here.
+        if !member {
+            crate::volume::serve::serve(&sock, &engine, &runner)?;
+        }
         if !listen.is_empty() {
             let Some(client) = client else {
                 anyhow::bail!(
@@ -198,6 +217,12 @@ pub fn serve(
     dirty_mb: Option<usize>,
     listen: &[String],
 ) -> anyhow::Result<()> {
+    if home.is_member() {
+        bail!(
+            "this is a member device: the volume's daemon runs on the home node \
+             (`datamesh mount` works here)"
+        );
+    }
     if !home.exists() {
         home.init(&InitOptions::default())?;
     }

@@ -47,7 +47,7 @@ impl Engine {
             chunk_size: self.chunk_size,
             ..Default::default()
         };
-        self.s.meta.for_each_inode(|_, rec| {
+        self.s.local()?.for_each_inode(|_, rec| {
             match rec.kind {
                 FileKind::Dir => u.dirs += 1,
                 _ => {
@@ -57,7 +57,7 @@ impl Engine {
             }
             Ok(())
         })?;
-        self.s.meta.for_each_chunk(|_, _, c| {
+        self.s.local()?.for_each_chunk(|_, _, c| {
             if let ChunkRef::Inline { sealed, .. } = c {
                 u.inline_bytes += sealed.len() as u64;
             }
@@ -77,7 +77,7 @@ impl Engine {
     pub fn check(&self, repair: bool, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<CheckReport> {
         let mut r = CheckReport::default();
         let mut inodes = HashMap::new();
-        self.s.meta.for_each_inode(|ino, rec| {
+        self.s.local()?.for_each_inode(|ino, rec| {
             inodes.insert(ino, (rec.kind, rec.nlink, rec.parent, rec.size));
             Ok(())
         })?;
@@ -88,7 +88,7 @@ impl Engine {
         let mut links: HashMap<Ino, u32> = HashMap::new();
         let mut subdirs: HashMap<Ino, u32> = HashMap::new();
         let mut dentry_problems = Vec::new();
-        self.s.meta.for_each_dentry(|parent, name, d| {
+        self.s.local()?.for_each_dentry(|parent, name, d| {
             let child = Ino(d.ino);
             names
                 .entry(child)
@@ -153,7 +153,7 @@ impl Engine {
 
         // Chunk maps and their shards.
         let mut chunks = Vec::new();
-        self.s.meta.for_each_chunk(|ino, idx, c| {
+        self.s.local()?.for_each_chunk(|ino, idx, c| {
             chunks.push((ino, idx, c));
             Ok(())
         })?;
@@ -248,7 +248,7 @@ impl Engine {
         r.lost = lost;
 
         // Reference counts.
-        let refs = self.s.meta.refs()?;
+        let refs = self.s.local()?.refs()?;
         for (id, want) in &want_refs {
             let have = refs.get(id).map_or(0, |r| r.count);
             if have != *want {

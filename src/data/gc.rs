@@ -87,12 +87,12 @@ impl Engine {
         let _held = self.s.gate.hold();
         let cutoff = Timestamp::now().secs - grace_secs as i64;
         let (store, collected) = (&self.s.store, &self.s.collected);
-        let mut n = self.s.meta.collect_garbage(cutoff, &mut |id| {
+        let mut n = self.s.local()?.collect_garbage(cutoff, &mut |id| {
             store.delete(id)?;
             lock(collected).insert(*id);
             Ok(())
         })?;
-        let refs = self.s.meta.refs()?;
+        let refs = self.s.local()?.refs()?;
         let mut stray = Vec::new();
         self.s.store.for_each(&mut |info| {
             let old = Timestamp::from(info.modified).secs <= cutoff;

@@ -34,7 +34,7 @@ pub use write::store_sealed;
 
 use crate::chunk::{self, ChunkRef, Codec, ShardId, VolumeKey};
 use crate::error::{Error, Result};
-use crate::meta::{MetaStore, NewNode};
+use crate::meta::{MetaStore, Namespace, NewNode};
 use crate::store::{ShardStore, StoreError};
 use crate::types::*;
 use lru::LruCache;
@@ -102,7 +102,7 @@ struct FileCell {
 /// the decoded-chunk cache and the dirty-byte count; held by the engine and by
 /// every background sealing job.
 struct Core {
-    meta: MetaStore,
+    meta: Box<dyn Namespace>,
     store: Arc<dyn ShardStore>,
     key: VolumeKey,
     codec: Codec,
@@ -150,9 +150,47 @@ pub struct Engine {
 
 use crate::util::lock;
 
+/// Background jobs (a seal finishing after its waiter woke, a read-ahead)
+/// hold the core for a moment after the engine's last call returned: the
+/// engine waits for them, so that once it is dropped the volume is closed
+/// (RocksDB's lock released) and can be opened again at once.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let start = std::time::Instant::now();
+        while Arc::strong_count(&self.s) > 1 && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+impl Core {
+    /// The RocksDB namespace, for what runs only where it is (whole-volume
+    /// scans: df, fsck, gc, repair).
+    fn local(&self) -> Result<&MetaStore> {
+        self.meta.local().ok_or_else(|| {
+            Error::Remote(
+                crate::error::Kind::Other,
+                "this runs on the home node (the volume's namespace is there)".into(),
+            )
+        })
+    }
+}
+
 impl Engine {
     pub fn new(
         meta: MetaStore,
+        store: Arc<dyn ShardStore>,
+        key: VolumeKey,
+        cfg: EngineConfig,
+    ) -> Result<Engine> {
+        Engine::with_namespace(Box::new(meta), store, key, cfg)
+    }
+
+    /// An engine over any namespace: the home's RocksDB, or on a member
+    /// device the home node's, asked over the mesh.
+    pub fn with_namespace(
+        meta: Box<dyn Namespace>,
         store: Arc<dyn ShardStore>,
         key: VolumeKey,
         cfg: EngineConfig,
@@ -192,8 +230,13 @@ impl Engine {
         })
     }
 
-    pub fn meta(&self) -> &MetaStore {
-        &self.s.meta
+    pub fn meta(&self) -> &dyn Namespace {
+        &*self.s.meta
+    }
+
+    /// Whether the namespace is here (the home node), not asked of it.
+    pub fn is_home(&self) -> bool {
+        self.s.meta.local().is_some()
     }
     pub fn store(&self) -> &dyn ShardStore {
         &*self.s.store

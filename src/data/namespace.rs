@@ -247,6 +247,7 @@ impl Engine {
 
     pub fn open(&self, ino: Ino) -> Result<Attr> {
         let attr = self.getattr(ino)?;
+        self.s.meta.opened(ino)?;
         *lock(&self.opens).entry(ino).or_default() += 1;
         Ok(attr)
     }
@@ -254,6 +255,7 @@ impl Engine {
     /// The last release of an inode seals its writes and frees it if unlinked meanwhile.
     pub fn release(&self, ino: Ino) -> Result<()> {
         let res = self.flush(ino);
+        let told = self.s.meta.released(ino);
         let last = {
             let mut opens = lock(&self.opens);
             match opens.get_mut(&ino) {
@@ -278,7 +280,7 @@ impl Engine {
             lock(&self.readahead).remove(&ino);
             self.s.meta.release_orphan(ino)?;
         }
-        res
+        res.and(told)
     }
 
     pub fn statfs(&self) -> Result<FsStats> {

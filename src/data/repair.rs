@@ -110,7 +110,7 @@ impl Engine {
     ) -> Result<Redundancy> {
         let mut chunks: Vec<ChunkRef> = Vec::new();
         let mut seen = HashSet::new();
-        self.s.meta.for_each_chunk(|_, _, c| {
+        self.s.local()?.for_each_chunk(|_, _, c| {
             if let Some(first) = c.shard_ids().first()
                 && seen.insert(*first)
             {
@@ -346,7 +346,7 @@ impl Engine {
             // that has one rebuilds and rewrites it.
             let bad_set: HashSet<ShardId> = bad.iter().copied().collect();
             let mut hit = Vec::new();
-            self.s.meta.for_each_chunk(|_, _, c| {
+            self.s.local()?.for_each_chunk(|_, _, c| {
                 if c.shard_ids().iter().any(|id| bad_set.contains(id)) {
                     hit.push(c);
                 }

@@ -179,23 +179,40 @@ impl Engine {
             Ok(_) | Err(Error::NotFound) => {}
             Err(e) => return Err(e),
         }
+        let refs: Vec<ChunkRef> = f.chunks.iter().map(|(_, c)| c.clone()).collect();
+        self.commit_stored(&refs, || self.put_committed(f))
+    }
+
+    /// Runs `commit`, which references `chunks` stored by another process (a
+    /// member device), with gc kept out; refused when this process's gc
+    /// deleted one of their shards already (they had no references when it
+    /// ran): the caller stores them again.
+    pub fn commit_stored<T>(
+        &self,
+        chunks: &[ChunkRef],
+        commit: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         // Held until the map is committed: gc deletes nothing meanwhile.
         let _span = self.s.gate.span();
         {
             let collected = crate::util::lock(&self.s.collected);
-            if f.chunks
+            if chunks
                 .iter()
-                .flat_map(|(_, c)| c.shard_ids())
+                .flat_map(|c| c.shard_ids())
                 .any(|id| collected.contains(id))
             {
                 return Err(Error::Remote(
                     crate::error::Kind::Other,
-                    "gc deleted some of this file's shards while it was being put: \
-                     nothing was changed; put it again"
+                    "gc deleted some of this file's shards while it was being written: \
+                     nothing was changed; write it again"
                         .into(),
                 ));
             }
         }
+        commit()
+    }
+
+    fn put_committed(&self, f: CommittedFile) -> Result<()> {
         let mut tmp = format!(
             ".{}.put-{:08x}",
             String::from_utf8_lossy(f.name),

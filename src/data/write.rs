@@ -151,7 +151,8 @@ impl Engine {
     /// Starts the engine's background work in a process that serves the volume:
     /// partial chunks of files left open but idle are sealed after
     /// [`IDLE_SEAL`], and the shards of storage peers gone past the grace time
-    /// are rebuilt elsewhere. The workers hold the engine weakly.
+    /// are rebuilt elsewhere (on the home node). The workers hold the engine
+    /// weakly.
     pub fn spawn_workers(self: &Arc<Self>, runner: &crate::workers::Runner) -> std::io::Result<()> {
         let weak = Arc::downgrade(self);
         runner.every("idle-seal", std::time::Duration::from_secs(1), move || {
@@ -160,6 +161,10 @@ impl Engine {
             }
             Ok(())
         })?;
+        if !self.is_home() {
+            // Repair is the home node's: it knows where every shard is.
+            return Ok(());
+        }
         let weak = Arc::downgrade(self);
         runner.every("repair", std::time::Duration::from_secs(2), move || {
             weak.upgrade()

@@ -140,6 +140,17 @@ impl DatameshFs {
     }
 
     /// Runs `work` on an I/O thread; it answers the request itself.
+    /// Cached pages outlive a file's opens on the home node, whose namespace
+    /// sees every change; on a member device each open starts afresh
+    /// (close-to-open: what another host closed is what this open reads).
+    fn open_flags(&self) -> FopenFlags {
+        if self.engine.is_home() {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
     fn spawn(&self, work: impl FnOnce(&Engine) + Send + 'static) {
         let engine = self.engine.clone();
         self.io.spawn_blocking(move || work(&engine));
@@ -457,7 +468,7 @@ impl Filesystem for DatameshFs {
                 return reply.error(err(&e));
             }
         }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(FileHandle(0), self.open_flags());
     }
 
     fn read(
@@ -740,7 +751,7 @@ impl Filesystem for DatameshFs {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                self.open_flags(),
             ),
             Err(e) => reply.error(err(&e)),
         }

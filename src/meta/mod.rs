@@ -8,6 +8,7 @@
 //! the next open of the volume.
 
 mod cache;
+mod namespace;
 mod ops;
 mod read;
 pub mod schema;
@@ -26,10 +27,11 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use tx::Tx;
 
+pub use namespace::Namespace;
 pub use schema::{InodeRec, RefRec, VolumeParams};
 
 /// What a new inode is.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct NewNode {
     pub kind: FileKind,
     pub perm: u16,

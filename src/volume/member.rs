@@ -5,12 +5,15 @@
 //! peers.
 
 use super::calls::Caller;
-use super::meta::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
+use super::meta::{
+    MetaCall, MetaReply, NsCall, NsReply, VolumeInfo, decode_answer, encode_request,
+};
 use super::proto::{Reply, Request};
 use super::{NewFile, Progress, Volume};
 use crate::chunk::{ChunkRef, Codec, DeviceKey, VolumeKey};
 use crate::error::Kind;
 use crate::home::Home;
+use crate::meta::{InodeRec, Namespace, NewNode, VolumeParams};
 use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
 use crate::store::ShardStore;
 use crate::types::*;
@@ -146,42 +149,79 @@ pub struct MemberVolume {
     peers_waited: std::sync::Once,
 }
 
+/// A member device's way to its volume: the home node's id, this device's
+/// volume key, and the mesh (the swarm and the storage peers).
+struct Reach {
+    file: MemberFile,
+    home: PeerId,
+    key: VolumeKey,
+    store: Arc<MeshStore>,
+}
+
+fn reach(home: &Home) -> Result<Reach> {
+    let paths = home.paths();
+    let file: MemberFile = serde_json::from_slice(&std::fs::read(paths.member())?)
+        .map_err(|e| bad(format!("{}: {e}", paths.member().display())))?;
+    let home_id: PeerId = file.home.parse().map_err(bad)?;
+    let key = home.volume_key().map_err(bad)?;
+    let mesh = MeshKey::load(&paths.mesh_key(), false).map_err(bad)?;
+    let identity = crate::net::load_identity(&paths.peer_key()).map_err(bad)?;
+    let mut boot: Vec<Multiaddr> = Vec::new();
+    let remembered = std::fs::read_to_string(paths.peers()).unwrap_or_default();
+    for a in file
+        .addrs
+        .iter()
+        .map(String::as_str)
+        .chain(remembered.lines())
+    {
+        if let Ok(a) = a.trim().parse()
+            && !boot.contains(&a)
+        {
+            boot.push(a);
+        }
+    }
+    let client =
+        MeshClient::start(identity, &mesh, boot, Some(paths.peers()), None).map_err(bad)?;
+    Ok(Reach {
+        file,
+        home: home_id,
+        key,
+        store: MeshStore::new(client, None),
+    })
+}
+
+/// The engine of a mount on a member device: file bytes sealed and opened
+/// here, the namespace the home node's ([`RemoteNamespace`]).
+pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate::data::Engine> {
+    let r = reach(home)?;
+    let mut ns = RemoteNamespace {
+        client: r.store.client().clone(),
+        home: r.home,
+        params: None,
+    };
+    let params = match ns.ns(NsCall::Params)? {
+        NsReply::Params(p) => p,
+        other => return Err(bad(format!("the home node answered {other:?}"))),
+    };
+    ns.params = Some(params);
+    let n = r.file.info.data_shards as usize + r.file.info.parity_shards as usize;
+    r.store.client().wait_for_peers(n, Duration::from_secs(10));
+    crate::data::Engine::with_namespace(Box::new(ns), r.store, r.key, cfg)
+}
+
 impl MemberVolume {
     pub fn open(home: &Home) -> Result<MemberVolume> {
-        let paths = home.paths();
-        let file: MemberFile = serde_json::from_slice(&std::fs::read(paths.member())?)
-            .map_err(|e| bad(format!("{}: {e}", paths.member().display())))?;
-        let home_id: PeerId = file.home.parse().map_err(bad)?;
-        let key = home.volume_key().map_err(bad)?;
-        let mesh = MeshKey::load(&paths.mesh_key(), false).map_err(bad)?;
-        let identity = crate::net::load_identity(&paths.peer_key()).map_err(bad)?;
-        let mut boot: Vec<Multiaddr> = Vec::new();
-        let remembered = std::fs::read_to_string(paths.peers()).unwrap_or_default();
-        for a in file
-            .addrs
-            .iter()
-            .map(String::as_str)
-            .chain(remembered.lines())
-        {
-            if let Ok(a) = a.trim().parse()
-                && !boot.contains(&a)
-            {
-                boot.push(a);
-            }
-        }
-        let client =
-            MeshClient::start(identity, &mesh, boot, Some(paths.peers()), None).map_err(bad)?;
+        let r = reach(home)?;
         let codec = Codec::new(
-            file.info.data_shards as usize,
-            file.info.parity_shards as usize,
+            r.file.info.data_shards as usize,
+            r.file.info.parity_shards as usize,
         )?;
-        let store = MeshStore::new(client, None);
         Ok(MemberVolume {
-            home: home_id,
-            store,
-            key,
+            home: r.home,
+            store: r.store,
+            key: r.key,
             codec,
-            info: file.info,
+            info: r.file.info,
             peers_waited: std::sync::Once::new(),
         })
     }
@@ -367,4 +407,203 @@ fn each_on_a_thread<T: Send, R: Send>(
             })
             .collect()
     })
+}
+
+/// The home node's namespace, asked over the mesh: what a member device's
+/// mounted engine stands on. Each call waits at most [`HOME_WAIT`].
+pub struct RemoteNamespace {
+    client: MeshClient,
+    home: PeerId,
+    /// Asked once, when the mount starts.
+    params: Option<VolumeParams>,
+}
+
+impl RemoteNamespace {
+    fn ns(&self, call: NsCall) -> Result<NsReply> {
+        let answer = self
+            .client
+            .meta_call(self.home, encode_request(MetaCall::Ns(call)), HOME_WAIT)
+            .map_err(bad)?;
+        match decode_answer(&answer)? {
+            MetaReply::Ns(r) => Ok(r),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+
+    fn attr(&self, call: NsCall) -> Result<Attr> {
+        match self.ns(call)? {
+            NsReply::Attr(a) => Ok(a),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+
+    fn unit(&self, call: NsCall) -> Result<()> {
+        match self.ns(call)? {
+            NsReply::Unit => Ok(()),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+}
+
+fn bytes(b: &[u8]) -> ByteBuf {
+    ByteBuf::from(b.to_vec())
+}
+
+impl Namespace for RemoteNamespace {
+    fn params(&self) -> &VolumeParams {
+        self.params.as_ref().expect("asked when the mount starts")
+    }
+    fn inode(&self, ino: Ino) -> Result<InodeRec> {
+        match self.ns(NsCall::Inode(ino))? {
+            NsReply::Inode(r) => Ok(r),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn attr(&self, ino: Ino) -> Result<Attr> {
+        RemoteNamespace::attr(self, NsCall::Attr(ino))
+    }
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let name = bytes(name);
+        RemoteNamespace::attr(self, NsCall::Lookup { parent, name })
+    }
+    fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        match self.ns(NsCall::Readdir { ino, offset, max })? {
+            NsReply::Entries(e) => Ok(e),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
+        match self.ns(NsCall::Chunk { ino, idx })? {
+            NsReply::Chunk(c) => Ok(c),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>> {
+        match self.ns(NsCall::ChunksFrom { ino, from })? {
+            NsReply::Chunks(c) => Ok(c),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let name = bytes(name);
+        match self.ns(NsCall::Getxattr { ino, name })? {
+            NsReply::Bytes(b) => Ok(b.into_vec()),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        match self.ns(NsCall::Listxattr(ino))? {
+            NsReply::Names(n) => Ok(n.into_iter().map(ByteBuf::into_vec).collect()),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        let name = bytes(name);
+        RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })
+    }
+    fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let name = bytes(name);
+        RemoteNamespace::attr(self, NsCall::Link { ino, parent, name })
+    }
+    // Which inodes are open is the home's to know (this device tells it).
+    fn unlink(&self, parent: Ino, name: &[u8], _: &dyn Fn(Ino) -> bool) -> Result<()> {
+        let name = bytes(name);
+        self.unit(NsCall::Unlink { parent, name })
+    }
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        let name = bytes(name);
+        self.unit(NsCall::Rmdir { parent, name })
+    }
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        _: &dyn Fn(Ino) -> bool,
+    ) -> Result<()> {
+        let (name, new_name) = (bytes(name), bytes(new_name));
+        self.unit(NsCall::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+        })
+    }
+    fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        let set = set.clone();
+        RemoteNamespace::attr(self, NsCall::Setattr { ino, set })
+    }
+    fn commit_chunks(
+        &self,
+        ino: Ino,
+        chunks: Vec<(u64, Option<ChunkRef>)>,
+        size: u64,
+        mtime: Option<Timestamp>,
+    ) -> Result<Attr> {
+        RemoteNamespace::attr(
+            self,
+            NsCall::CommitChunks {
+                ino,
+                chunks,
+                size,
+                mtime,
+            },
+        )
+    }
+    fn truncate(
+        &self,
+        ino: Ino,
+        size: u64,
+        tail: Option<(u64, Option<ChunkRef>)>,
+        set: &SetAttr,
+    ) -> Result<Attr> {
+        let set = set.clone();
+        RemoteNamespace::attr(
+            self,
+            NsCall::Truncate {
+                ino,
+                size,
+                tail,
+                set,
+            },
+        )
+    }
+    fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> Result<()> {
+        let (name, value) = (bytes(name), bytes(value));
+        self.unit(NsCall::Setxattr {
+            ino,
+            name,
+            value,
+            create,
+            replace,
+        })
+    }
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        let name = bytes(name);
+        self.unit(NsCall::Removexattr { ino, name })
+    }
+    // The home frees an orphan at the last release anywhere (`released`).
+    fn release_orphan(&self, _: Ino) -> Result<()> {
+        Ok(())
+    }
+    fn sync(&self) -> Result<()> {
+        self.unit(NsCall::Sync)
+    }
+    fn opened(&self, ino: Ino) -> Result<()> {
+        self.unit(NsCall::Open(ino))
+    }
+    fn released(&self, ino: Ino) -> Result<()> {
+        self.unit(NsCall::Release(ino))
+    }
 }

@@ -13,9 +13,10 @@ use crate::chunk::ChunkRef;
 use crate::data::{CommittedFile, Engine};
 use crate::error::Kind;
 use crate::home::HomePaths;
+use crate::meta::{InodeRec, NewNode, VolumeParams};
 use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
 use crate::net::{MeshClient, PeerId};
-use crate::types::Ino;
+use crate::types::{Attr, DirEntry, Ino, RenameFlags, SetAttr, Timestamp};
 use crate::util::lock;
 use crate::workers::Runner;
 use crate::{Error, Result};
@@ -56,6 +57,108 @@ pub enum MetaCall {
     ChunkMap(Ino),
     /// The storage peers' addresses.
     Peers,
+    /// One operation of the namespace under a member's mounted engine.
+    Ns(NsCall),
+}
+
+/// The namespace operations a member's engine asks (see
+/// [`crate::meta::Namespace`]); each is one batch at home.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NsCall {
+    Params,
+    Inode(Ino),
+    Attr(Ino),
+    Lookup {
+        parent: Ino,
+        name: ByteBuf,
+    },
+    Readdir {
+        ino: Ino,
+        offset: u64,
+        max: u32,
+    },
+    Chunk {
+        ino: Ino,
+        idx: u64,
+    },
+    ChunksFrom {
+        ino: Ino,
+        from: u64,
+    },
+    Getxattr {
+        ino: Ino,
+        name: ByteBuf,
+    },
+    Listxattr(Ino),
+    CreateNode {
+        parent: Ino,
+        name: ByteBuf,
+        node: NewNode,
+    },
+    Link {
+        ino: Ino,
+        parent: Ino,
+        name: ByteBuf,
+    },
+    Unlink {
+        parent: Ino,
+        name: ByteBuf,
+    },
+    Rmdir {
+        parent: Ino,
+        name: ByteBuf,
+    },
+    Rename {
+        parent: Ino,
+        name: ByteBuf,
+        new_parent: Ino,
+        new_name: ByteBuf,
+        flags: RenameFlags,
+    },
+    Setattr {
+        ino: Ino,
+        set: SetAttr,
+    },
+    CommitChunks {
+        ino: Ino,
+        chunks: Vec<(u64, Option<ChunkRef>)>,
+        size: u64,
+        mtime: Option<Timestamp>,
+    },
+    Truncate {
+        ino: Ino,
+        size: u64,
+        tail: Option<(u64, Option<ChunkRef>)>,
+        set: SetAttr,
+    },
+    Setxattr {
+        ino: Ino,
+        name: ByteBuf,
+        value: ByteBuf,
+        create: bool,
+        replace: bool,
+    },
+    Removexattr {
+        ino: Ino,
+        name: ByteBuf,
+    },
+    Sync,
+    /// A handle opened on the member: the home keeps the file while it is.
+    Open(Ino),
+    Release(Ino),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NsReply {
+    Params(VolumeParams),
+    Inode(InodeRec),
+    Attr(Attr),
+    Entries(Vec<DirEntry>),
+    Chunk(Option<ChunkRef>),
+    Chunks(Vec<(u64, ChunkRef)>),
+    Bytes(ByteBuf),
+    Names(Vec<ByteBuf>),
+    Unit,
 }
 
 /// The volume's parameters a member seals chunks with.
@@ -81,6 +184,7 @@ pub enum MetaReply {
         chunks: Vec<(u64, ChunkRef)>,
     },
     Peers(Vec<String>),
+    Ns(NsReply),
 }
 
 pub fn encode_request(call: MetaCall) -> Vec<u8> {
@@ -248,6 +352,7 @@ impl HomeServer {
                 .map(|(size, chunks)| MetaReply::ChunkMap { size, chunks })
                 .map_err(wire),
             MetaCall::Peers => Ok(MetaReply::Peers(storage_peers(&engine))),
+            MetaCall::Ns(call) => ns_answer(&engine, call).map(MetaReply::Ns).map_err(wire),
         }
     }
 
@@ -336,6 +441,75 @@ impl HomeServer {
             peers: storage_peers(&engine),
         })
     }
+}
+
+/// A member engine's namespace call, answered by the home's engine: names
+/// through the engine (so that its open handles, the member's among them,
+/// decide what becomes an orphan), the rest by the namespace itself. Chunk
+/// maps the member stored are committed with gc kept out.
+fn ns_answer(engine: &Engine, call: NsCall) -> Result<NsReply> {
+    let ns = engine.meta();
+    let attr = NsReply::Attr;
+    let unit = |()| NsReply::Unit;
+    Ok(match call {
+        NsCall::Params => NsReply::Params(ns.params().clone()),
+        NsCall::Inode(ino) => NsReply::Inode(ns.inode(ino)?),
+        NsCall::Attr(ino) => attr(ns.attr(ino)?),
+        NsCall::Lookup { parent, name } => attr(ns.lookup(parent, &name)?),
+        NsCall::Readdir { ino, offset, max } => {
+            NsReply::Entries(ns.readdir(ino, offset, (max as usize).min(4096))?)
+        }
+        NsCall::Chunk { ino, idx } => NsReply::Chunk(ns.chunk(ino, idx)?),
+        NsCall::ChunksFrom { ino, from } => NsReply::Chunks(ns.chunks_from(ino, from)?),
+        NsCall::Getxattr { ino, name } => NsReply::Bytes(ByteBuf::from(ns.getxattr(ino, &name)?)),
+        NsCall::Listxattr(ino) => {
+            NsReply::Names(ns.listxattr(ino)?.into_iter().map(ByteBuf::from).collect())
+        }
+        NsCall::CreateNode { parent, name, node } => attr(ns.create_node(parent, &name, node)?),
+        NsCall::Link { ino, parent, name } => attr(ns.link(ino, parent, &name)?),
+        NsCall::Unlink { parent, name } => unit(engine.unlink(parent, &name)?),
+        NsCall::Rmdir { parent, name } => unit(engine.rmdir(parent, &name)?),
+        NsCall::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+        } => unit(engine.rename(parent, &name, new_parent, &new_name, flags)?),
+        NsCall::Setattr { ino, set } => attr(ns.setattr(ino, &set)?),
+        NsCall::CommitChunks {
+            ino,
+            chunks,
+            size,
+            mtime,
+        } => {
+            let refs: Vec<ChunkRef> = chunks.iter().filter_map(|(_, c)| c.clone()).collect();
+            attr(engine.commit_stored(&refs, || ns.commit_chunks(ino, chunks, size, mtime))?)
+        }
+        NsCall::Truncate {
+            ino,
+            size,
+            tail,
+            set,
+        } => {
+            let refs: Vec<ChunkRef> = tail.iter().filter_map(|(_, c)| c.clone()).collect();
+            attr(engine.commit_stored(&refs, || ns.truncate(ino, size, tail, &set))?)
+        }
+        NsCall::Setxattr {
+            ino,
+            name,
+            value,
+            create,
+            replace,
+        } => unit(ns.setxattr(ino, &name, &value, create, replace)?),
+        NsCall::Removexattr { ino, name } => unit(ns.removexattr(ino, &name)?),
+        NsCall::Sync => unit(ns.sync()?),
+        NsCall::Open(ino) => {
+            engine.open(ino)?;
+            NsReply::Unit
+        }
+        NsCall::Release(ino) => unit(engine.release(ino)?),
+    })
 }
 
 /// The admitted storage peers, as addresses ending in `/p2p/ID`.

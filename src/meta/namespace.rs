@@ -1,0 +1,174 @@
+//! [`Namespace`]: what the engine asks of the metadata. [`MetaStore`] (the
+//! RocksDB tree, on the home node) answers it; on a member device the engine
+//! asks the home node instead (`volume::member::RemoteNamespace`). Each
+//! change stays one batch wherever the store is.
+
+use super::{InodeRec, MetaStore, NewNode, VolumeParams};
+use crate::chunk::ChunkRef;
+use crate::error::Result;
+use crate::types::*;
+
+pub trait Namespace: Send + Sync {
+    fn params(&self) -> &VolumeParams;
+    fn inode(&self, ino: Ino) -> Result<InodeRec>;
+    fn attr(&self, ino: Ino) -> Result<Attr>;
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr>;
+    fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>>;
+    fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>>;
+    fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>>;
+    fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>>;
+    fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>>;
+    fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr>;
+    fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr>;
+    /// `is_open` says whether an inode has open handles here (one that has
+    /// becomes an orphan instead of being freed).
+    fn unlink(&self, parent: Ino, name: &[u8], is_open: &dyn Fn(Ino) -> bool) -> Result<()>;
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()>;
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<()>;
+    fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr>;
+    fn commit_chunks(
+        &self,
+        ino: Ino,
+        chunks: Vec<(u64, Option<ChunkRef>)>,
+        size: u64,
+        mtime: Option<Timestamp>,
+    ) -> Result<Attr>;
+    fn truncate(
+        &self,
+        ino: Ino,
+        size: u64,
+        tail: Option<(u64, Option<ChunkRef>)>,
+        set: &SetAttr,
+    ) -> Result<Attr>;
+    fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> Result<()>;
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()>;
+    /// Frees `ino` if it is an orphan (unlinked while open) and now closed.
+    fn release_orphan(&self, ino: Ino) -> Result<()>;
+    /// Durability barrier for the namespace.
+    fn sync(&self) -> Result<()>;
+    /// A handle on `ino` opened here, or the last one here closed: a remote
+    /// namespace tells the home node, which keeps an unlinked file until the
+    /// last handle anywhere is closed.
+    fn opened(&self, _ino: Ino) -> Result<()> {
+        Ok(())
+    }
+    fn released(&self, _ino: Ino) -> Result<()> {
+        Ok(())
+    }
+    /// The RocksDB store itself, when this namespace is one (the home node):
+    /// whole-volume scans (df, fsck, gc, repair) run only there.
+    fn local(&self) -> Option<&MetaStore> {
+        None
+    }
+}
+
+impl Namespace for MetaStore {
+    fn params(&self) -> &VolumeParams {
+        MetaStore::params(self)
+    }
+    fn inode(&self, ino: Ino) -> Result<InodeRec> {
+        MetaStore::inode(self, ino)
+    }
+    fn attr(&self, ino: Ino) -> Result<Attr> {
+        MetaStore::attr(self, ino)
+    }
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        MetaStore::lookup(self, parent, name)
+    }
+    fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        MetaStore::readdir(self, ino, offset, max)
+    }
+    fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
+        MetaStore::chunk(self, ino, idx)
+    }
+    fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>> {
+        MetaStore::chunks_from(self, ino, from)
+    }
+    fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        MetaStore::getxattr(self, ino, name)
+    }
+    fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        MetaStore::listxattr(self, ino)
+    }
+    fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        MetaStore::create_node(self, parent, name, node)
+    }
+    fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        MetaStore::link(self, ino, parent, name)
+    }
+    fn unlink(&self, parent: Ino, name: &[u8], is_open: &dyn Fn(Ino) -> bool) -> Result<()> {
+        MetaStore::unlink(self, parent, name, is_open)
+    }
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        MetaStore::rmdir(self, parent, name)
+    }
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<()> {
+        MetaStore::rename(self, parent, name, new_parent, new_name, flags, is_open)
+    }
+    fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        MetaStore::setattr(self, ino, set)
+    }
+    fn commit_chunks(
+        &self,
+        ino: Ino,
+        chunks: Vec<(u64, Option<ChunkRef>)>,
+        size: u64,
+        mtime: Option<Timestamp>,
+    ) -> Result<Attr> {
+        MetaStore::commit_chunks(self, ino, chunks, size, mtime)
+    }
+    fn truncate(
+        &self,
+        ino: Ino,
+        size: u64,
+        tail: Option<(u64, Option<ChunkRef>)>,
+        set: &SetAttr,
+    ) -> Result<Attr> {
+        MetaStore::truncate(self, ino, size, tail, set)
+    }
+    fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> Result<()> {
+        MetaStore::setxattr(self, ino, name, value, create, replace)
+    }
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        MetaStore::removexattr(self, ino, name)
+    }
+    fn release_orphan(&self, ino: Ino) -> Result<()> {
+        MetaStore::release_orphan(self, ino)
+    }
+    fn sync(&self) -> Result<()> {
+        MetaStore::sync(self)
+    }
+    fn local(&self) -> Option<&MetaStore> {
+        Some(self)
+    }
+}
