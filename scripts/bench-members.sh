@@ -19,6 +19,8 @@ ensure_built
 work=$(mktemp -d "$scratch/datamesh-benchmembers.XXXXXX")
 export DATAMESH_CLUSTER="$work/cluster" DATAMESH_CLUSTER_PORT="${DATAMESH_CLUSTER_PORT:-4940}"
 cleanup() {
+  "$DATAMESH_BIN" --home "$work/member" umount "$work/mmnt" >/dev/null 2>&1 || true
+  "$DATAMESH_BIN" --home "$DATAMESH_CLUSTER/home" umount "$work/hmnt" >/dev/null 2>&1 || true
   for m in "$work/hmnt" "$work/mmnt"; do
     mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"; }
   done

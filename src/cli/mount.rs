@@ -73,11 +73,6 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         if let Some(src) = mount_source(home) {
             opts.source = src;
         }
-        if home.is_member() && args.attr_ttl.is_none() {
-            // Close-to-open across hosts: an open here must see the size
-            // another host's close committed, not one cached a moment ago.
-            opts.attr_ttl = std::time::Duration::ZERO;
-        }
         let res = daemon(
             home,
             args.cache_mb,

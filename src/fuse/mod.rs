@@ -156,10 +156,23 @@ impl DatameshFs {
         self.io.spawn_blocking(move || work(&engine));
     }
 
+    /// How long the kernel may keep `a`. On a member device a file's
+    /// attributes are asked at every use, so that an open sees the size
+    /// another host's close committed (close-to-open); directories' are kept
+    /// for the attribute time-out (permission checks on every path walk
+    /// would otherwise each cost a call to the home node).
+    fn attr_ttl(&self, a: &Attr) -> Duration {
+        if a.kind == FileKind::File && !self.engine.is_home() {
+            Duration::ZERO
+        } else {
+            self.attr_ttl
+        }
+    }
+
     fn reply_entry(&self, res: crate::Result<Attr>, reply: ReplyEntry) {
         match res {
             Ok(a) => reply.entry_with_ttls(
-                &self.attr_ttl,
+                &self.attr_ttl(&a),
                 &self.entry_ttl,
                 &file_attr(&a),
                 Generation(0),
@@ -280,7 +293,7 @@ impl Filesystem for DatameshFs {
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.engine.getattr(ino(i)) {
-            Ok(a) => reply.attr(&self.attr_ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(err(&e)),
         }
     }
@@ -320,7 +333,7 @@ impl Filesystem for DatameshFs {
             Ok(a)
         });
         match res {
-            Ok(a) => reply.attr(&self.attr_ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(err(&e)),
         }
     }
