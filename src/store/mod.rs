@@ -118,6 +118,18 @@ pub trait ShardStore: Send + Sync {
         false
     }
 
+    /// Where each of `ids` is known to be, as peer ids (empty where not
+    /// known): hints the home node gives a member device with chunk maps.
+    fn holders_of(&self, ids: &[ShardId]) -> Vec<Vec<String>> {
+        vec![Vec::new(); ids.len()]
+    }
+
+    /// Takes hints of where `id` is (peer ids), so a read asks there first
+    /// instead of asking every peer.
+    fn learn(&self, id: &ShardId, peers: &[String]) {
+        let _ = (id, peers);
+    }
+
     /// After this long without a data shard, a reader also asks for a parity
     /// shard (a hedged request). `None`: reads are local and never hedged.
     fn hedge_after(&self) -> Option<std::time::Duration> {

@@ -6,7 +6,7 @@
 
 use super::calls::Caller;
 use super::meta::{
-    MetaCall, MetaReply, NsCall, NsReply, VolumeInfo, decode_answer, encode_request,
+    MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply, VolumeInfo, decode_answer, encode_request,
 };
 use super::proto::{Reply, Request};
 use super::{NewFile, Progress, Volume};
@@ -17,11 +17,14 @@ use crate::meta::{InodeRec, Namespace, NewNode, VolumeParams};
 use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
 use crate::store::ShardStore;
 use crate::types::*;
+use crate::util::lock;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long a namespace operation waits for the home node.
@@ -198,6 +201,9 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         client: r.store.client().clone(),
         home: r.home,
         params: None,
+        store: r.store.clone(),
+        maps: Mutex::new(HashMap::new()),
+        inodes: Mutex::new(HashMap::new()),
     };
     let params = match ns.ns(NsCall::Params)? {
         NsReply::Params(p) => p,
@@ -326,11 +332,16 @@ impl Caller for MemberVolume {
         }
         // Nothing is in the namespace until this one commit: a put that
         // fails or is killed before it leaves only unreferenced shards.
+        let hints = chunks
+            .iter()
+            .map(|(_, c)| self.store.holders_of(c.shard_ids()))
+            .collect();
         self.ask(
             MetaCall::CommitFile {
                 file: file.clone(),
                 size,
                 chunks,
+                hints,
             },
             HOME_WAIT,
         )
@@ -343,13 +354,20 @@ impl Caller for MemberVolume {
         dst: &mut (dyn Write + Send),
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
-        let MetaReply::ChunkMap { size, chunks } = self.ask(MetaCall::ChunkMap(ino), HOME_WAIT)?
+        let MetaReply::ChunkMap {
+            size,
+            chunks,
+            hints,
+        } = self.ask(MetaCall::ChunkMap(ino), HOME_WAIT)?
         else {
             return Err(bad(
                 "the home node answered a chunk map request with something else",
             ));
         };
         let cs = self.info.chunk_size as u64;
+        for ((_, c), h) in chunks.iter().zip(&hints) {
+            learn(&*self.store, c, h);
+        }
         let map: std::collections::BTreeMap<u64, ChunkRef> = chunks.into_iter().collect();
         let store = self.shards();
         let n = size.div_ceil(cs);
@@ -416,6 +434,31 @@ pub struct RemoteNamespace {
     home: PeerId,
     /// Asked once, when the mount starts.
     params: Option<VolumeParams>,
+    /// Where the home's hints of shard holders go.
+    store: Arc<MeshStore>,
+    /// Chunk maps of the files open here, fetched a page at a time: a
+    /// sequential read asks the home once per [`MAP_PAGE`] chunks, not once
+    /// per read. Dropped at each open (close-to-open) and for a file this
+    /// device commits to.
+    maps: Mutex<HashMap<Ino, ChunkPage>>,
+    /// Inode records read by the data path (a read's size, a write's kind),
+    /// with the same lifetime as `maps`; any change made here drops them.
+    inodes: Mutex<HashMap<Ino, InodeRec>>,
+}
+
+/// Chunks `from..to` of a file (`to` = `None`: to its end); an index in the
+/// range and not in `chunks` is a hole.
+struct ChunkPage {
+    from: u64,
+    to: Option<u64>,
+    chunks: HashMap<u64, ChunkRef>,
+}
+
+/// Takes the home's hints of where `chunk`'s shards are.
+fn learn(store: &dyn ShardStore, chunk: &ChunkRef, hints: &[Vec<String>]) {
+    for (id, peers) in chunk.shard_ids().iter().zip(hints) {
+        store.learn(id, peers);
+    }
 }
 
 impl RemoteNamespace {
@@ -437,6 +480,17 @@ impl RemoteNamespace {
         }
     }
 
+    /// Forgets what is cached of `ino` (`None`: of every inode).
+    fn forget(&self, ino: Option<Ino>) {
+        match ino {
+            Some(ino) => {
+                lock(&self.maps).remove(&ino);
+                lock(&self.inodes).remove(&ino);
+            }
+            None => lock(&self.inodes).clear(),
+        }
+    }
+
     fn unit(&self, call: NsCall) -> Result<()> {
         match self.ns(call)? {
             NsReply::Unit => Ok(()),
@@ -454,8 +508,14 @@ impl Namespace for RemoteNamespace {
         self.params.as_ref().expect("asked when the mount starts")
     }
     fn inode(&self, ino: Ino) -> Result<InodeRec> {
+        if let Some(r) = lock(&self.inodes).get(&ino) {
+            return Ok(r.clone());
+        }
         match self.ns(NsCall::Inode(ino))? {
-            NsReply::Inode(r) => Ok(r),
+            NsReply::Inode(r) => {
+                lock(&self.inodes).insert(ino, r.clone());
+                Ok(r)
+            }
             other => Err(bad(format!("the home node answered {other:?}"))),
         }
     }
@@ -474,14 +534,31 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
-        match self.ns(NsCall::Chunk { ino, idx })? {
-            NsReply::Chunk(c) => Ok(c),
-            other => Err(bad(format!("the home node answered {other:?}"))),
+        if let Some(p) = lock(&self.maps).get(&ino)
+            && idx >= p.from
+            && p.to.is_none_or(|to| idx < to)
+        {
+            return Ok(p.chunks.get(&idx).cloned());
         }
+        let chunks = Namespace::chunks_from(self, ino, idx)?;
+        let to = (chunks.len() >= MAP_PAGE).then(|| chunks.last().map_or(idx, |(i, _)| i + 1));
+        let page = ChunkPage {
+            from: idx,
+            to,
+            chunks: chunks.into_iter().collect(),
+        };
+        let found = page.chunks.get(&idx).cloned();
+        lock(&self.maps).insert(ino, page);
+        Ok(found)
     }
     fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>> {
         match self.ns(NsCall::ChunksFrom { ino, from })? {
-            NsReply::Chunks(c) => Ok(c),
+            NsReply::Chunks { chunks, hints } => {
+                for ((_, c), h) in chunks.iter().zip(&hints) {
+                    learn(&*self.store, c, h);
+                }
+                Ok(chunks)
+            }
             other => Err(bad(format!("the home node answered {other:?}"))),
         }
     }
@@ -503,11 +580,13 @@ impl Namespace for RemoteNamespace {
         RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })
     }
     fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        self.forget(Some(ino));
         let name = bytes(name);
         RemoteNamespace::attr(self, NsCall::Link { ino, parent, name })
     }
     // Which inodes are open is the home's to know (this device tells it).
     fn unlink(&self, parent: Ino, name: &[u8], _: &dyn Fn(Ino) -> bool) -> Result<()> {
+        self.forget(None);
         let name = bytes(name);
         self.unit(NsCall::Unlink { parent, name })
     }
@@ -524,6 +603,7 @@ impl Namespace for RemoteNamespace {
         flags: RenameFlags,
         _: &dyn Fn(Ino) -> bool,
     ) -> Result<()> {
+        self.forget(None);
         let (name, new_name) = (bytes(name), bytes(new_name));
         self.unit(NsCall::Rename {
             parent,
@@ -534,6 +614,7 @@ impl Namespace for RemoteNamespace {
         })
     }
     fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        self.forget(Some(ino));
         let set = set.clone();
         RemoteNamespace::attr(self, NsCall::Setattr { ino, set })
     }
@@ -544,6 +625,12 @@ impl Namespace for RemoteNamespace {
         size: u64,
         mtime: Option<Timestamp>,
     ) -> Result<Attr> {
+        self.forget(Some(ino));
+        let hints = chunks
+            .iter()
+            .filter_map(|(_, c)| c.as_ref())
+            .map(|c| self.store.holders_of(c.shard_ids()))
+            .collect();
         RemoteNamespace::attr(
             self,
             NsCall::CommitChunks {
@@ -551,6 +638,7 @@ impl Namespace for RemoteNamespace {
                 chunks,
                 size,
                 mtime,
+                hints,
             },
         )
     }
@@ -561,6 +649,7 @@ impl Namespace for RemoteNamespace {
         tail: Option<(u64, Option<ChunkRef>)>,
         set: &SetAttr,
     ) -> Result<Attr> {
+        self.forget(Some(ino));
         let set = set.clone();
         RemoteNamespace::attr(
             self,
@@ -580,6 +669,7 @@ impl Namespace for RemoteNamespace {
         create: bool,
         replace: bool,
     ) -> Result<()> {
+        self.forget(Some(ino));
         let (name, value) = (bytes(name), bytes(value));
         self.unit(NsCall::Setxattr {
             ino,
@@ -590,6 +680,7 @@ impl Namespace for RemoteNamespace {
         })
     }
     fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.forget(Some(ino));
         let name = bytes(name);
         self.unit(NsCall::Removexattr { ino, name })
     }
@@ -601,9 +692,12 @@ impl Namespace for RemoteNamespace {
         self.unit(NsCall::Sync)
     }
     fn opened(&self, ino: Ino) -> Result<()> {
+        // What another host committed since is read afresh.
+        self.forget(Some(ino));
         self.unit(NsCall::Open(ino))
     }
     fn released(&self, ino: Ino) -> Result<()> {
+        self.forget(Some(ino));
         self.unit(NsCall::Release(ino))
     }
 }

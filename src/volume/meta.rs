@@ -52,6 +52,8 @@ pub enum MetaCall {
         file: NewFile,
         size: u64,
         chunks: Vec<(u64, ChunkRef)>,
+        /// Per chunk, per shard, the peers the member stored it on.
+        hints: Vec<Vec<Vec<String>>>,
     },
     /// A file's size and chunks.
     ChunkMap(Ino),
@@ -124,6 +126,8 @@ pub enum NsCall {
         chunks: Vec<(u64, Option<ChunkRef>)>,
         size: u64,
         mtime: Option<Timestamp>,
+        /// Per chunk, per shard, the peers the member stored it on.
+        hints: Vec<Vec<Vec<String>>>,
     },
     Truncate {
         ino: Ino,
@@ -154,8 +158,16 @@ pub enum NsReply {
     Inode(InodeRec),
     Attr(Attr),
     Entries(Vec<DirEntry>),
-    Chunk(Option<ChunkRef>),
-    Chunks(Vec<(u64, ChunkRef)>),
+    /// A chunk, with where its shards are (peer ids per shard, as far as
+    /// the home knows): the member asks those peers first.
+    Chunk {
+        chunk: Option<ChunkRef>,
+        hints: Vec<Vec<String>>,
+    },
+    Chunks {
+        chunks: Vec<(u64, ChunkRef)>,
+        hints: Vec<Vec<Vec<String>>>,
+    },
     Bytes(ByteBuf),
     Names(Vec<ByteBuf>),
     Unit,
@@ -182,6 +194,8 @@ pub enum MetaReply {
     ChunkMap {
         size: u64,
         chunks: Vec<(u64, ChunkRef)>,
+        /// Per chunk, per shard, the peers known to hold it.
+        hints: Vec<Vec<Vec<String>>>,
     },
     Peers(Vec<String>),
     Ns(NsReply),
@@ -335,21 +349,33 @@ impl HomeServer {
             MetaCall::Volume(req) => serve::answer(&engine, req, &self.runner)
                 .map(MetaReply::Volume)
                 .map_err(wire),
-            MetaCall::CommitFile { file, size, chunks } => engine
-                .commit_file(CommittedFile {
-                    dir: file.dir,
-                    name: &file.name,
-                    perm: file.perm,
-                    uid: file.uid,
-                    gid: file.gid,
-                    size,
-                    chunks,
-                })
-                .map(|()| MetaReply::Volume(Reply::Unit))
-                .map_err(wire),
+            MetaCall::CommitFile {
+                file,
+                size,
+                chunks,
+                hints,
+            } => {
+                take_hints(&engine, chunks.iter().map(|(_, c)| c), &hints);
+                engine
+                    .commit_file(CommittedFile {
+                        dir: file.dir,
+                        name: &file.name,
+                        perm: file.perm,
+                        uid: file.uid,
+                        gid: file.gid,
+                        size,
+                        chunks,
+                    })
+                    .map(|()| MetaReply::Volume(Reply::Unit))
+                    .map_err(wire)
+            }
             MetaCall::ChunkMap(ino) => engine
                 .chunk_map(ino)
-                .map(|(size, chunks)| MetaReply::ChunkMap { size, chunks })
+                .map(|(size, chunks)| MetaReply::ChunkMap {
+                    size,
+                    hints: hints(&engine, chunks.iter().map(|(_, c)| c)),
+                    chunks,
+                })
                 .map_err(wire),
             MetaCall::Peers => Ok(MetaReply::Peers(storage_peers(&engine))),
             MetaCall::Ns(call) => ns_answer(&engine, call).map(MetaReply::Ns).map_err(wire),
@@ -459,8 +485,20 @@ fn ns_answer(engine: &Engine, call: NsCall) -> Result<NsReply> {
         NsCall::Readdir { ino, offset, max } => {
             NsReply::Entries(ns.readdir(ino, offset, (max as usize).min(4096))?)
         }
-        NsCall::Chunk { ino, idx } => NsReply::Chunk(ns.chunk(ino, idx)?),
-        NsCall::ChunksFrom { ino, from } => NsReply::Chunks(ns.chunks_from(ino, from)?),
+        NsCall::Chunk { ino, idx } => {
+            let chunk = ns.chunk(ino, idx)?;
+            let hints = chunk
+                .as_ref()
+                .map(|c| engine.store().holders_of(c.shard_ids()))
+                .unwrap_or_default();
+            NsReply::Chunk { chunk, hints }
+        }
+        NsCall::ChunksFrom { ino, from } => {
+            let mut chunks = ns.chunks_from(ino, from)?;
+            chunks.truncate(MAP_PAGE);
+            let hints = hints(engine, chunks.iter().map(|(_, c)| c));
+            NsReply::Chunks { chunks, hints }
+        }
         NsCall::Getxattr { ino, name } => NsReply::Bytes(ByteBuf::from(ns.getxattr(ino, &name)?)),
         NsCall::Listxattr(ino) => {
             NsReply::Names(ns.listxattr(ino)?.into_iter().map(ByteBuf::from).collect())
@@ -482,8 +520,10 @@ fn ns_answer(engine: &Engine, call: NsCall) -> Result<NsReply> {
             chunks,
             size,
             mtime,
+            hints,
         } => {
             let refs: Vec<ChunkRef> = chunks.iter().filter_map(|(_, c)| c.clone()).collect();
+            take_hints(engine, refs.iter(), &hints);
             attr(engine.commit_stored(&refs, || ns.commit_chunks(ino, chunks, size, mtime))?)
         }
         NsCall::Truncate {
@@ -510,6 +550,30 @@ fn ns_answer(engine: &Engine, call: NsCall) -> Result<NsReply> {
         }
         NsCall::Release(ino) => unit(engine.release(ino)?),
     })
+}
+
+/// The most chunks one `ChunksFrom` answers with (a member asks on from the
+/// last one when it needs more).
+pub const MAP_PAGE: usize = 1024;
+
+/// What a member says of where it stored the shards of `chunks`.
+fn take_hints<'a>(
+    engine: &Engine,
+    chunks: impl Iterator<Item = &'a ChunkRef>,
+    hints: &[Vec<Vec<String>>],
+) {
+    for (c, h) in chunks.zip(hints) {
+        for (id, peers) in c.shard_ids().iter().zip(h) {
+            engine.store().learn(id, peers);
+        }
+    }
+}
+
+/// Where the shards of `chunks` are, as far as the home knows.
+fn hints<'a>(engine: &Engine, chunks: impl Iterator<Item = &'a ChunkRef>) -> Vec<Vec<Vec<String>>> {
+    chunks
+        .map(|c| engine.store().holders_of(c.shard_ids()))
+        .collect()
 }
 
 /// The admitted storage peers, as addresses ending in `/p2p/ID`.

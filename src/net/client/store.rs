@@ -353,6 +353,36 @@ impl ShardStore for MeshStore {
         true
     }
 
+    fn holders_of(&self, ids: &[ShardId]) -> Vec<Vec<String>> {
+        let loc = lock(&self.loc);
+        let t = lock(&self.client.shared.peers);
+        ids.iter()
+            .map(|id| {
+                let mask = loc.get(id).copied().unwrap_or(0);
+                t.list
+                    .iter()
+                    .enumerate()
+                    .filter(|(tag, _)| mask & bit(*tag) != 0)
+                    .map(|(_, p)| p.id.to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn learn(&self, id: &ShardId, peers: &[String]) {
+        let tags: Vec<usize> = {
+            let t = lock(&self.client.shared.peers);
+            peers
+                .iter()
+                .filter_map(|p| p.parse::<PeerId>().ok())
+                .filter_map(|p| t.by_id.get(&p).copied())
+                .collect()
+        };
+        for tag in tags {
+            self.record(*id, tag);
+        }
+    }
+
     fn holders_up(&self) -> u64 {
         self.client.live_mask()
     }
