@@ -33,6 +33,8 @@ pub enum Error {
     TooBig,
     #[error("Read-only file system")]
     ReadOnly,
+    #[error("Resource temporarily unavailable (another owner holds a conflicting lock)")]
+    WouldBlock,
     #[error("volume metadata: {0}")]
     Db(String),
     #[error("volume metadata is corrupt: {0}")]
@@ -64,6 +66,7 @@ pub enum Kind {
     NotPermitted,
     TooBig,
     ReadOnly,
+    WouldBlock,
     /// Anything else (metadata, shards, I/O): the text says what.
     Other,
 }
@@ -92,6 +95,7 @@ impl Error {
             Error::NotPermitted => Kind::NotPermitted,
             Error::TooBig => Kind::TooBig,
             Error::ReadOnly => Kind::ReadOnly,
+            Error::WouldBlock => Kind::WouldBlock,
             Error::Remote(k, _) => *k,
             _ => Kind::Other,
         }
@@ -111,6 +115,7 @@ impl Error {
             Kind::NoXattr => Error::NoXattr,
             Kind::TooBig => Error::TooBig,
             Kind::ReadOnly => Error::ReadOnly,
+            Kind::WouldBlock => Error::WouldBlock,
             // These keep their text: it says what was refused, or why.
             Kind::Invalid | Kind::NotPermitted | Kind::Other => Error::Remote(kind, text),
         }

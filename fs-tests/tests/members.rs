@@ -313,6 +313,57 @@ fn member_devices_mount_the_volume_and_see_each_others_changes() {
     std::io::Read::read_to_string(&mut &held, &mut text).unwrap();
     assert_eq!(text, "kept\n");
     drop(held);
+    // flock from two hosts: the home node keeps one lock table for both.
+    sh(&ma.at, "touch lockfile");
+    let mut holder = std::process::Command::new("flock")
+        .args(["-x", "lockfile", "-c", "sleep 2"])
+        .current_dir(&ma.at)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = std::process::Command::new("flock")
+        .args(["-n", "-x", "lockfile", "-c", "true"])
+        .current_dir(&mb.at)
+        .status()
+        .unwrap();
+    assert!(!busy.success(), "B took a lock A holds");
+    let t = Instant::now();
+    sh(&mb.at, "flock -x -w 20 lockfile -c true");
+    assert!(
+        t.elapsed() > Duration::from_millis(500),
+        "B's waiting lock was granted while A held it"
+    );
+    assert!(holder.wait().unwrap().success());
+    // sqlite from both hosts at once, each one process running many
+    // transactions: its locks go through the home, and a host that takes a
+    // lock reads what the other wrote before letting go.
+    sh(
+        &ma.at,
+        "sqlite3 db.sqlite 'PRAGMA journal_mode=DELETE; CREATE TABLE t(host TEXT, n INTEGER);'",
+    );
+    let writer = |dir: &std::path::Path, host: &str| {
+        let script: String = (0..150)
+            .map(|i| format!("INSERT INTO t VALUES('{host}', {i});\n"))
+            .collect();
+        let script_path = dir.parent().unwrap().join(format!("{host}.sql"));
+        std::fs::write(&script_path, script).unwrap();
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sqlite3 -cmd '.timeout 60000' db.sqlite < {}",
+                script_path.display()
+            ))
+            .current_dir(dir)
+            .spawn()
+            .unwrap()
+    };
+    let (mut wa, mut wb) = (writer(&ma.at, "a"), writer(&mb.at, "b"));
+    assert!(wa.wait().unwrap().success() && wb.wait().unwrap().success());
+    let check = sh(
+        &mb.at,
+        "sqlite3 db.sqlite 'PRAGMA integrity_check; SELECT count(*), count(DISTINCT host) FROM t;'",
+    );
+    assert_eq!(check.trim(), "ok\n300|2", "{check}");
     assert!(ma.unmount() && mb.unmount(), "unmounts flush and exit 0");
     let fsck = home.ok(&["fsck"]);
     assert!(fsck.contains("fsck: clean"), "{fsck}");

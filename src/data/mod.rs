@@ -34,6 +34,7 @@ pub use write::store_sealed;
 
 use crate::chunk::{self, ChunkRef, Codec, ShardId, VolumeKey};
 use crate::error::{Error, Result};
+use crate::meta::locks::RangeLock;
 use crate::meta::{MetaStore, Namespace, NewNode};
 use crate::store::{ShardStore, StoreError};
 use crate::types::*;

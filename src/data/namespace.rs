@@ -283,6 +283,30 @@ impl Engine {
         res.and(told)
     }
 
+    /// The lock in the way of `want` for `owner` (this host's kernel lock
+    /// owner), if any; locks are kept by the home node for every host.
+    pub fn getlk(&self, owner: u64, ino: Ino, want: RangeLock) -> Result<Option<RangeLock>> {
+        self.s.meta.getlk("", ino, owner, want)
+    }
+
+    /// Takes or drops a lock (`Error::WouldBlock` when another owner, on any
+    /// host, holds a conflicting one).
+    pub fn setlk(&self, owner: u64, ino: Ino, want: RangeLock) -> Result<()> {
+        self.s.meta.setlk("", ino, owner, want)
+    }
+
+    /// Forgets what is cached of `ino`'s metadata here (its chunk map and
+    /// record, on a member device); decoded chunks are named by their
+    /// contents and stay.
+    pub fn forget_cached(&self, ino: Ino) {
+        self.s.meta.forget_cached(ino);
+    }
+
+    /// Drops `owner`'s locks on `ino`: its file was closed.
+    pub fn unlock(&self, owner: u64, ino: Ino) -> Result<()> {
+        self.s.meta.unlock("", ino, owner)
+    }
+
     pub fn statfs(&self) -> Result<FsStats> {
         let (total, avail) = self.s.store.capacity()?;
         // Each stored byte costs (k+m)/k bytes of disk: report what files can still use.

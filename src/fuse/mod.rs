@@ -16,14 +16,15 @@ pub use mount::{MountOptions, check_mountable, mount};
 use crate::Error;
 use crate::data::Engine;
 use crate::meta::NewNode;
+use crate::meta::locks::RangeLock;
 use crate::types::{
     Attr, FileKind, FsStats, Ino, RenameFlags as DmRenameFlags, SetAttr, SetTime, Timestamp,
 };
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
@@ -38,6 +39,8 @@ const IO_THREADS: usize = 16;
 
 /// Directory entries fetched from the engine per batch while filling a readdir reply.
 const READDIR_BATCH: usize = 128;
+/// How often a waiting lock (F_SETLKW, flock without LOCK_NB) asks again.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// The errno for an engine error. Unexpected errors (metadata, shards, I/O) are
 /// logged here and reported as `EIO`.
@@ -56,6 +59,7 @@ pub fn errno(e: &Error) -> i32 {
         Kind::NotPermitted => libc::EPERM,
         Kind::TooBig => libc::EFBIG,
         Kind::ReadOnly => libc::EROFS,
+        Kind::WouldBlock => libc::EAGAIN,
         Kind::Other => {
             tracing::error!("I/O error: {e}");
             libc::EIO
@@ -65,6 +69,16 @@ pub fn errno(e: &Error) -> i32 {
 
 fn err(e: &Error) -> Errno {
     Errno::from_i32(errno(e))
+}
+
+/// The errno for an operation on an inode the kernel found by a cached name:
+/// an inode that is gone was removed through another host (or the CLI), and
+/// ESTALE makes the kernel look the name up again instead of failing.
+fn err_inode(e: &Error) -> Errno {
+    match e.kind() {
+        crate::error::Kind::NotFound => Errno::from_i32(libc::ESTALE),
+        _ => err(e),
+    }
 }
 
 fn file_type(kind: FileKind) -> FileType {
@@ -122,10 +136,17 @@ pub struct DatameshFs {
     attr_ttl: Duration,
     entry_ttl: Duration,
     io: tokio::runtime::Runtime,
+    /// Tells the kernel to drop what it cached of a file (set once the
+    /// session runs).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl DatameshFs {
-    pub fn new(engine: Arc<Engine>, opts: &MountOptions) -> io::Result<DatameshFs> {
+    pub fn new(
+        engine: Arc<Engine>,
+        opts: &MountOptions,
+        notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    ) -> io::Result<DatameshFs> {
         let io = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(IO_THREADS)
@@ -136,10 +157,10 @@ impl DatameshFs {
             attr_ttl: opts.attr_ttl,
             entry_ttl: opts.entry_ttl,
             io,
+            notifier,
         })
     }
 
-    /// Runs `work` on an I/O thread; it answers the request itself.
     /// Cached pages outlive a file's opens on the home node, whose namespace
     /// sees every change; on a member device each open starts afresh
     /// (close-to-open: what another host closed is what this open reads).
@@ -151,6 +172,7 @@ impl DatameshFs {
         }
     }
 
+    /// Runs `work` on an I/O thread; it answers the request itself.
     fn spawn(&self, work: impl FnOnce(&Engine) + Send + 'static) {
         let engine = self.engine.clone();
         self.io.spawn_blocking(move || work(&engine));
@@ -284,6 +306,12 @@ impl Filesystem for DatameshFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA) {
             tracing::debug!("kernel lacks {missing:?}");
         }
+        // Locks go to the home node's table, shared by every host's mount.
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+        {
+            tracing::debug!("kernel lacks {missing:?}: locks are this host's alone");
+        }
         Ok(())
     }
 
@@ -294,7 +322,7 @@ impl Filesystem for DatameshFs {
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.engine.getattr(ino(i)) {
             Ok(a) => reply.attr(&self.attr_ttl(&a), &file_attr(&a)),
-            Err(e) => reply.error(err(&e)),
+            Err(e) => reply.error(err_inode(&e)),
         }
     }
 
@@ -468,7 +496,7 @@ impl Filesystem for DatameshFs {
         let i = ino(i);
         let attr = match self.engine.open(i) {
             Ok(a) => a,
-            Err(e) => return reply.error(err(&e)),
+            Err(e) => return reply.error(err_inode(&e)),
         };
         if flags.0 & libc::O_TRUNC != 0 && attr.kind == FileKind::File && attr.size != 0 {
             let set = SetAttr {
@@ -523,10 +551,16 @@ impl Filesystem for DatameshFs {
         _req: &Request,
         i: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |engine| Self::reply_empty(engine.flush(ino(i)), reply));
+        // A close drops the closing owner's POSIX locks on the file.
+        self.spawn(move |engine| {
+            let res = engine
+                .flush(ino(i))
+                .and(engine.unlock(lock_owner.0, ino(i)));
+            Self::reply_empty(res, reply)
+        });
     }
 
     fn release(
@@ -535,11 +569,94 @@ impl Filesystem for DatameshFs {
         i: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |engine| Self::reply_empty(engine.release(ino(i)), reply));
+        // The last close of an open file description drops its flock.
+        self.spawn(move |engine| {
+            let unlocked = lock_owner.map_or(Ok(()), |o| engine.unlock(o.0, ino(i)));
+            Self::reply_empty(engine.release(ino(i)).and(unlocked), reply)
+        });
+    }
+
+    /// Locks are the home node's to keep, for every host's mount: a lock
+    /// taken here holds against every other host's (flock is a lock of the
+    /// whole file).
+    fn getlk(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let want = RangeLock {
+            start,
+            end,
+            typ,
+            pid,
+        };
+        self.spawn(
+            move |engine| match engine.getlk(lock_owner.0, ino(i), want) {
+                Ok(Some(l)) => reply.locked(l.start, l.end, l.typ, l.pid),
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(err(&e)),
+            },
+        );
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let want = RangeLock {
+            start,
+            end,
+            typ,
+            pid,
+        };
+        let notifier = self.notifier.clone();
+        self.spawn(move |engine| {
+            let taking = want.typ != libc::F_UNLCK;
+            // What this owner wrote under the lock is committed before
+            // another host can take it.
+            if !taking && let Err(e) = engine.flush(ino(i)) {
+                return reply.error(err(&e));
+            }
+            // A waiting lock asks again until it is free (the lock's holder
+            // may be on another host: there is no local wake-up to wait on).
+            let res = loop {
+                match engine.setlk(lock_owner.0, ino(i), want.clone()) {
+                    Err(Error::WouldBlock) if sleep => {
+                        std::thread::sleep(LOCK_RETRY);
+                    }
+                    other => break other,
+                }
+            };
+            // Under a new lock the file is read afresh: what another host
+            // wrote before it let go is what this host sees.
+            if taking && res.is_ok() {
+                engine.forget_cached(ino(i));
+                if let Some(n) = notifier.get() {
+                    let _ = n.inval_inode(i, 0, 0);
+                }
+            }
+            Self::reply_empty(res, reply)
+        });
     }
 
     fn fsync(

@@ -123,13 +123,15 @@ pub fn mount(
     }
     cfg.n_threads = Some(4);
 
-    let fs = DatameshFs::new(engine.clone(), opts)?;
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let fs = DatameshFs::new(engine.clone(), opts, notifier.clone())?;
     let mut session = Session::new(fs, mountpoint, &cfg).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("mounting at {}: {e}", mountpoint.display()),
         )
     })?;
+    let _ = notifier.set(session.notifier());
     let unmounter = session.unmount_callable();
     signals.watch(runner, "unmounting", move || {
         let mut unmounter = unmounter;

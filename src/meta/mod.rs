@@ -8,6 +8,7 @@
 //! the next open of the volume.
 
 mod cache;
+pub mod locks;
 mod namespace;
 mod ops;
 mod read;
@@ -46,6 +47,8 @@ pub struct MetaStore {
     writer: Mutex<()>,
     params: VolumeParams,
     cache: MetaCache,
+    /// Every host's file locks (in memory: they end with the daemon).
+    locks: locks::LockTable,
 }
 
 /// Inode records and directory entries kept in memory (each).
@@ -135,6 +138,7 @@ impl MetaStore {
             writer: Mutex::new(()),
             params,
             cache: MetaCache::new(CACHE_ENTRIES),
+            locks: Default::default(),
         };
         store.free_orphans()?;
         Ok(store)

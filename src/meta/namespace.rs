@@ -3,6 +3,7 @@
 //! asks the home node instead (`volume::member::RemoteNamespace`). Each
 //! change stays one batch wherever the store is.
 
+use super::locks::{LockOwner, RangeLock};
 use super::{InodeRec, MetaStore, NewNode, VolumeParams};
 use crate::chunk::ChunkRef;
 use crate::error::Result;
@@ -70,6 +71,23 @@ pub trait Namespace: Send + Sync {
     fn released(&self, _ino: Ino) -> Result<()> {
         Ok(())
     }
+    /// Forgets what is cached of `ino` here (a lock was just taken on it:
+    /// another host may have changed it under the lock before).
+    fn forget_cached(&self, _ino: Ino) {}
+    /// The lock of another owner in the way of `want`, for `owner` on this
+    /// host (`host` is what the home knows the caller by: empty at home; a
+    /// remote namespace leaves it to the home, which knows the member by its
+    /// peer id).
+    fn getlk(&self, host: &str, ino: Ino, owner: u64, want: RangeLock)
+    -> Result<Option<RangeLock>>;
+    /// Takes or drops a lock; `Error::WouldBlock` when another owner's is in
+    /// the way.
+    fn setlk(&self, host: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<()>;
+    /// Drops every lock of `owner` on `ino` (the file was closed).
+    fn unlock(&self, host: &str, ino: Ino, owner: u64) -> Result<()>;
+    /// Drops every lock a host holds: its mount starts afresh (the locks of
+    /// a mount that died would otherwise stay forever).
+    fn reset_locks(&self, host: &str) -> Result<()>;
     /// The RocksDB store itself, when this namespace is one (the home node):
     /// whole-volume scans (df, fsck, gc, repair) run only there.
     fn local(&self) -> Option<&MetaStore> {
@@ -167,6 +185,38 @@ impl Namespace for MetaStore {
     }
     fn sync(&self) -> Result<()> {
         MetaStore::sync(self)
+    }
+    fn getlk(
+        &self,
+        host: &str,
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+    ) -> Result<Option<RangeLock>> {
+        let owner = LockOwner {
+            host: host.to_string(),
+            owner,
+        };
+        Ok(self.locks.test(ino, &owner, &want))
+    }
+    fn setlk(&self, host: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<()> {
+        let owner = LockOwner {
+            host: host.to_string(),
+            owner,
+        };
+        self.locks.set(ino, &owner, want)
+    }
+    fn unlock(&self, host: &str, ino: Ino, owner: u64) -> Result<()> {
+        let owner = LockOwner {
+            host: host.to_string(),
+            owner,
+        };
+        self.locks.release(ino, &owner);
+        Ok(())
+    }
+    fn reset_locks(&self, host: &str) -> Result<()> {
+        self.locks.release_host(host);
+        Ok(())
     }
     fn local(&self) -> Option<&MetaStore> {
         Some(self)

@@ -13,6 +13,7 @@ use super::{NewFile, Progress, Volume};
 use crate::chunk::{ChunkRef, Codec, DeviceKey, VolumeKey};
 use crate::error::Kind;
 use crate::home::Home;
+use crate::meta::locks::RangeLock;
 use crate::meta::{InodeRec, Namespace, NewNode, VolumeParams};
 use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
 use crate::store::ShardStore;
@@ -210,6 +211,7 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         other => return Err(bad(format!("the home node answered {other:?}"))),
     };
     ns.params = Some(params);
+    ns.reset_locks("")?;
     let n = r.file.info.data_shards as usize + r.file.info.parity_shards as usize;
     r.store.client().wait_for_peers(n, Duration::from_secs(10));
     crate::data::Engine::with_namespace(Box::new(ns), r.store, r.key, cfg)
@@ -695,6 +697,24 @@ impl Namespace for RemoteNamespace {
         // What another host committed since is read afresh.
         self.forget(Some(ino));
         self.unit(NsCall::Open(ino))
+    }
+    fn getlk(&self, _: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<Option<RangeLock>> {
+        match self.ns(NsCall::Getlk { ino, owner, want })? {
+            NsReply::Lock(l) => Ok(l),
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn setlk(&self, _: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<()> {
+        self.unit(NsCall::Setlk { ino, owner, want })
+    }
+    fn unlock(&self, _: &str, ino: Ino, owner: u64) -> Result<()> {
+        self.unit(NsCall::Unlock { ino, owner })
+    }
+    fn forget_cached(&self, ino: Ino) {
+        self.forget(Some(ino));
+    }
+    fn reset_locks(&self, _: &str) -> Result<()> {
+        self.unit(NsCall::ResetLocks)
     }
     fn released(&self, ino: Ino) -> Result<()> {
         self.forget(Some(ino));

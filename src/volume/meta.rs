@@ -13,6 +13,7 @@ use crate::chunk::ChunkRef;
 use crate::data::{CommittedFile, Engine};
 use crate::error::Kind;
 use crate::home::HomePaths;
+use crate::meta::locks::RangeLock;
 use crate::meta::{InodeRec, NewNode, VolumeParams};
 use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
 use crate::net::{MeshClient, PeerId};
@@ -150,6 +151,22 @@ pub enum NsCall {
     /// A handle opened on the member: the home keeps the file while it is.
     Open(Ino),
     Release(Ino),
+    Getlk {
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+    },
+    Setlk {
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+    },
+    Unlock {
+        ino: Ino,
+        owner: u64,
+    },
+    /// The member's mount starts: locks left by an earlier one go.
+    ResetLocks,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -170,6 +187,7 @@ pub enum NsReply {
     },
     Bytes(ByteBuf),
     Names(Vec<ByteBuf>),
+    Lock(Option<RangeLock>),
     Unit,
 }
 
@@ -378,7 +396,9 @@ impl HomeServer {
                 })
                 .map_err(wire),
             MetaCall::Peers => Ok(MetaReply::Peers(storage_peers(&engine))),
-            MetaCall::Ns(call) => ns_answer(&engine, call).map(MetaReply::Ns).map_err(wire),
+            MetaCall::Ns(call) => ns_answer(&engine, &peer.to_string(), call)
+                .map(MetaReply::Ns)
+                .map_err(wire),
         }
     }
 
@@ -473,7 +493,7 @@ impl HomeServer {
 /// through the engine (so that its open handles, the member's among them,
 /// decide what becomes an orphan), the rest by the namespace itself. Chunk
 /// maps the member stored are committed with gc kept out.
-fn ns_answer(engine: &Engine, call: NsCall) -> Result<NsReply> {
+fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
     let ns = engine.meta();
     let attr = NsReply::Attr;
     let unit = |()| NsReply::Unit;
@@ -549,6 +569,10 @@ fn ns_answer(engine: &Engine, call: NsCall) -> Result<NsReply> {
             NsReply::Unit
         }
         NsCall::Release(ino) => unit(engine.release(ino)?),
+        NsCall::Getlk { ino, owner, want } => NsReply::Lock(ns.getlk(host, ino, owner, want)?),
+        NsCall::Setlk { ino, owner, want } => unit(ns.setlk(host, ino, owner, want)?),
+        NsCall::Unlock { ino, owner } => unit(ns.unlock(host, ino, owner)?),
+        NsCall::ResetLocks => unit(ns.reset_locks(host)?),
     })
 }
 
