@@ -178,17 +178,9 @@ impl DatameshFs {
         self.io.spawn_blocking(move || work(&engine));
     }
 
-    /// How long the kernel may keep `a`. On a member device a file's
-    /// attributes are asked at every use, so that an open sees the size
-    /// another host's close committed (close-to-open); directories' are kept
-    /// for the attribute time-out (permission checks on every path walk
-    /// would otherwise each cost a call to the home node).
-    fn attr_ttl(&self, a: &Attr) -> Duration {
-        if a.kind == FileKind::File && !self.engine.is_home() {
-            Duration::ZERO
-        } else {
-            self.attr_ttl
-        }
+    /// How long the kernel may keep `a`.
+    fn attr_ttl(&self, _a: &Attr) -> Duration {
+        self.attr_ttl
     }
 
     fn reply_entry(&self, res: crate::Result<Attr>, reply: ReplyEntry) {
@@ -301,9 +293,13 @@ impl Filesystem for DatameshFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_ACL) {
             tracing::debug!("kernel lacks {missing:?}: POSIX ACLs are plain xattrs");
         }
-        // Cached pages of a file outlive its opens (FOPEN_KEEP_CACHE) and are
-        // dropped when its size or mtime is seen to change.
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA) {
+        // At home, cached pages of a file outlive its opens (FOPEN_KEEP_CACHE)
+        // and are dropped when its size or mtime is seen to change. A member
+        // drops them at each open instead: with this flag the kernel would
+        // ask for the attributes before every read, a call to the home node.
+        if self.engine.is_home()
+            && let Err(missing) = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+        {
             tracing::debug!("kernel lacks {missing:?}");
         }
         // Locks go to the home node's table, shared by every host's mount.
@@ -498,6 +494,13 @@ impl Filesystem for DatameshFs {
             Ok(a) => a,
             Err(e) => return reply.error(err_inode(&e)),
         };
+        if !self.engine.is_home()
+            && let Some(n) = self.notifier.get()
+        {
+            // Close-to-open: the size and times another host's close
+            // committed are asked afresh, not taken from the kernel's cache.
+            let _ = n.inval_inode(INodeNo(i.0), -1, 0);
+        }
         if flags.0 & libc::O_TRUNC != 0 && attr.kind == FileKind::File && attr.size != 0 {
             let set = SetAttr {
                 size: Some(0),
