@@ -144,6 +144,9 @@ pub struct Engine {
     /// Per file, the chunk its last read ended in: a read that carries on from
     /// there into a new chunk is sequential, and gets the next chunks decoded ahead.
     readahead: Mutex<HashMap<Ino, u64>>,
+    /// Files this engine took a lock on since they were opened: a close of
+    /// any other file has no lock to drop (on a member, no call to make).
+    locked: Mutex<std::collections::HashSet<Ino>>,
     /// One repair pass at a time (the mount's worker, or one asked of the
     /// mount): two would both place the same missing shards.
     repairing: Mutex<()>,
@@ -227,6 +230,7 @@ impl Engine {
             dirty_budget: cfg.dirty_bytes.max(2 * chunk_size),
             repair_grace: cfg.repair_grace,
             readahead: Mutex::new(HashMap::new()),
+            locked: Mutex::new(Default::default()),
             repairing: Mutex::new(()),
         })
     }

@@ -278,6 +278,7 @@ impl Engine {
                 }
             }
             lock(&self.readahead).remove(&ino);
+            lock(&self.locked).remove(&ino);
             self.s.meta.release_orphan(ino)?;
         }
         res.and(told)
@@ -292,6 +293,9 @@ impl Engine {
     /// Takes or drops a lock (`Error::WouldBlock` when another owner, on any
     /// host, holds a conflicting one).
     pub fn setlk(&self, owner: u64, ino: Ino, want: RangeLock) -> Result<()> {
+        if want.typ != libc::F_UNLCK {
+            lock(&self.locked).insert(ino);
+        }
         self.s.meta.setlk("", ino, owner, want)
     }
 
@@ -304,6 +308,9 @@ impl Engine {
 
     /// Drops `owner`'s locks on `ino`: its file was closed.
     pub fn unlock(&self, owner: u64, ino: Ino) -> Result<()> {
+        if !lock(&self.locked).contains(&ino) {
+            return Ok(());
+        }
         self.s.meta.unlock("", ino, owner)
     }
 
