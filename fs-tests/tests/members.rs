@@ -18,13 +18,54 @@ fn last_line(text: &str) -> String {
     text.lines().last().unwrap_or_default().trim().to_string()
 }
 
+/// A home node with 6 storage peers, its daemon listening for members.
+struct Home {
+    home: Volume,
+    cluster: Cluster,
+    listen: String,
+}
+
+impl Home {
+    fn start() -> (Home, fs_tests::Daemon) {
+        let home = Volume::new();
+        let cluster = Cluster::start(&home, 6);
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
+        let h = Home {
+            home,
+            cluster,
+            listen,
+        };
+        let daemon = h.serve();
+        (h, daemon)
+    }
+
+    fn serve(&self) -> fs_tests::Daemon {
+        self.home
+            .serve_with(&self.cluster.bootstrap_flags(), &["--listen", &self.listen])
+    }
+
+    /// A token for one member device.
+    fn invite(&self) -> String {
+        last_line(
+            &self
+                .home
+                .ok(&["invite", "--member", "--address", &self.listen]),
+        )
+    }
+
+    /// A new member device, joined.
+    fn member(&self, name: &str) -> Volume {
+        let v = Volume::new();
+        v.ok(&["join", &self.invite(), "--name", name]);
+        v
+    }
+}
+
 #[test]
 fn member_devices_share_the_volume_and_a_revoked_one_is_cut_off() {
-    let home = Volume::new();
-    let c = Cluster::start(&home, 6);
-    let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
-    let daemon = home.serve_with(&c.bootstrap_flags(), &["--listen", &listen]);
-    let invite = || last_line(&home.ok(&["invite", "--member", "--address", &listen]));
+    let (h, daemon) = Home::start();
+    let (home, c) = (&h.home, &h.cluster);
+    let invite = || h.invite();
 
     // Two devices join, each with a token of its own: a token admits one.
     let (a, b) = (Volume::new(), Volume::new());
@@ -53,16 +94,9 @@ fn member_devices_share_the_volume_and_a_revoked_one_is_cut_off() {
     );
     let got = b.dir.path().join("got");
     b.ok(&["get", "-r", "/t", got.to_str().unwrap()]);
-    let diff = std::process::Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(top.join("src"))
-        .arg(&got)
-        .output()
-        .unwrap();
-    assert!(
-        diff.status.success(),
-        "{}",
-        String::from_utf8_lossy(&diff.stdout)
+    sh(
+        top,
+        &format!("diff -r --no-dereference src {}", got.display()),
     );
     assert_eq!(b.ok(&["cat", "/t/deep/small"]), "hi\n");
     assert!(home.ok(&["ls", "-l", "/t"]).contains(" 9000000 "));
@@ -141,21 +175,15 @@ fn member_devices_share_the_volume_and_a_revoked_one_is_cut_off() {
 
 #[test]
 fn a_member_waits_a_bounded_time_for_a_home_that_is_down_and_goes_on_when_it_returns() {
-    let home = Volume::new();
-    let c = Cluster::start(&home, 6);
-    let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
-    let flags = c.bootstrap_flags();
-    let daemon = home.serve_with(&flags, &["--listen", &listen]);
-    let a = Volume::new();
-    let token = last_line(&home.ok(&["invite", "--member", "--address", &listen]));
-    a.ok(&["join", &token]);
+    let (h, daemon) = Home::start();
+    let a = h.member("a");
     a.ok(&["put", "/etc/hostname", "/h"]);
     assert!(daemon.stop());
     let t = Instant::now();
     let err = fails(&a, &["ls", "/"], "home node");
     assert!(t.elapsed() < Duration::from_secs(30), "{err}");
     // The daemon comes back: the member goes on.
-    let _daemon = home.serve_with(&flags, &["--listen", &listen]);
+    let _daemon = h.serve();
     let start = Instant::now();
     loop {
         let out = a.run(&["cat", "/h"]);
@@ -174,16 +202,9 @@ fn a_member_waits_a_bounded_time_for_a_home_that_is_down_and_goes_on_when_it_ret
 
 #[test]
 fn a_member_killed_mid_put_leaves_the_old_file_and_a_home_killed_mid_copy_loses_nothing() {
-    let home = Volume::new();
-    let c = Cluster::start(&home, 6);
-    let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
-    let flags = c.bootstrap_flags();
-    let daemon = home.serve_with(&flags, &["--listen", &listen]);
-    let a = Volume::new();
-    a.ok(&[
-        "join",
-        &last_line(&home.ok(&["invite", "--member", "--address", &listen])),
-    ]);
+    let (h, daemon) = Home::start();
+    let home = &h.home;
+    let a = h.member("a");
     a.ok(&["put", "/etc/hostname", "/f"]);
     let old = a.ok(&["cat", "/f"]);
 
@@ -230,7 +251,7 @@ fn a_member_killed_mid_put_leaves_the_old_file_and_a_home_killed_mid_copy_loses_
         assert!(t.elapsed() < Duration::from_secs(60), "the copy hangs");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _daemon = home.serve_with(&flags, &["--listen", &listen]);
+    let _daemon = h.serve();
     let start = Instant::now();
     while !a.run(&["ls", "/"]).status.success() {
         assert!(
@@ -254,18 +275,9 @@ fn a_member_killed_mid_put_leaves_the_old_file_and_a_home_killed_mid_copy_loses_
 #[test]
 fn member_devices_mount_the_volume_and_see_each_others_changes() {
     fs_tests::require!();
-    let home = Volume::new();
-    let c = Cluster::start(&home, 6);
-    let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
-    let _daemon = home.serve_with(&c.bootstrap_flags(), &["--listen", &listen]);
-    let join = |v: &Volume, name: &str| {
-        let token = last_line(&home.ok(&["invite", "--member", "--address", &listen]));
-        v.ok(&["join", &token, "--name", name]);
-    };
-    let (a, b, cli) = (Volume::new(), Volume::new(), Volume::new());
-    join(&a, "a");
-    join(&b, "b");
-    join(&cli, "c");
+    let (h, _daemon) = Home::start();
+    let home = &h.home;
+    let (a, b, cli) = (h.member("a"), h.member("b"), h.member("c"));
     let ma = a.mount();
     sh(
         &ma.at,
