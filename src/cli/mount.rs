@@ -169,7 +169,7 @@ fn daemon(
     let (engine, client) = if member {
         let cfg = home.engine_config(cache_mb, dirty_mb)?;
         let engine =
-            crate::volume::member::open_engine(home, cfg).context("reaching the home node")?;
+            crate::volume::remote_ns::open_engine(home, cfg).context("reaching the home node")?;
         (engine, None)
     } else {
         home.open_daemon(cache_mb, dirty_mb)?

@@ -5,8 +5,9 @@
 //! foreground until the volume is unmounted.
 //!
 //! This file is long for one reason: fuser's `Filesystem` is one trait, so its
-//! impl is one block (about 500 lines of thin translations, one engine call
-//! each). Mounting (checks, signals, the session) is in `mount`, ACLs in `acl`.
+//! impl is one block (about 650 lines of thin translations, one engine call
+//! each, locks included). Mounting (checks, signals, the session) is in
+//! `mount`, ACLs in `acl`.
 
 mod acl;
 mod mount;

@@ -2,30 +2,23 @@
 //! token, and [`MemberVolume`] is the volume as its commands see it — every
 //! namespace operation asked of the home node over `/datamesh/meta/1`, file
 //! bytes sealed or opened here and moved straight to or from the storage
-//! peers.
+//! peers. A member's mount stands on [`super::remote_ns`].
 
 use super::calls::Caller;
-use super::meta::{
-    MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply, VolumeInfo, decode_answer, encode_request,
-};
+use super::meta::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
 use super::proto::{Reply, Request};
 use super::{NewFile, Progress, Volume};
 use crate::chunk::{ChunkRef, Codec, DeviceKey, VolumeKey};
 use crate::error::Kind;
 use crate::home::Home;
-use crate::meta::locks::RangeLock;
-use crate::meta::{InodeRec, Namespace, NewNode, VolumeParams};
 use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
 use crate::store::ShardStore;
 use crate::types::*;
-use crate::util::lock;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long a namespace operation waits for the home node.
@@ -44,7 +37,7 @@ pub struct MemberFile {
     pub info: VolumeInfo,
 }
 
-fn bad(e: impl std::fmt::Display) -> Error {
+pub(super) fn bad(e: impl std::fmt::Display) -> Error {
     Error::Remote(Kind::Other, e.to_string())
 }
 
@@ -155,14 +148,14 @@ pub struct MemberVolume {
 
 /// A member device's way to its volume: the home node's id, this device's
 /// volume key, and the mesh (the swarm and the storage peers).
-struct Reach {
-    file: MemberFile,
-    home: PeerId,
-    key: VolumeKey,
-    store: Arc<MeshStore>,
+pub(super) struct Reach {
+    pub(super) file: MemberFile,
+    pub(super) home: PeerId,
+    pub(super) key: VolumeKey,
+    pub(super) store: Arc<MeshStore>,
 }
 
-fn reach(home: &Home) -> Result<Reach> {
+pub(super) fn reach(home: &Home) -> Result<Reach> {
     let paths = home.paths();
     let file: MemberFile = serde_json::from_slice(&std::fs::read(paths.member())?)
         .map_err(|e| bad(format!("{}: {e}", paths.member().display())))?;
@@ -192,29 +185,6 @@ fn reach(home: &Home) -> Result<Reach> {
         key,
         store: MeshStore::new(client, None),
     })
-}
-
-/// The engine of a mount on a member device: file bytes sealed and opened
-/// here, the namespace the home node's ([`RemoteNamespace`]).
-pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate::data::Engine> {
-    let r = reach(home)?;
-    let mut ns = RemoteNamespace {
-        client: r.store.client().clone(),
-        home: r.home,
-        params: None,
-        store: r.store.clone(),
-        maps: Mutex::new(HashMap::new()),
-        inodes: Mutex::new(HashMap::new()),
-    };
-    let params = match ns.ns(NsCall::Params)? {
-        NsReply::Params(p) => p,
-        other => return Err(bad(format!("the home node answered {other:?}"))),
-    };
-    ns.params = Some(params);
-    ns.reset_locks("")?;
-    let n = r.file.info.data_shards as usize + r.file.info.parity_shards as usize;
-    r.store.client().wait_for_peers(n, Duration::from_secs(10));
-    crate::data::Engine::with_namespace(Box::new(ns), r.store, r.key, cfg)
 }
 
 impl MemberVolume {
@@ -368,7 +338,7 @@ impl Caller for MemberVolume {
         };
         let cs = self.info.chunk_size as u64;
         for ((_, c), h) in chunks.iter().zip(&hints) {
-            learn(&*self.store, c, h);
+            super::remote_ns::learn(&*self.store, c, h);
         }
         let map: std::collections::BTreeMap<u64, ChunkRef> = chunks.into_iter().collect();
         let store = self.shards();
@@ -427,297 +397,4 @@ fn each_on_a_thread<T: Send, R: Send>(
             })
             .collect()
     })
-}
-
-/// The home node's namespace, asked over the mesh: what a member device's
-/// mounted engine stands on. Each call waits at most [`HOME_WAIT`].
-pub struct RemoteNamespace {
-    client: MeshClient,
-    home: PeerId,
-    /// Asked once, when the mount starts.
-    params: Option<VolumeParams>,
-    /// Where the home's hints of shard holders go.
-    store: Arc<MeshStore>,
-    /// Chunk maps of the files open here, fetched a page at a time: a
-    /// sequential read asks the home once per [`MAP_PAGE`] chunks, not once
-    /// per read. Dropped at each open (close-to-open) and for a file this
-    /// device commits to.
-    maps: Mutex<HashMap<Ino, ChunkPage>>,
-    /// Inode records read by the data path (a read's size, a write's kind),
-    /// with the same lifetime as `maps`; any change made here drops them.
-    inodes: Mutex<HashMap<Ino, InodeRec>>,
-}
-
-/// Chunks `from..to` of a file (`to` = `None`: to its end); an index in the
-/// range and not in `chunks` is a hole.
-struct ChunkPage {
-    from: u64,
-    to: Option<u64>,
-    chunks: HashMap<u64, ChunkRef>,
-}
-
-/// Takes the home's hints of where `chunk`'s shards are.
-fn learn(store: &dyn ShardStore, chunk: &ChunkRef, hints: &[Vec<String>]) {
-    for (id, peers) in chunk.shard_ids().iter().zip(hints) {
-        store.learn(id, peers);
-    }
-}
-
-impl RemoteNamespace {
-    fn ns(&self, call: NsCall) -> Result<NsReply> {
-        let answer = self
-            .client
-            .meta_call(self.home, encode_request(MetaCall::Ns(call)), HOME_WAIT)
-            .map_err(bad)?;
-        match decode_answer(&answer)? {
-            MetaReply::Ns(r) => Ok(r),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-
-    fn attr(&self, call: NsCall) -> Result<Attr> {
-        match self.ns(call)? {
-            NsReply::Attr(a) => Ok(a),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-
-    /// Forgets what is cached of `ino` (`None`: of every inode).
-    fn forget(&self, ino: Option<Ino>) {
-        match ino {
-            Some(ino) => {
-                lock(&self.maps).remove(&ino);
-                lock(&self.inodes).remove(&ino);
-            }
-            None => lock(&self.inodes).clear(),
-        }
-    }
-
-    fn unit(&self, call: NsCall) -> Result<()> {
-        match self.ns(call)? {
-            NsReply::Unit => Ok(()),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-}
-
-fn bytes(b: &[u8]) -> ByteBuf {
-    ByteBuf::from(b.to_vec())
-}
-
-impl Namespace for RemoteNamespace {
-    fn params(&self) -> &VolumeParams {
-        self.params.as_ref().expect("asked when the mount starts")
-    }
-    fn inode(&self, ino: Ino) -> Result<InodeRec> {
-        if let Some(r) = lock(&self.inodes).get(&ino) {
-            return Ok(r.clone());
-        }
-        match self.ns(NsCall::Inode(ino))? {
-            NsReply::Inode(r) => {
-                lock(&self.inodes).insert(ino, r.clone());
-                Ok(r)
-            }
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn attr(&self, ino: Ino) -> Result<Attr> {
-        RemoteNamespace::attr(self, NsCall::Attr(ino))
-    }
-    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        let name = bytes(name);
-        RemoteNamespace::attr(self, NsCall::Lookup { parent, name })
-    }
-    fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
-        let max = u32::try_from(max).unwrap_or(u32::MAX);
-        match self.ns(NsCall::Readdir { ino, offset, max })? {
-            NsReply::Entries(e) => Ok(e),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
-        if let Some(p) = lock(&self.maps).get(&ino)
-            && idx >= p.from
-            && p.to.is_none_or(|to| idx < to)
-        {
-            return Ok(p.chunks.get(&idx).cloned());
-        }
-        let chunks = Namespace::chunks_from(self, ino, idx)?;
-        let to = (chunks.len() >= MAP_PAGE).then(|| chunks.last().map_or(idx, |(i, _)| i + 1));
-        let page = ChunkPage {
-            from: idx,
-            to,
-            chunks: chunks.into_iter().collect(),
-        };
-        let found = page.chunks.get(&idx).cloned();
-        lock(&self.maps).insert(ino, page);
-        Ok(found)
-    }
-    fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>> {
-        match self.ns(NsCall::ChunksFrom { ino, from })? {
-            NsReply::Chunks { chunks, hints } => {
-                for ((_, c), h) in chunks.iter().zip(&hints) {
-                    learn(&*self.store, c, h);
-                }
-                Ok(chunks)
-            }
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        let name = bytes(name);
-        match self.ns(NsCall::Getxattr { ino, name })? {
-            NsReply::Bytes(b) => Ok(b.into_vec()),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        match self.ns(NsCall::Listxattr(ino))? {
-            NsReply::Names(n) => Ok(n.into_iter().map(ByteBuf::into_vec).collect()),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
-        let name = bytes(name);
-        RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })
-    }
-    fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
-        self.forget(Some(ino));
-        let name = bytes(name);
-        RemoteNamespace::attr(self, NsCall::Link { ino, parent, name })
-    }
-    // Which inodes are open is the home's to know (this device tells it).
-    fn unlink(&self, parent: Ino, name: &[u8], _: &dyn Fn(Ino) -> bool) -> Result<()> {
-        self.forget(None);
-        let name = bytes(name);
-        self.unit(NsCall::Unlink { parent, name })
-    }
-    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let name = bytes(name);
-        self.unit(NsCall::Rmdir { parent, name })
-    }
-    fn rename(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        new_parent: Ino,
-        new_name: &[u8],
-        flags: RenameFlags,
-        _: &dyn Fn(Ino) -> bool,
-    ) -> Result<()> {
-        self.forget(None);
-        let (name, new_name) = (bytes(name), bytes(new_name));
-        self.unit(NsCall::Rename {
-            parent,
-            name,
-            new_parent,
-            new_name,
-            flags,
-        })
-    }
-    fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
-        self.forget(Some(ino));
-        let set = set.clone();
-        RemoteNamespace::attr(self, NsCall::Setattr { ino, set })
-    }
-    fn commit_chunks(
-        &self,
-        ino: Ino,
-        chunks: Vec<(u64, Option<ChunkRef>)>,
-        size: u64,
-        mtime: Option<Timestamp>,
-    ) -> Result<Attr> {
-        self.forget(Some(ino));
-        let hints = chunks
-            .iter()
-            .filter_map(|(_, c)| c.as_ref())
-            .map(|c| self.store.holders_of(c.shard_ids()))
-            .collect();
-        RemoteNamespace::attr(
-            self,
-            NsCall::CommitChunks {
-                ino,
-                chunks,
-                size,
-                mtime,
-                hints,
-            },
-        )
-    }
-    fn truncate(
-        &self,
-        ino: Ino,
-        size: u64,
-        tail: Option<(u64, Option<ChunkRef>)>,
-        set: &SetAttr,
-    ) -> Result<Attr> {
-        self.forget(Some(ino));
-        let set = set.clone();
-        RemoteNamespace::attr(
-            self,
-            NsCall::Truncate {
-                ino,
-                size,
-                tail,
-                set,
-            },
-        )
-    }
-    fn setxattr(
-        &self,
-        ino: Ino,
-        name: &[u8],
-        value: &[u8],
-        create: bool,
-        replace: bool,
-    ) -> Result<()> {
-        self.forget(Some(ino));
-        let (name, value) = (bytes(name), bytes(value));
-        self.unit(NsCall::Setxattr {
-            ino,
-            name,
-            value,
-            create,
-            replace,
-        })
-    }
-    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        self.forget(Some(ino));
-        let name = bytes(name);
-        self.unit(NsCall::Removexattr { ino, name })
-    }
-    // The home frees an orphan at the last release anywhere (`released`).
-    fn release_orphan(&self, _: Ino) -> Result<()> {
-        Ok(())
-    }
-    fn sync(&self) -> Result<()> {
-        self.unit(NsCall::Sync)
-    }
-    fn opened(&self, ino: Ino) -> Result<()> {
-        // What another host committed since is read afresh.
-        self.forget(Some(ino));
-        self.unit(NsCall::Open(ino))
-    }
-    fn getlk(&self, _: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<Option<RangeLock>> {
-        match self.ns(NsCall::Getlk { ino, owner, want })? {
-            NsReply::Lock(l) => Ok(l),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
-    }
-    fn setlk(&self, _: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<()> {
-        self.unit(NsCall::Setlk { ino, owner, want })
-    }
-    fn unlock(&self, _: &str, ino: Ino, owner: u64) -> Result<()> {
-        self.unit(NsCall::Unlock { ino, owner })
-    }
-    fn forget_cached(&self, ino: Ino) {
-        self.forget(Some(ino));
-    }
-    fn reset_locks(&self, _: &str) -> Result<()> {
-        self.unit(NsCall::ResetLocks)
-    }
-    fn released(&self, ino: Ino) -> Result<()> {
-        self.forget(Some(ino));
-        self.unit(NsCall::Release(ino))
-    }
 }

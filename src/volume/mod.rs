@@ -14,6 +14,7 @@ pub mod member;
 pub mod meta;
 pub mod proto;
 pub mod remote;
+pub mod remote_ns;
 pub mod serve;
 
 use crate::chunk::ChunkRef;
