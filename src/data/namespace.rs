@@ -246,8 +246,10 @@ impl Engine {
     }
 
     pub fn open(&self, ino: Ino) -> Result<Attr> {
-        let attr = self.getattr(ino)?;
-        self.s.meta.opened(ino)?;
+        let attr = match self.s.meta.opened(ino)? {
+            Some(a) => self.with_dirty(a),
+            None => self.getattr(ino)?,
+        };
         *lock(&self.opens).entry(ino).or_default() += 1;
         Ok(attr)
     }

@@ -64,9 +64,10 @@ pub trait Namespace: Send + Sync {
     fn sync(&self) -> Result<()>;
     /// A handle on `ino` opened here, or the last one here closed: a remote
     /// namespace tells the home node, which keeps an unlinked file until the
-    /// last handle anywhere is closed.
-    fn opened(&self, _ino: Ino) -> Result<()> {
-        Ok(())
+    /// last handle anywhere is closed. A remote namespace answers an open
+    /// with the file's attributes (one call, not two); `None`: ask `attr`.
+    fn opened(&self, _ino: Ino) -> Result<Option<Attr>> {
+        Ok(None)
     }
     fn released(&self, _ino: Ino) -> Result<()> {
         Ok(())

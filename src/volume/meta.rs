@@ -148,7 +148,8 @@ pub enum NsCall {
         name: ByteBuf,
     },
     Sync,
-    /// A handle opened on the member: the home keeps the file while it is.
+    /// A handle opened on the member: the home keeps the file while it is
+    /// (answered with the file's attributes).
     Open(Ino),
     Release(Ino),
     Getlk {
@@ -564,10 +565,7 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
         } => unit(ns.setxattr(ino, &name, &value, create, replace)?),
         NsCall::Removexattr { ino, name } => unit(ns.removexattr(ino, &name)?),
         NsCall::Sync => unit(ns.sync()?),
-        NsCall::Open(ino) => {
-            engine.open(ino)?;
-            NsReply::Unit
-        }
+        NsCall::Open(ino) => attr(engine.open(ino)?),
         NsCall::Release(ino) => unit(engine.release(ino)?),
         NsCall::Getlk { ino, owner, want } => NsReply::Lock(ns.getlk(host, ino, owner, want)?),
         NsCall::Setlk { ino, owner, want } => unit(ns.setlk(host, ino, owner, want)?),

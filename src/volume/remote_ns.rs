@@ -305,10 +305,10 @@ impl Namespace for RemoteNamespace {
     fn sync(&self) -> Result<()> {
         self.unit(NsCall::Sync)
     }
-    fn opened(&self, ino: Ino) -> Result<()> {
+    fn opened(&self, ino: Ino) -> Result<Option<Attr>> {
         // What another host committed since is read afresh.
         self.forget(Some(ino));
-        self.unit(NsCall::Open(ino))
+        RemoteNamespace::attr(self, NsCall::Open(ino)).map(Some)
     }
     fn getlk(&self, _: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<Option<RangeLock>> {
         match self.ns(NsCall::Getlk { ino, owner, want })? {
