@@ -1,5 +1,5 @@
-//! Small helpers every layer uses: poison-tolerant locking, and secrets
-//! written to disk whole or not at all.
+//! Small helpers every layer uses: poison-tolerant locking, secrets
+//! written to disk whole or not at all, and reads that fill a buffer.
 
 use std::fs;
 use std::io::Write;
@@ -37,6 +37,21 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), (std::path::PathBuf
         .and_then(|_| f.sync_all())
         .map_err(|e| (tmp.clone(), e))?;
     fs::rename(&tmp, path).map_err(|e| (path.to_path_buf(), e))
+}
+
+/// Reads until `buf` is full or the source ends; how many bytes were read
+/// (fewer than `buf` only at the end of the source).
+pub fn read_up_to(src: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match src.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]

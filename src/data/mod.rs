@@ -29,7 +29,7 @@ mod write;
 pub use check::{CheckReport, Usage};
 pub use fetch::decode_chunk;
 pub use repair::Redundancy;
-pub use stream::CommittedFile;
+pub use stream::{CommittedFile, put_target};
 pub use write::store_sealed;
 
 use crate::chunk::{self, ChunkRef, Codec, ShardId, VolumeKey};

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::types::{FileKind, Ino, SetAttr, Timestamp};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -171,14 +171,7 @@ impl Engine {
         {
             return Err(Error::Invalid("a chunk past the end of the file"));
         }
-        match self.lookup(f.dir, f.name) {
-            Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
-            Ok(a) if a.kind != FileKind::File => {
-                return Err(Error::Invalid("exists and is not a regular file"));
-            }
-            Ok(_) | Err(Error::NotFound) => {}
-            Err(e) => return Err(e),
-        }
+        put_target(self.lookup(f.dir, f.name))?;
         let refs: Vec<ChunkRef> = f.chunks.iter().map(|(_, c)| c.clone()).collect();
         self.commit_stored(&refs, || self.put_committed(f))
     }
@@ -213,29 +206,46 @@ impl Engine {
     }
 
     fn put_committed(&self, f: CommittedFile) -> Result<()> {
+        let chunks = f.chunks.into_iter().map(|(i, c)| (i, Some(c))).collect();
+        self.put_via_temp(f.dir, f.name, f.perm, f.uid, f.gid, |ino| {
+            self.s
+                .meta
+                .commit_chunks(ino, chunks, f.size, Some(Timestamp::now()))
+                .map(drop)
+        })
+    }
+
+    /// Makes a file at `name` in `dir` through a hidden temporary name beside
+    /// it: `fill` gives the new inode its contents, then it is renamed over
+    /// `name`; on any failure the temporary name is removed. The namespace
+    /// holds the old file or the new one, never part of one.
+    pub fn put_via_temp(
+        &self,
+        dir: Ino,
+        name: &[u8],
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        fill: impl FnOnce(Ino) -> Result<()>,
+    ) -> Result<()> {
         let mut tmp = format!(
             ".{}.put-{:08x}",
-            String::from_utf8_lossy(f.name),
+            String::from_utf8_lossy(name),
             rand::random::<u32>()
         );
         tmp.truncate(crate::types::NAME_MAX);
-        let attr = self.create(f.dir, tmp.as_bytes(), f.perm, f.uid, f.gid)?;
-        let chunks = f.chunks.into_iter().map(|(i, c)| (i, Some(c))).collect();
-        let res = self
-            .s
-            .meta
-            .commit_chunks(attr.ino, chunks, f.size, Some(Timestamp::now()))
-            .and_then(|_| {
-                self.rename(
-                    f.dir,
-                    tmp.as_bytes(),
-                    f.dir,
-                    f.name,
-                    crate::types::RenameFlags::default(),
-                )
-            });
+        let attr = self.create(dir, tmp.as_bytes(), perm, uid, gid)?;
+        let res = fill(attr.ino).and_then(|()| {
+            self.rename(
+                dir,
+                tmp.as_bytes(),
+                dir,
+                name,
+                crate::types::RenameFlags::default(),
+            )
+        });
         if res.is_err() {
-            let _ = self.unlink(f.dir, tmp.as_bytes());
+            let _ = self.unlink(dir, tmp.as_bytes());
         }
         res
     }
@@ -256,19 +266,24 @@ impl Engine {
     }
 }
 
+/// Whether a file may be put at a name whose lookup gave `found`: nothing
+/// there, or a regular file to replace.
+pub fn put_target(found: Result<crate::types::Attr>) -> Result<()> {
+    match found {
+        Ok(a) if a.kind == FileKind::Dir => Err(Error::IsDir),
+        Ok(a) if a.kind != FileKind::File => {
+            Err(Error::Invalid("exists and is not a regular file"))
+        }
+        Ok(_) | Err(Error::NotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Read up to `n` bytes, fewer only at the end of the input.
 fn read_full(src: &mut dyn Read, n: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(n + crate::chunk::SEAL_HEADROOM);
     buf.resize(n, 0);
-    let mut got = 0;
-    while got < n {
-        match src.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let got = crate::util::read_up_to(src, &mut buf)?;
     buf.truncate(got);
     Ok(buf)
 }

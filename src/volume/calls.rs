@@ -37,7 +37,8 @@ fn unexpected(what: &str, got: Reply) -> Error {
     )))
 }
 
-fn buf(b: &[u8]) -> ByteBuf {
+/// Bytes for a request.
+pub(super) fn buf(b: &[u8]) -> ByteBuf {
     ByteBuf::from(b.to_vec())
 }
 

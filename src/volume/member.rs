@@ -274,7 +274,7 @@ impl Caller for MemberVolume {
             let mut batch = Vec::new();
             while batch.len() < window {
                 let mut plain = vec![0u8; cs];
-                let n = super::remote::read_some(src, &mut plain)?;
+                let n = crate::util::read_up_to(src, &mut plain)?;
                 plain.truncate(n);
                 if n > 0 {
                     size += n as u64;
@@ -290,14 +290,7 @@ impl Caller for MemberVolume {
                 // A large file: its target is checked before gigabytes are
                 // stored for nothing (the home checks again at commit; a
                 // small file is only checked there, one call fewer).
-                match Volume::lookup(self, file.dir, &file.name) {
-                    Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
-                    Ok(a) if a.kind != FileKind::File => {
-                        return Err(Error::Invalid("exists and is not a regular file"));
-                    }
-                    Ok(_) | Err(Error::NotFound) => {}
-                    Err(e) => return Err(e),
-                }
+                crate::data::put_target(Volume::lookup(self, file.dir, &file.name))?;
             }
             chunks.extend(self.store_chunks(batch)?);
             progress(size);

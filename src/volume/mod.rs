@@ -17,12 +17,12 @@ pub mod remote;
 pub mod remote_ns;
 pub mod serve;
 
+use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::data::{CheckReport, Engine, Redundancy, Usage};
 use crate::store::{PeerNote, PeerStatus, Scrubbed};
 use crate::types::*;
 use crate::workers::WorkerInfo;
-use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
@@ -159,28 +159,10 @@ pub fn put_file(
         uid,
         gid,
     } = *file;
-    match engine.lookup(dir, name) {
-        Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
-        Ok(a) if a.kind != FileKind::File => {
-            return Err(Error::Invalid("exists and is not a regular file"));
-        }
-        Ok(_) | Err(Error::NotFound) => {}
-        Err(e) => return Err(e),
-    }
-    let mut tmp = format!(
-        ".{}.put-{:08x}",
-        String::from_utf8_lossy(name),
-        rand::random::<u32>()
-    );
-    tmp.truncate(NAME_MAX);
-    let attr = engine.create(dir, tmp.as_bytes(), perm, uid, gid)?;
-    let res = engine
-        .write_stream(attr.ino, src, workers(), progress)
-        .and_then(|_| engine.rename(dir, tmp.as_bytes(), dir, name, RenameFlags::default()));
-    if res.is_err() {
-        let _ = engine.unlink(dir, tmp.as_bytes());
-    }
-    res
+    crate::data::put_target(engine.lookup(dir, name))?;
+    engine.put_via_temp(dir, name, perm, uid, gid, |ino| {
+        engine.write_stream(ino, src, workers(), progress).map(drop)
+    })
 }
 
 impl Volume for Engine {

@@ -144,7 +144,7 @@ impl Caller for Remote {
             if answered_early(r.get_ref()) || !r.buffer().is_empty() {
                 break;
             }
-            let n = match read_some(src, &mut frame) {
+            let n = match crate::util::read_up_to(src, &mut frame) {
                 Ok(n) => n,
                 Err(e) => {
                     let _ = proto::send(w, &ToDaemon::Abort(e.to_string()));
@@ -222,18 +222,4 @@ fn answered_early(s: &UnixStream) -> bool {
     let mut b = [0u8; 1];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     matches!(recv(s.as_raw_fd(), &mut b, flags), Ok(n) if n > 0)
-}
-
-/// Reads what `src` has, up to `buf`'s length; 0 only at its end.
-pub(super) fn read_some(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }

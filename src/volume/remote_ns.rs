@@ -2,6 +2,7 @@
 //! home node's namespace asked over `/datamesh/meta/1`, with the chunk maps,
 //! inode records and shard locations it needs kept while files are open.
 
+use super::calls::buf;
 use super::member::{HOME_WAIT, bad, reach};
 use super::meta::{MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply, decode_answer, encode_request};
 use crate::Result;
@@ -113,10 +114,6 @@ impl RemoteNamespace {
     }
 }
 
-fn bytes(b: &[u8]) -> ByteBuf {
-    ByteBuf::from(b.to_vec())
-}
-
 impl Namespace for RemoteNamespace {
     fn params(&self) -> &VolumeParams {
         self.params.as_ref().expect("asked when the mount starts")
@@ -137,7 +134,7 @@ impl Namespace for RemoteNamespace {
         RemoteNamespace::attr(self, NsCall::Attr(ino))
     }
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        let name = bytes(name);
+        let name = buf(name);
         RemoteNamespace::attr(self, NsCall::Lookup { parent, name })
     }
     fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
@@ -177,7 +174,7 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        let name = bytes(name);
+        let name = buf(name);
         match self.ns(NsCall::Getxattr { ino, name })? {
             NsReply::Bytes(b) => Ok(b.into_vec()),
             other => Err(bad(format!("the home node answered {other:?}"))),
@@ -190,22 +187,22 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
-        let name = bytes(name);
+        let name = buf(name);
         RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })
     }
     fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
         self.forget(Some(ino));
-        let name = bytes(name);
+        let name = buf(name);
         RemoteNamespace::attr(self, NsCall::Link { ino, parent, name })
     }
     // Which inodes are open is the home's to know (this device tells it).
     fn unlink(&self, parent: Ino, name: &[u8], _: &dyn Fn(Ino) -> bool) -> Result<()> {
         self.forget(None);
-        let name = bytes(name);
+        let name = buf(name);
         self.unit(NsCall::Unlink { parent, name })
     }
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let name = bytes(name);
+        let name = buf(name);
         self.unit(NsCall::Rmdir { parent, name })
     }
     fn rename(
@@ -218,7 +215,7 @@ impl Namespace for RemoteNamespace {
         _: &dyn Fn(Ino) -> bool,
     ) -> Result<()> {
         self.forget(None);
-        let (name, new_name) = (bytes(name), bytes(new_name));
+        let (name, new_name) = (buf(name), buf(new_name));
         self.unit(NsCall::Rename {
             parent,
             name,
@@ -284,7 +281,7 @@ impl Namespace for RemoteNamespace {
         replace: bool,
     ) -> Result<()> {
         self.forget(Some(ino));
-        let (name, value) = (bytes(name), bytes(value));
+        let (name, value) = (buf(name), buf(value));
         self.unit(NsCall::Setxattr {
             ino,
             name,
@@ -295,7 +292,7 @@ impl Namespace for RemoteNamespace {
     }
     fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         self.forget(Some(ino));
-        let name = bytes(name);
+        let name = buf(name);
         self.unit(NsCall::Removexattr { ino, name })
     }
     // The home frees an orphan at the last release anywhere (`released`).
