@@ -399,33 +399,30 @@ fn ls(cx: &mut Ctx, path: &str, long: bool, recursive: bool, header: bool) {
         print_entry(cx.vol, path, &attr, long);
         return;
     }
+    // Entries and their attributes a page at a time: one call per page from
+    // another process or host, not one per name.
     let mut entries = Vec::new();
     let mut offset = 2;
     loop {
-        match cx.vol.readdir(attr.ino, offset, 1024) {
+        match cx.vol.readdir_plus(attr.ino, offset, 1024) {
             Ok(batch) if batch.is_empty() => break,
             Ok(batch) => {
-                offset = batch.last().expect("non-empty").offset;
+                offset = batch.last().expect("non-empty").0.offset;
                 entries.extend(batch);
             }
             Err(e) => return cx.fail(path, e),
         }
     }
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     if header {
         println!("{path}:");
     }
     let mut subdirs = Vec::new();
-    for e in &entries {
+    for (e, a) in &entries {
         let name = String::from_utf8_lossy(&e.name).into_owned();
-        match cx.vol.getattr(e.ino) {
-            Ok(a) => {
-                print_entry(cx.vol, &name, &a, long);
-                if a.kind == FileKind::Dir {
-                    subdirs.push(join(path, &name));
-                }
-            }
-            Err(err) => cx.fail(&join(path, &name), err),
+        print_entry(cx.vol, &name, a, long);
+        if a.kind == FileKind::Dir {
+            subdirs.push(join(path, &name));
         }
     }
     if recursive {

@@ -44,15 +44,27 @@ impl Engine {
     }
 
     pub fn create(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr> {
-        let node = NewNode {
-            kind: FileKind::File,
-            perm,
-            uid,
-            gid,
-            rdev: 0,
-            target: None,
-        };
-        self.s.meta.create_node(parent, name, node)
+        self.s
+            .meta
+            .create_node(parent, name, file_node(perm, uid, gid))
+    }
+
+    /// Makes a regular file and opens it: one call to the namespace (one
+    /// round trip from a member).
+    pub fn create_open(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let attr = self
+            .s
+            .meta
+            .create_open(parent, name, file_node(perm, uid, gid))?;
+        *lock(&self.opens).entry(attr.ino).or_default() += 1;
+        Ok(attr)
     }
 
     /// Special files: fifos, sockets, devices (and regular files, as mknod allows).
@@ -121,6 +133,28 @@ impl Engine {
 
     pub fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
         self.s.meta.readdir(ino, offset, max)
+    }
+
+    /// A page of entries with their attributes as this host sees them.
+    pub fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
+        let page = self.s.meta.readdir_plus(ino, offset, max)?;
+        Ok(page
+            .into_iter()
+            .map(|(e, a)| (e, self.with_dirty(a)))
+            .collect())
+    }
+
+    /// What other hosts changed since `since` (see [`crate::meta::changes`]).
+    pub fn watch(
+        &self,
+        since: u64,
+        wait: std::time::Duration,
+    ) -> Result<crate::meta::changes::Since> {
+        self.s.meta.watch(since, wait)
+    }
+
+    pub fn stop_watching(&self) {
+        self.s.meta.stop_watching();
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
@@ -330,5 +364,16 @@ impl Engine {
             free_files: u32::MAX as u64 / 2,
             name_max: NAME_MAX as u32,
         })
+    }
+}
+
+fn file_node(perm: u16, uid: u32, gid: u32) -> NewNode {
+    NewNode {
+        kind: FileKind::File,
+        perm,
+        uid,
+        gid,
+        rdev: 0,
+        target: None,
     }
 }

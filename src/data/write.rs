@@ -161,6 +161,7 @@ impl Engine {
             }
             Ok(())
         })?;
+        self.s.meta.spawn_workers(runner)?;
         if !self.is_home() {
             // Repair is the home node's: it knows where every shard is.
             return Ok(());
@@ -243,7 +244,8 @@ impl Engine {
 
     /// Hands every dirty chunk of the file to the sealing pool and waits until they
     /// have all landed; reports (once) a seal that failed since the last flush, whose
-    /// buffer is then dirty again so a later flush retries it.
+    /// buffer is then dirty again so a later flush retries it (an error whose
+    /// chunks all landed since, on a retry, is not reported: nothing was lost).
     pub(super) fn flush_locked<'a>(
         &self,
         ino: Ino,
@@ -319,6 +321,12 @@ impl Core {
             Ok(_) | Err(Error::NotFound) => {
                 self.dirty_total
                     .fetch_sub(plain.capacity(), Ordering::Relaxed);
+                // Every byte written has landed, those of failed attempts
+                // too (a failed chunk goes back to `dirty`): nothing is lost,
+                // so there is no error left to report.
+                if st.dirty.is_empty() && st.sealing.is_empty() {
+                    st.failed = None;
+                }
             }
             Err(e) => {
                 tracing::error!(%ino, "storing chunk {idx} failed, kept in memory: {e}");

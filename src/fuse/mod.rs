@@ -19,19 +19,21 @@ use crate::data::Engine;
 use crate::meta::NewNode;
 use crate::meta::locks::RangeLock;
 use crate::types::{
-    Attr, FileKind, FsStats, Ino, RenameFlags as DmRenameFlags, SetAttr, SetTime, Timestamp,
+    Attr, DirEntry, FileKind, FsStats, Ino, RenameFlags as DmRenameFlags, SetAttr, SetTime,
+    Timestamp,
 };
+use crate::util::lock;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Threads that answer requests which may wait on storage (reads, flushes, fsyncs,
@@ -140,7 +142,14 @@ pub struct DatameshFs {
     /// Tells the kernel to drop what it cached of a file (set once the
     /// session runs).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Readdirplus entries fetched but not yet given to the kernel, by
+    /// (directory, the offset its next call asks from); and whether the
+    /// directory ends after them.
+    plus_rest: Mutex<lru::LruCache<(Ino, u64), PlusPage>>,
 }
+
+/// Readdirplus entries, and whether the directory ends after them.
+type PlusPage = (Vec<(DirEntry, Attr)>, bool);
 
 impl DatameshFs {
     pub fn new(
@@ -159,6 +168,9 @@ impl DatameshFs {
             entry_ttl: opts.entry_ttl,
             io,
             notifier,
+            plus_rest: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(32).expect("non-zero"),
+            )),
         })
     }
 
@@ -208,15 +220,6 @@ impl DatameshFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(&e)),
         }
-    }
-
-    /// The owner of a node made in `parent` by `req`, as Linux local filesystems
-    /// do it: in a setgid directory the group is the directory's, and a new
-    /// subdirectory is setgid too (the returned bool).
-    fn owner(&self, req: &Request, parent: INodeNo) -> crate::Result<(u32, u32, bool)> {
-        let dir = self.engine.getattr(ino(parent))?;
-        let setgid = dir.perm & libc::S_ISGID as u16 != 0;
-        Ok((req.uid(), if setgid { dir.gid } else { req.gid() }, setgid))
     }
 
     /// Keeps a stored access ACL in step with a chmod.
@@ -303,6 +306,14 @@ impl Filesystem for DatameshFs {
         {
             tracing::debug!("kernel lacks {missing:?}");
         }
+        // A member's `ls -l` asks one page of entries and attributes per
+        // call instead of a lookup per name.
+        if !self.engine.is_home()
+            && let Err(missing) = config
+                .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
+        {
+            tracing::debug!("kernel lacks {missing:?}");
+        }
         // Locks go to the home node's table, shared by every host's mount.
         if let Err(missing) =
             config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
@@ -385,15 +396,13 @@ impl Filesystem for DatameshFs {
             libc::S_IFBLK => FileKind::BlockDev,
             _ => return reply.error(Errno::from_i32(libc::EINVAL)),
         };
-        let (uid, gid, _) = match self.owner(req, parent) {
-            Ok(o) => o,
-            Err(e) => return reply.error(err(&e)),
-        };
+        // The group of a node in a setgid directory is the namespace's to
+        // decide (`create_node`).
         let node = NewNode {
             kind,
             perm: new_perm(mode, umask),
-            uid,
-            gid,
+            uid: req.uid(),
+            gid: req.gid(),
             rdev: match kind {
                 FileKind::CharDev | FileKind::BlockDev => rdev,
                 _ => 0,
@@ -412,14 +421,10 @@ impl Filesystem for DatameshFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let res = self.owner(req, parent).and_then(|(uid, gid, setgid)| {
-            let mut perm = new_perm(mode, umask);
-            if setgid {
-                perm |= libc::S_ISGID as u16;
-            }
-            self.engine
-                .mkdir(ino(parent), name.as_bytes(), perm, uid, gid)
-        });
+        let perm = new_perm(mode, umask);
+        let res = self
+            .engine
+            .mkdir(ino(parent), name.as_bytes(), perm, req.uid(), req.gid());
         self.reply_entry(res, reply);
     }
 
@@ -439,11 +444,14 @@ impl Filesystem for DatameshFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let res = self.owner(req, parent).and_then(|(uid, gid, _)| {
-            let target = target.as_os_str().as_bytes();
-            self.engine
-                .symlink(ino(parent), link_name.as_bytes(), target, uid, gid)
-        });
+        let target = target.as_os_str().as_bytes();
+        let res = self.engine.symlink(
+            ino(parent),
+            link_name.as_bytes(),
+            target,
+            req.uid(),
+            req.gid(),
+        );
         self.reply_entry(res, reply);
     }
 
@@ -738,6 +746,55 @@ impl Filesystem for DatameshFs {
         }
     }
 
+    /// Entries with their attributes (members only: see `init`). A page
+    /// fetched from the namespace that the kernel's buffer could not hold
+    /// is kept for its next call, which asks from where this one ended.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dir = ino(i);
+        let mut offset = offset;
+        loop {
+            let kept = lock(&self.plus_rest).pop(&(dir, offset));
+            let (page, last) = match kept {
+                Some(k) => k,
+                None => match self.engine.readdir_plus(dir, offset, READDIR_BATCH) {
+                    Ok(p) => {
+                        let last = p.len() < READDIR_BATCH;
+                        (p, last)
+                    }
+                    Err(e) => return reply.error(err(&e)),
+                },
+            };
+            let mut page = page.into_iter();
+            while let Some((ent, a)) = page.next() {
+                let name = OsStr::from_bytes(&ent.name);
+                let attr = file_attr(&a);
+                if reply.add(
+                    INodeNo(ent.ino.0),
+                    ent.offset,
+                    name,
+                    &self.entry_ttl,
+                    &attr,
+                    Generation(0),
+                ) {
+                    let rest = std::iter::once((ent, a)).chain(page).collect();
+                    lock(&self.plus_rest).put((dir, offset), (rest, last));
+                    return reply.ok();
+                }
+                offset = ent.offset;
+            }
+            if last {
+                return reply.ok();
+            }
+        }
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -870,16 +927,11 @@ impl Filesystem for DatameshFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self.owner(req, parent).and_then(|(uid, gid, _)| {
-            let perm = new_perm(mode, umask);
+        let perm = new_perm(mode, umask);
+        let made =
             self.engine
-                .create(ino(parent), name.as_bytes(), perm, uid, gid)
-        });
-        let attr = match made {
-            Ok(a) => a,
-            Err(e) => return reply.error(err(&e)),
-        };
-        match self.engine.open(attr.ino) {
+                .create_open(ino(parent), name.as_bytes(), perm, req.uid(), req.gid());
+        match made {
             Ok(a) => reply.created(
                 &self.entry_ttl,
                 &file_attr(&a),

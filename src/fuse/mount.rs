@@ -2,9 +2,11 @@
 
 use super::DatameshFs;
 use crate::data::Engine;
+use crate::meta::changes::Changed;
 use crate::workers::{ExitSignals, Runner};
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +134,7 @@ pub fn mount(
         )
     })?;
     let _ = notifier.set(session.notifier());
+    spawn_invalidator(&engine, notifier, runner)?;
     let unmounter = session.unmount_callable();
     signals.watch(runner, "unmounting", move || {
         let mut unmounter = unmounter;
@@ -145,4 +148,61 @@ pub fn mount(
     // requests still being answered on I/O threads, so the caller's flush comes
     // after them.
     session.run()
+}
+
+/// The worker `invalidate`: what other hosts (and this host's CLI) change is
+/// dropped from this kernel's cache as it happens, not when its time-outs
+/// run out (see `meta::changes`).
+fn spawn_invalidator(
+    engine: &Arc<Engine>,
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    runner: &Runner,
+) -> io::Result<()> {
+    let e = engine.clone();
+    runner.on_stop(move || e.stop_watching());
+    let engine = engine.clone();
+    runner.spawn("invalidate", move |w| {
+        let mut since = 0;
+        while !w.stopping() {
+            match engine.watch(since, WATCH_WAIT) {
+                Ok(s) => {
+                    since = s.next;
+                    if let Some(n) = notifier.get() {
+                        invalidate(n, &s.changes);
+                    }
+                }
+                Err(e) if e.kind() == crate::error::Kind::Invalid => {
+                    tracing::warn!(
+                        "the home node does not push changes ({e}): this mount sees other \
+                         hosts' changes when its cached names and attributes time out"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    w.round(Err(format!("asking what changed: {e}")));
+                    w.sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    })
+}
+
+/// How long one ask for changes waits at home (a member's waits as long as
+/// the home holds it).
+const WATCH_WAIT: Duration = Duration::from_secs(2);
+
+fn invalidate(n: &fuser::Notifier, changes: &[Changed]) {
+    let mut told = std::collections::HashSet::new();
+    for c in changes {
+        if !told.insert(c) {
+            continue;
+        }
+        // Errors are the kernel saying it had nothing cached.
+        let _ = match c {
+            Changed::Entry { parent, name } => {
+                n.inval_entry(INodeNo(parent.0), std::ffi::OsStr::from_bytes(name))
+            }
+            Changed::Inode(ino) => n.inval_inode(INodeNo(ino.0), 0, 0),
+        };
+    }
 }

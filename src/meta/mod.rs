@@ -8,6 +8,7 @@
 //! the next open of the volume.
 
 mod cache;
+pub mod changes;
 pub mod locks;
 mod namespace;
 mod ops;
@@ -49,6 +50,8 @@ pub struct MetaStore {
     cache: MetaCache,
     /// Every host's file locks (in memory: they end with the daemon).
     locks: locks::LockTable,
+    /// What recent batches changed, for the mounts that cache the namespace.
+    changes: changes::ChangeLog,
 }
 
 /// Inode records and directory entries kept in memory (each).
@@ -139,6 +142,7 @@ impl MetaStore {
             params,
             cache: MetaCache::new(CACHE_ENTRIES),
             locks: Default::default(),
+            changes: Default::default(),
         };
         store.free_orphans()?;
         Ok(store)
@@ -175,6 +179,11 @@ impl MetaStore {
 
     pub fn params(&self) -> &VolumeParams {
         &self.params
+    }
+
+    /// The journal of recent changes (see [`changes`]).
+    pub fn changes(&self) -> &changes::ChangeLog {
+        &self.changes
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {

@@ -3,11 +3,14 @@
 //! asks the home node instead (`volume::remote_ns::RemoteNamespace`). Each
 //! change stays one batch wherever the store is.
 
+use super::changes::Since;
 use super::locks::{LockOwner, RangeLock};
 use super::{InodeRec, MetaStore, NewNode, VolumeParams};
 use crate::chunk::ChunkRef;
 use crate::error::Result;
 use crate::types::*;
+use crate::workers::Runner;
+use std::time::Duration;
 
 pub trait Namespace: Send + Sync {
     fn params(&self) -> &VolumeParams;
@@ -15,11 +18,22 @@ pub trait Namespace: Send + Sync {
     fn attr(&self, ino: Ino) -> Result<Attr>;
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr>;
     fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>>;
+    /// A page of entries with their attributes (FUSE readdirplus).
+    fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
+        self.readdir(ino, offset, max)?
+            .into_iter()
+            .map(|e| Ok((e.clone(), self.attr(e.ino)?)))
+            .collect()
+    }
     fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>>;
     fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>>;
     fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>>;
     fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>>;
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr>;
+    /// Makes a node and counts it open here (see [`Namespace::opened`]).
+    fn create_open(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        self.create_node(parent, name, node)
+    }
     fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr>;
     /// `is_open` says whether an inode has open handles here (one that has
     /// becomes an orphan instead of being freed).
@@ -89,6 +103,15 @@ pub trait Namespace: Send + Sync {
     /// Drops every lock a host holds: its mount starts afresh (the locks of
     /// a mount that died would otherwise stay forever).
     fn reset_locks(&self, host: &str) -> Result<()>;
+    /// What other hosts (and this host's CLI) changed since `since`, waiting
+    /// up to `wait` for a change (see [`super::changes`]).
+    fn watch(&self, since: u64, wait: Duration) -> Result<Since>;
+    /// Ends the waits of [`Namespace::watch`] (the mount is ending).
+    fn stop_watching(&self) {}
+    /// Starts the namespace's own background work under `runner`.
+    fn spawn_workers(&self, _runner: &Runner) -> std::io::Result<()> {
+        Ok(())
+    }
     /// The RocksDB store itself, when this namespace is one (the home node):
     /// whole-volume scans (df, fsck, gc, repair) run only there.
     fn local(&self) -> Option<&MetaStore> {
@@ -180,6 +203,13 @@ impl Namespace for MetaStore {
     }
     fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         MetaStore::removexattr(self, ino, name)
+    }
+    fn watch(&self, since: u64, wait: Duration) -> Result<Since> {
+        // Here, the home's own mount: changes of other origins.
+        Ok(self.changes().since(since, "", wait))
+    }
+    fn stop_watching(&self) {
+        self.changes().close();
     }
     fn release_orphan(&self, ino: Ino) -> Result<()> {
         MetaStore::release_orphan(self, ino)

@@ -17,11 +17,20 @@ impl MetaStore {
         let now = Timestamp::now();
         let is_dir = node.kind == FileKind::Dir;
         let size = node.target.as_ref().map_or(0, |t| t.len() as u64);
+        // A setgid directory passes on its group, and to directories its
+        // setgid bit (decided here, in the batch, so a create asks nothing first).
+        let setgid = dir.perm & libc::S_ISGID as u16 != 0;
         let rec = InodeRec {
             kind: node.kind,
-            perm: node.perm & 0o7777,
+            perm: (node.perm
+                | if setgid && is_dir {
+                    libc::S_ISGID as u16
+                } else {
+                    0
+                })
+                & 0o7777,
             uid: node.uid,
-            gid: node.gid,
+            gid: if setgid { dir.gid } else { node.gid },
             size,
             atime: now,
             mtime: now,

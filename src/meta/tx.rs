@@ -206,6 +206,7 @@ impl<'a> Tx<'a> {
                 .put_cf(meta.cf(CF_META), KEY_NEXT_INO, n.to_be_bytes());
         }
         meta.db.write(self.batch).map_err(db_err)?;
+        meta.changes.note(&changes);
         meta.cache.apply(changes);
         Ok(())
     }

@@ -79,6 +79,13 @@ impl<C: Caller> Volume for C {
             other => Err(unexpected("readdir", other)),
         }
     }
+    fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        match self.call(Request::ReaddirPlus { ino, offset, max }, &quiet)? {
+            Reply::EntriesPlus(e) => Ok(e),
+            other => Err(unexpected("readdir", other)),
+        }
+    }
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         match self.call(Request::Readlink(ino), &quiet)? {
             Reply::Bytes(b) => Ok(b.into_vec()),

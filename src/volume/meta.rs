@@ -13,6 +13,7 @@ use crate::chunk::ChunkRef;
 use crate::data::{CommittedFile, Engine};
 use crate::error::Kind;
 use crate::home::HomePaths;
+use crate::meta::changes::{Since, with_origin};
 use crate::meta::locks::RangeLock;
 use crate::meta::{InodeRec, NewNode, VolumeParams};
 use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
@@ -23,9 +24,9 @@ use crate::workers::Runner;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The member protocol's version.
 pub const VERSION: u32 = 1;
@@ -168,7 +169,31 @@ pub enum NsCall {
     },
     /// The member's mount starts: locks left by an earlier one go.
     ResetLocks,
+    /// Makes a node and counts it open (an `O_CREAT` create in one call).
+    CreateOpen {
+        parent: Ino,
+        name: ByteBuf,
+        node: NewNode,
+    },
+    /// Handles closed on the member since its last `Releases`.
+    Releases(Vec<Ino>),
+    /// A page of entries with their attributes.
+    ReaddirPlus {
+        ino: Ino,
+        offset: u64,
+        max: u32,
+    },
+    /// What other hosts changed since `since`; held until a change or
+    /// [`WATCH_HOLD`]. Also the member's lease on its locks.
+    Watch {
+        since: u64,
+    },
 }
+
+/// How long the home holds a `Watch` with nothing to tell.
+pub const WATCH_HOLD: Duration = Duration::from_secs(2);
+/// A member mount that has not watched for this long has its locks dropped.
+pub const LOCK_LEASE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum NsReply {
@@ -190,6 +215,23 @@ pub enum NsReply {
     Names(Vec<ByteBuf>),
     Lock(Option<RangeLock>),
     Unit,
+    EntriesPlus(Vec<PlusEntry>),
+    Changes(Since),
+    /// A node made and opened, with its directory's new attributes.
+    Created {
+        attr: Attr,
+        parent: Attr,
+    },
+}
+
+/// An entry of a readdirplus page.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PlusEntry {
+    pub entry: DirEntry,
+    pub attr: Attr,
+    /// Whether the inode has extended attributes (a member answers the
+    /// kernel's and `ls`'s probes of one without any itself).
+    pub xattrs: bool,
 }
 
 /// The volume's parameters a member seals chunks with.
@@ -275,6 +317,8 @@ pub struct HomeServer {
     members: Mutex<(Option<SystemTime>, Members)>,
     /// Callers refused already (each is logged once).
     logged: Mutex<HashSet<PeerId>>,
+    /// When each member mount last watched: its lease on its locks.
+    leases: Mutex<HashMap<PeerId, Instant>>,
 }
 
 /// How often a member's `last_seen` is written back, at most.
@@ -298,6 +342,7 @@ impl HomeServer {
             runner: runner.clone(),
             members: Mutex::new((None, Members::default())),
             logged: Mutex::new(HashSet::new()),
+            leases: Mutex::new(HashMap::new()),
         });
         if let Err(e) = server.reload(true) {
             tracing::warn!("{e}");
@@ -305,8 +350,41 @@ impl HomeServer {
         let handler = server.clone();
         client.serve_meta(Arc::new(move |peer, bytes| handler.handle(peer, &bytes)));
         runner.every("members", Duration::from_secs(2), move || {
+            server.expire_leases();
             server.reload(false).map_err(|e| e.to_string())
         })
+    }
+
+    /// Drops the locks of member mounts that stopped watching.
+    fn expire_leases(&self) {
+        let expired: Vec<PeerId> = {
+            let mut leases = lock(&self.leases);
+            let gone: Vec<PeerId> = leases
+                .iter()
+                .filter(|(_, seen)| seen.elapsed() >= LOCK_LEASE)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in &gone {
+                leases.remove(p);
+            }
+            gone
+        };
+        for peer in expired {
+            tracing::info!(
+                "member device {peer}: its mount has not been heard from for {} s; \
+                 its locks are dropped",
+                LOCK_LEASE.as_secs()
+            );
+            self.drop_locks(&peer);
+        }
+    }
+
+    fn drop_locks(&self, peer: &PeerId) {
+        if let Some(engine) = self.engine.upgrade()
+            && let Err(e) = engine.meta().reset_locks(&peer.to_string())
+        {
+            tracing::warn!("dropping the locks of {peer}: {e}");
+        }
     }
 
     /// Re-reads the member list when its file changed (or `force`), and tells
@@ -321,6 +399,19 @@ impl HomeServer {
         let list = Members::load(&path).map_err(|e| Error::Remote(Kind::Other, e.to_string()))?;
         *g = (mtime, list);
         self.client.set_members(g.1.active());
+        let revoked: Vec<PeerId> =
+            g.1.list
+                .iter()
+                .filter(|m| m.revoked.is_some())
+                .filter_map(|m| m.id.parse().ok())
+                .collect();
+        drop(g);
+        // A revoked device's locks go at once.
+        for peer in revoked {
+            if lock(&self.leases).remove(&peer).is_some() {
+                self.drop_locks(&peer);
+            }
+        }
         Ok(())
     }
 
@@ -363,11 +454,16 @@ impl HomeServer {
             .upgrade()
             .ok_or_else(|| refused("the volume is being unmounted".into()))?;
         let wire = |e: Error| WireError::from(&e);
+        // What a member's mount changes is its own (its watch skips it); what
+        // its CLI changes is news to its mount.
+        let (mount, cli) = (peer.to_string(), format!("cli:{peer}"));
         match call {
             MetaCall::Join { .. } => unreachable!("answered above"),
-            MetaCall::Volume(req) => serve::answer(&engine, req, &self.runner)
-                .map(MetaReply::Volume)
-                .map_err(wire),
+            MetaCall::Volume(req) => {
+                with_origin(&cli, || serve::answer(&engine, req, &self.runner))
+                    .map(MetaReply::Volume)
+                    .map_err(wire)
+            }
             MetaCall::CommitFile {
                 file,
                 size,
@@ -375,16 +471,16 @@ impl HomeServer {
                 hints,
             } => {
                 take_hints(&engine, chunks.iter().map(|(_, c)| c), &hints);
-                engine
-                    .commit_file(CommittedFile {
-                        dir: file.dir,
-                        name: &file.name,
-                        perm: file.perm,
-                        uid: file.uid,
-                        gid: file.gid,
-                        size,
-                        chunks,
-                    })
+                let file = CommittedFile {
+                    dir: file.dir,
+                    name: &file.name,
+                    perm: file.perm,
+                    uid: file.uid,
+                    gid: file.gid,
+                    size,
+                    chunks,
+                };
+                with_origin(&cli, || engine.commit_file(file))
                     .map(|()| MetaReply::Volume(Reply::Unit))
                     .map_err(wire)
             }
@@ -397,7 +493,17 @@ impl HomeServer {
                 })
                 .map_err(wire),
             MetaCall::Peers => Ok(MetaReply::Peers(storage_peers(&engine))),
-            MetaCall::Ns(call) => ns_answer(&engine, &peer.to_string(), call)
+            MetaCall::Ns(NsCall::Watch { since }) => {
+                lock(&self.leases).insert(peer, Instant::now());
+                let local = engine
+                    .meta()
+                    .local()
+                    .ok_or_else(|| refused("not a home".into()))?;
+                let since = local.changes().since(since, &mount, WATCH_HOLD);
+                lock(&self.leases).insert(peer, Instant::now());
+                Ok(MetaReply::Ns(NsReply::Changes(since)))
+            }
+            MetaCall::Ns(call) => with_origin(&mount, || ns_answer(&engine, &mount, call))
                 .map(MetaReply::Ns)
                 .map_err(wire),
         }
@@ -571,6 +677,35 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
         NsCall::Setlk { ino, owner, want } => unit(ns.setlk(host, ino, owner, want)?),
         NsCall::Unlock { ino, owner } => unit(ns.unlock(host, ino, owner)?),
         NsCall::ResetLocks => unit(ns.reset_locks(host)?),
+        NsCall::CreateOpen { parent, name, node } => {
+            let made = ns.create_node(parent, &name, node)?;
+            NsReply::Created {
+                attr: engine.open(made.ino)?,
+                parent: ns.attr(parent)?,
+            }
+        }
+        NsCall::Releases(inos) => {
+            // Each one counted, whatever the others do.
+            let mut res = Ok(());
+            for ino in inos {
+                res = res.and(engine.release(ino));
+            }
+            unit(res?)
+        }
+        NsCall::ReaddirPlus { ino, offset, max } => NsReply::EntriesPlus(
+            ns.readdir_plus(ino, offset, (max as usize).min(1024))?
+                .into_iter()
+                .map(|(entry, attr)| {
+                    let xattrs = !ns.listxattr(entry.ino)?.is_empty();
+                    Ok(PlusEntry {
+                        entry,
+                        attr,
+                        xattrs,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        ),
+        NsCall::Watch { .. } => return Err(Error::Invalid("a watch is the member server's")),
     })
 }
 

@@ -84,6 +84,8 @@ pub trait Volume: Sync {
     fn getattr(&self, ino: Ino) -> Result<Attr>;
     /// Up to `max` entries after the cookie `offset` (2 starts past `.` and `..`).
     fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>>;
+    /// The same, each entry with its attributes (one call for `ls -l`).
+    fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>>;
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>>;
     fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr>;
     fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr>;
@@ -174,6 +176,9 @@ impl Volume for Engine {
     }
     fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
         Engine::readdir(self, ino, offset, max)
+    }
+    fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
+        Engine::readdir_plus(self, ino, offset, max)
     }
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         Engine::readlink(self, ino)

@@ -28,7 +28,7 @@ use serde_bytes::ByteBuf;
 use std::io::{self, Read, Write};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The first bytes of each side's handshake.
 pub const MAGIC: &[u8; 8] = b"dmvolume";
 /// The most file bytes one data frame carries.
@@ -95,6 +95,12 @@ pub enum Request {
     Mesh(Ask),
     /// What this caller changed is durable (see [`super::Volume::barrier`]).
     Barrier,
+    /// Entries with their attributes (version 3).
+    ReaddirPlus {
+        ino: Ino,
+        offset: u64,
+        max: u32,
+    },
 }
 
 /// What a call returns when it succeeds.
@@ -109,6 +115,7 @@ pub enum Reply {
     Usage(Usage),
     Check(CheckReport),
     Report(Box<Report>),
+    EntriesPlus(Vec<(DirEntry, Attr)>),
 }
 
 /// A failed call: what it means and what happened.
@@ -275,6 +282,8 @@ mod tests {
                 offset,
                 max
             }),
+            (ino(), any::<u64>(), any::<u32>())
+                .prop_map(|(ino, offset, max)| { Request::ReaddirPlus { ino, offset, max } }),
             ino().prop_map(Request::Readlink),
             (ino(), bytes(), any::<u16>(), any::<u32>(), any::<u32>()).prop_map(
                 |(parent, name, perm, uid, gid)| Request::Mkdir {
@@ -406,7 +415,7 @@ mod tests {
         other.extend(7u32.to_be_bytes());
         let err = check_hello(&other).unwrap_err();
         assert!(
-            err.contains("version 2") && err.contains("version 7"),
+            err.contains(&format!("version {VERSION}")) && err.contains("version 7"),
             "{err}"
         );
         assert!(check_hello(b"GET / HTTP/1.1").is_err());
@@ -414,10 +423,10 @@ mod tests {
         let err = check_welcome(&welcome(Some("busy: try again"))).unwrap_err();
         assert_eq!(err, "busy: try again");
         let mut newer = MAGIC.to_vec();
-        newer.extend(3u32.to_be_bytes());
+        newer.extend(9u32.to_be_bytes());
         newer.push(0);
         let err = check_welcome(&newer).unwrap_err();
-        assert!(err.contains("version 3"), "{err}");
+        assert!(err.contains("version 9"), "{err}");
         assert!(check_welcome(b"{\"version\":1}").is_err());
     }
 

@@ -8,16 +8,18 @@ use super::meta::{MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply, decode_answer,
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;
+use crate::meta::changes::{Changed, Since};
 use crate::meta::locks::RangeLock;
 use crate::meta::{InodeRec, Namespace, NewNode, VolumeParams};
 use crate::net::{MeshClient, MeshStore, PeerId};
 use crate::store::ShardStore;
 use crate::types::*;
 use crate::util::lock;
+use crate::workers::Runner;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The engine of a mount on a member device: file bytes sealed and opened
 /// here, the namespace the home node's ([`RemoteNamespace`]).
@@ -30,6 +32,8 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         store: r.store.clone(),
         maps: Mutex::new(HashMap::new()),
         inodes: Mutex::new(HashMap::new()),
+        releases: Arc::new(Releases::default()),
+        fresh: Mutex::new(Fresh::default()),
     };
     let params = match ns.ns(NsCall::Params)? {
         NsReply::Params(p) => p,
@@ -59,6 +63,84 @@ pub struct RemoteNamespace {
     /// Inode records read by the data path (a read's size, a write's kind),
     /// with the same lifetime as `maps`; any change made here drops them.
     inodes: Mutex<HashMap<Ino, InodeRec>>,
+    /// Closed handles not yet told to the home.
+    releases: Arc<Releases>,
+    /// What the home told lately of inodes not changed since.
+    fresh: Mutex<Fresh>,
+}
+
+/// What this device learned lately of inodes, from answers it had anyway:
+/// a directory's attributes (as a create in it answered them) and which
+/// inodes have no extended attributes (made here, or listed by
+/// readdirplus). Each is kept [`FRESH`] at most (the kernel's own time-out)
+/// and dropped at any change here or change pushed by the home; so the
+/// kernel's probes after a create (the directory's attributes, the new
+/// file's `security.capability`) and `ls -l`'s (ACLs, SELinux labels) cost
+/// no round trip.
+#[derive(Default)]
+struct Fresh {
+    attrs: HashMap<Ino, (Attr, Instant)>,
+    bare: HashMap<Ino, Instant>,
+}
+
+/// How long what [`Fresh`] holds is trusted.
+const FRESH: Duration = Duration::from_secs(1);
+/// Entries [`Fresh`] holds at most (then it starts again).
+const FRESH_MAX: usize = 65_536;
+
+impl Fresh {
+    fn attr(&self, ino: Ino) -> Option<Attr> {
+        self.attrs
+            .get(&ino)
+            .filter(|(_, t)| t.elapsed() < FRESH)
+            .map(|(a, _)| a.clone())
+    }
+    fn is_bare(&self, ino: Ino) -> bool {
+        self.bare.get(&ino).is_some_and(|t| t.elapsed() < FRESH)
+    }
+    fn keep_attr(&mut self, a: Attr) {
+        if self.attrs.len() >= FRESH_MAX {
+            self.attrs.clear();
+        }
+        self.attrs.insert(a.ino, (a, Instant::now()));
+    }
+    fn keep_bare(&mut self, ino: Ino) {
+        if self.bare.len() >= FRESH_MAX {
+            self.bare.clear();
+        }
+        self.bare.insert(ino, Instant::now());
+    }
+    fn drop_ino(&mut self, ino: Ino) {
+        self.attrs.remove(&ino);
+        self.bare.remove(&ino);
+    }
+}
+
+/// Releases wait here for the worker `releases`, which tells the home in
+/// batches: nothing waits on them, so a close costs no round trip for them.
+#[derive(Default)]
+struct Releases {
+    /// The inodes, and whether the worker runs (when not, a release is
+    /// told at once).
+    queue: Mutex<(Vec<Ino>, bool)>,
+    cond: std::sync::Condvar,
+}
+
+fn ns_call(client: &MeshClient, home: PeerId, call: NsCall) -> Result<NsReply> {
+    let answer = client
+        .meta_call(home, encode_request(MetaCall::Ns(call)), HOME_WAIT)
+        .map_err(bad)?;
+    match decode_answer(&answer)? {
+        MetaReply::Ns(r) => Ok(r),
+        other => Err(bad(format!("the home node answered {other:?}"))),
+    }
+}
+
+fn expect_unit(r: NsReply) -> Result<()> {
+    match r {
+        NsReply::Unit => Ok(()),
+        other => Err(bad(format!("the home node answered {other:?}"))),
+    }
 }
 
 /// Chunks `from..to` of a file (`to` = `None`: to its end); an index in the
@@ -78,14 +160,7 @@ pub(super) fn learn(store: &dyn ShardStore, chunk: &ChunkRef, hints: &[Vec<Strin
 
 impl RemoteNamespace {
     fn ns(&self, call: NsCall) -> Result<NsReply> {
-        let answer = self
-            .client
-            .meta_call(self.home, encode_request(MetaCall::Ns(call)), HOME_WAIT)
-            .map_err(bad)?;
-        match decode_answer(&answer)? {
-            MetaReply::Ns(r) => Ok(r),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
+        ns_call(&self.client, self.home, call)
     }
 
     fn attr(&self, call: NsCall) -> Result<Attr> {
@@ -101,16 +176,17 @@ impl RemoteNamespace {
             Some(ino) => {
                 lock(&self.maps).remove(&ino);
                 lock(&self.inodes).remove(&ino);
+                lock(&self.fresh).drop_ino(ino);
             }
-            None => lock(&self.inodes).clear(),
+            None => {
+                lock(&self.inodes).clear();
+                *lock(&self.fresh) = Fresh::default();
+            }
         }
     }
 
     fn unit(&self, call: NsCall) -> Result<()> {
-        match self.ns(call)? {
-            NsReply::Unit => Ok(()),
-            other => Err(bad(format!("the home node answered {other:?}"))),
-        }
+        expect_unit(self.ns(call)?)
     }
 }
 
@@ -131,6 +207,9 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn attr(&self, ino: Ino) -> Result<Attr> {
+        if let Some(a) = lock(&self.fresh).attr(ino) {
+            return Ok(a);
+        }
         RemoteNamespace::attr(self, NsCall::Attr(ino))
     }
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
@@ -174,6 +253,9 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        if lock(&self.fresh).is_bare(ino) {
+            return Err(crate::Error::NoXattr);
+        }
         let name = buf(name);
         match self.ns(NsCall::Getxattr { ino, name })? {
             NsReply::Bytes(b) => Ok(b.into_vec()),
@@ -181,17 +263,24 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        if lock(&self.fresh).is_bare(ino) {
+            return Ok(Vec::new());
+        }
         match self.ns(NsCall::Listxattr(ino))? {
             NsReply::Names(n) => Ok(n.into_iter().map(ByteBuf::into_vec).collect()),
             other => Err(bad(format!("the home node answered {other:?}"))),
         }
     }
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        self.forget(Some(parent));
         let name = buf(name);
-        RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })
+        let made = RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })?;
+        lock(&self.fresh).keep_bare(made.ino);
+        Ok(made)
     }
     fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
         self.forget(Some(ino));
+        self.forget(Some(parent));
         let name = buf(name);
         RemoteNamespace::attr(self, NsCall::Link { ino, parent, name })
     }
@@ -202,6 +291,7 @@ impl Namespace for RemoteNamespace {
         self.unit(NsCall::Unlink { parent, name })
     }
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.forget(None);
         let name = buf(name);
         self.unit(NsCall::Rmdir { parent, name })
     }
@@ -327,6 +417,89 @@ impl Namespace for RemoteNamespace {
     }
     fn released(&self, ino: Ino) -> Result<()> {
         self.forget(Some(ino));
+        {
+            let mut q = lock(&self.releases.queue);
+            if q.1 {
+                q.0.push(ino);
+                self.releases.cond.notify_one();
+                return Ok(());
+            }
+        }
         self.unit(NsCall::Release(ino))
+    }
+    fn create_open(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        self.forget(Some(parent));
+        let name = buf(name);
+        match self.ns(NsCall::CreateOpen { parent, name, node })? {
+            NsReply::Created { attr, parent } => {
+                let mut fresh = lock(&self.fresh);
+                fresh.keep_attr(parent);
+                fresh.keep_bare(attr.ino);
+                Ok(attr)
+            }
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        match self.ns(NsCall::ReaddirPlus { ino, offset, max })? {
+            NsReply::EntriesPlus(page) => {
+                let mut fresh = lock(&self.fresh);
+                Ok(page
+                    .into_iter()
+                    .map(|p| {
+                        if !p.xattrs {
+                            fresh.keep_bare(p.entry.ino);
+                        }
+                        (p.entry, p.attr)
+                    })
+                    .collect())
+            }
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn watch(&self, since: u64, _wait: Duration) -> Result<Since> {
+        // The home holds the call for up to `WATCH_HOLD`.
+        match self.ns(NsCall::Watch { since })? {
+            NsReply::Changes(s) => {
+                for c in &s.changes {
+                    if let Changed::Inode(ino) = c {
+                        self.forget(Some(*ino));
+                    }
+                }
+                Ok(s)
+            }
+            other => Err(bad(format!("the home node answered {other:?}"))),
+        }
+    }
+    fn spawn_workers(&self, runner: &Runner) -> std::io::Result<()> {
+        let (rel, client, home) = (self.releases.clone(), self.client.clone(), self.home);
+        lock(&rel.queue).1 = true;
+        let wake = rel.clone();
+        runner.on_stop(move || wake.cond.notify_all());
+        runner.spawn("releases", move |w| {
+            loop {
+                let batch = {
+                    let mut q = lock(&rel.queue);
+                    while q.0.is_empty() && !w.stopping() {
+                        q = rel
+                            .cond
+                            .wait_timeout(q, Duration::from_secs(1))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    if q.0.is_empty() {
+                        // Stopping, all told: from now on a release goes at once.
+                        q.1 = false;
+                        return;
+                    }
+                    std::mem::take(&mut q.0)
+                };
+                w.set_state(crate::workers::WorkerState::Busy);
+                let res = ns_call(&client, home, NsCall::Releases(batch)).and_then(expect_unit);
+                w.round(res.map_err(|e| format!("telling the home of closed files: {e}")));
+                w.set_state(crate::workers::WorkerState::Idle);
+            }
+        })
     }
 }

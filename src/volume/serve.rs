@@ -94,7 +94,11 @@ pub fn serve(path: &Path, engine: &Arc<Engine>, runner: &Runner) -> io::Result<(
             let spawned = std::thread::Builder::new()
                 .name("datamesh-volume-conn".into())
                 .spawn(move || {
-                    if let Err(e) = handle(conn, owner, &weak, &workers, &mine) {
+                    // Changes made for the CLI are others' to the mount here.
+                    let res = crate::meta::changes::with_origin("cli", || {
+                        handle(conn, owner, &weak, &workers, &mine)
+                    });
+                    if let Err(e) = res {
                         tracing::debug!("volume socket: {e}");
                     }
                     lock(&mine.conns).remove(&id);
@@ -250,6 +254,9 @@ pub fn answer(engine: &Engine, req: Request, runner: &Runner) -> Result<Reply> {
         Request::Getattr(ino) => attr(engine.getattr(ino)?),
         Request::Readdir { ino, offset, max } => {
             Reply::Entries(engine.readdir(ino, offset, (max as usize).min(4096))?)
+        }
+        Request::ReaddirPlus { ino, offset, max } => {
+            Reply::EntriesPlus(engine.readdir_plus(ino, offset, (max as usize).min(4096))?)
         }
         Request::Readlink(ino) => Reply::Bytes(ByteBuf::from(engine.readlink(ino)?)),
         Request::Mkdir {
