@@ -198,21 +198,24 @@ pub fn catch_exit_signals() -> std::io::Result<ExitSignals> {
 pub struct ExitSignals(signal_hook::iterator::Signals);
 
 impl ExitSignals {
-    /// Runs `end` (named `what` in logs) on the first exit signal, from the
-    /// worker `signals`; the worker ends without a signal once `runner` stops.
+    /// Runs `end` (named `what` in logs) on an exit signal, from the worker
+    /// `signals`, until it succeeds (an unmount refused while the mount is
+    /// busy is tried again at the next signal); the worker ends without a
+    /// signal once `runner` stops.
     pub fn watch(
         self,
         runner: &Runner,
         what: &'static str,
-        end: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+        mut end: impl FnMut() -> std::io::Result<()> + Send + 'static,
     ) -> std::io::Result<()> {
         let mut signals = self.0;
         let waiting = signals.handle();
         runner.spawn("signals", move |w| {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
                 tracing::info!("signal {sig}: {what}");
-                if let Err(e) = end() {
-                    w.round(Err(format!("{what}: {e}")));
+                match end() {
+                    Ok(()) => return,
+                    Err(e) => w.round(Err(format!("{what}: {e}"))),
                 }
             }
         })?;

@@ -236,6 +236,30 @@ fn umount_without_home_finds_the_mount_and_waits_for_it_to_finish() {
     let src = format!("datamesh:{} ", v.home().display());
     assert!(mounts.contains(&src), "{mounts}");
     sh(&v.mountpoint(), "head -c 30000000 /dev/urandom > f");
+    // A process working in the mount: umount says so, soon, and the mount
+    // goes on; the next umount (the mount no longer busy) ends it.
+    let mut busy = std::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(v.mountpoint())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let out = v
+        .datamesh()
+        .arg("umount")
+        .arg(v.mountpoint())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not unmounted") && err.contains("busy"),
+        "{err}"
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(30));
+    assert!(fs::read_dir(v.mountpoint()).unwrap().count() == 1);
+    busy.kill().unwrap();
+    busy.wait().unwrap();
     // Another home by default: umount must go by what /proc/mounts says.
     ok(std::process::Command::new(fs_tests::datamesh_bin())
         .env("DATAMESH_HOME", v.dir.path().join("elsewhere"))

@@ -293,8 +293,29 @@ pub fn umount(home: &Home, mountpoint: &Path) -> anyhow::Result<()> {
     };
     kill(pid, Signal::SIGTERM).map_err(|e| anyhow!("signalling the mount process {pid}: {e}"))?;
     let start = Instant::now();
-    // The process flushes every buffered write before it unmounts and exits.
+    // The process unmounts at once, then flushes every buffered write and
+    // exits; still mounted a while after the signal means the kernel
+    // refused the unmount (a process uses the mount), which fusermount3
+    // says plainly, and the mount goes on.
+    let mut asked = false;
     while kill(pid, None).is_ok() {
+        if !asked && start.elapsed() > Duration::from_secs(3) && is_mounted(&mountpoint) {
+            asked = true;
+            let out = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&mountpoint)
+                .stdin(Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "{}: not unmounted: {} (a process has a file or its working directory \
+                     there: see `fuser -vm {}`); the mount goes on",
+                    mountpoint.display(),
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    mountpoint.display()
+                );
+            }
+        }
         if start.elapsed() > Duration::from_secs(300) {
             bail!(
                 "{}: the mount process {pid} did not stop within 5 minutes",

@@ -136,10 +136,8 @@ pub fn mount(
     let _ = notifier.set(session.notifier());
     spawn_invalidator(&engine, notifier, runner)?;
     let unmounter = session.unmount_callable();
-    signals.watch(runner, "unmounting", move || {
-        let mut unmounter = unmounter;
-        unmounter.unmount()
-    })?;
+    let mut unmounter = unmounter;
+    signals.watch(runner, "unmounting", move || unmounter.unmount())?;
     tracing::info!("mounted at {}", mountpoint.display());
     // From another thread: the stat it needs is answered once the session runs.
     let (at, chunk_size) = (mountpoint.to_path_buf(), engine.chunk_size());
