@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod fuse;
 pub mod home;
+pub mod kit;
 pub mod meta;
 pub mod net;
 pub mod store;

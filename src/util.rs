@@ -54,6 +54,34 @@ pub fn read_up_to(src: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Resul
     Ok(got)
 }
 
+/// Bytes of BLAKE3 over a body that end a typed secret (a join token, a
+/// recovery kit): enough to catch a mistyped or cut one.
+const CHECK: usize = 4;
+
+/// `body` as hex, followed by its checksum.
+pub fn hex_checked(body: &[u8]) -> String {
+    let check = blake3::hash(body);
+    format!(
+        "{}{}",
+        hex::encode(body),
+        hex::encode(&check.as_bytes()[..CHECK])
+    )
+}
+
+/// The body of [`hex_checked`] text, or why it is not one.
+pub fn unhex_checked(hexed: &str) -> std::result::Result<Vec<u8>, &'static str> {
+    let bytes = hex::decode(hexed)
+        .map_err(|_| "not hex after the prefix (a character was mistyped, or it was cut)")?;
+    if bytes.len() < CHECK {
+        return Err("too short (cut off?)");
+    }
+    let (body, check) = bytes.split_at(bytes.len() - CHECK);
+    if blake3::hash(body).as_bytes()[..CHECK] != *check {
+        return Err("its checksum does not match: a character was mistyped, or it was cut");
+    }
+    Ok(body.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,3 +182,62 @@ fn a_caller_of_another_protocol_version_is_told_both_versions() {
     v.ok(&["mkdir", "/still"]);
     assert!(d.stop());
 }
+
+#[test]
+fn the_recovery_kit_is_exported_through_the_daemon_and_checked() {
+    let v = Volume::new();
+    v.ok(&["put", "/etc/hostname", "/h"]);
+    let _d = v.serve();
+    let out = v.run(&["kit", "export"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("master key"), "{err}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("MASTER KEY") && text.contains("\ndmkit1"),
+        "{text}"
+    );
+    let kit = v.dir.path().join("kit.txt");
+    std::fs::write(&kit, &text).unwrap();
+    let kit = kit.to_str().unwrap();
+    let said = v.ok(&["kit", "check", kit]);
+    assert!(said.contains("it is this home's volume"), "{said}");
+    assert!(
+        !said.contains("dmkit1"),
+        "check never prints the secrets: {said}"
+    );
+    // Copied by hand over two lines: still reads.
+    let token = text.lines().find(|l| l.starts_with("dmkit1")).unwrap();
+    let (a, b) = token.split_at(50);
+    let copy = v.dir.path().join("copy.txt");
+    std::fs::write(&copy, format!("{a}\n  {b}\n")).unwrap();
+    assert!(
+        v.ok(&["kit", "check", copy.to_str().unwrap()])
+            .contains("this home's volume")
+    );
+    // One character mistyped, or the token cut: refused, saying why.
+    let i = token.len() / 2;
+    let typo = if &token[i..=i] == "0" { "1" } else { "0" };
+    std::fs::write(&copy, format!("{}{typo}{}", &token[..i], &token[i + 1..])).unwrap();
+    fails(
+        &v,
+        &["kit", "check", copy.to_str().unwrap()],
+        "checksum does not match",
+    );
+    std::fs::write(&copy, &token[..token.len() - 3]).unwrap();
+    fails(
+        &v,
+        &["kit", "check", copy.to_str().unwrap()],
+        "not a usable recovery kit",
+    );
+    // Another volume's home: the kit is not its own.
+    let other = Volume::new();
+    other.ok(&["mkdir", "/x"]);
+    fails(&other, &["kit", "check", kit], "another volume");
+    // A kit file that is not there: the error names it.
+    fails(
+        &Volume::new(),
+        &["kit", "check", "/nonexistent"],
+        "/nonexistent",
+    );
+}

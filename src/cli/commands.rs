@@ -121,6 +121,22 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             Ok(true)
         }
         Cmd::Members { action } => super::mesh::members(home, action),
+        Cmd::Kit {
+            action: super::KitAction::Export { qr },
+        } => {
+            let id = volume_id(home, name)?;
+            super::mesh::kit_export(home, id, qr)?;
+            Ok(true)
+        }
+        Cmd::Kit {
+            action: super::KitAction::Check { file },
+        } => {
+            let id = (home.exists() && !home.is_member())
+                .then(|| volume_id(home, name))
+                .transpose()?;
+            super::mesh::kit_check(home, &file, id)?;
+            Ok(true)
+        }
         Cmd::Node(args) => {
             super::mesh::node(args, &home.bootstrap)?;
             Ok(true)
@@ -305,6 +321,22 @@ fn with_volume(
     }
     res?;
     Ok(!failed)
+}
+
+/// The volume's id, asked of the volume (through its daemon when one runs).
+fn volume_id(home: &Home, name: &str) -> anyhow::Result<[u8; 16]> {
+    if home.is_member() {
+        anyhow::bail!("this is a member device: the kit is the home node's to export");
+    }
+    if !home.exists() {
+        anyhow::bail!("{}: no volume here", home.dir.display());
+    }
+    let mut id = None;
+    with_volume(home, name, Writes::No, |cx| {
+        id = Some(cx.vol.params()?.volume_id);
+        Ok(())
+    })?;
+    Ok(id.expect("set when with_volume succeeds"))
 }
 
 fn mkdir(cx: &Ctx, path: &str, parents: bool) -> crate::Result<()> {

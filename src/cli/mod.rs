@@ -13,6 +13,18 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
+pub enum KitAction {
+    /// Print the kit, to keep on paper or in a password manager.
+    Export {
+        /// Also print it as a QR code.
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Read a kit (FILE, or - for standard input) and say what it holds.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 pub enum PeersAction {
     /// Admit a peer by id (one that joined without a token from this home).
     Add { id: String },
@@ -203,6 +215,12 @@ enum Cmd {
     Peers {
         #[command(subcommand)]
         action: Option<PeersAction>,
+    },
+    /// The recovery kit: the volume's master key and where its peers are,
+    /// to keep away from its machines.
+    Kit {
+        #[command(subcommand)]
+        action: KitAction,
     },
     /// Time namespace calls and small-file creates (see scripts/bench-members.sh).
     #[command(hide = true)]

@@ -86,6 +86,11 @@ impl MeshKey {
         write_secret(path, &self.0)
     }
 
+    /// The key itself (for the recovery kit).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The Noise prologue: both ends of a handshake must have the same one.
     fn prologue(&self) -> Vec<u8> {
         blake3::derive_key("datamesh 2026 mesh noise prologue", &self.0).to_vec()

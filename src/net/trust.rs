@@ -368,8 +368,6 @@ const MEMBER: &str = "dmmember1";
 fn member_secret(token_body: &[u8]) -> [u8; 32] {
     blake3::derive_key("datamesh 2026 member secret", token_body)
 }
-/// Bytes of BLAKE3 over the body that end a `dmjoin2` token.
-const CHECK: usize = 4;
 
 impl JoinToken {
     /// A `dmjoin2` token, and its admission secret (what the home keeps in
@@ -435,12 +433,7 @@ impl JoinToken {
             nonce: rand::random(),
         })
         .expect("tokens serialize");
-        let check = blake3::hash(&body);
-        let token = format!(
-            "{prefix}{}{}",
-            hex::encode(&body),
-            hex::encode(&check.as_bytes()[..CHECK])
-        );
+        let token = format!("{prefix}{}", crate::util::hex_checked(&body));
         (body, token)
     }
 
@@ -502,23 +495,12 @@ impl JoinToken {
 /// A `dmjoin2`-style token's hex (after its prefix): the body, checked
 /// against its checksum, and what it says.
 fn check_body(hexed: &str, bad: &dyn Fn(&str) -> NetError) -> Result<(TokenV2, Vec<u8>), NetError> {
-    let bytes = hex::decode(hexed).map_err(|_| {
-        bad("not hex after the prefix (a character was mistyped, or the token was cut)")
-    })?;
-    if bytes.len() < CHECK {
-        return Err(bad("too short (cut off?)"));
-    }
-    let (body, check) = bytes.split_at(bytes.len() - CHECK);
-    if blake3::hash(body).as_bytes()[..CHECK] != *check {
-        return Err(bad(
-            "its checksum does not match: a character was mistyped, or the token was cut",
-        ));
-    }
-    let (t, rest): (TokenV2, _) = postcard::take_from_bytes(body).map_err(|_| bad("damaged"))?;
+    let body = crate::util::unhex_checked(hexed).map_err(bad)?;
+    let (t, rest): (TokenV2, _) = postcard::take_from_bytes(&body).map_err(|_| bad("damaged"))?;
     if !rest.is_empty() {
         return Err(bad("damaged (bytes after its end)"));
     }
-    Ok((t, body.to_vec()))
+    Ok((t, body))
 }
 
 #[cfg(test)]

@@ -79,6 +79,12 @@ impl<C: Caller> Volume for C {
             other => Err(unexpected("readdir", other)),
         }
     }
+    fn params(&self) -> Result<crate::meta::VolumeParams> {
+        match self.call(Request::Params, &quiet)? {
+            Reply::Params(p) => Ok(p),
+            other => Err(unexpected("params", other)),
+        }
+    }
     fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
         let max = u32::try_from(max).unwrap_or(u32::MAX);
         match self.call(Request::ReaddirPlus { ino, offset, max }, &quiet)? {

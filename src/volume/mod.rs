@@ -86,6 +86,8 @@ pub trait Volume: Sync {
     fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>>;
     /// The same, each entry with its attributes (one call for `ls -l`).
     fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>>;
+    /// The volume's parameters (its id among them).
+    fn params(&self) -> Result<crate::meta::VolumeParams>;
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>>;
     fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr>;
     fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr>;
@@ -179,6 +181,9 @@ impl Volume for Engine {
     }
     fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
         Engine::readdir_plus(self, ino, offset, max)
+    }
+    fn params(&self) -> Result<crate::meta::VolumeParams> {
+        Ok(self.meta().params().clone())
     }
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         Engine::readlink(self, ino)

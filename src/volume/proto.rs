@@ -101,6 +101,8 @@ pub enum Request {
         offset: u64,
         max: u32,
     },
+    /// The volume's parameters (version 3).
+    Params,
 }
 
 /// What a call returns when it succeeds.
@@ -116,6 +118,7 @@ pub enum Reply {
     Check(CheckReport),
     Report(Box<Report>),
     EntriesPlus(Vec<(DirEntry, Attr)>),
+    Params(crate::meta::VolumeParams),
 }
 
 /// A failed call: what it means and what happened.
@@ -284,6 +287,7 @@ mod tests {
             }),
             (ino(), any::<u64>(), any::<u32>())
                 .prop_map(|(ino, offset, max)| { Request::ReaddirPlus { ino, offset, max } }),
+            Just(Request::Params),
             ino().prop_map(Request::Readlink),
             (ino(), bytes(), any::<u16>(), any::<u32>(), any::<u32>()).prop_map(
                 |(parent, name, perm, uid, gid)| Request::Mkdir {

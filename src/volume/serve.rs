@@ -255,6 +255,7 @@ pub fn answer(engine: &Engine, req: Request, runner: &Runner) -> Result<Reply> {
         Request::Readdir { ino, offset, max } => {
             Reply::Entries(engine.readdir(ino, offset, (max as usize).min(4096))?)
         }
+        Request::Params => Reply::Params(engine.meta().params().clone()),
         Request::ReaddirPlus { ino, offset, max } => {
             Reply::EntriesPlus(engine.readdir_plus(ino, offset, (max as usize).min(4096))?)
         }
