@@ -6,7 +6,7 @@ source "$(dirname "$0")/common.sh"
 # clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks
 # (bindfs and gocryptfs are the baselines of the filesystem benchmark).
 packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc
-  git vim restic borgbackup fio bindfs gocryptfs acl)
+  git vim restic borgbackup fio bindfs gocryptfs acl man-db)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +19,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust 1.88 or newer" >&2; exit 1; }
+# The Debian package (scripts/package-deb.sh) is built with cargo-deb.
+if ! command -v cargo-deb >/dev/null; then
+  echo "setup: installing cargo-deb (a few minutes)"
+  cargo install cargo-deb --locked --quiet
+fi
 
 echo "setup: building (the first RocksDB build takes ~12 minutes on 2 cores)"
 cd "$REPO"

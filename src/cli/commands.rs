@@ -86,6 +86,20 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             bench::meta(opened.volume(), &dir, stats, creates)?;
             Ok(true)
         }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = super::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "datamesh", &mut std::io::stdout());
+            Ok(true)
+        }
+        Cmd::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+            // datamesh.1, and datamesh-COMMAND.1 for each visible command.
+            clap_mangen::generate_to(super::Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            Ok(true)
+        }
         Cmd::Bench { size, dir } => {
             bench::run(size, &dir)?;
             Ok(true)

@@ -222,6 +222,11 @@ enum Cmd {
         #[command(subcommand)]
         action: KitAction,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages for datamesh and each command into DIR (for packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Time namespace calls and small-file creates (see scripts/bench-members.sh).
     #[command(hide = true)]
     BenchMeta {
