@@ -14,6 +14,7 @@ pub mod fuse;
 pub mod home;
 pub mod kit;
 pub mod meta;
+pub mod metrics;
 pub mod net;
 pub mod store;
 pub mod types;

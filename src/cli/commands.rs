@@ -117,8 +117,15 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             cache_mb,
             dirty_mb,
             listen,
+            metrics,
         } => {
-            super::mount::serve(home, cache_mb, dirty_mb, &listen)?;
+            let opts = super::mount::DaemonOptions {
+                cache_mb,
+                dirty_mb,
+                listen,
+                metrics,
+            };
+            super::mount::serve(home, &opts)?;
             Ok(true)
         }
         Cmd::Join { token, name } => {

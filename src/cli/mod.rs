@@ -168,6 +168,9 @@ enum Cmd {
         /// Listen for member devices here (repeatable; overrides config.toml's listen).
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run a storage peer: holds shards for the mesh, no keys, no names.
     Node(mesh::NodeArgs),
@@ -280,6 +283,9 @@ pub struct MountArgs {
     /// Listen for member devices here (repeatable; overrides config.toml's listen).
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Comma-separated mount options: allow_other, ro, rw, attr_ttl=SECS,
     /// entry_ttl=SECS, cache_mb=MIB, dirty_mb=MIB; fstab's generic options
     /// (defaults, _netdev, nofail, noauto, user, …) are accepted and ignored.
@@ -366,6 +372,10 @@ impl MountArgs {
         for a in &self.listen {
             out.push("--listen".to_string());
             out.push(a.clone());
+        }
+        if let Some(m) = self.metrics {
+            out.push("--metrics".to_string());
+            out.push(m.to_string());
         }
         out
     }

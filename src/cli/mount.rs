@@ -73,26 +73,26 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         if let Some(src) = mount_source(home) {
             opts.source = src;
         }
-        let res = daemon(
-            home,
-            args.cache_mb,
-            args.dirty_mb,
-            &args.listen,
-            |engine, signals, runner| {
-                fs::write(
-                    &pid,
-                    format!("{}\n{}\n", std::process::id(), mountpoint.display()),
-                )
-                .with_context(|| pid.display().to_string())?;
-                Ok(crate::fuse::mount(
-                    engine.clone(),
-                    &mountpoint,
-                    &opts,
-                    signals,
-                    runner,
-                )?)
-            },
-        );
+        let daemon_opts = DaemonOptions {
+            cache_mb: args.cache_mb,
+            dirty_mb: args.dirty_mb,
+            listen: args.listen.clone(),
+            metrics: args.metrics,
+        };
+        let res = daemon(home, &daemon_opts, |engine, signals, runner| {
+            fs::write(
+                &pid,
+                format!("{}\n{}\n", std::process::id(), mountpoint.display()),
+            )
+            .with_context(|| pid.display().to_string())?;
+            Ok(crate::fuse::mount(
+                engine.clone(),
+                &mountpoint,
+                &opts,
+                signals,
+                runner,
+            )?)
+        });
         let _ = fs::remove_file(&pid);
         return res;
     }
@@ -148,11 +148,17 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
 /// Runs a volume daemon: opens the volume, answers on its socket, runs the
 /// engine's workers and `body` (the mount, or a wait for a signal); then stops
 /// the workers and flushes the volume.
+/// What a volume daemon (a mount, `serve`) is started with.
+pub struct DaemonOptions {
+    pub cache_mb: Option<usize>,
+    pub dirty_mb: Option<usize>,
+    pub listen: Vec<String>,
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
 fn daemon(
     home: &Home,
-    cache_mb: Option<usize>,
-    dirty_mb: Option<usize>,
-    listen: &[String],
+    opts: &DaemonOptions,
     body: impl FnOnce(
         &Arc<crate::data::Engine>,
         crate::workers::ExitSignals,
@@ -161,7 +167,8 @@ fn daemon(
 ) -> anyhow::Result<()> {
     // Before the engine opens, so that a signal from then on ends it cleanly.
     let signals = crate::workers::catch_exit_signals()?;
-    let listen = home.listen_addrs(listen)?;
+    let (cache_mb, dirty_mb) = (opts.cache_mb, opts.dirty_mb);
+    let listen = home.listen_addrs(&opts.listen)?;
     let member = home.is_member();
     if member && !listen.is_empty() {
         bail!("--listen: only the home node answers member devices; this is one");
@@ -196,6 +203,15 @@ fn daemon(
             crate::volume::meta::HomeServer::start(&engine, home.paths(), key, client, &runner)?;
         }
         engine.spawn_workers(&runner)?;
+        if let Some(addr) = opts.metrics {
+            let weak = Arc::downgrade(&engine);
+            let refresh = move || {
+                if let Some(e) = weak.upgrade() {
+                    e.refresh_metrics();
+                }
+            };
+            crate::metrics::serve(addr, refresh, &runner)?;
+        }
         body(&engine, signals, &runner)
     })();
     // Workers end before the last flush, so none seals or repairs after it.
@@ -206,12 +222,7 @@ fn daemon(
 }
 
 /// `datamesh serve`: the volume held for this host's CLI, with no mount.
-pub fn serve(
-    home: &Home,
-    cache_mb: Option<usize>,
-    dirty_mb: Option<usize>,
-    listen: &[String],
-) -> anyhow::Result<()> {
+pub fn serve(home: &Home, opts: &DaemonOptions) -> anyhow::Result<()> {
     if home.is_member() {
         bail!(
             "this is a member device: the volume's daemon runs on the home node \
@@ -221,7 +232,7 @@ pub fn serve(
     if !home.exists() {
         home.init(&InitOptions::default())?;
     }
-    daemon(home, cache_mb, dirty_mb, listen, |_, signals, runner| {
+    daemon(home, opts, |_, signals, runner| {
         let (stop, stopped) = std::sync::mpsc::channel();
         signals.watch(runner, "stopping", move || {
             let _ = stop.send(());

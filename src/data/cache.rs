@@ -25,8 +25,10 @@ impl Core {
     ) -> Result<Option<Arc<Vec<u8>>>> {
         let key = chunk_cache_key(chunk);
         if let Some(hit) = lock(&self.cache).get(&key) {
+            crate::metrics::get().cache_hits.inc();
             return Ok(Some(hit.clone()));
         }
+        crate::metrics::get().cache_misses.inc();
         let (flight, leader) = match lock(&self.loading).entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => (o.get().clone(), false),
             std::collections::hash_map::Entry::Vacant(v) => {

@@ -40,6 +40,27 @@ pub struct CheckReport {
 }
 
 impl Engine {
+    /// Sets the metrics' gauges from what the engine keeps (at each scrape;
+    /// asks every reachable peer for its figures).
+    pub fn refresh_metrics(&self) {
+        let m = crate::metrics::get();
+        m.dirty_bytes.set(
+            self.s
+                .dirty_total
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
+        if let Some(peers) = self.s.store.peers() {
+            let admitted: Vec<_> = peers.iter().filter(|p| p.admitted).collect();
+            let reachable = || admitted.iter().filter(|p| p.reachable);
+            m.peers.set(admitted.len() as i64);
+            m.peers_reachable.set(reachable().count() as i64);
+            m.peer_capacity_bytes
+                .set(reachable().map(|p| p.capacity).sum::<u64>() as i64);
+            m.peer_used_bytes
+                .set(reachable().map(|p| p.bytes).sum::<u64>() as i64);
+        }
+    }
+
     pub fn usage(&self) -> Result<Usage> {
         let mut u = Usage {
             data_shards: self.s.codec.data_shards(),

@@ -5,6 +5,12 @@ use super::*;
 
 impl Engine {
     pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let out = self.read_inner(ino, offset, len)?;
+        crate::metrics::get().bytes_read.inc_by(out.len() as u64);
+        Ok(out)
+    }
+
+    fn read_inner(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
         let cell = self.state(ino);
         let guard = cell.as_ref().map(|c| lock(&c.state));
         let size = match guard.as_ref().and_then(|g| g.size) {

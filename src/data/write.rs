@@ -105,6 +105,9 @@ impl Engine {
                 }
             }
         }
+        crate::metrics::get()
+            .bytes_written
+            .inc_by(data.len() as u64);
         Ok(data.len())
     }
 

@@ -71,6 +71,7 @@ pub fn errno(e: &Error) -> i32 {
 }
 
 fn err(e: &Error) -> Errno {
+    crate::metrics::get().fuse_errors.inc();
     Errno::from_i32(errno(e))
 }
 
@@ -79,7 +80,10 @@ fn err(e: &Error) -> Errno {
 /// ESTALE makes the kernel look the name up again instead of failing.
 fn err_inode(e: &Error) -> Errno {
     match e.kind() {
-        crate::error::Kind::NotFound => Errno::from_i32(libc::ESTALE),
+        crate::error::Kind::NotFound => {
+            crate::metrics::get().fuse_errors.inc();
+            Errno::from_i32(libc::ESTALE)
+        }
         _ => err(e),
     }
 }
@@ -186,9 +190,14 @@ impl DatameshFs {
     }
 
     /// Runs `work` on an I/O thread; it answers the request itself.
-    fn spawn(&self, work: impl FnOnce(&Engine) + Send + 'static) {
+    /// `op` names it in the metrics, timed until it has answered.
+    fn spawn(&self, op: &'static str, work: impl FnOnce(&Engine) + Send + 'static) {
         let engine = self.engine.clone();
-        self.io.spawn_blocking(move || work(&engine));
+        let timer = crate::metrics::op(op);
+        self.io.spawn_blocking(move || {
+            work(&engine);
+            drop(timer);
+        });
     }
 
     /// How long the kernel may keep `a`.
@@ -324,10 +333,12 @@ impl Filesystem for DatameshFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = crate::metrics::op("lookup");
         self.reply_entry(self.engine.lookup(ino(parent), name.as_bytes()), reply);
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = crate::metrics::op("getattr");
         match self.engine.getattr(ino(i)) {
             Ok(a) => reply.attr(&self.attr_ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(err_inode(&e)),
@@ -352,6 +363,7 @@ impl Filesystem for DatameshFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = crate::metrics::op("setattr");
         // The engine seals buffered writes before setting times, so the times
         // set here are the ones that stay.
         let set = SetAttr {
@@ -375,6 +387,7 @@ impl Filesystem for DatameshFs {
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        let _t = crate::metrics::op("readlink");
         Self::reply_data(self.engine.readlink(ino(i)), reply);
     }
 
@@ -388,6 +401,7 @@ impl Filesystem for DatameshFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = crate::metrics::op("mknod");
         let kind = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => FileKind::File,
             libc::S_IFIFO => FileKind::Fifo,
@@ -421,6 +435,7 @@ impl Filesystem for DatameshFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _t = crate::metrics::op("mkdir");
         let perm = new_perm(mode, umask);
         let res = self
             .engine
@@ -429,10 +444,12 @@ impl Filesystem for DatameshFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = crate::metrics::op("unlink");
         Self::reply_empty(self.engine.unlink(ino(parent), name.as_bytes()), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = crate::metrics::op("rmdir");
         Self::reply_empty(self.engine.rmdir(ino(parent), name.as_bytes()), reply);
     }
 
@@ -444,6 +461,7 @@ impl Filesystem for DatameshFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _t = crate::metrics::op("symlink");
         let target = target.as_os_str().as_bytes();
         let res = self.engine.symlink(
             ino(parent),
@@ -465,6 +483,7 @@ impl Filesystem for DatameshFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = crate::metrics::op("rename");
         let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
         if !known.contains(flags) {
             return reply.error(Errno::from_i32(libc::EINVAL));
@@ -491,6 +510,7 @@ impl Filesystem for DatameshFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _t = crate::metrics::op("link");
         self.reply_entry(
             self.engine.link(ino(i), ino(newparent), newname.as_bytes()),
             reply,
@@ -498,6 +518,7 @@ impl Filesystem for DatameshFs {
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = crate::metrics::op("open");
         let i = ino(i);
         let attr = match self.engine.open(i) {
             Ok(a) => a,
@@ -535,7 +556,7 @@ impl Filesystem for DatameshFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(move |engine| {
+        self.spawn("read", move |engine| {
             Self::reply_data(engine.read(ino(i), offset, size as usize), reply)
         });
     }
@@ -552,6 +573,7 @@ impl Filesystem for DatameshFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = crate::metrics::op("write");
         match self.engine.write(ino(i), offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(&e)),
@@ -567,7 +589,7 @@ impl Filesystem for DatameshFs {
         reply: ReplyEmpty,
     ) {
         // A close drops the closing owner's POSIX locks on the file.
-        self.spawn(move |engine| {
+        self.spawn("flush", move |engine| {
             let res = engine
                 .flush(ino(i))
                 .and(engine.unlock(lock_owner.0, ino(i)));
@@ -586,7 +608,7 @@ impl Filesystem for DatameshFs {
         reply: ReplyEmpty,
     ) {
         // The last close of an open file description drops its flock.
-        self.spawn(move |engine| {
+        self.spawn("release", move |engine| {
             let unlocked = lock_owner.map_or(Ok(()), |o| engine.unlock(o.0, ino(i)));
             Self::reply_empty(engine.release(ino(i)).and(unlocked), reply)
         });
@@ -613,13 +635,13 @@ impl Filesystem for DatameshFs {
             typ,
             pid,
         };
-        self.spawn(
-            move |engine| match engine.getlk(lock_owner.0, ino(i), want) {
+        self.spawn("getlk", move |engine| {
+            match engine.getlk(lock_owner.0, ino(i), want) {
                 Ok(Some(l)) => reply.locked(l.start, l.end, l.typ, l.pid),
                 Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
                 Err(e) => reply.error(err(&e)),
-            },
-        );
+            }
+        });
     }
 
     fn setlk(
@@ -642,7 +664,7 @@ impl Filesystem for DatameshFs {
             pid,
         };
         let notifier = self.notifier.clone();
-        self.spawn(move |engine| {
+        self.spawn("setlk", move |engine| {
             let taking = want.typ != libc::F_UNLCK;
             // What this owner wrote under the lock is committed before
             // another host can take it.
@@ -679,7 +701,9 @@ impl Filesystem for DatameshFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |engine| Self::reply_empty(engine.fsync(ino(i)), reply));
+        self.spawn("fsync", move |engine| {
+            Self::reply_empty(engine.fsync(ino(i)), reply)
+        });
     }
 
     fn fallocate(
@@ -700,7 +724,7 @@ impl Filesystem for DatameshFs {
             // Zero-range, collapse and insert: tools fall back to writing.
             _ => return reply.error(Errno::from_i32(libc::EOPNOTSUPP)),
         };
-        self.spawn(move |engine| {
+        self.spawn("fallocate", move |engine| {
             let res = if punch {
                 engine.punch_hole(i, offset, length)
             } else {
@@ -711,6 +735,7 @@ impl Filesystem for DatameshFs {
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = crate::metrics::op("opendir");
         match self.engine.getattr(ino(i)) {
             Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
@@ -726,6 +751,7 @@ impl Filesystem for DatameshFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = crate::metrics::op("readdir");
         let mut offset = offset;
         loop {
             let batch = match self.engine.readdir(ino(i), offset, READDIR_BATCH) {
@@ -757,6 +783,7 @@ impl Filesystem for DatameshFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _t = crate::metrics::op("readdirplus");
         let dir = ino(i);
         let mut offset = offset;
         loop {
@@ -803,6 +830,7 @@ impl Filesystem for DatameshFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = crate::metrics::op("releasedir");
         reply.ok();
     }
 
@@ -814,11 +842,13 @@ impl Filesystem for DatameshFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = crate::metrics::op("fsyncdir");
         // Namespace changes are committed to the metadata store as they happen.
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = crate::metrics::op("statfs");
         match self.engine.statfs() {
             Ok(s) => {
                 let FsStats {
@@ -856,6 +886,7 @@ impl Filesystem for DatameshFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = crate::metrics::op("setxattr");
         if position != 0 || flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
@@ -873,6 +904,7 @@ impl Filesystem for DatameshFs {
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = crate::metrics::op("getxattr");
         match self.engine.getxattr(ino(i), name.as_bytes()) {
             Ok(v) => Self::reply_xattr(&v, size, reply),
             Err(e) => reply.error(err(&e)),
@@ -880,6 +912,7 @@ impl Filesystem for DatameshFs {
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = crate::metrics::op("listxattr");
         match self.engine.listxattr(ino(i)) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -894,10 +927,12 @@ impl Filesystem for DatameshFs {
     }
 
     fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = crate::metrics::op("removexattr");
         Self::reply_empty(self.engine.removexattr(ino(i), name.as_bytes()), reply);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = crate::metrics::op("access");
         // Mounted with default_permissions: the kernel checks access itself.
         reply.ok();
     }
@@ -913,6 +948,7 @@ impl Filesystem for DatameshFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let _t = crate::metrics::op("ioctl");
         // No ioctls (isatty() probes land here): quietly "not a terminal".
         reply.error(Errno::from_i32(libc::ENOTTY));
     }
@@ -927,6 +963,7 @@ impl Filesystem for DatameshFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = crate::metrics::op("create");
         let perm = new_perm(mode, umask);
         let made =
             self.engine
