@@ -964,3 +964,41 @@ fn a_peer_that_acknowledges_puts_it_does_not_keep_is_counted_honestly_and_repair
     v.get_same("/f.bin", &v.dir.path().join("back.bin"), &src);
     v.assert_fsck_clean();
 }
+
+#[test]
+fn the_home_and_a_storage_peer_serve_metrics() {
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 5);
+    let node_addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    c.add(&["--metrics", &node_addr]);
+    let home_addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let _d = v.serve_with(&c.bootstrap_flags(), &["--metrics", &home_addr]);
+    let src = v.dir.path().join("src");
+    sh(v.dir.path(), "head -c 9000000 /dev/urandom > src");
+    v.ok(&["put", src.to_str().unwrap(), "/f"]);
+    let home = fs_tests::scrape(&home_addr);
+    let puts: f64 = home
+        .lines()
+        .filter(|l| {
+            l.starts_with("datamesh_shard_requests_total{") && l.contains("request=\"Put\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(puts >= 18.0, "3 chunks of 6 shards were stored: {home}");
+    assert_eq!(
+        fs_tests::metric(&home, "datamesh_peers_reachable"),
+        6.0,
+        "{home}"
+    );
+    assert!(
+        fs_tests::metric(&home, "datamesh_peer_capacity_bytes") > 0.0,
+        "{home}"
+    );
+    // The home's scrape asked every peer for its figures.
+    let node = fs_tests::scrape(&node_addr);
+    assert!(
+        fs_tests::metric(&node, "datamesh_node_requests_total{request=\"Stat\"}") > 0.0,
+        "{node}"
+    );
+    assert!(node.contains("datamesh_node_shards "), "{node}");
+}

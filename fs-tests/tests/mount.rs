@@ -321,36 +321,13 @@ fn the_volume_socket_answers_its_owner_and_refuses_another_user() {
     assert!(m.unmount());
 }
 
-/// `GET /metrics` on `addr`, the body.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-/// The value of the metric line starting with `name` (0 when absent).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 #[test]
 fn the_mount_serves_prometheus_metrics_that_move_with_the_work() {
     require!();
     let v = Volume::new();
     let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
     let m = v.mount_with(&["--metrics", &addr]);
-    let before = scrape(&addr);
+    let before = fs_tests::scrape(&addr);
     sh(
         &m.at,
         "head -c 6000000 /dev/urandom > f && sync f && cat f > /dev/null && ls -l >/dev/null",
@@ -360,8 +337,8 @@ fn the_mount_serves_prometheus_metrics_that_move_with_the_work() {
         &m.at,
         "echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; cat f > /dev/null",
     );
-    let after = scrape(&addr);
-    let moved = |name: &str| metric(&after, name) - metric(&before, name);
+    let after = fs_tests::scrape(&addr);
+    let moved = |name: &str| fs_tests::metric(&after, name) - fs_tests::metric(&before, name);
     assert!(
         moved("datamesh_written_bytes_total") >= 6_000_000.0,
         "{after}"

@@ -20,6 +20,9 @@ pub struct NodeArgs {
     /// [default: $XDG_DATA_HOME/datamesh-node or ~/.local/share/datamesh-node].
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9465).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Most shard bytes to hold (e.g. 500G); puts beyond it are refused and the
     /// writer places the shard elsewhere [default: the disk's free space].
     #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
@@ -88,6 +91,7 @@ pub fn node(args: NodeArgs, bootstrap: &[String]) -> anyhow::Result<()> {
     crate::net::node::run(NodeOptions {
         data,
         listen,
+        metrics: args.metrics,
         capacity: args.capacity,
         bootstrap: addrs(bootstrap, "--bootstrap")?,
         join,

@@ -28,6 +28,8 @@ use std::time::Duration;
 pub struct NodeOptions {
     pub data: PathBuf,
     pub listen: Vec<Multiaddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Most shard bytes this peer keeps; `None`: as much as its disk holds.
     pub capacity: Option<u64>,
     pub bootstrap: Vec<Multiaddr>,
@@ -417,6 +419,26 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         .enable_all()
         .build()
         .map_err(super::io_err(&opts.data))?;
+    if let Some(addr) = opts.metrics {
+        let listener = crate::metrics::bind(addr).map_err(|e| NetError::Bad(e.to_string()))?;
+        let figures = shards.clone();
+        let refresh = move || {
+            let m = crate::metrics::get();
+            m.node_shards
+                .set(figures.count.load(Ordering::Relaxed) as i64);
+            m.node_used_bytes
+                .set(figures.used.load(Ordering::Relaxed) as i64);
+            m.node_capacity_bytes
+                .set(figures.capacity.map_or(-1, |c| c as i64));
+        };
+        // Ends with the process (the runtime is dropped as `run` returns).
+        rt.spawn(async move {
+            if let Err(e) = crate::metrics::answer(listener, refresh, std::future::pending()).await
+            {
+                tracing::warn!("serving metrics: {e}");
+            }
+        });
+    }
     rt.block_on(serve(
         identity,
         key,
@@ -492,7 +514,11 @@ async fn serve(
                     message: Message::Request { request, channel, .. },
                     ..
                 })) => {
+                    let counted = crate::metrics::RequestLabel { request: request.right() };
+                    let m = crate::metrics::get();
+                    m.node_requests.get_or_create(&counted).inc();
                     if let Some(refusal) = gate.check(&peer, &request) {
+                        m.node_refusals.get_or_create(&counted).inc();
                         let _ = swarm.behaviour_mut().shard.send_response(channel, refusal);
                     } else if matches!(request, Request::Hello) {
                         let _ = swarm.behaviour_mut().shard.send_response(channel, gate.hello(&me));

@@ -54,6 +54,22 @@ impl MeshClient {
     /// Sends `req` to `peer`; `reply` gets the answer (on the network thread: it
     /// must only hand it on).
     pub(super) fn request(&self, peer: PeerId, req: Request, reply: Reply) {
+        let timer = crate::metrics::shard_request(peer.to_string(), req.right());
+        let reply: Reply = Box::new(move |r| {
+            // Failed to reach the peer, or an answer of failure.
+            let failed = match &r {
+                Err(_) => true,
+                Ok(resp) => matches!(
+                    resp,
+                    Response::Failed(_)
+                        | Response::Refused(_)
+                        | Response::Corrupt
+                        | Response::BadHash
+                ),
+            };
+            timer.done(failed);
+            reply(r)
+        });
         if let Err(mpsc::error::SendError(ToActor::Request { reply, .. })) =
             self.tx.send(ToActor::Request { peer, req, reply })
         {
