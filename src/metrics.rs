@@ -24,6 +24,11 @@ pub struct RequestLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabel {
+    pub health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabel {
     pub peer: String,
     pub request: &'static str,
@@ -51,6 +56,13 @@ pub struct Metrics {
     pub node_shards: Gauge,
     pub node_used_bytes: Gauge,
     pub node_capacity_bytes: Gauge,
+    /// The last survey's sharded chunks by health (full, reduced, critical,
+    /// unreadable, unknown), peer losses every chunk survives (-1: no
+    /// peers), shards rebuilt by repairs, and when (unix seconds).
+    pub chunks: Family<HealthLabel, Gauge>,
+    pub losses_survivable: Gauge,
+    pub rebuilt_shards: Counter,
+    pub last_survey: Gauge,
     /// File bytes read and written through the engine's file calls (the
     /// mount; the CLI's put and get stream past them).
     pub bytes_read: Counter,
@@ -87,6 +99,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         node_shards: Gauge::default(),
         node_used_bytes: Gauge::default(),
         node_capacity_bytes: Gauge::default(),
+        chunks: Family::default(),
+        losses_survivable: Gauge::default(),
+        rebuilt_shards: Counter::default(),
+        last_survey: Gauge::default(),
         bytes_read: Counter::default(),
         bytes_written: Counter::default(),
         cache_hits: Counter::default(),
@@ -106,6 +122,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Peers(&'a Family<PeerLabel, Counter>),
         PeerTimes(&'a Timed<PeerLabel>),
         Requests(&'a Family<RequestLabel, Counter>),
+        Health(&'a Family<HealthLabel, Gauge>),
     }
     use One::*;
     #[rustfmt::skip]
@@ -130,6 +147,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ("node_shards", "Shards this storage peer holds", G(&m.node_shards)),
         ("node_used_bytes", "Shard bytes this storage peer holds", G(&m.node_used_bytes)),
         ("node_capacity_bytes", "This storage peer's capacity", G(&m.node_capacity_bytes)),
+        ("chunks", "Sharded chunks by health, at the last survey", Health(&m.chunks)),
+        ("losses_survivable", "Peer losses every chunk survives (last survey)", G(&m.losses_survivable)),
+        ("rebuilt_shards", "Shards rebuilt and placed by repairs", C(&m.rebuilt_shards)),
+        ("last_survey_seconds", "When the last survey ran (unix seconds)", G(&m.last_survey)),
     ];
     for (name, help, metric) in all {
         match metric {
@@ -140,6 +161,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             Peers(f) => r.register(name, help, f.clone()),
             PeerTimes(f) => r.register(name, help, f.clone()),
             Requests(f) => r.register(name, help, f.clone()),
+            Health(f) => r.register(name, help, f.clone()),
         }
     }
     Metrics { registry: r, ..m }
@@ -299,6 +321,10 @@ mod tests {
         let label = RequestLabel { request: "Get" };
         get().node_requests.get_or_create(&label).inc();
         get().node_refusals.get_or_create(&label).inc();
+        get()
+            .chunks
+            .get_or_create(&HealthLabel { health: "full" })
+            .set(0);
         let text = text();
         let mut asked = 0;
         for panel in dash["panels"].as_array().unwrap() {

@@ -1001,4 +1001,22 @@ fn the_home_and_a_storage_peer_serve_metrics() {
         "{node}"
     );
     assert!(node.contains("datamesh_node_shards "), "{node}");
+    // A survey (status here; repair, scrub and the repair worker too) is
+    // published: every chunk whole, two peer losses survivable.
+    v.ok(&["status"]);
+    let home = fs_tests::scrape(&home_addr);
+    assert_eq!(
+        fs_tests::metric(&home, "datamesh_chunks{health=\"full\"}"),
+        3.0,
+        "{home}"
+    );
+    assert_eq!(
+        fs_tests::metric(&home, "datamesh_losses_survivable"),
+        2.0,
+        "{home}"
+    );
+    assert!(
+        fs_tests::metric(&home, "datamesh_last_survey_seconds") > 0.0,
+        "{home}"
+    );
 }

@@ -47,6 +47,26 @@ pub struct Redundancy {
     pub failures: Vec<String>,
 }
 
+/// The last survey's figures, for the metrics (status, repair, scrub and the
+/// repair worker each make one).
+fn publish(r: &Redundancy) {
+    let m = crate::metrics::get();
+    let health = [
+        ("full", r.full),
+        ("reduced", r.reduced),
+        ("critical", r.critical),
+        ("unreadable", r.lost),
+        ("unknown", r.unknown),
+    ];
+    for (health, n) in health {
+        let label = crate::metrics::HealthLabel { health };
+        m.chunks.get_or_create(&label).set(n as i64);
+    }
+    m.losses_survivable.set(r.survives.map_or(-1, |s| s as i64));
+    m.rebuilt_shards.inc_by(r.rebuilt);
+    m.last_survey.set(crate::net::trust::now_secs() as i64);
+}
+
 /// How many holders can go, worst case, before fewer than `k` shards are left:
 /// each step removes the holder whose loss costs the most shards.
 fn losses_survived(masks: &[u64], k: usize) -> usize {
@@ -77,6 +97,16 @@ impl Engine {
     /// `repair`, rebuilds every missing shard of a readable chunk onto live
     /// peers, then counts again over a fresh survey. `progress(done, total)`.
     pub fn redundancy(
+        &self,
+        repair: bool,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Redundancy> {
+        let r = self.survey_and_repair(repair, progress)?;
+        publish(&r);
+        Ok(r)
+    }
+
+    fn survey_and_repair(
         &self,
         repair: bool,
         progress: &(dyn Fn(u64, u64) + Sync),
