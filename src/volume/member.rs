@@ -5,7 +5,7 @@
 //! peers. A member's mount stands on [`super::remote_ns`].
 
 use super::calls::Caller;
-use super::meta::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
+use super::meta_wire::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
 use super::proto::{Reply, Request};
 use super::{NewFile, Progress, Volume};
 use crate::chunk::{ChunkRef, Codec, DeviceKey, VolumeKey};

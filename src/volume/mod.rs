@@ -12,6 +12,7 @@
 pub mod calls;
 pub mod member;
 pub mod meta;
+pub mod meta_wire;
 pub mod proto;
 pub mod remote;
 pub mod remote_ns;

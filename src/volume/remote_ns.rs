@@ -4,7 +4,9 @@
 
 use super::calls::buf;
 use super::member::{HOME_WAIT, bad, reach};
-use super::meta::{MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply, decode_answer, encode_request};
+use super::meta_wire::{
+    MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply, decode_answer, encode_request,
+};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;

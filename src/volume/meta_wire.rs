@@ -1,0 +1,341 @@
+//! What member devices and the home node say over `/datamesh/meta/1` (the
+//! transport is [`crate::net::meta`]'s): a request is postcard
+//! [`MetaRequest`]; its answer postcard `Result<MetaReply, WireError>`; an
+//! empty answer means the host answers no members (not a home, or not
+//! listening for them). New calls are new last variants (see DESIGN).
+
+use super::NewFile;
+use super::proto::{Reply, Request, WireError};
+use crate::chunk::ChunkRef;
+use crate::error::Kind;
+use crate::meta::changes::Since;
+use crate::meta::locks::RangeLock;
+use crate::meta::{InodeRec, NewNode, VolumeParams};
+use crate::types::{Attr, DirEntry, Ino, RenameFlags, SetAttr, Timestamp};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::time::Duration;
+
+/// The member protocol's version.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MetaRequest {
+    pub version: u32,
+    pub call: MetaCall,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MetaCall {
+    /// A new device proves it holds a member invitation.
+    Join {
+        /// `admission_proof(the token's member secret, the device's peer id)`.
+        proof: [u8; 32],
+        /// Its device public key, to seal the volume secret to.
+        device: ByteBuf,
+        name: String,
+    },
+    /// A call of the volume socket that streams nothing.
+    Volume(Request),
+    /// A file whose chunks the member stored already.
+    CommitFile {
+        file: NewFile,
+        size: u64,
+        chunks: Vec<(u64, ChunkRef)>,
+        /// Per chunk, per shard, the peers the member stored it on.
+        hints: Vec<Vec<Vec<String>>>,
+    },
+    /// A file's size and chunks.
+    ChunkMap(Ino),
+    /// The storage peers' addresses.
+    Peers,
+    /// One operation of the namespace under a member's mounted engine.
+    Ns(NsCall),
+}
+
+/// The namespace operations a member's engine asks (see
+/// [`crate::meta::Namespace`]); each is one batch at home.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NsCall {
+    Params,
+    Inode(Ino),
+    Attr(Ino),
+    Lookup {
+        parent: Ino,
+        name: ByteBuf,
+    },
+    Readdir {
+        ino: Ino,
+        offset: u64,
+        max: u32,
+    },
+    Chunk {
+        ino: Ino,
+        idx: u64,
+    },
+    ChunksFrom {
+        ino: Ino,
+        from: u64,
+    },
+    Getxattr {
+        ino: Ino,
+        name: ByteBuf,
+    },
+    Listxattr(Ino),
+    CreateNode {
+        parent: Ino,
+        name: ByteBuf,
+        node: NewNode,
+    },
+    Link {
+        ino: Ino,
+        parent: Ino,
+        name: ByteBuf,
+    },
+    Unlink {
+        parent: Ino,
+        name: ByteBuf,
+    },
+    Rmdir {
+        parent: Ino,
+        name: ByteBuf,
+    },
+    Rename {
+        parent: Ino,
+        name: ByteBuf,
+        new_parent: Ino,
+        new_name: ByteBuf,
+        flags: RenameFlags,
+    },
+    Setattr {
+        ino: Ino,
+        set: SetAttr,
+    },
+    CommitChunks {
+        ino: Ino,
+        chunks: Vec<(u64, Option<ChunkRef>)>,
+        size: u64,
+        mtime: Option<Timestamp>,
+        /// Per chunk, per shard, the peers the member stored it on.
+        hints: Vec<Vec<Vec<String>>>,
+    },
+    Truncate {
+        ino: Ino,
+        size: u64,
+        tail: Option<(u64, Option<ChunkRef>)>,
+        set: SetAttr,
+    },
+    Setxattr {
+        ino: Ino,
+        name: ByteBuf,
+        value: ByteBuf,
+        create: bool,
+        replace: bool,
+    },
+    Removexattr {
+        ino: Ino,
+        name: ByteBuf,
+    },
+    Sync,
+    /// A handle opened on the member: the home keeps the file while it is
+    /// (answered with the file's attributes).
+    Open(Ino),
+    Release(Ino),
+    Getlk {
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+    },
+    Setlk {
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+    },
+    Unlock {
+        ino: Ino,
+        owner: u64,
+    },
+    /// The member's mount starts: locks left by an earlier one go.
+    ResetLocks,
+    /// Makes a node and counts it open (an `O_CREAT` create in one call).
+    CreateOpen {
+        parent: Ino,
+        name: ByteBuf,
+        node: NewNode,
+    },
+    /// Handles closed on the member since its last `Releases`.
+    Releases(Vec<Ino>),
+    /// A page of entries with their attributes.
+    ReaddirPlus {
+        ino: Ino,
+        offset: u64,
+        max: u32,
+    },
+    /// What other hosts changed since `since`; held until a change or
+    /// [`WATCH_HOLD`]. Also the member's lease on its locks.
+    Watch {
+        since: u64,
+    },
+}
+
+/// How long the home holds a `Watch` with nothing to tell.
+pub const WATCH_HOLD: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NsReply {
+    Params(VolumeParams),
+    Inode(InodeRec),
+    Attr(Attr),
+    Entries(Vec<DirEntry>),
+    /// A chunk, with where its shards are (peer ids per shard, as far as
+    /// the home knows): the member asks those peers first.
+    Chunk {
+        chunk: Option<ChunkRef>,
+        hints: Vec<Vec<String>>,
+    },
+    Chunks {
+        chunks: Vec<(u64, ChunkRef)>,
+        hints: Vec<Vec<Vec<String>>>,
+    },
+    Bytes(ByteBuf),
+    Names(Vec<ByteBuf>),
+    Lock(Option<RangeLock>),
+    Unit,
+    EntriesPlus(Vec<PlusEntry>),
+    Changes(Since),
+    /// A node made and opened, with its directory's new attributes.
+    Created {
+        attr: Attr,
+        parent: Attr,
+    },
+}
+
+/// An entry of a readdirplus page.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PlusEntry {
+    pub entry: DirEntry,
+    pub attr: Attr,
+    /// Whether the inode has extended attributes (a member answers the
+    /// kernel's and `ls`'s probes of one without any itself).
+    pub xattrs: bool,
+}
+
+/// The volume's parameters a member seals chunks with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub chunk_size: u32,
+    pub data_shards: u8,
+    pub parity_shards: u8,
+    pub inline_max: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MetaReply {
+    Joined {
+        /// The volume secret, sealed (ECIES) to the device's public key.
+        sealed_key: ByteBuf,
+        info: VolumeInfo,
+        peers: Vec<String>,
+    },
+    Volume(Reply),
+    ChunkMap {
+        size: u64,
+        chunks: Vec<(u64, ChunkRef)>,
+        /// Per chunk, per shard, the peers known to hold it.
+        hints: Vec<Vec<Vec<String>>>,
+    },
+    Peers(Vec<String>),
+    Ns(NsReply),
+}
+
+pub fn encode_request(call: MetaCall) -> Vec<u8> {
+    postcard::to_stdvec(&MetaRequest {
+        version: VERSION,
+        call,
+    })
+    .expect("requests serialize")
+}
+
+pub(super) fn encode_answer(answer: std::result::Result<MetaReply, WireError>) -> Vec<u8> {
+    postcard::to_stdvec(&answer).unwrap_or_else(|e| {
+        let e = WireError {
+            kind: Kind::Other,
+            text: format!("the answer could not be written: {e}"),
+        };
+        postcard::to_stdvec(&Err::<MetaReply, _>(e)).expect("errors serialize")
+    })
+}
+
+/// A member's reading of the home's answer.
+pub fn decode_answer(bytes: &[u8]) -> Result<MetaReply> {
+    if bytes.is_empty() {
+        return Err(Error::Remote(
+            Kind::Other,
+            "the home node does not answer member devices now (is its daemon running with --listen?)"
+                .into(),
+        ));
+    }
+    match postcard::from_bytes::<std::result::Result<MetaReply, WireError>>(bytes) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(Error::Remote(
+            Kind::Other,
+            format!("an unreadable answer from the home node: {e}"),
+        )),
+    }
+}
+
+pub(super) fn refused(text: String) -> WireError {
+    WireError {
+        kind: Kind::NotPermitted,
+        text,
+    }
+}
+
+/// The most chunks one `ChunksFrom` answers with (a member asks on from the
+/// last one when it needs more).
+pub const MAP_PAGE: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn damaged_requests_and_answers_are_errors_not_panics(
+            junk in proptest::collection::vec(any::<u8>(), 0..200)
+        ) {
+            let _ = postcard::from_bytes::<MetaRequest>(&junk);
+            let _ = decode_answer(&junk);
+        }
+
+        #[test]
+        fn requests_round_trip(ino in any::<u64>(), name in ".{0,40}") {
+            let bytes = encode_request(MetaCall::Join {
+                proof: [7; 32],
+                device: ByteBuf::from(vec![1, 2, 3]),
+                name: name.clone(),
+            });
+            let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(back.version, VERSION);
+            match back.call {
+                MetaCall::Join { name: n, .. } => prop_assert_eq!(n, name),
+                other => prop_assert!(false, "{:?}", other),
+            }
+            let bytes = encode_request(MetaCall::ChunkMap(Ino(ino)));
+            let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
+            prop_assert!(matches!(back.call, MetaCall::ChunkMap(Ino(i)) if i == ino));
+        }
+    }
+
+    #[test]
+    fn an_empty_answer_says_the_home_answers_no_members() {
+        let err = decode_answer(&[]).unwrap_err().to_string();
+        assert!(err.contains("does not answer member devices"), "{err}");
+        let refusal = encode_answer(Err(refused("refused: x".into())));
+        let err = decode_answer(&refusal).unwrap_err();
+        assert_eq!(err.kind(), Kind::NotPermitted);
+    }
+}
