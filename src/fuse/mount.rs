@@ -135,8 +135,7 @@ pub fn mount(
     })?;
     let _ = notifier.set(session.notifier());
     spawn_invalidator(&engine, notifier, runner)?;
-    let unmounter = session.unmount_callable();
-    let mut unmounter = unmounter;
+    let mut unmounter = session.unmount_callable();
     signals.watch(runner, "unmounting", move || unmounter.unmount())?;
     tracing::info!("mounted at {}", mountpoint.display());
     // From another thread: the stat it needs is answered once the session runs.

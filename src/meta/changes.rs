@@ -59,15 +59,14 @@ thread_local! {
 /// (empty, the default: this host's own mount).
 pub fn with_origin<T>(origin: &str, f: impl FnOnce() -> T) -> T {
     let before = ORIGIN.with(|o| o.replace(Arc::from(origin)));
-    struct Restore(Option<Arc<str>>);
+    // Put back even if `f` panics.
+    struct Restore(Arc<str>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            if let Some(b) = self.0.take() {
-                ORIGIN.with(|o| *o.borrow_mut() = b);
-            }
+            ORIGIN.with(|o| *o.borrow_mut() = self.0.clone());
         }
     }
-    let _restore = Restore(Some(before));
+    let _restore = Restore(before);
     f()
 }
 
