@@ -79,6 +79,11 @@ pub struct Config {
     pub repair_grace_secs: u64,
     /// Where a daemon (a mount, `serve`) listens for member devices.
     pub listen: Vec<String>,
+    /// The newest copy of the namespace kept on the storage peers is at most
+    /// this many seconds old.
+    pub protect_secs: u64,
+    /// Namespace checkpoints kept on the storage peers.
+    pub protect_keep: usize,
 }
 
 impl Default for Config {
@@ -90,6 +95,8 @@ impl Default for Config {
             bootstrap: Vec::new(),
             repair_grace_secs: 600,
             listen: Vec::new(),
+            protect_secs: 30,
+            protect_keep: 3,
         }
     }
 }
@@ -119,6 +126,13 @@ const CONFIG_TEMPLATE: &str = "\
 # (`datamesh invite --member`), e.g. [\"/ip4/0.0.0.0/tcp/4720\"]. With none,
 # this home reaches out to storage peers only.
 # listen = []
+
+# With storage peers, the daemon copies the namespace onto them (sealed) so
+# that `datamesh recover --kit` can rebuild this home if its disk is lost: the
+# copy is at most protect_secs old, and the last protect_keep copies are kept.
+# 0 turns protection off (then losing this disk loses the volume).
+# protect_secs = 30
+# protect_keep = 3
 ";
 
 /// Where each file of a home directory is: the one place these names are
@@ -184,6 +198,23 @@ impl HomePaths {
     /// The volume daemon's socket (a mount's, or `datamesh serve`'s).
     pub fn volume_sock(&self) -> PathBuf {
         self.dir.join("volume.sock")
+    }
+    /// What namespace protection keeps: the checkpoints shipped (their
+    /// manifests) and the last root record's sequence.
+    pub fn protect(&self) -> PathBuf {
+        self.dir.join("protect")
+    }
+    /// A checkpoint being shipped.
+    pub fn protect_tmp(&self) -> PathBuf {
+        self.dir.join("protect.tmp")
+    }
+    /// A namespace being recovered, until it is whole.
+    pub fn meta_recovering(&self) -> PathBuf {
+        self.dir.join("meta.recovering")
+    }
+    /// The home files a checkpoint carries beside the namespace (never keys).
+    pub fn protected_files(&self) -> [PathBuf; 4] {
+        [self.admitted(), self.members(), self.peers(), self.config()]
     }
     /// A storage peer's default data directory, beside this home.
     pub fn default_node_dir(&self) -> PathBuf {
@@ -496,12 +527,24 @@ impl Home {
         let mut client = None;
         let store: Arc<dyn crate::store::ShardStore> = match self.mesh_store(n)? {
             Some(mesh) => {
+                // A home replaced by a recovery changes nothing.
+                crate::protect::check_not_replaced(
+                    mesh.client(),
+                    &key,
+                    meta.params().volume_id,
+                    meta.epoch()?,
+                    &self.dir,
+                )?;
                 client = Some(mesh.client().clone());
                 mesh
             }
             None => Arc::new(LocalStore::open(&self.paths().store()).map_err(crate::Error::from)?),
         };
-        Ok((Engine::new(meta, store, key, ecfg)?, client))
+        let engine = Engine::new(meta, store, key, ecfg)?;
+        // gc and repair keep and mend the namespace's copies on the peers.
+        let kept = crate::protect::ProtectState::load(&self.paths().protect())?;
+        engine.set_protected(kept.chunks());
+        Ok((engine, client))
     }
 
     /// The engine's settings: config.toml's, with the cache and dirty

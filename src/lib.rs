@@ -16,6 +16,7 @@ pub mod kit;
 pub mod meta;
 pub mod metrics;
 pub mod net;
+pub mod protect;
 pub mod store;
 pub mod types;
 pub mod util;

@@ -105,6 +105,15 @@ impl Volume {
         text.lines().last().expect("a token line").to_string()
     }
 
+    /// Appends `line` to the home's config.toml (the volume must exist).
+    pub fn config(&self, line: &str) {
+        let path = self.home().join("config.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+    }
+
     /// `datamesh get REMOTE LOCAL` must succeed and give `expect`'s bytes;
     /// returns what it logged.
     pub fn get_same(&self, remote: &str, local: &Path, expect: &Path) -> String {

@@ -85,6 +85,8 @@ fn six_peers_survive_two_kills_and_repair_restores_redundancy() {
     require!();
     let v = Volume::new();
     let mut c = Cluster::start(&v, 6);
+    // Counts below are of file chunks and their shards only.
+    v.config("protect_secs = 0");
     let src = v.dir.path().join("src");
     make_files(&src);
     let m = v.mount_with(&strs(&c.bootstrap_flags()));
@@ -969,6 +971,8 @@ fn a_peer_that_acknowledges_puts_it_does_not_keep_is_counted_honestly_and_repair
 fn the_home_and_a_storage_peer_serve_metrics() {
     let v = Volume::new();
     let mut c = Cluster::start(&v, 5);
+    // The chunk counts below are of the file's chunks only.
+    v.config("protect_secs = 0");
     let node_addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
     c.add(&["--metrics", &node_addr]);
     let home_addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));

@@ -97,6 +97,35 @@ pub fn decrypt(key: &[u8; 32], blob: &mut Vec<u8>) -> Result<(), ChunkError> {
     Ok(())
 }
 
+/// Seals `plain` under a key that seals many messages (a root record's):
+/// a random nonce, then the ciphertext and its tag.
+pub fn seal_random(key: &[u8; 32], plain: &[u8]) -> Vec<u8> {
+    let n: [u8; 12] = rand::random();
+    let mut blob = plain.to_vec();
+    cipher(key)
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(n), Aad::empty(), &mut blob)
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    let mut out = n.to_vec();
+    out.extend_from_slice(&blob);
+    out
+}
+
+/// Opens what [`seal_random`] sealed.
+pub fn open_random(key: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>, ChunkError> {
+    if sealed.len() < 12 + 16 {
+        return Err(ChunkError::Auth);
+    }
+    let (n, rest) = sealed.split_at(12);
+    let mut blob = rest.to_vec();
+    let n = Nonce::try_assume_unique_for_key(n).map_err(|_| ChunkError::Auth)?;
+    let plain = cipher(key)
+        .open_in_place(n, Aad::empty(), &mut blob)
+        .map_err(|_| ChunkError::Auth)?
+        .len();
+    blob.truncate(plain);
+    Ok(blob)
+}
+
 // ring's AES-256-GCM (standard GCM: ciphertext ‖ 16-byte tag) uses VAES and
 // carry-less multiply where the CPU has them: several times the aes-gcm crate.
 fn cipher(key: &[u8; 32]) -> LessSafeKey {

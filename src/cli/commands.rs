@@ -142,6 +142,10 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             Ok(true)
         }
         Cmd::Members { action } => super::mesh::members(home, action),
+        Cmd::Recover { kit } => {
+            super::mesh::recover(home, &kit)?;
+            Ok(true)
+        }
         Cmd::Kit {
             action: super::KitAction::Export { qr },
         } => {

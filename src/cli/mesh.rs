@@ -282,6 +282,9 @@ pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
         Ask::Status => {
             print_peers(&report);
             print_workers(&report.workers);
+            if !home.is_member() {
+                print_protection(home, report.peers.is_some());
+            }
         }
         Ask::Repair => {
             for f in &r.failures {
@@ -394,6 +397,36 @@ fn print_peers(report: &Report) {
     }
 }
 
+/// How old the namespace's newest copy on the storage peers is.
+fn print_protection(home: &Home, mesh: bool) {
+    if !mesh {
+        println!(
+            "namespace protection: off (no storage peers: the namespace is on this disk only)"
+        );
+        return;
+    }
+    match crate::protect::ProtectState::load(&home.paths().protect()) {
+        Ok(st) => match st.kept.first() {
+            Some((newest, _)) => {
+                let at = st.current_at.max(newest.made);
+                let age = crate::protect::now_secs().saturating_sub(at);
+                println!(
+                    "namespace protection: copy on the peers current as of {} ({age} s ago; taken {}), root record {}, epoch {}, {} kept",
+                    crate::protect::when(at),
+                    crate::protect::when(newest.made),
+                    st.sequence,
+                    st.epoch,
+                    st.kept.len()
+                );
+            }
+            None => println!(
+                "namespace protection: no copy yet (a mount or `datamesh serve` makes one)"
+            ),
+        },
+        Err(e) => println!("namespace protection: {e}"),
+    }
+}
+
 /// The background workers of the mount that answered, like `garage worker list`.
 fn print_workers(workers: &[crate::workers::WorkerInfo]) {
     if workers.is_empty() {
@@ -502,17 +535,56 @@ pub fn kit_export(home: &Home, volume_id: [u8; 16], qr: bool) -> anyhow::Result<
 
 /// `datamesh kit check FILE`: what a kit holds (never its secrets), and
 /// whether it is this home's volume.
-pub fn kit_check(
-    home: &Home,
-    file: &std::path::Path,
-    here: Option<[u8; 16]>,
-) -> anyhow::Result<()> {
+fn read_kit(file: &std::path::Path) -> anyhow::Result<crate::kit::Kit> {
     let text = if file == std::path::Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading the kit from standard input")?
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
     };
-    let kit = crate::kit::Kit::parse(&text).with_context(|| file.display().to_string())?;
+    crate::kit::Kit::parse(&text).with_context(|| file.display().to_string())
+}
+
+/// `datamesh recover --kit FILE`.
+pub fn recover(home: &Home, file: &std::path::Path) -> anyhow::Result<()> {
+    let kit = read_kit(file)?;
+    let bootstrap = addrs(&home.bootstrap, "--bootstrap")?;
+    let r = crate::protect::recover(home, &kit, bootstrap, &mut |s| eprintln!("datamesh: {s}"))
+        .with_context(|| {
+            format!(
+                "recovering volume {} into {}",
+                hex::encode(kit.volume_id),
+                home.dir.display()
+            )
+        })?;
+    let made = super::output::time_string(crate::types::Timestamp {
+        secs: r.made as i64,
+        nanos: 0,
+    });
+    println!(
+        "recovered volume {} into {}: {} files, {} directories, {} as of {made} (epoch {}, {} storage peers)",
+        hex::encode(kit.volume_id),
+        home.dir.display(),
+        r.files,
+        r.dirs,
+        super::output::human(r.bytes),
+        r.epoch,
+        r.peers
+    );
+    for s in &r.skipped {
+        println!("skipped the newer {s}");
+    }
+    println!(
+        "`datamesh mount DIR` serves it; member devices join again (`datamesh invite --member`)"
+    );
+    Ok(())
+}
+
+pub fn kit_check(
+    home: &Home,
+    file: &std::path::Path,
+    here: Option<[u8; 16]>,
+) -> anyhow::Result<()> {
+    let kit = read_kit(file)?;
     let home_id = crate::net::PeerId::from_bytes(&kit.home)
         .map_or_else(|_| "(unreadable)".to_string(), |p| p.to_string());
     let made = super::output::time_string(crate::types::Timestamp {

@@ -225,6 +225,15 @@ enum Cmd {
         #[command(subcommand)]
         action: KitAction,
     },
+    /// Rebuild this home from the copy of the namespace on the storage peers,
+    /// after the home's disk is lost: needs the recovery kit (`kit export`).
+    /// The volume's home moves here; the old home node is refused from then
+    /// on.
+    Recover {
+        /// The kit's file (`-`: standard input).
+        #[arg(long)]
+        kit: PathBuf,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write man pages for datamesh and each command into DIR (for packaging).

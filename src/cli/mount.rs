@@ -184,10 +184,28 @@ fn daemon(
     let engine = Arc::new(engine);
     let runner = crate::workers::Runner::new();
     let sock = home.paths().volume_sock();
+    let mut protector = None;
     let res = (|| -> anyhow::Result<()> {
         // A member's commands reach the home node themselves: no socket here.
         if !member {
             crate::volume::serve::serve(&sock, &engine, &runner)?;
+        }
+        let protect = home.config()?.protect_secs > 0;
+        if !protect && client.is_some() {
+            tracing::warn!(
+                "namespace protection is off (protect_secs = 0): losing this disk loses the volume"
+            );
+        }
+        if let Some(client) = client.as_ref().filter(|_| protect) {
+            let p = crate::protect::Protector::start(
+                &engine,
+                home.paths(),
+                &home.volume_key()?,
+                client.clone(),
+                &home.config()?,
+                &runner,
+            )?;
+            protector = Some(p);
         }
         if !listen.is_empty() {
             let Some(client) = client else {
@@ -217,6 +235,14 @@ fn daemon(
     // Workers end before the last flush, so none seals or repairs after it.
     runner.stop();
     let flushed = engine.flush_all().context("flushing the volume");
+    // The namespace as it is at the end, protected (a failure is logged:
+    // the last round's copy stays).
+    if let Some(p) = protector
+        && flushed.is_ok()
+        && let Err(e) = p.round()
+    {
+        tracing::warn!("protecting the namespace at the end: {e}");
+    }
     let _ = fs::remove_file(&sock);
     res.and(flushed)
 }

@@ -286,8 +286,9 @@ impl Engine {
                 ));
             }
         }
+        let protected = self.protected_ids();
         self.s.store.for_each(&mut |info| {
-            if !want_refs.contains_key(&info.id) {
+            if !want_refs.contains_key(&info.id) && !protected.contains(&info.id) {
                 r.unreferenced_shards += 1;
             }
         })?;

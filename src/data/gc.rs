@@ -93,10 +93,11 @@ impl Engine {
             Ok(())
         })?;
         let refs = self.s.local()?.refs()?;
+        let protected = self.protected_ids();
         let mut stray = Vec::new();
         self.s.store.for_each(&mut |info| {
             let old = Timestamp::from(info.modified).secs <= cutoff;
-            if old && !refs.contains_key(&info.id) {
+            if old && !refs.contains_key(&info.id) && !protected.contains(&info.id) {
                 stray.push(info.id);
             }
         })?;

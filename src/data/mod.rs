@@ -21,6 +21,7 @@ mod check;
 mod fetch;
 mod gc;
 mod namespace;
+mod object;
 mod read;
 mod repair;
 mod stream;
@@ -28,6 +29,7 @@ mod write;
 
 pub use check::{CheckReport, Usage};
 pub use fetch::decode_chunk;
+pub use object::{object_key, read_object, store_object};
 pub use repair::Redundancy;
 pub use stream::{CommittedFile, put_target};
 pub use write::store_sealed;
@@ -119,6 +121,11 @@ struct Core {
     /// Shards this process's gc deleted: a member's commit that names one
     /// stored it before the delete, and must store it again.
     collected: Mutex<std::collections::HashSet<ShardId>>,
+    /// Chunks no file holds that gc keeps and repair mends (the kept
+    /// namespace checkpoints'), and their shards.
+    protected: Mutex<(Vec<ChunkRef>, std::collections::HashSet<ShardId>)>,
+    /// Called after every fsync (wakes namespace protection).
+    on_fsync: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// One chunk being decoded; `done` turns true when it is cached (or failed).
@@ -216,6 +223,8 @@ impl Engine {
                 loading: Mutex::new(HashMap::new()),
                 gate: gc::StoreGate::default(),
                 collected: Mutex::new(Default::default()),
+                protected: Mutex::new(Default::default()),
+                on_fsync: Default::default(),
             }),
             // One seal per core; over a network, four more whose puts wait on
             // answers while the others compute.
@@ -237,6 +246,17 @@ impl Engine {
 
     pub fn meta(&self) -> &dyn Namespace {
         &*self.s.meta
+    }
+
+    /// The RocksDB namespace, on the home node.
+    pub fn local_meta(&self) -> Result<&MetaStore> {
+        self.s.local()
+    }
+
+    /// `f` runs after every fsync from now on (one hook; later ones are
+    /// ignored).
+    pub fn on_fsync(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.s.on_fsync.set(Box::new(f));
     }
 
     /// Whether the namespace is here (the home node), not asked of it.

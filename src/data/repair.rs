@@ -140,14 +140,19 @@ impl Engine {
     ) -> Result<Redundancy> {
         let mut chunks: Vec<ChunkRef> = Vec::new();
         let mut seen = HashSet::new();
-        self.s.local()?.for_each_chunk(|_, _, c| {
+        let mut add = |c: ChunkRef| {
             if let Some(first) = c.shard_ids().first()
                 && seen.insert(*first)
             {
                 chunks.push(c);
             }
+        };
+        self.s.local()?.for_each_chunk(|_, _, c| {
+            add(c);
             Ok(())
         })?;
+        // The namespace's copies on the peers are mended like file data.
+        lock(&self.s.protected).0.iter().cloned().for_each(add);
         let total = chunks.len() as u64;
         let k = self.s.codec.data_shards();
         let r = Mutex::new(Redundancy {

@@ -220,7 +220,11 @@ impl Engine {
     pub fn fsync(&self, ino: Ino) -> Result<()> {
         self.flush(ino)?;
         self.s.store.sync()?;
-        self.s.meta.sync()
+        self.s.meta.sync()?;
+        if let Some(f) = self.s.on_fsync.get() {
+            f();
+        }
+        Ok(())
     }
 
     /// Durability barrier for what is committed: shards still landing are

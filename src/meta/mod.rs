@@ -198,6 +198,50 @@ impl MetaStore {
         Tx::new(self)
     }
 
+    /// The sequence number of the last change committed: unchanged means no
+    /// change since.
+    pub fn sequence(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// A consistent copy of the namespace in `dir` (which must not exist):
+    /// RocksDB's checkpoint, hard links of its table files where it can.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(|e| {
+                Error::Db(format!(
+                    "checkpoint in {}: {}",
+                    dir.display(),
+                    e.into_string()
+                ))
+            })
+    }
+
+    /// The volume's epoch (docs/DESIGN.md, "Namespace protection").
+    pub fn epoch(&self) -> Result<u64> {
+        match self
+            .db
+            .get_cf(self.cf(CF_META), KEY_EPOCH)
+            .map_err(db_err)?
+        {
+            None => Ok(0),
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("epoch row".into()))?,
+            )),
+        }
+    }
+
+    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CF_META), KEY_EPOCH, epoch.to_be_bytes(), &wo)
+            .map_err(db_err)
+    }
+
     /// Durability barrier for the namespace: the write-ahead log is on disk.
     pub fn sync(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(db_err)

@@ -27,6 +27,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const KEY_FORMAT: &[u8] = b"format";
 pub const KEY_NEXT_INO: &[u8] = b"next_ino";
 pub const KEY_PARAMS: &[u8] = b"params";
+/// The volume's epoch (u64; absent = 0), raised by each recovery.
+pub const KEY_EPOCH: &[u8] = b"epoch";
 
 /// Per-volume settings fixed at `init`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ pub mod client;
 pub mod meta;
 pub mod node;
 pub mod proto;
+pub mod root;
 pub mod trust;
 
 pub use client::{Admission, MeshClient, MeshStore, Timings};
@@ -84,6 +85,11 @@ impl MeshKey {
 
     pub fn save(&self, path: &Path) -> Result<(), NetError> {
         write_secret(path, &self.0)
+    }
+
+    /// The key a recovery kit carries.
+    pub fn from_bytes(b: [u8; 32]) -> MeshKey {
+        MeshKey(b)
     }
 
     /// The key itself (for the recovery kit).

@@ -10,6 +10,7 @@
 //! token); see [`super::trust`].
 
 use super::proto::{MAX_IDS, Request, Response};
+use super::root::{RootState, Taken};
 use super::{
     BehaviourEvent, JoinToken, MeshKey, NetError, Roles, build_swarm, is_loopback, is_unspecified,
     load_identity, peer_of,
@@ -208,9 +209,10 @@ impl Shards {
                 }
             }
             // Answered by the network loop, which knows this peer's id.
-            Request::Hello | Request::Members { .. } => {
-                Response::Failed("answered by the network loop".into())
-            }
+            Request::Hello
+            | Request::Members { .. }
+            | Request::PutRoot { .. }
+            | Request::GetRoot => Response::Failed("answered by the network loop".into()),
             Request::Stat => {
                 let used = self.used.load(Ordering::Relaxed);
                 let disk = self
@@ -236,15 +238,72 @@ struct Gate {
     path: std::path::PathBuf,
     /// (caller, right) pairs refused already: each is logged once.
     logged: std::collections::HashSet<(libp2p::PeerId, &'static str)>,
+    /// The volume's newest root record (`DIR/root`), once a home sent one.
+    root: Option<RootState>,
+    root_path: std::path::PathBuf,
 }
 
 impl Gate {
-    fn new(roles: Option<Roles>, path: std::path::PathBuf) -> Gate {
+    fn new(
+        roles: Option<Roles>,
+        path: std::path::PathBuf,
+        root: Option<RootState>,
+        root_path: std::path::PathBuf,
+    ) -> Gate {
         Gate {
             roles,
             path,
             logged: std::collections::HashSet::new(),
+            root,
+            root_path,
         }
+    }
+
+    /// `PutRoot`: keeps the record if it is the newest, and follows a
+    /// recovery to its new home (docs/DESIGN.md, "Namespace protection").
+    fn put_root(&mut self, from: &libp2p::PeerId, record: &[u8]) -> Response {
+        let Some(roles) = self.roles.as_mut() else {
+            return Response::Failed("this peer has no roles (an older token)".into());
+        };
+        let is_home = roles.role_of(from) == super::Role::Home;
+        let (next, taken) = match RootState::take(self.root.as_ref(), from, is_home, record) {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::warn!("refused a root record from {from}: {why}");
+                return Response::Refused(why);
+            }
+        };
+        if taken == Taken::Older {
+            return Response::Done;
+        }
+        if let Taken::Rehomed { from: old, to } = &taken {
+            roles.set_home(to);
+            if let Err(e) = roles.save(&self.path) {
+                return Response::Failed(format!("keeping the new home: {e}"));
+            }
+            let name = |b: &[u8]| {
+                libp2p::PeerId::from_bytes(b).map_or_else(|_| "?".into(), |p| p.to_string())
+            };
+            tracing::warn!(
+                "the volume was recovered: its home is now {} (epoch {}); {} is fenced",
+                name(to),
+                next.epoch,
+                name(old)
+            );
+        }
+        if let Err(e) = next.save(&self.root_path) {
+            return Response::Failed(format!("keeping the root record: {e}"));
+        }
+        self.root = Some(next);
+        Response::Done
+    }
+
+    fn get_root(&self) -> Response {
+        Response::Root(
+            self.root
+                .as_ref()
+                .map(|r| serde_bytes::ByteBuf::from(r.record.clone())),
+        )
     }
 
     /// The answer to the home's `Hello`: proof of the token this peer joined with.
@@ -286,6 +345,12 @@ impl Gate {
             return None;
         }
         let right = req.right();
+        if let Some(fenced) = self.root.as_ref().and_then(|r| r.fenced(from)) {
+            if self.logged.len() < 4096 && self.logged.insert((*from, "fenced")) {
+                tracing::warn!("refused {right} from {from}: {fenced}");
+            }
+            return Some(Response::Refused(fenced));
+        }
         if self.logged.len() < 4096 && self.logged.insert((*from, right)) {
             tracing::warn!("refused {right} from {from}: it is {}", role.name());
         }
@@ -445,7 +510,12 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         opts.listen,
         bootstrap,
         shards,
-        Gate::new(roles, opts.data.join("roles")),
+        Gate::new(
+            roles,
+            opts.data.join("roles"),
+            RootState::load(&opts.data.join("root"))?,
+            opts.data.join("root"),
+        ),
         opts.mute_lists,
     ))
 }
@@ -525,6 +595,11 @@ async fn serve(
                     } else if let Request::Members { ids } = request {
                         let resp = gate.set_members(ids);
                         let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
+                    } else if let Request::PutRoot { record } = &request {
+                        let resp = gate.put_root(&peer, record);
+                        let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
+                    } else if matches!(request, Request::GetRoot) {
+                        let _ = swarm.behaviour_mut().shard.send_response(channel, gate.get_root());
                     } else if mute_lists && matches!(request, Request::List { .. }) {
                         muted.push(channel);
                     } else if request.is_quick() {

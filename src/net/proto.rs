@@ -64,6 +64,14 @@ pub enum Request {
     Members {
         ids: Vec<Vec<u8>>,
     },
+    /// Keep this root record of the volume if it is newer (docs/DESIGN.md,
+    /// "Namespace protection"); authorized by its signature, not the caller.
+    PutRoot {
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
+    /// The newest root record kept.
+    GetRoot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +110,8 @@ pub enum Response {
     Hello {
         proof: [u8; 32],
     },
+    /// The answer to `GetRoot`: the newest root record kept, if any.
+    Root(Option<serde_bytes::ByteBuf>),
 }
 
 impl Request {
@@ -111,7 +121,12 @@ impl Request {
             Request::Put { data, .. } => data.len() <= MAX_SHARD,
             Request::Has { ids } | Request::Delete { ids } => ids.len() <= MAX_IDS,
             Request::List { max, .. } | Request::Verify { max, .. } => *max as usize <= MAX_IDS,
-            Request::Get { .. } | Request::Sync | Request::Stat | Request::Hello => true,
+            Request::Get { .. }
+            | Request::Sync
+            | Request::Stat
+            | Request::Hello
+            | Request::GetRoot => true,
+            Request::PutRoot { record } => record.len() <= super::root::MAX_RECORD,
             Request::Members { ids } => {
                 ids.len() <= MAX_MEMBERS && ids.iter().all(|i| i.len() <= 64)
             }
@@ -155,6 +170,10 @@ impl std::fmt::Display for Response {
             Response::Stat { .. } => write!(f, "usage figures"),
             Response::Refused(why) => write!(f, "refused: {}", short(why)),
             Response::Hello { .. } => write!(f, "an admission proof"),
+            Response::Root(r) => match r {
+                Some(r) => write!(f, "a root record of {} bytes", r.len()),
+                None => write!(f, "no root record"),
+            },
         }
     }
 }
@@ -173,6 +192,8 @@ impl Request {
             Request::Stat => "Stat",
             Request::Hello => "Hello",
             Request::Members { .. } => "Members",
+            Request::PutRoot { .. } => "PutRoot",
+            Request::GetRoot => "GetRoot",
         }
     }
 
@@ -424,6 +445,9 @@ mod tests {
             Just(Request::Hello),
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..5)
                 .prop_map(|ids| Request::Members { ids }),
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|record| Request::PutRoot { record }),
+            Just(Request::GetRoot),
         ]
     }
 
@@ -441,6 +465,8 @@ mod tests {
                 any::<bool>()
             )
                 .prop_map(|(shards, more)| Response::List { shards, more }),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300))
+                .prop_map(|r| Response::Root(r.map(serde_bytes::ByteBuf::from))),
         ]
     }
 

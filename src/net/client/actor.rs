@@ -215,29 +215,40 @@ pub(super) async fn actor(
     }
 }
 
-/// Sends the member list to `only` (or to every connected storage peer the
-/// home admitted), when the home has one.
+/// Sends the newest root record, then the member list, to `only` (or to
+/// every connected storage peer the home admitted), when the home has them.
 fn push_members(
     swarm: &mut libp2p::Swarm<crate::net::Behaviour>,
     shared: &Shared,
     only: Option<PeerId>,
 ) {
-    let Some(ids) = lock(&shared.members).clone() else {
+    let root = lock(&shared.root).clone();
+    let ids = lock(&shared.members).clone();
+    if root.is_none() && ids.is_none() {
         return;
-    };
-    let ids: Vec<Vec<u8>> = ids.iter().map(|p| p.to_bytes()).collect();
+    }
     let to: Vec<PeerId> = lock(&shared.peers)
         .list
         .iter()
         .filter(|p| p.usable() && p.connected && only.is_none_or(|o| o == p.id))
         .map(|p| p.id)
         .collect();
+    // The answers only matter as log lines; the next push retries.
     for peer in to {
-        // The answer only matters as a log line; the next push retries.
-        swarm
-            .behaviour_mut()
-            .shard
-            .send_request(&peer, Request::Members { ids: ids.clone() });
+        if let Some(record) = &root {
+            let record = record.clone();
+            swarm
+                .behaviour_mut()
+                .shard
+                .send_request(&peer, Request::PutRoot { record });
+        }
+        if let Some(ids) = &ids {
+            let ids = ids.iter().map(|p| p.to_bytes()).collect();
+            swarm
+                .behaviour_mut()
+                .shard
+                .send_request(&peer, Request::Members { ids });
+        }
     }
 }
 

@@ -107,6 +107,8 @@ impl FakePeer {
             }
             Request::Hello => Response::Failed("fake peers are admitted already".into()),
             Request::Members { .. } => Response::Done,
+            Request::PutRoot { .. } => Response::Done,
+            Request::GetRoot => Response::Root(None),
             Request::Stat => Response::Stat {
                 shards: if self.understate.load(Ordering::Relaxed) {
                     0
@@ -149,6 +151,7 @@ impl FakeMesh {
             meta_handler: Mutex::new(None),
             meta_queued: Default::default(),
             members: Mutex::new(None),
+            root: Mutex::new(None),
         });
         for p in &peers {
             let mut t = lock(&shared.peers);

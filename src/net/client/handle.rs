@@ -34,6 +34,7 @@ impl MeshClient {
             meta_handler: Mutex::new(None),
             meta_queued: Default::default(),
             members: Mutex::new(None),
+            root: Mutex::new(None),
         });
         shared.reload_admitted();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -135,6 +136,71 @@ impl MeshClient {
         );
         rx.recv_timeout(ANSWER_WAIT)
             .unwrap_or_else(|_| Err(format!("peer {peer}: no answer in {ANSWER_WAIT:?}")))
+    }
+
+    /// `req` to every reachable storage peer at once; each peer's answer
+    /// (or why there was none), waited for at most [`ANSWER_WAIT`].
+    fn ask_all(&self, req: &Request) -> Vec<(PeerId, Result<Response, String>)> {
+        let live = self.live();
+        let (tx, rx) = smpsc::channel();
+        for (_, peer) in &live {
+            let (tx, peer) = (tx.clone(), *peer);
+            self.request(
+                peer,
+                req.clone(),
+                Box::new(move |r| {
+                    let _ = tx.send((peer, r));
+                }),
+            );
+        }
+        drop(tx);
+        let deadline = Instant::now() + ANSWER_WAIT;
+        let mut out = Vec::new();
+        while out.len() < live.len() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(a) => out.push(a),
+                Err(_) => break,
+            }
+        }
+        for (_, peer) in live {
+            if !out.iter().any(|(p, _)| *p == peer) {
+                out.push((peer, Err(format!("no answer in {ANSWER_WAIT:?}"))));
+            }
+        }
+        out
+    }
+
+    /// Hands a root record to every reachable storage peer; each one's
+    /// answer: `Ok` when it keeps it (or a newer one), else why not.
+    /// Peers that connect later are handed it as they do.
+    pub fn put_root(&self, record: Vec<u8>) -> Vec<(PeerId, Result<(), String>)> {
+        *lock(&self.shared.root) = Some(record.clone());
+        self.ask_all(&Request::PutRoot { record })
+            .into_iter()
+            .map(|(p, r)| {
+                let r = match r {
+                    Ok(Response::Done) => Ok(()),
+                    Ok(other) => Err(other.to_string()),
+                    Err(e) => Err(e),
+                };
+                (p, r)
+            })
+            .collect()
+    }
+
+    /// Every reachable storage peer's root record.
+    pub fn get_roots(&self) -> Vec<(PeerId, PeerRoot)> {
+        self.ask_all(&Request::GetRoot)
+            .into_iter()
+            .map(|(p, r)| {
+                let r = match r {
+                    Ok(Response::Root(r)) => Ok(r.map(|b| b.into_vec())),
+                    Ok(other) => Err(other.to_string()),
+                    Err(e) => Err(e),
+                };
+                (p, r)
+            })
+            .collect()
     }
 
     /// Reachable storage peers as (tag, id).

@@ -86,6 +86,10 @@ impl Default for Timings {
     }
 }
 
+/// A storage peer's root record (`None`: it keeps none), or why it did not
+/// tell.
+pub type PeerRoot = Result<Option<Vec<u8>>, String>;
+
 type Reply = Box<dyn FnOnce(Result<Response, String>) + Send>;
 type MetaReply = Box<dyn FnOnce(Result<Vec<u8>, String>) + Send>;
 
@@ -181,6 +185,10 @@ struct Shared {
     meta_queued: std::sync::atomic::AtomicUsize,
     /// The member devices storage peers are told of (`None`: none are told).
     members: Mutex<Option<Vec<PeerId>>>,
+    /// The volume's newest root record this home made: handed to each
+    /// storage peer as it connects (one that was down through a recovery
+    /// learns its new home so).
+    root: Mutex<Option<Vec<u8>>>,
 }
 
 /// A handle on the swarm actor; cheap to clone.

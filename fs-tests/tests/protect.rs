@@ -1,0 +1,231 @@
+//! Namespace protection with real processes: a mounted home ships its
+//! namespace to six storage peers; its disk is lost; `datamesh recover --kit`
+//! on a new home brings every file back with two peers dead, and the old home
+//! is fenced when it comes back.
+
+use fs_tests::{Cluster, Volume, require, sh};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A volume whose daemon protects its namespace every 2 s.
+fn protected_volume() -> Volume {
+    let v = Volume::new();
+    v.ok(&["init"]);
+    let cfg = v.home().join("config.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\nprotect_secs = 2\n");
+    std::fs::write(&cfg, text).unwrap();
+    v
+}
+
+/// Waits until `status` says the copy on the peers holds every change made
+/// before `after` (unix seconds).
+fn wait_protected_after(v: &Volume, after: u64) {
+    let start = Instant::now();
+    loop {
+        let out = v.run(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let made = text
+            .lines()
+            .find_map(|l| l.strip_prefix("namespace protection: copy on the peers current as of "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs());
+        if made.is_some_and(|m| m > after) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no protected copy after {after}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The kit of `v`, written to a file beside it.
+fn export_kit(v: &Volume) -> std::path::PathBuf {
+    let kit = v.dir.path().join("kit.txt");
+    std::fs::write(&kit, v.ok(&["kit", "export"])).unwrap();
+    kit
+}
+
+fn recover(into: &Volume, kit: &Path, extra: &[String]) -> std::process::Output {
+    into.cmd(&strs(extra))
+        .arg("recover")
+        .arg("--kit")
+        .arg(kit)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_lost_home_disk_is_recovered_from_the_peers_and_the_old_home_is_fenced() {
+    require!();
+    let v = protected_volume();
+    let mut c = Cluster::start(&v, 6);
+    let m = v.mount_with(&strs(&c.bootstrap_flags()));
+    let kit = export_kit(&v);
+    sh(
+        &m.at,
+        "cp -a /usr/share/doc/coreutils doc && mkdir -p d/e && \
+         for i in $(seq 1 150); do echo \"file $i\" > d/e/f$i; done && \
+         ln -s e/f1 d/link && mv d/e/f2 d/renamed && chmod 600 d/e/f3 && \
+         setfattr -n user.note -v kept d/e/f4 && \
+         head -c 9000000 /dev/urandom > big && \
+         dd if=/dev/urandom of=synced bs=64k count=3 conv=fsync status=none",
+    );
+    sh(v.dir.path(), "cp -a mnt ref");
+    std::thread::sleep(Duration::from_millis(1100));
+    wait_protected_after(&v, now_secs());
+
+    // The home's disk is lost (a copy of it kept, to come back later), and
+    // two storage peers die with it.
+    m.kill();
+    sh(v.dir.path(), "cp -a home home.old && rm -rf home");
+    c.kill(1);
+    c.kill(4);
+
+    let v2 = Volume::new();
+    let out = recover(&v2, &kit, &c.bootstrap_flags());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "recover: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("recovered volume"), "{text}");
+    // A second recovery into a home that has a volume is refused.
+    let again = recover(&v2, &kit, &[]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let m2 = v2.mount();
+    let at = m2.at.display().to_string();
+    sh(
+        v.dir.path(),
+        &format!(
+            "diff -r --no-dereference ref/doc {at}/doc && diff -r --no-dereference ref/d {at}/d && cmp ref/big {at}/big && cmp ref/synced {at}/synced"
+        ),
+    );
+    assert_eq!(
+        sh(&m2.at, "getfattr --only-values -n user.note d/e/f4"),
+        "kept"
+    );
+    assert_eq!(sh(&m2.at, "stat -c %a d/e/f3").trim(), "600");
+    // The recovered home writes, and protects, as the home now.
+    sh(&m2.at, "echo after > after && sync");
+    assert!(m2.unmount());
+
+    // The peers that were down learn the new home when it reaches them.
+    c.restart(1);
+    c.restart(4);
+    let m2 = v2.mount();
+    sh(&m2.at, "head -c 3000000 /dev/urandom > more && sync");
+    drop(m2);
+    v2.ok(&["repair"]);
+    v2.assert_fsck_clean();
+
+    // The old home, restored from its copy, is refused: it must not change
+    // the volume any more.
+    sh(v.dir.path(), "mv home.old home");
+    let out = v.run(
+        &[
+            &strs(&c.bootstrap_flags())[..],
+            &["put", "/etc/hostname", "/x"],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("this home node was replaced"), "{err}");
+    // (Under `timeout`: a mount that wrongly starts would never end.)
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(fs_tests::datamesh_bin())
+        .arg("--home")
+        .arg(v.home())
+        .args(["mount", "--foreground"])
+        .arg(v.mountpoint())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("recovered onto home"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_a_wrong_kit_is_named() {
+    require!();
+    let v = protected_volume();
+    let c = Cluster::start(&v, 6);
+    let m = v.mount_with(&strs(&c.bootstrap_flags()));
+    let kit = export_kit(&v);
+    sh(&m.at, "echo first > a && sync");
+    std::thread::sleep(Duration::from_millis(1100));
+    wait_protected_after(&v, now_secs());
+    std::thread::sleep(Duration::from_millis(1100));
+    let cut = SystemTime::now();
+    sh(&m.at, "echo second > b && sync");
+    std::thread::sleep(Duration::from_millis(1100));
+    wait_protected_after(&v, now_secs());
+    m.kill();
+    // Every shard stored since `cut` is lost: the newest checkpoint cannot
+    // be read.
+    let mut dropped = 0;
+    for i in 0..6 {
+        for f in c.shard_files(i) {
+            if std::fs::metadata(&f).unwrap().modified().unwrap() > cut {
+                std::fs::remove_file(f).unwrap();
+                dropped += 1;
+            }
+        }
+    }
+    assert!(dropped > 0);
+
+    // A kit mistyped, and one of another volume (another mesh), are refused
+    // before anything is written.
+    let v2 = Volume::new();
+    let text = std::fs::read_to_string(&kit).unwrap();
+    let typo = v.dir.path().join("typo.txt");
+    std::fs::write(&typo, text.replacen("dmkit1", "dmkit1f", 1)).unwrap();
+    let out = recover(&v2, &typo, &[]);
+    assert!(!out.status.success());
+    assert!(!v2.home().join("volume.key").exists());
+    let other = Volume::new();
+    other.ok(&["init"]);
+    let out = recover(&v2, &export_kit(&other), &c.bootstrap_flags());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong kit"), "{err}");
+
+    let v3 = Volume::new();
+    let out = recover(&v3, &kit, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("skipped the newer checkpoint"), "{text}");
+    let m3 = v3.mount();
+    assert_eq!(sh(&m3.at, "cat a"), "first\n");
+    assert!(!m3.at.join("b").exists());
+}

@@ -1,0 +1,313 @@
+//! Root records: the signed pointer, kept by every storage peer, to the
+//! newest protected copy of a volume's namespace; and the rules by which a
+//! storage peer keeps one, re-homes a recovered volume and fences the old
+//! home. See docs/DESIGN.md, "Namespace protection".
+//!
+//! The record's payload is sealed by the home (the peer never reads it); the
+//! peer checks only the envelope: volume, epoch, sequence, home and the
+//! ed25519 signature of whoever holds the volume secret.
+
+use libp2p::PeerId;
+use libp2p::identity::ed25519;
+use serde::{Deserialize, Serialize};
+
+const BODY_VERSION: u8 = 1;
+const STATE_VERSION: u8 = 1;
+/// Largest record a peer takes.
+pub const MAX_RECORD: usize = 64 << 10;
+
+/// What a root record says, signed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootBody {
+    pub version: u8,
+    pub volume: [u8; 16],
+    /// Raised by each recovery: a home of a lower epoch is fenced.
+    pub epoch: u64,
+    /// Raised by one with each record of an epoch.
+    pub sequence: u64,
+    /// The home node's peer id (bytes).
+    pub home: Vec<u8>,
+    /// The ed25519 public key the signature verifies under.
+    pub key: [u8; 32],
+    /// Unix seconds.
+    pub made: u64,
+    /// The home's sealed payload (opaque here).
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SignedRoot {
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    signature: Vec<u8>,
+}
+
+/// The volume's signing key, from the seed its secret derives.
+pub struct RootSigner(ed25519::Keypair);
+
+impl RootSigner {
+    pub fn from_seed(seed: [u8; 32]) -> RootSigner {
+        let mut seed = seed;
+        let secret = ed25519::SecretKey::try_from_bytes(&mut seed).expect("32 bytes");
+        RootSigner(ed25519::Keypair::from(secret))
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        self.0.public().to_bytes()
+    }
+
+    /// A record of `body` (its `key` set to this signer's), signed.
+    pub fn sign(&self, mut body: RootBody) -> Vec<u8> {
+        body.version = BODY_VERSION;
+        body.key = self.public();
+        let body = postcard::to_allocvec(&body).expect("root body serializes");
+        let signature = self.0.sign(&body);
+        postcard::to_allocvec(&SignedRoot { body, signature }).expect("root serializes")
+    }
+}
+
+/// A record's body, once its signature verifies under the key it names.
+/// The error says what is wrong with it.
+pub fn verify(record: &[u8]) -> Result<RootBody, String> {
+    if record.len() > MAX_RECORD {
+        return Err(format!("a root record over {MAX_RECORD} bytes"));
+    }
+    let signed: SignedRoot =
+        postcard::from_bytes(record).map_err(|_| "a damaged root record".to_string())?;
+    let body: RootBody =
+        postcard::from_bytes(&signed.body).map_err(|_| "a damaged root record".to_string())?;
+    if body.version != BODY_VERSION {
+        return Err(format!(
+            "a root record of version {} (this datamesh reads {BODY_VERSION})",
+            body.version
+        ));
+    }
+    let key = ed25519::PublicKey::try_from_bytes(&body.key)
+        .map_err(|_| "a root record with a malformed key".to_string())?;
+    if !key.verify(&signed.body, &signed.signature) {
+        return Err("a root record whose signature does not verify".into());
+    }
+    Ok(body)
+}
+
+/// What a storage peer keeps of the volume's root (`DIR/root`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootState {
+    version: u8,
+    pub volume: [u8; 16],
+    /// Pinned by the first record.
+    pub key: [u8; 32],
+    pub epoch: u64,
+    pub sequence: u64,
+    pub home: Vec<u8>,
+    /// The newest record, as received.
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+    /// Homes replaced by a recovery, and the epoch that replaced each.
+    pub fenced: Vec<(Vec<u8>, u64)>,
+}
+
+/// What taking a record changed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Kept as the newest.
+    Newer,
+    /// Not newer than the one kept: nothing changed.
+    Older,
+    /// Kept, and the volume's home moved to the record's (a recovery).
+    Rehomed { from: Vec<u8>, to: Vec<u8> },
+}
+
+impl RootState {
+    /// The state after `record` arrives from `caller`, whom the peer's roles
+    /// name as the home or not (`caller_is_home`). The error is the refusal.
+    pub fn take(
+        state: Option<&RootState>,
+        caller: &PeerId,
+        caller_is_home: bool,
+        record: &[u8],
+    ) -> Result<(RootState, Taken), String> {
+        let body = verify(record)?;
+        let mut next = RootState {
+            version: STATE_VERSION,
+            volume: body.volume,
+            key: body.key,
+            epoch: body.epoch,
+            sequence: body.sequence,
+            home: body.home.clone(),
+            record: record.to_vec(),
+            fenced: Vec::new(),
+        };
+        let Some(st) = state else {
+            // The first record pins the volume and its key: only the home
+            // this peer was joined to may set it, naming itself.
+            if !caller_is_home || body.home != caller.to_bytes() {
+                return Err(format!(
+                    "{caller} may not set this peer's first root record: only the home \
+                     node it joined may"
+                ));
+            }
+            return Ok((next, Taken::Newer));
+        };
+        if body.volume != st.volume {
+            return Err(format!(
+                "this peer keeps the root of volume {}, not {}",
+                hex::encode(st.volume),
+                hex::encode(body.volume)
+            ));
+        }
+        if body.key != st.key {
+            return Err("a root record signed by another key than this volume's".into());
+        }
+        next.fenced = st.fenced.clone();
+        if body.epoch < st.epoch {
+            return Err(fenced_text(&body.home, st));
+        }
+        if body.epoch == st.epoch {
+            if body.home != st.home {
+                return Err(format!(
+                    "two homes in epoch {}: this peer's is {}",
+                    st.epoch,
+                    peer_text(&st.home)
+                ));
+            }
+            if body.sequence <= st.sequence {
+                return Ok((st.clone(), Taken::Older));
+            }
+            return Ok((next, Taken::Newer));
+        }
+        if body.home == st.home {
+            return Ok((next, Taken::Newer));
+        }
+        next.fenced.push((st.home.clone(), body.epoch));
+        let taken = Taken::Rehomed {
+            from: st.home.clone(),
+            to: body.home,
+        };
+        Ok((next, taken))
+    }
+
+    /// The refusal for a fenced old home, when `peer` is one.
+    pub fn fenced(&self, peer: &PeerId) -> Option<String> {
+        let id = peer.to_bytes();
+        self.fenced
+            .iter()
+            .any(|(h, _)| *h == id)
+            .then(|| fenced_text(&id, self))
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Option<RootState>, super::NetError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(super::NetError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        match postcard::from_bytes::<RootState>(&bytes) {
+            Ok(st) if st.version == STATE_VERSION => Ok(Some(st)),
+            _ => Err(super::NetError::Bad(format!(
+                "{}: damaged root file, or one from a newer datamesh",
+                path.display()
+            ))),
+        }
+    }
+
+    pub fn save(&self, path: &std::path::Path) -> Result<(), super::NetError> {
+        super::write_secret(
+            path,
+            &postcard::to_allocvec(self).expect("root state serializes"),
+        )
+    }
+}
+
+fn peer_text(id: &[u8]) -> String {
+    PeerId::from_bytes(id).map_or_else(|_| hex::encode(id), |p| p.to_string())
+}
+
+fn fenced_text(old: &[u8], st: &RootState) -> String {
+    format!(
+        "fenced: the volume was recovered onto home {} (epoch {}); {} is an old home \
+         node and may no longer change it",
+        peer_text(&st.home),
+        st.epoch,
+        peer_text(old)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body(home: &PeerId, epoch: u64, sequence: u64) -> RootBody {
+        RootBody {
+            version: 0,
+            volume: [7; 16],
+            epoch,
+            sequence,
+            home: home.to_bytes(),
+            key: [0; 32],
+            made: 1,
+            sealed: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn a_peer_pins_the_first_root_then_keeps_the_newest_and_fences_an_old_home() {
+        let signer = RootSigner::from_seed([3; 32]);
+        let (home, new_home, thief) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let first = signer.sign(body(&home, 0, 1));
+        // Only the joined home may set the first record, naming itself.
+        assert!(RootState::take(None, &thief, false, &first).is_err());
+        let (st, t) = RootState::take(None, &home, true, &first).unwrap();
+        assert_eq!(t, Taken::Newer);
+        // Newer sequence kept; an older one changes nothing.
+        let (st, t) =
+            RootState::take(Some(&st), &home, true, &signer.sign(body(&home, 0, 5))).unwrap();
+        assert_eq!((t, st.sequence), (Taken::Newer, 5));
+        let (st, t) = RootState::take(Some(&st), &home, true, &first).unwrap();
+        assert_eq!((t, st.sequence), (Taken::Older, 5));
+        // Another signer (a wrong kit) is refused, whoever sends it.
+        let other = RootSigner::from_seed([4; 32]);
+        assert!(RootState::take(Some(&st), &home, true, &other.sign(body(&home, 9, 9))).is_err());
+        // A recovery: a higher epoch naming another home, sent by it.
+        let (st, t) = RootState::take(
+            Some(&st),
+            &new_home,
+            false,
+            &signer.sign(body(&new_home, 1, 6)),
+        )
+        .unwrap();
+        assert!(matches!(t, Taken::Rehomed { .. }));
+        assert_eq!(st.home, new_home.to_bytes());
+        // The old home is fenced: its records are refused, and it is named so.
+        let err =
+            RootState::take(Some(&st), &home, false, &signer.sign(body(&home, 0, 99))).unwrap_err();
+        assert!(err.starts_with("fenced:"), "{err}");
+        assert!(st.fenced(&home).is_some() && st.fenced(&new_home).is_none());
+        // Two homes in one epoch are refused.
+        assert!(
+            RootState::take(Some(&st), &thief, false, &signer.sign(body(&thief, 1, 100))).is_err()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn an_altered_record_never_verifies(at in 0usize..400, flip in 1u8..=255) {
+            let signer = RootSigner::from_seed([5; 32]);
+            let rec = signer.sign(body(&PeerId::random(), 2, 3));
+            prop_assert!(verify(&rec).is_ok());
+            let mut bad = rec.clone();
+            let i = at % bad.len();
+            bad[i] ^= flip;
+            prop_assert!(verify(&bad).is_err());
+            prop_assert!(verify(&rec[..i]).is_err());
+        }
+    }
+}
