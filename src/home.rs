@@ -204,6 +204,14 @@ impl HomePaths {
     pub fn protect(&self) -> PathBuf {
         self.dir.join("protect")
     }
+    /// Snapshots of the namespace, one RocksDB checkpoint each (`ID/`).
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+    /// Snapshots being recovered, until they are whole.
+    pub fn snapshots_recovering(&self) -> PathBuf {
+        self.dir.join("snapshots.recovering")
+    }
     /// A checkpoint being shipped.
     pub fn protect_tmp(&self) -> PathBuf {
         self.dir.join("protect.tmp")

@@ -229,3 +229,116 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_a_wrong_kit_is_n
     assert_eq!(sh(&m3.at, "cat a"), "first\n");
     assert!(!m3.at.join("b").exists());
 }
+
+#[test]
+fn snapshots_keep_the_past_read_only_through_gc_and_recovery() {
+    require!();
+    let v = protected_volume();
+    let c = Cluster::start(&v, 6);
+    let m = v.mount_with(&strs(&c.bootstrap_flags()));
+    let kit = export_kit(&v);
+    sh(
+        &m.at,
+        "echo v1 > keep.txt && echo gone > del.txt && mkdir dir && echo a > dir/a && \
+         head -c 5000000 /dev/urandom > big && cp big ../big.old && sync",
+    );
+    let out = v.ok(&["snapshot", "create", "s1"]);
+    assert!(out.contains("/.snapshots/s1"), "{out}");
+    // A second snapshot of the same name is refused.
+    assert!(!v.run(&["snapshot", "create", "s1"]).status.success());
+    sh(
+        &m.at,
+        "echo v2 > keep.txt && rm del.txt && mv dir dir2 && \
+         head -c 5000000 /dev/urandom > big && sync",
+    );
+
+    // Inside the snapshot, everything reads as it was.
+    let s1 = m.at.join(".snapshots/s1");
+    assert_eq!(sh(&s1, "cat keep.txt"), "v1\n");
+    assert_eq!(sh(&s1, "cat del.txt dir/a"), "gone\na\n");
+    assert!(!s1.join("dir2").exists());
+    sh(&s1, "cmp big ../../../big.old");
+    assert_eq!(sh(&m.at, "cat keep.txt"), "v2\n");
+    // /.snapshots is reached by name, not listed (a backup of the mount does
+    // not copy every snapshot).
+    assert!(!sh(&m.at, "ls -a").contains(".snapshots"));
+    assert_eq!(sh(&m.at, "ls .snapshots"), "s1\n");
+    // Read-only: writes, removals and renames there get EROFS.
+    for script in [
+        "echo x > new",
+        "echo x >> keep.txt",
+        "rm keep.txt",
+        "mv keep.txt k2",
+        "touch keep.txt",
+        "mkdir d",
+        "setfattr -n user.x -v 1 keep.txt",
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&s1)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{script} succeeded in a snapshot");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Read-only file system"), "{script}: {err}");
+    }
+    // The CLI sees the same tree, and refuses the same writes.
+    assert_eq!(v.ok(&["cat", "/.snapshots/s1/keep.txt"]), "v1\n");
+    let out = v.run(&["put", "/etc/hostname", "/.snapshots/s1/x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only"));
+    let list = v.ok(&["snapshot", "list"]);
+    assert!(list.starts_with("s1 "), "{list}");
+    assert!(
+        !list.contains(" 0 B only here"),
+        "the old big file is pinned: {list}"
+    );
+
+    // gc keeps what only the snapshot holds; fsck checks it.
+    v.ok(&["gc", "--grace", "0"]);
+    sh(&s1, "cmp big ../../../big.old");
+    v.ok(&["fsck"]);
+
+    // The snapshot is protected and recovered with the namespace.
+    std::thread::sleep(Duration::from_millis(1100));
+    wait_protected_after(&v, now_secs());
+    m.kill();
+    sh(v.dir.path(), "rm -rf home");
+    let v2 = Volume::new();
+    let out = recover(&v2, &kit, &c.bootstrap_flags());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m2 = v2.mount();
+    let s1 = m2.at.join(".snapshots/s1");
+    assert_eq!(sh(&s1, "cat keep.txt"), "v1\n");
+    sh(
+        &s1,
+        &format!("cmp big {}", v.dir.path().join("big.old").display()),
+    );
+    assert_eq!(sh(&m2.at, "cat keep.txt"), "v2\n");
+
+    // Deleting it and running gc frees what only it held.
+    let old: Vec<String> = (0..2)
+        .flat_map(|i| v2.shards_of("/.snapshots/s1/big", i))
+        .collect();
+    let held = |c: &Cluster| {
+        (0..6)
+            .flat_map(|i| c.shard_files(i))
+            .filter(|f| {
+                let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                old.iter().any(|id| name.starts_with(id.as_str()))
+            })
+            .count()
+    };
+    v2.ok(&["gc", "--grace", "0"]);
+    assert_eq!(held(&c), 12, "gc kept the snapshot's 12 shards");
+    v2.ok(&["snapshot", "delete", "s1"]);
+    assert!(!m2.at.join(".snapshots/s1").exists());
+    v2.ok(&["gc", "--grace", "0"]);
+    assert_eq!(held(&c), 0, "deleting it and gc freed them");
+    v2.ok(&["fsck"]);
+}

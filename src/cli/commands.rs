@@ -185,6 +185,43 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
         Cmd::Status { json } => super::mesh::run(home, crate::volume::Ask::Status, json),
         Cmd::Repair => super::mesh::run(home, crate::volume::Ask::Repair, false),
         Cmd::Scrub => super::mesh::run(home, crate::volume::Ask::Scrub, false),
+        Cmd::Snapshot { action } => with_volume(home, name, Writes::No, |cx| {
+            use crate::volume::SnapshotOp;
+            let (op, done) = match &action {
+                super::SnapshotAction::Create { name } => (
+                    SnapshotOp::Create(name.as_bytes().to_vec().into()),
+                    Some(format!("snapshot {name} taken: /.snapshots/{name}")),
+                ),
+                super::SnapshotAction::Delete { name } => (
+                    SnapshotOp::Delete(name.as_bytes().to_vec().into()),
+                    Some(format!(
+                        "snapshot {name} deleted; `datamesh gc` frees what only it held"
+                    )),
+                ),
+                super::SnapshotAction::List => (SnapshotOp::List, None),
+            };
+            let what = match &action {
+                super::SnapshotAction::Create { name } | super::SnapshotAction::Delete { name } => {
+                    format!("/.snapshots/{name}")
+                }
+                super::SnapshotAction::List => "/.snapshots".into(),
+            };
+            let list = cx.vol.snapshot(op).with_context(|| what)?;
+            match done {
+                Some(text) => println!("{text}"),
+                None => {
+                    for s in list {
+                        println!(
+                            "{:<24} {}  {:>10} only here",
+                            String::from_utf8_lossy(&s.name),
+                            super::output::time_string(s.created),
+                            super::output::human(s.pinned_bytes)
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }),
         Cmd::Gc { grace } => {
             let grace = match grace {
                 Some(g) => g,

@@ -25,6 +25,18 @@ pub enum KitAction {
 }
 
 #[derive(Subcommand)]
+pub enum SnapshotAction {
+    /// Take a read-only snapshot of the whole volume now (no file data is
+    /// copied); it is seen at /.snapshots/NAME.
+    Create { name: String },
+    /// Every snapshot: its name, when it was taken, and the stored bytes only
+    /// it holds (what deleting it and `gc` would free).
+    List,
+    /// Delete a snapshot; `gc` then frees what only it held.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
 pub enum PeersAction {
     /// Admit a peer by id (one that joined without a token from this home).
     Add { id: String },
@@ -233,6 +245,12 @@ enum Cmd {
         /// The kit's file (`-`: standard input).
         #[arg(long)]
         kit: PathBuf,
+    },
+    /// Read-only, point-in-time copies of the whole volume, seen at
+    /// /.snapshots/NAME/ (restore with `cp` or `datamesh get` out of them).
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },

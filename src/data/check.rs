@@ -201,12 +201,30 @@ impl Engine {
                 *want_refs.entry(*id).or_default() += 1;
             }
         }
+        // Chunks only snapshots hold are checked too, named by snapshot.
+        let mut labelled: Vec<(Option<String>, Ino, u64, ChunkRef)> = chunks
+            .into_iter()
+            .map(|(ino, idx, c)| (None, ino, idx, c))
+            .collect();
+        let mut seen: std::collections::HashSet<ShardId> = want_refs.keys().copied().collect();
+        for (snap, db) in self.s.local()?.snapshot_dbs()? {
+            let name = String::from_utf8_lossy(&snap.name).into_owned();
+            db.for_each_chunk(|ino, idx, c| {
+                if c.shard_ids().first().is_some_and(|id| seen.insert(*id)) {
+                    labelled.push((Some(name.clone()), ino, idx, c));
+                }
+                Ok(())
+            })?;
+        }
         let done = Mutex::new((Vec::<String>::new(), 0u64, 0u64, 0u64, 0u64, 0u64));
-        let total = chunks.len() as u64;
-        chunks.par_iter().for_each(|(ino, idx, c)| {
+        let total = labelled.len() as u64;
+        labelled.par_iter().for_each(|(snap, ino, idx, c)| {
             let mut problems = Vec::new();
             let (mut checked, mut degraded, mut repaired, mut lost) = (0, 0, 0, 0);
-            let where_ = || format!("{}: chunk {idx}", path(*ino));
+            let where_ = || match snap {
+                Some(s) => format!("snapshot {s}: inode {ino}: chunk {idx}"),
+                None => format!("{}: chunk {idx}", path(*ino)),
+            };
             match c {
                 ChunkRef::Inline { .. } => {
                     if let Err(e) = chunk::open_inline(c) {
@@ -286,7 +304,8 @@ impl Engine {
                 ));
             }
         }
-        let protected = self.protected_ids();
+        let mut protected = self.protected_ids();
+        protected.extend(self.s.local()?.snapshot_pins()?);
         self.s.store.for_each(&mut |info| {
             if !want_refs.contains_key(&info.id) && !protected.contains(&info.id) {
                 r.unreferenced_shards += 1;

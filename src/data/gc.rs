@@ -93,7 +93,8 @@ impl Engine {
             Ok(())
         })?;
         let refs = self.s.local()?.refs()?;
-        let protected = self.protected_ids();
+        let mut protected = self.protected_ids();
+        protected.extend(self.s.local()?.snapshot_pins()?);
         let mut stray = Vec::new();
         self.s.store.for_each(&mut |info| {
             let old = Timestamp::from(info.modified).secs <= cutoff;

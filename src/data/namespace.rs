@@ -279,6 +279,14 @@ impl Engine {
         res.map(drop)
     }
 
+    /// Refuses a write to a snapshot's file (`ReadOnly`) before it is opened.
+    pub fn writable(&self, ino: Ino) -> Result<()> {
+        if crate::meta::snapshots::is_snapshot(ino) {
+            return Err(Error::ReadOnly);
+        }
+        Ok(())
+    }
+
     pub fn open(&self, ino: Ino) -> Result<Attr> {
         let attr = match self.s.meta.opened(ino)? {
             Some(a) => self.with_dirty(a),

@@ -151,7 +151,14 @@ impl Engine {
             add(c);
             Ok(())
         })?;
-        // The namespace's copies on the peers are mended like file data.
+        // Snapshots' chunks, and the namespace's copies on the peers, are
+        // mended like the live files'.
+        for (_, db) in self.s.local()?.snapshot_dbs()? {
+            db.for_each_chunk(|_, _, c| {
+                add(c);
+                Ok(())
+            })?;
+        }
         lock(&self.s.protected).0.iter().cloned().for_each(add);
         let total = chunks.len() as u64;
         let k = self.s.codec.data_shards();

@@ -520,6 +520,11 @@ impl Filesystem for DatameshFs {
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = crate::metrics::op("open");
         let i = ino(i);
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY
+            && let Err(e) = self.engine.writable(i)
+        {
+            return reply.error(err(&e));
+        }
         let attr = match self.engine.open(i) {
             Ok(a) => a,
             Err(e) => return reply.error(err_inode(&e)),

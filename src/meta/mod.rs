@@ -14,6 +14,7 @@ mod namespace;
 mod ops;
 mod read;
 pub mod schema;
+pub mod snapshots;
 mod tx;
 
 use crate::chunk::{ChunkRef, ShardId};
@@ -45,6 +46,10 @@ pub struct NewNode {
 
 pub struct MetaStore {
     db: DB,
+    /// Where the database is (snapshots are kept beside it).
+    path: std::path::PathBuf,
+    /// Snapshot databases opened so far.
+    snaps: snapshots::Opened,
     writer: Mutex<()>,
     params: VolumeParams,
     cache: MetaCache,
@@ -138,6 +143,8 @@ impl MetaStore {
         };
         let store = MetaStore {
             db,
+            path: path.to_path_buf(),
+            snaps: Default::default(),
             writer: Mutex::new(()),
             params,
             cache: MetaCache::new(CACHE_ENTRIES),
@@ -146,6 +153,28 @@ impl MetaStore {
         };
         store.free_orphans()?;
         Ok(store)
+    }
+
+    /// A snapshot's database, for reading only.
+    pub fn open_read_only(path: &Path) -> Result<MetaStore> {
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, path, ALL_CFS, false)
+            .map_err(|e| Error::Db(format!("{}: {}", path.display(), e.into_string())))?;
+        let raw = db
+            .get_cf(db.cf_handle(CF_META).expect("meta cf"), KEY_PARAMS)
+            .map_err(db_err)?
+            .ok_or_else(|| Error::Corrupt(format!("{}: not a volume", path.display())))?;
+        let params = decode("volume parameters", &raw)?;
+        Ok(MetaStore {
+            db,
+            path: path.to_path_buf(),
+            snaps: Default::default(),
+            writer: Mutex::new(()),
+            params,
+            cache: MetaCache::new(CACHE_ENTRIES / 16),
+            locks: Default::default(),
+            changes: Default::default(),
+        })
     }
 
     fn format(db: &DB, params: &VolumeParams) -> Result<()> {

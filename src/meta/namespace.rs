@@ -5,6 +5,7 @@
 
 use super::changes::Since;
 use super::locks::{LockOwner, RangeLock};
+use super::snapshots::{Route, is_snapshot, not_reserved, route, writable};
 use super::{InodeRec, MetaStore, NewNode, VolumeParams};
 use crate::chunk::ChunkRef;
 use crate::error::Result;
@@ -123,40 +124,68 @@ impl Namespace for MetaStore {
     fn params(&self) -> &VolumeParams {
         MetaStore::params(self)
     }
+    // Reads reach a snapshot's inodes through their numbers (see
+    // `snapshots`); every change to one is refused.
     fn inode(&self, ino: Ino) -> Result<InodeRec> {
-        MetaStore::inode(self, ino)
+        self.routed_inode(ino)
     }
     fn attr(&self, ino: Ino) -> Result<Attr> {
-        MetaStore::attr(self, ino)
+        self.routed_attr(ino)
     }
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        MetaStore::lookup(self, parent, name)
+        self.routed_lookup(parent, name)
     }
     fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
-        MetaStore::readdir(self, ino, offset, max)
+        self.routed_readdir(ino, offset, max)
     }
     fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
-        MetaStore::chunk(self, ino, idx)
+        match self.snap_of(ino)? {
+            Some((db, i)) => db.chunk(i, idx),
+            None => MetaStore::chunk(self, ino, idx),
+        }
     }
     fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>> {
-        MetaStore::chunks_from(self, ino, from)
+        match self.snap_of(ino)? {
+            Some((db, i)) => db.chunks_from(i, from),
+            None => MetaStore::chunks_from(self, ino, from),
+        }
     }
     fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        MetaStore::getxattr(self, ino, name)
+        match route(ino) {
+            Route::Dir => Err(crate::Error::NoXattr),
+            _ => match self.snap_of(ino)? {
+                Some((db, i)) => db.getxattr(i, name),
+                None => MetaStore::getxattr(self, ino, name),
+            },
+        }
     }
     fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        MetaStore::listxattr(self, ino)
+        match route(ino) {
+            Route::Dir => Ok(Vec::new()),
+            _ => match self.snap_of(ino)? {
+                Some((db, i)) => db.listxattr(i),
+                None => MetaStore::listxattr(self, ino),
+            },
+        }
     }
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        writable(&[parent])?;
+        not_reserved(parent, name, crate::Error::Exists)?;
         MetaStore::create_node(self, parent, name, node)
     }
     fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        writable(&[ino, parent])?;
+        not_reserved(parent, name, crate::Error::Exists)?;
         MetaStore::link(self, ino, parent, name)
     }
     fn unlink(&self, parent: Ino, name: &[u8], is_open: &dyn Fn(Ino) -> bool) -> Result<()> {
+        writable(&[parent])?;
+        not_reserved(parent, name, crate::Error::ReadOnly)?;
         MetaStore::unlink(self, parent, name, is_open)
     }
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        writable(&[parent])?;
+        not_reserved(parent, name, crate::Error::ReadOnly)?;
         MetaStore::rmdir(self, parent, name)
     }
     fn rename(
@@ -168,9 +197,13 @@ impl Namespace for MetaStore {
         flags: RenameFlags,
         is_open: &dyn Fn(Ino) -> bool,
     ) -> Result<()> {
+        writable(&[parent, new_parent])?;
+        not_reserved(parent, name, crate::Error::ReadOnly)?;
+        not_reserved(new_parent, new_name, crate::Error::Exists)?;
         MetaStore::rename(self, parent, name, new_parent, new_name, flags, is_open)
     }
     fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        writable(&[ino])?;
         MetaStore::setattr(self, ino, set)
     }
     fn commit_chunks(
@@ -180,6 +213,7 @@ impl Namespace for MetaStore {
         size: u64,
         mtime: Option<Timestamp>,
     ) -> Result<Attr> {
+        writable(&[ino])?;
         MetaStore::commit_chunks(self, ino, chunks, size, mtime)
     }
     fn truncate(
@@ -189,6 +223,7 @@ impl Namespace for MetaStore {
         tail: Option<(u64, Option<ChunkRef>)>,
         set: &SetAttr,
     ) -> Result<Attr> {
+        writable(&[ino])?;
         MetaStore::truncate(self, ino, size, tail, set)
     }
     fn setxattr(
@@ -199,9 +234,11 @@ impl Namespace for MetaStore {
         create: bool,
         replace: bool,
     ) -> Result<()> {
+        writable(&[ino])?;
         MetaStore::setxattr(self, ino, name, value, create, replace)
     }
     fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        writable(&[ino])?;
         MetaStore::removexattr(self, ino, name)
     }
     fn watch(&self, since: u64, wait: Duration) -> Result<Since> {
@@ -212,6 +249,9 @@ impl Namespace for MetaStore {
         self.changes().close();
     }
     fn release_orphan(&self, ino: Ino) -> Result<()> {
+        if is_snapshot(ino) {
+            return Ok(());
+        }
         MetaStore::release_orphan(self, ino)
     }
     fn sync(&self) -> Result<()> {

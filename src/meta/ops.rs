@@ -457,11 +457,14 @@ impl MetaStore {
         cutoff: i64,
         delete: &mut dyn FnMut(&ShardId) -> Result<()>,
     ) -> Result<u64> {
+        let pinned = self.snapshot_pins()?;
         let _g = self.lock();
         let mut batch = rocksdb::WriteBatch::default();
         let mut n = 0;
         for (id, r) in self.refs()? {
-            if r.count == 0 && r.zero_since <= cutoff {
+            // A shard a snapshot holds stays (its row too, for when the
+            // snapshot goes).
+            if r.count == 0 && r.zero_since <= cutoff && !pinned.contains(&id) {
                 delete(&id)?;
                 batch.delete_cf(self.cf(CF_REFS), ref_key(&id));
                 n += 1;

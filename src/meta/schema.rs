@@ -29,6 +29,8 @@ pub const KEY_NEXT_INO: &[u8] = b"next_ino";
 pub const KEY_PARAMS: &[u8] = b"params";
 /// The volume's epoch (u64; absent = 0), raised by each recovery.
 pub const KEY_EPOCH: &[u8] = b"epoch";
+/// The snapshots (`snapshots::SnapList`).
+pub const KEY_SNAPSHOTS: &[u8] = b"snapshots";
 
 /// Per-volume settings fixed at `init`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

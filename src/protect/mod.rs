@@ -394,11 +394,28 @@ impl Protector {
             let path = path.to_path_buf();
             move |source| HomeError::Io { path, source }
         };
-        let mut names: Vec<(String, u64)> = Vec::new();
-        for e in std::fs::read_dir(dir).map_err(io(dir))? {
-            let e = e.map_err(io(dir))?;
-            let len = e.metadata().map_err(io(&e.path()))?.len();
-            names.push((e.file_name().to_string_lossy().into_owned(), len));
+        // The checkpoint's files, then every snapshot's (`snapshots/ID/FILE`).
+        let mut names: Vec<(String, std::path::PathBuf, u64)> = Vec::new();
+        let mut list = |dir: &Path, prefix: &str| -> Result<(), HomeError> {
+            for e in std::fs::read_dir(dir).map_err(io(dir))? {
+                let e = e.map_err(io(dir))?;
+                let len = e.metadata().map_err(io(&e.path()))?.len();
+                let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+                names.push((name, e.path(), len));
+            }
+            Ok(())
+        };
+        list(dir, "")?;
+        let snaps = self.paths.snapshots();
+        if snaps.is_dir() {
+            for e in std::fs::read_dir(&snaps).map_err(io(&snaps))? {
+                let e = e.map_err(io(&snaps))?;
+                let id = e.file_name().to_string_lossy().into_owned();
+                // A snapshot being taken is `ID.tmp` until whole.
+                if id.parse::<u16>().is_ok() {
+                    list(&e.path(), &format!("snapshots/{id}/"))?;
+                }
+            }
         }
         names.sort();
         let shipped_before: HashMap<(String, u64), Vec<ChunkRef>> = state
@@ -407,8 +424,7 @@ impl Protector {
             .map(|(_, m)| {
                 m.files
                     .iter()
-                    .filter(|f| f.name.ends_with(".sst"))
-                    .map(|f| ((f.name.clone(), f.len), f.chunks.clone()))
+                    .filter_map(|f| Some(((reuse_key(&f.name)?, f.len), f.chunks.clone())))
                     .collect()
             })
             .unwrap_or_default();
@@ -421,16 +437,16 @@ impl Protector {
         };
         engine.store_span(|| {
             let mut files = Vec::new();
-            for (name, len) in &names {
+            for (name, path, len) in &names {
                 round.db_bytes += len;
-                let chunks = match shipped_before.get(&(name.clone(), *len)) {
+                let before = reuse_key(name).and_then(|k| shipped_before.get(&(k, *len)));
+                let chunks = match before {
                     Some(c) => {
                         round.reused += 1;
                         c.clone()
                     }
                     None => {
-                        let path = dir.join(name);
-                        let f = std::fs::File::open(&path).map_err(io(&path))?;
+                        let f = std::fs::File::open(path).map_err(io(path))?;
                         round.shipped_bytes += len;
                         engine.store_object(std::io::BufReader::new(f))?
                     }
@@ -502,6 +518,20 @@ pub fn check_not_replaced(
         }
     }
     Ok(seen)
+}
+
+/// What makes a shipped file reusable in a later checkpoint: table files
+/// are never rewritten under their number (a snapshot's are hard links of
+/// the database's), and a snapshot's other files never change.
+fn reuse_key(name: &str) -> Option<String> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if base.ends_with(".sst") {
+        Some(format!("sst:{base}"))
+    } else if name.starts_with("snapshots/") {
+        Some(name.to_string())
+    } else {
+        None
+    }
 }
 
 fn nudge(wake: &(Mutex<bool>, Condvar)) {

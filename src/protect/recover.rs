@@ -67,6 +67,7 @@ pub fn recover(
             let _ = std::fs::remove_dir_all(&home.dir);
         } else {
             let _ = std::fs::remove_dir_all(paths.meta_recovering());
+            let _ = std::fs::remove_dir_all(paths.snapshots_recovering());
         }
     }
     res
@@ -252,6 +253,10 @@ fn rebuild(
     }
     state.save(&paths.protect())?;
     std::fs::rename(&work, paths.meta()).map_err(io(&work))?;
+    let snaps = paths.snapshots_recovering();
+    if snaps.exists() {
+        std::fs::rename(&snaps, paths.snapshots()).map_err(io(&snaps))?;
+    }
     nix::unistd::sync();
     crate::util::write_secret(&paths.volume_key(), volume_key.as_bytes())
         .map_err(|(path, source)| HomeError::Io { path, source })?;
@@ -295,10 +300,30 @@ fn restore(
             ),
         ));
     }
+    // Snapshots' files (`snapshots/ID/FILE`) go beside the database.
+    let snaps = work.with_file_name("snapshots.recovering");
+    if snaps.exists() {
+        std::fs::remove_dir_all(&snaps).map_err(io(&snaps))?;
+    }
+    let plain = |n: &str| !n.is_empty() && !n.contains('/') && !n.starts_with('.');
     for f in &manifest.files {
-        if f.name.contains('/') || f.name.starts_with('.') {
-            return Err(bad(work, format!("a manifest naming {:?}", f.name)));
-        }
+        let path = match f
+            .name
+            .strip_prefix("snapshots/")
+            .and_then(|r| r.split_once('/'))
+        {
+            Some((id, file)) if id.parse::<u16>().is_ok() && plain(file) => {
+                let dir = snaps.join(id);
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(io(&dir))?;
+                dir.join(file)
+            }
+            _ if plain(&f.name) => work.join(&f.name),
+            _ => return Err(bad(work, format!("a manifest naming {:?}", f.name))),
+        };
         let data = crate::data::read_object(store, codec, &f.chunks)?;
         if data.len() as u64 != f.len {
             return Err(bad(
@@ -306,7 +331,6 @@ fn restore(
                 format!("{}: {} bytes, expected {}", f.name, data.len(), f.len),
             ));
         }
-        let path = work.join(&f.name);
         std::fs::write(&path, &data).map_err(io(&path))?;
     }
     let meta = MetaStore::open(work, None)?;

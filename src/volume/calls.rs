@@ -3,7 +3,7 @@
 //! `Caller` is a [`Volume`] whose operations are [`Request`]s.
 
 use super::proto::{Reply, Request};
-use super::{Ask, ChunkInfo, NewFile, Progress, Report, Volume};
+use super::{Ask, ChunkInfo, NewFile, Progress, Report, SnapInfo, SnapshotOp, Volume};
 use crate::data::{CheckReport, Usage};
 use crate::types::*;
 use crate::{Error, Result};
@@ -83,6 +83,12 @@ impl<C: Caller> Volume for C {
         match self.call(Request::Params, &quiet)? {
             Reply::Params(p) => Ok(p),
             other => Err(unexpected("params", other)),
+        }
+    }
+    fn snapshot(&self, op: SnapshotOp) -> Result<Vec<SnapInfo>> {
+        match self.call(Request::Snapshot(op), &quiet)? {
+            Reply::Snapshots(s) => Ok(s),
+            other => Err(unexpected("snapshot", other)),
         }
     }
     fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {

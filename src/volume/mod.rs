@@ -24,7 +24,9 @@ use crate::data::{CheckReport, Engine, Redundancy, Usage};
 use crate::store::{PeerNote, PeerStatus, Scrubbed};
 use crate::types::*;
 use crate::workers::WorkerInfo;
+pub use proto::{SnapInfo, SnapshotOp};
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use std::io::{Read, Write};
 
 /// `progress(done, total)` of a long operation (fsck, repair, scrub).
@@ -89,6 +91,8 @@ pub trait Volume: Sync {
     fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>>;
     /// The volume's parameters (its id among them).
     fn params(&self) -> Result<crate::meta::VolumeParams>;
+    /// Creates, lists or deletes snapshots; the snapshots after it.
+    fn snapshot(&self, op: SnapshotOp) -> Result<Vec<SnapInfo>>;
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>>;
     fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr>;
     fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr>;
@@ -185,6 +189,34 @@ impl Volume for Engine {
     }
     fn params(&self) -> Result<crate::meta::VolumeParams> {
         Ok(self.meta().params().clone())
+    }
+    fn snapshot(&self, op: SnapshotOp) -> Result<Vec<SnapInfo>> {
+        let meta = self.local_meta()?;
+        let with_bytes = matches!(op, SnapshotOp::List);
+        match op {
+            SnapshotOp::Create(name) => {
+                // What the files hold now, sealed and committed, is what it keeps.
+                self.flush_all()?;
+                self.sync_committed()?;
+                meta.snapshot_create(&name)?;
+            }
+            SnapshotOp::Delete(name) => drop(meta.snapshot_delete(&name)?),
+            SnapshotOp::List => {}
+        }
+        meta.snapshot_dbs()?
+            .into_iter()
+            .map(|(s, db)| {
+                Ok(SnapInfo {
+                    name: ByteBuf::from(s.name),
+                    created: s.created,
+                    pinned_bytes: if with_bytes {
+                        meta.snapshot_pinned_bytes(&db)?
+                    } else {
+                        0
+                    },
+                })
+            })
+            .collect()
     }
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         Engine::readlink(self, ino)

@@ -28,7 +28,7 @@ use serde_bytes::ByteBuf;
 use std::io::{self, Read, Write};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The first bytes of each side's handshake.
 pub const MAGIC: &[u8; 8] = b"dmvolume";
 /// The most file bytes one data frame carries.
@@ -103,6 +103,25 @@ pub enum Request {
     },
     /// The volume's parameters (version 3).
     Params,
+    /// Create, list or delete snapshots (version 4).
+    Snapshot(SnapshotOp),
+}
+
+/// What `datamesh snapshot` asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotOp {
+    Create(ByteBuf),
+    List,
+    Delete(ByteBuf),
+}
+
+/// One snapshot, as `snapshot list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapInfo {
+    pub name: ByteBuf,
+    pub created: crate::types::Timestamp,
+    /// Stored bytes of chunks the live files no longer hold.
+    pub pinned_bytes: u64,
 }
 
 /// What a call returns when it succeeds.
@@ -119,6 +138,8 @@ pub enum Reply {
     Report(Box<Report>),
     EntriesPlus(Vec<(DirEntry, Attr)>),
     Params(crate::meta::VolumeParams),
+    /// The snapshots after a `Snapshot` call.
+    Snapshots(Vec<SnapInfo>),
 }
 
 /// A failed call: what it means and what happened.
@@ -288,6 +309,9 @@ mod tests {
             (ino(), any::<u64>(), any::<u32>())
                 .prop_map(|(ino, offset, max)| { Request::ReaddirPlus { ino, offset, max } }),
             Just(Request::Params),
+            bytes().prop_map(|n| Request::Snapshot(SnapshotOp::Create(n))),
+            bytes().prop_map(|n| Request::Snapshot(SnapshotOp::Delete(n))),
+            Just(Request::Snapshot(SnapshotOp::List)),
             ino().prop_map(Request::Readlink),
             (ino(), bytes(), any::<u16>(), any::<u32>(), any::<u32>()).prop_map(
                 |(parent, name, perm, uid, gid)| Request::Mkdir {

@@ -256,6 +256,7 @@ pub fn answer(engine: &Engine, req: Request, runner: &Runner) -> Result<Reply> {
             Reply::Entries(engine.readdir(ino, offset, (max as usize).min(4096))?)
         }
         Request::Params => Reply::Params(engine.meta().params().clone()),
+        Request::Snapshot(op) => Reply::Snapshots(Volume::snapshot(engine, op)?),
         Request::ReaddirPlus { ino, offset, max } => {
             Reply::EntriesPlus(engine.readdir_plus(ino, offset, (max as usize).min(4096))?)
         }
