@@ -114,7 +114,7 @@ for n in $counts; do
   done
 
   # Recovery of the whole volume.
-  "$DATAMESH_BIN" --home "$home" kit export > "$work/kit.txt"
+  "$DATAMESH_BIN" --home "$home" kit export > "$work/kit.txt" 2>/dev/null
   rm -rf "$work/recovered"
   t=$(now)
   "$DATAMESH_BIN" --home "$work/recovered" recover --kit "$work/kit.txt" >/dev/null 2>&1

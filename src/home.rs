@@ -84,6 +84,10 @@ pub struct Config {
     pub protect_secs: u64,
     /// Namespace checkpoints kept on the storage peers.
     pub protect_keep: usize,
+    /// Seconds between the daemon's scheduled snapshots (`auto-TIME`); 0: none.
+    pub snapshot_every_secs: u64,
+    /// Scheduled snapshots kept (the oldest go; others are never touched).
+    pub snapshot_keep: usize,
 }
 
 impl Default for Config {
@@ -97,6 +101,8 @@ impl Default for Config {
             listen: Vec::new(),
             protect_secs: 30,
             protect_keep: 3,
+            snapshot_every_secs: 0,
+            snapshot_keep: 24,
         }
     }
 }
@@ -133,6 +139,12 @@ const CONFIG_TEMPLATE: &str = "\
 # 0 turns protection off (then losing this disk loses the volume).
 # protect_secs = 30
 # protect_keep = 3
+
+# The daemon takes a snapshot named auto-TIME every snapshot_every_secs (0:
+# never) and keeps the last snapshot_keep of them (e.g. 3600 and 24: hourly,
+# for a day). Snapshots you take yourself are never deleted by it.
+# snapshot_every_secs = 0
+# snapshot_keep = 24
 ";
 
 /// Where each file of a home directory is: the one place these names are

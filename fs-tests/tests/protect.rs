@@ -342,3 +342,22 @@ fn snapshots_keep_the_past_read_only_through_gc_and_recovery() {
     assert_eq!(held(&c), 0, "deleting it and gc freed them");
     v2.ok(&["fsck"]);
 }
+
+#[test]
+fn scheduled_snapshots_are_taken_and_only_the_last_ones_kept() {
+    require!();
+    let v = Volume::new();
+    v.ok(&["init"]);
+    v.config("snapshot_every_secs = 1");
+    v.config("snapshot_keep = 2");
+    let m = v.mount();
+    v.ok(&["snapshot", "create", "mine"]);
+    std::thread::sleep(Duration::from_millis(4500));
+    let list = v.ok(&["snapshot", "list"]);
+    let autos: Vec<&str> = list.lines().filter(|l| l.starts_with("auto-")).collect();
+    assert_eq!(autos.len(), 2, "{list}");
+    assert!(list.lines().any(|l| l.starts_with("mine ")), "{list}");
+    let first = autos[0].split_whitespace().next().unwrap();
+    assert!(m.at.join(".snapshots").join(first).is_dir());
+    drop(m);
+}

@@ -221,6 +221,15 @@ fn daemon(
             crate::volume::meta::HomeServer::start(&engine, home.paths(), key, client, &runner)?;
         }
         engine.spawn_workers(&runner)?;
+        if !member {
+            let cfg = home.config()?;
+            crate::protect::schedule::start(
+                &engine,
+                std::time::Duration::from_secs(cfg.snapshot_every_secs),
+                cfg.snapshot_keep,
+                &runner,
+            )?;
+        }
         if let Some(addr) = opts.metrics {
             let weak = Arc::downgrade(&engine);
             let refresh = move || {

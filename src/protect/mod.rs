@@ -5,6 +5,7 @@
 //! "Namespace protection".
 
 mod recover;
+pub mod schedule;
 
 pub use recover::{Recovered, recover};
 
