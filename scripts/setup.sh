@@ -6,7 +6,7 @@ source "$(dirname "$0")/common.sh"
 # clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks
 # (bindfs and gocryptfs are the baselines of the filesystem benchmark).
 packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc
-  git vim restic borgbackup fio bindfs gocryptfs acl man-db)
+  git vim restic borgbackup fio bindfs gocryptfs acl man-db curl rclone)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

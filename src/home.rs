@@ -88,6 +88,14 @@ pub struct Config {
     pub snapshot_every_secs: u64,
     /// Scheduled snapshots kept (the oldest go; others are never touched).
     pub snapshot_keep: usize,
+    /// The WebDAV gateway's users (`datamesh webdav adduser`).
+    pub webdav: WebdavConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebdavConfig {
+    pub users: Vec<crate::webdav::auth::User>,
 }
 
 impl Default for Config {
@@ -103,6 +111,7 @@ impl Default for Config {
             protect_keep: 3,
             snapshot_every_secs: 0,
             snapshot_keep: 24,
+            webdav: WebdavConfig::default(),
         }
     }
 }

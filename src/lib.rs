@@ -21,6 +21,7 @@ pub mod store;
 pub mod types;
 pub mod util;
 pub mod volume;
+pub mod webdav;
 pub mod workers;
 
 pub use error::{Error, Result};

@@ -237,7 +237,20 @@ pub fn serve(
     refresh: impl Fn() + Send + Sync + 'static,
     runner: &crate::workers::Runner,
 ) -> std::io::Result<()> {
-    let listener = bind(addr)?;
+    tracing::info!("metrics at http://{addr}/metrics");
+    serve_router(addr, "metrics", router(refresh), runner)
+}
+
+/// Serves `app` on `addr` as the worker `name` (its own small runtime)
+/// until the runner stops. The address is bound here, so a port in use is
+/// an error of the command that asked for it.
+pub fn serve_router(
+    addr: std::net::SocketAddr,
+    name: &str,
+    app: axum::Router,
+    runner: &crate::workers::Runner,
+) -> std::io::Result<()> {
+    let listener = bind(addr, name)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -245,33 +258,40 @@ pub fn serve(
     runner.on_stop(move || {
         let _ = stop.send(true);
     });
-    runner.spawn("metrics", move |w| {
+    let what = name.to_string();
+    runner.spawn(name, move |w| {
         let ends = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        if let Err(e) = rt.block_on(answer(listener, refresh, ends)) {
-            w.round(Err(format!("serving metrics: {e}")));
+        let served = rt.block_on(async move {
+            use axum::serve::ListenerExt;
+            // Small answers go out at once (a client waiting on a delayed
+            // ACK would make each small request cost 40 ms).
+            let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(ends)
+                .await
+        });
+        if let Err(e) = served {
+            w.round(Err(format!("serving {what}: {e}")));
         }
     })
 }
 
-/// The listening socket for `--metrics ADDR`, or why not.
-pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// The listening socket for `--NAME ADDR`, or why not.
+pub fn bind(addr: std::net::SocketAddr, name: &str) -> std::io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("--metrics {addr}: {e}")))?;
+        .map_err(|e| std::io::Error::new(e.kind(), format!("--{name} {addr}: {e}")))?;
     listener.set_nonblocking(true)?;
-    tracing::info!("metrics at http://{addr}/metrics");
     Ok(listener)
 }
 
-/// Answers `GET /metrics` on `listener` until `ends` completes.
-pub async fn answer(
-    listener: std::net::TcpListener,
-    refresh: impl Fn() + Send + Sync + 'static,
-    ends: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// `GET /metrics`: the registry's text, after `refresh`.
+pub fn router(refresh: impl Fn() + Send + Sync + 'static) -> axum::Router {
     let refresh = std::sync::Arc::new(refresh);
-    let app = axum::Router::new().route(
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let refresh = refresh.clone();
@@ -286,11 +306,7 @@ pub async fn answer(
                 )
             }
         }),
-    );
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(ends)
-        .await
+    )
 }
 
 #[cfg(test)]

@@ -118,12 +118,16 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             dirty_mb,
             listen,
             metrics,
+            webdav,
+            webdav_insecure,
         } => {
             let opts = super::mount::DaemonOptions {
                 cache_mb,
                 dirty_mb,
                 listen,
                 metrics,
+                webdav,
+                webdav_insecure,
             };
             super::mount::serve(home, &opts)?;
             Ok(true)
@@ -185,6 +189,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
         Cmd::Status { json } => super::mesh::run(home, crate::volume::Ask::Status, json),
         Cmd::Repair => super::mesh::run(home, crate::volume::Ask::Repair, false),
         Cmd::Scrub => super::mesh::run(home, crate::volume::Ask::Scrub, false),
+        Cmd::Webdav { action } => super::mesh::webdav(home, action).map(|()| true),
         Cmd::Snapshot { action } => with_volume(home, name, Writes::No, |cx| {
             use crate::volume::SnapshotOp;
             let (op, done) = match &action {

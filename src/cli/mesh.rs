@@ -544,6 +544,59 @@ fn read_kit(file: &std::path::Path) -> anyhow::Result<crate::kit::Kit> {
     crate::kit::Kit::parse(&text).with_context(|| file.display().to_string())
 }
 
+/// `datamesh webdav adduser|users`: the gateway's users, in config.toml.
+pub fn webdav(home: &Home, action: super::WebdavAction) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let users = home.config()?.webdav.users;
+    match action {
+        super::WebdavAction::Users => {
+            for u in users {
+                let ro = if u.read_only { " (read-only)" } else { "" };
+                println!("{}{ro}", u.name);
+            }
+        }
+        super::WebdavAction::Adduser { name, read_only } => {
+            crate::webdav::auth::check_name(&name).map_err(|e| anyhow!(e))?;
+            if users.iter().any(|u| u.name == name) {
+                bail!(
+                    "webdav user {name} exists already (in {})",
+                    home.paths().config().display()
+                );
+            }
+            let password = if std::io::stdin().is_terminal() {
+                let p = rpassword::prompt_password(format!("password for {name}: "))?;
+                if rpassword::prompt_password("again: ")? != p {
+                    bail!("the two passwords differ; nothing was changed");
+                }
+                p
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\n', '\r']).to_string()
+            };
+            if password.len() < 8 {
+                bail!("a password of at least 8 characters, please; nothing was changed");
+            }
+            let hash = crate::webdav::auth::hash_password(&password);
+            let path = home.paths().config();
+            let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+            if !text.ends_with('\n') && !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "\n[[webdav.users]]\nname = \"{name}\"\nhash = \"{hash}\"\nread_only = {read_only}\n"
+            ));
+            crate::util::write_secret(&path, text.as_bytes())
+                .map_err(|(p, e)| anyhow!("{}: {e}", p.display()))?;
+            println!(
+                "webdav user {name} added{}; a running daemon serves it after a restart",
+                if read_only { " (read-only)" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `datamesh recover --kit FILE`.
 pub fn recover(home: &Home, file: &std::path::Path) -> anyhow::Result<()> {
     let kit = read_kit(file)?;

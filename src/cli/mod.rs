@@ -25,6 +25,20 @@ pub enum KitAction {
 }
 
 #[derive(Subcommand)]
+pub enum WebdavAction {
+    /// Add a user of the WebDAV gateway (the password is asked, or read
+    /// from standard input's first line when it is not a terminal).
+    Adduser {
+        name: String,
+        /// The user may read but change nothing.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// The users of the WebDAV gateway.
+    Users,
+}
+
+#[derive(Subcommand)]
 pub enum SnapshotAction {
     /// Take a read-only snapshot of the whole volume now (no file data is
     /// copied); it is seen at /.snapshots/NAME.
@@ -183,6 +197,13 @@ enum Cmd {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Serve the volume over WebDAV at http://ADDR/dav/ (e.g.
+        /// 127.0.0.1:8080; another address needs users: `webdav adduser`).
+        #[arg(long, value_name = "ADDR")]
+        webdav: Option<std::net::SocketAddr>,
+        /// Allow passwords over plain HTTP on a non-loopback --webdav address.
+        #[arg(long)]
+        webdav_insecure: bool,
     },
     /// Run a storage peer: holds shards for the mesh, no keys, no names.
     Node(mesh::NodeArgs),
@@ -245,6 +266,11 @@ enum Cmd {
         /// The kit's file (`-`: standard input).
         #[arg(long)]
         kit: PathBuf,
+    },
+    /// Users of the WebDAV gateway (`serve --webdav`), kept in config.toml.
+    Webdav {
+        #[command(subcommand)]
+        action: WebdavAction,
     },
     /// Read-only, point-in-time copies of the whole volume, seen at
     /// /.snapshots/NAME/ (restore with `cp` or `datamesh get` out of them).
@@ -313,6 +339,13 @@ pub struct MountArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve the volume over WebDAV at http://ADDR/dav/ (e.g. 127.0.0.1:8080;
+    /// another address needs users: `webdav adduser`).
+    #[arg(long, value_name = "ADDR")]
+    pub webdav: Option<std::net::SocketAddr>,
+    /// Allow passwords over plain HTTP on a non-loopback --webdav address.
+    #[arg(long)]
+    pub webdav_insecure: bool,
     /// Comma-separated mount options: allow_other, ro, rw, attr_ttl=SECS,
     /// entry_ttl=SECS, cache_mb=MIB, dirty_mb=MIB; fstab's generic options
     /// (defaults, _netdev, nofail, noauto, user, …) are accepted and ignored.
@@ -403,6 +436,13 @@ impl MountArgs {
         if let Some(m) = self.metrics {
             out.push("--metrics".to_string());
             out.push(m.to_string());
+        }
+        if let Some(w) = self.webdav {
+            out.push("--webdav".to_string());
+            out.push(w.to_string());
+        }
+        if self.webdav_insecure {
+            out.push("--webdav-insecure".to_string());
         }
         out
     }

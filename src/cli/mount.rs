@@ -78,6 +78,8 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
             dirty_mb: args.dirty_mb,
             listen: args.listen.clone(),
             metrics: args.metrics,
+            webdav: args.webdav,
+            webdav_insecure: args.webdav_insecure,
         };
         let res = daemon(home, &daemon_opts, |engine, signals, runner| {
             fs::write(
@@ -154,6 +156,8 @@ pub struct DaemonOptions {
     pub dirty_mb: Option<usize>,
     pub listen: Vec<String>,
     pub metrics: Option<std::net::SocketAddr>,
+    pub webdav: Option<std::net::SocketAddr>,
+    pub webdav_insecure: bool,
 }
 
 fn daemon(
@@ -238,6 +242,14 @@ fn daemon(
                 }
             };
             crate::metrics::serve(addr, refresh, &runner)?;
+        }
+        if let Some(addr) = opts.webdav {
+            let o = crate::webdav::Options {
+                addr,
+                users: home.config()?.webdav.users,
+                insecure: opts.webdav_insecure,
+            };
+            crate::webdav::serve(o, engine.clone(), &runner)?;
         }
         body(&engine, signals, &runner)
     })();

@@ -485,7 +485,8 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         .build()
         .map_err(super::io_err(&opts.data))?;
     if let Some(addr) = opts.metrics {
-        let listener = crate::metrics::bind(addr).map_err(|e| NetError::Bad(e.to_string()))?;
+        let listener =
+            crate::metrics::bind(addr, "metrics").map_err(|e| NetError::Bad(e.to_string()))?;
         let figures = shards.clone();
         let refresh = move || {
             let m = crate::metrics::get();
@@ -498,8 +499,11 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
         };
         // Ends with the process (the runtime is dropped as `run` returns).
         rt.spawn(async move {
-            if let Err(e) = crate::metrics::answer(listener, refresh, std::future::pending()).await
-            {
+            let served = async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                axum::serve(listener, crate::metrics::router(refresh)).await
+            };
+            if let Err(e) = served.await {
                 tracing::warn!("serving metrics: {e}");
             }
         });

@@ -1,0 +1,180 @@
+//! Who may use the WebDAV gateway: users kept in config.toml
+//! (`[[webdav.users]]`: a name, an argon2id hash of the password, and
+//! whether the user may only read), asked with HTTP Basic authentication.
+
+use axum::http::{HeaderMap, Method};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// The password's argon2id hash (a PHC string).
+    pub hash: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A new argon2id hash of `password` (random salt).
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .expect("argon2 hashes any password")
+        .to_string()
+}
+
+/// A user name as config.toml keeps it: letters, digits, `.`, `_`, `-`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?}: a user name is 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+/// What a request may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No or wrong credentials: 401.
+    Denied,
+    ReadOnly,
+    ReadWrite,
+}
+
+/// The users, and the credentials already verified (argon2 is slow on
+/// purpose, and a client sends them with every request). Verified pairs
+/// are kept as a keyed hash, never in clear.
+pub struct Users {
+    list: Vec<User>,
+    key: [u8; 32],
+    verified: Mutex<HashMap<[u8; 32], usize>>,
+}
+
+impl Users {
+    pub fn new(list: Vec<User>) -> Users {
+        Users {
+            list,
+            key: rand::random(),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// What the request's `Authorization` header lets it do.
+    pub fn access(&self, headers: &HeaderMap) -> Access {
+        use base64::Engine as _;
+        let Some((name, password)) = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                s.split_once(':')
+                    .map(|(n, p)| (n.to_string(), p.to_string()))
+            })
+        else {
+            return Access::Denied;
+        };
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(password.as_bytes());
+        let seen = *h.finalize().as_bytes();
+        let known = crate::util::lock(&self.verified).get(&seen).copied();
+        let index = match known {
+            Some(i) => i,
+            None => {
+                let Some(i) = self.list.iter().position(|u| u.name == name) else {
+                    return Access::Denied;
+                };
+                if !verify(&self.list[i].hash, &password) {
+                    tracing::warn!("webdav: wrong password for {name}");
+                    return Access::Denied;
+                }
+                let mut v = crate::util::lock(&self.verified);
+                if v.len() > 4096 {
+                    v.clear();
+                }
+                v.insert(seen, i);
+                i
+            }
+        };
+        if self.list[index].read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        }
+    }
+}
+
+fn verify(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// Methods that change nothing (all a read-only user may send).
+pub fn reads_only(m: &Method) -> bool {
+    matches!(m.as_str(), "GET" | "HEAD" | "OPTIONS" | "PROPFIND")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn basic(name: &str, pw: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{pw}"));
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Basic {v}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn users_are_told_apart_by_password_and_read_only_ones_marked() {
+        let users = Users::new(vec![
+            User {
+                name: "alice".into(),
+                hash: hash_password("s3cret"),
+                read_only: false,
+            },
+            User {
+                name: "bob".into(),
+                hash: hash_password("pw"),
+                read_only: true,
+            },
+        ]);
+        assert_eq!(users.access(&basic("alice", "s3cret")), Access::ReadWrite);
+        // Again: this answer comes from the verified pairs.
+        assert_eq!(users.access(&basic("alice", "s3cret")), Access::ReadWrite);
+        assert_eq!(users.access(&basic("alice", "wrong")), Access::Denied);
+        assert_eq!(users.access(&basic("bob", "pw")), Access::ReadOnly);
+        assert_eq!(users.access(&basic("carol", "pw")), Access::Denied);
+        assert_eq!(users.access(&HeaderMap::new()), Access::Denied);
+        assert!(check_name("a-b.c_d").is_ok() && check_name("a b").is_err());
+    }
+}

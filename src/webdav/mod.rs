@@ -1,0 +1,576 @@
+//! The WebDAV gateway: the volume over HTTP at `/dav/` for hosts without
+//! FUSE (`datamesh serve --webdav ADDR`, `mount --webdav ADDR`). The
+//! protocol is `dav-server`'s; this module is its file system over the
+//! engine (blocking engine calls run on tokio's blocking pool) and the
+//! listener. See docs/DESIGN.md, "WebDAV gateway".
+
+pub mod auth;
+
+use crate::data::Engine;
+use crate::error::Error;
+use crate::types::{Attr, FileKind, Ino, RenameFlags, SetAttr, SetTime, Timestamp};
+use bytes::{Buf, Bytes};
+use dav_server::davpath::DavPath;
+use dav_server::fs::{
+    DavDirEntry, DavFile, DavFileSystem, DavMetaData, FsError, FsFuture, FsResult, FsStream,
+    OpenOptions, ReadDirMeta,
+};
+use std::io::SeekFrom;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Where the volume is served on the listener.
+pub const PREFIX: &str = "/dav";
+
+/// What the engine's errors are to a WebDAV client.
+fn fs_err(e: Error) -> FsError {
+    match e {
+        Error::NotFound => FsError::NotFound,
+        Error::Exists => FsError::Exists,
+        Error::NameTooLong => FsError::PathTooLong,
+        Error::NoSpace => FsError::InsufficientStorage,
+        Error::TooBig => FsError::TooLarge,
+        Error::NotDir
+        | Error::IsDir
+        | Error::NotEmpty
+        | Error::Invalid(_)
+        | Error::ReadOnly
+        | Error::NotPermitted => FsError::Forbidden,
+        other => {
+            tracing::warn!("webdav: {other}");
+            FsError::GeneralFailure
+        }
+    }
+}
+
+/// Runs a blocking engine call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> FsResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(fs_err),
+        Err(_) => Err(FsError::GeneralFailure),
+    }
+}
+
+/// The names of a request path, each checked (never `.`, `..`, empty, NUL
+/// or over-long: a path cannot leave the volume).
+fn names(path: &DavPath) -> FsResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for n in path
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|n| !n.is_empty())
+    {
+        crate::meta::check_name(n).map_err(|e| match e {
+            Error::NameTooLong => FsError::PathTooLong,
+            _ => FsError::Forbidden,
+        })?;
+        out.push(n.to_vec());
+    }
+    Ok(out)
+}
+
+fn walk(engine: &Engine, names: &[Vec<u8>]) -> crate::Result<Attr> {
+    let mut at = engine.getattr(Ino::ROOT)?;
+    for n in names {
+        if at.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        at = engine.lookup(at.ino, n)?;
+    }
+    Ok(at)
+}
+
+/// The directory holding `path`'s last name, and that name.
+fn parent_of(engine: &Engine, mut names: Vec<Vec<u8>>) -> crate::Result<(Ino, Vec<u8>)> {
+    let name = names.pop().ok_or(Error::NotPermitted)?;
+    let dir = walk(engine, &names)?;
+    if dir.kind != FileKind::Dir {
+        return Err(Error::NotDir);
+    }
+    Ok((dir.ino, name))
+}
+
+fn to_time(t: Timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(t.secs.max(0) as u64, t.nanos)
+}
+
+#[derive(Clone, Debug)]
+struct Meta(Attr);
+
+impl DavMetaData for Meta {
+    fn len(&self) -> u64 {
+        self.0.size
+    }
+    fn modified(&self) -> FsResult<SystemTime> {
+        Ok(to_time(self.0.mtime))
+    }
+    fn is_dir(&self) -> bool {
+        self.0.kind == FileKind::Dir
+    }
+    fn is_symlink(&self) -> bool {
+        self.0.kind == FileKind::Symlink
+    }
+    fn accessed(&self) -> FsResult<SystemTime> {
+        Ok(to_time(self.0.atime))
+    }
+    fn created(&self) -> FsResult<SystemTime> {
+        Ok(to_time(self.0.crtime))
+    }
+    fn status_changed(&self) -> FsResult<SystemTime> {
+        Ok(to_time(self.0.ctime))
+    }
+    fn executable(&self) -> FsResult<bool> {
+        Ok(self.0.perm & 0o100 != 0)
+    }
+    fn etag(&self) -> Option<String> {
+        let m = self.0.mtime;
+        Some(format!(
+            "{:x}-{:x}-{:x}{:x}",
+            self.0.ino.0, self.0.size, m.secs, m.nanos
+        ))
+    }
+}
+
+struct Entry(Vec<u8>, Attr);
+
+impl DavDirEntry for Entry {
+    fn name(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+    fn metadata(&self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let m: Box<dyn DavMetaData> = Box::new(Meta(self.1.clone()));
+        Box::pin(async move { Ok(m) })
+    }
+}
+
+/// An open file. A whole-file write (PUT) goes to a hidden file beside the
+/// target, renamed over it at the end: readers see the old or the new
+/// version, never a part, and of concurrent PUTs one whole version wins.
+struct Handle {
+    engine: Arc<Engine>,
+    ino: Ino,
+    pos: u64,
+    /// For a PUT: where the hidden file goes once whole.
+    target: Option<(Ino, Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("ino", &self.ino)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let (engine, ino) = (self.engine.clone(), self.ino);
+        let target = self.target.take();
+        // Not renamed into place (the client went away): the hidden file goes.
+        let _ = std::thread::Builder::new()
+            .name("datamesh-dav-close".into())
+            .spawn(move || {
+                let _ = engine.release(ino);
+                if let Some((dir, tmp, _)) = target {
+                    let _ = engine.unlink(dir, &tmp);
+                }
+            });
+    }
+}
+
+impl DavFile for Handle {
+    fn metadata(&mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let (engine, ino) = (self.engine.clone(), self.ino);
+        Box::pin(async move {
+            let a = blocking(move || engine.getattr(ino)).await?;
+            Ok(Box::new(Meta(a)) as Box<dyn DavMetaData>)
+        })
+    }
+    fn write_buf(&mut self, mut buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        self.write_bytes(bytes)
+    }
+    fn write_bytes(&mut self, buf: Bytes) -> FsFuture<'_, ()> {
+        let (engine, ino, pos) = (self.engine.clone(), self.ino, self.pos);
+        Box::pin(async move {
+            let n = blocking(move || engine.write(ino, pos, &buf)).await?;
+            self.pos += n as u64;
+            Ok(())
+        })
+    }
+    fn read_bytes(&mut self, count: usize) -> FsFuture<'_, Bytes> {
+        let (engine, ino, pos) = (self.engine.clone(), self.ino, self.pos);
+        Box::pin(async move {
+            let data = blocking(move || engine.read(ino, pos, count)).await?;
+            self.pos += data.len() as u64;
+            Ok(Bytes::from(data))
+        })
+    }
+    fn seek(&mut self, to: SeekFrom) -> FsFuture<'_, u64> {
+        let (engine, ino) = (self.engine.clone(), self.ino);
+        Box::pin(async move {
+            let base = match to {
+                SeekFrom::Start(n) => {
+                    self.pos = n;
+                    return Ok(n);
+                }
+                SeekFrom::Current(d) => (self.pos, d),
+                SeekFrom::End(d) => (blocking(move || engine.getattr(ino)).await?.size, d),
+            };
+            let pos = base
+                .0
+                .checked_add_signed(base.1)
+                .ok_or(FsError::Forbidden)?;
+            self.pos = pos;
+            Ok(pos)
+        })
+    }
+    fn flush(&mut self) -> FsFuture<'_, ()> {
+        let (engine, ino) = (self.engine.clone(), self.ino);
+        let target = self.target.take();
+        Box::pin(async move {
+            blocking(move || {
+                engine.flush(ino)?;
+                if let Some((dir, tmp, name)) = target {
+                    engine.rename(dir, &tmp, dir, &name, RenameFlags::default())?;
+                }
+                Ok(())
+            })
+            .await
+        })
+    }
+}
+
+/// The volume as a `dav-server` file system.
+#[derive(Clone)]
+pub struct DavFs {
+    engine: Arc<Engine>,
+    uid: u32,
+    gid: u32,
+}
+
+impl DavFs {
+    pub fn new(engine: Arc<Engine>) -> DavFs {
+        DavFs {
+            engine,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+}
+
+impl DavFs {
+    /// Runs `f` on the directory holding `path`'s last name, and that name.
+    fn in_parent<'a>(
+        &'a self,
+        path: &'a DavPath,
+        f: impl FnOnce(&Engine, Ino, &[u8]) -> crate::Result<()> + Send + 'static,
+    ) -> FsFuture<'a, ()> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let names = names(path)?;
+            blocking(move || {
+                let (dir, name) = parent_of(&engine, names)?;
+                f(&engine, dir, &name)
+            })
+            .await
+        })
+    }
+}
+
+impl DavFileSystem for DavFs {
+    fn open<'a>(&'a self, path: &'a DavPath, o: OpenOptions) -> FsFuture<'a, Box<dyn DavFile>> {
+        let engine = self.engine.clone();
+        let (uid, gid) = (self.uid, self.gid);
+        Box::pin(async move {
+            let names = names(path)?;
+            let e = engine.clone();
+            let (ino, target) = blocking(move || -> crate::Result<_> {
+                if o.write && (o.truncate || o.create_new) {
+                    let (dir, name) = parent_of(&e, names)?;
+                    match e.lookup(dir, &name) {
+                        Ok(_) if o.create_new => return Err(Error::Exists),
+                        Ok(a) if a.kind == FileKind::Dir => return Err(Error::IsDir),
+                        Err(Error::NotFound) if !o.create && !o.create_new => {
+                            return Err(Error::NotFound);
+                        }
+                        Ok(_) | Err(Error::NotFound) => {}
+                        Err(other) => return Err(other),
+                    }
+                    let tmp = format!(
+                        ".{}.dav-{:08x}",
+                        String::from_utf8_lossy(&name),
+                        rand::random::<u32>()
+                    )
+                    .into_bytes();
+                    let a = e.create(dir, &tmp, 0o644, uid, gid)?;
+                    e.open(a.ino)?;
+                    return Ok((a.ino, Some((dir, tmp, name))));
+                }
+                let a = match walk(&e, &names) {
+                    Err(Error::NotFound) if o.write && o.create => {
+                        let (dir, name) = parent_of(&e, names)?;
+                        e.create(dir, &name, 0o644, uid, gid)?
+                    }
+                    other => other?,
+                };
+                match a.kind {
+                    FileKind::File => {}
+                    FileKind::Dir => return Err(Error::IsDir),
+                    _ => return Err(Error::NotPermitted),
+                }
+                if o.write {
+                    e.writable(a.ino)?;
+                }
+                e.open(a.ino)?;
+                Ok((a.ino, None))
+            })
+            .await?;
+            Ok(Box::new(Handle {
+                engine,
+                ino,
+                pos: 0,
+                target,
+            }) as Box<dyn DavFile>)
+        })
+    }
+
+    fn read_dir<'a>(
+        &'a self,
+        path: &'a DavPath,
+        _meta: ReadDirMeta,
+    ) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let names = names(path)?;
+            let entries = blocking(move || {
+                let dir = walk(&engine, &names)?;
+                let mut out = Vec::new();
+                let mut offset = 2;
+                loop {
+                    let page = engine.readdir_plus(dir.ino, offset, 1024)?;
+                    let Some((last, _)) = page.last() else { break };
+                    offset = last.offset;
+                    out.extend(
+                        page.into_iter()
+                            // No symlinks: WebDAV has none, and a link
+                            // must not lead a client anywhere.
+                            .filter(|(e, a)| {
+                                e.name != b"." && e.name != b".." && a.kind != FileKind::Symlink
+                            })
+                            .map(|(e, a)| Ok(Box::new(Entry(e.name, a)) as Box<dyn DavDirEntry>)),
+                    );
+                }
+                Ok(out)
+            })
+            .await?;
+            Ok(Box::pin(futures_util::stream::iter(entries)) as FsStream<Box<dyn DavDirEntry>>)
+        })
+    }
+
+    fn metadata<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, Box<dyn DavMetaData>> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let names = names(path)?;
+            let a = blocking(move || walk(&engine, &names)).await?;
+            if a.kind == FileKind::Symlink {
+                return Err(FsError::Forbidden);
+            }
+            Ok(Box::new(Meta(a)) as Box<dyn DavMetaData>)
+        })
+    }
+
+    fn create_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        let (uid, gid) = (self.uid, self.gid);
+        self.in_parent(path, move |e, dir, name| {
+            e.mkdir(dir, name, 0o755, uid, gid).map(drop)
+        })
+    }
+
+    fn remove_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        self.in_parent(path, |e, dir, name| e.rmdir(dir, name))
+    }
+
+    fn remove_file<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        self.in_parent(path, |e, dir, name| e.unlink(dir, name))
+    }
+
+    fn rename<'a>(&'a self, from: &'a DavPath, to: &'a DavPath) -> FsFuture<'a, ()> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let (from, to) = (names(from)?, names(to)?);
+            blocking(move || {
+                let (a, an) = parent_of(&engine, from)?;
+                let (b, bn) = parent_of(&engine, to)?;
+                engine.rename(a, &an, b, &bn, RenameFlags::default())
+            })
+            .await
+        })
+    }
+
+    fn copy<'a>(&'a self, from: &'a DavPath, to: &'a DavPath) -> FsFuture<'a, ()> {
+        let (engine, uid, gid) = (self.engine.clone(), self.uid, self.gid);
+        Box::pin(async move {
+            let (from, to) = (names(from)?, names(to)?);
+            blocking(move || {
+                let src = walk(&engine, &from)?;
+                if src.kind != FileKind::File {
+                    return Err(Error::NotPermitted);
+                }
+                let (dir, name) = parent_of(&engine, to)?;
+                let tmp = format!(
+                    ".{}.dav-{:08x}",
+                    String::from_utf8_lossy(&name),
+                    rand::random::<u32>()
+                )
+                .into_bytes();
+                let dst = engine.create(dir, &tmp, src.perm, uid, gid)?;
+                let copied = (|| {
+                    let step = engine.chunk_size() as u64;
+                    let mut at = 0;
+                    while at < src.size {
+                        let data = engine.read(src.ino, at, step as usize)?;
+                        if data.is_empty() {
+                            break;
+                        }
+                        engine.write(dst.ino, at, &data)?;
+                        at += data.len() as u64;
+                    }
+                    engine.flush(dst.ino)?;
+                    engine.rename(dir, &tmp, dir, &name, RenameFlags::default())
+                })();
+                if copied.is_err() {
+                    let _ = engine.unlink(dir, &tmp);
+                }
+                copied
+            })
+            .await
+        })
+    }
+
+    fn set_modified<'a>(&'a self, path: &'a DavPath, tm: SystemTime) -> FsFuture<'a, ()> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let names = names(path)?;
+            let d = tm
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            let set = SetAttr {
+                mtime: Some(SetTime::At(Timestamp {
+                    secs: d.as_secs() as i64,
+                    nanos: d.subsec_nanos(),
+                })),
+                ..Default::default()
+            };
+            blocking(move || {
+                let a = walk(&engine, &names)?;
+                engine.setattr(a.ino, &set).map(drop)
+            })
+            .await
+        })
+    }
+
+    fn get_quota(&self) -> FsFuture<'_, (u64, Option<u64>)> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let s = blocking(move || engine.statfs()).await?;
+            Ok((s.total_bytes - s.free_bytes, Some(s.total_bytes)))
+        })
+    }
+}
+
+/// How the gateway is served.
+pub struct Options {
+    pub addr: std::net::SocketAddr,
+    /// Users (config.toml's `[[webdav.users]]`); none: no authentication,
+    /// which only a loopback address allows.
+    pub users: Vec<auth::User>,
+    /// Serve passwords over plain HTTP on a non-loopback address.
+    pub insecure: bool,
+}
+
+/// Why `opts` may not be served, if so.
+fn refusal(opts: &Options) -> Option<String> {
+    let addr = opts.addr;
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    if opts.users.is_empty() {
+        return Some(format!(
+            "--webdav {addr}: a non-loopback address needs users (`datamesh webdav adduser \
+             NAME`): anyone on the network could read and change the volume"
+        ));
+    }
+    if !opts.insecure {
+        return Some(format!(
+            "--webdav {addr}: passwords would cross the network in clear over plain HTTP \
+             (TLS is not built yet): use an SSH tunnel to a loopback address, or \
+             --webdav-insecure on a network you trust"
+        ));
+    }
+    None
+}
+
+/// Serves the volume over WebDAV at `opts.addr` until the runner stops.
+pub fn serve(
+    opts: Options,
+    engine: Arc<Engine>,
+    runner: &crate::workers::Runner,
+) -> std::io::Result<()> {
+    if let Some(why) = refusal(&opts) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            why,
+        ));
+    }
+    let handler = dav_server::DavHandler::builder()
+        .filesystem(Box::new(DavFs::new(engine)))
+        .locksystem(dav_server::memls::MemLs::new())
+        .strip_prefix(PREFIX)
+        .build_handler();
+    let users = Arc::new(auth::Users::new(opts.users));
+    // Routed whole (not nested): dav-server strips the prefix itself, from
+    // the request path and from Destination headers alike.
+    let dav = axum::routing::any(move |req: axum::extract::Request| {
+        let (handler, users) = (handler.clone(), users.clone());
+        async move {
+            use axum::http::{StatusCode, header};
+            use axum::response::IntoResponse;
+            if !users.is_empty() {
+                let access = {
+                    let (users, headers) = (users.clone(), req.headers().clone());
+                    tokio::task::spawn_blocking(move || users.access(&headers))
+                        .await
+                        .unwrap_or(auth::Access::Denied)
+                };
+                match access {
+                    auth::Access::Denied => {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Basic realm=\"datamesh\"")],
+                        )
+                            .into_response();
+                    }
+                    auth::Access::ReadOnly if !auth::reads_only(req.method()) => {
+                        return (StatusCode::FORBIDDEN, "read-only user\n").into_response();
+                    }
+                    _ => {}
+                }
+            }
+            handler
+                .handle(req)
+                .await
+                .map(axum::body::Body::new)
+                .into_response()
+        }
+    });
+    let app = axum::Router::new()
+        .route(PREFIX, dav.clone())
+        .route(&format!("{PREFIX}/"), dav.clone())
+        .route(&format!("{PREFIX}/{{*rest}}"), dav);
+    tracing::info!("WebDAV at http://{}{PREFIX}/", opts.addr);
+    crate::metrics::serve_router(opts.addr, "webdav", app, runner)
+}
