@@ -95,6 +95,10 @@ pub struct Config {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebdavConfig {
+    /// Where a daemon serves WebDAV when no --webdav is given.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Passwords over plain HTTP on a non-loopback address (--webdav-insecure).
+    pub insecure: bool,
     pub users: Vec<crate::webdav::auth::User>,
 }
 
@@ -154,6 +158,12 @@ const CONFIG_TEMPLATE: &str = "\
 # for a day). Snapshots you take yourself are never deleted by it.
 # snapshot_every_secs = 0
 # snapshot_keep = 24
+
+# The WebDAV gateway (like --webdav ADDR): where a daemon serves the volume
+# at http://ADDR/dav/. Users are added with `datamesh webdav adduser NAME`.
+# [webdav]
+# listen = \"127.0.0.1:8080\"
+# insecure = false
 ";
 
 /// Where each file of a home directory is: the one place these names are

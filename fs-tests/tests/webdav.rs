@@ -147,6 +147,50 @@ fn webdav_serves_the_volume_to_curl_and_rclone_and_never_leaves_it() {
         201 | 204
     ));
 
+    // Dead properties: set, read back (by PROPFIND), removed.
+    let patch = |body: &str| {
+        Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "PROPPATCH",
+                "-H",
+                "Content-Type: application/xml",
+                "--data",
+                body,
+            ])
+            .arg(format!("{url}/d/big.bin"))
+            .output()
+            .unwrap()
+    };
+    let set = patch(
+        "<?xml version=\"1.0\"?><D:propertyupdate xmlns:D=\"DAV:\" xmlns:Z=\"urn:example:\">\
+         <D:set><D:prop><Z:colour>teal</Z:colour></D:prop></D:set></D:propertyupdate>",
+    );
+    assert!(set.status.success());
+    assert!(String::from_utf8_lossy(&set.stdout).contains("200 OK"));
+    let propfind = || {
+        body(&[
+            "-X",
+            "PROPFIND",
+            "-H",
+            "Depth: 0",
+            &format!("{url}/d/big.bin"),
+        ])
+    };
+    let props = propfind();
+    assert!(
+        props.contains("teal") && props.contains("urn:example:"),
+        "{props}"
+    );
+    let removed = patch(
+        "<?xml version=\"1.0\"?><D:propertyupdate xmlns:D=\"DAV:\" xmlns:Z=\"urn:example:\">\
+         <D:remove><D:prop><Z:colour/></D:prop></D:remove></D:propertyupdate>",
+    );
+    assert!(removed.status.success());
+    let props = propfind();
+    assert!(!props.contains("teal"), "{props}");
+
     // Paths that would leave the volume, and snapshots, are refused.
     for bad in [
         "/dav/../../etc/passwd",

@@ -243,11 +243,12 @@ fn daemon(
             };
             crate::metrics::serve(addr, refresh, &runner)?;
         }
-        if let Some(addr) = opts.webdav {
+        let dav = home.config()?.webdav;
+        if let Some(addr) = opts.webdav.or(dav.listen) {
             let o = crate::webdav::Options {
                 addr,
-                users: home.config()?.webdav.users,
-                insecure: opts.webdav_insecure,
+                users: dav.users,
+                insecure: opts.webdav_insecure || dav.insecure,
             };
             crate::webdav::serve(o, engine.clone(), &runner)?;
         }

@@ -9,11 +9,12 @@ pub mod auth;
 use crate::data::Engine;
 use crate::error::Error;
 use crate::types::{Attr, FileKind, Ino, RenameFlags, SetAttr, SetTime, Timestamp};
+use axum::http::StatusCode;
 use bytes::{Buf, Bytes};
 use dav_server::davpath::DavPath;
 use dav_server::fs::{
-    DavDirEntry, DavFile, DavFileSystem, DavMetaData, FsError, FsFuture, FsResult, FsStream,
-    OpenOptions, ReadDirMeta,
+    DavDirEntry, DavFile, DavFileSystem, DavMetaData, DavProp, FsError, FsFuture, FsResult,
+    FsStream, OpenOptions, ReadDirMeta,
 };
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -145,6 +146,39 @@ impl DavDirEntry for Entry {
     }
 }
 
+/// Where dead properties are kept: xattrs named this and a hash.
+const PROP_XATTR: &[u8] = b"user.dav.";
+
+/// A dead property as its xattr holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    name: String,
+    prefix: Option<String>,
+    namespace: Option<String>,
+    xml: Option<Vec<u8>>,
+}
+
+fn prop_key(p: &DavProp) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    h.update(p.namespace.as_deref().unwrap_or("").as_bytes());
+    h.update(&[0]);
+    h.update(p.name.as_bytes());
+    let mut key = PROP_XATTR.to_vec();
+    key.extend_from_slice(hex::encode(&h.finalize().as_bytes()[..16]).as_bytes());
+    key
+}
+
+fn stored_prop(value: &[u8]) -> crate::Result<DavProp> {
+    let s: Stored = postcard::from_bytes(value)
+        .map_err(|_| Error::Corrupt("a damaged WebDAV property".into()))?;
+    Ok(DavProp {
+        name: s.name,
+        prefix: s.prefix,
+        namespace: s.namespace,
+        xml: s.xml,
+    })
+}
+
 /// An open file. A whole-file write (PUT) goes to a hidden file beside the
 /// target, renamed over it at the end: readers see the old or the new
 /// version, never a part, and of concurrent PUTs one whole version wins.
@@ -263,6 +297,23 @@ impl DavFs {
 }
 
 impl DavFs {
+    /// Runs `f` on the node at `path`.
+    fn on_node<'a, T: Send + 'static>(
+        &'a self,
+        path: &'a DavPath,
+        f: impl FnOnce(&Engine, Attr) -> crate::Result<T> + Send + 'static,
+    ) -> FsFuture<'a, T> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let names = names(path)?;
+            blocking(move || {
+                let node = walk(&engine, &names)?;
+                f(&engine, node)
+            })
+            .await
+        })
+    }
+
     /// Runs `f` on the directory holding `path`'s last name, and that name.
     fn in_parent<'a>(
         &'a self,
@@ -470,6 +521,83 @@ impl DavFileSystem for DavFs {
                 engine.setattr(a.ino, &set).map(drop)
             })
             .await
+        })
+    }
+
+    // Dead properties (PROPPATCH): one xattr each, `user.dav.` and a hash
+    // of the property's namespace and name, holding the property.
+    fn have_props<'a>(
+        &'a self,
+        _path: &'a DavPath,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async { true })
+    }
+
+    fn patch_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        patch: Vec<(bool, DavProp)>,
+    ) -> FsFuture<'a, Vec<(StatusCode, DavProp)>> {
+        self.on_node(path, move |engine, node| {
+            let mut out = Vec::new();
+            for (set, p) in patch {
+                let key = prop_key(&p);
+                let res = if set {
+                    let stored = Stored {
+                        name: p.name.clone(),
+                        prefix: p.prefix.clone(),
+                        namespace: p.namespace.clone(),
+                        xml: p.xml.clone(),
+                    };
+                    let value = postcard::to_allocvec(&stored).expect("serializes");
+                    engine.setxattr(node.ino, &key, &value, false, false)
+                } else {
+                    match engine.removexattr(node.ino, &key) {
+                        Err(Error::NoXattr) => Ok(()),
+                        other => other,
+                    }
+                };
+                let status = match res {
+                    Ok(()) => StatusCode::OK,
+                    Err(Error::ReadOnly | Error::NotPermitted) => StatusCode::FORBIDDEN,
+                    Err(Error::NoSpace | Error::TooBig | Error::Invalid(_)) => {
+                        StatusCode::INSUFFICIENT_STORAGE
+                    }
+                    Err(e) => return Err(e),
+                };
+                out.push((status, DavProp { xml: None, ..p }));
+            }
+            Ok(out)
+        })
+    }
+
+    fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
+        self.on_node(path, move |engine, node| {
+            let mut out = Vec::new();
+            for key in engine.listxattr(node.ino)? {
+                if !key.starts_with(PROP_XATTR) {
+                    continue;
+                }
+                let Ok(p) = stored_prop(&engine.getxattr(node.ino, &key)?) else {
+                    continue;
+                };
+                out.push(DavProp {
+                    xml: if do_content { p.xml } else { None },
+                    ..p
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn get_prop<'a>(&'a self, path: &'a DavPath, prop: DavProp) -> FsFuture<'a, Vec<u8>> {
+        let key = prop_key(&prop);
+        self.on_node(path, move |engine, node| {
+            let value = match engine.getxattr(node.ino, &key) {
+                Err(Error::NoXattr) => return Err(Error::NotFound),
+                other => other?,
+            };
+            stored_prop(&value)?.xml.ok_or(Error::NotFound)
         })
     }
 
