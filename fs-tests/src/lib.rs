@@ -258,6 +258,18 @@ impl Drop for Daemon {
     }
 }
 
+/// A mount left behind by a killed mount process (a test that crashes one
+/// on purpose, or fails before remounting) is detached when the volume goes,
+/// so no stale mount outlives its test.
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let at = self.mountpoint();
+        if is_mounted(&at) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&at).status();
+        }
+    }
+}
+
 impl Default for Volume {
     fn default() -> Self {
         Self::new()
