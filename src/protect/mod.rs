@@ -495,7 +495,9 @@ pub fn check_not_replaced(
 ) -> Result<u64, HomeError> {
     let keys = RootKeys::of(key);
     let mut seen = 0;
-    for (peer, rec) in client.get_roots() {
+    // Asked at every open of the volume: a peer slow to answer delays no
+    // command long (it is refused anyway if this home is fenced).
+    for (peer, rec) in client.get_roots(Duration::from_secs(5)) {
         let Ok(Some(rec)) = rec else { continue };
         match keys.open(volume, &rec) {
             Ok(Some((body, _))) if body.epoch > epoch => {

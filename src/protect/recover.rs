@@ -113,7 +113,7 @@ fn rebuild(
     let volume_key = VolumeKey::from_bytes(kit.volume_secret);
     let keys = RootKeys::of(&volume_key);
     let (mut best, mut foreign, mut damaged) = (None::<(RootBody, RootPayload)>, 0, Vec::new());
-    for (peer, rec) in client.get_roots() {
+    for (peer, rec) in client.get_roots(Duration::from_secs(40)) {
         match rec {
             Ok(Some(rec)) => match keys.open(kit.volume_id, &rec) {
                 Ok(Some((b, p))) => {

@@ -139,8 +139,8 @@ impl MeshClient {
     }
 
     /// `req` to every reachable storage peer at once; each peer's answer
-    /// (or why there was none), waited for at most [`ANSWER_WAIT`].
-    fn ask_all(&self, req: &Request) -> Vec<(PeerId, Result<Response, String>)> {
+    /// (or why there was none), waited for at most `wait`.
+    fn ask_all(&self, req: &Request, wait: Duration) -> Vec<(PeerId, Result<Response, String>)> {
         let live = self.live();
         let (tx, rx) = smpsc::channel();
         for (_, peer) in &live {
@@ -154,7 +154,7 @@ impl MeshClient {
             );
         }
         drop(tx);
-        let deadline = Instant::now() + ANSWER_WAIT;
+        let deadline = Instant::now() + wait;
         let mut out = Vec::new();
         while out.len() < live.len() {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -164,7 +164,7 @@ impl MeshClient {
         }
         for (_, peer) in live {
             if !out.iter().any(|(p, _)| *p == peer) {
-                out.push((peer, Err(format!("no answer in {ANSWER_WAIT:?}"))));
+                out.push((peer, Err(format!("no answer in {wait:?}"))));
             }
         }
         out
@@ -175,7 +175,7 @@ impl MeshClient {
     /// Peers that connect later are handed it as they do.
     pub fn put_root(&self, record: Vec<u8>) -> Vec<(PeerId, Result<(), String>)> {
         *lock(&self.shared.root) = Some(record.clone());
-        self.ask_all(&Request::PutRoot { record })
+        self.ask_all(&Request::PutRoot { record }, ANSWER_WAIT)
             .into_iter()
             .map(|(p, r)| {
                 let r = match r {
@@ -188,9 +188,10 @@ impl MeshClient {
             .collect()
     }
 
-    /// Every reachable storage peer's root record.
-    pub fn get_roots(&self) -> Vec<(PeerId, PeerRoot)> {
-        self.ask_all(&Request::GetRoot)
+    /// Every reachable storage peer's root record, waited for at most
+    /// `wait` (a peer that has not answered by then is one of the errors).
+    pub fn get_roots(&self, wait: Duration) -> Vec<(PeerId, PeerRoot)> {
+        self.ask_all(&Request::GetRoot, wait)
             .into_iter()
             .map(|(p, r)| {
                 let r = match r {
