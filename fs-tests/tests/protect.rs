@@ -22,10 +22,7 @@ fn now_secs() -> u64 {
 fn protected_volume() -> Volume {
     let v = Volume::new();
     v.ok(&["init"]);
-    let cfg = v.home().join("config.toml");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("\nprotect_secs = 2\n");
-    std::fs::write(&cfg, text).unwrap();
+    v.config("protect_secs = 2");
     v
 }
 

@@ -409,7 +409,7 @@ fn print_protection(home: &Home, mesh: bool) {
         Ok(st) => match st.kept.first() {
             Some((newest, _)) => {
                 let at = st.current_at.max(newest.made);
-                let age = crate::protect::now_secs().saturating_sub(at);
+                let age = crate::net::trust::now_secs().saturating_sub(at);
                 println!(
                     "namespace protection: copy on the peers current as of {} ({age} s ago; taken {}), root record {}, epoch {}, {} kept",
                     crate::protect::when(at),

@@ -13,6 +13,7 @@ use crate::chunk::{ChunkRef, VolumeKey, crypto};
 use crate::data::Engine;
 use crate::home::{HomeError, HomePaths};
 use crate::net::root::{RootBody, RootSigner};
+use crate::net::trust::now_secs;
 use crate::net::{MeshClient, PeerId};
 use crate::util::lock;
 use serde::{Deserialize, Serialize};
@@ -169,12 +170,6 @@ impl RootKeys {
             postcard::from_bytes(&plain).map_err(|_| "a damaged root payload".to_string())?;
         Ok(Some((body, payload)))
     }
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 pub fn when(secs: u64) -> String {
