@@ -4,9 +4,11 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 # clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks
-# (bindfs and gocryptfs are the baselines of the filesystem benchmark).
+# (bindfs and gocryptfs are the baselines of the filesystem benchmark; chromium
+# and its driver load the web dashboard; openssl makes the TLS test's certificate).
 packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc
-  git vim restic borgbackup fio bindfs gocryptfs acl man-db curl rclone)
+  git vim restic borgbackup fio bindfs gocryptfs acl man-db curl rclone openssl
+  chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -99,6 +99,10 @@ pub struct WebdavConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// Passwords over plain HTTP on a non-loopback address (--webdav-insecure).
     pub insecure: bool,
+    /// HTTPS: a certificate (PEM, its chain after it) and its private key
+    /// (--webdav-cert, --webdav-key).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     pub users: Vec<crate::webdav::auth::User>,
 }
 
@@ -161,9 +165,13 @@ const CONFIG_TEMPLATE: &str = "\
 
 # The WebDAV gateway (like --webdav ADDR): where a daemon serves the volume
 # at http://ADDR/dav/. Users are added with `datamesh webdav adduser NAME`.
+# The same listener serves the dashboard at / and metrics at /metrics. With
+# cert and key (PEM files) it serves HTTPS, and any address may have users.
 # [webdav]
 # listen = \"127.0.0.1:8080\"
 # insecure = false
+# cert = \"/etc/ssl/certs/mesh.pem\"
+# key = \"/etc/ssl/private/mesh.key\"
 ";
 
 /// Where each file of a home directory is: the one place these names are

@@ -8,6 +8,7 @@
 
 pub mod chunk;
 pub mod cli;
+pub mod dashboard;
 pub mod data;
 pub mod error;
 pub mod fuse;

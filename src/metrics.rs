@@ -1,8 +1,8 @@
-//! Prometheus metrics of this process (one registry, [`get`]), and the HTTP
-//! listener that serves them at `/metrics` in the text exposition format
-//! (worker `metrics`). Counters are bumped where the work happens (the FUSE
+//! Prometheus metrics of this process (one registry, [`get`]), their route
+//! `/metrics` in the text exposition format, and the daemon's HTTP
+//! listeners ([`serve_router`]: one worker each, plain or TLS). Counters are bumped where the work happens (the FUSE
 //! adapter, the engine); gauges of state the engine keeps anyway are read at
-//! each scrape ([`serve`]'s `refresh`).
+//! each scrape ([`router`]'s `refresh`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -77,6 +77,11 @@ pub struct Metrics {
     pub peers_reachable: Gauge,
     pub peer_capacity_bytes: Gauge,
     pub peer_used_bytes: Gauge,
+    /// WebDAV requests answered.
+    pub webdav_requests: Counter,
+    /// FUSE and WebDAV requests answered, for the dashboard's graph (not
+    /// exported: the two above are).
+    pub file_ops: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -112,6 +117,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         peers_reachable: Gauge::default(),
         peer_capacity_bytes: Gauge::default(),
         peer_used_bytes: Gauge::default(),
+        webdav_requests: Counter::default(),
+        file_ops: Counter::default(),
     };
     type Timed<L> = Family<L, Histogram, fn() -> Histogram>;
     enum One<'a> {
@@ -151,6 +158,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ("losses_survivable", "Peer losses every chunk survives (last survey)", G(&m.losses_survivable)),
         ("rebuilt_shards", "Shards rebuilt and placed by repairs", C(&m.rebuilt_shards)),
         ("last_survey_seconds", "When the last survey ran (unix seconds)", G(&m.last_survey)),
+        ("webdav_requests", "WebDAV requests answered", C(&m.webdav_requests)),
     ];
     for (name, help, metric) in all {
         match metric {
@@ -190,6 +198,7 @@ impl Drop for OpTimer {
         let m = get();
         let label = OpLabel { op: self.op };
         m.fuse_ops.get_or_create(&label).inc();
+        m.file_ops.inc();
         m.fuse_seconds
             .get_or_create(&label)
             .observe(self.start.elapsed().as_secs_f64());
@@ -230,24 +239,14 @@ pub fn text() -> String {
     out
 }
 
-/// Serves `/metrics` on `addr` from the worker `metrics` until `runner`
-/// stops; `refresh` sets the gauges before each scrape.
-pub fn serve(
-    addr: std::net::SocketAddr,
-    refresh: impl Fn() + Send + Sync + 'static,
-    runner: &crate::workers::Runner,
-) -> std::io::Result<()> {
-    tracing::info!("metrics at http://{addr}/metrics");
-    serve_router(addr, "metrics", router(refresh), runner)
-}
-
-/// Serves `app` on `addr` as the worker `name` (its own small runtime)
-/// until the runner stops. The address is bound here, so a port in use is
-/// an error of the command that asked for it.
+/// Serves `app` on `addr` as the worker `name` (its own small runtime),
+/// over TLS with `tls`, until the runner stops. The address is bound here,
+/// so a port in use is an error of the command that asked for it.
 pub fn serve_router(
     addr: std::net::SocketAddr,
     name: &str,
     app: axum::Router,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     runner: &crate::workers::Runner,
 ) -> std::io::Result<()> {
     let listener = bind(addr, name)?;
@@ -264,14 +263,33 @@ pub fn serve_router(
             let _ = stopped.wait_for(|s| *s).await;
         };
         let served = rt.block_on(async move {
-            use axum::serve::ListenerExt;
-            // Small answers go out at once (a client waiting on a delayed
-            // ACK would make each small request cost 40 ms).
-            let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
+            let Some(tls) = tls else {
+                use axum::serve::ListenerExt;
+                // Small answers go out at once (a client waiting on a delayed
+                // ACK would make each small request cost 40 ms).
+                let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                return axum::serve(listener, app)
+                    .with_graceful_shutdown(ends)
+                    .await;
+            };
+            // axum-server runs each handshake in the connection's own task
+            // (10 s at most), so a slow client does not hold up the others.
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                ends.await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
             });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(ends)
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            axum_server::from_tcp(listener)?
+                .acceptor(acceptor)
+                .handle(handle)
+                .serve(app.into_make_service())
                 .await
         });
         if let Err(e) = served {

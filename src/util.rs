@@ -82,6 +82,22 @@ pub fn unhex_checked(hexed: &str) -> std::result::Result<Vec<u8>, &'static str> 
     Ok(body.to_vec())
 }
 
+/// `n` bytes for people: `512 B`, `1.5 MiB`.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,6 +200,67 @@ fn webdav_serves_the_volume_to_curl_and_rclone_and_never_leaves_it() {
         let code = status(&["--path-as-is", &format!("http://{addr}{bad}")]);
         assert!((400..500).contains(&code), "{bad}: {code}");
     }
+    // Modification times as clients send them: Windows' PROPPATCH of
+    // Win32LastModifiedTime, RFC 4918's getlastmodified, X-OC-Mtime on PUT.
+    let modified = |p: &str| {
+        let out = v.ok(&["stat", p]);
+        let line = out.lines().find(|l| l.starts_with("Modify:"));
+        line.unwrap_or_default().to_string()
+    };
+    let patch = |body: &str, path: &str| {
+        status(&["-X", "PROPPATCH", "--data", body, &format!("{url}{path}")])
+    };
+    assert_eq!(
+        patch(
+            r#"<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:schemas-microsoft-com:"><D:set><D:prop><Z:Win32LastModifiedTime>Tue, 01 Jan 2019 10:00:00 GMT</Z:Win32LastModifiedTime><Z:Win32FileAttributes>00000020</Z:Win32FileAttributes></D:prop></D:set></D:propertyupdate>"#,
+            "/d/big.bin"
+        ),
+        207
+    );
+    assert_eq!(modified("/d/big.bin"), "Modify: 2019-01-01T10:00:00Z");
+    assert_eq!(
+        patch(
+            r#"<propertyupdate xmlns="DAV:"><set><prop><getlastmodified>Sun, 13 Sep 2020 12:26:40 GMT</getlastmodified></prop></set></propertyupdate>"#,
+            "/d/big.bin"
+        ),
+        207
+    );
+    assert_eq!(modified("/d/big.bin"), "Modify: 2020-09-13T12:26:40Z");
+    let listing = body(&[
+        "-X",
+        "PROPFIND",
+        "-H",
+        "Depth: 0",
+        &format!("{url}/d/big.bin"),
+    ]);
+    assert!(
+        listing.contains("Sun, 13 Sep 2020 12:26:40 GMT"),
+        "{listing}"
+    );
+    assert_eq!(
+        patch(
+            r#"<propertyupdate xmlns="DAV:"><set><prop><getlastmodified>soon</getlastmodified></prop></set></propertyupdate>"#,
+            "/d/big.bin"
+        ),
+        400
+    );
+    let headers = body(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-T",
+        &local("range.bin"),
+        "-H",
+        "X-OC-Mtime: 1500000000",
+        &format!("{url}/d/oc.bin"),
+    ]);
+    assert!(
+        headers.to_lowercase().contains("x-oc-mtime: accepted"),
+        "{headers}"
+    );
+    assert_eq!(modified("/d/oc.bin"), "Modify: 2017-07-14T02:40:00Z");
+
     v.ok(&["snapshot", "create", "s"]);
     assert_eq!(
         status(&["-T", &local("range.bin"), &format!("{url}/.snapshots/s/x")]),
@@ -264,6 +325,19 @@ fn webdav_serves_the_volume_to_curl_and_rclone_and_never_leaves_it() {
         };
         rc(&["copy", "/usr/share/doc/bash", &remote]);
         rc(&["check", "/usr/share/doc/bash", &remote]);
+        // As the ownCloud vendor, rclone sends X-OC-Mtime: the times stay.
+        let oc = format!(":webdav,url='{url}/',vendor=owncloud:docs-oc");
+        rc(&["copy", "/usr/share/doc/bash", &oc]);
+        let lsl = |at: &str| {
+            let out = Command::new("rclone").args(["lsl", at]).output().unwrap();
+            let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(lsl("/usr/share/doc/bash"), lsl(&oc));
         let local = dir.join("back");
         v.ok(&["get", "-r", "/docs", local.to_str().unwrap()]);
         sh(dir, "diff -r --no-dereference /usr/share/doc/bash back");
@@ -319,31 +393,97 @@ fn webdav_users_need_their_password_and_read_only_ones_change_nothing() {
     let out = v.cmd(&["serve", "--webdav", "0.0.0.0:1"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("in clear"));
 
-    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let _d = v.serve_with(&[], &["--webdav", &addr]);
-    let url = format!("http://{addr}/dav");
+    // HTTPS: the certificate and key are checked at start, naming the file.
+    let dir = v.dir.path();
+    sh(
+        dir,
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -keyout key.pem -out cert.pem -days 2 -subj /CN=localhost \
+           -addext subjectAltName=IP:127.0.0.1 2>/dev/null \
+         && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem \
+         && echo hello > junk.pem",
+    );
+    let p = |n: &str| dir.join(n).display().to_string();
+    let port = fs_tests::free_ports(1);
+    let any = format!("0.0.0.0:{port}");
+    let refused = |cert: &str, key: &str| {
+        let out = v
+            .cmd(&[
+                "serve",
+                "--webdav",
+                &any,
+                "--webdav-cert",
+                cert,
+                "--webdav-key",
+                key,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cert} {key}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&p("cert.pem"), &p("other.pem"));
+    assert!(
+        err.contains("other.pem: not the private key of the certificate in"),
+        "{err}"
+    );
+    let err = refused(&p("missing.pem"), &p("key.pem"));
+    assert!(err.contains("missing.pem: No such file"), "{err}");
+    let err = refused(&p("junk.pem"), &p("key.pem"));
+    assert!(err.contains("junk.pem: no certificate in it"), "{err}");
+    let err = refused(&p("cert.pem"), &p("junk.pem"));
+    assert!(err.contains("junk.pem: no private key in it"), "{err}");
+    let out = v
+        .cmd(&["serve", "--webdav-cert", &p("cert.pem")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a certificate without its key");
+
+    // On every address, over TLS, behind the users: WebDAV, the dashboard
+    // and the metrics alike.
+    let _d = v.serve_with(
+        &[],
+        &[
+            "--webdav",
+            &any,
+            "--webdav-cert",
+            &p("cert.pem"),
+            "--webdav-key",
+            &p("key.pem"),
+        ],
+    );
+    let cert = p("cert.pem");
+    let st = |args: &[&str]| status(&[&["--cacert", cert.as_str()][..], args].concat());
+    let get = |args: &[&str]| body(&[&["--cacert", cert.as_str()][..], args].concat());
+    let base = format!("https://127.0.0.1:{port}");
+    let url = format!("{base}/dav");
+    assert_eq!(
+        status(&[&format!("http://127.0.0.1:{port}/dav/")]),
+        0,
+        "no plain HTTP"
+    );
     let f = v.dir.path().join("f");
     std::fs::write(&f, "hello").unwrap();
     let f = f.display().to_string();
-    assert_eq!(status(&["-T", &f, &format!("{url}/f")]), 401);
+    assert_eq!(st(&["-T", &f, &format!("{url}/f")]), 401);
     assert_eq!(
-        status(&["-u", "alice:wrong", "-T", &f, &format!("{url}/f")]),
+        st(&["-u", "alice:wrong", "-T", &f, &format!("{url}/f")]),
         401
     );
     assert_eq!(
-        status(&["-u", "alice:correct horse", "-T", &f, &format!("{url}/f")]),
+        st(&["-u", "alice:correct horse", "-T", &f, &format!("{url}/f")]),
         201
     );
     assert_eq!(
-        body(&["-u", "bob:battery staple", &format!("{url}/f")]),
+        get(&["-u", "bob:battery staple", &format!("{url}/f")]),
         "hello"
     );
     assert_eq!(
-        status(&["-u", "bob:battery staple", "-T", &f, &format!("{url}/g")]),
+        st(&["-u", "bob:battery staple", "-T", &f, &format!("{url}/g")]),
         403
     );
     assert_eq!(
-        status(&[
+        st(&[
             "-u",
             "bob:battery staple",
             "-X",
@@ -353,4 +493,17 @@ fn webdav_users_need_their_password_and_read_only_ones_change_nothing() {
         403
     );
     assert_eq!(v.ok(&["cat", "/f"]), "hello");
+    for page in ["/", "/metrics", "/dashboard.json"] {
+        assert_eq!(st(&[&format!("{base}{page}")]), 401, "{page}");
+    }
+    let dash = get(&["-u", "bob:battery staple", &format!("{base}/")]);
+    assert!(
+        dash.contains("datamesh") && dash.contains("Workers"),
+        "{dash}"
+    );
+    let metrics = get(&["-u", "bob:battery staple", &format!("{base}/metrics")]);
+    assert!(
+        metrics.contains("datamesh_webdav_requests_total"),
+        "{metrics}"
+    );
 }

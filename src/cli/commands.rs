@@ -113,23 +113,8 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             super::mount::umount(home, &mountpoint)?;
             Ok(true)
         }
-        Cmd::Serve {
-            cache_mb,
-            dirty_mb,
-            listen,
-            metrics,
-            webdav,
-            webdav_insecure,
-        } => {
-            let opts = super::mount::DaemonOptions {
-                cache_mb,
-                dirty_mb,
-                listen,
-                metrics,
-                webdav,
-                webdav_insecure,
-            };
-            super::mount::serve(home, &opts)?;
+        Cmd::Serve { daemon } => {
+            super::mount::serve(home, &daemon)?;
             Ok(true)
         }
         Cmd::Join { token, name } => {

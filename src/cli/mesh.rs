@@ -399,32 +399,10 @@ fn print_peers(report: &Report) {
 
 /// How old the namespace's newest copy on the storage peers is.
 fn print_protection(home: &Home, mesh: bool) {
-    if !mesh {
-        println!(
-            "namespace protection: off (no storage peers: the namespace is on this disk only)"
-        );
-        return;
-    }
-    match crate::protect::ProtectState::load(&home.paths().protect()) {
-        Ok(st) => match st.kept.first() {
-            Some((newest, _)) => {
-                let at = st.current_at.max(newest.made);
-                let age = crate::net::trust::now_secs().saturating_sub(at);
-                println!(
-                    "namespace protection: copy on the peers current as of {} ({age} s ago; taken {}), root record {}, epoch {}, {} kept",
-                    crate::protect::when(at),
-                    crate::protect::when(newest.made),
-                    st.sequence,
-                    st.epoch,
-                    st.kept.len()
-                );
-            }
-            None => println!(
-                "namespace protection: no copy yet (a mount or `datamesh serve` makes one)"
-            ),
-        },
-        Err(e) => println!("namespace protection: {e}"),
-    }
+    println!(
+        "namespace protection: {}",
+        crate::protect::describe(&home.paths().protect(), mesh)
+    );
 }
 
 /// The background workers of the mount that answered, like `garage worker list`.

@@ -185,25 +185,8 @@ enum Cmd {
     /// Hold the volume for this host's commands without mounting it (a
     /// headless home node); stays in the foreground until SIGINT or SIGTERM.
     Serve {
-        /// Decoded chunks kept in memory, MiB (overrides config.toml's cache_mb).
-        #[arg(long, value_name = "MIB")]
-        cache_mb: Option<usize>,
-        /// Unsealed writes held in memory, MiB (overrides config.toml's dirty_mb).
-        #[arg(long, value_name = "MIB")]
-        dirty_mb: Option<usize>,
-        /// Listen for member devices here (repeatable; overrides config.toml's listen).
-        #[arg(long, value_name = "MULTIADDR")]
-        listen: Vec<String>,
-        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
-        #[arg(long, value_name = "ADDR")]
-        metrics: Option<std::net::SocketAddr>,
-        /// Serve the volume over WebDAV at http://ADDR/dav/ (e.g.
-        /// 127.0.0.1:8080; another address needs users: `webdav adduser`).
-        #[arg(long, value_name = "ADDR")]
-        webdav: Option<std::net::SocketAddr>,
-        /// Allow passwords over plain HTTP on a non-loopback --webdav address.
-        #[arg(long)]
-        webdav_insecure: bool,
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
     /// Run a storage peer: holds shards for the mesh, no keys, no names.
     Node(mesh::NodeArgs),
@@ -308,25 +291,15 @@ enum Cmd {
 }
 
 /// Sizes like `4M`, `512K`, `1G` or plain bytes.
-/// `datamesh mount`: flags, or the same as `-o` options (as /etc/fstab gives them).
-#[derive(clap::Args, Clone, Debug)]
-pub struct MountArgs {
-    pub mountpoint: PathBuf,
-    /// Stay attached (for systemd and tests); SIGINT/SIGTERM unmount.
-    #[arg(long)]
-    pub foreground: bool,
-    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
-    #[arg(long)]
-    pub allow_other: bool,
-    /// Mount read-only.
-    #[arg(long)]
-    pub read_only: bool,
-    /// Seconds the kernel caches file attributes [default: 1].
-    #[arg(long, value_name = "SECS")]
-    pub attr_ttl: Option<f64>,
-    /// Seconds the kernel caches name lookups [default: 1].
-    #[arg(long, value_name = "SECS")]
-    pub entry_ttl: Option<f64>,
+fn absolute(p: &Option<PathBuf>) -> Option<String> {
+    p.as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .map(|p| p.display().to_string())
+}
+
+/// What a volume daemon (`mount`, `serve`) is started with.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DaemonArgs {
     /// Decoded chunks kept in memory, MiB (overrides config.toml's cache_mb).
     #[arg(long, value_name = "MIB")]
     pub cache_mb: Option<usize>,
@@ -346,6 +319,66 @@ pub struct MountArgs {
     /// Allow passwords over plain HTTP on a non-loopback --webdav address.
     #[arg(long)]
     pub webdav_insecure: bool,
+    /// The certificate (PEM, its chain after it) to serve --webdav over
+    /// HTTPS with.
+    #[arg(long, value_name = "PEM", requires = "webdav_key")]
+    pub webdav_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "webdav_cert")]
+    pub webdav_key: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    /// The flags that give the same daemon again (for the background process).
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let named = [
+            ("--cache-mb", self.cache_mb.map(|v| v.to_string())),
+            ("--dirty-mb", self.dirty_mb.map(|v| v.to_string())),
+            ("--metrics", self.metrics.map(|v| v.to_string())),
+            ("--webdav", self.webdav.map(|v| v.to_string())),
+            // Absolute: the background process may not start where this did.
+            ("--webdav-cert", absolute(&self.webdav_cert)),
+            ("--webdav-key", absolute(&self.webdav_key)),
+        ];
+        for (flag, value) in named {
+            if let Some(v) = value {
+                out.push(flag.to_string());
+                out.push(v);
+            }
+        }
+        for a in &self.listen {
+            out.push("--listen".to_string());
+            out.push(a.clone());
+        }
+        if self.webdav_insecure {
+            out.push("--webdav-insecure".to_string());
+        }
+        out
+    }
+}
+
+/// `datamesh mount`: flags, or the same as `-o` options (as /etc/fstab gives them).
+#[derive(clap::Args, Clone, Debug)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    /// Stay attached (for systemd and tests); SIGINT/SIGTERM unmount.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Seconds the kernel caches file attributes [default: 1].
+    #[arg(long, value_name = "SECS")]
+    pub attr_ttl: Option<f64>,
+    /// Seconds the kernel caches name lookups [default: 1].
+    #[arg(long, value_name = "SECS")]
+    pub entry_ttl: Option<f64>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     /// Comma-separated mount options: allow_other, ro, rw, attr_ttl=SECS,
     /// entry_ttl=SECS, cache_mb=MIB, dirty_mb=MIB; fstab's generic options
     /// (defaults, _netdev, nofail, noauto, user, …) are accepted and ignored.
@@ -376,8 +409,8 @@ impl MountArgs {
                 "rw" => self.read_only = false,
                 "attr_ttl" | "attr_timeout" => self.attr_ttl = Some(secs(value)?),
                 "entry_ttl" | "entry_timeout" => self.entry_ttl = Some(secs(value)?),
-                "cache_mb" => self.cache_mb = Some(mib(value)?),
-                "dirty_mb" => self.dirty_mb = Some(mib(value)?),
+                "cache_mb" => self.daemon.cache_mb = Some(mib(value)?),
+                "dirty_mb" => self.daemon.dirty_mb = Some(mib(value)?),
                 "defaults"
                 | "_netdev"
                 | "nofail"
@@ -420,8 +453,6 @@ impl MountArgs {
         let named = [
             ("--attr-ttl", self.attr_ttl.map(|v| v.to_string())),
             ("--entry-ttl", self.entry_ttl.map(|v| v.to_string())),
-            ("--cache-mb", self.cache_mb.map(|v| v.to_string())),
-            ("--dirty-mb", self.dirty_mb.map(|v| v.to_string())),
         ];
         for (flag, value) in named {
             if let Some(v) = value {
@@ -429,21 +460,7 @@ impl MountArgs {
                 out.push(v);
             }
         }
-        for a in &self.listen {
-            out.push("--listen".to_string());
-            out.push(a.clone());
-        }
-        if let Some(m) = self.metrics {
-            out.push("--metrics".to_string());
-            out.push(m.to_string());
-        }
-        if let Some(w) = self.webdav {
-            out.push("--webdav".to_string());
-            out.push(w.to_string());
-        }
-        if self.webdav_insecure {
-            out.push("--webdav-insecure".to_string());
-        }
+        out.extend(self.daemon.to_flags());
         out
     }
 
@@ -494,9 +511,18 @@ pub fn main() -> i32 {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::prelude::*;
+    // The log to stderr, and the dashboard's recent warnings and errors.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(
+            crate::dashboard::recent::Recent
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        )
         .init();
     let mut home = crate::home::Home::locate(cli.home);
     home.bootstrap = cli.bootstrap;

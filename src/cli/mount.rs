@@ -73,15 +73,7 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         if let Some(src) = mount_source(home) {
             opts.source = src;
         }
-        let daemon_opts = DaemonOptions {
-            cache_mb: args.cache_mb,
-            dirty_mb: args.dirty_mb,
-            listen: args.listen.clone(),
-            metrics: args.metrics,
-            webdav: args.webdav,
-            webdav_insecure: args.webdav_insecure,
-        };
-        let res = daemon(home, &daemon_opts, |engine, signals, runner| {
+        let res = daemon(home, &args.daemon, |engine, signals, runner| {
             fs::write(
                 &pid,
                 format!("{}\n{}\n", std::process::id(), mountpoint.display()),
@@ -150,19 +142,9 @@ pub fn mount(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
 /// Runs a volume daemon: opens the volume, answers on its socket, runs the
 /// engine's workers and `body` (the mount, or a wait for a signal); then stops
 /// the workers and flushes the volume.
-/// What a volume daemon (a mount, `serve`) is started with.
-pub struct DaemonOptions {
-    pub cache_mb: Option<usize>,
-    pub dirty_mb: Option<usize>,
-    pub listen: Vec<String>,
-    pub metrics: Option<std::net::SocketAddr>,
-    pub webdav: Option<std::net::SocketAddr>,
-    pub webdav_insecure: bool,
-}
-
 fn daemon(
     home: &Home,
-    opts: &DaemonOptions,
+    opts: &super::DaemonArgs,
     body: impl FnOnce(
         &Arc<crate::data::Engine>,
         crate::workers::ExitSignals,
@@ -234,23 +216,43 @@ fn daemon(
                 &runner,
             )?;
         }
-        if let Some(addr) = opts.metrics {
-            let weak = Arc::downgrade(&engine);
-            let refresh = move || {
-                if let Some(e) = weak.upgrade() {
-                    e.refresh_metrics();
-                }
-            };
-            crate::metrics::serve(addr, refresh, &runner)?;
-        }
         let dav = home.config()?.webdav;
-        if let Some(addr) = opts.webdav.or(dav.listen) {
+        let dav_addr = opts.webdav.or(dav.listen);
+        // The dashboard, on every HTTP listener this daemon has.
+        let board = if opts.metrics.is_some() || dav_addr.is_some() {
+            let protect = (!member).then(|| home.paths().protect());
+            Some(crate::dashboard::Board::start(&engine, protect, &runner)?)
+        } else {
+            None
+        };
+        let weak = Arc::downgrade(&engine);
+        let refresh = move || {
+            if let Some(e) = weak.upgrade() {
+                e.refresh_metrics();
+            }
+        };
+        if let (Some(addr), Some(board)) = (opts.metrics, &board) {
+            let app = crate::metrics::router(refresh.clone())
+                .merge(crate::dashboard::router(board.clone(), false));
+            tracing::info!("metrics at http://{addr}/metrics, the dashboard at http://{addr}/");
+            crate::metrics::serve_router(addr, "metrics", app, None, &runner)?;
+        }
+        if let (Some(addr), Some(board)) = (dav_addr, &board) {
+            let tls = match (&opts.webdav_cert, &opts.webdav_key, dav.cert, dav.key) {
+                (Some(c), Some(k), _, _) => Some((c.clone(), k.clone())),
+                (None, None, Some(c), Some(k)) => Some((home.dir.join(c), home.dir.join(k))),
+                (None, None, None, None) => None,
+                _ => bail!("[webdav] in config.toml: cert and key go together"),
+            };
             let o = crate::webdav::Options {
                 addr,
                 users: dav.users,
                 insecure: opts.webdav_insecure || dav.insecure,
+                tls,
             };
-            crate::webdav::serve(o, engine.clone(), &runner)?;
+            let also = crate::metrics::router(refresh)
+                .merge(crate::dashboard::router(board.clone(), true));
+            crate::webdav::serve(o, engine.clone(), also, &runner)?;
         }
         body(&engine, signals, &runner)
     })();
@@ -270,7 +272,7 @@ fn daemon(
 }
 
 /// `datamesh serve`: the volume held for this host's CLI, with no mount.
-pub fn serve(home: &Home, opts: &DaemonOptions) -> anyhow::Result<()> {
+pub fn serve(home: &Home, opts: &super::DaemonArgs) -> anyhow::Result<()> {
     if home.is_member() {
         bail!(
             "this is a member device: the volume's daemon runs on the home node \

@@ -30,7 +30,7 @@ mod write;
 pub use check::{CheckReport, Usage};
 pub use fetch::decode_chunk;
 pub use object::{object_key, read_object, store_object};
-pub use repair::Redundancy;
+pub use repair::{Pass, Passes, Redundancy};
 pub use stream::{CommittedFile, put_target};
 pub use write::store_sealed;
 
@@ -157,6 +157,9 @@ pub struct Engine {
     /// One repair pass at a time (the mount's worker, or one asked of the
     /// mount): two would both place the same missing shards.
     repairing: Mutex<()>,
+    /// The last survey and the passes running, for the dashboard (boxed:
+    /// the engine stays small).
+    passes: Box<repair::Passes>,
 }
 
 use crate::util::lock;
@@ -241,6 +244,7 @@ impl Engine {
             readahead: Mutex::new(HashMap::new()),
             locked: Mutex::new(Default::default()),
             repairing: Mutex::new(()),
+            passes: Default::default(),
         })
     }
 

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Redundancy {
     /// Sharded chunks (inline chunks live in the metadata and are not counted).
     pub chunks: u64,
@@ -47,9 +47,81 @@ pub struct Redundancy {
     pub failures: Vec<String>,
 }
 
-/// The last survey's figures, for the metrics (status, repair, scrub and the
-/// repair worker each make one).
-fn publish(r: &Redundancy) {
+/// The passes over the chunks (surveys, repairs, scrubs) as the dashboard
+/// shows them: the last survey's figures, and those running now.
+#[derive(Default)]
+pub struct Passes {
+    last: Mutex<Option<(u64, Redundancy)>>,
+    running: Mutex<Vec<(u64, Pass)>>,
+    next: AtomicU64,
+}
+
+/// A pass running now.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pass {
+    /// `survey`, `repair` or `scrub`.
+    pub what: &'static str,
+    pub done: u64,
+    /// 0 while unknown (a scrub counts what the peers hold as it goes).
+    pub total: u64,
+    /// When it started (unix seconds).
+    pub started: u64,
+}
+
+/// Removes its pass from the running ones when dropped.
+struct Running<'a> {
+    passes: &'a Passes,
+    id: u64,
+}
+
+impl Passes {
+    fn begin(&self, what: &'static str) -> Running<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let pass = Pass {
+            what,
+            done: 0,
+            total: 0,
+            started: crate::net::trust::now_secs(),
+        };
+        lock(&self.running).push((id, pass));
+        Running { passes: self, id }
+    }
+
+    /// The last survey's figures (status, repair, scrub and the repair
+    /// worker each make one) and when (unix seconds); for the metrics too.
+    fn publish(&self, r: &Redundancy) {
+        publish_metrics(r);
+        *lock(&self.last) = Some((crate::net::trust::now_secs(), r.clone()));
+    }
+
+    /// The last survey and when it ended (unix seconds).
+    pub fn last(&self) -> Option<(u64, Redundancy)> {
+        lock(&self.last).clone()
+    }
+
+    pub fn running(&self) -> Vec<Pass> {
+        lock(&self.running).iter().map(|(_, p)| p.clone()).collect()
+    }
+}
+
+impl Running<'_> {
+    fn progress(&self, done: u64, total: u64) {
+        if let Some((_, p)) = lock(&self.passes.running)
+            .iter_mut()
+            .find(|(id, _)| *id == self.id)
+        {
+            (p.done, p.total) = (done, total);
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(&self.passes.running).retain(|(id, _)| *id != self.id);
+    }
+}
+
+fn publish_metrics(r: &Redundancy) {
     let m = crate::metrics::get();
     let health = [
         ("full", r.full),
@@ -101,8 +173,12 @@ impl Engine {
         repair: bool,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Redundancy> {
-        let r = self.survey_and_repair(repair, progress)?;
-        publish(&r);
+        let pass = self.passes.begin(if repair { "repair" } else { "survey" });
+        let r = self.survey_and_repair(repair, &|done, total| {
+            pass.progress(done, total);
+            progress(done, total)
+        })?;
+        self.passes.publish(&r);
         Ok(r)
     }
 
@@ -249,6 +325,11 @@ impl Engine {
         Ok(r)
     }
 
+    /// The last survey and the passes running now (the dashboard's).
+    pub fn passes(&self) -> &Passes {
+        &self.passes
+    }
+
     /// The repair worker calls this periodically: a full repair pass when a
     /// storage peer has been gone past the grace time or a write left shards
     /// unplaced. An error is the worker's to report.
@@ -381,7 +462,12 @@ impl Engine {
 
     /// Asks the holders to re-hash every shard; bad ones are dropped and rebuilt.
     pub fn scrub(&self, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<(Scrubbed, Redundancy)> {
-        let scrubbed = self.s.store.scrub(&|n| progress(n, 0))?;
+        let pass = self.passes.begin("scrub");
+        let scrubbed = self.s.store.scrub(&|n| {
+            pass.progress(n, 0);
+            progress(n, 0)
+        })?;
+        drop(pass);
         let bad = &scrubbed.bad;
         if self.s.store.placement(&[]).is_none() && !bad.is_empty() {
             // One host: the bad copies are still in place; reading every chunk

@@ -177,6 +177,32 @@ pub fn when(secs: u64) -> String {
         .to_string()
 }
 
+/// How old the namespace's newest copy on the storage peers is, in words
+/// (`status`, the dashboard); `mesh`: the volume has storage peers.
+pub fn describe(state: &Path, mesh: bool) -> String {
+    if !mesh {
+        return "off (no storage peers: the namespace is on this disk only)".into();
+    }
+    match ProtectState::load(state) {
+        Ok(st) => match st.kept.first() {
+            Some((newest, _)) => {
+                let at = st.current_at.max(newest.made);
+                let age = crate::net::trust::now_secs().saturating_sub(at);
+                format!(
+                    "copy on the peers current as of {} ({age} s ago; taken {}), root record {}, epoch {}, {} kept",
+                    when(at),
+                    when(newest.made),
+                    st.sequence,
+                    st.epoch,
+                    st.kept.len()
+                )
+            }
+            None => "no copy yet (a mount or `datamesh serve` makes one)".into(),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
 /// What one round shipped.
 #[derive(Debug)]
 pub struct Round {

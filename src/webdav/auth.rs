@@ -139,6 +139,36 @@ pub fn reads_only(m: &Method) -> bool {
     matches!(m.as_str(), "GET" | "HEAD" | "OPTIONS" | "PROPFIND")
 }
 
+/// In front of everything a listener with users serves (WebDAV, the
+/// dashboard, metrics): 401 asking for Basic credentials without valid ones,
+/// 403 for a read-only user's change.
+pub async fn require(
+    axum::extract::State(users): axum::extract::State<std::sync::Arc<Users>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let access = {
+        let (users, headers) = (users.clone(), req.headers().clone());
+        // argon2 is slow on purpose: off the async threads.
+        tokio::task::spawn_blocking(move || users.access(&headers))
+            .await
+            .unwrap_or(Access::Denied)
+    };
+    match access {
+        Access::Denied => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"datamesh\"")],
+        )
+            .into_response(),
+        Access::ReadOnly if !reads_only(req.method()) => {
+            (StatusCode::FORBIDDEN, "read-only user\n").into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

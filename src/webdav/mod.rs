@@ -6,6 +6,8 @@
 
 pub mod auth;
 mod file;
+mod times;
+pub mod tls;
 
 use crate::data::Engine;
 use crate::error::Error;
@@ -519,6 +521,8 @@ pub struct Options {
     pub users: Vec<auth::User>,
     /// Serve passwords over plain HTTP on a non-loopback address.
     pub insecure: bool,
+    /// HTTPS with this certificate and key (PEM files).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Why `opts` may not be served, if so.
@@ -533,73 +537,100 @@ fn refusal(opts: &Options) -> Option<String> {
              NAME`): anyone on the network could read and change the volume"
         ));
     }
-    if !opts.insecure {
+    if opts.tls.is_none() && !opts.insecure {
         return Some(format!(
-            "--webdav {addr}: passwords would cross the network in clear over plain HTTP \
-             (TLS is not built yet): use an SSH tunnel to a loopback address, or \
-             --webdav-insecure on a network you trust"
+            "--webdav {addr}: passwords would cross the network in clear over plain HTTP: \
+             give a certificate (--webdav-cert and --webdav-key), use an SSH tunnel to a \
+             loopback address, or --webdav-insecure on a network you trust"
         ));
     }
     None
 }
 
-/// Serves the volume over WebDAV at `opts.addr` until the runner stops.
-pub fn serve(
-    opts: Options,
-    engine: Arc<Engine>,
-    runner: &crate::workers::Runner,
-) -> std::io::Result<()> {
-    if let Some(why) = refusal(&opts) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            why,
-        ));
-    }
+/// The volume over WebDAV at `PREFIX`, as routes.
+fn dav_routes(engine: Arc<Engine>) -> axum::Router {
     let handler = dav_server::DavHandler::builder()
-        .filesystem(Box::new(DavFs::new(engine)))
+        .filesystem(Box::new(DavFs::new(engine.clone())))
         .locksystem(dav_server::memls::MemLs::new())
         .strip_prefix(PREFIX)
         .build_handler();
-    let users = Arc::new(auth::Users::new(opts.users));
     // Routed whole (not nested): dav-server strips the prefix itself, from
     // the request path and from Destination headers alike.
+    let fs = DavFs::new(engine);
     let dav = axum::routing::any(move |req: axum::extract::Request| {
-        let (handler, users) = (handler.clone(), users.clone());
+        let (handler, fs) = (handler.clone(), fs.clone());
         async move {
-            use axum::http::{StatusCode, header};
             use axum::response::IntoResponse;
-            if !users.is_empty() {
-                let access = {
-                    let (users, headers) = (users.clone(), req.headers().clone());
-                    tokio::task::spawn_blocking(move || users.access(&headers))
-                        .await
-                        .unwrap_or(auth::Access::Denied)
-                };
-                match access {
-                    auth::Access::Denied => {
-                        return (
-                            StatusCode::UNAUTHORIZED,
-                            [(header::WWW_AUTHENTICATE, "Basic realm=\"datamesh\"")],
-                        )
-                            .into_response();
-                    }
-                    auth::Access::ReadOnly if !auth::reads_only(req.method()) => {
-                        return (StatusCode::FORBIDDEN, "read-only user\n").into_response();
-                    }
-                    _ => {}
-                }
-            }
-            handler
+            let m = crate::metrics::get();
+            m.webdav_requests.inc();
+            m.file_ops.inc();
+            let (req, wanted) = match times::take(req).await {
+                Ok(r) => r,
+                Err(answer) => return answer,
+            };
+            let (method, uri) = (req.method().clone(), req.uri().clone());
+            let mut res = handler
                 .handle(req)
                 .await
                 .map(axum::body::Body::new)
-                .into_response()
+                .into_response();
+            if let Some(w) = wanted.filter(|_| times::succeeded(&method, res.status())) {
+                let set = match DavPath::new(uri.path()).and_then(|mut p| {
+                    p.set_prefix(PREFIX)?;
+                    Ok(p)
+                }) {
+                    Ok(path) => fs.set_modified(&path, w.mtime).await,
+                    Err(_) => Err(FsError::NotFound),
+                };
+                match set {
+                    Ok(()) => times::accepted(&w, &mut res),
+                    Err(e) => {
+                        let status = match e {
+                            FsError::NotFound => StatusCode::NOT_FOUND,
+                            FsError::Forbidden => StatusCode::FORBIDDEN,
+                            _ => StatusCode::INTERNAL_SERVER_ERROR,
+                        };
+                        return (status, "the modification time was not set\n").into_response();
+                    }
+                }
+            }
+            res
         }
     });
-    let app = axum::Router::new()
+    axum::Router::new()
         .route(PREFIX, dav.clone())
         .route(&format!("{PREFIX}/"), dav.clone())
-        .route(&format!("{PREFIX}/{{*rest}}"), dav);
-    tracing::info!("WebDAV at http://{}{PREFIX}/", opts.addr);
-    crate::metrics::serve_router(opts.addr, "webdav", app, runner)
+        .route(&format!("{PREFIX}/{{*rest}}"), dav)
+}
+
+/// Serves the volume over WebDAV at `opts.addr` until the runner stops,
+/// with `also` (the dashboard, metrics) on the same listener, behind the
+/// same users and TLS.
+pub fn serve(
+    opts: Options,
+    engine: Arc<Engine>,
+    also: axum::Router,
+    runner: &crate::workers::Runner,
+) -> std::io::Result<()> {
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    if let Some(why) = refusal(&opts) {
+        return Err(refused(why));
+    }
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls::load(cert, key).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("--webdav-cert: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let mut app = dav_routes(engine).merge(also);
+    let users = Arc::new(auth::Users::new(opts.users));
+    if !users.is_empty() {
+        app = app.layer(axum::middleware::from_fn_with_state(users, auth::require));
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("WebDAV at {scheme}://{}{PREFIX}/", opts.addr);
+    crate::metrics::serve_router(opts.addr, "webdav", app, tls, runner)
 }

@@ -1,0 +1,261 @@
+//! The web dashboard in a real browser: headless Chromium driven through
+//! chromedriver (WebDriver), against `datamesh serve --webdav` on six storage
+//! peers. The page must show the peers and live graphs at 1280×800 and on a
+//! 390-px phone without sideways scrolling, load nothing from elsewhere, show
+//! a peer's death, and work without JavaScript. Screenshots are kept in
+//! `target/test-artifacts/`.
+
+use fantoccini::{Client, ClientBuilder};
+use fs_tests::{Cluster, Volume, have, sh};
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver(Child, u16);
+
+impl Driver {
+    fn start() -> Driver {
+        let port = fs_tests::free_ports(1);
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "chromedriver did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Driver(child, port)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--hide-scrollbars",
+                     "--window-size=1280,800"],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.1))
+        .await
+        .expect("a chromium session")
+}
+
+/// Evaluates `expr` in the page.
+async fn eval(c: &Client, expr: &str) -> serde_json::Value {
+    c.execute(&format!("return ({expr});"), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{expr}: {e}"))
+}
+
+/// Waits until `expr` is true in the page.
+async fn until(c: &Client, expr: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        if eval(c, expr).await == json!(true) {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let text = eval(c, "document.body.innerText").await;
+            panic!("{what}: `{expr}` never held; the page says:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn artifact(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// What the page must be at any width: the peers listed, both graphs drawn
+/// with a line, nothing loaded from another origin, no sideways scrolling.
+async fn check_layout(c: &Client, width: u32, shot: &str) {
+    until(
+        c,
+        "document.body.dataset.live === 'yes'",
+        "the script refreshed the page",
+    )
+    .await;
+    until(
+        c,
+        "document.querySelectorAll('li.peer').length === 6",
+        "six peers listed",
+    )
+    .await;
+    until(
+        c,
+        "[...document.querySelectorAll('svg.chart polyline.read')]\
+            .some(p => p.getAttribute('points').split(' ').length > 3)",
+        "a throughput line drawn",
+    )
+    .await;
+    assert_eq!(
+        eval(c, "document.querySelectorAll('svg.chart').length").await,
+        json!(2)
+    );
+    assert_eq!(
+        eval(c, "window.innerWidth").await,
+        json!(width),
+        "the window is {width} px wide"
+    );
+    assert_eq!(
+        eval(
+            c,
+            "document.documentElement.scrollWidth <= window.innerWidth"
+        )
+        .await,
+        json!(true),
+        "no sideways scrolling at {width} px"
+    );
+    assert_eq!(
+        eval(
+            c,
+            "performance.getEntriesByType('resource').every(e => e.name.startsWith(location.origin))"
+        )
+        .await,
+        json!(true),
+        "everything comes from the daemon"
+    );
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    std::fs::write(artifact(shot), png).unwrap();
+}
+
+#[test]
+fn the_dashboard_shows_peers_health_and_live_graphs_in_a_browser() {
+    if !have("chromium") || !have("chromedriver") || !have("curl") {
+        eprintln!(
+            "skipped: chromium, chromedriver or curl is missing (scripts/setup.sh installs them)"
+        );
+        return;
+    }
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 6);
+    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let d = v.serve_with(&c.bootstrap_flags(), &["--webdav", &addr]);
+    let url = format!("http://{addr}/");
+    let dir = v.dir.path();
+
+    // Without JavaScript: the numbers are in the page itself, and it says
+    // where to mount the volume.
+    sh(dir, "head -c 30000000 /dev/urandom > big.bin");
+    sh(dir, &format!("curl -sf -T big.bin {url}dav/big.bin"));
+    let start = Instant::now();
+    let page = loop {
+        let page = sh(dir, &format!("curl -sf {url}"));
+        if page.matches("class=\"peer\"").count() == 6 && page.contains("to spare") {
+            break page;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the page never showed 6 peers and the volume's health:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(page.contains("href=\"dav/\""), "{page}");
+    assert!(page.contains("6 of 6 reachable"), "{page}");
+    assert!(page.contains("survives any 2 storage peers lost"), "{page}");
+    let headers = sh(dir, &format!("curl -sfI {url}"));
+    assert!(
+        headers
+            .to_lowercase()
+            .contains("content-security-policy: default-src 'self'"),
+        "{headers}"
+    );
+    let json = sh(dir, &format!("curl -sf {url}dashboard.json"));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["peers"]["Ok"].as_array().unwrap().len(), 6);
+    assert_eq!(json["usage"]["Ok"]["files"], 1);
+
+    // Reads while the browser looks, so the graphs have something to draw.
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (reading, url, dir) = (reading.clone(), url.clone(), dir.to_path_buf());
+        std::thread::spawn(move || {
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                // Not asserted: the last one may meet the daemon stopping.
+                let _ = Command::new("curl")
+                    .args(["-sf", &format!("{url}dav/big.bin"), "-o", "/dev/null"])
+                    .current_dir(&dir)
+                    .status();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let b = browser(&driver).await;
+        b.goto(&url).await.unwrap();
+        check_layout(&b, 1280, "dashboard-1280x800.png").await;
+        // A phone.
+        b.set_window_size(390, 844).await.unwrap();
+        let inner = eval(&b, "window.innerWidth").await;
+        if inner != json!(390) {
+            // The window's frame counts in set_window_size: widen by it.
+            let extra = 390 - inner.as_u64().unwrap() as u32;
+            b.set_window_size(390 + extra, 844).await.unwrap();
+        }
+        b.refresh().await.unwrap();
+        check_layout(&b, 390, "dashboard-390-phone.png").await;
+        b.set_window_size(1280, 800).await.unwrap();
+
+        // A peer dies: the open page says so by itself.
+        c.kill(5);
+        until(
+            &b,
+            "document.querySelectorAll('li.peer .badge.bad').length === 1",
+            "the dead peer shown unreachable",
+        )
+        .await;
+        until(
+            &b,
+            "document.body.innerText.includes('5 of 6 reachable')",
+            "the peer count",
+        )
+        .await;
+
+        // The daemon stops: the page says it does not answer.
+        reading.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(d.stop(), "serve ends cleanly");
+        until(
+            &b,
+            "document.body.dataset.live === 'no'",
+            "the page noticed the daemon is gone",
+        )
+        .await;
+        b.close().await.unwrap();
+    });
+    reader.join().unwrap();
+    eprintln!(
+        "screenshots: {} and {}",
+        artifact("dashboard-1280x800.png").display(),
+        artifact("dashboard-390-phone.png").display()
+    );
+}
