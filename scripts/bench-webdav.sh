@@ -2,7 +2,8 @@
 # WebDAV gateway vs the FUSE mount of the same volume, in one run (the
 # embedded store, this machine): 1 GiB PUT/GET with curl vs cp through the
 # mount, 1 000 small files with rclone vs cp -r into the mount, PROPFIND depth
-# 1 on 10 000 entries vs ls -l, and the daemon's peak RSS during a 2 GiB PUT.
+# 1 on 10 000 entries vs ls -l, the daemon's peak RSS during a 2 GiB PUT, and
+# 1 GiB PUT/GET over HTTPS vs plain HTTP (needs openssl for the certificate).
 # (rclone paces its WebDAV requests 10 ms apart, so its small-file rate is
 # its own; one curl process with 1 000 uploads on one connection shows the
 # gateway's.) Runs are interleaved (WebDAV, mount, WebDAV, mount); the better of each
@@ -65,7 +66,37 @@ spid=$!
 for _ in $(seq 100); do curl -sf -X PROPFIND -H 'Depth: 0' "$url/" -o /dev/null && break; sleep 0.1; done
 head -c 2G /dev/urandom | curl -sf -T - "$url/two" 
 rss=$(awk '/VmHWM/ {print $2}' "/proc/$spid/status")
+# The same 1 GiB over HTTP and HTTPS from the same kind of daemon, interleaved.
+tls=()
+if command -v openssl >/dev/null; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/key.pem" \
+    -out "$work/cert.pem" -days 1 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 2>/dev/null
+  tls=(--webdav-cert "$work/cert.pem" --webdav-key "$work/key.pem")
+fi
 kill "$spid"; wait "$spid" 2>/dev/null || true
+if [ ${#tls[@]} -gt 0 ]; then
+  sport=$((port + 1)); surl="https://127.0.0.1:$sport/dav"
+  "$DATAMESH_BIN" --home "$home" serve --webdav "127.0.0.1:$port" > "$work/serve.log" 2>&1 &
+  p1=$!
+  for _ in $(seq 100); do curl -sf -X PROPFIND -H 'Depth: 0' "$url/" -o /dev/null && break; sleep 0.1; done
+  for run in 1 2; do
+    t=$(now); curl -sf -T "$work/big" "$url/big.http"; w=$(secs "$t")
+    drop; t=$(now); curl -sf "$url/big.http" -o /dev/null; g=$(secs "$t")
+    T[hput]=$(best "${T[hput]:-999999}" "$w"); T[hget]=$(best "${T[hget]:-999999}" "$g")
+    kill "$p1"; wait "$p1" 2>/dev/null || true
+    "$DATAMESH_BIN" --home "$home" serve --webdav "127.0.0.1:$sport" "${tls[@]}" > "$work/serve.log" 2>&1 &
+    p1=$!
+    for _ in $(seq 100); do curl -sf --cacert "$work/cert.pem" -X PROPFIND -H 'Depth: 0' "$surl/" -o /dev/null && break; sleep 0.1; done
+    t=$(now); curl -sf --cacert "$work/cert.pem" -T "$work/big" "$surl/big.https"; w=$(secs "$t")
+    drop; t=$(now); curl -sf --cacert "$work/cert.pem" "$surl/big.https" -o /dev/null; g=$(secs "$t")
+    T[sput]=$(best "${T[sput]:-999999}" "$w"); T[sget]=$(best "${T[sget]:-999999}" "$g")
+    kill "$p1"; wait "$p1" 2>/dev/null || true
+    "$DATAMESH_BIN" --home "$home" serve --webdav "127.0.0.1:$port" > "$work/serve.log" 2>&1 &
+    p1=$!
+    for _ in $(seq 100); do curl -sf -X PROPFIND -H 'Depth: 0' "$url/" -o /dev/null && break; sleep 0.1; done
+  done
+  kill "$p1"; wait "$p1" 2>/dev/null || true
+fi
 mb() { echo "1024 / $1" | bc -l; }
 printf '%-36s %12s %12s %8s\n' "metric (embedded store)" webdav mount "dav/mnt"
 row() { printf '%-36s %12.1f %12.1f %8.2f\n' "$1" "$2" "$3" "$(echo "$2 / $3" | bc -l)"; }
@@ -75,3 +106,8 @@ row "1 000 small files (rclone), files/s" "$(echo "1000 / ${T[small_w]}" | bc -l
 row "1 000 small files (curl), files/s" "$(echo "1000 / ${T[small_c]}" | bc -l)" "$(echo "1000 / ${T[small_m]}" | bc -l)"
 row "list 10 000 entries, s" "${T[list_w]}" "${T[list_m]}"
 echo "daemon peak RSS during a 2 GiB PUT: $((rss / 1024)) MiB"
+if [ -n "${T[sput]:-}" ]; then
+  printf '\n%-36s %12s %12s %8s\n' "metric (serve --webdav)" https http "s/h"
+  row "1 GiB PUT, MB/s" "$(mb "${T[sput]}")" "$(mb "${T[hput]}")"
+  row "1 GiB GET (cold), MB/s" "$(mb "${T[sget]}")" "$(mb "${T[hget]}")"
+fi

@@ -5,9 +5,10 @@ source "$(dirname "$0")/common.sh"
 
 # clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks
 # (bindfs and gocryptfs are the baselines of the filesystem benchmark; chromium
-# and its driver load the web dashboard; openssl makes the TLS test's certificate).
+# and its driver load the web dashboard; openssl makes the TLS test's certificate;
+# davfs2 mounts the WebDAV gateway).
 packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc
-  git vim restic borgbackup fio bindfs gocryptfs acl man-db curl rclone openssl
+  git vim restic borgbackup fio bindfs gocryptfs acl man-db curl rclone openssl davfs2
   chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do

@@ -106,6 +106,20 @@ pub struct WebdavConfig {
     pub users: Vec<crate::webdav::auth::User>,
 }
 
+impl Config {
+    /// config.toml at `path`; the defaults when there is none.
+    pub fn load(path: PathBuf) -> Result<Config, HomeError> {
+        match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| HomeError::Bad {
+                path,
+                why: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(HomeError::Io { path, source: e }),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -407,15 +421,7 @@ impl Home {
     }
 
     pub fn config(&self) -> Result<Config, HomeError> {
-        let path = self.paths().config();
-        match fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| HomeError::Bad {
-                path,
-                why: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(HomeError::Io { path, source: e }),
-        }
+        Config::load(self.paths().config())
     }
 
     pub fn volume_key(&self) -> Result<VolumeKey, HomeError> {

@@ -522,7 +522,7 @@ fn read_kit(file: &std::path::Path) -> anyhow::Result<crate::kit::Kit> {
     crate::kit::Kit::parse(&text).with_context(|| file.display().to_string())
 }
 
-/// `datamesh webdav adduser|users`: the gateway's users, in config.toml.
+/// `datamesh webdav adduser|deluser|users`: the gateway's users, in config.toml.
 pub fn webdav(home: &Home, action: super::WebdavAction) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let users = home.config()?.webdav.users;
@@ -567,9 +567,28 @@ pub fn webdav(home: &Home, action: super::WebdavAction) -> anyhow::Result<()> {
             crate::util::write_secret(&path, text.as_bytes())
                 .map_err(|(p, e)| anyhow!("{}: {e}", p.display()))?;
             println!(
-                "webdav user {name} added{}; a running daemon serves it after a restart",
+                "webdav user {name} added{}; a running daemon lets them in within a second",
                 if read_only { " (read-only)" } else { "" }
             );
+        }
+        super::WebdavAction::Deluser { name } => {
+            let path = home.paths().config();
+            if !users.iter().any(|u| u.name == name) {
+                bail!("no webdav user {name} (in {})", path.display());
+            }
+            // Edited, not rewritten: the file's comments and order stay.
+            let text = std::fs::read_to_string(&path)?;
+            let mut doc: toml_edit::DocumentMut =
+                text.parse().with_context(|| path.display().to_string())?;
+            let list = doc
+                .get_mut("webdav")
+                .and_then(|w| w.get_mut("users"))
+                .and_then(|u| u.as_array_of_tables_mut())
+                .ok_or_else(|| anyhow!("{}: no [[webdav.users]]", path.display()))?;
+            list.retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
+            crate::util::write_secret(&path, doc.to_string().as_bytes())
+                .map_err(|(p, e)| anyhow!("{}: {e}", p.display()))?;
+            println!("webdav user {name} removed; a running daemon refuses them within a second");
         }
     }
     Ok(())

@@ -34,6 +34,9 @@ pub enum WebdavAction {
         #[arg(long)]
         read_only: bool,
     },
+    /// Remove a user of the WebDAV gateway (a running daemon refuses them
+    /// within a second).
+    Deluser { name: String },
     /// The users of the WebDAV gateway.
     Users,
 }

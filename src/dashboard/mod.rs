@@ -57,10 +57,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A figure that costs something to make, with when it was made.
+/// A figure that costs something to make, with when it was made and how
+/// long that took.
 struct Cached<T> {
     value: Option<(u64, Result<T, String>)>,
     made: Option<Instant>,
+    took: Duration,
 }
 
 impl<T> Default for Cached<T> {
@@ -68,13 +70,28 @@ impl<T> Default for Cached<T> {
         Cached {
             value: None,
             made: None,
+            took: Duration::ZERO,
         }
     }
 }
 
+/// A figure is made again at most every `every`, and never more than 1/20
+/// of the time: a walk of a million inodes that takes 2 s runs every 40 s.
+const BUSY_SHARE: u32 = 20;
+
 impl<T: Clone> Cached<T> {
     fn due(&self, every: Duration) -> bool {
+        let every = every.max(self.took * BUSY_SHARE);
         self.made.is_none_or(|t| t.elapsed() >= every)
+    }
+
+    /// `make`'s answer, as of now.
+    fn make(&mut self, make: impl FnOnce() -> Result<T, String>) {
+        let start = Instant::now();
+        let value = make();
+        self.took = start.elapsed();
+        self.made = Some(Instant::now());
+        self.value = Some((crate::net::trust::now_secs(), value));
     }
 
     fn dated(&self) -> Option<Dated<T>> {
@@ -196,39 +213,38 @@ impl Board {
         if !viewed {
             return Ok(());
         }
-        let now = crate::net::trust::now_secs();
+        // Made outside the lock: pages are answered meanwhile.
         if peers {
-            let p = engine.store().peers();
-            let mut st = lock(&self.state);
-            st.peers = Cached {
-                value: Some((now, Ok(p))),
-                made: Some(Instant::now()),
-            };
+            let mut c = Cached::default();
+            c.make(|| Ok(engine.store().peers()));
+            lock(&self.state).peers = c;
         }
         // The volume's usage and chunk health are the home's to count.
         if !engine.is_home() {
             return Ok(());
         }
         if usage {
-            let u = engine.usage().map_err(|e| e.to_string());
-            lock(&self.state).usage = Cached {
-                value: Some((now, u)),
-                made: Some(Instant::now()),
-            };
+            let mut c = Cached::default();
+            c.make(|| engine.usage().map_err(|e| e.to_string()));
+            lock(&self.state).usage = c;
         }
         // A survey that ran anyway (status, the repair worker) is recent
         // enough.
+        let now = crate::net::trust::now_secs();
         let fresh = engine
             .passes()
             .last()
             .is_some_and(|(at, _)| now.saturating_sub(at) < SURVEY_EVERY.as_secs());
         if survey && !fresh {
-            let res = engine.redundancy(false, &|_, _| {}).map(drop);
-            let failed = res.as_ref().err().map(|e| e.to_string());
-            lock(&self.state).survey = Cached {
-                value: Some((now, res.map_err(|e| e.to_string()))),
-                made: Some(Instant::now()),
-            };
+            let mut c = Cached::default();
+            c.make(|| {
+                engine
+                    .redundancy(false, &|_, _| {})
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+            let failed = c.value.as_ref().and_then(|(_, r)| r.clone().err());
+            lock(&self.state).survey = c;
             if let Some(e) = failed {
                 return Err(format!("survey: {e}"));
             }

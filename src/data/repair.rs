@@ -491,7 +491,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::losses_survived;
+    use super::{Passes, Redundancy, losses_survived};
 
     #[test]
     fn losses_survived_counts_the_worst_case() {
@@ -510,5 +510,28 @@ mod tests {
         assert_eq!(losses_survived(&degraded, 4), 0);
         // Fewer than k present: nothing survives.
         assert_eq!(losses_survived(&[1, 2, 0, 0, 0, 0], 4), 0);
+    }
+
+    #[test]
+    fn running_passes_show_their_progress_and_go_when_done() {
+        let p = Passes::default();
+        let repair = p.begin("repair");
+        let survey = p.begin("survey");
+        repair.progress(3, 10);
+        let now = p.running();
+        assert_eq!(now.len(), 2);
+        assert_eq!((now[0].what, now[0].done, now[0].total), ("repair", 3, 10));
+        drop(repair);
+        assert_eq!(p.running().len(), 1);
+        assert_eq!(p.running()[0].what, "survey");
+        drop(survey);
+        assert!(p.running().is_empty());
+        assert!(p.last().is_none());
+        p.publish(&Redundancy {
+            chunks: 5,
+            full: 5,
+            ..Default::default()
+        });
+        assert_eq!(p.last().unwrap().1.full, 5);
     }
 }

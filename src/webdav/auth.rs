@@ -53,29 +53,104 @@ pub enum Access {
 
 /// The users, and the credentials already verified (argon2 is slow on
 /// purpose, and a client sends them with every request). Verified pairs
-/// are kept as a keyed hash, never in clear.
+/// are kept as a keyed hash, never in clear. The list follows config.toml:
+/// a user added or removed there is served or refused within a second,
+/// without a restart.
 pub struct Users {
-    list: Vec<User>,
+    list: Mutex<Vec<User>>,
     key: [u8; 32],
     verified: Mutex<HashMap<[u8; 32], usize>>,
+    /// With no users: everyone may (a loopback listener) or no one may.
+    open_when_none: bool,
+    source: Option<Source>,
+}
+
+/// Where the list is read again from when the file changes.
+pub struct Source {
+    pub path: std::path::PathBuf,
+    pub read: Box<dyn Fn() -> Result<Vec<User>, String> + Send + Sync>,
+    /// The file's modification time and length when last read, and when it
+    /// was last looked at.
+    seen: Mutex<(Option<Stamp>, Option<std::time::Instant>)>,
+}
+
+impl Source {
+    pub fn new(
+        path: std::path::PathBuf,
+        read: impl Fn() -> Result<Vec<User>, String> + Send + Sync + 'static,
+    ) -> Source {
+        let seen = stamp(&path);
+        Source {
+            path,
+            read: Box::new(read),
+            seen: Mutex::new((seen, Some(std::time::Instant::now()))),
+        }
+    }
+}
+
+/// A file's modification time and length.
+type Stamp = (std::time::SystemTime, u64);
+
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
 impl Users {
-    pub fn new(list: Vec<User>) -> Users {
+    pub fn new(list: Vec<User>, open_when_none: bool, source: Option<Source>) -> Users {
         Users {
-            list,
+            list: Mutex::new(list),
             key: rand::random(),
             verified: Mutex::new(HashMap::new()),
+            open_when_none,
+            source,
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+    /// Reads the list again if its file changed (looked at once a second).
+    fn follow(&self) {
+        let Some(src) = &self.source else { return };
+        let now = stamp(&src.path);
+        {
+            let mut seen = crate::util::lock(&src.seen);
+            if seen
+                .1
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+            {
+                return;
+            }
+            seen.1 = Some(std::time::Instant::now());
+            if seen.0 == now {
+                return;
+            }
+            seen.0 = now;
+        }
+        match (src.read)() {
+            Ok(list) => {
+                tracing::info!("webdav: {} users from {}", list.len(), src.path.display());
+                *crate::util::lock(&self.list) = list;
+                crate::util::lock(&self.verified).clear();
+            }
+            Err(e) => tracing::warn!(
+                "webdav: {} changed but cannot be read ({e}); the users stay as they were",
+                src.path.display()
+            ),
+        }
     }
 
     /// What the request's `Authorization` header lets it do.
     pub fn access(&self, headers: &HeaderMap) -> Access {
         use base64::Engine as _;
+        self.follow();
+        let list = crate::util::lock(&self.list).clone();
+        if list.is_empty() {
+            return if self.open_when_none {
+                Access::ReadWrite
+            } else {
+                Access::Denied
+            };
+        }
         let Some((name, password)) = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -102,10 +177,10 @@ impl Users {
         let index = match known {
             Some(i) => i,
             None => {
-                let Some(i) = self.list.iter().position(|u| u.name == name) else {
+                let Some(i) = list.iter().position(|u| u.name == name) else {
                     return Access::Denied;
                 };
-                if !verify(&self.list[i].hash, &password) {
+                if !verify(&list[i].hash, &password) {
                     tracing::warn!("webdav: wrong password for {name}");
                     return Access::Denied;
                 }
@@ -117,7 +192,11 @@ impl Users {
                 i
             }
         };
-        if self.list[index].read_only {
+        // The list may have changed since this pair was verified.
+        let Some(user) = list.get(index) else {
+            return Access::Denied;
+        };
+        if user.read_only {
             Access::ReadOnly
         } else {
             Access::ReadWrite
@@ -186,18 +265,22 @@ mod tests {
 
     #[test]
     fn users_are_told_apart_by_password_and_read_only_ones_marked() {
-        let users = Users::new(vec![
-            User {
-                name: "alice".into(),
-                hash: hash_password("s3cret"),
-                read_only: false,
-            },
-            User {
-                name: "bob".into(),
-                hash: hash_password("pw"),
-                read_only: true,
-            },
-        ]);
+        let users = Users::new(
+            vec![
+                User {
+                    name: "alice".into(),
+                    hash: hash_password("s3cret"),
+                    read_only: false,
+                },
+                User {
+                    name: "bob".into(),
+                    hash: hash_password("pw"),
+                    read_only: true,
+                },
+            ],
+            false,
+            None,
+        );
         assert_eq!(users.access(&basic("alice", "s3cret")), Access::ReadWrite);
         // Again: this answer comes from the verified pairs.
         assert_eq!(users.access(&basic("alice", "s3cret")), Access::ReadWrite);

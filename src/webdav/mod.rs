@@ -523,6 +523,8 @@ pub struct Options {
     pub insecure: bool,
     /// HTTPS with this certificate and key (PEM files).
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Where the users are read again from when it changes (config.toml).
+    pub users_from: Option<auth::Source>,
 }
 
 /// Why `opts` may not be served, if so.
@@ -625,11 +627,15 @@ pub fn serve(
         })?),
         None => None,
     };
-    let mut app = dav_routes(engine).merge(also);
-    let users = Arc::new(auth::Users::new(opts.users));
-    if !users.is_empty() {
-        app = app.layer(axum::middleware::from_fn_with_state(users, auth::require));
-    }
+    // Always in front, even with no users yet: one added later is asked for
+    // at once (and on a loopback listener no users means open to this host).
+    let users = auth::Users::new(opts.users, opts.addr.ip().is_loopback(), opts.users_from);
+    let app = dav_routes(engine)
+        .merge(also)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(users),
+            auth::require,
+        ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("WebDAV at {scheme}://{}{PREFIX}/", opts.addr);
     crate::metrics::serve_router(opts.addr, "webdav", app, tls, runner)
