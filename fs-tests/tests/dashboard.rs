@@ -240,6 +240,14 @@ fn the_dashboard_shows_peers_health_and_live_graphs_in_a_browser() {
             "the peer count",
         )
         .await;
+        // And the health with it: every chunk lost a shard, one more loss
+        // is survivable (surveyed again as soon as the peers changed).
+        until(
+            &b,
+            "document.querySelector('.health .big').innerText === '1 to spare'",
+            "the health after the loss",
+        )
+        .await;
 
         // The daemon stops: the page says it does not answer.
         reading.store(false, std::sync::atomic::Ordering::Relaxed);

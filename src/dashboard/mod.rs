@@ -110,6 +110,9 @@ struct State {
     peers: Cached<Option<Vec<PeerStatus>>>,
     /// When the dashboard last asked for a survey, and its error if it failed.
     survey: Cached<()>,
+    /// Storage peers reachable at the last survey: when that changes, the
+    /// health shown is stale and a survey is due at once.
+    surveyed_reachable: Option<usize>,
 }
 
 /// What the dashboard shows, shared by its handlers and workers.
@@ -214,11 +217,19 @@ impl Board {
             return Ok(());
         }
         // Made outside the lock: pages are answered meanwhile.
+        let mut reachable = None;
         if peers {
             let mut c = Cached::default();
             c.make(|| Ok(engine.store().peers()));
+            if let Some((_, Ok(Some(list)))) = &c.value {
+                reachable = Some(list.iter().filter(|p| p.admitted && p.reachable).count());
+            }
             lock(&self.state).peers = c;
         }
+        let changed = {
+            let st = lock(&self.state);
+            reachable.is_some() && st.surveyed_reachable.is_some_and(|r| Some(r) != reachable)
+        };
         // The volume's usage and chunk health are the home's to count.
         if !engine.is_home() {
             return Ok(());
@@ -235,7 +246,7 @@ impl Board {
             .passes()
             .last()
             .is_some_and(|(at, _)| now.saturating_sub(at) < SURVEY_EVERY.as_secs());
-        if survey && !fresh {
+        if (survey && !fresh) || changed {
             let mut c = Cached::default();
             c.make(|| {
                 engine
@@ -244,7 +255,10 @@ impl Board {
                     .map_err(|e| e.to_string())
             });
             let failed = c.value.as_ref().and_then(|(_, r)| r.clone().err());
-            lock(&self.state).survey = c;
+            let mut st = lock(&self.state);
+            st.survey = c;
+            st.surveyed_reachable = reachable.or(st.surveyed_reachable);
+            drop(st);
             if let Some(e) = failed {
                 return Err(format!("survey: {e}"));
             }

@@ -68,7 +68,9 @@ pub(super) async fn actor(
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
                     if let Some(p) = lock(&shared.peers).entry(peer_id) {
                         if p.storage {
-                            tracing::warn!("lost storage peer {peer_id}: {cause:?}");
+                            let why = cause
+                                .map_or_else(|| "closed".to_string(), |c| c.to_string());
+                            tracing::warn!("lost storage peer {peer_id}: {why}");
                         }
                         p.connected = false;
                         p.down_since = Some(Instant::now());
