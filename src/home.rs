@@ -77,6 +77,8 @@ pub struct Config {
     pub bootstrap: Vec<String>,
     /// Seconds a storage peer may be gone before its shards are rebuilt elsewhere.
     pub repair_grace_secs: u64,
+    /// Repair's bandwidth in MB/s (shard bytes fetched and placed); 0: no limit.
+    pub repair_mbps: u64,
     /// Where a daemon (a mount, `serve`) listens for member devices.
     pub listen: Vec<String>,
     /// The newest copy of the namespace kept on the storage peers is at most
@@ -128,6 +130,7 @@ impl Default for Config {
             gc_grace_secs: 3600,
             bootstrap: Vec::new(),
             repair_grace_secs: 600,
+            repair_mbps: 0,
             listen: Vec::new(),
             protect_secs: 30,
             protect_keep: 3,
@@ -158,6 +161,10 @@ const CONFIG_TEMPLATE: &str = "\
 # Seconds a storage peer may be unreachable before the mount rebuilds its
 # shards on the others.
 # repair_grace_secs = 600
+
+# MB/s a repair may move (shards fetched to rebuild, and placed), so that
+# rebuilding after a lost peer leaves the link to the mount; 0: no limit.
+# repair_mbps = 0
 
 # Where a daemon (a mount, `datamesh serve`) listens for member devices
 # (`datamesh invite --member`), e.g. [\"/ip4/0.0.0.0/tcp/4720\"]. With none,
@@ -612,6 +619,7 @@ impl Home {
             cache_bytes: cache_mb.unwrap_or(cfg.cache_mb) << 20,
             dirty_bytes: dirty_mb.unwrap_or(cfg.dirty_mb) << 20,
             repair_grace: std::time::Duration::from_secs(cfg.repair_grace_secs),
+            repair_mbps: cfg.repair_mbps,
         })
     }
 }

@@ -1024,3 +1024,64 @@ fn the_home_and_a_storage_peer_serve_metrics() {
         "{home}"
     );
 }
+
+#[test]
+fn repair_keeps_to_its_bandwidth_and_status_shows_it_running() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 6);
+    v.config("protect_secs = 0");
+    // 8 chunks of 4 MiB: one shard each (about 1 MiB) on every peer.
+    let src = v.dir.path().join("src");
+    sh(v.dir.path(), "head -c 33554432 /dev/urandom > src");
+    let d = v.serve_with(&c.bootstrap_flags(), &[]);
+    v.ok(&["put", src.to_str().unwrap(), "/f"]);
+    assert!(d.stop());
+    // Losing one peer loses one shard of each chunk: a repair fetches 4 and
+    // places 1 per chunk, about 40 MiB in all, at 5 MB/s.
+    v.config("repair_mbps = 5");
+    c.kill(2);
+    c.add(&[]);
+    let d = v.serve_with(&c.bootstrap_flags(), &[]);
+    let start = std::time::Instant::now();
+    let repair = v
+        .cmd(&["repair"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Meanwhile status shows it, with its progress.
+    let mut seen = String::new();
+    while start.elapsed() < std::time::Duration::from_secs(30) {
+        let out = v.ok(&["status"]);
+        if let Some(line) = out.lines().find(|l| l.starts_with("repair running for")) {
+            seen = line.to_string();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let out = repair.wait_with_output().unwrap();
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        seen.contains(" of 8 chunks ("),
+        "status during the repair: {seen:?}"
+    );
+    // 42 MB at 5 MB/s, less the first burst (4 MiB): over 6 s.
+    assert!(
+        took.as_secs_f64() > 6.0,
+        "repair took {took:?} at 5 MB/s: {text}"
+    );
+    let traffic = text
+        .lines()
+        .find(|l| l.starts_with("repair traffic:"))
+        .unwrap_or_else(|| panic!("no traffic line: {text}"));
+    assert!(
+        traffic.contains("(5.00 bytes moved per byte placed)"),
+        "4 fetched and 1 placed per chunk: {traffic}"
+    );
+    eprintln!("repair at 5 MB/s took {took:?}; {traffic}; status said: {seen}");
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "full"), 8, "{json}");
+    assert!(d.stop());
+}

@@ -281,6 +281,7 @@ pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
     match ask {
         Ask::Status => {
             print_peers(&report);
+            print_running(&report.running);
             print_workers(&report.workers);
             if !home.is_member() {
                 print_protection(home, report.peers.is_some());
@@ -294,6 +295,7 @@ pub fn run(home: &Home, ask: Ask, json: bool) -> anyhow::Result<bool> {
                 "datamesh: repair: rebuilt {} shards; moved or dropped {} extra copies to spread chunks",
                 r.rebuilt, r.moved
             );
+            print_traffic(r);
         }
         Ask::Scrub => {
             for id in &report.corrupt {
@@ -403,6 +405,47 @@ fn print_protection(home: &Home, mesh: bool) {
         "namespace protection: {}",
         crate::protect::describe(&home.paths().protect(), mesh)
     );
+}
+
+/// What a repair moved, and per byte it placed.
+fn print_traffic(r: &Redundancy) {
+    if r.written_bytes == 0 {
+        return;
+    }
+    println!(
+        "repair traffic: {} fetched, {} placed ({:.2} bytes moved per byte placed)",
+        human(r.read_bytes),
+        human(r.written_bytes),
+        (r.read_bytes + r.written_bytes) as f64 / r.written_bytes as f64
+    );
+}
+
+/// Passes running in the daemon, with their progress and time left.
+fn print_running(running: &[crate::data::Pass]) {
+    let now = crate::net::trust::now_secs();
+    for p in running {
+        let secs = now.saturating_sub(p.started).max(1);
+        let left = p.left_secs(now).map_or(String::new(), |rest| {
+            let rest = humantime::format_duration(std::time::Duration::from_secs(rest));
+            format!(", about {rest} left")
+        });
+        let of = if p.total > 0 {
+            format!(
+                "{} of {} chunks ({}%)",
+                p.done,
+                p.total,
+                p.done * 100 / p.total
+            )
+        } else {
+            format!("{} so far", p.done)
+        };
+        println!(
+            "{} running for {}: {of}, {:.0} chunks/s{left}",
+            p.what,
+            humantime::format_duration(std::time::Duration::from_secs(secs)),
+            p.done as f64 / secs as f64
+        );
+    }
 }
 
 /// The background workers of the mount that answered, like `garage worker list`.

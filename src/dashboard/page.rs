@@ -81,6 +81,9 @@ pub fn main(v: &View, _dav: bool) -> String {
                         span.count {
                             @if p.total > 0 {
                                 (thousands(p.done)) " of " (thousands(p.total)) " chunks"
+                                @if let Some(left) = p.left_secs(v.now) {
+                                    ", about " (span_words(left * 1000).trim_end_matches(" ago")) " left"
+                                }
                             } @else {
                                 (thousands(p.done)) " so far"
                             }

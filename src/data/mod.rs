@@ -56,6 +56,8 @@ pub struct EngineConfig {
     pub dirty_bytes: usize,
     /// How long a storage peer may be gone before its shards are rebuilt.
     pub repair_grace: std::time::Duration,
+    /// Repair's bandwidth, MB/s; 0: no limit.
+    pub repair_mbps: u64,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +66,7 @@ impl Default for EngineConfig {
             cache_bytes: 32 << 20,
             dirty_bytes: 256 << 20,
             repair_grace: std::time::Duration::from_secs(600),
+            repair_mbps: 0,
         }
     }
 }
@@ -160,6 +163,8 @@ pub struct Engine {
     /// The last survey and the passes running, for the dashboard (boxed:
     /// the engine stays small).
     passes: Box<repair::Passes>,
+    /// Repair's bandwidth (`repair_mbps`), none without a limit.
+    repair_limit: Option<Box<repair::RepairLimit>>,
 }
 
 use crate::util::lock;
@@ -245,6 +250,7 @@ impl Engine {
             locked: Mutex::new(Default::default()),
             repairing: Mutex::new(()),
             passes: Default::default(),
+            repair_limit: repair::RepairLimit::new(cfg.repair_mbps).map(Box::new),
         })
     }
 

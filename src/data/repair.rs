@@ -45,6 +45,12 @@ pub struct Redundancy {
     pub moved: u64,
     /// Chunks a repair could not fix, with the reason.
     pub failures: Vec<String>,
+    /// What the repair moved: shard bytes fetched to rebuild or move
+    /// chunks, and shard bytes it placed.
+    #[serde(default)]
+    pub read_bytes: u64,
+    #[serde(default)]
+    pub written_bytes: u64,
 }
 
 /// The passes over the chunks (surveys, repairs, scrubs) as the dashboard
@@ -57,15 +63,70 @@ pub struct Passes {
 }
 
 /// A pass running now.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pass {
     /// `survey`, `repair` or `scrub`.
-    pub what: &'static str,
+    pub what: String,
     pub done: u64,
     /// 0 while unknown (a scrub counts what the peers hold as it goes).
     pub total: u64,
     /// When it started (unix seconds).
     pub started: u64,
+}
+
+/// Repair's bandwidth (`repair_mbps`): one token bucket, in KiB, shared by
+/// the pass's threads; they wait here before moving shard bytes.
+pub struct RepairLimit {
+    bucket: governor::DefaultDirectRateLimiter,
+    /// The most taken at once (the bucket's burst), in KiB.
+    burst: u32,
+}
+
+impl RepairLimit {
+    /// A limit of `mbps` MB/s; none for 0.
+    pub fn new(mbps: u64) -> Option<RepairLimit> {
+        use std::num::NonZeroU32;
+        let kib_per_sec = (mbps.saturating_mul(1_000_000) / 1024).min(u32::MAX as u64) as u32;
+        let rate = NonZeroU32::new(kib_per_sec)?;
+        // A second's worth, and at least a whole shard of a 4 MiB chunk.
+        let burst = NonZeroU32::new(kib_per_sec.max(4096)).expect("non-zero");
+        Some(RepairLimit {
+            bucket: governor::RateLimiter::direct(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ),
+            burst: burst.get(),
+        })
+    }
+
+    /// Waits until `bytes` may be moved.
+    pub fn take(&self, bytes: u64) {
+        use governor::clock::Clock;
+        let mut kib = bytes.div_ceil(1024);
+        while kib > 0 {
+            let n = kib.min(self.burst as u64) as u32;
+            let Some(n) = std::num::NonZeroU32::new(n) else {
+                return;
+            };
+            match self.bucket.check_n(n) {
+                Ok(Ok(())) => kib -= n.get() as u64,
+                Ok(Err(later)) => std::thread::sleep(
+                    later.wait_time_from(governor::clock::DefaultClock::default().now()),
+                ),
+                // Never: n is at most the burst.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Pass {
+    /// Seconds left at the rate so far, once a chunk is done (`now`: unix
+    /// seconds).
+    pub fn left_secs(&self, now: u64) -> Option<u64> {
+        let secs = now.saturating_sub(self.started).max(1);
+        (self.total > 0 && self.done > 0)
+            .then(|| self.total.saturating_sub(self.done) * secs / self.done)
+    }
 }
 
 /// Removes its pass from the running ones when dropped.
@@ -78,7 +139,7 @@ impl Passes {
     fn begin(&self, what: &'static str) -> Running<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let pass = Pass {
-            what,
+            what: what.to_string(),
             done: 0,
             total: 0,
             started: crate::net::trust::now_secs(),
@@ -137,6 +198,15 @@ fn publish_metrics(r: &Redundancy) {
     m.losses_survivable.set(r.survives.map_or(-1, |s| s as i64));
     m.rebuilt_shards.inc_by(r.rebuilt);
     m.last_survey.set(crate::net::trust::now_secs() as i64);
+}
+
+/// What rebuilding or spreading one chunk did: shards placed (or dropped),
+/// shard bytes fetched and placed.
+#[derive(Default)]
+struct Moved {
+    shards: u64,
+    read: u64,
+    written: u64,
 }
 
 /// How many holders can go, worst case, before fewer than `k` shards are left:
@@ -202,6 +272,8 @@ impl Engine {
             rebuilt: r.rebuilt,
             moved: r.moved,
             failures: r.failures,
+            read_bytes: r.read_bytes,
+            written_bytes: r.written_bytes,
             ..self.pass(&after, false, &|_, _| {})?
         })
     }
@@ -237,6 +309,7 @@ impl Engine {
         }
         lock(&self.s.protected).0.iter().cloned().for_each(add);
         let total = chunks.len() as u64;
+        progress(0, total);
         let k = self.s.codec.data_shards();
         let r = Mutex::new(Redundancy {
             chunks: total,
@@ -244,6 +317,17 @@ impl Engine {
             silent: survey.silent.clone(),
             ..Default::default()
         });
+        // What a rebuild (or a spread) of one chunk did, counted.
+        let note = |m: &Moved, spread: bool| {
+            let mut r = lock(&r);
+            if spread {
+                r.moved += m.shards;
+            } else {
+                r.rebuilt += m.shards;
+            }
+            r.read_bytes += m.read;
+            r.written_bytes += m.written;
+        };
         let done = AtomicU64::new(0);
         let survives = AtomicU64::new(u64::MAX);
         let one_host = self.s.store.placement(&[]).is_none();
@@ -282,8 +366,8 @@ impl Engine {
                 let stranded = masks.iter().any(|&m| m != 0 && m & !local == 0);
                 if repair && present >= k && (present < ids.len() || stranded) {
                     match self.rebuild(c, &masks, local) {
-                        Ok(n) => {
-                            lock(&r).rebuilt += n;
+                        Ok(m) => {
+                            note(&m, false);
                             masks = placement(ids);
                         }
                         Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
@@ -291,9 +375,9 @@ impl Engine {
                 }
                 if repair && present >= k {
                     match self.spread(c, &masks, local) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            lock(&r).moved += n;
+                        Ok(m) if m.shards == 0 => {}
+                        Ok(m) => {
+                            note(&m, true);
                             masks = placement(ids);
                         }
                         Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
@@ -356,7 +440,7 @@ impl Engine {
 
     /// Fetches k shards of `c`, rebuilds the rest and places the missing ones
     /// and those held only by this host (`local`) on peers.
-    fn rebuild(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<u64> {
+    fn rebuild(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<Moved> {
         let ids = c.shard_ids();
         let k = self.s.codec.data_shards();
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
@@ -364,6 +448,7 @@ impl Engine {
         // now (a bad copy is dropped there), so rebuilt and placed too.
         let mut lost = vec![false; ids.len()];
         let mut have = 0;
+        let mut moved = Moved::default();
         for (i, id) in ids.iter().enumerate() {
             if have == k {
                 break;
@@ -373,6 +458,8 @@ impl Engine {
             }
             match self.s.store.get(id) {
                 Ok(b) => {
+                    moved.read += b.len() as u64;
+                    self.limit_repair(b.len() as u64);
                     shards[i] = Some(b);
                     have += 1;
                 }
@@ -398,18 +485,29 @@ impl Engine {
                 )));
             }
         }
+        let written: u64 = bytes.iter().map(|b| b.len() as u64).sum();
+        self.limit_repair(written);
         self.s.store.place(ids, &which, &bytes)?;
-        Ok(which.len() as u64)
+        moved.shards = which.len() as u64;
+        moved.written = written;
+        Ok(moved)
+    }
+
+    /// Waits for repair's bandwidth (`repair_mbps`) to allow `bytes`.
+    fn limit_repair(&self, bytes: u64) {
+        if let Some(l) = &self.repair_limit {
+            l.take(bytes);
+        }
     }
 
     /// Drops extra copies of a whole chunk's shards (a peer came back after its
     /// shards were rebuilt elsewhere), keeping each on the holder with the fewest
     /// other shards of the chunk; then moves shards off peers that hold several
     /// onto reachable peers that hold none, while there are such peers.
-    fn spread(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<u64> {
+    fn spread(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<Moved> {
         let ids = c.shard_ids();
         let mut masks = masks.to_vec();
-        let mut changed = 0;
+        let mut moved = Moved::default();
         if masks.iter().all(|&m| m & !local != 0) {
             for i in 0..masks.len() {
                 let on_peers = masks[i] & !local;
@@ -431,13 +529,13 @@ impl Engine {
                     .expect("two holders");
                 self.s.store.release(&ids[i], on_peers & !keep);
                 masks[i] = keep | (masks[i] & local);
-                changed += 1;
+                moved.shards += 1;
             }
         }
         let used = masks.iter().fold(0u64, |a, m| a | m);
         let free = (self.s.store.holders_up() & !used & !local).count_ones() as usize;
         if free == 0 {
-            return Ok(changed);
+            return Ok(moved);
         }
         let mut seen = 0u64;
         let mut moves = Vec::new();
@@ -453,11 +551,15 @@ impl Engine {
         moves.truncate(free);
         for i in moves {
             let bytes = self.s.store.get(&ids[i])?;
+            let n = bytes.len() as u64;
+            self.limit_repair(2 * n);
             self.s.store.place(ids, &[i], &[&bytes])?;
             self.s.store.release(&ids[i], masks[i]);
-            changed += 1;
+            moved.shards += 1;
+            moved.read += n;
+            moved.written += n;
         }
-        Ok(changed)
+        Ok(moved)
     }
 
     /// Asks the holders to re-hash every shard; bad ones are dropped and rebuilt.
@@ -520,7 +622,10 @@ mod tests {
         repair.progress(3, 10);
         let now = p.running();
         assert_eq!(now.len(), 2);
-        assert_eq!((now[0].what, now[0].done, now[0].total), ("repair", 3, 10));
+        assert_eq!(
+            (now[0].what.as_str(), now[0].done, now[0].total),
+            ("repair", 3, 10)
+        );
         drop(repair);
         assert_eq!(p.running().len(), 1);
         assert_eq!(p.running()[0].what, "survey");

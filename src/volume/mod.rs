@@ -57,6 +57,9 @@ pub struct Report {
     /// command opened the volume itself).
     #[serde(default)]
     pub workers: Vec<WorkerInfo>,
+    /// Passes over the chunks running in that daemon (a repair, a scrub).
+    #[serde(default)]
+    pub running: Vec<crate::data::Pass>,
 }
 
 /// One chunk of a file, as `stat --chunks` prints it.
@@ -151,6 +154,7 @@ pub fn mesh_report(
         corrupt: scrubbed.bad.iter().map(|id| id.to_hex()).collect(),
         unverified: scrubbed.skipped,
         workers,
+        running: engine.passes().running(),
     })
 }
 

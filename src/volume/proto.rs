@@ -1,4 +1,4 @@
-//! The volume socket's wire format, version 2 (version 1 was the admin
+//! The volume socket's wire format, version 5 (version 1 was the admin
 //! protocol's JSON lines on `mount.sock`, which answered status, repair and
 //! scrub only).
 //!
@@ -28,7 +28,7 @@ use serde_bytes::ByteBuf;
 use std::io::{self, Read, Write};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// The first bytes of each side's handshake.
 pub const MAGIC: &[u8; 8] = b"dmvolume";
 /// The most file bytes one data frame carries.
@@ -492,6 +492,12 @@ mod tests {
                 corrupt: vec!["ab".into()],
                 unverified: Vec::new(),
                 workers: Vec::new(),
+                running: vec![crate::data::Pass {
+                    what: "repair".into(),
+                    done: 3,
+                    total: 8,
+                    started: 1_700_000_000,
+                }],
             })),
         ] {
             let wire = framed(&FromDaemon::Done(Ok(reply)));
@@ -502,6 +508,10 @@ mod tests {
                 FromDaemon::Done(Ok(Reply::Report(r))) => {
                     assert_eq!(r.corrupt, vec!["ab".to_string()]);
                     assert_eq!(r.data_shards, 4);
+                    assert_eq!(
+                        (r.running[0].what.as_str(), r.running[0].total),
+                        ("repair", 8)
+                    );
                 }
                 other => panic!("{other:?}"),
             }
