@@ -1085,3 +1085,70 @@ fn repair_keeps_to_its_bandwidth_and_status_shows_it_running() {
     assert_eq!(json_num(&json, "full"), 8, "{json}");
     assert!(d.stop());
 }
+
+/// Wide stripes on 20 peers: 10+4 survives any 4 peers lost at once and
+/// repairs back to full on the 16 left; 16+4 puts one shard on each peer and
+/// reads back with 4 of them gone.
+#[test]
+fn wide_stripes_on_twenty_peers_survive_four_lost_at_once() {
+    require!();
+    for (k, m) in [(10, 4), (16, 4)] {
+        let v = Volume::new();
+        v.ok(&[
+            "init",
+            "--data-shards",
+            &k.to_string(),
+            "--parity-shards",
+            &m.to_string(),
+        ]);
+        let mut c = Cluster::start(&v, 20);
+        v.config("protect_secs = 0");
+        // 11 chunks of 4 MiB and a partial one.
+        let src = put_random(&v, &c, 50_000_000);
+        let json = status_json(&v, &strs(&c.bootstrap_flags()));
+        assert_eq!(json_num(&json, "chunks"), 12, "{k}+{m}: {json}");
+        assert_eq!(json_num(&json, "full"), 12, "{k}+{m}: {json}");
+        assert_eq!(json_num(&json, "survives"), m, "{k}+{m}: {json}");
+        // Every chunk's k+m shards on k+m different peers: each peer holds
+        // at most one shard of a chunk, and 12 chunks' shards are all there.
+        let held: Vec<usize> = (0..20).map(|i| c.shard_files(i).len()).collect();
+        assert_eq!(
+            held.iter().sum::<usize>(),
+            12 * (k + m) as usize,
+            "{held:?}"
+        );
+        assert!(held.iter().all(|&n| n <= 12), "{held:?}");
+        if k + m == 20 {
+            assert!(
+                held.iter().all(|&n| n == 12),
+                "one shard of each chunk per peer: {held:?}"
+            );
+        }
+
+        for i in [3, 7, 11, 19] {
+            c.kill(i);
+        }
+        let back = v.dir.path().join("back.bin");
+        v.get_same("/f.bin", &back, &src);
+        if k + m > 16 {
+            // 16 peers left cannot hold 20 shards apart: no repair to full.
+            continue;
+        }
+        let out = v.cmd(&["repair"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{k}+{m} repair: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = status_json(&v, &[]);
+        assert_eq!(json_num(&json, "full"), 12, "{k}+{m} after repair: {json}");
+        assert_eq!(
+            json_num(&json, "survives"),
+            m,
+            "{k}+{m} after repair: {json}"
+        );
+        v.get_same("/f.bin", &back, &src);
+        v.assert_fsck_clean();
+    }
+}
