@@ -584,6 +584,14 @@ impl Cluster {
         self.restart_with(i, &[]);
     }
 
+    /// Starts node `i` again on its data dir, listening on another port (a
+    /// machine that came back with a new address).
+    pub fn restart_elsewhere(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} is running");
+        self.nodes[i].port = free_port();
+        self.launch_fresh(i, &[]);
+    }
+
     /// Starts node `i` again on its data dir and port, with extra flags.
     pub fn restart_with(&mut self, i: usize, extra: &[&str]) {
         assert!(self.nodes[i].child.is_none(), "node {i} is running");

@@ -1152,3 +1152,36 @@ fn wide_stripes_on_twenty_peers_survive_four_lost_at_once() {
         v.assert_fsck_clean();
     }
 }
+
+/// Given one bootstrap address, the home finds every storage peer (the
+/// peers' Kademlia tables), and a peer that comes back on another address is
+/// found again without a restart of the home.
+#[test]
+fn one_bootstrap_address_finds_every_peer_and_a_moved_peer_is_found_again() {
+    require!();
+    let v = Volume::new();
+    let mut c = Cluster::start(&v, 6);
+    v.config("protect_secs = 0");
+    let one = ["--bootstrap".to_string(), c.nodes[0].addr.clone()];
+    let d = v.serve_with(&one, &[]);
+    let reachable = |v: &Volume| {
+        let json = status_json(v, &[]);
+        json.matches("\"reachable\": true").count()
+    };
+    let within = |what: &str, ok: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !ok() {
+            assert!(start.elapsed().as_secs() < 60, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        eprintln!("{what}: {:?}", start.elapsed());
+    };
+    within("all 6 peers found from one address", &|| reachable(&v) == 6);
+    c.kill(3);
+    within("the dead peer seen gone", &|| reachable(&v) == 5);
+    let old = c.nodes[3].addr.clone();
+    c.restart_elsewhere(3);
+    assert_ne!(old, c.nodes[3].addr);
+    within("the moved peer found again", &|| reachable(&v) == 6);
+    assert!(d.stop());
+}
