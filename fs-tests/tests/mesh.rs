@@ -1185,3 +1185,40 @@ fn one_bootstrap_address_finds_every_peer_and_a_moved_peer_is_found_again() {
     within("the moved peer found again", &|| reachable(&v) == 6);
     assert!(d.stop());
 }
+
+/// Placement follows capacity: on 20 peers of which half are twice as large,
+/// every peer is filled to within 1.25× of the mean fill (shards held per
+/// byte of capacity), and the large ones hold more.
+#[test]
+fn placement_fills_peers_in_proportion_to_their_capacity() {
+    require!();
+    let v = Volume::new();
+    // Small chunks: many of them, so the counts below are not noise.
+    v.ok(&["init", "--chunk-size", "64K"]);
+    let mut c = Cluster::start(&v, 0);
+    let caps: Vec<u64> = (0..20).map(|i| if i % 2 == 0 { 2 } else { 4 }).collect();
+    for cap in &caps {
+        c.add(&["--capacity", &format!("{cap}G")]);
+    }
+    v.config("protect_secs = 0");
+    put_random(&v, &c, 64 << 20);
+    let held: Vec<f64> = (0..20).map(|i| c.shard_files(i).len() as f64).collect();
+    let fill: Vec<f64> = held
+        .iter()
+        .zip(&caps)
+        .map(|(h, &cap)| h / cap as f64)
+        .collect();
+    let mean = fill.iter().sum::<f64>() / fill.len() as f64;
+    let fullest = fill.iter().cloned().fold(0.0, f64::max);
+    eprintln!(
+        "shards held: {held:?}; fullest fill {:.2}× the mean",
+        fullest / mean
+    );
+    assert!(fullest <= 1.25 * mean, "fills {fill:?}, mean {mean}");
+    let small: f64 = held.iter().step_by(2).sum();
+    let large: f64 = held.iter().skip(1).step_by(2).sum();
+    assert!(
+        large > 1.4 * small,
+        "large peers hold {large}, small ones {small}"
+    );
+}

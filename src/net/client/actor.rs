@@ -109,6 +109,10 @@ pub(super) async fn actor(
                         }
                         if storage {
                             tracing::info!("storage peer {peer_id} identified");
+                            // Its capacity: placement's weight.
+                            let id = swarm.behaviour_mut().shard.send_request(&peer_id, Request::Stat);
+                            let s = shared.clone();
+                            pending.insert(id, Box::new(move |r| s.take_stat(peer_id, r)));
                             shared.save_peers();
                             push_members(&mut swarm, &shared, Some(peer_id));
                         }

@@ -215,6 +215,28 @@ impl MeshClient {
             .collect()
     }
 
+    /// Each tag's placement weight: its capacity, or the mean of the known
+    /// ones while it has not said (1 when none has).
+    pub(super) fn weights(&self) -> impl Fn(usize) -> f64 + use<> {
+        let caps: Vec<u64> = lock(&self.shared.peers)
+            .list
+            .iter()
+            .map(|p| p.capacity)
+            .collect();
+        let known: Vec<u64> = caps.iter().copied().filter(|&c| c > 0).collect();
+        let mean = if known.is_empty() {
+            1.0
+        } else {
+            known.iter().sum::<u64>() as f64 / known.len() as f64
+        };
+        move |t| {
+            caps.get(t)
+                .copied()
+                .filter(|&c| c > 0)
+                .map_or(mean, |c| c as f64)
+        }
+    }
+
     /// Reachable storage peers among the tags in `mask`.
     pub(super) fn live_in(&self, mask: u64) -> Vec<(usize, PeerId)> {
         let mut live = self.live();

@@ -146,6 +146,8 @@ struct PeerEntry {
     admitted: bool,
     /// A `Hello` to it is in flight.
     admitting: bool,
+    /// What it said it can hold (its last `Stat`); 0 until it answers one.
+    capacity: u64,
 }
 
 impl PeerEntry {
@@ -217,6 +219,13 @@ fn score(key: &ShardId, peer: &PeerId) -> u64 {
     h.update(&key.0);
     h.update(&peer.to_bytes());
     u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
+}
+
+/// Weighted rendezvous: `weight / -ln(u)`, u the score as a fraction in
+/// (0, 1). Equal weights order peers as their plain scores do.
+fn weighted_score(key: &ShardId, peer: &PeerId, weight: f64) -> f64 {
+    let u = (score(key, peer) as f64 + 0.5) / (u64::MAX as f64 + 1.0);
+    weight / -u.ln()
 }
 
 fn bit(tag: usize) -> u64 {

@@ -24,6 +24,7 @@ impl PeerTable {
             last_dial_error: String::new(),
             admitted: self.admitted.as_ref().is_none_or(|a| a.peers.contains(&id)),
             admitting: false,
+            capacity: 0,
         });
         self.list.last_mut()
     }
@@ -73,6 +74,16 @@ impl Shared {
                 t.admitted = Some(list);
             }
             Err(e) => tracing::warn!("{e}"),
+        }
+    }
+
+    /// Keeps what a peer's answer to `Stat` says it can hold (placement's
+    /// weight).
+    pub(super) fn take_stat(&self, peer: PeerId, answer: Result<Response, String>) {
+        if let Ok(Response::Stat { capacity, .. }) = answer
+            && let Some(e) = lock(&self.peers).entry(peer)
+        {
+            e.capacity = capacity;
         }
     }
 

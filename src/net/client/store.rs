@@ -38,12 +38,19 @@ impl MeshStore {
         })
     }
 
-    /// Live peers ordered by rendezvous score for `key`.
+    /// Live peers ordered by weighted rendezvous score for `key` (weights:
+    /// their capacities).
     /// Peers that were full or too slow within `avoid_for` are left out while
     /// there are others, so each chunk does not pay for them again.
     pub(super) fn ranked(&self, key: &ShardId) -> Vec<(usize, PeerId)> {
-        let mut live = self.client.live();
-        live.sort_by_key(|(_, p)| std::cmp::Reverse(score(key, p)));
+        let live = self.client.live();
+        let weights = self.client.weights();
+        let mut scored: Vec<(f64, (usize, PeerId))> = live
+            .into_iter()
+            .map(|(t, p)| (weighted_score(key, &p, weights(t)), (t, p)))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let live: Vec<(usize, PeerId)> = scored.into_iter().map(|(_, p)| p).collect();
         // Peers caught lying are left out first, then the full or slow ones.
         let live = pass_over(live, &lock(&self.distrusted), DISTRUST_FOR);
         pass_over(live, &lock(&self.avoid), self.t.avoid_for)
@@ -456,6 +463,15 @@ impl ShardStore for MeshStore {
             }) = r
             {
                 stats.insert(tag, (shards, used, capacity));
+            }
+        }
+        // Placement's weights follow what the peers say now.
+        {
+            let mut t = lock(&self.client.shared.peers);
+            for (&tag, &(_, _, capacity)) in &stats {
+                if let Some(e) = t.list.get_mut(tag) {
+                    e.capacity = capacity;
+                }
             }
         }
         Some(

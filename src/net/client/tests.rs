@@ -261,3 +261,22 @@ fn a_peer_that_acknowledges_puts_it_does_not_keep_is_caught_by_repair() {
     store.place(&ids(&c2), &[0], &[&c2[0].1]).unwrap();
     assert!(mesh.peers[2].holds(&c2[0].0));
 }
+
+#[test]
+fn weighted_rendezvous_follows_capacity_and_keeps_the_plain_order_for_equal_weights() {
+    let peers: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
+    let mut heavy_first = 0u32;
+    let n = 20_000u32;
+    for i in 0..n {
+        let key = ShardId(*blake3::hash(&i.to_le_bytes()).as_bytes());
+        let plain = score(&key, &peers[0]) > score(&key, &peers[1]);
+        let equal = weighted_score(&key, &peers[0], 7.0) > weighted_score(&key, &peers[1], 7.0);
+        assert_eq!(plain, equal, "equal weights keep the plain order");
+        if weighted_score(&key, &peers[1], 2.0) > weighted_score(&key, &peers[0], 1.0) {
+            heavy_first += 1;
+        }
+    }
+    // Twice the capacity: ranked first two times in three.
+    let share = heavy_first as f64 / n as f64;
+    assert!((share - 2.0 / 3.0).abs() < 0.02, "{share}");
+}
