@@ -1222,3 +1222,87 @@ fn placement_fills_peers_in_proportion_to_their_capacity() {
         "large peers hold {large}, small ones {small}"
     );
 }
+
+/// Churn: storage peers die and come back while files are written (never
+/// more than m = 2 down at once, so k+1 = 5 of 8 are always up). Every write
+/// succeeds, nothing is lost, and once churn stops a repair brings every
+/// chunk back to full spread.
+#[test]
+fn writes_go_on_while_peers_come_and_go_and_nothing_is_lost() {
+    require!();
+    let v = Volume::new();
+    let c = Cluster::start(&v, 8);
+    v.config("protect_secs = 0");
+    let boot = c.bootstrap_flags();
+    let d = v.serve_with(&boot, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        let mut c = c;
+        std::thread::spawn(move || {
+            let mut down: Vec<usize> = Vec::new();
+            let mut rounds = 0;
+            let mut step = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                step += 1;
+                // A fixed walk over the peers: kill one, later bring it back.
+                let i = (step * 3) % 8;
+                if down.len() < 2 && !down.contains(&i) {
+                    c.kill(i);
+                    down.push(i);
+                } else if let Some(j) = down.first().copied() {
+                    c.restart(j);
+                    down.remove(0);
+                }
+                rounds += 1;
+                std::thread::sleep(std::time::Duration::from_millis(150));
+            }
+            for j in down {
+                c.restart(j);
+            }
+            (c, rounds)
+        })
+    };
+    let dir = v.dir.path();
+    for n in 0..40 {
+        let name = format!("f{n}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        sh(
+            dir,
+            &format!("head -c {} /dev/urandom > {name}", 300_000 + n * 100_000),
+        );
+        let out = v
+            .cmd(&[
+                "put",
+                dir.join(&name).to_str().unwrap(),
+                &format!("/{name}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "put {name} during churn: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (_c, rounds) = churn.join().unwrap();
+    assert!(rounds >= 8, "only {rounds} churn steps");
+    eprintln!("{rounds} churn steps during 40 puts");
+    // Churn over, every peer back: a repair, then every chunk whole.
+    let out = v.cmd(&["repair"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let json = status_json(&v, &[]);
+    assert_eq!(json_num(&json, "full"), json_num(&json, "chunks"), "{json}");
+    assert_eq!(json_num(&json, "survives"), 2, "{json}");
+    for n in 0..40 {
+        let name = format!("f{n}");
+        v.get_same(&format!("/{name}"), &dir.join("back"), &dir.join(&name));
+    }
+    v.assert_fsck_clean();
+    assert!(d.stop());
+}

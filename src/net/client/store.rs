@@ -320,7 +320,16 @@ impl ShardStore for MeshStore {
                 Ok(other) => {
                     return Err(StoreError::Peer(format!("sync on peer {peer}: {other}")));
                 }
-                Err(e) => return Err(StoreError::Peer(format!("sync: {e}"))),
+                // Gone before it answered, as one gone before the sync was
+                // asked: what it took may not be on its disk, so the next
+                // repair pass counts (and rebuilds) what is missing; the
+                // chunks' shards on the other peers are synced.
+                Err(e) => {
+                    tracing::warn!(
+                        "sync: storage peer {peer} went away before it synced ({e});                          a repair pass checks the shards it took"
+                    );
+                    self.unplaced.store(true, Ordering::Relaxed);
+                }
             }
         }
         Ok(())
