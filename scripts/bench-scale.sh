@@ -54,7 +54,11 @@ for n in $counts; do
       "$REPO/scripts/cluster.sh" kill $((n - 1 - killed)) >/dev/null
       killed=$((killed + 1))
     done
-    [ "$n" -le 6 ] && "$REPO/scripts/cluster.sh" add "$n" >/dev/null
+    if [ "$n" -le 6 ]; then
+      "$REPO/scripts/cluster.sh" add "$n" >/dev/null
+      # Repair only once the mount uses the newcomer.
+      for _ in $(seq 60); do dm status 2>/dev/null | grep -q " $n reachable" && break; sleep 0.5; done
+    fi
     t=$(now); out=$(dm repair 2>/dev/null); rt=$(echo "$rt + $(secs "$t")" | bc -l)
     line=$(grep '^repair traffic:' <<< "$out" || true)
     # "repair traffic: 32.0 MiB fetched, 8.0 MiB placed (…)" → MiB
