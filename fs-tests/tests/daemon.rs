@@ -172,7 +172,7 @@ fn a_caller_of_another_protocol_version_is_told_both_versions() {
     hello.extend(7u32.to_be_bytes());
     let answer = String::from_utf8_lossy(&ask(&hello)).into_owned();
     assert!(
-        answer.contains("version 4") && answer.contains("version 7"),
+        answer.contains("version 5") && answer.contains("version 7"),
         "{answer}"
     );
     // Something that is not datamesh at all is refused too.
