@@ -1223,6 +1223,31 @@ fn placement_fills_peers_in_proportion_to_their_capacity() {
     );
 }
 
+/// The thread that kills and restarts peers, holding the cluster: stopped
+/// and joined when dropped, so a failed test leaves no node running.
+struct Churn {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(Cluster, u32)>>,
+}
+
+impl Churn {
+    /// Stops the churn (every peer running again); the cluster, and the
+    /// steps taken.
+    fn end(mut self) -> (Cluster, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Churn: storage peers die and come back while files are written (never
 /// more than m = 2 down at once, so k+1 = 5 of 8 are always up). Every write
 /// succeeds, nothing is lost, and once churn stops a repair brings every
@@ -1236,10 +1261,10 @@ fn writes_go_on_while_peers_come_and_go_and_nothing_is_lost() {
     let boot = c.bootstrap_flags();
     let d = v.serve_with(&boot, &[]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let churn = {
-        let stop = stop.clone();
-        let mut c = c;
-        std::thread::spawn(move || {
+    let churn = Churn {
+        stop: stop.clone(),
+        thread: Some(std::thread::spawn(move || {
+            let mut c = c;
             let mut down: Vec<usize> = Vec::new();
             let mut rounds = 0;
             let mut step = 0usize;
@@ -1261,7 +1286,7 @@ fn writes_go_on_while_peers_come_and_go_and_nothing_is_lost() {
                 c.restart(j);
             }
             (c, rounds)
-        })
+        })),
     };
     let dir = v.dir.path();
     for n in 0..40 {
@@ -1285,8 +1310,7 @@ fn writes_go_on_while_peers_come_and_go_and_nothing_is_lost() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (_c, rounds) = churn.join().unwrap();
+    let (_c, rounds) = churn.end();
     assert!(rounds >= 8, "only {rounds} churn steps");
     eprintln!("{rounds} churn steps during 40 puts");
     // Churn over, every peer back: a repair, then every chunk whole.
