@@ -377,6 +377,17 @@ pub fn have(tool: &str) -> bool {
 }
 
 /// Run a shell command in `dir`, panicking with its output if it fails.
+/// Waits until `ok()`, asking every 200 ms; fails the test naming `what`
+/// after `secs`. How long it took.
+pub fn within(what: &str, secs: u64, ok: &dyn Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
 pub fn sh(dir: &Path, script: &str) -> String {
     let out = Command::new("sh")
         .arg("-c")

@@ -509,11 +509,7 @@ fn webdav_users_need_their_password_and_read_only_ones_change_nothing() {
 
     // Users added and removed while the daemon runs: no restart.
     let within = |what: &str, ok: &dyn Fn() -> bool| {
-        let start = std::time::Instant::now();
-        while !ok() {
-            assert!(start.elapsed().as_secs() < 10, "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
+        fs_tests::within(what, 10, ok);
     };
     assert!(
         add(&["webdav", "adduser", "carol"], "carol's password")

@@ -429,7 +429,9 @@ fn print_running(running: &[crate::data::Pass]) {
             let rest = humantime::format_duration(std::time::Duration::from_secs(rest));
             format!(", about {rest} left")
         });
-        let of = if p.total > 0 {
+        let of = if p.total == 0 && p.done == 0 {
+            "surveying the peers".to_string()
+        } else if p.total > 0 {
             format!(
                 "{} of {} chunks ({}%)",
                 p.done,

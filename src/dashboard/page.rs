@@ -84,6 +84,8 @@ pub fn main(v: &View, _dav: bool) -> String {
                                 @if let Some(left) = p.left_secs(v.now) {
                                     ", about " (span_words(left * 1000).trim_end_matches(" ago")) " left"
                                 }
+                            } @else if p.done == 0 {
+                                "surveying the peers"
                             } @else {
                                 (thousands(p.done)) " so far"
                             }

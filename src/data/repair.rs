@@ -109,9 +109,9 @@ impl RepairLimit {
             };
             match self.bucket.check_n(n) {
                 Ok(Ok(())) => kib -= n.get() as u64,
-                Ok(Err(later)) => std::thread::sleep(
-                    later.wait_time_from(governor::clock::DefaultClock::default().now()),
-                ),
+                Ok(Err(later)) => {
+                    std::thread::sleep(later.wait_time_from(self.bucket.clock().now()))
+                }
                 // Never: n is at most the burst.
                 Err(_) => return,
             }
