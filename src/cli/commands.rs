@@ -132,14 +132,14 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
         }
         Cmd::Members { action } => super::mesh::members(home, action),
         Cmd::Recover { kit } => {
-            super::mesh::recover(home, &kit)?;
+            super::kit::recover(home, &kit)?;
             Ok(true)
         }
         Cmd::Kit {
             action: super::KitAction::Export { qr },
         } => {
             let id = volume_id(home, name)?;
-            super::mesh::kit_export(home, id, qr)?;
+            super::kit::kit_export(home, id, qr)?;
             Ok(true)
         }
         Cmd::Kit {
@@ -148,7 +148,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             let id = (home.exists() && !home.is_member())
                 .then(|| volume_id(home, name))
                 .transpose()?;
-            super::mesh::kit_check(home, &file, id)?;
+            super::kit::kit_check(home, &file, id)?;
             Ok(true)
         }
         Cmd::Node(args) => {
@@ -174,7 +174,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
         Cmd::Status { json } => super::mesh::run(home, crate::volume::Ask::Status, json),
         Cmd::Repair => super::mesh::run(home, crate::volume::Ask::Repair, false),
         Cmd::Scrub => super::mesh::run(home, crate::volume::Ask::Scrub, false),
-        Cmd::Webdav { action } => super::mesh::webdav(home, action).map(|()| true),
+        Cmd::Webdav { action } => super::webdav::run(home, action).map(|()| true),
         Cmd::Snapshot { action } => with_volume(home, name, Writes::No, |cx| {
             use crate::volume::SnapshotOp;
             let (op, done) = match &action {

@@ -3,11 +3,13 @@
 
 mod bench;
 mod commands;
+mod kit;
 mod mesh;
 mod mount;
 mod output;
 mod paths;
 mod transfer;
+mod webdav;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
