@@ -192,25 +192,29 @@ impl Board {
             Ok(())
         })?;
         let b = Arc::downgrade(&board);
-        runner.every("dashboard-figures", Duration::from_secs(1), move || match (
-            b.upgrade(),
-            b.upgrade().and_then(|b| b.engine.upgrade()),
-        ) {
-            (Some(b), Some(engine)) => b.refresh(&engine),
-            _ => Ok(()),
-        })?;
+        runner.every(
+            "dashboard-figures",
+            Duration::from_secs(1),
+            move || match b.upgrade() {
+                Some(b) => b.engine.upgrade().map_or(Ok(()), |e| b.refresh(&e)),
+                None => Ok(()),
+            },
+        )?;
         Ok(board)
     }
 
     /// Makes the figures that are due, while someone looks.
     fn refresh(&self, engine: &Engine) -> Result<(), String> {
-        let (viewed, usage, peers, survey) = {
+        let (viewed, usage, peers, survey, survey_allowed) = {
             let st = lock(&self.state);
             (
                 st.viewed.is_some_and(|t| t.elapsed() < VIEWED),
                 st.usage.due(USAGE_EVERY),
                 st.peers.due(PEERS_EVERY),
                 st.survey.due(SURVEY_EVERY),
+                // A change of peers makes a survey due before its time,
+                // never more often than its cost allows.
+                st.survey.due(Duration::ZERO),
             )
         };
         if !viewed {
@@ -228,7 +232,9 @@ impl Board {
         }
         let changed = {
             let st = lock(&self.state);
-            reachable.is_some() && st.surveyed_reachable.is_some_and(|r| Some(r) != reachable)
+            survey_allowed
+                && reachable.is_some()
+                && st.surveyed_reachable.is_some_and(|r| Some(r) != reachable)
         };
         // The volume's usage and chunk health are the home's to count.
         if !engine.is_home() {

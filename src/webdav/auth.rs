@@ -57,12 +57,21 @@ pub enum Access {
 /// a user added or removed there is served or refused within a second,
 /// without a restart.
 pub struct Users {
-    list: Mutex<Vec<User>>,
+    known: Mutex<Known>,
     key: [u8; 32],
-    verified: Mutex<HashMap<[u8; 32], usize>>,
     /// With no users: everyone may (a loopback listener) or no one may.
     open_when_none: bool,
     source: Option<Source>,
+}
+
+/// The users and the pairs verified against this very list (one lock: a
+/// reload clears them together, so a verified index always means the user
+/// it was verified as).
+struct Known {
+    users: Vec<User>,
+    verified: HashMap<[u8; 32], usize>,
+    /// Bumped at each reload: a verification that raced one is not kept.
+    generation: u64,
 }
 
 /// Where the list is read again from when the file changes.
@@ -100,9 +109,12 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
 impl Users {
     pub fn new(list: Vec<User>, open_when_none: bool, source: Option<Source>) -> Users {
         Users {
-            list: Mutex::new(list),
+            known: Mutex::new(Known {
+                users: list,
+                verified: HashMap::new(),
+                generation: 0,
+            }),
             key: rand::random(),
-            verified: Mutex::new(HashMap::new()),
             open_when_none,
             source,
         }
@@ -111,7 +123,6 @@ impl Users {
     /// Reads the list again if its file changed (looked at once a second).
     fn follow(&self) {
         let Some(src) = &self.source else { return };
-        let now = stamp(&src.path);
         {
             let mut seen = crate::util::lock(&src.seen);
             if seen
@@ -121,6 +132,7 @@ impl Users {
                 return;
             }
             seen.1 = Some(std::time::Instant::now());
+            let now = stamp(&src.path);
             if seen.0 == now {
                 return;
             }
@@ -129,8 +141,10 @@ impl Users {
         match (src.read)() {
             Ok(list) => {
                 tracing::info!("webdav: {} users from {}", list.len(), src.path.display());
-                *crate::util::lock(&self.list) = list;
-                crate::util::lock(&self.verified).clear();
+                let mut known = crate::util::lock(&self.known);
+                known.users = list;
+                known.verified.clear();
+                known.generation += 1;
             }
             Err(e) => tracing::warn!(
                 "webdav: {} changed but cannot be read ({e}); the users stay as they were",
@@ -143,8 +157,14 @@ impl Users {
     pub fn access(&self, headers: &HeaderMap) -> Access {
         use base64::Engine as _;
         self.follow();
-        let list = crate::util::lock(&self.list).clone();
-        if list.is_empty() {
+        let access = |u: &User| {
+            if u.read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            }
+        };
+        if crate::util::lock(&self.known).users.is_empty() {
             return if self.open_when_none {
                 Access::ReadWrite
             } else {
@@ -173,34 +193,29 @@ impl Users {
         h.update(&[0]);
         h.update(password.as_bytes());
         let seen = *h.finalize().as_bytes();
-        let known = crate::util::lock(&self.verified).get(&seen).copied();
-        let index = match known {
-            Some(i) => i,
-            None => {
-                let Some(i) = list.iter().position(|u| u.name == name) else {
-                    return Access::Denied;
-                };
-                if !verify(&list[i].hash, &password) {
-                    tracing::warn!("webdav: wrong password for {name}");
-                    return Access::Denied;
-                }
-                let mut v = crate::util::lock(&self.verified);
-                if v.len() > 4096 {
-                    v.clear();
-                }
-                v.insert(seen, i);
-                i
+        let (index, user, generation) = {
+            let known = crate::util::lock(&self.known);
+            if let Some(&i) = known.verified.get(&seen) {
+                return access(&known.users[i]);
             }
+            let Some(i) = known.users.iter().position(|u| u.name == name) else {
+                return Access::Denied;
+            };
+            (i, known.users[i].clone(), known.generation)
         };
-        // The list may have changed since this pair was verified.
-        let Some(user) = list.get(index) else {
+        // Off the lock: argon2 takes a while on purpose.
+        if !verify(&user.hash, &password) {
+            tracing::warn!("webdav: wrong password for {name}");
             return Access::Denied;
-        };
-        if user.read_only {
-            Access::ReadOnly
-        } else {
-            Access::ReadWrite
         }
+        let mut known = crate::util::lock(&self.known);
+        if known.generation == generation {
+            if known.verified.len() > 4096 {
+                known.verified.clear();
+            }
+            known.verified.insert(seen, index);
+        }
+        access(&user)
     }
 }
 
