@@ -31,7 +31,7 @@ pub use check::{CheckReport, Usage};
 pub use fetch::decode_chunk;
 pub use object::{object_key, read_object, store_object};
 pub use repair::{Pass, Passes, Redundancy};
-pub use stream::{CommittedFile, put_target};
+pub use stream::{CommittedFile, hidden_temp, put_target};
 pub use write::store_sealed;
 
 use crate::chunk::{self, ChunkRef, Codec, ShardId, VolumeKey};

@@ -228,24 +228,12 @@ impl Engine {
         gid: u32,
         fill: impl FnOnce(Ino) -> Result<()>,
     ) -> Result<()> {
-        let mut tmp = format!(
-            ".{}.put-{:08x}",
-            String::from_utf8_lossy(name),
-            rand::random::<u32>()
-        );
-        tmp.truncate(crate::types::NAME_MAX);
-        let attr = self.create(dir, tmp.as_bytes(), perm, uid, gid)?;
-        let res = fill(attr.ino).and_then(|()| {
-            self.rename(
-                dir,
-                tmp.as_bytes(),
-                dir,
-                name,
-                crate::types::RenameFlags::default(),
-            )
-        });
+        let tmp = hidden_temp(name, "put");
+        let attr = self.create(dir, &tmp, perm, uid, gid)?;
+        let res = fill(attr.ino)
+            .and_then(|()| self.rename(dir, &tmp, dir, name, crate::types::RenameFlags::default()));
         if res.is_err() {
-            let _ = self.unlink(dir, tmp.as_bytes());
+            let _ = self.unlink(dir, &tmp);
         }
         res
     }
@@ -286,4 +274,36 @@ fn read_full(src: &mut dyn Read, n: usize) -> std::io::Result<Vec<u8>> {
     let got = crate::util::read_up_to(src, &mut buf)?;
     buf.truncate(got);
     Ok(buf)
+}
+
+/// A hidden name beside `name` for a file being made, `.NAME.KIND-XXXXXXXX`
+/// (8 random hex digits). A long name is cut, never the random part, so two
+/// makers of one long name do not meet.
+pub fn hidden_temp(name: &[u8], kind: &str) -> Vec<u8> {
+    let suffix = format!(".{kind}-{:08x}", rand::random::<u32>());
+    let keep = name
+        .len()
+        .min(crate::types::NAME_MAX.saturating_sub(1 + suffix.len()));
+    let mut tmp = Vec::with_capacity(1 + keep + suffix.len());
+    tmp.push(b'.');
+    tmp.extend_from_slice(&name[..keep]);
+    tmp.extend_from_slice(suffix.as_bytes());
+    tmp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hidden_temp;
+
+    #[test]
+    fn a_hidden_temporary_name_keeps_its_random_part_and_fits() {
+        let t = hidden_temp(b"notes.txt", "put");
+        assert!(t.starts_with(b".notes.txt.put-") && t.len() == 23, "{t:?}");
+        // 250 bytes of a three-byte character: cut in the name, never the suffix.
+        let long = "語".repeat(84).into_bytes();
+        let t = hidden_temp(&long[..250], "dav");
+        assert_eq!(t.len(), crate::types::NAME_MAX);
+        assert_eq!(&t[t.len() - 13..t.len() - 8], b".dav-");
+        assert_ne!(hidden_temp(&long, "dav"), hidden_temp(&long, "dav"));
+    }
 }

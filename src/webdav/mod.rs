@@ -254,12 +254,7 @@ impl DavFileSystem for DavFs {
                         Ok(_) | Err(Error::NotFound) => {}
                         Err(other) => return Err(other),
                     }
-                    let tmp = format!(
-                        ".{}.dav-{:08x}",
-                        String::from_utf8_lossy(&name),
-                        rand::random::<u32>()
-                    )
-                    .into_bytes();
+                    let tmp = crate::data::hidden_temp(&name, "dav");
                     let a = e.create(dir, &tmp, 0o644, uid, gid)?;
                     e.open(a.ino)?;
                     return Ok((a.ino, Some((dir, tmp, name))));
@@ -375,14 +370,7 @@ impl DavFileSystem for DavFs {
                     return Err(Error::NotPermitted);
                 }
                 let (dir, name) = parent_of(&engine, to)?;
-                let tmp = format!(
-                    ".{}.dav-{:08x}",
-                    String::from_utf8_lossy(&name),
-                    rand::random::<u32>()
-                )
-                .into_bytes();
-                let dst = engine.create(dir, &tmp, src.perm, uid, gid)?;
-                let copied = (|| {
+                engine.put_via_temp(dir, &name, src.perm, uid, gid, |dst| {
                     let step = engine.chunk_size() as u64;
                     let mut at = 0;
                     while at < src.size {
@@ -390,16 +378,11 @@ impl DavFileSystem for DavFs {
                         if data.is_empty() {
                             break;
                         }
-                        engine.write(dst.ino, at, &data)?;
+                        engine.write(dst, at, &data)?;
                         at += data.len() as u64;
                     }
-                    engine.flush(dst.ino)?;
-                    engine.rename(dir, &tmp, dir, &name, RenameFlags::default())
-                })();
-                if copied.is_err() {
-                    let _ = engine.unlink(dir, &tmp);
-                }
-                copied
+                    engine.flush(dst)
+                })
             })
             .await
         })
