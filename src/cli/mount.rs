@@ -249,14 +249,14 @@ fn daemon(
                 users: dav.users,
                 insecure: opts.webdav_insecure || dav.insecure,
                 tls,
-                users_from: Some(crate::webdav::auth::Source::new(home.paths().config(), {
-                    let path = home.paths().config();
-                    move || {
-                        crate::home::Config::load(path.clone())
+                users_from: Some(crate::webdav::auth::Source::new(
+                    home.paths().config(),
+                    |path| {
+                        crate::home::Config::load(path.to_path_buf())
                             .map(|c| c.webdav.users)
                             .map_err(|e| e.to_string())
-                    }
-                })),
+                    },
+                )),
             };
             let also = crate::metrics::router(refresh)
                 .merge(crate::dashboard::router(board.clone(), true));

@@ -74,10 +74,13 @@ struct Known {
     generation: u64,
 }
 
+/// Reads the users from their file.
+pub type ReadUsers = dyn Fn(&std::path::Path) -> Result<Vec<User>, String> + Send + Sync;
+
 /// Where the list is read again from when the file changes.
 pub struct Source {
     pub path: std::path::PathBuf,
-    pub read: Box<dyn Fn() -> Result<Vec<User>, String> + Send + Sync>,
+    pub read: Box<ReadUsers>,
     /// The file's modification time and length when last read, and when it
     /// was last looked at.
     seen: Mutex<(Option<Stamp>, Option<std::time::Instant>)>,
@@ -86,7 +89,7 @@ pub struct Source {
 impl Source {
     pub fn new(
         path: std::path::PathBuf,
-        read: impl Fn() -> Result<Vec<User>, String> + Send + Sync + 'static,
+        read: impl Fn(&std::path::Path) -> Result<Vec<User>, String> + Send + Sync + 'static,
     ) -> Source {
         let seen = stamp(&path);
         Source {
@@ -138,7 +141,7 @@ impl Users {
             }
             seen.0 = now;
         }
-        match (src.read)() {
+        match (src.read)(&src.path) {
             Ok(list) => {
                 tracing::info!("webdav: {} users from {}", list.len(), src.path.display());
                 let mut known = crate::util::lock(&self.known);
