@@ -296,6 +296,16 @@ enum Cmd {
 }
 
 /// Sizes like `4M`, `512K`, `1G` or plain bytes.
+/// `--FLAG VALUE` for each flag that has a value.
+fn push_flags<const N: usize>(out: &mut Vec<String>, named: [(&str, Option<String>); N]) {
+    for (flag, value) in named {
+        if let Some(v) = value {
+            out.push(flag.to_string());
+            out.push(v);
+        }
+    }
+}
+
 fn absolute(p: &Option<PathBuf>) -> Option<String> {
     p.as_ref()
         .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
@@ -346,12 +356,7 @@ impl DaemonArgs {
             ("--webdav-cert", absolute(&self.webdav_cert)),
             ("--webdav-key", absolute(&self.webdav_key)),
         ];
-        for (flag, value) in named {
-            if let Some(v) = value {
-                out.push(flag.to_string());
-                out.push(v);
-            }
-        }
+        push_flags(&mut out, named);
         for a in &self.listen {
             out.push("--listen".to_string());
             out.push(a.clone());
@@ -459,12 +464,7 @@ impl MountArgs {
             ("--attr-ttl", self.attr_ttl.map(|v| v.to_string())),
             ("--entry-ttl", self.entry_ttl.map(|v| v.to_string())),
         ];
-        for (flag, value) in named {
-            if let Some(v) = value {
-                out.push(flag.to_string());
-                out.push(v);
-            }
-        }
+        push_flags(&mut out, named);
         out.extend(self.daemon.to_flags());
         out
     }
