@@ -176,7 +176,9 @@ fn daemon(
         if !member {
             crate::volume::serve::serve(&sock, &engine, &runner)?;
         }
-        let protect = home.config()?.protect_secs > 0;
+        // Read once: every part of the daemon starts from the same settings.
+        let cfg = home.config()?;
+        let protect = cfg.protect_secs > 0;
         if !protect && client.is_some() {
             tracing::warn!(
                 "namespace protection is off (protect_secs = 0): losing this disk loses the volume"
@@ -188,7 +190,7 @@ fn daemon(
                 home.paths(),
                 &home.volume_key()?,
                 client.clone(),
-                &home.config()?,
+                &cfg,
                 &runner,
             )?;
             protector = Some(p);
@@ -208,7 +210,6 @@ fn daemon(
         }
         engine.spawn_workers(&runner)?;
         if !member {
-            let cfg = home.config()?;
             crate::protect::schedule::start(
                 &engine,
                 std::time::Duration::from_secs(cfg.snapshot_every_secs),
@@ -216,7 +217,7 @@ fn daemon(
                 &runner,
             )?;
         }
-        let dav = home.config()?.webdav;
+        let dav = cfg.webdav;
         let dav_addr = opts.webdav.or(dav.listen);
         // The dashboard, on every HTTP listener this daemon has.
         let board = if opts.metrics.is_some() || dav_addr.is_some() {
