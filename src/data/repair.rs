@@ -5,7 +5,7 @@
 use super::{Engine, lock};
 use crate::chunk::{self, ChunkRef, ShardId};
 use crate::error::Result;
-use crate::store::{PeerNote, Scrubbed, StoreError, Survey};
+use crate::store::{Holders, PeerNote, Scrubbed, StoreError, Survey};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -211,24 +211,25 @@ struct Moved {
 
 /// How many holders can go, worst case, before fewer than `k` shards are left:
 /// each step removes the holder whose loss costs the most shards.
-fn losses_survived(masks: &[u64], k: usize) -> usize {
-    let mut masks = masks.to_vec();
+fn losses_survived(held: &[Holders], k: usize) -> usize {
+    let mut held = held.to_vec();
     let mut losses = 0usize;
     loop {
-        let left = masks.iter().filter(|&&m| m != 0).count();
+        let left = held.iter().filter(|h| !h.is_empty()).count();
         if left < k {
             return losses.saturating_sub(1);
         }
-        let holders = masks.iter().fold(0u64, |a, m| a | m);
-        if holders == 0 {
+        let all = held.iter().fold(Holders::new(), |a, h| &a | h);
+        // The holder that is the only one of the most shards.
+        let Some(worst) = all.iter().max_by_key(|&t| {
+            held.iter()
+                .filter(|h| h.len() == 1 && h.contains(t))
+                .count()
+        }) else {
             return losses;
-        }
-        let worst = (0..64)
-            .filter(|t| holders & (1 << t) != 0)
-            .max_by_key(|&t| masks.iter().filter(|&&m| m == 1 << t).count())
-            .expect("some holder");
-        for m in &mut masks {
-            *m &= !(1u64 << worst);
+        };
+        for h in &mut held {
+            h.remove(worst);
         }
         losses += 1;
     }
@@ -331,16 +332,13 @@ impl Engine {
         let done = AtomicU64::new(0);
         let survives = AtomicU64::new(u64::MAX);
         let one_host = self.s.store.placement(&[]).is_none();
-        let local = self.s.store.local_bit();
+        let local = self.s.store.local();
         // Holders that were heard from: a peer that connected after the survey
         // has not told what it holds.
-        let heard = |masks: Vec<u64>| -> Vec<u64> {
-            masks.into_iter().map(|m| m & survey.answered).collect()
-        };
-        let placement = |ids: &[ShardId]| -> Vec<u64> {
+        let placement = |ids: &[ShardId]| -> Vec<Holders> {
             match self.s.store.placement(ids) {
-                Some(m) => heard(m),
-                None => vec![1; ids.len()],
+                Some(held) => held.iter().map(|h| h & &survey.answered).collect(),
+                None => vec![Holders::one(0); ids.len()],
             }
         };
         let incomplete = !survey.silent.is_empty();
@@ -354,8 +352,8 @@ impl Engine {
         pool.install(|| {
             chunks.par_iter().for_each(|c| {
                 let ids = c.shard_ids();
-                let mut masks = placement(ids);
-                let present = masks.iter().filter(|&&m| m != 0).count();
+                let mut held = placement(ids);
+                let present = held.iter().filter(|h| !h.is_empty()).count();
                 if incomplete && present < ids.len() {
                     // Its missing shards may be on a peer that did not answer.
                     lock(&r).unknown += 1;
@@ -363,28 +361,30 @@ impl Engine {
                     return;
                 }
                 // Shards only in this host's store (from before it had peers).
-                let stranded = masks.iter().any(|&m| m != 0 && m & !local == 0);
+                let stranded = held
+                    .iter()
+                    .any(|h| !h.is_empty() && (h - &local).is_empty());
                 if repair && present >= k && (present < ids.len() || stranded) {
-                    match self.rebuild(c, &masks, local) {
+                    match self.rebuild(c, &held, &local) {
                         Ok(m) => {
                             note(&m, false);
-                            masks = placement(ids);
+                            held = placement(ids);
                         }
                         Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
                     }
                 }
                 if repair && present >= k {
-                    match self.spread(c, &masks, local) {
+                    match self.spread(c, &held, &local) {
                         Ok(m) if m.shards == 0 => {}
                         Ok(m) => {
                             note(&m, true);
-                            masks = placement(ids);
+                            held = placement(ids);
                         }
                         Err(e) => lock(&r).failures.push(format!("chunk {}: {e}", ids[0])),
                     }
                 }
-                let present = masks.iter().filter(|&&m| m != 0).count();
-                survives.fetch_min(losses_survived(&masks, k) as u64, Ordering::Relaxed);
+                let present = held.iter().filter(|h| !h.is_empty()).count();
+                survives.fetch_min(losses_survived(&held, k) as u64, Ordering::Relaxed);
                 {
                     let mut r = lock(&r);
                     match present {
@@ -440,7 +440,7 @@ impl Engine {
 
     /// Fetches k shards of `c`, rebuilds the rest and places the missing ones
     /// and those held only by this host (`local`) on peers.
-    fn rebuild(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<Moved> {
+    fn rebuild(&self, c: &ChunkRef, held: &[Holders], local: &Holders) -> Result<Moved> {
         let ids = c.shard_ids();
         let k = self.s.codec.data_shards();
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
@@ -453,7 +453,7 @@ impl Engine {
             if have == k {
                 break;
             }
-            if masks[i] == 0 {
+            if held[i].is_empty() {
                 continue;
             }
             match self.s.store.get(id) {
@@ -471,7 +471,7 @@ impl Engine {
         }
         chunk::open_sharded(c, &self.s.codec, &mut shards, true)?;
         let which: Vec<usize> = (0..ids.len())
-            .filter(|&i| masks[i] & !local == 0 || lost[i])
+            .filter(|&i| (&held[i] - local).is_empty() || lost[i])
             .collect();
         let bytes: Vec<&[u8]> = which
             .iter()
@@ -504,48 +504,46 @@ impl Engine {
     /// shards were rebuilt elsewhere), keeping each on the holder with the fewest
     /// other shards of the chunk; then moves shards off peers that hold several
     /// onto reachable peers that hold none, while there are such peers.
-    fn spread(&self, c: &ChunkRef, masks: &[u64], local: u64) -> Result<Moved> {
+    fn spread(&self, c: &ChunkRef, held: &[Holders], local: &Holders) -> Result<Moved> {
         let ids = c.shard_ids();
-        let mut masks = masks.to_vec();
+        let mut held = held.to_vec();
         let mut moved = Moved::default();
-        if masks.iter().all(|&m| m & !local != 0) {
-            for i in 0..masks.len() {
-                let on_peers = masks[i] & !local;
-                if on_peers.count_ones() < 2 {
+        if held.iter().all(|h| !(h - local).is_empty()) {
+            for i in 0..held.len() {
+                let on_peers = &held[i] - local;
+                if on_peers.len() < 2 {
                     continue;
                 }
-                let others = |t: u32| {
-                    let b = 1u64 << t;
-                    masks
-                        .iter()
+                let others = |t: usize| {
+                    held.iter()
                         .enumerate()
-                        .filter(|&(j, m)| j != i && m & b != 0)
+                        .filter(|&(j, h)| j != i && h.contains(t))
                         .count()
                 };
-                let keep = (0..64)
-                    .filter(|t| on_peers & (1u64 << t) != 0)
+                let keep = on_peers
+                    .iter()
                     .min_by_key(|&t| others(t))
-                    .map(|t| 1u64 << t)
+                    .map(Holders::one)
                     .expect("two holders");
-                self.s.store.release(&ids[i], on_peers & !keep);
-                masks[i] = keep | (masks[i] & local);
+                self.s.store.release(&ids[i], &(&on_peers - &keep));
+                held[i] = &keep | &(&held[i] & local);
                 moved.shards += 1;
             }
         }
-        let used = masks.iter().fold(0u64, |a, m| a | m);
-        let free = (self.s.store.holders_up() & !used & !local).count_ones() as usize;
+        let used = held.iter().fold(Holders::new(), |a, h| &a | h);
+        let free = (&(&self.s.store.holders_up() - &used) - local).len();
         if free == 0 {
             return Ok(moved);
         }
-        let mut seen = 0u64;
+        let mut seen = Holders::new();
         let mut moves = Vec::new();
-        for (i, &m) in masks.iter().enumerate() {
+        for (i, h) in held.iter().enumerate() {
             // A shard whose one holder already holds another shard of the chunk.
-            if m.count_ones() == 1 && m & !local != 0 {
-                if seen & m != 0 {
+            if h.len() == 1 && !(h - local).is_empty() {
+                if seen.meets(h) {
                     moves.push(i);
                 }
-                seen |= m;
+                seen |= h;
             }
         }
         moves.truncate(free);
@@ -554,7 +552,7 @@ impl Engine {
             let n = bytes.len() as u64;
             self.limit_repair(2 * n);
             self.s.store.place(ids, &[i], &[&bytes])?;
-            self.s.store.release(&ids[i], masks[i]);
+            self.s.store.release(&ids[i], &held[i]);
             moved.shards += 1;
             moved.read += n;
             moved.written += n;
@@ -593,25 +591,35 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::{Passes, Redundancy, losses_survived};
+    use super::{Holders, Passes, Redundancy, losses_survived};
 
     #[test]
     fn losses_survived_counts_the_worst_case() {
+        let on =
+            |tags: &[usize]| -> Vec<Holders> { tags.iter().map(|&t| Holders::one(t)).collect() };
         // Six shards on six peers, k = 4: any two may go.
-        let spread: Vec<u64> = (0..6).map(|t| 1 << t).collect();
+        let spread = on(&[0, 1, 2, 3, 4, 5]);
         assert_eq!(losses_survived(&spread, 4), 2);
+        // The same with peer tags past any 64-bit mask.
+        assert_eq!(losses_survived(&on(&[70, 900, 64, 63, 4000, 1]), 4), 2);
         // Six shards on three peers, two each: one loss leaves four.
-        let paired: Vec<u64> = (0..6).map(|i| 1 << (i / 2)).collect();
-        assert_eq!(losses_survived(&paired, 4), 1);
+        assert_eq!(losses_survived(&on(&[0, 0, 1, 1, 2, 2]), 4), 1);
         // One peer holds everything: no loss survivable.
-        assert_eq!(losses_survived(&[1; 6], 4), 0);
+        assert_eq!(losses_survived(&on(&[0; 6]), 4), 0);
         // Two shards gone already on a six-peer spread.
         let mut degraded = spread.clone();
-        degraded[0] = 0;
-        degraded[1] = 0;
+        degraded[0] = Holders::new();
+        degraded[1] = Holders::new();
         assert_eq!(losses_survived(&degraded, 4), 0);
         // Fewer than k present: nothing survives.
-        assert_eq!(losses_survived(&[1, 2, 0, 0, 0, 0], 4), 0);
+        let mut few = on(&[0, 1]);
+        few.resize(6, Holders::new());
+        assert_eq!(losses_survived(&few, 4), 0);
+        // A shard with two holders survives either's loss.
+        let mut doubled = on(&[0, 1, 2, 3, 4, 5]);
+        doubled[0].insert(1);
+        doubled[2].insert(1);
+        assert_eq!(losses_survived(&doubled, 4), 2);
     }
 
     #[test]

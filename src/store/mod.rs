@@ -6,8 +6,10 @@
 //! whose BLAKE3 hash is that name (written to a temp file, then renamed); every read
 //! re-checks the hash, so a damaged file is reported, never returned.
 
+mod holders;
 mod local;
 
+pub use holders::{HolderIndex, Holders};
 pub use local::LocalStore;
 
 use crate::chunk::ShardId;
@@ -42,7 +44,7 @@ pub struct ShardInfo {
 /// A storage peer as `datamesh status` shows it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PeerStatus {
-    /// The bit that stands for this peer in [`ShardStore::placement`] masks.
+    /// The tag that stands for this peer in [`ShardStore::placement`] sets.
     pub tag: u32,
     pub id: String,
     pub address: String,
@@ -72,8 +74,8 @@ pub struct PeerNote {
 /// could be made), `silent` (connected, but its inventory did not arrive).
 #[derive(Clone, Debug, Default)]
 pub struct Survey {
-    /// Holders (tags, as in [`ShardStore::placement`] masks) that answered.
-    pub answered: u64,
+    /// Holders (as in [`ShardStore::placement`] sets) that answered.
+    pub answered: Holders,
     pub unreachable: Vec<PeerNote>,
     pub silent: Vec<PeerNote>,
 }
@@ -143,28 +145,29 @@ pub trait ShardStore: Send + Sync {
         Ok(Survey::default())
     }
 
-    /// For each shard, the reachable holders as a bit mask of peer tags, from the
-    /// last survey and the puts since. `None`: one host holds everything.
-    fn placement(&self, ids: &[ShardId]) -> Option<Vec<u64>> {
+    /// For each shard, the reachable holders, from the last survey and the
+    /// puts since. `None`: one host holds everything.
+    fn placement(&self, ids: &[ShardId]) -> Option<Vec<Holders>> {
         let _ = ids;
         None
     }
 
-    /// The holders reachable now, as a mask like [`ShardStore::placement`]'s.
-    fn holders_up(&self) -> u64 {
-        0
+    /// The holders reachable now, as in [`ShardStore::placement`].
+    fn holders_up(&self) -> Holders {
+        Holders::new()
     }
 
-    /// Drop the copies of a shard held by the holders in `mask` (it has been
-    /// placed elsewhere).
-    fn release(&self, id: &ShardId, mask: u64) {
-        let _ = (id, mask);
+    /// Drop the copies of a shard held by `holders` (it has been placed
+    /// elsewhere).
+    fn release(&self, id: &ShardId, holders: &Holders) {
+        let _ = (id, holders);
     }
 
-    /// The bit of [`ShardStore::placement`] masks that means "in this host's own
-    /// store": such shards are readable but not yet spread over peers.
-    fn local_bit(&self) -> u64 {
-        0
+    /// The holders of [`ShardStore::placement`] that mean "in this host's own
+    /// store" ([`Holders::LOCAL`] where it has one): such shards are readable
+    /// but not yet spread over peers.
+    fn local(&self) -> Holders {
+        Holders::new()
     }
 
     /// Store shards `which` of the chunk `ids` again, on holders that hold none of

@@ -237,16 +237,16 @@ impl MeshClient {
         }
     }
 
-    /// Reachable storage peers among the tags in `mask`.
-    pub(super) fn live_in(&self, mask: u64) -> Vec<(usize, PeerId)> {
+    /// Reachable storage peers among `holders`.
+    pub(super) fn live_in(&self, holders: &Holders) -> Vec<(usize, PeerId)> {
         let mut live = self.live();
-        live.retain(|(t, _)| mask & bit(*t) != 0);
+        live.retain(|(t, _)| holders.contains(*t));
         live
     }
 
-    /// The tags of the reachable storage peers, as a mask.
-    pub(super) fn live_mask(&self) -> u64 {
-        self.live().iter().fold(0, |m, (t, _)| m | bit(*t))
+    /// The reachable storage peers, as a set of tags.
+    pub(super) fn live_set(&self) -> Holders {
+        self.live().into_iter().map(|(t, _)| t).collect()
     }
 
     /// Waits until `want` admitted storage peers are reachable; gives up after

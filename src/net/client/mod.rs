@@ -15,7 +15,8 @@ use super::proto::{MAX_IDS, Request, Response};
 use super::{BehaviourEvent, MeshKey, NetError, build_swarm, is_unspecified, peer_of};
 use crate::chunk::ShardId;
 use crate::store::{
-    LocalStore, PeerNote, PeerStatus, Scrubbed, ShardInfo, ShardStore, StoreError, Survey,
+    HolderIndex, Holders, LocalStore, PeerNote, PeerStatus, Scrubbed, ShardInfo, ShardStore,
+    StoreError, Survey,
 };
 use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, Message, OutboundRequestId};
@@ -43,10 +44,10 @@ mod survey;
 #[cfg(test)]
 mod tests;
 
-/// Peer tags are bits of a u64 mask: a mesh of up to 63 storage peers, and the
-/// last bit for shards still in this host's own store.
-pub const MAX_PEERS: usize = 63;
-const LOCAL_TAG: usize = 63;
+/// The most peers a home keeps in its table (tags are never reused): not a
+/// size for a mesh, a bound on what a key holder making up new identities
+/// can make the home remember.
+const TABLE_LIMIT: usize = 1 << 20;
 /// How long a peer caught lying about a put is passed over.
 const DISTRUST_FOR: Duration = Duration::from_secs(3600);
 /// Chunks whose last shards may still be landing after the write returned.
@@ -228,10 +229,6 @@ fn weighted_score(key: &ShardId, peer: &PeerId, weight: f64) -> f64 {
     weight / -u.ln()
 }
 
-fn bit(tag: usize) -> u64 {
-    1u64 << tag
-}
-
 fn note(p: &PeerEntry, why: String) -> PeerNote {
     PeerNote {
         id: p.id.to_string(),
@@ -243,17 +240,18 @@ fn note(p: &PeerEntry, why: String) -> PeerNote {
 /// Shards spread over storage peers.
 pub struct MeshStore {
     client: MeshClient,
-    /// Which peers (tag bits) hold each shard.
-    loc: Mutex<HashMap<ShardId, u64>>,
+    /// Which peers hold each shard.
+    loc: Mutex<HolderIndex>,
     /// When each peer last refused a put for want of room, or was too slow
     /// to answer one.
     avoid: Mutex<HashMap<usize, Instant>>,
-    /// While a survey runs: the shards stored meanwhile.
-    touched: Mutex<Option<std::collections::HashSet<ShardId>>>,
+    /// While a survey runs: the shards stored meanwhile (by the first 12
+    /// bytes of their ids, as the holder index keys them).
+    touched: Mutex<Option<std::collections::HashSet<[u8; 12]>>>,
     /// Chunks whose last shards are still landing in the background.
     inflight: (Mutex<usize>, Condvar),
     /// Peers that took puts since the last sync.
-    written: AtomicU64,
+    written: Mutex<Holders>,
     /// A background put could not place every shard: repair has work.
     unplaced: AtomicBool,
     /// This store, for the threads that finish puts in the background.
@@ -264,7 +262,7 @@ pub struct MeshStore {
     /// Exponential average of a shard fetch, in microseconds (for hedging).
     fetch_us: AtomicU64,
     /// Peers that have been gone past the grace time and were repaired around.
-    repaired_mask: AtomicU64,
+    repaired: Mutex<Holders>,
     /// One survey at a time; callers that ask meanwhile may share its result.
     surveying: Mutex<()>,
     /// Numbers survey calls and runs, so a caller knows whether a run started
@@ -288,13 +286,13 @@ struct PutJob {
     bytes: Vec<Vec<u8>>,
     ranked: Vec<(usize, PeerId)>,
     /// Per shard, the peers tried.
-    tried: Vec<u64>,
+    tried: Vec<Holders>,
     /// Per shard, the peers whose answer is awaited.
-    pending: Vec<u64>,
+    pending: Vec<Holders>,
     /// Per shard, stored somewhere.
     done: Vec<bool>,
     /// Per shard, the peers that said they stored it.
-    stored_on: Vec<u64>,
+    stored_on: Vec<Holders>,
     /// Shards of this chunk per peer.
     load: HashMap<usize, usize>,
     outstanding: usize,

@@ -7,8 +7,10 @@ impl PeerTable {
         if let Some(&i) = self.by_id.get(&id) {
             return Some(&mut self.list[i]);
         }
-        if self.list.len() >= MAX_PEERS {
-            tracing::warn!("peer {id} ignored: a mesh holds at most {MAX_PEERS} storage peers");
+        if self.list.len() >= TABLE_LIMIT {
+            tracing::warn!(
+                "peer {id} ignored: this home already knows {TABLE_LIMIT} peers (a key holder making up identities?)"
+            );
             return None;
         }
         self.by_id.insert(id, self.list.len());

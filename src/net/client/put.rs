@@ -18,7 +18,7 @@ impl MeshStore {
             let placed = self.place_once(ids, &which, &bytes)?;
             let mut again = Vec::new();
             for (j, &i) in which.iter().enumerate() {
-                let peers = self.client.live_in(placed[j]);
+                let peers = self.client.live_in(&placed[j]);
                 let id = ids[i];
                 for (tag, peer, r) in self.ask_all(&peers, || Request::Has { ids: vec![id] }) {
                     if let Ok(Response::Have(v)) = r
@@ -54,15 +54,15 @@ impl MeshStore {
         ids: &[ShardId],
         which: &[usize],
         bytes: &[&[u8]],
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<Holders>, StoreError> {
         let Some(key) = ids.first() else {
-            return Ok(vec![0; which.len()]);
+            return Ok(vec![Holders::new(); which.len()]);
         };
         let ranked = self.ranked(key);
         if ranked.is_empty() {
             return Err(Self::no_peers());
         }
-        let live_mask = ranked.iter().fold(0, |m, (t, _)| m | bit(*t));
+        let live: Holders = ranked.iter().map(|(t, _)| *t).collect();
         let mut job = PutJob::new(
             which.iter().map(|&i| ids[i]).collect(),
             bytes.iter().map(|b| b.to_vec()).collect(),
@@ -70,21 +70,19 @@ impl MeshStore {
         );
         // Count what the chunk's other shards already put on each peer, and never
         // send a shard back to a peer that holds (or held a bad copy of) it.
-        for m in self.placement(ids).unwrap_or_default() {
-            for tag in 0..MAX_PEERS {
-                if m & bit(tag) != 0 {
-                    *job.load.entry(tag).or_default() += 1;
-                }
+        for held in self.placement(ids).unwrap_or_default() {
+            for tag in held.iter() {
+                *job.load.entry(tag).or_default() += 1;
             }
         }
         for (j, &i) in which.iter().enumerate() {
-            job.tried[j] = self.holders(&ids[i]) & live_mask;
+            job.tried[j] = &self.holders(&ids[i]) & &live;
         }
         let (tx, rx) = smpsc::channel();
         for j in 0..which.len() {
             if !self.send_put(&mut job, j, &tx) {
                 // Every live peer has it already (or refused): put it anywhere.
-                job.tried[j] = 0;
+                job.tried[j] = Holders::new();
                 self.send_put(&mut job, j, &tx);
             }
         }
@@ -105,7 +103,7 @@ impl MeshStore {
             for &i in which {
                 if l.contains(&ids[i]) {
                     l.delete(&ids[i])?;
-                    self.forget(&ids[i], LOCAL_TAG);
+                    self.forget(&ids[i], Holders::LOCAL);
                 }
             }
         }
@@ -192,7 +190,7 @@ impl MeshStore {
         let pick = job
             .ranked
             .iter()
-            .filter(|(tag, _)| job.tried[i] & bit(*tag) == 0)
+            .filter(|(tag, _)| !job.tried[i].contains(*tag))
             .min_by_key(|(tag, _)| job.load.get(tag).copied().unwrap_or(0))
             .copied();
         match pick {
@@ -212,8 +210,8 @@ impl MeshStore {
         peer: PeerId,
         tx: &PutTx,
     ) {
-        job.tried[i] |= bit(tag);
-        job.pending[i] |= bit(tag);
+        job.tried[i].insert(tag);
+        job.pending[i].insert(tag);
         *job.load.entry(tag).or_default() += 1;
         job.outstanding += 1;
         let tx = tx.clone();
@@ -240,12 +238,12 @@ impl MeshStore {
                 Ok(answer) => self.take_answer(job, answer, tx),
                 Err(smpsc::RecvTimeoutError::Timeout) if start.elapsed() < self.t.answer_wait => {
                     for i in 0..job.ids.len() {
-                        if job.done[i] || job.pending[i] == 0 {
+                        if job.done[i] || job.pending[i].is_empty() {
                             continue;
                         }
                         {
                             let mut avoid = lock(&self.avoid);
-                            for tag in (0..MAX_PEERS).filter(|t| job.pending[i] & bit(*t) != 0) {
+                            for tag in job.pending[i].iter() {
                                 avoid.insert(tag, Instant::now());
                             }
                         }
@@ -264,7 +262,7 @@ impl MeshStore {
 
     pub(super) fn take_answer(&self, job: &mut PutJob, (i, tag, res): PutAnswer, tx: &PutTx) {
         job.outstanding -= 1;
-        job.pending[i] &= !bit(tag);
+        job.pending[i].remove(tag);
         match res {
             Ok(Response::Done) => {
                 if !job.done[i] {
@@ -273,9 +271,9 @@ impl MeshStore {
                     // Never sent again: its bytes need not outlive the answer.
                     job.bytes[i] = Vec::new();
                 }
-                job.stored_on[i] |= bit(tag);
+                job.stored_on[i].insert(tag);
                 self.record(job.ids[i], tag);
-                self.written.fetch_or(bit(tag), Ordering::Relaxed);
+                lock(&self.written).insert(tag);
             }
             _ if job.done[i] => {}
             other => {
@@ -293,7 +291,7 @@ impl MeshStore {
                     "shard {} not stored on peer {tag}: {why}; placing it elsewhere",
                     job.ids[i]
                 );
-                if job.pending[i] == 0 && !self.send_put(job, i, tx) {
+                if job.pending[i].is_empty() && !self.send_put(job, i, tx) {
                     job.failed += 1;
                     job.last_error = why;
                 }
@@ -309,10 +307,10 @@ impl PutJob {
         ranked: Vec<(usize, PeerId)>,
     ) -> PutJob {
         PutJob {
-            tried: vec![0; ids.len()],
-            pending: vec![0; ids.len()],
+            tried: vec![Holders::new(); ids.len()],
+            pending: vec![Holders::new(); ids.len()],
             done: vec![false; ids.len()],
-            stored_on: vec![0; ids.len()],
+            stored_on: vec![Holders::new(); ids.len()],
             ids,
             bytes,
             ranked,

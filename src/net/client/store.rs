@@ -21,14 +21,14 @@ impl MeshStore {
         Arc::new_cyclic(|me| MeshStore {
             t,
             client,
-            loc: Mutex::new(HashMap::new()),
+            loc: Mutex::new(HolderIndex::new()),
             touched: Mutex::new(None),
             avoid: Mutex::new(HashMap::new()),
             inflight: (Mutex::new(0), Condvar::new()),
-            written: AtomicU64::new(0),
+            written: Mutex::new(Holders::new()),
             unplaced: AtomicBool::new(false),
             fetch_us: AtomicU64::new(20_000),
-            repaired_mask: AtomicU64::new(0),
+            repaired: Mutex::new(Holders::new()),
             surveying: Mutex::new(()),
             survey_ticket: AtomicU64::new(0),
             last_survey: Mutex::new(None),
@@ -57,34 +57,29 @@ impl MeshStore {
     }
 
     /// Storage peers unreachable for longer than `grace`.
-    pub(super) fn gone_mask(&self, grace: Duration) -> u64 {
+    pub(super) fn gone(&self, grace: Duration) -> Holders {
         lock(&self.client.shared.peers)
             .list
             .iter()
             .enumerate()
             .filter(|(_, p)| p.usable() && p.down_since.is_some_and(|t| t.elapsed() >= grace))
-            .fold(0, |m, (t, _)| m | bit(t))
+            .map(|(t, _)| t)
+            .collect()
     }
 
-    pub(super) fn holders(&self, id: &ShardId) -> u64 {
-        lock(&self.loc).get(id).copied().unwrap_or(0)
+    pub(super) fn holders(&self, id: &ShardId) -> Holders {
+        lock(&self.loc).get(id)
     }
 
     pub(super) fn record(&self, id: ShardId, tag: usize) {
         if let Some(t) = lock(&self.touched).as_mut() {
-            t.insert(id);
+            t.insert(touch_key(&id));
         }
-        *lock(&self.loc).entry(id).or_default() |= bit(tag);
+        lock(&self.loc).add(&id, tag);
     }
 
     pub(super) fn forget(&self, id: &ShardId, tag: usize) {
-        let mut loc = lock(&self.loc);
-        if let Some(m) = loc.get_mut(id) {
-            *m &= !bit(tag);
-            if *m == 0 {
-                loc.remove(id);
-            }
-        }
+        lock(&self.loc).remove(id, tag);
     }
 
     pub(super) fn no_peers() -> StoreError {
@@ -140,15 +135,16 @@ impl MeshStore {
     }
 
     /// Asks every live peer not in `skip` whether it has `id`; records the holders.
-    pub(super) fn find(&self, id: &ShardId, skip: u64) -> u64 {
-        let peers = self.client.live_in(!skip);
-        let mut found = 0;
+    pub(super) fn find(&self, id: &ShardId, skip: &Holders) -> Holders {
+        let mut peers = self.client.live();
+        peers.retain(|(t, _)| !skip.contains(*t));
+        let mut found = Holders::new();
         for (tag, _, r) in self.ask_all(&peers, || Request::Has { ids: vec![*id] }) {
             if let Ok(Response::Have(v)) = r
                 && v.first() == Some(&true)
             {
                 self.record(*id, tag);
-                found |= bit(tag);
+                found.insert(tag);
             }
         }
         found
@@ -215,7 +211,7 @@ impl MeshStore {
                     after = shards.last().map(|s| s.0);
                     let mut loc = lock(&self.loc);
                     for (id, len, mtime) in shards {
-                        *loc.entry(id).or_default() |= bit(tag);
+                        loc.add(&id, tag);
                         f(ShardInfo {
                             id,
                             len,
@@ -257,19 +253,18 @@ impl ShardStore for MeshStore {
                 _ => Err(Self::no_peers()),
             };
         }
-        let mut tried = 0u64;
+        let mut tried = Holders::new();
         let mut last = StoreError::Missing(*id);
         for round in 0..2 {
-            let mask = if round == 0 {
+            let holders = if round == 0 {
                 self.holders(id)
             } else {
-                self.find(id, tried)
+                self.find(id, &tried)
             };
             for (&tag, &peer) in &live {
-                if mask & bit(tag) == 0 || tried & bit(tag) != 0 {
+                if !holders.contains(tag) || !tried.insert(tag) {
                     continue;
                 }
-                tried |= bit(tag);
                 match self.fetch_from(tag, peer, id) {
                     Ok(b) => return Ok(b),
                     Err(e) => last = e,
@@ -291,7 +286,11 @@ impl ShardStore for MeshStore {
 
     fn delete(&self, id: &ShardId) -> Result<(), StoreError> {
         let holders = self.holders(id);
-        let targets = self.client.live_in(if holders == 0 { !0 } else { holders });
+        let targets = if holders.is_empty() {
+            self.client.live()
+        } else {
+            self.client.live_in(&holders)
+        };
         if let Some(l) = &self.local {
             l.delete(id)?;
         }
@@ -312,8 +311,13 @@ impl ShardStore for MeshStore {
             n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
         }
         drop(n);
-        let mask = self.written.swap(0, Ordering::Relaxed);
-        let targets = self.client.live_in(mask);
+        let written = std::mem::take(&mut *lock(&self.written));
+        let targets = self.client.live_in(&written);
+        if targets.len() < written.len() {
+            // Some took puts and are gone: what they took may not be on
+            // their disks, so the next repair pass counts what is missing.
+            self.unplaced.store(true, Ordering::Relaxed);
+        }
         for (_, peer, r) in self.ask_all(&targets, || Request::Sync) {
             match r {
                 Ok(Response::Done) => {}
@@ -374,11 +378,11 @@ impl ShardStore for MeshStore {
         let t = lock(&self.client.shared.peers);
         ids.iter()
             .map(|id| {
-                let mask = loc.get(id).copied().unwrap_or(0);
+                let holders = loc.get(id);
                 t.list
                     .iter()
                     .enumerate()
-                    .filter(|(tag, _)| mask & bit(*tag) != 0)
+                    .filter(|(tag, _)| holders.contains(*tag))
                     .map(|(_, p)| p.id.to_string())
                     .collect()
             })
@@ -399,12 +403,12 @@ impl ShardStore for MeshStore {
         }
     }
 
-    fn holders_up(&self) -> u64 {
-        self.client.live_mask()
+    fn holders_up(&self) -> Holders {
+        self.client.live_set()
     }
 
-    fn release(&self, id: &ShardId, mask: u64) {
-        let targets = self.client.live_in(mask);
+    fn release(&self, id: &ShardId, holders: &Holders) {
+        let targets = self.client.live_in(holders);
         for (tag, peer, r) in self.ask_all(&targets, || Request::Delete { ids: vec![*id] }) {
             match r {
                 Ok(Response::Done) => self.forget(id, tag),
@@ -414,11 +418,11 @@ impl ShardStore for MeshStore {
         }
     }
 
-    fn local_bit(&self) -> u64 {
+    fn local(&self) -> Holders {
         if self.local.is_some() {
-            bit(LOCAL_TAG)
+            Holders::one(Holders::LOCAL)
         } else {
-            0
+            Holders::new()
         }
     }
 
@@ -446,14 +450,10 @@ impl ShardStore for MeshStore {
         Ok(s)
     }
 
-    fn placement(&self, ids: &[ShardId]) -> Option<Vec<u64>> {
-        let live = self.client.live_mask() | self.local_bit();
+    fn placement(&self, ids: &[ShardId]) -> Option<Vec<Holders>> {
+        let live = &self.client.live_set() | &self.local();
         let loc = lock(&self.loc);
-        Some(
-            ids.iter()
-                .map(|id| loc.get(id).copied().unwrap_or(0) & live)
-                .collect(),
-        )
+        Some(ids.iter().map(|id| &loc.get(id) & &live).collect())
     }
 
     fn place(&self, ids: &[ShardId], which: &[usize], bytes: &[&[u8]]) -> Result<(), StoreError> {
@@ -509,16 +509,15 @@ impl ShardStore for MeshStore {
         if self.unplaced.load(Ordering::Relaxed) {
             return true;
         }
-        let gone = self.gone_mask(grace);
-        gone & !self.repaired_mask.load(Ordering::Relaxed) != 0
+        let gone = self.gone(grace);
+        !(&gone - &lock(&self.repaired)).is_empty()
     }
 
     fn repaired(&self) {
         self.unplaced.store(false, Ordering::Relaxed);
         // Peers gone now were repaired around; one that returns and goes again
         // counts anew.
-        self.repaired_mask
-            .store(self.gone_mask(Duration::ZERO), Ordering::Relaxed);
+        *lock(&self.repaired) = self.gone(Duration::ZERO);
     }
 
     fn scrub(&self, progress: &dyn Fn(u64)) -> Result<Scrubbed, StoreError> {
@@ -528,6 +527,11 @@ impl ShardStore for MeshStore {
     fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {
         self.put_shards(shards, need)
     }
+}
+
+/// How `touched` keys a shard: as the holder index does.
+pub(super) fn touch_key(id: &ShardId) -> [u8; 12] {
+    id.0[..12].try_into().expect("12 bytes")
 }
 
 /// `peers` without those marked in `marks` within the last `for_`, unless that

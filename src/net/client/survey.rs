@@ -17,7 +17,7 @@ impl MeshStore {
         };
         let mut checked = 0u64;
         let table = self.client.storage_peers();
-        for (tag, entry) in table.iter().filter(|(t, _)| survey.answered & bit(*t) != 0) {
+        for (tag, entry) in table.iter().filter(|(t, _)| survey.answered.contains(*t)) {
             let peer = entry.id;
             let mut after = None;
             loop {
@@ -87,6 +87,10 @@ impl MeshStore {
         // Shards stored while the inventories are taken are recorded here, so
         // that an inventory taken just before they landed does not unlist them.
         *lock(&self.touched) = Some(std::collections::HashSet::new());
+        // Each page sweeps its range of the index (docs/DESIGN.md, "Holder
+        // sets and the holder index"): every entry made before now must be
+        // in the sorted part the sweep walks.
+        lock(&self.loc).settle();
         self.client.redial();
         let (tx, rx) = smpsc::channel::<(usize, Result<Response, String>)>();
         let ask = |peer: PeerId, tag: usize, req: Request| {
@@ -100,7 +104,6 @@ impl MeshStore {
             );
         };
         let mut stage: HashMap<usize, (PeerEntry, Stage)> = HashMap::new();
-        let mut fresh: HashMap<ShardId, u64> = HashMap::new();
         // Connected peers not yet identified, since when: they may be storage
         // peers found through the DHT.
         let mut classifying: HashMap<PeerId, Instant> = HashMap::new();
@@ -206,12 +209,10 @@ impl MeshStore {
                             ))
                         } else {
                             let last = shards.last().map(|sh| sh.0);
-                            let mut loc = lock(&self.loc);
-                            for (id, _, _) in shards {
-                                *loc.entry(id).or_default() |= bit(tag);
-                                *fresh.entry(id).or_default() |= bit(tag);
-                            }
-                            drop(loc);
+                            let ids: Vec<ShardId> = shards.into_iter().map(|sh| sh.0).collect();
+                            // The last page's range runs to the end of the ids.
+                            let upto = if more { last } else { None };
+                            self.listed(tag, after.as_ref(), upto.as_ref(), &ids);
                             if more {
                                 ask(entry.id, tag, list(last));
                                 Stage::Listing {
@@ -240,20 +241,28 @@ impl MeshStore {
             }
         }
         let mut out = Survey {
-            answered: self.local_bit(),
+            answered: self.local(),
             ..Default::default()
         };
         let res = match &self.local {
-            Some(l) => l.for_each(&mut |info| *fresh.entry(info.id).or_default() |= bit(LOCAL_TAG)),
+            Some(l) => {
+                let mut ids = Vec::new();
+                l.for_each(&mut |info| ids.push(info.id)).map(|()| {
+                    ids.sort_unstable_by_key(|id| id.0);
+                    self.listed(Holders::LOCAL, None, None, &ids);
+                })
+            }
             None => Ok(()),
         };
-        let touched = lock(&self.touched).take().unwrap_or_default();
+        *lock(&self.touched) = None;
         res?;
         let mut tags: Vec<_> = stage.into_iter().collect();
         tags.sort_by_key(|(t, _)| *t);
         for (tag, (entry, st)) in tags {
             match st {
-                Stage::Answered => out.answered |= bit(tag),
+                Stage::Answered => {
+                    out.answered.insert(tag);
+                }
                 Stage::Unreachable(why) => {
                     tracing::info!("survey: peer {} unreachable: {why}", entry.id);
                     out.unreachable.push(note(&entry, why));
@@ -267,18 +276,21 @@ impl MeshStore {
                 }
             }
         }
-        // What the peers that answered did not list, they do not hold; other
-        // peers keep their entries (their shards count again if they return).
-        let mut loc = lock(&self.loc);
-        for (id, m) in loc.iter_mut() {
-            if !touched.contains(id) {
-                *m = (*m & !out.answered) | fresh.get(id).copied().unwrap_or(0);
-            }
-        }
-        for (id, m) in fresh {
-            *loc.entry(id).or_default() |= m;
-        }
-        loc.retain(|_, m| *m != 0);
+        // What the peers that answered did not list, they do not hold (their
+        // pages said so as they came); other peers keep their entries (their
+        // shards count again if they return).
         Ok(out)
+    }
+
+    /// One inventory page of `tag`: it holds exactly `ids` of the shards in
+    /// (`after`, `upto`], save those stored since the survey began.
+    fn listed(&self, tag: usize, after: Option<&ShardId>, upto: Option<&ShardId>, ids: &[ShardId]) {
+        let touched = lock(&self.touched);
+        let keep = |id: &ShardId| {
+            touched
+                .as_ref()
+                .is_some_and(|t| t.contains(&super::store::touch_key(id)))
+        };
+        lock(&self.loc).inventory(tag, after, upto, ids, &keep);
     }
 }
