@@ -29,14 +29,6 @@ trap cleanup EXIT
 tarball=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/cache" -name 'librocksdb-sys-*.crate' | head -1)
 [ -n "$tarball" ] || { echo "bench-fs: no librocksdb-sys crate in the cargo cache: build datamesh first" >&2; exit 1; }
 
-drop_caches() {
-  sync
-  [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true
-}
-
-now() { date +%s.%N; }
-elapsed() { echo "$(now) - $1" | bc -l; }
-
 # mount_fs NAME → mounts NAME at $work/NAME/mnt and sets $pid to the mount process.
 mount_fs() {
   local name=$1 dir="$work/$1"
@@ -66,8 +58,6 @@ umount_fs() {
     fusermount3 -u "$dir/mnt"
   fi
 }
-
-peak_rss_mib() { awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$1/status"; }
 
 fio_run() { # fio_run DIR ARGS... → terse output line
   fio --minimal --directory="$1" --ioengine=psync --group_reporting "${@:2}"
@@ -99,28 +89,28 @@ bench() {
       open(my $f, ">", "$ARGV[0]/f$i") or die "f$i: $!"; print $f $b; close($f) or die "f$i: $!" }' \
     "$m/creates" 5000
   sync -f "$m/creates"
-  R[$name,creates]=$(echo "5000 / $(elapsed "$t")" | bc -l | xargs printf '%.0f')
+  R[$name,creates]=$(echo "5000 / $(secs "$t")" | bc -l | xargs printf '%.0f')
   rm -rf "$m/creates"
 
   # ls -l and stat over 10 000 entries, cold.
   mkdir "$m/many"
   perl -e 'for my $i (1..10000) { open(my $f, ">", "$ARGV[0]/entry$i") or die "$!"; close($f) }' "$m/many"
   drop_caches
-  t=$(now); ls -l "$m/many" >/dev/null; R[$name,ls]=$(elapsed "$t")
+  t=$(now); ls -l "$m/many" >/dev/null; R[$name,ls]=$(secs "$t")
   drop_caches
-  t=$(now); (cd "$m/many" && stat -- * >/dev/null); R[$name,stat]=$(elapsed "$t")
+  t=$(now); (cd "$m/many" && stat -- * >/dev/null); R[$name,stat]=$(secs "$t")
   rm -rf "$m/many"
 
   # Extract a real source tarball, then remove it.
   mkdir "$m/src"
-  t=$(now); tar xzf "$tarball" -C "$m/src"; sync -f "$m/src"; R[$name,extract]=$(elapsed "$t")
-  t=$(now); rm -rf "$m/src"; R[$name,rm]=$(elapsed "$t")
+  t=$(now); tar xzf "$tarball" -C "$m/src"; sync -f "$m/src"; R[$name,extract]=$(secs "$t")
+  t=$(now); rm -rf "$m/src"; R[$name,rm]=$(secs "$t")
 
   # git clone of a local repository (this one), no hardlinks.
-  t=$(now); git clone -q --no-hardlinks "$REPO" "$m/clone"; R[$name,clone]=$(elapsed "$t")
+  t=$(now); git clone -q --no-hardlinks "$REPO" "$m/clone"; R[$name,clone]=$(secs "$t")
   rm -rf "$m/clone"
 
-  R[$name,rss]=$(peak_rss_mib "$pid")
+  R[$name,rss]=$(hwm "$pid")
   umount_fs "$name"
 }
 

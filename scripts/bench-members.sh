@@ -44,12 +44,9 @@ member="$work/member"
 "$DATAMESH_BIN" --home "$member" join "$("$DATAMESH_BIN" --home "$home" invite --member --address "$listen" | tail -1)" --name bench >/dev/null
 "$DATAMESH_BIN" --home "$member" mount "$work/mmnt" >/dev/null
 declare -A MNT=([H]="$work/hmnt" [M]="$work/mmnt")
-drop_caches() { sync; [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true; }
 
 H() { "$DATAMESH_BIN" --home "$home" "$@"; }
 M() { "$DATAMESH_BIN" --home "$member" "$@"; }
-now() { date +%s.%N; }
-secs() { echo "$(now) - $1" | bc -l; }
 best() { # best LOWER_IS_BETTER A B
   if [ "$1" = low ]; then echo "if ($2 < $3) $2 else $3" | bc -l; else echo "if ($2 > $3) $2 else $3" | bc -l; fi
 }

@@ -27,12 +27,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-drop_caches() {
-  sync
-  [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true
-}
-now() { date +%s.%N; }
-elapsed() { echo "$(now) - $1" | bc -l; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 gib=$(echo "$(numfmt --from=iec "$size") / 1073741824" | bc -l)
@@ -76,14 +70,14 @@ bench() {
       read($r, my $b, 65536) == 65536 or die;
       open(my $f, ">", "$ARGV[0]/f$i") or die "f$i: $!"; print $f $b; close($f) or die "f$i: $!" }' "$m/small"
   sync -f "$m/small"
-  R[$name,small]=$(echo "1000 / $(elapsed "$t")" | bc -l)
+  R[$name,small]=$(echo "1000 / $(secs "$t")" | bc -l)
   # 1 000 files of 4 KiB: inline in the metadata, so no peer is involved.
   mkdir "$m/tiny"
   t=$(now)
   perl -e 'my $b = "x" x 4096; for my $i (1..1000) {
       open(my $f, ">", "$ARGV[0]/f$i") or die "f$i: $!"; print $f "$i$b"; close($f) or die "f$i: $!" }' "$m/tiny"
   sync -f "$m/tiny"
-  R[$name,tiny]=$(echo "1000 / $(elapsed "$t")" | bc -l)
+  R[$name,tiny]=$(echo "1000 / $(secs "$t")" | bc -l)
   R[$name,rss]=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$pid/status")
 }
 

@@ -31,9 +31,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-secs() { echo "$(now) - $1" | bc -l; }
-
 # creates DIR N: N empty files in directories of 1 000, timed; prints files/s.
 creates() {
   python3 - "$1" "$2" <<'EOF'

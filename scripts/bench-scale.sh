@@ -13,10 +13,6 @@ source "$(dirname "$0")/common.sh"
 size="${1:-512M}"
 counts="${2:-6 20 50}"
 ensure_built
-now() { date +%s.%N; }
-secs() { echo "$(now) - $1" | bc -l; }
-drop() { sync; [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true; }
-hwm() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
 declare -A R
 for n in $counts; do
   work=$(mktemp -d /var/tmp/datamesh-benchscale.XXXXXX)
@@ -38,12 +34,12 @@ for n in $counts; do
   bytes=$(stat -c %s "$work/big")
   dm mount "$work/mnt" >/dev/null
   t=$(now); cp "$work/big" "$work/mnt/big"; sync -f "$work/mnt/big"; R[$n,write]=$(echo "$bytes / 1048576 / $(secs "$t")" | bc -l)
-  drop
+  drop_caches
   t=$(now); cat "$work/mnt/big" > /dev/null; R[$n,read]=$(echo "$bytes / 1048576 / $(secs "$t")" | bc -l)
   R[$n,rss]=$(hwm "$(head -1 "$home/mount.pid")")
   t=$(now); dm status > /dev/null || true; R[$n,status]=$(secs "$t")
   dm umount "$work/mnt" >/dev/null
-  drop
+  drop_caches
   t=$(now); dm mount "$work/mnt" >/dev/null; head -c 1 "$work/mnt/big" > /dev/null; R[$n,ttfb]=$(secs "$t")
   # Lose 10 % (at least one), m at a time, repairing after each wave.
   lose=$(( n / 10 > 0 ? n / 10 : 1 ))
@@ -60,14 +56,8 @@ for n in $counts; do
       for _ in $(seq 60); do dm status 2>/dev/null | grep -q " $n reachable" && break; sleep 0.5; done
     fi
     t=$(now); out=$(dm repair 2>/dev/null); rt=$(echo "$rt + $(secs "$t")" | bc -l)
-    line=$(grep '^repair traffic:' <<< "$out" || true)
-    # "repair traffic: 32.0 MiB fetched, 8.0 MiB placed (…)" → MiB
-    mib() { awk -v v="$1" -v u="$2" 'BEGIN { m = (u == "GiB") ? 1024 : (u == "KiB") ? 1/1024 : (u == "B") ? 1/1048576 : 1; printf "%.1f", v * m }'; }
-    if [ -n "$line" ]; then
-      set -- $line
-      fetched=$(echo "$fetched + $(mib "$3" "$4")" | bc -l)
-      placed=$(echo "$placed + $(mib "$6" "$7")" | bc -l)
-    fi
+    read -r f p < <(repair_traffic_mib "$out")
+    fetched=$(echo "$fetched + $f" | bc -l) placed=$(echo "$placed + $p" | bc -l)
   done
   R[$n,lost]=$lose R[$n,repair]=$rt R[$n,fetched]=$fetched R[$n,placed]=$placed
   R[$n,health]=$(dm status 2>/dev/null | grep -o 'survives the loss of any [0-9]*' | grep -o '[0-9]*$' || echo "?")

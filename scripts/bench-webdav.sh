@@ -31,17 +31,14 @@ trap cleanup EXIT
 pid=$(cat "$home/mount.pid" | head -1)
 head -c 1G /dev/urandom > "$work/big"
 for i in $(seq 1000); do head -c $((i * 7 % 9000 + 100)) /dev/urandom > "$work/small/f$i"; done
-now() { date +%s.%N; }
-secs() { echo "$(now) - $1" | bc -l; }
 best() { echo "if ($1 < $2) $1 else $2" | bc -l; }
-drop() { sync; [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true; }
 declare -A T
 for run in 1 2; do
   t=$(now); curl -sf -T "$work/big" "$url/big.dav"; w=$(secs "$t")
   t=$(now); cp "$work/big" "$mnt/big.fuse"; sync; m=$(secs "$t")
   T[put_w]=$(best "${T[put_w]:-999999}" "$w"); T[put_m]=$(best "${T[put_m]:-999999}" "$m")
-  drop; t=$(now); curl -sf "$url/big.fuse" -o /dev/null; w=$(secs "$t")
-  drop; t=$(now); cat "$mnt/big.dav" > /dev/null; m=$(secs "$t")
+  drop_caches; t=$(now); curl -sf "$url/big.fuse" -o /dev/null; w=$(secs "$t")
+  drop_caches; t=$(now); cat "$mnt/big.dav" > /dev/null; m=$(secs "$t")
   T[get_w]=$(best "${T[get_w]:-999999}" "$w"); T[get_m]=$(best "${T[get_m]:-999999}" "$m")
   t=$(now); rclone copy "$work/small" ":webdav,url='$url/':small-dav-$run" 2>/dev/null; w=$(secs "$t")
   curl -sf -X MKCOL "$url/small-curl-$run/"
@@ -81,14 +78,14 @@ if [ ${#tls[@]} -gt 0 ]; then
   for _ in $(seq 100); do curl -sf -X PROPFIND -H 'Depth: 0' "$url/" -o /dev/null && break; sleep 0.1; done
   for run in 1 2; do
     t=$(now); curl -sf -T "$work/big" "$url/big.http"; w=$(secs "$t")
-    drop; t=$(now); curl -sf "$url/big.http" -o /dev/null; g=$(secs "$t")
+    drop_caches; t=$(now); curl -sf "$url/big.http" -o /dev/null; g=$(secs "$t")
     T[hput]=$(best "${T[hput]:-999999}" "$w"); T[hget]=$(best "${T[hget]:-999999}" "$g")
     kill "$p1"; wait "$p1" 2>/dev/null || true
     "$DATAMESH_BIN" --home "$home" serve --webdav "127.0.0.1:$sport" "${tls[@]}" > "$work/serve.log" 2>&1 &
     p1=$!
     for _ in $(seq 100); do curl -sf --cacert "$work/cert.pem" -X PROPFIND -H 'Depth: 0' "$surl/" -o /dev/null && break; sleep 0.1; done
     t=$(now); curl -sf --cacert "$work/cert.pem" -T "$work/big" "$surl/big.https"; w=$(secs "$t")
-    drop; t=$(now); curl -sf --cacert "$work/cert.pem" "$surl/big.https" -o /dev/null; g=$(secs "$t")
+    drop_caches; t=$(now); curl -sf --cacert "$work/cert.pem" "$surl/big.https" -o /dev/null; g=$(secs "$t")
     T[sput]=$(best "${T[sput]:-999999}" "$w"); T[sget]=$(best "${T[sget]:-999999}" "$g")
     kill "$p1"; wait "$p1" 2>/dev/null || true
     "$DATAMESH_BIN" --home "$home" serve --webdav "127.0.0.1:$port" > "$work/serve.log" 2>&1 &

@@ -16,3 +16,21 @@ ensure_built() {
   fi
   (cd "$REPO" && cargo build --release --locked --quiet) >&2
 }
+
+# The traffic a repair's output reports ("repair traffic: 32.0 MiB fetched,
+# 8.0 MiB placed (…)"), as "FETCHED PLACED" in MiB; "0 0" without that line.
+repair_traffic_mib() {
+  local line; line=$(grep '^repair traffic:' <<< "$1" || true)
+  [ -n "$line" ] || { echo "0 0"; return; }
+  awk '{ printf "%.1f %.1f\n", mib($3, $4), mib($6, $7) }
+    function mib(v, u) { return v * ((u == "GiB") ? 1024 : (u == "KiB") ? 1/1024 : (u == "B") ? 1/1048576 : 1) }' <<< "$line"
+}
+
+# Timing and memory helpers shared by the benchmark scripts.
+now() { date +%s.%N; }
+# Seconds since a time `now` printed.
+secs() { echo "$(now) - $1" | bc -l; }
+# Drops the page cache (root only; without it reads may come from the cache).
+drop_caches() { sync; [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true; }
+# Peak RSS of a process in MiB (0 once it has gone).
+hwm() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }

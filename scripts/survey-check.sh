@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Whether status and repair count the same thing every time on a large local
-# mesh: N peers (default 60; a home tracks at most 63 storage peers), 40 files of 1–8 MiB, `status --json` five times
+# mesh: N peers (default 60), 40 files of 1–8 MiB, `status --json` five times
 # in a row, then two peers killed, `repair`, and `status` five times again,
 # each set checked against `fsck`. Prints each run's counts and how long it
 # took; exits 1 if two runs of a set differ or a count disagrees with fsck.
