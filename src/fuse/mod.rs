@@ -315,12 +315,14 @@ impl Filesystem for DatameshFs {
         {
             tracing::debug!("kernel lacks {missing:?}");
         }
-        // A member's `ls -l` asks one page of entries and attributes per
-        // call instead of a lookup per name.
-        if !self.engine.is_home()
-            && let Err(missing) = config
-                .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
-        {
+        // Every listing comes with the entries' attributes (from the inode
+        // cache), so a listing followed by `stat` of its names (`ls -l`,
+        // `stat *` after a shell glob, rsync's and backup tools' scans, `rm
+        // -r`) finds them in the kernel's cache instead of asking a lookup
+        // per name. Not READDIRPLUS_AUTO: it falls back to plain pages when
+        // the names are looked up only after the whole listing, as a glob
+        // does (10 000 `stat`s: 0.25 s with every page plus, 0.7 s with AUTO).
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             tracing::debug!("kernel lacks {missing:?}");
         }
         // Locks go to the home node's table, shared by every host's mount.
@@ -777,7 +779,7 @@ impl Filesystem for DatameshFs {
         }
     }
 
-    /// Entries with their attributes (members only: see `init`). A page
+    /// Entries with their attributes (see `init`). A page
     /// fetched from the namespace that the kernel's buffer could not hold
     /// is kept for its next call, which asks from where this one ended.
     fn readdirplus(
