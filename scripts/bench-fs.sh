@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 size="${1:-1G}"
 scratch="${2:-/var/tmp}"
-for tool in fio bindfs gocryptfs perl git fusermount3; do
+for tool in fio bindfs gocryptfs perl git sqlite3 fusermount3; do
   command -v "$tool" >/dev/null || { echo "bench-fs: $tool is missing: run scripts/setup.sh" >&2; exit 1; }
 done
 ensure_built
@@ -63,6 +63,9 @@ fio_run() { # fio_run DIR ARGS... → terse output line
   fio --minimal --directory="$1" --ioengine=psync --group_reporting "${@:2}"
 }
 
+# The sqlite transactions: one row each, autocommitted.
+for i in $(seq 500); do echo "INSERT INTO t VALUES (randomblob(200));"; done > "$work/txns.sql"
+
 declare -A R
 bench() {
   local name=$1 m="$work/$1/mnt" t
@@ -81,6 +84,24 @@ bench() {
   R[$name,rand]=$(fio_run "$m" --name=rand --rw=randrw --rwmixread=70 --bs=4k --size=256M \
     --time_based --runtime=15 | awk -F';' '{ printf "%.0f", $8 + $49 }')
   rm -f "$m"/rand.*
+
+  # 4 KiB random reads of a cold 256 MiB file, and 4 KiB random writes with
+  # a final fsync, 10 s each.
+  fio_run "$m" --name=cold --rw=write --bs=1M --size=256M --end_fsync=1 >/dev/null
+  drop_caches
+  R[$name,rread]=$(fio_run "$m" --name=cold --rw=randread --bs=4k --size=256M \
+    --time_based --runtime=10 | awk -F';' '{ printf "%.0f", $8 }')
+  R[$name,rwrite]=$(fio_run "$m" --name=cold --rw=randwrite --bs=4k --size=256M \
+    --time_based --runtime=10 --end_fsync=1 | awk -F';' '{ printf "%.0f", $49 }')
+  rm -f "$m"/cold.*
+
+  # sqlite: 500 one-row transactions, each ending in fsyncs, with a rollback
+  # journal (DELETE) and with a write-ahead log (WAL).
+  for j in delete wal; do
+    sqlite3 "$m/db.$j" "PRAGMA journal_mode=$j; CREATE TABLE t(x);" >/dev/null
+    t=$(now); sqlite3 "$m/db.$j" < "$work/txns.sql"; R[$name,sql$j]=$(secs "$t")
+    rm -f "$m/db.$j"*
+  done
 
   # 4 KiB file creates (fs_mark style, one directory, no fsync per file), then syncfs.
   mkdir "$m/creates"
@@ -125,9 +146,13 @@ row() { # row LABEL KEY FORMAT GOAL
 row "seq write $size, MiB/s" seqw '%10.0f' "≥ 1.0× gocryptfs"
 row "seq read $size (cold), MiB/s" seqr '%10.0f' "≥ 0.8× bindfs"
 row "4K randrw 70/30, IOPS" rand '%10.0f' ""
+row "4K random read (cold), IOPS" rread '%10.0f' "≥ 1.0× gocryptfs"
+row "4K random write, IOPS" rwrite '%10.0f' "≥ 1.0× gocryptfs"
+row "sqlite 500 txns, DELETE, s" sqldelete '%10.2f' "≤ 2× gocryptfs"
+row "sqlite 500 txns, WAL, s" sqlwal '%10.2f' "≤ 2× gocryptfs"
 row "4K creates, files/s" creates '%10.0f' "≥ 0.5× bindfs"
-row "ls -l 10k entries, s" ls '%10.2f' ""
-row "stat 10k entries, s" stat '%10.2f' ""
+row "ls -l 10k entries, s" ls '%10.2f' "≤ 1.0× gocryptfs"
+row "stat 10k entries, s" stat '%10.2f' "≤ 1.0× gocryptfs"
 row "extract $(basename "$tarball"), s" extract '%10.2f' "≤ 2× bindfs"
 row "rm -rf the tree, s" rm '%10.2f' "≤ 2× bindfs"
 row "git clone (local), s" clone '%10.2f' ""

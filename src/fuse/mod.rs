@@ -849,9 +849,11 @@ impl Filesystem for DatameshFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _t = crate::metrics::op("fsyncdir");
-        // Namespace changes are committed to the metadata store as they happen.
-        reply.ok();
+        // Namespace changes are committed to the metadata store as they
+        // happen; this makes them durable (the WAL synced), as an fsync does.
+        self.spawn("fsyncdir", move |engine| {
+            Self::reply_empty(engine.sync_committed(), reply)
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Free space kept back so the metadata can still commit when the disk is nearly full.
 const RESERVE: u64 = 32 * 1024 * 1024;
@@ -14,6 +15,11 @@ const RESERVE: u64 = 32 * 1024 * 1024;
 pub struct LocalStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// Shards written so far, and how many of them the last finished sync
+    /// covered: a sync with nothing new to cover skips the `syncfs`, so an
+    /// fsync of a file whose data is all inline costs one WAL sync.
+    written: AtomicU64,
+    synced: AtomicU64,
 }
 
 impl LocalStore {
@@ -36,6 +42,8 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             tmp,
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
         })
     }
 
@@ -154,6 +162,9 @@ impl LocalStore {
             f.write_all(bytes)?;
             place(&tmp, &dest)
         })();
+        if res.is_ok() {
+            self.written.fetch_add(1, Ordering::Release);
+        }
         res.map_err(|e| {
             let _ = fs::remove_file(&tmp);
             if e.kind() == ErrorKind::StorageFull || e.kind() == ErrorKind::QuotaExceeded {
@@ -201,11 +212,19 @@ impl ShardStore for LocalStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        // Every shard counted in `written` was in place before this load, so
+        // a syncfs started after it covers them all.
+        let written = self.written.load(Ordering::Acquire);
+        if written == self.synced.load(Ordering::Acquire) {
+            return Ok(());
+        }
         // One syncfs flushes every shard written since the last barrier: a grouped
         // fsync instead of one per shard file.
         let dir = File::open(&self.root).map_err(|e| io_err(&self.root, e))?;
         nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir))
-            .map_err(|e| io_err(&self.root, e.into()))
+            .map_err(|e| io_err(&self.root, e.into()))?;
+        self.synced.fetch_max(written, Ordering::AcqRel);
+        Ok(())
     }
 
     fn for_each(&self, f: &mut dyn FnMut(ShardInfo)) -> Result<(), StoreError> {
