@@ -1151,7 +1151,8 @@ fn wide_stripes_on_twenty_peers_survive_four_lost_at_once() {
 }
 
 /// Past the old 63-peer ceiling: 70 storage peers, every one of them given
-/// shards; 10 % lost in waves of m = 2 with a repair after each, then 2 more
+/// shards; 10 % lost in waves of m = 2 with a repair after each (what the
+/// first wave took is rebuilt across many peers), then 2 more
 /// at once; the file reads back whole, nothing is unreadable, and fsck is
 /// clean after a last repair. (scripts/scale-test.sh is the full-size version.)
 #[test]
@@ -1167,11 +1168,29 @@ fn seventy_peers_lose_ten_percent_in_waves_and_two_more_at_once() {
     assert!(holding > 63, "only {holding} of 70 peers hold shards");
     let back = v.dir.path().join("back.bin");
     let mut victims = (0..70).rev().step_by(3);
-    for wave in [2, 2, 2, 1] {
-        for i in victims.by_ref().take(wave) {
+    for (n, wave) in [2, 2, 2, 1].into_iter().enumerate() {
+        let dead: Vec<usize> = victims.by_ref().take(wave).collect();
+        let held: Vec<usize> = (0..70).map(|i| c.shard_files(i).len()).collect();
+        let lost: usize = dead.iter().map(|&i| held[i]).sum();
+        for &i in &dead {
             c.kill(i);
         }
         v.ok(&["repair"]);
+        if n == 0 {
+            // The lost shards are rebuilt across the survivors (each chunk's
+            // next peers in its ranking), not poured onto one of them.
+            let gained: Vec<usize> = (0..70)
+                .filter(|i| !dead.contains(i))
+                .map(|i| c.shard_files(i).len().saturating_sub(held[i]))
+                .collect();
+            let receivers = gained.iter().filter(|&&g| g > 0).count();
+            let most = gained.iter().max().copied().unwrap_or(0);
+            assert_eq!(gained.iter().sum::<usize>(), lost, "{gained:?}");
+            assert!(
+                receivers >= 15 && most * 5 <= lost,
+                "{lost} shards rebuilt onto {receivers} peers, {most} onto one"
+            );
+        }
         let json = status_json(&v, &[]);
         assert_eq!(json_num(&json, "lost"), 0, "{json}");
         assert_eq!(json_num(&json, "survives"), 2, "after repair: {json}");
