@@ -1,17 +1,66 @@
-//! Small helpers every layer uses: poison-tolerant locking, secrets
-//! written to disk whole or not at all, and reads that fill a buffer.
+//! Small helpers every layer uses: poison-tolerant locking, group commit of
+//! a durability barrier, secrets written to disk whole or not at all, and
+//! reads that fill a buffer.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Locks `m`, taking the data even if a thread panicked while holding it: a
 /// panic is a bug reported on its own, and no lock here guards an invariant
 /// that a half-done update could break for the readers that follow.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Group commit of a durability barrier (a WAL sync): a caller that comes
+/// while a sync runs waits for the next one, which covers every caller
+/// waiting by then, instead of each running its own. A sync covers the
+/// callers that asked before it started, since what they wrote was written
+/// before they asked. A failed sync covers nobody: its caller gets the
+/// error, and each waiter tries again.
+#[derive(Default)]
+pub struct SyncGroup {
+    state: Mutex<SyncState>,
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Callers so far (each one's number is its ticket).
+    asked: u64,
+    /// Every ticket up to this one is covered by a finished sync.
+    covered: u64,
+    running: bool,
+}
+
+impl SyncGroup {
+    pub fn sync<E>(&self, run: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        let mut st = lock(&self.state);
+        st.asked += 1;
+        let ticket = st.asked;
+        loop {
+            if st.covered >= ticket {
+                return Ok(());
+            }
+            if !st.running {
+                st.running = true;
+                let upto = st.asked;
+                drop(st);
+                let res = run();
+                let mut st = lock(&self.state);
+                st.running = false;
+                if res.is_ok() {
+                    st.covered = st.covered.max(upto);
+                }
+                self.ended.notify_all();
+                return res;
+            }
+            st = self.ended.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// Writes a secret (a key) to `path`, mode 0600: to a temporary name first,
@@ -102,6 +151,38 @@ pub fn human(n: u64) -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Concurrent barriers share syncs, and each returns only after a sync
+    /// that started after it was asked; a failure reaches its caller.
+    #[test]
+    fn a_group_sync_covers_every_caller_with_fewer_syncs() {
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let group = SyncGroup::default();
+        let (writes, synced, runs) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..40 {
+                        let mine = writes.fetch_add(1, SeqCst) + 1;
+                        group
+                            .sync(|| {
+                                let seen = writes.load(SeqCst);
+                                runs.fetch_add(1, SeqCst);
+                                std::thread::sleep(std::time::Duration::from_millis(1));
+                                synced.fetch_max(seen, SeqCst);
+                                Ok::<(), ()>(())
+                            })
+                            .unwrap();
+                        assert!(synced.load(SeqCst) >= mine);
+                    }
+                });
+            }
+        });
+        let runs = runs.load(SeqCst);
+        assert!(runs < 8 * 40 * 3 / 4, "{runs} syncs for 320 barriers");
+        assert_eq!(group.sync(|| Err("disk gone")), Err("disk gone"));
+        assert_eq!(group.sync(|| Ok::<(), &str>(())), Ok(()));
+    }
 
     /// A link planted where a key goes, or at its temporary name, is replaced,
     /// never written through.

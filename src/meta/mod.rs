@@ -57,6 +57,8 @@ pub struct MetaStore {
     locks: locks::LockTable,
     /// What recent batches changed, for the mounts that cache the namespace.
     changes: changes::ChangeLog,
+    /// Concurrent fsyncs share WAL syncs.
+    wal_syncs: crate::util::SyncGroup,
 }
 
 /// Inode records and directory entries kept in memory (each).
@@ -150,6 +152,7 @@ impl MetaStore {
             cache: MetaCache::new(CACHE_ENTRIES),
             locks: Default::default(),
             changes: Default::default(),
+            wal_syncs: Default::default(),
         };
         store.free_orphans()?;
         Ok(store)
@@ -174,6 +177,7 @@ impl MetaStore {
             cache: MetaCache::new(CACHE_ENTRIES / 16),
             locks: Default::default(),
             changes: Default::default(),
+            wal_syncs: Default::default(),
         })
     }
 
@@ -273,7 +277,8 @@ impl MetaStore {
 
     /// Durability barrier for the namespace: the write-ahead log is on disk.
     pub fn sync(&self) -> Result<()> {
-        self.db.flush_wal(true).map_err(db_err)
+        self.wal_syncs
+            .sync(|| self.db.flush_wal(true).map_err(db_err))
     }
 
     // ---- reads -------------------------------------------------------------------
