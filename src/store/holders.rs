@@ -103,9 +103,9 @@ set_op!(Sub, sub, SubAssign, sub_assign);
 
 /// The index's key: the first 12 bytes of a shard id (a hint's key; see
 /// DESIGN.md for the odds of two sharing one).
-type Key = [u8; 12];
+pub type Key = [u8; 12];
 
-fn key(id: &ShardId) -> Key {
+pub fn key(id: &ShardId) -> Key {
     id.0[..12].try_into().expect("12 bytes")
 }
 
@@ -282,7 +282,7 @@ impl HolderIndex {
     /// (`after`, `upto`] (`None`: the start or the end of the id space), it
     /// holds exactly `listed` (in increasing order). `tag` is added to those
     /// and dropped from the rest of the range, except where `keep` says the
-    /// entry changed since the inventory was taken. Entries added since the
+    /// entry's key changed since the inventory was taken. Entries added since the
     /// last [`HolderIndex::settle`] are not swept: settle before a survey.
     pub fn inventory(
         &mut self,
@@ -290,7 +290,7 @@ impl HolderIndex {
         after: Option<&ShardId>,
         upto: Option<&ShardId>,
         listed: &[ShardId],
-        keep: &dyn Fn(&ShardId) -> bool,
+        keep: &dyn Fn(&Key) -> bool,
     ) {
         let lo = after.map_or(0, |a| {
             let a = key(a);
@@ -304,14 +304,7 @@ impl HolderIndex {
         for e in &mut self.sorted[lo..hi.max(lo)] {
             while next.next_if(|k| *k < e.key).is_some() {}
             let is_listed = next.next_if(|k| *k == e.key).is_some();
-            if is_listed || !self.side.holds(e.word, tag) {
-                continue;
-            }
-            // The full id is gone from the index; `keep` is asked of an id
-            // with the entry's key (what it compares is the key).
-            let mut id = ShardId([0; 32]);
-            id.0[..12].copy_from_slice(&e.key);
-            if keep(&id) {
+            if is_listed || !self.side.holds(e.word, tag) || keep(&e.key) {
                 continue;
             }
             self.side.remove(&mut e.word, tag);
@@ -462,7 +455,7 @@ mod tests {
                         let range: Vec<ShardId> = order[a..b].to_vec();
                         let listed: Vec<ShardId> = range.iter().zip(&l).filter(|(_, l)| **l).map(|(i, _)| *i).collect();
                         let kept: BTreeSet<[u8; 12]> = range.iter().zip(&k).filter(|(_, k)| **k).map(|(i, _)| key(i)).collect();
-                        ix.inventory(t, after.as_ref(), upto.as_ref(), &listed, &|i| kept.contains(&key(i)));
+                        ix.inventory(t, after.as_ref(), upto.as_ref(), &listed, &|k| kept.contains(k));
                         for i in &range {
                             let s = model.entry(i.0).or_default();
                             if listed.contains(i) {

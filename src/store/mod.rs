@@ -10,6 +10,8 @@ mod holders;
 mod local;
 
 pub use holders::{HolderIndex, Holders};
+/// How the holder index keys a shard.
+pub use holders::{Key as HolderKey, key as holder_key};
 pub use local::LocalStore;
 
 use crate::chunk::ShardId;

@@ -15,8 +15,8 @@ use super::proto::{MAX_IDS, Request, Response};
 use super::{BehaviourEvent, MeshKey, NetError, build_swarm, is_unspecified, peer_of};
 use crate::chunk::ShardId;
 use crate::store::{
-    HolderIndex, Holders, LocalStore, PeerNote, PeerStatus, Scrubbed, ShardInfo, ShardStore,
-    StoreError, Survey,
+    HolderIndex, HolderKey, Holders, LocalStore, PeerNote, PeerStatus, Scrubbed, ShardInfo,
+    ShardStore, StoreError, Survey, holder_key,
 };
 use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, Message, OutboundRequestId};
@@ -247,7 +247,7 @@ pub struct MeshStore {
     avoid: Mutex<HashMap<usize, Instant>>,
     /// While a survey runs: the shards stored meanwhile (by the first 12
     /// bytes of their ids, as the holder index keys them).
-    touched: Mutex<Option<std::collections::HashSet<[u8; 12]>>>,
+    touched: Mutex<Option<std::collections::HashSet<HolderKey>>>,
     /// Chunks whose last shards are still landing in the background.
     inflight: (Mutex<usize>, Condvar),
     /// Peers that took puts since the last sync.

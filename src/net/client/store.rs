@@ -73,7 +73,7 @@ impl MeshStore {
 
     pub(super) fn record(&self, id: ShardId, tag: usize) {
         if let Some(t) = lock(&self.touched).as_mut() {
-            t.insert(touch_key(&id));
+            t.insert(holder_key(&id));
         }
         lock(&self.loc).add(&id, tag);
     }
@@ -527,11 +527,6 @@ impl ShardStore for MeshStore {
     fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {
         self.put_shards(shards, need)
     }
-}
-
-/// How `touched` keys a shard: as the holder index does.
-pub(super) fn touch_key(id: &ShardId) -> [u8; 12] {
-    id.0[..12].try_into().expect("12 bytes")
 }
 
 /// `peers` without those marked in `marks` within the last `for_`, unless that

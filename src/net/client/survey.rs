@@ -286,11 +286,7 @@ impl MeshStore {
     /// (`after`, `upto`], save those stored since the survey began.
     fn listed(&self, tag: usize, after: Option<&ShardId>, upto: Option<&ShardId>, ids: &[ShardId]) {
         let touched = lock(&self.touched);
-        let keep = |id: &ShardId| {
-            touched
-                .as_ref()
-                .is_some_and(|t| t.contains(&super::store::touch_key(id)))
-        };
+        let keep = |k: &HolderKey| touched.as_ref().is_some_and(|t| t.contains(k));
         lock(&self.loc).inventory(tag, after, upto, ids, &keep);
     }
 }
