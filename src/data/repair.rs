@@ -219,7 +219,7 @@ fn losses_survived(held: &[Holders], k: usize) -> usize {
         if left < k {
             return losses.saturating_sub(1);
         }
-        let all = held.iter().fold(Holders::new(), |a, h| &a | h);
+        let all: Holders = held.iter().collect();
         // The holder that is the only one of the most shards.
         let Some(worst) = all.iter().max_by_key(|&t| {
             held.iter()
@@ -530,7 +530,7 @@ impl Engine {
                 moved.shards += 1;
             }
         }
-        let used = held.iter().fold(Holders::new(), |a, h| &a | h);
+        let used: Holders = held.iter().collect();
         let free = (&(&self.s.store.holders_up() - &used) - local).len();
         if free == 0 {
             return Ok(moved);

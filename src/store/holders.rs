@@ -82,6 +82,17 @@ impl FromIterator<usize> for Holders {
     }
 }
 
+/// The union of the sets.
+impl<'a> FromIterator<&'a Holders> for Holders {
+    fn from_iter<I: IntoIterator<Item = &'a Holders>>(iter: I) -> Holders {
+        let mut all = Holders::new();
+        for h in iter {
+            all |= h;
+        }
+        all
+    }
+}
+
 macro_rules! set_op {
     ($op:ident, $f:ident, $assign:ident, $fa:ident) => {
         impl $op<&Holders> for &Holders {
@@ -385,6 +396,8 @@ mod tests {
         assert_eq!((&a - &b).len(), 2);
         assert!(a.meets(&b) && !a.meets(&Holders::one(Holders::LOCAL)));
         assert!(!Holders::new().contains(usize::MAX));
+        let all: Holders = [a.clone(), b.clone()].iter().collect();
+        assert_eq!(all, &a | &b);
     }
 
     #[test]
