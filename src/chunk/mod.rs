@@ -53,6 +53,30 @@ pub enum ChunkRef {
         k: u8,
         shards: Vec<ShardId>,
     },
+    /// A chunk overwritten in place in small pieces (metadata format 2): the base
+    /// (zeros where there is none) with each slice laid over it, oldest first.
+    Layered {
+        /// The furthest end of the base and the slices.
+        len: u32,
+        /// A plain chunk (`Inline` or `Sharded`), never layered itself.
+        base: Option<Box<ChunkRef>>,
+        slices: Vec<Slice>,
+    },
+}
+
+/// Bytes written over part of a layered chunk: an inline chunk of their own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slice {
+    /// Where in the chunk the slice's bytes start.
+    pub offset: u32,
+    /// Always `ChunkRef::Inline`.
+    pub chunk: ChunkRef,
+}
+
+impl Slice {
+    pub fn end(&self) -> usize {
+        self.offset as usize + self.chunk.plain_len()
+    }
 }
 
 impl ChunkRef {
@@ -61,14 +85,49 @@ impl ChunkRef {
             ChunkRef::Inline { plain_len, .. } | ChunkRef::Sharded { plain_len, .. } => {
                 *plain_len as usize
             }
+            ChunkRef::Layered { len, .. } => *len as usize,
         }
     }
 
-    /// The shard ids this chunk references (none when inline).
+    /// The shard ids this chunk references (none when inline; a layered
+    /// chunk's are its base's: slices are inline).
     pub fn shard_ids(&self) -> &[ShardId] {
         match self {
             ChunkRef::Inline { .. } => &[],
             ChunkRef::Sharded { shards, .. } => shards,
+            ChunkRef::Layered { base, .. } => base.as_deref().map_or(&[], ChunkRef::shard_ids),
+        }
+    }
+
+    /// The part of this chunk kept as shards: itself when sharded, a layered
+    /// chunk's base when that is sharded.
+    pub fn sharded(&self) -> Option<&ChunkRef> {
+        match self {
+            ChunkRef::Sharded { .. } => Some(self),
+            ChunkRef::Inline { .. } => None,
+            ChunkRef::Layered { base, .. } => base.as_deref().and_then(ChunkRef::sharded),
+        }
+    }
+
+    /// The plain chunks this one is made of: itself, or a layered chunk's base
+    /// and slices.
+    pub fn parts(&self) -> Vec<&ChunkRef> {
+        match self {
+            ChunkRef::Layered { base, slices, .. } => base
+                .as_deref()
+                .into_iter()
+                .chain(slices.iter().map(|s| &s.chunk))
+                .collect(),
+            _ => vec![self],
+        }
+    }
+
+    /// The cache key of a plain chunk's plaintext (its key, derived from it).
+    /// A layered chunk has none of its own: its parts are cached.
+    pub fn plain_key(&self) -> Option<[u8; 32]> {
+        match self {
+            ChunkRef::Inline { key, .. } | ChunkRef::Sharded { key, .. } => Some(*key),
+            ChunkRef::Layered { .. } => None,
         }
     }
 
@@ -82,8 +141,25 @@ impl ChunkRef {
                 shards,
                 ..
             } => erasure::shard_len(*sealed_len as usize, *k as usize) as u64 * shards.len() as u64,
+            ChunkRef::Layered { .. } => self.parts().iter().map(|c| c.stored_len()).sum(),
         }
     }
+}
+
+/// A layered chunk's plaintext: `base` (its base's plaintext, opened by the
+/// caller) with the slices opened and laid over it. `slices` are the opened
+/// slices, in the chunk's order, as [`open_inline`] gives them.
+pub fn lay_slices(len: usize, base: Option<&[u8]>, slices: &[(usize, &[u8])]) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    if let Some(b) = base {
+        let n = b.len().min(len);
+        out[..n].copy_from_slice(&b[..n]);
+    }
+    for (at, bytes) in slices {
+        let n = bytes.len().min(len.saturating_sub(*at));
+        out[*at..*at + n].copy_from_slice(&bytes[..n]);
+    }
+    out
 }
 
 /// A sealed chunk: its map entry and the shard bytes to store (shard i has id
@@ -181,7 +257,7 @@ pub fn open_inline(chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
             let mut blob = sealed.clone();
             finish_open(key, *compressed, *plain_len, &mut blob)
         }
-        ChunkRef::Sharded { .. } => Err(ChunkError::Key("not an inline chunk".into())),
+        _ => Err(ChunkError::Key("not an inline chunk".into())),
     }
 }
 

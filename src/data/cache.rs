@@ -23,7 +23,18 @@ impl Core {
         chunk: &ChunkRef,
         wait: bool,
     ) -> Result<Option<Arc<Vec<u8>>>> {
-        let key = chunk_cache_key(chunk);
+        let Some(key) = chunk.plain_key() else {
+            // A layered chunk is put together from its parts, each cached on
+            // its own (slices change often; the base is shared).
+            if !wait {
+                return match chunk.sharded() {
+                    Some(base) => self.load_chunk_or_skip(base, false),
+                    None => Ok(None),
+                };
+            }
+            let whole = super::fetch::lay(chunk, &|part| self.load_chunk(part))?;
+            return Ok(Some(Arc::new(whole)));
+        };
         if let Some(hit) = lock(&self.cache).get(&key) {
             crate::metrics::get().cache_hits.inc();
             return Ok(Some(hit.clone()));
@@ -62,12 +73,5 @@ impl Core {
 
     pub(super) fn decode(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
         super::fetch::decode_chunk(&self.store, &self.codec, chunk)
-    }
-}
-
-/// Chunks are identified by their key, which is derived from their plaintext.
-pub(super) fn chunk_cache_key(c: &ChunkRef) -> [u8; 32] {
-    match c {
-        ChunkRef::Inline { key, .. } | ChunkRef::Sharded { key, .. } => *key,
     }
 }

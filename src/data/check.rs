@@ -79,8 +79,10 @@ impl Engine {
             Ok(())
         })?;
         self.s.local()?.for_each_chunk(|_, _, c| {
-            if let ChunkRef::Inline { sealed, .. } = c {
-                u.inline_bytes += sealed.len() as u64;
+            for part in c.parts() {
+                if let ChunkRef::Inline { sealed, .. } = part {
+                    u.inline_bytes += sealed.len() as u64;
+                }
             }
             Ok(())
         })?;
@@ -225,46 +227,69 @@ impl Engine {
                 Some(s) => format!("snapshot {s}: inode {ino}: chunk {idx}"),
                 None => format!("{}: chunk {idx}", path(*ino)),
             };
-            match c {
-                ChunkRef::Inline { .. } => {
-                    if let Err(e) = chunk::open_inline(c) {
-                        problems.push(format!("{}: {e}", where_()));
+            if let ChunkRef::Layered { len, slices, .. } = c
+                && (*len as usize > self.chunk_size
+                    || slices.iter().any(|s| {
+                        s.end() > *len as usize || !matches!(s.chunk, ChunkRef::Inline { .. })
+                    }))
+            {
+                problems.push(format!("{}: a malformed layered chunk", where_()));
+                lost += 1;
+            }
+            // A layered chunk's base and slices are checked as chunks.
+            for c in c.parts() {
+                match c {
+                    ChunkRef::Layered { .. } => {
+                        problems.push(format!(
+                            "{}: a layered chunk inside a layered chunk",
+                            where_()
+                        ));
                         lost += 1;
                     }
-                }
-                ChunkRef::Sharded { k, .. } => {
-                    let mut bad = Vec::new();
-                    for id in c.shard_ids() {
-                        checked += 1;
-                        match self.s.store.get(id) {
-                            Ok(_) => {}
-                            Err(StoreError::Missing(_)) => bad.push(format!("shard {id} missing")),
-                            Err(StoreError::Corrupt(_)) => bad.push(format!("shard {id} corrupt")),
-                            Err(e) => bad.push(format!("shard {id}: {e}")),
+                    ChunkRef::Inline { .. } => {
+                        if let Err(e) = chunk::open_inline(c) {
+                            problems.push(format!("{}: {e}", where_()));
+                            lost += 1;
                         }
                     }
-                    let intact = c.shard_ids().len() - bad.len();
-                    if intact < *k as usize {
-                        lost += 1;
-                        problems.push(format!(
-                            "{}: only {intact} of {} shards intact, {k} needed: data lost ({})",
-                            where_(),
-                            c.shard_ids().len(),
-                            bad.join(", ")
-                        ));
-                    } else if !bad.is_empty() {
-                        degraded += 1;
-                        let healed = repair && self.fetch_sharded(c, true).is_ok();
-                        if healed {
-                            repaired += 1;
-                        } else {
+                    ChunkRef::Sharded { k, .. } => {
+                        let mut bad = Vec::new();
+                        for id in c.shard_ids() {
+                            checked += 1;
+                            match self.s.store.get(id) {
+                                Ok(_) => {}
+                                Err(StoreError::Missing(_)) => {
+                                    bad.push(format!("shard {id} missing"))
+                                }
+                                Err(StoreError::Corrupt(_)) => {
+                                    bad.push(format!("shard {id} corrupt"))
+                                }
+                                Err(e) => bad.push(format!("shard {id}: {e}")),
+                            }
+                        }
+                        let intact = c.shard_ids().len() - bad.len();
+                        if intact < *k as usize {
+                            lost += 1;
                             problems.push(format!(
-                                "{}: {} of {} shards lost, still readable ({})",
+                                "{}: only {intact} of {} shards intact, {k} needed: data lost ({})",
                                 where_(),
-                                bad.len(),
                                 c.shard_ids().len(),
                                 bad.join(", ")
                             ));
+                        } else if !bad.is_empty() {
+                            degraded += 1;
+                            let healed = repair && self.fetch_sharded(c, true).is_ok();
+                            if healed {
+                                repaired += 1;
+                            } else {
+                                problems.push(format!(
+                                    "{}: {} of {} shards lost, still readable ({})",
+                                    where_(),
+                                    bad.len(),
+                                    c.shard_ids().len(),
+                                    bad.join(", ")
+                                ));
+                            }
                         }
                     }
                 }

@@ -29,7 +29,32 @@ pub fn decode_chunk(
     match chunk {
         ChunkRef::Inline { .. } => Ok(chunk::open_inline(chunk)?),
         ChunkRef::Sharded { .. } => fetch_sharded(store, codec, chunk, false),
+        ChunkRef::Layered { .. } => lay(chunk, &|part| {
+            decode_chunk(store, codec, part).map(Arc::new)
+        }),
     }
+}
+
+/// A layered chunk's plaintext put together whole, its base and slices
+/// opened by `open`.
+pub(super) fn lay(
+    chunk: &ChunkRef,
+    open: &dyn Fn(&ChunkRef) -> Result<Arc<Vec<u8>>>,
+) -> Result<Vec<u8>> {
+    let ChunkRef::Layered { len, base, slices } = chunk else {
+        return Ok(open(chunk)?.to_vec());
+    };
+    let base = base.as_deref().map(open).transpose()?;
+    let opened = slices
+        .iter()
+        .map(|s| Ok((s.offset as usize, open(&s.chunk)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let refs: Vec<(usize, &[u8])> = opened.iter().map(|(at, b)| (*at, b.as_slice())).collect();
+    Ok(chunk::lay_slices(
+        *len as usize,
+        base.as_deref().map(Vec::as_slice),
+        &refs,
+    ))
 }
 
 /// See [`Engine::fetch_sharded`].

@@ -22,6 +22,7 @@ mod fetch;
 mod gc;
 mod namespace;
 mod object;
+mod patch;
 mod read;
 mod repair;
 mod stream;
@@ -41,7 +42,6 @@ use crate::meta::{MetaStore, Namespace, NewNode};
 use crate::store::{ShardStore, StoreError};
 use crate::types::*;
 use lru::LruCache;
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,14 +71,52 @@ impl Default for EngineConfig {
     }
 }
 
+/// Unsealed writes to one chunk.
+#[derive(Clone, Debug)]
+enum Dirty {
+    /// The chunk's full current contents (may be shorter than a chunk).
+    Whole(Vec<u8>),
+    /// Ranges written over the chunk as it stands committed (or in flight),
+    /// which was not read: sealed as slices of a layered chunk.
+    Patch(patch::Patch),
+}
+
+impl Dirty {
+    /// Memory held, as the dirty budget counts it.
+    fn bytes(&self) -> usize {
+        match self {
+            Dirty::Whole(b) => b.capacity(),
+            Dirty::Patch(p) => p.bytes(),
+        }
+    }
+
+    /// This older state of a chunk with `newer` written after it: a whole
+    /// buffer supersedes what came before; a patch is laid over it.
+    fn under(self, newer: Dirty) -> Dirty {
+        match (self, newer) {
+            (_, Dirty::Whole(b)) => Dirty::Whole(b),
+            (Dirty::Whole(mut b), Dirty::Patch(p)) => {
+                p.apply(&mut b);
+                Dirty::Whole(b)
+            }
+            (Dirty::Patch(mut q), Dirty::Patch(p)) => {
+                for (at, bytes) in p.ranges() {
+                    q.write(at, bytes);
+                }
+                Dirty::Patch(q)
+            }
+        }
+    }
+}
+
 /// Unsealed writes of one file.
 #[derive(Default)]
 struct FileState {
-    /// Chunk index → its full current contents (may be shorter than a chunk).
-    dirty: BTreeMap<u64, Vec<u8>>,
+    /// Chunk index → what was written to it since it last landed.
+    dirty: BTreeMap<u64, Dirty>,
     /// Chunks handed to the sealing pool, served to readers until their map commits.
     /// At most one per index: a chunk is handed off again only after it lands.
-    sealing: BTreeMap<u64, Arc<Vec<u8>>>,
+    sealing: BTreeMap<u64, Arc<Dirty>>,
     /// The first background sealing failure since the last flush, for flush to report.
     failed: Option<Error>,
     /// Size and mtime including unsealed writes, while any are pending.
@@ -113,6 +151,8 @@ struct Core {
     key: VolumeKey,
     codec: Codec,
     inline_max: usize,
+    /// Sealed slice bytes a layered chunk may hold before a seal compacts it.
+    slice_budget: usize,
     /// Memory (capacity) of dirty buffers and of those in flight to the store,
     /// across all files.
     dirty_total: AtomicUsize,
@@ -226,6 +266,11 @@ impl Engine {
                 key,
                 codec,
                 inline_max: p.inline_max as usize,
+                // 1/16 of a chunk, and room for a few full slices in small
+                // chunks, never past half of one.
+                slice_budget: (chunk_size / 16)
+                    .max(4 * p.inline_max as usize)
+                    .min(chunk_size / 2),
                 dirty_total: AtomicUsize::new(0),
                 cache: Mutex::new(LruCache::new(NonZeroUsize::new(entries).unwrap())),
                 loading: Mutex::new(HashMap::new()),
@@ -313,6 +358,9 @@ fn copy_piece(dst: &mut [u8], src: &[u8], within: usize) {
 
 /// How long a file may go unwritten before its partial chunks are sealed.
 const IDLE_SEAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Slices a layered chunk may hold before a seal compacts it.
+const MAX_SLICES: usize = 32;
 
 /// Chunks decoded ahead of a sequential reader.
 const READAHEAD_CHUNKS: u64 = 3;

@@ -1,6 +1,6 @@
 //! Reads: unsealed buffers first, then committed chunks, with read-ahead.
 
-use super::cache::chunk_cache_key;
+use super::patch::Patch;
 use super::*;
 
 impl Engine {
@@ -40,24 +40,49 @@ impl Engine {
             pos += n as u64;
         }
         // Unsealed contents first, under the file's lock; committed chunks after
-        // letting it go, since decoding one can take a while.
+        // letting it go, since decoding one can take a while. A piece is the
+        // newest whole buffer of its chunk (dirty, else in flight, else the
+        // committed chunk) with the patches written since laid over it.
         let mut committed = Vec::new();
         for &(idx, within, at, n) in &pieces {
-            let pending = guard.as_ref().and_then(|g| {
-                g.dirty
-                    .get(&idx)
-                    .map(Vec::as_slice)
-                    .or_else(|| g.sealing.get(&idx).map(|b| b.as_slice()))
-            });
-            match pending {
-                Some(src) => copy_piece(&mut out[at..at + n], src, within),
-                None => committed.push((idx, within, at, n)),
+            let dst = &mut out[at..at + n];
+            // Patches over the piece, newest first.
+            let mut patches: Vec<Patch> = Vec::new();
+            let layers = guard
+                .as_ref()
+                .map(|g| [g.dirty.get(&idx), g.sealing.get(&idx).map(|d| &**d)]);
+            let mut whole = None;
+            for d in layers.iter().flatten().flatten() {
+                match d {
+                    Dirty::Whole(buf) => {
+                        whole = Some(buf);
+                        break;
+                    }
+                    Dirty::Patch(p) => {
+                        patches.push(p.cut(within, n));
+                        if p.covers(within, n) {
+                            break;
+                        }
+                    }
+                }
+            }
+            let covered = patches.last().is_some_and(|p| p.covers(within, n));
+            if let Some(buf) = whole {
+                copy_piece(dst, buf, within);
+            } else if !covered {
+                committed.push((idx, within, at, n, patches));
+                continue;
+            }
+            for p in patches.iter().rev() {
+                p.overlay(dst, within);
             }
         }
         drop(guard);
-        for (idx, within, at, n) in committed {
-            if let Some(src) = self.read_chunk(ino, idx)? {
-                copy_piece(&mut out[at..at + n], &src, within);
+        for (idx, within, at, n, patches) in committed {
+            let dst = &mut out[at..at + n];
+            self.read_committed(ino, idx, within, dst)?;
+            for p in patches.iter().rev() {
+                p.overlay(dst, within);
             }
         }
         self.read_ahead(ino, offset / cs, (end - 1) / cs, size.div_ceil(cs));
@@ -80,7 +105,12 @@ impl Engine {
             let Ok(Some(chunk)) = self.s.meta.chunk(ino, idx) else {
                 continue;
             };
-            if lock(&self.s.cache).contains(&chunk_cache_key(&chunk)) {
+            // What takes decoding is the sharded part (a layered chunk's base).
+            let Some(chunk) = chunk.sharded().cloned() else {
+                continue;
+            };
+            let key = chunk.plain_key().expect("a sharded chunk has a key");
+            if lock(&self.s.cache).contains(&key) {
                 continue;
             }
             let s = self.s.clone();
@@ -90,6 +120,32 @@ impl Engine {
                 }
             });
         }
+    }
+
+    /// Copies the committed bytes of chunk `idx` of `ino` from `within` on
+    /// into `dst` (zeroed). A layered chunk is read from its base and the
+    /// slices that meet the range: it is never put together whole.
+    fn read_committed(&self, ino: Ino, idx: u64, within: usize, dst: &mut [u8]) -> Result<()> {
+        match self.s.meta.chunk(ino, idx)? {
+            None => {}
+            Some(ChunkRef::Layered { base, slices, .. }) => {
+                if let Some(b) = base {
+                    copy_piece(dst, &self.s.load_chunk(&b)?, within);
+                }
+                let end = within + dst.len();
+                for s in slices {
+                    let at = s.offset as usize;
+                    if at >= end || s.end() <= within {
+                        continue;
+                    }
+                    let plain = self.s.load_chunk(&s.chunk)?;
+                    let (from, to) = (at.max(within), s.end().min(end));
+                    dst[from - within..to - within].copy_from_slice(&plain[from - at..to - at]);
+                }
+            }
+            Some(c) => copy_piece(dst, &self.s.load_chunk(&c)?, within),
+        }
+        Ok(())
     }
 
     /// The committed plaintext of chunk `idx` of `ino`; None for a hole.

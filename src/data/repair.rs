@@ -289,11 +289,13 @@ impl Engine {
     ) -> Result<Redundancy> {
         let mut chunks: Vec<ChunkRef> = Vec::new();
         let mut seen = HashSet::new();
+        // What repair mends is the sharded part (a layered chunk's base).
         let mut add = |c: ChunkRef| {
-            if let Some(first) = c.shard_ids().first()
+            if let Some(c) = c.sharded()
+                && let Some(first) = c.shard_ids().first()
                 && seen.insert(*first)
             {
-                chunks.push(c);
+                chunks.push(c.clone());
             }
         };
         self.s.local()?.for_each_chunk(|_, _, c| {
@@ -575,8 +577,10 @@ impl Engine {
             let bad_set: HashSet<ShardId> = bad.iter().copied().collect();
             let mut hit = Vec::new();
             self.s.local()?.for_each_chunk(|_, _, c| {
-                if c.shard_ids().iter().any(|id| bad_set.contains(id)) {
-                    hit.push(c);
+                if let Some(c) = c.sharded()
+                    && c.shard_ids().iter().any(|id| bad_set.contains(id))
+                {
+                    hit.push(c.clone());
                 }
                 Ok(())
             })?;

@@ -1,7 +1,7 @@
 //! Writes: per-file dirty chunk buffers, handed to the sealing pool when full,
 //! idle, over budget or flushed; the sealing jobs seal, store and commit.
 
-use super::cache::chunk_cache_key;
+use super::patch::Patch;
 use super::*;
 
 impl Engine {
@@ -38,37 +38,38 @@ impl Engine {
             let within = (pos % cs) as usize;
             let n = ((cs - within as u64).min(end - pos)) as usize;
             let piece = &data[(pos - offset) as usize..][..n];
-            if !st.dirty.contains_key(&idx) {
-                // A partial write of a stored chunk starts from its current contents.
-                let base = if n == self.chunk_size || idx * cs >= size {
-                    Vec::new()
+            // A write of a whole chunk, or past the end, starts empty. A partial
+            // write of a stored chunk starts a patch over it: the chunk is not
+            // read (see `patch_to_whole` for when it is).
+            let fresh = || {
+                if n == self.chunk_size || idx * cs >= size || self.s.inline_max == 0 {
+                    Dirty::Whole(Vec::new())
                 } else {
-                    let mut v = match st.sealing.get(&idx) {
-                        Some(b) => b.to_vec(),
-                        None => self.chunk_for_update(ino, idx)?,
-                    };
-                    v.truncate((size - idx * cs).min(cs) as usize);
-                    v
-                };
-                self.s
-                    .dirty_total
-                    .fetch_add(base.capacity(), Ordering::Relaxed);
-                st.dirty.insert(idx, base);
-            }
-            let buf = st.dirty.get_mut(&idx).expect("inserted above");
-            if buf.len() < within + n {
-                let before = buf.capacity();
-                if buf.capacity() < within + n {
-                    // Double up to a chunk, never past it: capacity is what is counted.
-                    let cap = (within + n).max(before * 2).min(self.chunk_size);
-                    buf.reserve_exact(cap - buf.len());
+                    Dirty::Patch(Patch::default())
                 }
-                buf.resize(within + n, 0);
-                self.s
-                    .dirty_total
-                    .fetch_add(buf.capacity() - before, Ordering::Relaxed);
+            };
+            let d = st.dirty.entry(idx).or_insert_with(fresh);
+            let before = d.bytes();
+            match d {
+                Dirty::Whole(buf) => {
+                    if buf.len() < within + n {
+                        if buf.capacity() < within + n {
+                            // Double up to a chunk, never past it: capacity is what is counted.
+                            let cap = (within + n).max(buf.capacity() * 2).min(self.chunk_size);
+                            buf.reserve_exact(cap - buf.len());
+                        }
+                        buf.resize(within + n, 0);
+                    }
+                    buf[within..within + n].copy_from_slice(piece);
+                }
+                Dirty::Patch(p) => p.write(within, piece),
             }
-            buf[within..within + n].copy_from_slice(piece);
+            let after = d.bytes();
+            let patch_full = matches!(d, Dirty::Patch(p) if p.bytes() > self.s.slice_budget);
+            self.s.count_dirty(before, after);
+            if patch_full {
+                st = self.patch_to_whole(ino, &cell, st, idx)?;
+            }
             if within + n == self.chunk_size {
                 full.push(idx);
             }
@@ -115,13 +116,47 @@ impl Engine {
         self.s.dirty_total.load(Ordering::Relaxed) > self.dirty_budget
     }
 
+    /// Turns chunk `idx`'s patch, grown past the slice budget, into a whole
+    /// buffer: the chunk is read once (after any seal of it in flight lands)
+    /// and the patch laid over it. Past that size, rewriting the chunk is the
+    /// cheaper record.
+    fn patch_to_whole<'a>(
+        &self,
+        ino: Ino,
+        cell: &'a Arc<FileCell>,
+        mut st: MutexGuard<'a, FileState>,
+        idx: u64,
+    ) -> Result<MutexGuard<'a, FileState>> {
+        while st.sealing.contains_key(&idx) {
+            st = wait(cell, st);
+        }
+        // Handed off meanwhile (idle, or over budget): nothing left to turn.
+        if !matches!(st.dirty.get(&idx), Some(Dirty::Patch(_))) {
+            return Ok(st);
+        }
+        let cs = self.chunk_size as u64;
+        let size = st.size.unwrap_or(0);
+        let mut buf = self.chunk_for_update(ino, idx)?;
+        buf.truncate((size.saturating_sub(idx * cs)).min(cs) as usize);
+        let Some(Dirty::Patch(p)) = st.dirty.remove(&idx) else {
+            unreachable!("checked above, under the same lock")
+        };
+        p.apply(&mut buf);
+        let whole = Dirty::Whole(buf);
+        self.s.count_dirty(p.bytes(), whole.bytes());
+        st.dirty.insert(idx, whole);
+        Ok(st)
+    }
+
     /// The committed contents of a chunk as a buffer to modify: from the cache if
     /// there, else decoded without caching (the dirty buffer supersedes it).
     pub(super) fn chunk_for_update(&self, ino: Ino, idx: u64) -> Result<Vec<u8>> {
         let Some(chunk) = self.s.meta.chunk(ino, idx)? else {
             return Ok(Vec::new());
         };
-        if let Some(hit) = lock(&self.s.cache).pop(&chunk_cache_key(&chunk)) {
+        if let Some(key) = chunk.plain_key()
+            && let Some(hit) = lock(&self.s.cache).pop(&key)
+        {
             return Ok(Arc::unwrap_or_clone(hit));
         }
         self.s.decode(&chunk)
@@ -140,14 +175,14 @@ impl Engine {
         while st.sealing.contains_key(&idx) {
             st = wait(cell, st);
         }
-        let Some(buf) = st.dirty.remove(&idx) else {
+        let Some(dirty) = st.dirty.remove(&idx) else {
             return st;
         };
-        let plain = Arc::new(buf);
-        st.sealing.insert(idx, plain.clone());
+        let dirty = Arc::new(dirty);
+        st.sealing.insert(idx, dirty.clone());
         let (s, cell) = (self.s.clone(), cell.clone());
         self.sealing_pool
-            .spawn(move || s.seal_in_background(ino, &cell, idx, plain));
+            .spawn(move || s.seal_in_background(ino, &cell, idx, dirty));
         st
     }
 
@@ -301,18 +336,33 @@ impl Engine {
 }
 
 impl Core {
+    /// Moves the dirty count from `before` to `after` bytes.
+    pub(super) fn count_dirty(&self, before: usize, after: usize) {
+        if after >= before {
+            self.dirty_total
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.dirty_total
+                .fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
     /// A sealing job: seal and store chunk `idx` of `ino`, then commit it with the
-    /// file's current size. On failure the buffer goes back to the dirty set (unless
-    /// rewritten meanwhile) and the error waits for the file's next flush.
+    /// file's current size. On failure what was written goes back to the dirty
+    /// set (under anything written since) and the error waits for the file's
+    /// next flush.
     pub(super) fn seal_in_background(
         &self,
         ino: Ino,
         cell: &FileCell,
         idx: u64,
-        plain: Arc<Vec<u8>>,
+        dirty: Arc<Dirty>,
     ) {
         let span = self.gate.span();
-        let sealed = self.seal_or_hole(&plain);
+        let sealed = match &*dirty {
+            Dirty::Whole(plain) => self.seal_or_hole(plain),
+            Dirty::Patch(p) => self.seal_patch(ino, idx, p),
+        };
         let mut st = lock(&cell.state);
         let size = st.size.expect("a file with chunks in flight has a size");
         let mtime = st.mtime;
@@ -326,8 +376,7 @@ impl Core {
             // Removed meanwhile (with no handle open): its writes have nowhere to go,
             // and gc collects any shards just stored.
             Ok(_) | Err(Error::NotFound) => {
-                self.dirty_total
-                    .fetch_sub(plain.capacity(), Ordering::Relaxed);
+                self.dirty_total.fetch_sub(dirty.bytes(), Ordering::Relaxed);
                 // Every byte written has landed, those of failed attempts
                 // too (a failed chunk goes back to `dirty`): nothing is lost,
                 // so there is no error left to report.
@@ -337,20 +386,60 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(%ino, "storing chunk {idx} failed, kept in memory: {e}");
-                match st.dirty.entry(idx) {
-                    Entry::Vacant(v) => {
-                        v.insert(Arc::unwrap_or_clone(plain));
+                let older = Arc::unwrap_or_clone(dirty);
+                let merged = match st.dirty.remove(&idx) {
+                    None => older,
+                    Some(newer) => {
+                        let before = older.bytes() + newer.bytes();
+                        let merged = older.under(newer);
+                        self.count_dirty(before, merged.bytes());
+                        merged
                     }
-                    Entry::Occupied(_) => {
-                        self.dirty_total
-                            .fetch_sub(plain.capacity(), Ordering::Relaxed);
-                    }
-                }
+                };
+                st.dirty.insert(idx, merged);
                 st.failed.get_or_insert(e);
             }
         }
         drop(st);
         cell.landed.notify_all();
+    }
+
+    /// The entry that commits patch `p` over chunk `idx` as it stands: its
+    /// ranges sealed as inline slices appended to the entry, or, past
+    /// [`MAX_SLICES`] or the slice budget, the whole chunk resealed plain.
+    /// Only this job changes the entry meanwhile (one seal per chunk in
+    /// flight; truncation and hole punching flush first).
+    fn seal_patch(&self, ino: Ino, idx: u64, p: &Patch) -> Result<Option<ChunkRef>> {
+        let (len, base, mut slices) = match self.meta.chunk(ino, idx)? {
+            None => (0, None, Vec::new()),
+            Some(ChunkRef::Layered { len, base, slices }) => (len as usize, base, slices),
+            Some(c) => (c.plain_len(), Some(Box::new(c)), Vec::new()),
+        };
+        for (at, bytes) in p.ranges() {
+            for (i, piece) in bytes.chunks(self.inline_max).enumerate() {
+                let sealed = chunk::seal(&self.key, &self.codec, piece, self.inline_max);
+                slices.push(chunk::Slice {
+                    offset: (at + i * self.inline_max) as u32,
+                    chunk: sealed.chunk,
+                });
+            }
+        }
+        let layered = ChunkRef::Layered {
+            len: len.max(p.end()) as u32,
+            base,
+            slices,
+        };
+        let ChunkRef::Layered { slices, .. } = &layered else {
+            unreachable!()
+        };
+        let slice_bytes: u64 = slices.iter().map(|s| s.chunk.stored_len()).sum();
+        if slices.len() <= MAX_SLICES && slice_bytes <= self.slice_budget as u64 {
+            return Ok(Some(layered));
+        }
+        // Compaction: the chunk whole again, plain, so it dedups again; gc
+        // collects the old base once nothing holds it.
+        let plain = super::fetch::lay(&layered, &|part| self.load_chunk(part))?;
+        self.seal_or_hole(&plain)
     }
 
     /// A chunk to commit for `plain`: None (a hole) when it is all zeros, else

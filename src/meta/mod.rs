@@ -125,10 +125,24 @@ impl MetaStore {
                         .try_into()
                         .map_err(|_| Error::Corrupt("format row".into()))?,
                 );
-                if version != FORMAT_VERSION {
+                if !(FORMAT_OLDEST..=FORMAT_VERSION).contains(&version) {
                     return Err(Error::Corrupt(format!(
-                        "metadata format {version}; this datamesh reads format {FORMAT_VERSION}"
+                        "{}: metadata format {version}; this datamesh reads formats \
+                         {FORMAT_OLDEST} to {FORMAT_VERSION}",
+                        path.display()
                     )));
+                }
+                if version < FORMAT_VERSION {
+                    // Every older record reads as it is; raising the row says
+                    // newer ones may now be written (and keeps older code out).
+                    let mut wo = WriteOptions::default();
+                    wo.set_sync(true);
+                    db.put_cf_opt(cf, KEY_FORMAT, FORMAT_VERSION.to_be_bytes(), &wo)
+                        .map_err(db_err)?;
+                    tracing::info!(
+                        "{}: metadata raised from format {version} to {FORMAT_VERSION}",
+                        path.display()
+                    );
                 }
                 let raw = db
                     .get_cf(cf, KEY_PARAMS)
@@ -335,5 +349,64 @@ pub fn to_attr(ino: Ino, r: &InodeRec) -> Attr {
         nlink: r.nlink,
         rdev: r.rdev,
         blocks,
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    fn set_format(path: &Path, version: u32) {
+        let db = DB::open_cf_descriptors(
+            &Options::default(),
+            path,
+            ALL_CFS
+                .iter()
+                .map(|n| ColumnFamilyDescriptor::new(*n, Options::default())),
+        )
+        .unwrap();
+        db.put_cf(
+            db.cf_handle(CF_META).unwrap(),
+            KEY_FORMAT,
+            version.to_be_bytes(),
+        )
+        .unwrap();
+    }
+
+    fn format_of(m: &MetaStore) -> u32 {
+        let v = m
+            .db
+            .get_cf(m.cf(CF_META), KEY_FORMAT)
+            .unwrap()
+            .expect("format row");
+        u32::from_be_bytes(v.as_slice().try_into().unwrap())
+    }
+
+    /// A format-1 volume opens and is raised to the current format; a
+    /// format this code does not know is refused by name.
+    #[test]
+    fn older_formats_are_raised_and_newer_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        let params = VolumeParams {
+            volume_id: [1; 16],
+            chunk_size: 64 << 10,
+            data_shards: 4,
+            parity_shards: 2,
+            inline_max: 1024,
+        };
+        drop(MetaStore::open(&path, Some(params)).unwrap());
+        set_format(&path, 1);
+        let m = MetaStore::open(&path, None).unwrap();
+        assert_eq!(format_of(&m), FORMAT_VERSION);
+        drop(m);
+        set_format(&path, FORMAT_VERSION + 1);
+        let err = MetaStore::open(&path, None).err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("metadata format {}", FORMAT_VERSION + 1))
+                && text.contains(&path.display().to_string()),
+            "{text}"
+        );
     }
 }

@@ -22,8 +22,11 @@ pub const ALL_CFS: [&str; 7] = [
     CF_META,
 ];
 
-/// Bumped whenever a key layout or record changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever a key layout or record changes incompatibly. Format 2 is
+/// format 1 plus layered chunk map entries (`ChunkRef::Layered`).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this code opens (and raises to [`FORMAT_VERSION`]).
+pub const FORMAT_OLDEST: u32 = 1;
 pub const KEY_FORMAT: &[u8] = b"format";
 pub const KEY_NEXT_INO: &[u8] = b"next_ino";
 pub const KEY_PARAMS: &[u8] = b"params";

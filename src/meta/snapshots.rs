@@ -214,7 +214,8 @@ impl MetaStore {
                 && live.get(first).is_none_or(|r| r.count == 0)
                 && seen.insert(*first)
             {
-                bytes += c.stored_len();
+                // Slices live in the snapshot's records, not in shards.
+                bytes += c.sharded().map_or(0, ChunkRef::stored_len);
             }
             Ok(())
         })?;

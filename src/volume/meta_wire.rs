@@ -18,7 +18,8 @@ use serde_bytes::ByteBuf;
 use std::time::Duration;
 
 /// The member protocol's version.
-pub const VERSION: u32 = 1;
+/// 2: chunk maps may hold layered chunks (metadata format 2).
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MetaRequest {

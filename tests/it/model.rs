@@ -90,6 +90,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (path(), 0..3 * CHUNK as u64, 0..2 * CHUNK as usize, any::<u8>())
             .prop_map(|(path, off, len, seed)| Op::Write { path, off, len, seed }),
+        // Small writes: patches over stored chunks, layered chunks, compaction.
+        4 => (path(), 0..3 * CHUNK as u64, 0..700usize, any::<u8>())
+            .prop_map(|(path, off, len, seed)| Op::Write { path, off, len, seed }),
         1 => (path(), 0..3 * CHUNK as u64).prop_map(|(path, size)| Op::Truncate { path, size }),
         1 => (path(), 0..3 * CHUNK as u64, 0..2 * CHUNK as u64)
             .prop_map(|(path, off, len)| Op::PunchHole { path, off, len }),
@@ -527,4 +530,62 @@ fn concurrent_readers_and_a_writer_finish_and_agree() {
         .expect("readers and writer did not finish within 120 s: deadlock");
     worker.join().unwrap();
     assert!(same, "file contents differ from what was written");
+}
+
+/// A small overwrite of a stored chunk is appended to its entry as a slice
+/// (the chunk is not read or resealed); enough of them compact it back into
+/// a plain chunk. Contents, reopening and fsck agree all along.
+#[test]
+fn small_overwrites_become_slices_then_compact() {
+    use datamesh::chunk::ChunkRef;
+    let dir = tempfile::tempdir_in(crate::common::scratch()).unwrap();
+    let mut e = open(dir.path(), true);
+    let ino = e.create(Ino::ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    let mut expect = crate::common::noise(3 * CHUNK as usize, 1);
+    e.write(ino, 0, &expect).unwrap();
+    e.flush(ino).unwrap();
+    let base = e.meta().chunk(ino, 1).unwrap().unwrap();
+    assert!(matches!(base, ChunkRef::Sharded { .. }), "{base:?}");
+    let mut layered_seen = 0;
+    for i in 0..40usize {
+        let at = CHUNK as usize + (i * 211) % (CHUNK as usize - 100);
+        let data = crate::common::noise(100, 100 + i as u64);
+        e.write(ino, at as u64, &data).unwrap();
+        expect[at..at + 100].copy_from_slice(&data);
+        // Before the flush the patch is laid over the committed chunk.
+        assert_eq!(e.read(ino, 0, expect.len()).unwrap(), expect, "write {i}");
+        e.flush(ino).unwrap();
+        assert_eq!(e.read(ino, 0, expect.len()).unwrap(), expect, "write {i}");
+        match e.meta().chunk(ino, 1).unwrap().unwrap() {
+            ChunkRef::Layered {
+                base: b,
+                slices,
+                len,
+            } => {
+                layered_seen += 1;
+                assert_eq!(len, CHUNK);
+                assert!(!slices.is_empty());
+                // Until compaction the base is the chunk as first stored.
+                if layered_seen == i + 1 {
+                    assert_eq!(b.as_deref(), Some(&base));
+                }
+            }
+            plain => assert!(layered_seen > 0, "compacted before any slice: {plain:?}"),
+        }
+        if i == 20 {
+            e.flush_all().unwrap();
+            drop(e);
+            e = open(dir.path(), false);
+        }
+    }
+    assert!(layered_seen >= 2, "slices accumulate before compaction");
+    assert!(layered_seen < 40, "compaction happens");
+    // The other chunks were never touched.
+    assert!(matches!(
+        e.meta().chunk(ino, 0).unwrap().unwrap(),
+        ChunkRef::Sharded { .. }
+    ));
+    assert_eq!(e.read(ino, 0, expect.len()).unwrap(), expect);
+    let report = e.check(false, &|_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
 }
