@@ -387,7 +387,10 @@ fn format1_contents() -> [(&'static str, Vec<u8>); 3] {
         })
         .collect();
     [
-        ("small.txt", b"a small file, inline in the chunk map\n".to_vec()),
+        (
+            "small.txt",
+            b"a small file, inline in the chunk map\n".to_vec(),
+        ),
         ("dir/lines.txt", lines.into_bytes()),
         ("dir/noise.bin", noise),
     ]
@@ -409,7 +412,10 @@ fn a_format_1_volume_mounts_reads_and_takes_overwrites_in_place() {
     let mut files = format1_contents();
     let m = v.mount();
     for (name, want) in &files {
-        assert!(fs::read(m.at.join(name)).unwrap() == *want, "{name} reads back");
+        assert!(
+            fs::read(m.at.join(name)).unwrap() == *want,
+            "{name} reads back"
+        );
     }
     // Overwrites inside stored chunks (inline, compressed-sharded, noise) and
     // one across a chunk boundary, each fsynced.
@@ -431,13 +437,19 @@ fn a_format_1_volume_mounts_reads_and_takes_overwrites_in_place() {
         }
     }
     for (name, want) in &files {
-        assert!(fs::read(m.at.join(name)).unwrap() == *want, "{name} after overwrites");
+        assert!(
+            fs::read(m.at.join(name)).unwrap() == *want,
+            "{name} after overwrites"
+        );
     }
     assert!(m.unmount(), "unmount flushes and exits 0");
     v.assert_fsck_clean();
     let m = v.mount();
     for (name, want) in &files {
-        assert!(fs::read(m.at.join(name)).unwrap() == *want, "{name} after a remount");
+        assert!(
+            fs::read(m.at.join(name)).unwrap() == *want,
+            "{name} after a remount"
+        );
     }
     drop(m);
     v.assert_fsck_clean();

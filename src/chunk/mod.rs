@@ -42,6 +42,9 @@ pub enum ChunkRef {
         key: [u8; 32],
         compressed: bool,
         plain_len: u32,
+        /// As bytes, not a sequence of u8: the same encoding in postcard,
+        /// decoded in one copy instead of byte by byte.
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
     Sharded {

@@ -83,6 +83,46 @@ proptest! {
         prop_assert!(sealed.shards().next().is_none());
         prop_assert_eq!(open_inline(&sealed.chunk).unwrap(), plain);
     }
+
+    /// Chunk map entries (every kind, layered ones of any shape) survive
+    /// their record encoding; plain entries encode exactly as format 1 did
+    /// (`sealed` as a sequence of u8), so old records read unchanged.
+    #[test]
+    fn chunk_refs_round_trip_and_plain_ones_keep_the_format_1_encoding(
+        base in proptest::option::of(data()),
+        slices in proptest::collection::vec((0u32..1 << 20, proptest::collection::vec(any::<u8>(), 0..600)), 0..6),
+        len in any::<u32>(),
+    ) {
+        #[derive(Serialize)]
+        enum Format1 {
+            Inline { key: [u8; 32], compressed: bool, plain_len: u32, sealed: Vec<u8> },
+            Sharded { key: [u8; 32], compressed: bool, plain_len: u32, sealed_len: u32, k: u8, shards: Vec<ShardId> },
+        }
+        let codec = Codec::new(4, 2).unwrap();
+        let base = base.map(|b| seal(&key(), &codec, &b, 4096).chunk);
+        if let Some(b) = &base {
+            let old = match b.clone() {
+                ChunkRef::Inline { key, compressed, plain_len, sealed } =>
+                    Format1::Inline { key, compressed, plain_len, sealed },
+                ChunkRef::Sharded { key, compressed, plain_len, sealed_len, k, shards } =>
+                    Format1::Sharded { key, compressed, plain_len, sealed_len, k, shards },
+                ChunkRef::Layered { .. } => unreachable!(),
+            };
+            let bytes = postcard::to_allocvec(b).unwrap();
+            prop_assert_eq!(&bytes, &postcard::to_allocvec(&old).unwrap());
+            prop_assert_eq!(&postcard::from_bytes::<ChunkRef>(&bytes).unwrap(), b);
+        }
+        let layered = ChunkRef::Layered {
+            len,
+            base: base.map(Box::new),
+            slices: slices
+                .iter()
+                .map(|(offset, b)| Slice { offset: *offset, chunk: seal(&key(), &codec, b, 4096).chunk })
+                .collect(),
+        };
+        let bytes = postcard::to_allocvec(&layered).unwrap();
+        prop_assert_eq!(postcard::from_bytes::<ChunkRef>(&bytes).unwrap(), layered);
+    }
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! chunk decode it once, and prefetches that never block.
 
 use super::*;
+use lru::LruCache;
 
 impl Core {
     /// A chunk's plaintext through the cache. Concurrent loads of one chunk (a
@@ -73,5 +74,74 @@ impl Core {
 
     pub(super) fn decode(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
         super::fetch::decode_chunk(&self.store, &self.codec, chunk)
+    }
+}
+
+/// Decoded chunks by key, least recently used evicted first, bounded by
+/// bytes: entries range from a small slice to a whole chunk, so a count
+/// would let slices thrash or whole chunks overrun it.
+pub(super) struct ChunkCache {
+    lru: LruCache<[u8; 32], Arc<Vec<u8>>>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl ChunkCache {
+    pub fn new(cap: usize) -> ChunkCache {
+        ChunkCache {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            cap,
+        }
+    }
+
+    pub fn get(&mut self, key: &[u8; 32]) -> Option<&Arc<Vec<u8>>> {
+        self.lru.get(key)
+    }
+
+    pub fn contains(&self, key: &[u8; 32]) -> bool {
+        self.lru.contains(key)
+    }
+
+    pub fn pop(&mut self, key: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        let v = self.lru.pop(key)?;
+        self.bytes -= v.len();
+        Some(v)
+    }
+
+    /// Caches `plain` (the most recent now), evicting the least recently
+    /// used until the total fits; the newest entry always stays.
+    pub fn put(&mut self, key: [u8; 32], plain: Arc<Vec<u8>>) {
+        self.bytes += plain.len();
+        if let Some(old) = self.lru.put(key, plain) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.cap && self.lru.len() > 1 {
+            if let Some((_, v)) = self.lru.pop_lru() {
+                self.bytes -= v.len();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkCache;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_cache_is_bounded_by_bytes_and_evicts_the_least_recent() {
+        let mut c = ChunkCache::new(100);
+        for i in 0..10u8 {
+            c.put([i; 32], Arc::new(vec![i; 20]));
+        }
+        assert!(!c.contains(&[4; 32]) && c.contains(&[5; 32]) && c.contains(&[9; 32]));
+        assert!(c.get(&[5; 32]).is_some()); // 5 is the most recent now
+        c.put([10; 32], Arc::new(vec![0; 20]));
+        assert!(c.contains(&[5; 32]) && !c.contains(&[6; 32]));
+        assert_eq!(c.pop(&[5; 32]).map(|v| v.len()), Some(20));
+        // One entry larger than the bound is kept alone.
+        c.put([11; 32], Arc::new(vec![0; 500]));
+        assert!(c.contains(&[11; 32]) && !c.contains(&[10; 32]));
     }
 }

@@ -41,9 +41,7 @@ use crate::meta::locks::RangeLock;
 use crate::meta::{MetaStore, Namespace, NewNode};
 use crate::store::{ShardStore, StoreError};
 use crate::types::*;
-use lru::LruCache;
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -156,7 +154,7 @@ struct Core {
     /// Memory (capacity) of dirty buffers and of those in flight to the store,
     /// across all files.
     dirty_total: AtomicUsize,
-    cache: Mutex<LruCache<[u8; 32], Arc<Vec<u8>>>>,
+    cache: Mutex<cache::ChunkCache>,
     /// Chunks being decoded now, for others wanting the same one to wait on.
     loading: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     /// Keeps gc out of the span between storing shards and committing them.
@@ -258,7 +256,6 @@ impl Engine {
         let codec = Codec::new(p.data_shards as usize, p.parity_shards as usize)?;
         let chunk_size = p.chunk_size as usize;
         let remote = store.remote();
-        let entries = (cfg.cache_bytes / chunk_size).max(2);
         Ok(Engine {
             s: Arc::new(Core {
                 meta,
@@ -272,7 +269,7 @@ impl Engine {
                     .max(4 * p.inline_max as usize)
                     .min(chunk_size / 2),
                 dirty_total: AtomicUsize::new(0),
-                cache: Mutex::new(LruCache::new(NonZeroUsize::new(entries).unwrap())),
+                cache: Mutex::new(cache::ChunkCache::new(cfg.cache_bytes.max(2 * chunk_size))),
                 loading: Mutex::new(HashMap::new()),
                 gate: gc::StoreGate::default(),
                 collected: Mutex::new(Default::default()),

@@ -243,6 +243,41 @@ impl Engine {
         st
     }
 
+    /// Seals this file's patches on the calling thread (a flush waits for
+    /// them anyway): a patch is a few small slices, cheaper to seal than to
+    /// hand to the pool and wait for (an fsync per small write pays that
+    /// every time). Patches behind a seal of their chunk in flight are left
+    /// to `hand_off`, which keeps one chunk's commits in order.
+    fn seal_patches_here<'a>(
+        &self,
+        ino: Ino,
+        cell: &'a Arc<FileCell>,
+        mut st: MutexGuard<'a, FileState>,
+    ) -> MutexGuard<'a, FileState> {
+        let patched: Vec<u64> = st
+            .dirty
+            .iter()
+            .filter(|(idx, d)| matches!(d, Dirty::Patch(_)) && !st.sealing.contains_key(idx))
+            .map(|(idx, _)| *idx)
+            .collect();
+        for idx in patched {
+            if st.sealing.contains_key(&idx) {
+                continue; // handed off meanwhile, while the lock was let go
+            }
+            let Some(dirty) = st.dirty.remove(&idx) else {
+                continue;
+            };
+            // In `sealing` while it seals: readers still see it, and no other
+            // seal of this chunk starts.
+            let dirty = Arc::new(dirty);
+            st.sealing.insert(idx, dirty.clone());
+            drop(st);
+            self.s.seal_in_background(ino, cell, idx, dirty);
+            st = lock(&cell.state);
+        }
+        st
+    }
+
     /// Visibility barrier: this file's writes are stored and committed.
     pub fn flush(&self, ino: Ino) -> Result<()> {
         match self.state(ino) {
@@ -294,7 +329,8 @@ impl Engine {
         cell: &'a Arc<FileCell>,
         st: MutexGuard<'a, FileState>,
     ) -> Result<MutexGuard<'a, FileState>> {
-        let mut st = self.hand_off_all(ino, cell, st);
+        let mut st = self.seal_patches_here(ino, cell, st);
+        st = self.hand_off_all(ino, cell, st);
         while !st.sealing.is_empty() {
             st = wait(cell, st);
         }

@@ -374,11 +374,10 @@ mod format_tests {
     }
 
     fn format_of(m: &MetaStore) -> u32 {
-        let v = m
-            .db
-            .get_cf(m.cf(CF_META), KEY_FORMAT)
-            .unwrap()
-            .expect("format row");
+        let v =
+            m.db.get_cf(m.cf(CF_META), KEY_FORMAT)
+                .unwrap()
+                .expect("format row");
         u32::from_be_bytes(v.as_slice().try_into().unwrap())
     }
 
