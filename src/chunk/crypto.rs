@@ -30,6 +30,17 @@ impl VolumeKey {
         h.update(blob);
         *h.finalize().as_bytes()
     }
+    /// The convergent key of a segmented chunk: keyed BLAKE3 of its
+    /// plaintext, marked apart from [`VolumeKey::chunk_key`]'s inputs (whose
+    /// first byte is 0 or 1), so no key seals both a whole blob and segments.
+    /// The plaintext fixes every segment and whether it is compressed.
+    pub fn segmented_key(&self, plain: &[u8]) -> [u8; 32] {
+        let root = self.derive("datamesh 2026 chunk key v2");
+        let mut h = blake3::Hasher::new_keyed(&root);
+        h.update(&[2]);
+        h.update(plain);
+        *h.finalize().as_bytes()
+    }
     /// A subkey for another purpose (the mesh key, ...), so one secret never serves two.
     pub fn derive(&self, context: &str) -> [u8; 32] {
         blake3::derive_key(context, &self.0)
@@ -95,6 +106,35 @@ pub fn decrypt(key: &[u8; 32], blob: &mut Vec<u8>) -> Result<(), ChunkError> {
         .len();
     blob.truncate(plain);
     Ok(())
+}
+
+/// Encrypts `buf[from..]` in place as segment `n` of a chunk (nonce = `n`)
+/// and appends its tag.
+pub fn encrypt_segment(key: &[u8; 32], n: u32, buf: &mut Vec<u8>, from: usize) {
+    let tag = cipher(key)
+        .seal_in_place_separate_tag(segment_nonce(n), Aad::empty(), &mut buf[from..])
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    buf.extend_from_slice(tag.as_ref());
+}
+
+/// Opens segment `n` (ciphertext ‖ tag) in place; returns its plaintext.
+pub fn decrypt_segment<'a>(
+    key: &[u8; 32],
+    n: u32,
+    sealed: &'a mut [u8],
+) -> Result<&'a mut [u8], ChunkError> {
+    cipher(key)
+        .open_in_place(segment_nonce(n), Aad::empty(), sealed)
+        .map_err(|_| ChunkError::Auth)
+}
+
+// One segmented chunk key seals its segments, each under its own nonce: the
+// key is a hash of the chunk's plaintext, so segment n's message under it is
+// always the same.
+fn segment_nonce(n: u32) -> Nonce {
+    let mut b = [0u8; 12];
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    Nonce::assume_unique_for_key(b)
 }
 
 /// Seals `plain` under a key that seals many messages (a root record's):

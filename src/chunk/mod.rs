@@ -13,6 +13,7 @@ mod compress;
 pub mod crypto;
 mod erasure;
 mod id;
+pub mod segment;
 
 pub use crypto::{DeviceKey, VolumeKey, unwrap_volume_key, wrap_volume_key};
 pub use erasure::Codec;
@@ -56,6 +57,17 @@ pub enum ChunkRef {
         k: u8,
         shards: Vec<ShardId>,
     },
+    /// A chunk sealed in segments (chunk format 2, `segment`): what every
+    /// chunk too large to be inline is sealed as now.
+    Segmented {
+        key: [u8; 32],
+        plain_len: u32,
+        /// Each segment's sealed length (ciphertext and tag), in order.
+        segments: Vec<u32>,
+        /// Data shards; `shards.len() - k` are parity.
+        k: u8,
+        shards: Vec<ShardId>,
+    },
     /// A chunk overwritten in place in small pieces (metadata format 2): the base
     /// (zeros where there is none) with each slice laid over it, oldest first.
     Layered {
@@ -85,9 +97,9 @@ impl Slice {
 impl ChunkRef {
     pub fn plain_len(&self) -> usize {
         match self {
-            ChunkRef::Inline { plain_len, .. } | ChunkRef::Sharded { plain_len, .. } => {
-                *plain_len as usize
-            }
+            ChunkRef::Inline { plain_len, .. }
+            | ChunkRef::Sharded { plain_len, .. }
+            | ChunkRef::Segmented { plain_len, .. } => *plain_len as usize,
             ChunkRef::Layered { len, .. } => *len as usize,
         }
     }
@@ -97,7 +109,7 @@ impl ChunkRef {
     pub fn shard_ids(&self) -> &[ShardId] {
         match self {
             ChunkRef::Inline { .. } => &[],
-            ChunkRef::Sharded { shards, .. } => shards,
+            ChunkRef::Sharded { shards, .. } | ChunkRef::Segmented { shards, .. } => shards,
             ChunkRef::Layered { base, .. } => base.as_deref().map_or(&[], ChunkRef::shard_ids),
         }
     }
@@ -106,7 +118,7 @@ impl ChunkRef {
     /// chunk's base when that is sharded.
     pub fn sharded(&self) -> Option<&ChunkRef> {
         match self {
-            ChunkRef::Sharded { .. } => Some(self),
+            ChunkRef::Sharded { .. } | ChunkRef::Segmented { .. } => Some(self),
             ChunkRef::Inline { .. } => None,
             ChunkRef::Layered { base, .. } => base.as_deref().and_then(ChunkRef::sharded),
         }
@@ -129,7 +141,9 @@ impl ChunkRef {
     /// A layered chunk has none of its own: its parts are cached.
     pub fn plain_key(&self) -> Option<[u8; 32]> {
         match self {
-            ChunkRef::Inline { key, .. } | ChunkRef::Sharded { key, .. } => Some(*key),
+            ChunkRef::Inline { key, .. }
+            | ChunkRef::Sharded { key, .. }
+            | ChunkRef::Segmented { key, .. } => Some(*key),
             ChunkRef::Layered { .. } => None,
         }
     }
@@ -144,9 +158,71 @@ impl ChunkRef {
                 shards,
                 ..
             } => erasure::shard_len(*sealed_len as usize, *k as usize) as u64 * shards.len() as u64,
+            ChunkRef::Segmented { k, shards, .. } => {
+                erasure::shard_len(self.sealed_len(), *k as usize) as u64 * shards.len() as u64
+            }
             ChunkRef::Layered { .. } => self.parts().iter().map(|c| c.stored_len()).sum(),
         }
     }
+}
+
+impl ChunkRef {
+    /// The length of the sealed blob the shards hold (0 for inline and
+    /// layered chunks, which have none of their own).
+    pub fn sealed_len(&self) -> usize {
+        match self {
+            ChunkRef::Sharded { sealed_len, .. } => *sealed_len as usize,
+            ChunkRef::Segmented { segments, .. } => segments.iter().map(|l| *l as usize).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Where the segments covering plaintext `[at, at + len)` lie: (first
+    /// segment, offset in the sealed blob, length, shard length). None when
+    /// the chunk is not segmented or the range is empty.
+    pub fn segment_span(&self, at: usize, len: usize) -> Option<(usize, usize, usize, usize)> {
+        let ChunkRef::Segmented {
+            plain_len,
+            segments,
+            k,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let (first, last) = segment::covering(*plain_len as usize, at, len)?;
+        if last >= segments.len() {
+            return None;
+        }
+        let (off, n) = segment::span(segments, first, last);
+        Some((
+            first,
+            off,
+            n,
+            erasure::shard_len(self.sealed_len(), *k as usize),
+        ))
+    }
+}
+
+/// The plaintext of the segments of `chunk` laid end to end in `sealed`, the
+/// first being segment `first` (what [`ChunkRef::segment_span`] located).
+pub fn open_segments(
+    chunk: &ChunkRef,
+    first: usize,
+    sealed: &mut [u8],
+) -> Result<Vec<u8>, ChunkError> {
+    let ChunkRef::Segmented {
+        key,
+        plain_len,
+        segments,
+        ..
+    } = chunk
+    else {
+        return Err(ChunkError::Key("not a segmented chunk".into()));
+    };
+    let mut out = Vec::with_capacity(sealed.len());
+    segment::open(key, *plain_len as usize, segments, first, sealed, &mut out)?;
+    Ok(out)
 }
 
 /// A layered chunk's plaintext: `base` (its base's plaintext, opened by the
@@ -201,6 +277,9 @@ pub fn seal(key: &VolumeKey, codec: &Codec, plain: &[u8], inline_max: usize) -> 
 /// [`seal`], encrypting in the caller's buffer instead of a copy (with
 /// [`SEAL_HEADROOM`] spare capacity it never reallocates).
 pub fn seal_owned(key: &VolumeKey, codec: &Codec, plain: Vec<u8>, inline_max: usize) -> Sealed {
+    if plain.len() > inline_max {
+        return seal_segmented(key, codec, &plain);
+    }
     let plain_len = plain.len();
     let (mut blob, compressed) = match compress::maybe_compress(&plain) {
         Some(c) => (c, true),
@@ -248,6 +327,31 @@ pub fn seal_owned(key: &VolumeKey, codec: &Codec, plain: Vec<u8>, inline_max: us
     sealed
 }
 
+/// Seals `plain` in segments and erasure-codes the result.
+fn seal_segmented(key: &VolumeKey, codec: &Codec, plain: &[u8]) -> Sealed {
+    let (chunk_key, mut blob, segments) = segment::seal(key, plain, codec.data_shards());
+    let (shard_len, parity) = codec.encode_in_place(&mut blob);
+    let mut sealed = Sealed {
+        chunk: ChunkRef::Layered {
+            len: 0,
+            base: None,
+            slices: Vec::new(),
+        },
+        data: blob,
+        parity,
+        shard_len,
+    };
+    let shards = sealed.shards().map(ShardId::of).collect();
+    sealed.chunk = ChunkRef::Segmented {
+        key: chunk_key,
+        plain_len: plain.len() as u32,
+        segments,
+        k: codec.data_shards() as u8,
+        shards,
+    };
+    sealed
+}
+
 /// Open an inline chunk.
 pub fn open_inline(chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
     match chunk {
@@ -273,26 +377,49 @@ pub fn open_sharded(
     shards: &mut [Option<Vec<u8>>],
     rebuild_all: bool,
 ) -> Result<Vec<u8>, ChunkError> {
-    let ChunkRef::Sharded {
-        key,
-        compressed,
-        plain_len,
-        sealed_len,
-        ..
-    } = chunk
-    else {
+    if !matches!(chunk, ChunkRef::Sharded { .. } | ChunkRef::Segmented { .. }) {
         return open_inline(chunk);
-    };
+    }
     codec.reconstruct(shards, rebuild_all)?;
     // Exactly sealed_len: the plaintext is decrypted in place and kept (in caches and
     // dirty buffers), so spare capacity here would be memory spent for nothing.
-    let want = *sealed_len as usize;
+    let want = chunk.sealed_len();
     let mut blob = Vec::with_capacity(want);
     for s in shards[..codec.data_shards()].iter().flatten() {
         let take = s.len().min(want - blob.len());
         blob.extend_from_slice(&s[..take]);
     }
-    finish_open(key, *compressed, *plain_len, &mut blob)
+    match chunk {
+        ChunkRef::Sharded {
+            key,
+            compressed,
+            plain_len,
+            ..
+        } => finish_open(key, *compressed, *plain_len, &mut blob),
+        ChunkRef::Segmented {
+            key,
+            plain_len,
+            segments,
+            ..
+        } => {
+            if blob.len() != want {
+                return Err(ChunkError::Length {
+                    got: blob.len(),
+                    want,
+                });
+            }
+            let mut out = Vec::with_capacity(*plain_len as usize);
+            segment::open(key, *plain_len as usize, segments, 0, &mut blob, &mut out)?;
+            if out.len() != *plain_len as usize {
+                return Err(ChunkError::Length {
+                    got: out.len(),
+                    want: *plain_len as usize,
+                });
+            }
+            Ok(out)
+        }
+        _ => unreachable!("checked above"),
+    }
 }
 
 fn finish_open(

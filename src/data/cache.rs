@@ -72,6 +72,11 @@ impl Core {
         res.map(Some)
     }
 
+    /// Whether the chunk keyed `key` is cached or being loaded now.
+    pub(super) fn cached_or_loading(&self, key: &[u8; 32]) -> bool {
+        lock(&self.cache).contains(key) || lock(&self.loading).contains_key(key)
+    }
+
     pub(super) fn decode(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
         super::fetch::decode_chunk(&self.store, &self.codec, chunk)
     }

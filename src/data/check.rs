@@ -252,7 +252,7 @@ impl Engine {
                             lost += 1;
                         }
                     }
-                    ChunkRef::Sharded { k, .. } => {
+                    ChunkRef::Sharded { k, .. } | ChunkRef::Segmented { k, .. } => {
                         let mut bad = Vec::new();
                         for id in c.shard_ids() {
                             checked += 1;

@@ -130,7 +130,7 @@ impl Engine {
             None => {}
             Some(ChunkRef::Layered { base, slices, .. }) => {
                 if let Some(b) = base {
-                    copy_piece(dst, &self.s.load_chunk(&b)?, within);
+                    self.copy_plain(&b, within, dst)?;
                 }
                 let end = within + dst.len();
                 for s in slices {
@@ -143,8 +143,27 @@ impl Engine {
                     dst[from - within..to - within].copy_from_slice(&plain[from - at..to - at]);
                 }
             }
-            Some(c) => copy_piece(dst, &self.s.load_chunk(&c)?, within),
+            Some(c) => self.copy_plain(&c, within, dst)?,
         }
+        Ok(())
+    }
+
+    /// Copies a plain chunk's bytes from `within` on into `dst`: from the
+    /// cache when it holds the chunk or a load of it is under way; a small
+    /// read of a segmented chunk otherwise opens only the segments it covers
+    /// (not cached: the kernel's page cache keeps what was read); anything
+    /// else loads the chunk whole through the cache.
+    fn copy_plain(&self, c: &ChunkRef, within: usize, dst: &mut [u8]) -> Result<()> {
+        if dst.len() <= self.chunk_size / 4
+            && c.segment_span(within, dst.len()).is_some()
+            && !c.plain_key().is_some_and(|k| self.s.cached_or_loading(&k))
+        {
+            crate::metrics::get().cache_misses.inc();
+            let got = fetch::read_range(&self.s.store, &self.s.codec, c, within, dst.len())?;
+            dst[..got.len()].copy_from_slice(&got);
+            return Ok(());
+        }
+        copy_piece(dst, &self.s.load_chunk(c)?, within);
         Ok(())
     }
 

@@ -203,6 +203,27 @@ impl ShardStore for LocalStore {
         Ok(bytes)
     }
 
+    fn get_range(&self, id: &ShardId, offset: usize, len: usize) -> Result<Vec<u8>, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path_of(id);
+        let f = File::open(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StoreError::Missing(*id),
+            _ => io_err(&path, e),
+        })?;
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match f.read_at(&mut buf[got..], (offset + got) as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&path, e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
     fn delete(&self, id: &ShardId) -> Result<(), StoreError> {
         let path = self.path_of(id);
         match fs::remove_file(&path) {

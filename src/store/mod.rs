@@ -100,6 +100,15 @@ pub trait ShardStore: Send + Sync {
     fn replace(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError>;
     /// A shard's bytes, verified against its id.
     fn get(&self, id: &ShardId) -> Result<Vec<u8>, StoreError>;
+    /// Up to `len` bytes of a shard from `offset`, NOT verified against its
+    /// id (a range cannot be: the id hashes the whole shard). For segmented
+    /// chunks, whose segments' tags check what comes back. Stores that cannot
+    /// read a range read the whole shard.
+    fn get_range(&self, id: &ShardId, offset: usize, len: usize) -> Result<Vec<u8>, StoreError> {
+        let whole = self.get(id)?;
+        let from = offset.min(whole.len());
+        Ok(whole[from..(from + len).min(whole.len())].to_vec())
+    }
     fn delete(&self, id: &ShardId) -> Result<(), StoreError>;
     /// Durability barrier: everything put so far is on stable storage.
     fn sync(&self) -> Result<(), StoreError>;

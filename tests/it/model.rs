@@ -545,7 +545,7 @@ fn small_overwrites_become_slices_then_compact() {
     e.write(ino, 0, &expect).unwrap();
     e.flush(ino).unwrap();
     let base = e.meta().chunk(ino, 1).unwrap().unwrap();
-    assert!(matches!(base, ChunkRef::Sharded { .. }), "{base:?}");
+    assert!(matches!(base, ChunkRef::Segmented { .. }), "{base:?}");
     let mut layered_seen = 0;
     for i in 0..40usize {
         let at = CHUNK as usize + (i * 211) % (CHUNK as usize - 100);
@@ -583,7 +583,7 @@ fn small_overwrites_become_slices_then_compact() {
     // The other chunks were never touched.
     assert!(matches!(
         e.meta().chunk(ino, 0).unwrap().unwrap(),
-        ChunkRef::Sharded { .. }
+        ChunkRef::Segmented { .. }
     ));
     assert_eq!(e.read(ino, 0, expect.len()).unwrap(), expect);
     let report = e.check(false, &|_, _| {}).unwrap();

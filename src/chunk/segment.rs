@@ -1,0 +1,101 @@
+//! Segmented sealing (chunk format 2): a chunk's plaintext is sealed in
+//! 64 KiB segments, each compressed when it pays and AES-GCM-sealed on its
+//! own (nonce = segment number), laid end to end before erasure coding. A
+//! small read then opens only the segments it covers, and each segment's tag
+//! checks the bytes read for it.
+
+use super::{ChunkError, VolumeKey, compress, crypto};
+
+/// Plaintext bytes per segment (the last one may be shorter).
+pub const SEGMENT: usize = 64 * 1024;
+const TAG: usize = 16;
+
+/// Seals `plain` segment by segment: (chunk key, sealed blob, each segment's
+/// sealed length). `spare` bytes of capacity are left for erasure padding.
+pub(super) fn seal(key: &VolumeKey, plain: &[u8], spare: usize) -> ([u8; 32], Vec<u8>, Vec<u32>) {
+    let chunk_key = key.segmented_key(plain);
+    let try_lz4 = compress::worth_trying(plain);
+    let n = plain.len().div_ceil(SEGMENT);
+    let mut blob = Vec::with_capacity(plain.len() + n * TAG + spare);
+    let mut lens = Vec::with_capacity(n);
+    for (i, seg) in plain.chunks(SEGMENT).enumerate() {
+        let from = blob.len();
+        match try_lz4.then(|| compress::compress_if_pays(seg)).flatten() {
+            Some(c) => blob.extend_from_slice(&c),
+            None => blob.extend_from_slice(seg),
+        }
+        crypto::encrypt_segment(&chunk_key, i as u32, &mut blob, from);
+        lens.push((blob.len() - from) as u32);
+    }
+    (chunk_key, blob, lens)
+}
+
+/// The segments `[at, at + len)` of a `plain_len`-byte chunk meets, as
+/// (first, last); None when the range is empty or past the end.
+pub fn covering(plain_len: usize, at: usize, len: usize) -> Option<(usize, usize)> {
+    if len == 0 || at >= plain_len {
+        return None;
+    }
+    let end = (at + len).min(plain_len);
+    Some((at / SEGMENT, (end - 1) / SEGMENT))
+}
+
+/// Where segments `first..=last` lie in the sealed blob: (offset, length).
+pub fn span(lens: &[u32], first: usize, last: usize) -> (usize, usize) {
+    let off = lens[..first].iter().map(|l| *l as usize).sum();
+    let len = lens[first..=last].iter().map(|l| *l as usize).sum();
+    (off, len)
+}
+
+/// Opens the segments laid end to end in `sealed`, the first being segment
+/// `first`, appending their plaintext to `out`. Every segment must be whole.
+pub(super) fn open(
+    key: &[u8; 32],
+    plain_len: usize,
+    lens: &[u32],
+    first: usize,
+    sealed: &mut [u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ChunkError> {
+    let mut off = 0;
+    let mut i = first;
+    while off < sealed.len() {
+        let (Some(&l), Some(seg_plain)) = (
+            lens.get(i),
+            plain_len
+                .checked_sub(i * SEGMENT)
+                .filter(|left| *left > 0)
+                .map(|left| left.min(SEGMENT)),
+        ) else {
+            return Err(ChunkError::Length {
+                got: out.len(),
+                want: plain_len,
+            });
+        };
+        let l = l as usize;
+        let Some(seg) = sealed.get_mut(off..off + l) else {
+            return Err(ChunkError::Length {
+                got: out.len(),
+                want: plain_len,
+            });
+        };
+        let p = crypto::decrypt_segment(key, i as u32, seg)?;
+        if l == seg_plain + TAG {
+            out.extend_from_slice(p);
+        } else {
+            // Sealed shorter than plaintext + tag: compressed (only kept when it
+            // saves 1/16, so never exactly that length).
+            let d = compress::decompress(p, seg_plain)?;
+            if d.len() != seg_plain {
+                return Err(ChunkError::Length {
+                    got: d.len(),
+                    want: seg_plain,
+                });
+            }
+            out.extend_from_slice(&d);
+        }
+        off += l;
+        i += 1;
+    }
+    Ok(())
+}
