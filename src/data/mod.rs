@@ -189,8 +189,9 @@ pub struct Engine {
     opens: Mutex<HashMap<Ino, u32>>,
     dirty_budget: usize,
     repair_grace: std::time::Duration,
-    /// Per file, the chunk its last read ended in: a read that carries on from
-    /// there into a new chunk is sequential, and gets the next chunks decoded ahead.
+    /// Per file, the offset its last read ended at: a read that carries on
+    /// from there into a new chunk is sequential, and gets the next chunks
+    /// decoded ahead.
     readahead: Mutex<HashMap<Ino, u64>>,
     /// Files this engine took a lock on since they were opened: a close of
     /// any other file has no lock to drop (on a member, no call to make).

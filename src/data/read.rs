@@ -85,18 +85,28 @@ impl Engine {
                 p.overlay(dst, within);
             }
         }
-        self.read_ahead(ino, offset / cs, (end - 1) / cs, size.div_ceil(cs));
+        self.read_ahead(ino, offset, end, size.div_ceil(cs));
         Ok(out)
     }
 
-    /// A read that ends in chunk `last`, following one that ended in `first` or the
-    /// chunk before it, is sequential: decode the next chunks in the background so
-    /// they are cached when the reader gets there.
-    pub(super) fn read_ahead(&self, ino: Ino, first: u64, last: u64, chunks: u64) {
+    /// A read that starts where the previous read of the file ended (give or
+    /// take a few kernel requests served out of order) and crosses into a
+    /// new chunk is sequential: decode the next chunks in the background so
+    /// they are cached when the reader gets there. Random readers whose
+    /// reads happen to land in neighbouring chunks are not: a whole-chunk
+    /// decode for them would cost far more than the reads themselves.
+    pub(super) fn read_ahead(&self, ino: Ino, offset: u64, end: u64, chunks: u64) {
+        const SLACK: u64 = 1 << 20;
+        let cs = self.chunk_size as u64;
+        let last = (end - 1) / cs;
         let sequential = {
             let mut ra = lock(&self.readahead);
-            let prev = ra.insert(ino, last);
-            prev.is_some_and(|p| last != p && (first == p || first == p + 1))
+            let prev = ra.insert(ino, end);
+            prev.is_some_and(|p| {
+                p.saturating_sub(SLACK) <= offset
+                    && offset <= p + SLACK
+                    && last != p.saturating_sub(1) / cs
+            })
         };
         if !sequential {
             return;
