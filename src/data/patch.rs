@@ -49,6 +49,10 @@ impl Patch {
         self.ranges.values().map(Vec::capacity).sum()
     }
 
+    pub fn range_count(&self) -> usize {
+        self.ranges.len()
+    }
+
     /// The end of the last range.
     pub fn end(&self) -> usize {
         self.ranges

@@ -65,10 +65,23 @@ impl Engine {
                 Dirty::Patch(p) => p.write(within, piece),
             }
             let after = d.bytes();
-            let patch_full = matches!(d, Dirty::Patch(p) if p.bytes() > self.s.slice_budget);
+            // A patch may grow past the slice budget in memory (its seal then
+            // compacts the chunk), but not past a quarter chunk. Then a patch
+            // of a few long ranges (a rewrite running through the chunk) turns
+            // into a whole buffer, the chunk read once; one of many small
+            // ranges (random writes) is sealed now, a chunk rewrite per
+            // quarter chunk of them, so random writers do not fill memory
+            // with whole chunks.
+            let patch_max = (self.chunk_size / 4).max(self.s.slice_budget);
+            let full_patch = match d {
+                Dirty::Patch(p) if p.bytes() > patch_max => Some(p.range_count() > 4),
+                _ => None,
+            };
             self.s.count_dirty(before, after);
-            if patch_full {
-                st = self.patch_to_whole(ino, &cell, st, idx)?;
+            match full_patch {
+                Some(true) => st = self.hand_off(ino, &cell, st, idx),
+                Some(false) => st = self.patch_to_whole(ino, &cell, st, idx)?,
+                None => {}
             }
             if within + n == self.chunk_size {
                 full.push(idx);
@@ -116,7 +129,7 @@ impl Engine {
         self.s.dirty_total.load(Ordering::Relaxed) > self.dirty_budget
     }
 
-    /// Turns chunk `idx`'s patch, grown past the slice budget, into a whole
+    /// Turns chunk `idx`'s patch, grown past a quarter chunk, into a whole
     /// buffer: the chunk is read once (after any seal of it in flight lands)
     /// and the patch laid over it. Past that size, rewriting the chunk is the
     /// cheaper record.
