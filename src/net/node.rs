@@ -154,6 +154,23 @@ impl Shards {
                     Err(e) => failed(e),
                 }
             }
+            Request::GetRange { id, offset, len } => {
+                std::thread::sleep(self.delay);
+                match crate::store::ShardStore::get_range(
+                    &self.store,
+                    &id,
+                    offset.min(super::proto::MAX_SHARD as u64) as usize,
+                    len as usize,
+                ) {
+                    Ok(mut data) => {
+                        if self.flip_reads && !data.is_empty() {
+                            data[0] ^= 1;
+                        }
+                        Response::Data(data)
+                    }
+                    Err(e) => failed(e),
+                }
+            }
             Request::Has { ids } => {
                 Response::Have(ids.iter().map(|i| self.store.contains(i)).collect())
             }

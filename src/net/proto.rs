@@ -72,6 +72,15 @@ pub enum Request {
     },
     /// The newest root record kept.
     GetRoot,
+    /// Up to `len` bytes of a shard from `offset`, unverified (the reader's
+    /// segment tags check them); answered `Data`. Last, so an older peer
+    /// only meets it as a request it cannot read (the reader then asks for
+    /// the whole shard).
+    GetRange {
+        id: ShardId,
+        offset: u64,
+        len: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +130,7 @@ impl Request {
             Request::Put { data, .. } => data.len() <= MAX_SHARD,
             Request::Has { ids } | Request::Delete { ids } => ids.len() <= MAX_IDS,
             Request::List { max, .. } | Request::Verify { max, .. } => *max as usize <= MAX_IDS,
+            Request::GetRange { len, .. } => *len as usize <= MAX_SHARD,
             Request::Get { .. }
             | Request::Sync
             | Request::Stat
@@ -194,6 +204,8 @@ impl Request {
             Request::Members { .. } => "Members",
             Request::PutRoot { .. } => "PutRoot",
             Request::GetRoot => "GetRoot",
+            // Reading part of a shard is reading it.
+            Request::GetRange { .. } => "Get",
         }
     }
 
@@ -448,6 +460,11 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..300)
                 .prop_map(|record| Request::PutRoot { record }),
             Just(Request::GetRoot),
+            (id(), any::<u64>(), 0u32..1 << 20).prop_map(|(id, offset, len)| Request::GetRange {
+                id,
+                offset,
+                len
+            }),
         ]
     }
 

@@ -37,6 +37,7 @@ impl Role {
                 req,
                 Request::Put { .. }
                     | Request::Get { .. }
+                    | Request::GetRange { .. }
                     | Request::Has { .. }
                     | Request::Stat
                     | Request::Sync

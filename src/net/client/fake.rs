@@ -18,6 +18,8 @@ pub enum Mode {
     Lying,
     /// Never answers an inventory request (answers the rest).
     Mute,
+    /// Predates `GetRange`: cannot read it (answers the rest).
+    NoRanges,
     /// Says `Done` to every put and stores nothing.
     LiesDone,
 }
@@ -63,6 +65,20 @@ impl FakePeer {
                 Some(b) => {
                     let mut b = b.clone();
                     if mode == Mode::Lying {
+                        b[0] ^= 1;
+                    }
+                    Response::Data(b)
+                }
+                None => Response::Missing,
+            },
+            Request::GetRange { .. } if mode == Mode::NoRanges => {
+                Response::Failed("an unreadable request".into())
+            }
+            Request::GetRange { id, offset, len } => match shards.get(&id) {
+                Some(b) => {
+                    let from = (offset as usize).min(b.len());
+                    let mut b = b[from..(from + len as usize).min(b.len())].to_vec();
+                    if mode == Mode::Lying && !b.is_empty() {
                         b[0] ^= 1;
                     }
                     Response::Data(b)

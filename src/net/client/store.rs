@@ -284,6 +284,43 @@ impl ShardStore for MeshStore {
         Err(last)
     }
 
+    /// One holder asked for the range (or this node's own copy read); on any
+    /// failure, the whole shard, fetched and verified as `get` does.
+    fn get_range(&self, id: &ShardId, offset: usize, len: usize) -> Result<Vec<u8>, StoreError> {
+        if let Some(l) = &self.local
+            && l.contains(id)
+            && let Ok(b) = l.get_range(id, offset, len)
+        {
+            return Ok(b);
+        }
+        let holders = self.holders(id);
+        let peer = self
+            .client
+            .live()
+            .into_iter()
+            .find(|(tag, _)| holders.contains(*tag));
+        if let Some((_, peer)) = peer {
+            let req = Request::GetRange {
+                id: *id,
+                offset: offset as u64,
+                len: len as u32,
+            };
+            match self.client.ask(peer, req) {
+                Ok(Response::Data(b)) if b.len() <= len => return Ok(b),
+                other => tracing::debug!(
+                    "peer {peer}: no range of shard {id} ({}): fetching it whole",
+                    match other {
+                        Ok(r) => r.to_string(),
+                        Err(e) => e,
+                    }
+                ),
+            }
+        }
+        let whole = self.get(id)?;
+        let from = offset.min(whole.len());
+        Ok(whole[from..(from + len).min(whole.len())].to_vec())
+    }
+
     fn delete(&self, id: &ShardId) -> Result<(), StoreError> {
         let holders = self.holders(id);
         let targets = if holders.is_empty() {

@@ -126,6 +126,30 @@ fn a_lying_peer_is_caught_and_the_shard_read_from_another() {
     assert_eq!(store.get(&id).unwrap(), bytes);
 }
 
+/// A range of a shard comes from a holder; a holder that predates
+/// `GetRange` is asked for the whole shard instead, verified, and cut.
+#[test]
+fn a_range_is_read_from_a_holder_or_cut_from_the_whole_shard() {
+    for mode in [Mode::Ok, Mode::NoRanges] {
+        let mesh = FakeMesh::new(&[mode]);
+        let store = mesh.store();
+        let (id, bytes) = chunk(1, 3).remove(0);
+        lock(&mesh.peers[0].shards).insert(id, bytes.clone());
+        store.survey().unwrap();
+        assert_eq!(
+            store.get_range(&id, 10, 50).unwrap(),
+            &bytes[10..60],
+            "{mode:?}"
+        );
+        // Past the end: what there is.
+        assert_eq!(
+            store.get_range(&id, 190, 100).unwrap(),
+            &bytes[190..],
+            "{mode:?}"
+        );
+    }
+}
+
 #[test]
 fn a_survey_hears_from_every_peer_or_says_why_not() {
     let mesh = FakeMesh::new(&[
