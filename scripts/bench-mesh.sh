@@ -62,6 +62,11 @@ bench() {
     awk -F';' '{ printf "%.0f", $48 / 1024 }')
   R[$name,seqw,cpu]=$(echo "($(ticks "$pid") - $c) / $hz / $gib" | bc -l)
   seq_read "$name" "$name,seqr"
+  # 4 KiB random reads of that file, cold, for 10 s: a read needs one segment
+  # of one shard (a range asked of one peer).
+  drop_caches
+  R[$name,rread]=$(fio_run "$m" --name=seq --rw=randread --bs=4k --size="$size" \
+    --time_based --runtime=10 | awk -F';' '{ printf "%.0f", $8 }')
   # 1 000 files of 64 KiB (above the inline limit, so each is sharded), each
   # closed before the next is written, then a syncfs.
   mkdir "$m/small"
@@ -108,6 +113,8 @@ printf '%-34s %10s %10s %8s   %s\n' "seq write $size, MiB/s" "$(f0 "${R[embedded
   "$(ratio "${R[cluster,seqw]}" "${R[embedded,seqw]}")" "≥ 0.5×"
 printf '%-34s %10s %10s %8s   %s\n' "seq read $size (cold), MiB/s" "$(f0 "${R[embedded,seqr]}")" "$(f0 "${R[cluster,seqr]}")" \
   "$(ratio "${R[cluster,seqr]}" "${R[embedded,seqr]}")" "≥ 0.6×"
+printf '%-34s %10s %10s %8s   %s\n' "4K random read (cold), IOPS" "$(f0 "${R[embedded,rread]}")" "$(f0 "${R[cluster,rread]}")" \
+  "$(ratio "${R[cluster,rread]}" "${R[embedded,rread]}")" ""
 printf '%-34s %10s %10s %8s   %s\n' "seq read, 2 of 6 peers killed" "" "$(f0 "${R[degraded]}")" \
   "$(ratio "${R[degraded]}" "${R[cluster,seqr]}")" "≥ 0.5× healthy read"
 printf '%-34s %10s %10s %8s   %s\n' "1 000 × 64 KiB files, files/s" "$(f0 "${R[embedded,small]}")" "$(f0 "${R[cluster,small]}")" \
