@@ -280,51 +280,26 @@ pub fn seal_owned(key: &VolumeKey, codec: &Codec, plain: Vec<u8>, inline_max: us
     if plain.len() > inline_max {
         return seal_segmented(key, codec, &plain);
     }
-    let plain_len = plain.len();
+    // Inline: one blob, in the caller's buffer unless compressed. (Format 1
+    // sealed sharded chunks this way too; `open_sharded` still reads them.)
+    let plain_len = plain.len() as u32;
     let (mut blob, compressed) = match compress::maybe_compress(&plain) {
         Some(c) => (c, true),
         None => (plain, false),
     };
     let chunk_key = key.chunk_key(compressed, &blob);
     crypto::encrypt(&chunk_key, &mut blob);
-    let inline = plain_len <= inline_max;
-    let plain_len = plain_len as u32;
-    if inline {
-        return Sealed {
-            chunk: ChunkRef::Inline {
-                key: chunk_key,
-                compressed,
-                plain_len,
-                sealed: blob,
-            },
-            data: Vec::new(),
-            parity: Vec::new(),
-            shard_len: 0,
-        };
-    }
-    let sealed_len = blob.len() as u32;
-    let (shard_len, parity) = codec.encode_in_place(&mut blob);
-    let mut sealed = Sealed {
+    Sealed {
         chunk: ChunkRef::Inline {
             key: chunk_key,
             compressed,
             plain_len,
-            sealed: Vec::new(),
+            sealed: blob,
         },
-        data: blob,
-        parity,
-        shard_len,
-    };
-    let shards = sealed.shards().map(ShardId::of).collect();
-    sealed.chunk = ChunkRef::Sharded {
-        key: chunk_key,
-        compressed,
-        plain_len,
-        sealed_len,
-        k: codec.data_shards() as u8,
-        shards,
-    };
-    sealed
+        data: Vec::new(),
+        parity: Vec::new(),
+        shard_len: 0,
+    }
 }
 
 /// Seals `plain` in segments and erasure-codes the result.

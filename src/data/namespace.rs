@@ -153,6 +153,21 @@ impl Engine {
         self.s.meta.watch(since, wait)
     }
 
+    /// A mark to ask [`Engine::changed_elsewhere`] from later: None where
+    /// the namespace is another host's (a member device cannot tell).
+    pub fn change_mark(&self) -> Option<u64> {
+        self.s.meta.local().map(|m| m.changes().next())
+    }
+
+    /// Whether a host other than this one (or this host's CLI) may have
+    /// changed `ino` since `mark`: always yes without a mark.
+    pub fn changed_elsewhere(&self, ino: Ino, mark: Option<u64>) -> bool {
+        match (self.s.meta.local(), mark) {
+            (Some(m), Some(seq)) => m.changes().changed_by_others(ino, seq),
+            _ => true,
+        }
+    }
+
     pub fn stop_watching(&self) {
         self.s.meta.stop_watching();
     }

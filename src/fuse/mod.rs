@@ -150,6 +150,10 @@ pub struct DatameshFs {
     /// (directory, the offset its next call asks from); and whether the
     /// directory ends after them.
     plus_rest: Mutex<lru::LruCache<(Ino, u64), PlusPage>>,
+    /// Per file, where the change journal stood when this mount last took a
+    /// lock on it (at the home only): a lock drops the kernel's cache of the
+    /// file only when another host changed it since.
+    lock_marks: Arc<Mutex<std::collections::HashMap<Ino, u64>>>,
 }
 
 /// Readdirplus entries, and whether the directory ends after them.
@@ -175,6 +179,7 @@ impl DatameshFs {
             plus_rest: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(32).expect("non-zero"),
             )),
+            lock_marks: Default::default(),
         })
     }
 
@@ -671,6 +676,7 @@ impl Filesystem for DatameshFs {
             pid,
         };
         let notifier = self.notifier.clone();
+        let marks = self.lock_marks.clone();
         self.spawn("setlk", move |engine| {
             let taking = want.typ != libc::F_UNLCK;
             // What this owner wrote under the lock is committed before
@@ -689,11 +695,22 @@ impl Filesystem for DatameshFs {
                 }
             };
             // Under a new lock the file is read afresh: what another host
-            // wrote before it let go is what this host sees.
+            // wrote before it let go is what this host sees. At the home, the
+            // change journal says whether any other host (or this host's
+            // CLI) changed it since this mount's last lock: its commits land
+            // there before its unlock does. A file only this mount changed
+            // keeps its cache (sqlite takes locks for every transaction).
             if taking && res.is_ok() {
-                engine.forget_cached(ino(i));
-                if let Some(n) = notifier.get() {
-                    let _ = n.inval_inode(i, 0, 0);
+                let since = crate::util::lock(&marks).get(&ino(i)).copied();
+                let mark = engine.change_mark();
+                if engine.changed_elsewhere(ino(i), since) {
+                    engine.forget_cached(ino(i));
+                    if let Some(n) = notifier.get() {
+                        let _ = n.inval_inode(i, 0, 0);
+                    }
+                }
+                if let Some(m) = mark {
+                    crate::util::lock(&marks).insert(ino(i), m);
                 }
             }
             Self::reply_empty(res, reply)

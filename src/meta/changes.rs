@@ -163,6 +163,26 @@ impl ChangeLog {
         }
     }
 
+    /// The sequence number the next change gets.
+    pub fn next(&self) -> u64 {
+        let g = crate::util::lock(&self.inner);
+        g.first + g.ring.len() as u64
+    }
+
+    /// Whether anyone but this host's own mount (origin "") changed `ino`'s
+    /// attributes or contents since `seq`; yes when the journal no longer
+    /// reaches back that far.
+    pub fn changed_by_others(&self, ino: Ino, seq: u64) -> bool {
+        let g = crate::util::lock(&self.inner);
+        if seq < g.first {
+            return true;
+        }
+        let from = ((seq - g.first) as usize).min(g.ring.len());
+        g.ring
+            .range(from..)
+            .any(|(origin, c)| !origin.is_empty() && *c == Changed::Inode(ino))
+    }
+
     /// Ends every wait (the daemon is stopping).
     pub fn close(&self) {
         crate::util::lock(&self.inner).closed = true;
@@ -179,6 +199,28 @@ mod tests {
             inodes: vec![(Ino(1), None)],
             dentries: vec![(Ino(1), name.as_bytes().to_vec(), None)],
         }
+    }
+
+    #[test]
+    fn others_changes_to_an_inode_are_told_apart_from_this_mounts() {
+        let log = ChangeLog::new();
+        let start = log.next();
+        log.note(&entry("home"));
+        assert!(
+            !log.changed_by_others(Ino(1), start),
+            "the mount's own change"
+        );
+        let mid = log.next();
+        with_origin("member-a", || log.note(&entry("a")));
+        assert!(log.changed_by_others(Ino(1), start));
+        assert!(log.changed_by_others(Ino(1), mid));
+        assert!(!log.changed_by_others(Ino(2), start), "another inode");
+        assert!(!log.changed_by_others(Ino(1), log.next()), "nothing since");
+        // Older than the journal reaches: assume changed.
+        for _ in 0..KEEP {
+            log.note(&entry("home"));
+        }
+        assert!(log.changed_by_others(Ino(1), start));
     }
 
     #[test]
