@@ -76,9 +76,7 @@ impl Patch {
     /// Lays the patch over `dst`, which holds the chunk's bytes from `within`.
     pub fn overlay(&self, dst: &mut [u8], within: usize) {
         for (s, b) in self.ranges_meeting(within, dst.len()) {
-            let from = s.max(within);
-            let to = (s + b.len()).min(within + dst.len());
-            dst[from - within..to - within].copy_from_slice(&b[from - s..to - s]);
+            lay_over(dst, within, s, b);
         }
     }
 
@@ -109,6 +107,16 @@ impl Patch {
             .range(start..at + len)
             .filter(move |(s, b)| *s + b.len() > at)
             .map(|(s, b)| (*s, b))
+    }
+}
+
+/// Copies what of `src` (a chunk's bytes from offset `at`) falls within
+/// `dst` (the chunk's bytes from offset `within`) over it.
+pub fn lay_over(dst: &mut [u8], within: usize, at: usize, src: &[u8]) {
+    let from = at.max(within);
+    let to = (at + src.len()).min(within + dst.len());
+    if from < to {
+        dst[from - within..to - within].copy_from_slice(&src[from - at..to - at]);
     }
 }
 

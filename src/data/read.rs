@@ -144,13 +144,11 @@ impl Engine {
                 }
                 let end = within + dst.len();
                 for s in slices {
-                    let at = s.offset as usize;
-                    if at >= end || s.end() <= within {
+                    if s.offset as usize >= end || s.end() <= within {
                         continue;
                     }
                     let plain = self.s.load_chunk(&s.chunk)?;
-                    let (from, to) = (at.max(within), s.end().min(end));
-                    dst[from - within..to - within].copy_from_slice(&plain[from - at..to - at]);
+                    super::patch::lay_over(dst, within, s.offset as usize, &plain);
                 }
             }
             Some(c) => self.copy_plain(&c, within, dst)?,

@@ -188,11 +188,9 @@ impl Engine {
         while st.sealing.contains_key(&idx) {
             st = wait(cell, st);
         }
-        let Some(dirty) = st.dirty.remove(&idx) else {
+        let Some(dirty) = start_seal(&mut st, idx) else {
             return st;
         };
-        let dirty = Arc::new(dirty);
-        st.sealing.insert(idx, dirty.clone());
         let (s, cell) = (self.s.clone(), cell.clone());
         self.sealing_pool
             .spawn(move || s.seal_in_background(ino, &cell, idx, dirty));
@@ -277,13 +275,9 @@ impl Engine {
             if st.sealing.contains_key(&idx) {
                 continue; // handed off meanwhile, while the lock was let go
             }
-            let Some(dirty) = st.dirty.remove(&idx) else {
+            let Some(dirty) = start_seal(&mut st, idx) else {
                 continue;
             };
-            // In `sealing` while it seals: readers still see it, and no other
-            // seal of this chunk starts.
-            let dirty = Arc::new(dirty);
-            st.sealing.insert(idx, dirty.clone());
             drop(st);
             self.s.seal_in_background(ino, cell, idx, dirty);
             st = lock(&cell.state);
@@ -531,4 +525,13 @@ pub fn store_sealed(
         store.put_chunk(&shards, codec.data_shards() + 1)?;
     }
     Ok(sealed.chunk)
+}
+
+/// Moves dirty chunk `idx` (if any) to `sealing` for a seal about to start:
+/// while it seals, readers still see its bytes there and no other seal of the
+/// chunk starts. The caller has waited out any seal of it in flight.
+fn start_seal(st: &mut FileState, idx: u64) -> Option<Arc<Dirty>> {
+    let dirty = Arc::new(st.dirty.remove(&idx)?);
+    st.sealing.insert(idx, dirty.clone());
+    Some(dirty)
 }
