@@ -13,8 +13,8 @@ impl Core {
     }
 
     /// Decodes a chunk into the cache unless it is there or being decoded already.
-    /// Read-ahead runs on rayon's pool, whose threads must never block waiting for
-    /// another load (that load's parallel shard fetch may need those very threads).
+    /// Read-ahead never waits for another load of the same chunk: its pool's
+    /// threads are few, and one held waiting would decode nothing.
     pub(super) fn prefetch(&self, chunk: &ChunkRef) -> Result<()> {
         self.load_chunk_or_skip(chunk, false).map(drop)
     }

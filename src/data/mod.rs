@@ -193,6 +193,11 @@ pub struct Engine {
     /// from there into a new chunk is sequential, and gets the next chunks
     /// decoded ahead.
     readahead: Mutex<HashMap<Ino, u64>>,
+    /// Where read-ahead decodes run, and how many chunks ahead they go.
+    /// Through peers a fetch mostly waits on answers, so more run at once
+    /// and further ahead: each keeps k peers busy while the others decode.
+    readahead_pool: rayon::ThreadPool,
+    readahead_chunks: u64,
     /// Files this engine took a lock on since they were opened: a close of
     /// any other file has no lock to drop (on a member, no call to make).
     locked: Mutex<std::collections::HashSet<Ino>>,
@@ -279,6 +284,16 @@ impl Engine {
             }),
             // One seal per core; over a network, four more whose puts wait on
             // answers while the others compute.
+            readahead_pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(rayon::current_num_threads() + if remote { 4 } else { 0 })
+                .thread_name(|i| format!("datamesh-ra-{i}"))
+                .build()
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?,
+            readahead_chunks: if remote {
+                READAHEAD_REMOTE
+            } else {
+                READAHEAD_LOCAL
+            },
             sealing_pool: rayon::ThreadPoolBuilder::new()
                 .num_threads(rayon::current_num_threads() + if remote { 4 } else { 0 })
                 .thread_name(|i| format!("datamesh-seal-{i}"))
@@ -360,8 +375,11 @@ const IDLE_SEAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Slices a layered chunk may hold before a seal compacts it.
 const MAX_SLICES: usize = 32;
 
-/// Chunks decoded ahead of a sequential reader.
-const READAHEAD_CHUNKS: u64 = 3;
+/// Chunks decoded ahead of a sequential reader, from the local store and
+/// through peers (which the default 32 MiB cache of 4 MiB chunks holds with
+/// the chunk being read).
+const READAHEAD_LOCAL: u64 = 3;
+const READAHEAD_REMOTE: u64 = 6;
 
 /// Waits until a background seal of this file lands (the lock is let go meanwhile).
 fn wait<'a>(cell: &'a FileCell, st: MutexGuard<'a, FileState>) -> MutexGuard<'a, FileState> {

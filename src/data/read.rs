@@ -111,7 +111,7 @@ impl Engine {
         if !sequential {
             return;
         }
-        for idx in last + 1..(last + 1 + READAHEAD_CHUNKS).min(chunks) {
+        for idx in last + 1..(last + 1 + self.readahead_chunks).min(chunks) {
             let Ok(Some(chunk)) = self.s.meta.chunk(ino, idx) else {
                 continue;
             };
@@ -124,7 +124,7 @@ impl Engine {
                 continue;
             }
             let s = self.s.clone();
-            rayon::spawn(move || {
+            self.readahead_pool.spawn(move || {
                 if let Err(e) = s.prefetch(&chunk) {
                     tracing::debug!(%ino, "read-ahead of chunk {idx} failed: {e}");
                 }
