@@ -272,11 +272,21 @@ pub(super) async fn read_exactly<T: AsyncRead + Unpin>(
     len: usize,
     buf: &mut Vec<u8>,
 ) -> io::Result<()> {
-    buf.reserve(len.min(FIRST_ALLOC));
+    // Grown a step at a time and filled by `read_exact`: futures'
+    // `read_to_end` zeroes ahead of each read and, when the bytes fill the
+    // buffer exactly (a shard always does), doubles it to look for more, a
+    // second zeroing and a copy of every shard received.
     let want = buf.len() + len;
-    io.take(len as u64).read_to_end(buf).await?;
-    if buf.len() != want {
-        return Err(io::ErrorKind::UnexpectedEof.into());
+    while buf.len() < want {
+        let at = buf.len();
+        let step = (want - at).min(FIRST_ALLOC);
+        if buf.capacity() == 0 {
+            // Fresh zeroed pages rather than a memset of the whole step.
+            *buf = vec![0; step];
+        } else {
+            buf.resize(at + step, 0);
+        }
+        io.read_exact(&mut buf[at..]).await?;
     }
     Ok(())
 }
@@ -576,6 +586,34 @@ mod tests {
         frame[..4].copy_from_slice(&n.to_be_bytes());
         assert!(frame.len() <= MAX_SMALL_FRAME);
         assert_eq!(read_res(&frame).unwrap(), page);
+    }
+
+    /// A shard over one growth step, delivered a few KiB at a time as a
+    /// stream does, reads back whole; cut short, it is an error.
+    #[test]
+    fn a_shard_over_one_growth_step_arrives_whole() {
+        struct Trickle<'a>(&'a [u8]);
+        impl AsyncRead for Trickle<'_> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                out: &mut [u8],
+            ) -> std::task::Poll<io::Result<usize>> {
+                let n = out.len().min(self.0.len()).min(5000);
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                std::task::Poll::Ready(Ok(n))
+            }
+        }
+        let data: Vec<u8> = (0..FIRST_ALLOC + 12345)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let res = Response::Data(data);
+        let frame = encode(&res).unwrap();
+        let read = |bytes: &[u8]| block_on(WireCodec.read_response(&PROTOCOL, &mut Trickle(bytes)));
+        assert_eq!(read(&frame).unwrap(), res);
+        let err = read(&frame[..frame.len() - 1]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
