@@ -224,6 +224,54 @@ impl ExitSignals {
     }
 }
 
+/// A job the [`JobPool`] runs once.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of named threads that run one-off jobs (seals, read-ahead
+/// decodes) from one queue. Idle threads block on the queue: rayon's workers,
+/// which ran these jobs before, yield in a loop for a while after every job,
+/// and on a machine whose cores also serve storage peers that spinning took a
+/// tenth of the mount's CPU. Dropping the pool lets the queued jobs finish;
+/// then its threads end.
+pub struct JobPool {
+    queue: crossbeam_channel::Sender<Job>,
+    threads: usize,
+}
+
+impl JobPool {
+    /// `threads` threads (at least one) named `NAME-0`, `NAME-1`, ….
+    pub fn new(name: &str, threads: usize) -> std::io::Result<JobPool> {
+        let threads = threads.max(1);
+        let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..threads {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        // As with rayon: whoever waits on a job that panicked
+                        // would wait forever, so the process ends (the panic
+                        // hook has printed why).
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                            std::process::abort();
+                        }
+                    }
+                })?;
+        }
+        Ok(JobPool { queue, threads })
+    }
+
+    /// Queues `job`; a free thread runs it.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        // Cannot fail: the threads hold the receivers until this sender goes.
+        let _ = self.queue.send(Box::new(job));
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +319,27 @@ mod tests {
         let after = n.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(n.load(Ordering::Relaxed), after);
+    }
+
+    #[test]
+    fn a_job_pool_runs_every_job_on_its_named_threads_even_when_dropped() {
+        let pool = JobPool::new("datamesh-test", 2).unwrap();
+        assert_eq!(pool.threads(), 2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..20 {
+            let tx = tx.clone();
+            pool.spawn(move || {
+                std::thread::sleep(Duration::from_millis(2));
+                let name = std::thread::current().name().unwrap().to_string();
+                tx.send((i, name)).unwrap();
+            });
+        }
+        // Dropped with jobs still queued: they run all the same.
+        drop(pool);
+        drop(tx);
+        let mut seen: Vec<(i32, String)> = rx.iter().collect();
+        seen.sort();
+        assert_eq!(seen.len(), 20);
+        assert!(seen.iter().all(|(_, n)| n.starts_with("datamesh-test-")));
     }
 }

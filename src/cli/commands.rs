@@ -322,7 +322,7 @@ pub(super) enum Writes {
 /// it (a mount, `datamesh serve`), or opened by this process when none runs.
 pub(super) enum Opened {
     Daemon(Remote),
-    Here(crate::data::Engine),
+    Here(Box<crate::data::Engine>),
     /// A member device: the home node's volume, over the mesh.
     Member(Box<crate::volume::member::MemberVolume>),
 }
@@ -336,14 +336,14 @@ impl Opened {
         }
         match Remote::connect(&home.paths().volume_sock()).map_err(|e| anyhow!(e))? {
             Some(r) => Ok(Opened::Daemon(r)),
-            None => Ok(Opened::Here(home.open_engine()?)),
+            None => Ok(Opened::Here(Box::new(home.open_engine()?))),
         }
     }
 
     pub(super) fn volume(&self) -> &dyn Volume {
         match self {
             Opened::Daemon(r) => r,
-            Opened::Here(e) => e,
+            Opened::Here(e) => &**e,
             Opened::Member(m) => &**m,
         }
     }

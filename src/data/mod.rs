@@ -178,10 +178,10 @@ struct Flight {
 
 pub struct Engine {
     s: Arc<Core>,
-    /// Runs background seals. Its own pool, not rayon's global one: a seal waits for
-    /// its file's lock, whose holder may be waiting on global-pool work (parallel
-    /// shard fetches), and must not be the thing that work queues behind.
-    sealing_pool: rayon::ThreadPool,
+    /// Runs background seals, on threads of its own: a seal waits for its
+    /// file's lock, and must not hold up the threads that work (reads,
+    /// read-ahead) runs on.
+    sealing_pool: crate::workers::JobPool,
     chunk_size: usize,
     files: Mutex<HashMap<Ino, Arc<FileCell>>>,
     /// Open handles per inode. A leaf lock: taken inside the metadata writer lock, so
@@ -196,7 +196,7 @@ pub struct Engine {
     /// Where read-ahead decodes run, and how many chunks ahead they go.
     /// Through peers a fetch mostly waits on answers, so more run at once
     /// and further ahead: each keeps k peers busy while the others decode.
-    readahead_pool: rayon::ThreadPool,
+    readahead_pool: crate::workers::JobPool,
     readahead_chunks: u64,
     /// Files this engine took a lock on since they were opened: a close of
     /// any other file has no lock to drop (on a member, no call to make).
@@ -262,6 +262,10 @@ impl Engine {
         let codec = Codec::new(p.data_shards as usize, p.parity_shards as usize)?;
         let chunk_size = p.chunk_size as usize;
         let remote = store.remote();
+        // One seal (or read-ahead decode) per core; over a network, four more
+        // whose puts and fetches wait on answers while the others compute.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let pool_threads = cores + if remote { 4 } else { 0 };
         Ok(Engine {
             s: Arc::new(Core {
                 meta,
@@ -282,23 +286,13 @@ impl Engine {
                 protected: Mutex::new(Default::default()),
                 on_fsync: Default::default(),
             }),
-            // One seal per core; over a network, four more whose puts wait on
-            // answers while the others compute.
-            readahead_pool: rayon::ThreadPoolBuilder::new()
-                .num_threads(rayon::current_num_threads() + if remote { 4 } else { 0 })
-                .thread_name(|i| format!("datamesh-ra-{i}"))
-                .build()
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?,
+            readahead_pool: crate::workers::JobPool::new("datamesh-ra", pool_threads)?,
             readahead_chunks: if remote {
                 READAHEAD_REMOTE
             } else {
                 READAHEAD_LOCAL
             },
-            sealing_pool: rayon::ThreadPoolBuilder::new()
-                .num_threads(rayon::current_num_threads() + if remote { 4 } else { 0 })
-                .thread_name(|i| format!("datamesh-seal-{i}"))
-                .build()
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?,
+            sealing_pool: crate::workers::JobPool::new("datamesh-seal", pool_threads)?,
             chunk_size,
             files: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),

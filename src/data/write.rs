@@ -98,7 +98,7 @@ impl Engine {
         }
         // Enough seals in flight to keep every core busy with one sequential writer,
         // few enough to bound its memory.
-        let limit = 2 * self.sealing_pool.current_num_threads() + 1;
+        let limit = 2 * self.sealing_pool.threads() + 1;
         while st.sealing.len() > limit {
             st = wait(&cell, st);
         }
