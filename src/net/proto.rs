@@ -32,7 +32,9 @@ pub enum Request {
     /// Store a shard; the peer checks that `data` hashes to `id`.
     Put {
         id: ShardId,
-        data: Vec<u8>,
+        /// Shared, not copied, by the sends of one shard to several peers.
+        #[serde(with = "shared_bytes")]
+        data: bytes::Bytes,
     },
     Get {
         id: ShardId,
@@ -370,6 +372,20 @@ async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, frame: Vec<u8>) -> io::R
     io.close().await
 }
 
+/// `Bytes` in the encoding of the `Vec<u8>` it stands for (postcard: a
+/// length, then the bytes).
+mod shared_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
+        serde_bytes::ByteBuf::deserialize(d).map(|b| b.into_vec().into())
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct WireCodec;
 
@@ -390,7 +406,7 @@ impl libp2p::request_response::Codec for WireCodec {
             let data = read_payload(io, len, 33).await?;
             return Ok(Request::Put {
                 id: ShardId(id),
-                data,
+                data: data.into(),
             });
         }
         decode_request(&read_rest(io, len, tag).await?)
@@ -455,8 +471,12 @@ mod tests {
 
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
-            (id(), proptest::collection::vec(any::<u8>(), 0..300))
-                .prop_map(|(id, data)| Request::Put { id, data }),
+            (id(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(id, data)| {
+                Request::Put {
+                    id,
+                    data: data.into(),
+                }
+            }),
             id().prop_map(|id| Request::Get { id }),
             proptest::collection::vec(id(), 0..20).prop_map(|ids| Request::Has { ids }),
             proptest::collection::vec(id(), 0..20).prop_map(|ids| Request::Delete { ids }),
@@ -614,6 +634,21 @@ mod tests {
         assert_eq!(read(&frame).unwrap(), res);
         let err = read(&frame[..frame.len() - 1]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A put's shard is encoded as the `Vec<u8>` it was before it was
+    /// shared: tag, id, length, bytes.
+    #[test]
+    fn a_put_keeps_its_wire_form() {
+        let req = Request::Put {
+            id: ShardId([9; 32]),
+            data: vec![1, 2, 3].into(),
+        };
+        let mut want = vec![PUT_TAG];
+        want.extend_from_slice(&[9; 32]);
+        want.extend_from_slice(&[3, 1, 2, 3]);
+        assert_eq!(postcard::to_allocvec(&req).unwrap(), want);
+        assert_eq!(postcard::from_bytes::<Request>(&want).unwrap(), req);
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl FakePeer {
                 if ShardId::of(&data) != id {
                     return Response::BadHash;
                 }
-                shards.insert(id, data);
+                shards.insert(id, data.to_vec());
                 Response::Done
             }
             Request::Get { id } => match shards.get(&id) {

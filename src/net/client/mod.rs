@@ -283,7 +283,7 @@ type PutRx = smpsc::Receiver<PutAnswer>;
 /// One chunk's shards on their way to peers.
 struct PutJob {
     ids: Vec<ShardId>,
-    bytes: Vec<Vec<u8>>,
+    bytes: Vec<bytes::Bytes>,
     ranked: Vec<(usize, PeerId)>,
     /// Per shard, the peers tried.
     tried: Vec<Holders>,

@@ -65,7 +65,10 @@ impl MeshStore {
         let live: Holders = ranked.iter().map(|(t, _)| *t).collect();
         let mut job = PutJob::new(
             which.iter().map(|&i| ids[i]).collect(),
-            bytes.iter().map(|b| b.to_vec()).collect(),
+            bytes
+                .iter()
+                .map(|b| bytes::Bytes::copy_from_slice(b))
+                .collect(),
             ranked,
         );
         // Count what the chunk's other shards already put on each peer, and never
@@ -124,7 +127,12 @@ impl MeshStore {
         let n = shards.len();
         let mut job = PutJob::new(
             shards.iter().map(|s| s.0).collect(),
-            shards.iter().map(|s| s.1.to_vec()).collect(),
+            // One copy, which the background puts outlive the caller with;
+            // each send (and resend) of a shard shares it.
+            shards
+                .iter()
+                .map(|s| bytes::Bytes::copy_from_slice(s.1))
+                .collect(),
             ranked,
         );
         let (tx, rx) = smpsc::channel();
@@ -269,7 +277,7 @@ impl MeshStore {
                     job.done[i] = true;
                     job.stored += 1;
                     // Never sent again: its bytes need not outlive the answer.
-                    job.bytes[i] = Vec::new();
+                    job.bytes[i] = bytes::Bytes::new();
                 }
                 job.stored_on[i].insert(tag);
                 self.record(job.ids[i], tag);
@@ -303,7 +311,7 @@ impl MeshStore {
 impl PutJob {
     pub(super) fn new(
         ids: Vec<ShardId>,
-        bytes: Vec<Vec<u8>>,
+        bytes: Vec<bytes::Bytes>,
         ranked: Vec<(usize, PeerId)>,
     ) -> PutJob {
         PutJob {
