@@ -252,6 +252,23 @@ pub struct Sealed {
 }
 
 impl Sealed {
+    /// The chunk and its shards, owned: the data shards are slices of one
+    /// buffer, not copies, and go to each holder without another.
+    pub fn into_parts(self) -> (ChunkRef, Vec<bytes::Bytes>) {
+        let data = bytes::Bytes::from(self.data);
+        let mut shards = Vec::with_capacity(self.parity.len() + 8);
+        if self.shard_len > 0 {
+            let mut at = 0;
+            while at < data.len() {
+                let end = (at + self.shard_len).min(data.len());
+                shards.push(data.slice(at..end));
+                at = end;
+            }
+        }
+        shards.extend(self.parity.into_iter().map(bytes::Bytes::from));
+        (self.chunk, shards)
+    }
+
     pub fn shards(&self) -> impl Iterator<Item = &[u8]> {
         let len = self.shard_len.max(1);
         let data = if self.shard_len == 0 {

@@ -39,6 +39,12 @@ proptest! {
         for (i, s) in shards.iter().enumerate() {
             prop_assert_eq!(ShardId::of(s.as_ref().unwrap()), sealed.chunk.shard_ids()[i]);
         }
+        // The owned shards a store is handed are the same bytes.
+        let borrowed: Vec<Vec<u8>> = sealed.shards().map(<[u8]>::to_vec).collect();
+        let chunk = sealed.chunk.clone();
+        let (c, owned) = sealed.into_parts();
+        prop_assert_eq!(c, chunk);
+        prop_assert_eq!(owned.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), borrowed);
     }
 
     #[test]
@@ -82,6 +88,7 @@ proptest! {
         let sealed = seal(&key(), &codec, &plain, usize::MAX);
         prop_assert!(sealed.shards().next().is_none());
         prop_assert_eq!(open_inline(&sealed.chunk).unwrap(), plain);
+        prop_assert!(sealed.into_parts().1.is_empty());
     }
 
     /// Chunk map entries (every kind, layered ones of any shape) survive

@@ -514,17 +514,13 @@ pub fn store_sealed(
     codec: &Codec,
     sealed: chunk::Sealed,
 ) -> Result<ChunkRef> {
-    let shards: Vec<(ShardId, &[u8])> = sealed
-        .chunk
-        .shard_ids()
-        .iter()
-        .copied()
-        .zip(sealed.shards())
-        .collect();
+    let (chunk, bytes) = sealed.into_parts();
+    let shards: Vec<(ShardId, bytes::Bytes)> =
+        chunk.shard_ids().iter().copied().zip(bytes).collect();
     if !shards.is_empty() {
-        store.put_chunk(&shards, codec.data_shards() + 1)?;
+        store.put_chunk(shards, codec.data_shards() + 1)?;
     }
-    Ok(sealed.chunk)
+    Ok(chunk)
 }
 
 /// Moves dirty chunk `idx` (if any) to `sealing` for a seal about to start:

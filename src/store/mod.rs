@@ -119,8 +119,13 @@ pub trait ShardStore: Send + Sync {
 
     /// Store the shards of one chunk, each on its own holder where the store has
     /// several. Returns once at least `need` are stored; the rest may still be
-    /// landing ([`ShardStore::sync`] waits for them).
-    fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {
+    /// landing ([`ShardStore::sync`] waits for them). Owned and shared, so
+    /// a store that sends them on (and resends) copies nothing.
+    fn put_chunk(
+        &self,
+        shards: Vec<(ShardId, bytes::Bytes)>,
+        need: usize,
+    ) -> Result<(), StoreError> {
         let _ = need;
         shards.iter().try_for_each(|(id, b)| self.put(id, b))
     }

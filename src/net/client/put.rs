@@ -114,7 +114,7 @@ impl MeshStore {
     }
     pub(super) fn put_shards(
         &self,
-        shards: &[(ShardId, &[u8])],
+        shards: Vec<(ShardId, bytes::Bytes)>,
         need: usize,
     ) -> Result<(), StoreError> {
         let Some((key, _)) = shards.first() else {
@@ -125,16 +125,8 @@ impl MeshStore {
             return Err(Self::no_peers());
         }
         let n = shards.len();
-        let mut job = PutJob::new(
-            shards.iter().map(|s| s.0).collect(),
-            // One copy, which the background puts outlive the caller with;
-            // each send (and resend) of a shard shares it.
-            shards
-                .iter()
-                .map(|s| bytes::Bytes::copy_from_slice(s.1))
-                .collect(),
-            ranked,
-        );
+        let (ids, bytes) = shards.into_iter().unzip();
+        let mut job = PutJob::new(ids, bytes, ranked);
         let (tx, rx) = smpsc::channel();
         // Shard i starts on the i-th ranked peer (wrapping when there are fewer).
         for i in 0..n {

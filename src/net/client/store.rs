@@ -236,7 +236,7 @@ impl MeshStore {
 
 impl ShardStore for MeshStore {
     fn put(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
-        self.put_chunk(&[(*id, bytes)], 1)
+        self.put_chunk(vec![(*id, bytes::Bytes::copy_from_slice(bytes))], 1)
     }
 
     fn replace(&self, id: &ShardId, bytes: &[u8]) -> Result<(), StoreError> {
@@ -561,7 +561,11 @@ impl ShardStore for MeshStore {
         self.verify_peers(progress)
     }
 
-    fn put_chunk(&self, shards: &[(ShardId, &[u8])], need: usize) -> Result<(), StoreError> {
+    fn put_chunk(
+        &self,
+        shards: Vec<(ShardId, bytes::Bytes)>,
+        need: usize,
+    ) -> Result<(), StoreError> {
         self.put_shards(shards, need)
     }
 }

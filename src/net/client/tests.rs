@@ -20,8 +20,8 @@ fn chunk(n: usize, seed: u32) -> Vec<(ShardId, Vec<u8>)> {
 }
 
 fn put(store: &MeshStore, c: &[(ShardId, Vec<u8>)], need: usize) -> Result<(), StoreError> {
-    let refs: Vec<(ShardId, &[u8])> = c.iter().map(|(id, b)| (*id, b.as_slice())).collect();
-    store.put_chunk(&refs, need)
+    let shards = c.iter().map(|(id, b)| (*id, b.clone().into())).collect();
+    store.put_chunk(shards, need)
 }
 
 fn ids(c: &[(ShardId, Vec<u8>)]) -> Vec<ShardId> {
