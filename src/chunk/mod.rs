@@ -204,12 +204,13 @@ impl ChunkRef {
     }
 }
 
-/// The plaintext of the segments of `chunk` laid end to end in `sealed`, the
-/// first being segment `first` (what [`ChunkRef::segment_span`] located).
+/// The plaintext of the segments of `chunk` laid end to end in `sealed`
+/// (in pieces, as read), the first being segment `first` (what
+/// [`ChunkRef::segment_span`] located).
 pub fn open_segments(
     chunk: &ChunkRef,
     first: usize,
-    sealed: &mut [u8],
+    sealed: &[&[u8]],
 ) -> Result<Vec<u8>, ChunkError> {
     let ChunkRef::Segmented {
         key,
@@ -220,7 +221,7 @@ pub fn open_segments(
     else {
         return Err(ChunkError::Key("not a segmented chunk".into()));
     };
-    let mut out = Vec::with_capacity(sealed.len());
+    let mut out = Vec::with_capacity(sealed.iter().map(|p| p.len()).sum());
     segment::open(key, *plain_len as usize, segments, first, sealed, &mut out)?;
     Ok(out)
 }
@@ -373,13 +374,18 @@ pub fn open_sharded(
         return open_inline(chunk);
     }
     codec.reconstruct(shards, rebuild_all)?;
-    // Exactly sealed_len: the plaintext is decrypted in place and kept (in caches and
-    // dirty buffers), so spare capacity here would be memory spent for nothing.
+    // The sealed blob is the data shards end to end, cut at sealed_len (the
+    // rest is erasure padding).
     let want = chunk.sealed_len();
-    let mut blob = Vec::with_capacity(want);
+    let mut pieces = Vec::with_capacity(codec.data_shards());
+    let mut got = 0;
     for s in shards[..codec.data_shards()].iter().flatten() {
-        let take = s.len().min(want - blob.len());
-        blob.extend_from_slice(&s[..take]);
+        let take = s.len().min(want - got);
+        pieces.push(&s[..take]);
+        got += take;
+    }
+    if got != want {
+        return Err(ChunkError::Length { got, want });
     }
     match chunk {
         ChunkRef::Sharded {
@@ -387,21 +393,23 @@ pub fn open_sharded(
             compressed,
             plain_len,
             ..
-        } => finish_open(key, *compressed, *plain_len, &mut blob),
+        } => {
+            // Exactly sealed_len: the plaintext is decrypted in place and kept
+            // (in caches and dirty buffers), so spare capacity here would be
+            // memory spent for nothing.
+            let mut blob = pieces.concat();
+            finish_open(key, *compressed, *plain_len, &mut blob)
+        }
         ChunkRef::Segmented {
             key,
             plain_len,
             segments,
             ..
         } => {
-            if blob.len() != want {
-                return Err(ChunkError::Length {
-                    got: blob.len(),
-                    want,
-                });
-            }
-            let mut out = Vec::with_capacity(*plain_len as usize);
-            segment::open(key, *plain_len as usize, segments, 0, &mut blob, &mut out)?;
+            // Each segment is copied from the shards into its place in the
+            // plaintext and opened there; room for the last one's tag.
+            let mut out = Vec::with_capacity(*plain_len as usize + 16);
+            segment::open(key, *plain_len as usize, segments, 0, &pieces, &mut out)?;
             if out.len() != *plain_len as usize {
                 return Err(ChunkError::Length {
                     got: out.len(),

@@ -47,19 +47,27 @@ pub fn span(lens: &[u32], first: usize, last: usize) -> (usize, usize) {
     (off, len)
 }
 
-/// Opens the segments laid end to end in `sealed`, the first being segment
-/// `first`, appending their plaintext to `out`. Every segment must be whole.
+/// Opens the segments laid end to end in `sealed` (given in pieces: the
+/// data shards, or one range read), the first being segment `first`,
+/// appending their plaintext to `out`. Every segment must be whole. A
+/// segment stored plain is copied once, into `out`, and opened there.
 pub(super) fn open(
     key: &[u8; 32],
     plain_len: usize,
     lens: &[u32],
     first: usize,
-    sealed: &mut [u8],
+    sealed: &[&[u8]],
     out: &mut Vec<u8>,
 ) -> Result<(), ChunkError> {
-    let mut off = 0;
+    let mut pieces = sealed.iter().copied().filter(|p| !p.is_empty());
+    let mut piece: &[u8] = pieces.next().unwrap_or_default();
+    let mut scratch = Vec::new();
     let mut i = first;
-    while off < sealed.len() {
+    while !piece.is_empty() {
+        let short = |got| ChunkError::Length {
+            got,
+            want: plain_len,
+        };
         let (Some(&l), Some(seg_plain)) = (
             lens.get(i),
             plain_len
@@ -67,25 +75,34 @@ pub(super) fn open(
                 .filter(|left| *left > 0)
                 .map(|left| left.min(SEGMENT)),
         ) else {
-            return Err(ChunkError::Length {
-                got: out.len(),
-                want: plain_len,
-            });
+            return Err(short(out.len()));
         };
         let l = l as usize;
-        let Some(seg) = sealed.get_mut(off..off + l) else {
-            return Err(ChunkError::Length {
-                got: out.len(),
-                want: plain_len,
-            });
-        };
-        let p = crypto::decrypt_segment(key, i as u32, seg)?;
-        if l == seg_plain + TAG {
-            out.extend_from_slice(p);
+        // Sealed shorter than plaintext + tag: compressed (only kept when it
+        // saves 1/16, so never exactly that length). Opened aside, then
+        // inflated into `out`.
+        let plain = l == seg_plain + TAG;
+        let dst = if plain { &mut *out } else { &mut scratch };
+        if !plain {
+            dst.clear();
+        }
+        let from = dst.len();
+        while dst.len() - from < l {
+            if piece.is_empty() {
+                match pieces.next() {
+                    Some(p) => piece = p,
+                    None => return Err(short(dst.len())),
+                }
+            }
+            let take = piece.len().min(l - (dst.len() - from));
+            dst.extend_from_slice(&piece[..take]);
+            piece = &piece[take..];
+        }
+        let p = crypto::decrypt_segment(key, i as u32, &mut dst[from..])?.len();
+        if plain {
+            dst.truncate(from + p);
         } else {
-            // Sealed shorter than plaintext + tag: compressed (only kept when it
-            // saves 1/16, so never exactly that length).
-            let d = compress::decompress(p, seg_plain)?;
+            let d = compress::decompress(&scratch[..p], seg_plain)?;
             if d.len() != seg_plain {
                 return Err(ChunkError::Length {
                     got: d.len(),
@@ -94,7 +111,9 @@ pub(super) fn open(
             }
             out.extend_from_slice(&d);
         }
-        off += l;
+        if piece.is_empty() {
+            piece = pieces.next().unwrap_or_default();
+        }
         i += 1;
     }
     Ok(())

@@ -178,14 +178,29 @@ proptest! {
         for pos in off..off + n {
             bytes.push(shards[pos / shard_len][pos % shard_len]);
         }
-        let mut tampered = bytes.clone();
-        let opened = open_segments(&sealed.chunk, first, &mut bytes).unwrap();
+        // In pieces as read: cut at each shard's end, and once more anywhere.
+        let extra = off + flip % n;
+        let mut cuts: Vec<usize> = (off + 1..off + n)
+            .filter(|pos| pos % shard_len == 0 || *pos == extra)
+            .map(|pos| pos - off)
+            .collect();
+        cuts.push(n);
+        let pieces = |b: &[u8]| -> Vec<Vec<u8>> {
+            let mut from = 0;
+            cuts.iter().map(|&to| { let p = b[from..to].to_vec(); from = to; p }).collect()
+        };
+        let read = pieces(&bytes);
+        let read: Vec<&[u8]> = read.iter().map(Vec::as_slice).collect();
+        let opened = open_segments(&sealed.chunk, first, &read).unwrap();
         let from = at - first * segment::SEGMENT;
         let end = (at + len).min(plain.len());
         prop_assert_eq!(&opened[from..from + (end - at)], &plain[at..end]);
+        let mut tampered = bytes.clone();
         let i = flip % tampered.len();
         tampered[i] ^= 0x40;
-        prop_assert!(open_segments(&sealed.chunk, first, &mut tampered).is_err());
+        let bad = pieces(&tampered);
+        let bad: Vec<&[u8]> = bad.iter().map(Vec::as_slice).collect();
+        prop_assert!(open_segments(&sealed.chunk, first, &bad).is_err());
     }
 }
 

@@ -59,7 +59,7 @@ pub(super) fn read_range(
     };
     let ids = chunk.shard_ids();
     let ranged = || -> Option<Vec<u8>> {
-        let mut sealed = Vec::with_capacity(n);
+        let mut pieces = Vec::with_capacity(2);
         let mut pos = off;
         while pos < off + n {
             let (i, within) = (pos / shard_len, pos % shard_len);
@@ -68,10 +68,11 @@ pub(super) fn read_range(
             if got.len() != take {
                 return None;
             }
-            sealed.extend_from_slice(&got);
+            pieces.push(got);
             pos += take;
         }
-        chunk::open_segments(chunk, first, &mut sealed).ok()
+        let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        chunk::open_segments(chunk, first, &pieces).ok()
     };
     match ranged() {
         Some(plain) => Ok(cut(&plain, at - first * chunk::segment::SEGMENT)),
