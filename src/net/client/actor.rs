@@ -212,7 +212,10 @@ pub(super) async fn actor(
                 if ticks % 15 == 2 {
                     push_members(&mut swarm, &shared, None);
                 }
-                if ticks % 15 == 1 && swarm.behaviour_mut().kad.bootstrap().is_err() {
+                // Every 30 s; every 10 s while a storage peer is down, so one
+                // that came back on another address is found again soon.
+                let lookup = ticks % 15 == 1 || (ticks % 5 == 1 && any_down(&shared));
+                if lookup && swarm.behaviour_mut().kad.bootstrap().is_err() {
                     // No peer to ask: there is nothing to discover.
                     shared.kad_settled.store(true, Ordering::Relaxed);
                 }
@@ -260,6 +263,14 @@ fn push_members(
 
 /// Dials the known peers that are not connected (a dial already under way for
 /// a peer is left to finish).
+/// Whether a storage peer the home knows is unreachable.
+fn any_down(shared: &Shared) -> bool {
+    lock(&shared.peers)
+        .list
+        .iter()
+        .any(|p| p.storage && !p.connected)
+}
+
 pub(super) fn redial(swarm: &mut libp2p::Swarm<crate::net::Behaviour>, shared: &Shared) {
     let down: Vec<PeerEntry> = lock(&shared.peers)
         .list
