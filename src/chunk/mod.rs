@@ -256,18 +256,13 @@ impl Sealed {
     /// The chunk and its shards, owned: the data shards are slices of one
     /// buffer, not copies, and go to each holder without another.
     pub fn into_parts(self) -> (ChunkRef, Vec<bytes::Bytes>) {
-        let data = bytes::Bytes::from(self.data);
-        let mut shards = Vec::with_capacity(self.parity.len() + 8);
-        if self.shard_len > 0 {
-            let mut at = 0;
-            while at < data.len() {
-                let end = (at + self.shard_len).min(data.len());
-                shards.push(data.slice(at..end));
-                at = end;
-            }
-        }
-        shards.extend(self.parity.into_iter().map(bytes::Bytes::from));
-        (self.chunk, shards)
+        let (data, len) = (bytes::Bytes::from(self.data), self.shard_len);
+        let data_shards = (0..data.len())
+            .step_by(len.max(1))
+            .take_while(|_| len > 0)
+            .map(|at| data.slice(at..(at + len).min(data.len())));
+        let parity = self.parity.into_iter().map(bytes::Bytes::from);
+        (self.chunk, data_shards.chain(parity).collect())
     }
 
     pub fn shards(&self) -> impl Iterator<Item = &[u8]> {
@@ -408,7 +403,7 @@ pub fn open_sharded(
         } => {
             // Each segment is copied from the shards into its place in the
             // plaintext and opened there; room for the last one's tag.
-            let mut out = Vec::with_capacity(*plain_len as usize + 16);
+            let mut out = Vec::with_capacity(*plain_len as usize + segment::TAG);
             segment::open(key, *plain_len as usize, segments, 0, &pieces, &mut out)?;
             if out.len() != *plain_len as usize {
                 return Err(ChunkError::Length {

@@ -8,7 +8,8 @@ use super::{ChunkError, VolumeKey, compress, crypto};
 
 /// Plaintext bytes per segment (the last one may be shorter).
 pub const SEGMENT: usize = 64 * 1024;
-const TAG: usize = 16;
+/// An AES-GCM tag, after each sealed segment.
+pub(super) const TAG: usize = 16;
 
 /// Seals `plain` segment by segment: (chunk key, sealed blob, each segment's
 /// sealed length). `spare` bytes of capacity are left for erasure padding.
