@@ -108,36 +108,38 @@ impl Shards {
                     tracing::warn!("{from} sent bytes that do not match shard id {id}: refused");
                     return Response::BadHash;
                 }
-                if self.store.contains(&id) {
-                    // Already here, unless the copy here has rotted: a writer
-                    // re-placing a shard it found bad may pick this peer again.
-                    return match self.store.get(&id) {
-                        Err(StoreError::Corrupt(_)) => match self.store.replace(&id, &data) {
-                            Ok(()) => {
-                                tracing::warn!("shard {id}: rotted copy replaced");
-                                Response::Done
-                            }
-                            Err(e) => failed(e),
-                        },
-                        _ => Response::Done,
-                    };
-                }
+                // The common case, a shard not here yet, is written without
+                // looking first: the placing rename refuses an existing name.
                 let len = data.len() as u64;
-                if self
+                let over_cap = self
                     .capacity
-                    .is_some_and(|cap| self.used.load(Ordering::Relaxed) + len > cap)
-                {
-                    return Response::Full;
-                }
-                match self.store.put_if_absent(&id, &data) {
-                    Ok(fresh) => {
-                        if fresh {
-                            self.used.fetch_add(len, Ordering::Relaxed);
-                            self.count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Response::Done
+                    .is_some_and(|cap| self.used.load(Ordering::Relaxed) + len > cap);
+                match (!over_cap).then(|| self.store.put_if_absent(&id, &data)) {
+                    Some(Ok(true)) => {
+                        self.used.fetch_add(len, Ordering::Relaxed);
+                        self.count.fetch_add(1, Ordering::Relaxed);
+                        return Response::Done;
                     }
-                    Err(e) => failed(e),
+                    Some(Ok(false)) => {}
+                    // A full peer still answers for a shard it holds.
+                    None | Some(Err(StoreError::Full(_))) => {
+                        if !self.store.contains(&id) {
+                            return Response::Full;
+                        }
+                    }
+                    Some(Err(e)) => return failed(e),
+                }
+                // Already here, unless the copy here has rotted: a writer
+                // re-placing a shard it found bad may pick this peer again.
+                match self.store.get(&id) {
+                    Err(StoreError::Corrupt(_)) => match self.store.replace(&id, &data) {
+                        Ok(()) => {
+                            tracing::warn!("shard {id}: rotted copy replaced");
+                            Response::Done
+                        }
+                        Err(e) => failed(e),
+                    },
+                    _ => Response::Done,
                 }
             }
             // Not re-hashed here: the reader checks every shard against its id

@@ -107,13 +107,12 @@ impl LocalStore {
     /// (so that concurrent puts of one id count its bytes once).
     pub fn put_if_absent(&self, id: &ShardId, bytes: &[u8]) -> Result<bool, StoreError> {
         let mut fresh = false;
-        self.write_with(id, bytes, &mut |tmp, dest| match fs::hard_link(tmp, dest) {
-            Ok(()) => {
-                fresh = true;
-                fs::remove_file(tmp)
+        self.write_with(id, bytes, &mut |tmp, dest| {
+            fresh = place_if_absent(tmp, dest)?;
+            if !fresh {
+                fs::remove_file(tmp)?;
             }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => fs::remove_file(tmp),
-            Err(e) => Err(e),
+            Ok(())
         })?;
         Ok(fresh)
     }
@@ -173,6 +172,26 @@ impl LocalStore {
                 io_err(&dest, e)
             }
         })
+    }
+}
+
+/// Moves `tmp` to `dest` unless `dest` exists; false (and `tmp` left) if it
+/// does. One `renameat2(RENAME_NOREPLACE)` where the filesystem has it (a
+/// storage peer does this for every shard it takes), else a hard link and an
+/// unlink of the temp name.
+fn place_if_absent(tmp: &Path, dest: &Path) -> std::io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{RenameFlags, renameat2};
+    match renameat2(None, tmp, None, dest, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => return Ok(true),
+        Err(Errno::EEXIST) => return Ok(false),
+        Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match fs::hard_link(tmp, dest) {
+        Ok(()) => fs::remove_file(tmp).map(|()| true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
