@@ -92,6 +92,28 @@ fn kill_9_then_mount_again_keeps_what_was_fsynced() {
     v.assert_fsck_clean();
 }
 
+/// The mount's CLI socket was woken at stop by a connection to its path; with
+/// the home moved away meanwhile (or another mount's socket bound there), the
+/// process never ended after the unmount.
+#[test]
+fn a_mount_whose_home_was_moved_still_ends_when_unmounted() {
+    require!();
+    let v = Volume::new();
+    let m = v.mount();
+    sh(&m.at, "echo kept > f");
+    let moved = v.home().with_extension("moved");
+    std::fs::rename(v.home(), &moved).unwrap();
+    let start = std::time::Instant::now();
+    m.unmount();
+    let took = start.elapsed();
+    std::fs::rename(&moved, v.home()).unwrap();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the mount took {took:?} to end"
+    );
+    assert_eq!(v.ok(&["cat", "/f"]), "kept\n");
+}
+
 #[test]
 fn read_only_mount_options_and_a_non_empty_mountpoint() {
     require!();

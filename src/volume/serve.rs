@@ -69,6 +69,7 @@ pub fn serve(path: &Path, engine: &Arc<Engine>, runner: &Runner) -> io::Result<(
     };
     // Also for a umask that another thread changed meanwhile.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let stopper = listener.try_clone()?;
     let weak = Arc::downgrade(engine);
     let workers = runner.clone();
     let live = Arc::new(Live::default());
@@ -116,15 +117,19 @@ pub fn serve(path: &Path, engine: &Arc<Engine>, runner: &Runner) -> io::Result<(
             let _ = h.join();
         }
     })?;
-    // The accept loop blocks in accept: a connection of its own wakes it; the
-    // callers' reading sides are cut so that none keeps its thread.
-    let wake = path.to_path_buf();
+    // The accept loop blocks in accept: shutting the listening socket down
+    // wakes it (accept then fails at once). Not a connection to the socket's
+    // path: the home may have been moved or removed meanwhile, or another
+    // mount may have bound a socket of its own there, and the accept would
+    // never end. The callers' reading sides are cut so that none keeps its
+    // thread.
     runner.on_stop(move || {
         on_stop.stopping.store(true, Ordering::SeqCst);
         for c in lock(&on_stop.conns).values() {
             let _ = c.shutdown(Shutdown::Read);
         }
-        let _ = UnixStream::connect(&wake);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stopper);
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     });
     Ok(())
 }
