@@ -103,6 +103,20 @@ bench() {
     rm -f "$m/db.$j"*
   done
 
+  # fsync after every 4 MiB written while another program fills the same
+  # disk (3 GiB): a barrier should wait for this file's data, not the
+  # neighbour's.
+  sync
+  dd if=/dev/zero of="$work/neighbour" bs=1M count=3072 status=none &
+  local dd=$!
+  sleep 1
+  R[$name,busy]=$(fio_run "$m" --name=busy --rw=write --bs=1M --size=64M --fsync=4 |
+    awk -F';' '{ printf "%.0f", $48 / 1024 }')
+  kill "$dd" 2>/dev/null || true
+  wait "$dd" 2>/dev/null || true
+  rm -f "$work/neighbour" "$m"/busy.*
+  sync
+
   # 4 KiB file creates (fs_mark style, one directory, no fsync per file), then syncfs.
   mkdir "$m/creates"
   t=$(now)
@@ -148,6 +162,7 @@ row "seq read $size (cold), MiB/s" seqr '%10.0f' "≥ 0.8× bindfs"
 row "4K randrw 70/30, IOPS" rand '%10.0f' ""
 row "4K random read (cold), IOPS" rread '%10.0f' "≥ 1.0× gocryptfs"
 row "4K random write, IOPS" rwrite '%10.0f' "≥ 1.0× gocryptfs"
+row "write+fsync/4M, busy disk, MiB/s" busy '%10.0f' "≥ 1.0× gocryptfs"
 row "sqlite 500 txns, DELETE, s" sqldelete '%10.2f' "≤ 2× gocryptfs"
 row "sqlite 500 txns, WAL, s" sqlwal '%10.2f' "≤ 2× gocryptfs"
 row "4K creates, files/s" creates '%10.0f' "≥ 0.5× bindfs"

@@ -252,6 +252,8 @@ pub struct MeshStore {
     inflight: (Mutex<usize>, Condvar),
     /// Peers that took puts since the last sync.
     written: Mutex<Holders>,
+    /// Groups concurrent syncs (see `sync`).
+    syncs: crate::util::SyncGroup,
     /// A background put could not place every shard: repair has work.
     unplaced: AtomicBool,
     /// This store, for the threads that finish puts in the background.

@@ -26,6 +26,7 @@ impl MeshStore {
             avoid: Mutex::new(HashMap::new()),
             inflight: (Mutex::new(0), Condvar::new()),
             written: Mutex::new(Holders::new()),
+            syncs: crate::util::SyncGroup::default(),
             unplaced: AtomicBool::new(false),
             fetch_us: AtomicU64::new(20_000),
             repaired: Mutex::new(Holders::new()),
@@ -36,6 +37,49 @@ impl MeshStore {
             me: me.clone(),
             local,
         })
+    }
+
+    /// Waits for the puts still landing, then asks every peer that took puts
+    /// since the last sync to sync.
+    fn sync_peers(&self) -> Result<(), StoreError> {
+        let (m, cv) = &self.inflight;
+        let mut n = lock(m);
+        while *n > 0 {
+            n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(n);
+        let written = std::mem::take(&mut *lock(&self.written));
+        let targets = self.client.live_in(&written);
+        if targets.len() < written.len() {
+            // Some took puts and are gone: what they took may not be on
+            // their disks, so the next repair pass counts what is missing.
+            self.unplaced.store(true, Ordering::Relaxed);
+        }
+        for (_, peer, r) in self.ask_all(&targets, || Request::Sync) {
+            match r {
+                Ok(Response::Done) => {}
+                Ok(other) => {
+                    // The next sync asks them all again.
+                    let mut w = lock(&self.written);
+                    for t in written.iter() {
+                        w.insert(t);
+                    }
+                    return Err(StoreError::Peer(format!("sync on peer {peer}: {other}")));
+                }
+                // Gone before it answered, as one gone before the sync was
+                // asked: what it took may not be on its disk, so the next
+                // repair pass counts (and rebuilds) what is missing; the
+                // chunks' shards on the other peers are synced.
+                Err(e) => {
+                    tracing::warn!(
+                        "sync: storage peer {peer} went away before it synced ({e}); \
+                         a repair pass checks the shards it took"
+                    );
+                    self.unplaced.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Live peers ordered by weighted rendezvous score for `key` (weights:
@@ -342,38 +386,9 @@ impl ShardStore for MeshStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let (m, cv) = &self.inflight;
-        let mut n = lock(m);
-        while *n > 0 {
-            n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
-        }
-        drop(n);
-        let written = std::mem::take(&mut *lock(&self.written));
-        let targets = self.client.live_in(&written);
-        if targets.len() < written.len() {
-            // Some took puts and are gone: what they took may not be on
-            // their disks, so the next repair pass counts what is missing.
-            self.unplaced.store(true, Ordering::Relaxed);
-        }
-        for (_, peer, r) in self.ask_all(&targets, || Request::Sync) {
-            match r {
-                Ok(Response::Done) => {}
-                Ok(other) => {
-                    return Err(StoreError::Peer(format!("sync on peer {peer}: {other}")));
-                }
-                // Gone before it answered, as one gone before the sync was
-                // asked: what it took may not be on its disk, so the next
-                // repair pass counts (and rebuilds) what is missing; the
-                // chunks' shards on the other peers are synced.
-                Err(e) => {
-                    tracing::warn!(
-                        "sync: storage peer {peer} went away before it synced ({e});                          a repair pass checks the shards it took"
-                    );
-                    self.unplaced.store(true, Ordering::Relaxed);
-                }
-            }
-        }
-        Ok(())
+        // Grouped: a sync that took the peers' names away from a concurrent
+        // caller must have finished before that caller returns.
+        self.syncs.sync(|| self.sync_peers())
     }
 
     fn for_each(&self, f: &mut dyn FnMut(ShardInfo)) -> Result<(), StoreError> {
