@@ -19,6 +19,10 @@ const RESERVE: u64 = 32 * 1024 * 1024;
 /// also waits for other programs' dirty data on the same filesystem.
 const SYNC_EACH_MAX: usize = 256;
 
+/// A chunk's shards are written on threads of their own from this many
+/// bytes in all (a full 4 MiB chunk is 6 MiB of shards).
+const PARALLEL_CHUNK_MIN: usize = 1 << 20;
+
 /// Threads fsyncing shard files at once: a journalling filesystem commits
 /// concurrent fsyncs together instead of one journal commit each.
 const SYNC_THREADS: usize = 16;
@@ -308,16 +312,20 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
 }
 
 impl ShardStore for LocalStore {
-    /// The shards of a chunk are written at once, one thread each: on a busy
-    /// disk each write may be held back by the kernel's dirty-page
+    /// The shards of a large chunk are written at once, one thread each: on a
+    /// busy disk each write may be held back by the kernel's dirty-page
     /// throttling, and a barrier waiting for this chunk waits for the
-    /// slowest write rather than their sum.
+    /// slowest write rather than their sum. A small chunk's shards are
+    /// written in turn: starting threads would cost more than the writes.
     fn put_chunk(
         &self,
         shards: Vec<(ShardId, bytes::Bytes)>,
         need: usize,
     ) -> Result<(), StoreError> {
         let _ = need;
+        if shards.iter().map(|(_, b)| b.len()).sum::<usize>() < PARALLEL_CHUNK_MIN {
+            return shards.iter().try_for_each(|(id, b)| self.put(id, b));
+        }
         let jobs = shards.iter().map(|(id, b)| move || self.put(id, b));
         on_threads(&self.root, "datamesh-shard", jobs.collect())
     }
