@@ -103,6 +103,11 @@ bench() {
     rm -f "$m/db.$j"*
   done
 
+  # fcntl lock+unlock pairs on one byte for 3 s: one process alone, then
+  # two taking turns (each lock waits for the other's unlock).
+  read -r "R[$name,lock1]" "R[$name,lock2]" < <(python3 "$REPO/scripts/lock-rate.py" "$m/lockrate" 3)
+  rm -f "$m/lockrate"
+
   # fsync after every 4 MiB written while another program fills the same
   # disk (3 GiB): a barrier should wait for this file's data, not the
   # neighbour's.
@@ -165,6 +170,8 @@ row "4K random write, IOPS" rwrite '%10.0f' "≥ 1.0× gocryptfs"
 row "write+fsync/4M, busy disk, MiB/s" busy '%10.0f' "≥ 1.0× gocryptfs"
 row "sqlite 500 txns, DELETE, s" sqldelete '%10.2f' "≤ 2× gocryptfs"
 row "sqlite 500 txns, WAL, s" sqlwal '%10.2f' "≤ 2× gocryptfs"
+row "lock+unlock, one process, /s" lock1 '%10.0f' "≥ 0.5× gocryptfs"
+row "lock+unlock, two in turn, /s" lock2 '%10.0f' "≥ 0.5× gocryptfs"
 row "4K creates, files/s" creates '%10.0f' "≥ 0.5× bindfs"
 row "ls -l 10k entries, s" ls '%10.2f' "≤ 1.0× gocryptfs"
 row "stat 10k entries, s" stat '%10.2f' "≤ 1.0× gocryptfs"

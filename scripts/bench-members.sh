@@ -128,6 +128,11 @@ PY
     t=$(now); cat "$m/mseq-$who" > /dev/null; s=$(secs "$t")
     R[$who,mget]=$(best high "${R[$who,mget]:-0}" "$(echo "$mib / $s" | bc -l)")
     rm -f "$m/mseq-$who"
+    # Lock+unlock pairs per second: one process alone, two taking turns.
+    read -r l1 l2 < <(python3 "$REPO/scripts/lock-rate.py" "$m/lockrate-$who" 3)
+    R[$who,lock1]=$(best high "${R[$who,lock1]:-0}" "$l1")
+    R[$who,lock2]=$(best high "${R[$who,lock2]:-0}" "$l2")
+    rm -f "$m/lockrate-$who"
   done
 done
 
@@ -142,6 +147,8 @@ row "creates of 4 KiB files (/s)" mcreates
 row "ls -l of 10000 entries (s)" mls
 row "seq write $size, fsync (MiB/s)" mput
 row "seq read $size, cold (MiB/s)" mget
+row "lock+unlock, one process (/s)" lock1
+row "lock+unlock, two in turn (/s)" lock2
 echo "-- through the CLI (one process, calls timed inside it)"
 row "stat median (us)" stat50
 row "stat p99 (us)" stat99

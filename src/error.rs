@@ -35,6 +35,12 @@ pub enum Error {
     ReadOnly,
     #[error("Resource temporarily unavailable (another owner holds a conflicting lock)")]
     WouldBlock,
+    #[error("Resource deadlock avoided (the lock's holder waits for a lock this owner holds)")]
+    Deadlock,
+    #[error("Interrupted (the waiting process got a signal, or the mount is ending)")]
+    Interrupted,
+    #[error("No locks available (too many locks wait or are held)")]
+    TooManyLocks,
     #[error("volume metadata: {0}")]
     Db(String),
     #[error("volume metadata is corrupt: {0}")]
@@ -69,6 +75,10 @@ pub enum Kind {
     WouldBlock,
     /// Anything else (metadata, shards, I/O): the text says what.
     Other,
+    // New kinds go last: the variant's index is what crosses the wire.
+    Deadlock,
+    Interrupted,
+    NoLocks,
 }
 
 impl From<StoreError> for Error {
@@ -96,6 +106,9 @@ impl Error {
             Error::TooBig => Kind::TooBig,
             Error::ReadOnly => Kind::ReadOnly,
             Error::WouldBlock => Kind::WouldBlock,
+            Error::Deadlock => Kind::Deadlock,
+            Error::Interrupted => Kind::Interrupted,
+            Error::TooManyLocks => Kind::NoLocks,
             Error::Remote(k, _) => *k,
             _ => Kind::Other,
         }
@@ -116,6 +129,9 @@ impl Error {
             Kind::TooBig => Error::TooBig,
             Kind::ReadOnly => Error::ReadOnly,
             Kind::WouldBlock => Error::WouldBlock,
+            Kind::Deadlock => Error::Deadlock,
+            Kind::Interrupted => Error::Interrupted,
+            Kind::NoLocks => Error::TooManyLocks,
             // These keep their text: it says what was refused, or why.
             Kind::Invalid | Kind::NotPermitted | Kind::Other => Error::Remote(kind, text),
         }

@@ -1,6 +1,8 @@
 //! Helpers for tests that mount the real `datamesh` binary and drive real tools on
 //! the mountpoint. Every mount is undone by a drop guard, even when a test fails.
 
+pub mod locks;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -291,9 +293,29 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// The mount process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mount is running").id()
+    }
+
     /// The peak resident set size of the mount process so far, in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
         proc_status_kib(self.child.as_ref().expect("mount is running").id(), "VmHWM")
+    }
+
+    /// Whether the mount process exits within `d` (reaped if it did).
+    pub fn exits_within(&mut self, d: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().unwrap().is_some()
+            {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Unmount and wait for the process; returns its exit status success.

@@ -555,3 +555,60 @@ fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
     let fsck = h.home.ok(&["fsck"]);
     assert!(fsck.contains("fsck: clean"), "{fsck}");
 }
+
+/// Locks on a member mount are the home's: stress-ng's lock stressors there,
+/// waits ended by signals, a process on the home and one on the member that
+/// come to wait for each other (one is refused with EDEADLK), and a member
+/// mount killed while its process waits for the home's lock (the waiter is
+/// answered; the home's locks go on working).
+#[test]
+fn locks_on_a_member_mount_are_the_homes_and_survive_its_death() {
+    fs_tests::require!("stress-ng", "flock", "python3");
+    let h = Home::new();
+    let mut flags = h.cluster.bootstrap_flags();
+    flags.extend(["--listen".to_string(), h.listen.clone()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mh = h.home.mount_with(&flags);
+    let b = h.member("b");
+    let mb = b.mount();
+    fs_tests::locks::stress_ng_locks(&mb.at, &[1, 4, 8], 10);
+    std::fs::write(mb.at.join("lockfile"), b"").unwrap();
+    fs_tests::locks::waits_end_on_signals(&mb.at.join("lockfile"));
+    for _ in 0..3 {
+        fs_tests::locks::crossed_locks(&mh.at.join("pair"), &mb.at.join("pair"));
+    }
+
+    let f = mh.at.join("lockfile");
+    let fs = f.to_str().unwrap();
+    let holder = fs_tests::locks::Holder::take(&f);
+    let mut waiter = std::process::Command::new("flock")
+        .args(["-x"])
+        .arg(mb.at.join("lockfile"))
+        .args(["-c", "true"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "B took the lock the home holds"
+    );
+    mb.kill();
+    fs_tests::within("the waiter on the dead mount is answered", 10, &|| {
+        std::fs::read_to_string(format!("/proc/{}/stat", waiter.id()))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    });
+    let _ = waiter.wait();
+    holder.release();
+    let took = std::process::Command::new("flock")
+        .args(["-w", "3", "-x", fs, "-c", "true"])
+        .status()
+        .unwrap();
+    assert!(
+        took.success(),
+        "the home could not take its lock after B died"
+    );
+    assert!(mh.unmount(), "the unmount flushes and exits 0");
+    let fsck = h.home.ok(&["fsck"]);
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
+}

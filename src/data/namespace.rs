@@ -358,6 +358,19 @@ impl Engine {
         self.s.meta.setlk("", ino, owner, want)
     }
 
+    /// Takes a lock, waiting up to about `hold` for it: `Ok(false)` if it is
+    /// still taken then (see [`crate::meta::Namespace::setlk_wait`]).
+    pub fn setlk_wait(
+        &self,
+        owner: u64,
+        ino: Ino,
+        want: RangeLock,
+        hold: std::time::Duration,
+    ) -> Result<bool> {
+        lock(&self.locked).insert(ino);
+        self.s.meta.setlk_wait("", ino, owner, want, hold)
+    }
+
     /// Forgets what is cached of `ino`'s metadata here (its chunk map and
     /// record, on a member device); decoded chunks are named by their
     /// contents and stay.

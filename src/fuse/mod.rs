@@ -10,6 +10,7 @@
 //! `mount`, ACLs in `acl`.
 
 mod acl;
+mod lockwait;
 mod mount;
 
 pub use mount::{MountOptions, check_mountable, mount};
@@ -42,8 +43,6 @@ const IO_THREADS: usize = 16;
 
 /// Directory entries fetched from the engine per batch while filling a readdir reply.
 const READDIR_BATCH: usize = 128;
-/// How often a waiting lock (F_SETLKW, flock without LOCK_NB) asks again.
-const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// The errno for an engine error. Unexpected errors (metadata, shards, I/O) are
 /// logged here and reported as `EIO`.
@@ -63,6 +62,9 @@ pub fn errno(e: &Error) -> i32 {
         Kind::TooBig => libc::EFBIG,
         Kind::ReadOnly => libc::EROFS,
         Kind::WouldBlock => libc::EAGAIN,
+        Kind::Deadlock => libc::EDEADLK,
+        Kind::Interrupted => libc::EINTR,
+        Kind::NoLocks => libc::ENOLCK,
         Kind::Other => {
             tracing::error!("I/O error: {e}");
             libc::EIO
@@ -154,10 +156,54 @@ pub struct DatameshFs {
     /// lock on it (at the home only): a lock drops the kernel's cache of the
     /// file only when another host changed it since.
     lock_marks: Arc<Mutex<std::collections::HashMap<Ino, u64>>>,
+    /// Locks waited for now (each on a thread of its own).
+    lock_waits: Arc<lockwait::LockWaits>,
 }
 
 /// Readdirplus entries, and whether the directory ends after them.
 type PlusPage = (Vec<(DirEntry, Attr)>, bool);
+
+/// A mount that ends answers its waiting locks (EINTR) instead of leaving
+/// their processes to wait on a connection that is gone.
+impl Drop for DatameshFs {
+    fn drop(&mut self) {
+        self.lock_waits.stop();
+        if self.lock_waits.count() > 0 {
+            tracing::info!(
+                "the mount ends: {} waiting locks are answered EINTR",
+                self.lock_waits.count()
+            );
+        }
+    }
+}
+
+/// What a mount does once it takes a lock: under a new lock the file is read
+/// afresh, so what another host wrote before it let go is what this host
+/// sees.
+struct LockTaken {
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    marks: Arc<Mutex<std::collections::HashMap<Ino, u64>>>,
+}
+
+impl LockTaken {
+    /// At the home, the change journal says whether any other host (or this
+    /// host's CLI) changed the file since this mount's last lock on it: its
+    /// commits land there before its unlock does. A file only this mount
+    /// changed keeps its cache (sqlite takes locks for every transaction).
+    fn read_afresh(&self, engine: &Engine, i: Ino) {
+        let since = lock(&self.marks).get(&i).copied();
+        let mark = engine.change_mark();
+        if engine.changed_elsewhere(i, since) {
+            engine.forget_cached(i);
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_inode(INodeNo(i.0), 0, 0);
+            }
+        }
+        if let Some(m) = mark {
+            lock(&self.marks).insert(i, m);
+        }
+    }
+}
 
 impl DatameshFs {
     pub fn new(
@@ -180,6 +226,7 @@ impl DatameshFs {
                 std::num::NonZeroUsize::new(32).expect("non-zero"),
             )),
             lock_marks: Default::default(),
+            lock_waits: Default::default(),
         })
     }
 
@@ -658,7 +705,7 @@ impl Filesystem for DatameshFs {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         _fh: FileHandle,
         lock_owner: LockOwner,
@@ -675,45 +722,47 @@ impl Filesystem for DatameshFs {
             typ,
             pid,
         };
-        let notifier = self.notifier.clone();
-        let marks = self.lock_marks.clone();
+        let (owner, ino, caller) = (lock_owner.0, ino(i), req.pid());
+        let taken = LockTaken {
+            notifier: self.notifier.clone(),
+            marks: self.lock_marks.clone(),
+        };
+        let (shared, waits) = (self.engine.clone(), self.lock_waits.clone());
         self.spawn("setlk", move |engine| {
             let taking = want.typ != libc::F_UNLCK;
             // What this owner wrote under the lock is committed before
             // another host can take it.
-            if !taking && let Err(e) = engine.flush(ino(i)) {
+            if !taking && let Err(e) = engine.flush(ino) {
                 return reply.error(err(&e));
             }
-            // A waiting lock asks again until it is free (the lock's holder
-            // may be on another host: there is no local wake-up to wait on).
-            let res = loop {
-                match engine.setlk(lock_owner.0, ino(i), want.clone()) {
-                    Err(Error::WouldBlock) if sleep => {
-                        std::thread::sleep(LOCK_RETRY);
-                    }
-                    other => break other,
-                }
-            };
-            // Under a new lock the file is read afresh: what another host
-            // wrote before it let go is what this host sees. At the home, the
-            // change journal says whether any other host (or this host's
-            // CLI) changed it since this mount's last lock: its commits land
-            // there before its unlock does. A file only this mount changed
-            // keeps its cache (sqlite takes locks for every transaction).
-            if taking && res.is_ok() {
-                let since = crate::util::lock(&marks).get(&ino(i)).copied();
-                let mark = engine.change_mark();
-                if engine.changed_elsewhere(ino(i), since) {
-                    engine.forget_cached(ino(i));
-                    if let Some(n) = notifier.get() {
-                        let _ = n.inval_inode(i, 0, 0);
+            match engine.setlk(owner, ino, want.clone()) {
+                // Waited for on a thread of its own (see `lockwait`).
+                Err(Error::WouldBlock) if sleep => {
+                    let slot = match waits.reserve() {
+                        Ok(s) => s,
+                        Err(e) => return reply.error(err(&e)),
+                    };
+                    let waiter = std::thread::Builder::new()
+                        .name("datamesh-lockwait".into())
+                        .spawn(move || {
+                            let res =
+                                lockwait::wait_for_lock(&shared, &slot, owner, ino, &want, caller);
+                            if res.is_ok() {
+                                taken.read_afresh(&shared, ino);
+                            }
+                            Self::reply_empty(res, reply);
+                        });
+                    if let Err(e) = waiter {
+                        tracing::error!("starting a thread to wait for a lock: {e}");
                     }
                 }
-                if let Some(m) = mark {
-                    crate::util::lock(&marks).insert(ino(i), m);
+                res => {
+                    if taking && res.is_ok() {
+                        taken.read_afresh(engine, ino);
+                    }
+                    Self::reply_empty(res, reply)
                 }
             }
-            Self::reply_empty(res, reply)
         });
     }
 

@@ -8,8 +8,9 @@ use crate::error::{Error, Result};
 use crate::types::Ino;
 use crate::util::lock;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// What a lock is: `libc::F_RDLCK`, `F_WRLCK` or `F_UNLCK`.
 pub type LockType = i32;
@@ -33,10 +34,38 @@ pub struct RangeLock {
     pub pid: u32,
 }
 
+/// Every host's locks, and the requests waiting for one. A waiting request
+/// sleeps on [`LockTable::lock_or_wait`] and is woken by whatever frees or
+/// narrows a lock; a request that would close a cycle of owners waiting for
+/// each other is refused with [`Error::Deadlock`] (as the kernel does for
+/// POSIX locks on a local filesystem), so two processes that each hold what
+/// the other wants never wait forever.
 #[derive(Default)]
 pub struct LockTable {
-    held: Mutex<HashMap<Ino, Vec<(LockOwner, RangeLock)>>>,
+    state: Mutex<State>,
+    /// Notified whenever a lock is dropped or narrowed.
+    freed: Condvar,
 }
+
+#[derive(Default)]
+struct State {
+    held: HashMap<Ino, Vec<(LockOwner, RangeLock)>>,
+    /// The requests waiting now, by a number of their own.
+    waiting: HashMap<u64, Waiter>,
+    next_wait: u64,
+}
+
+struct Waiter {
+    ino: Ino,
+    owner: LockOwner,
+    want: RangeLock,
+    /// Its owner's host went away: the wait ends, taking nothing.
+    cancelled: bool,
+}
+
+/// How many owners a deadlock search visits at most: past it, the request
+/// waits (as the kernel's own search gives up after a few steps).
+const MAX_DEADLOCK_OWNERS: usize = 1024;
 
 fn overlaps(a: &RangeLock, start: u64, end: u64) -> bool {
     a.start <= end && start <= a.end
@@ -46,41 +75,77 @@ fn conflicts(held: &RangeLock, typ: LockType) -> bool {
     held.typ == libc::F_WRLCK || typ == libc::F_WRLCK
 }
 
-impl LockTable {
-    /// The lock of another owner that would stop `owner` taking `typ` over
-    /// `start..=end`, if any.
-    pub fn test(&self, ino: Ino, owner: &LockOwner, want: &RangeLock) -> Option<RangeLock> {
-        let held = lock(&self.held);
-        held.get(&ino)?
-            .iter()
-            .find(|(o, l)| {
-                o != owner && overlaps(l, want.start, want.end) && conflicts(l, want.typ)
+fn check(want: &RangeLock) -> Result<()> {
+    if want.start > want.end {
+        return Err(Error::Invalid("a lock range that ends before it starts"));
+    }
+    if ![libc::F_RDLCK, libc::F_WRLCK, libc::F_UNLCK].contains(&want.typ) {
+        return Err(Error::Invalid(
+            "a lock type other than read, write or unlock",
+        ));
+    }
+    Ok(())
+}
+
+impl State {
+    /// The owners of the locks in the way of `want` for `owner`.
+    fn blockers<'a>(
+        &'a self,
+        ino: Ino,
+        owner: &'a LockOwner,
+        want: &'a RangeLock,
+    ) -> impl Iterator<Item = &'a LockOwner> + 'a {
+        self.held
+            .get(&ino)
+            .into_iter()
+            .flatten()
+            .filter_map(move |(o, l)| {
+                (o != owner && overlaps(l, want.start, want.end) && conflicts(l, want.typ))
+                    .then_some(o)
             })
-            .map(|(_, l)| l.clone())
     }
 
-    /// Takes (or with `F_UNLCK` drops) `want` for `owner`; `Error::WouldBlock`
-    /// when another owner's lock is in the way. The owner's own locks in the
-    /// range are replaced (split where they stick out), as POSIX has it.
-    pub fn set(&self, ino: Ino, owner: &LockOwner, want: RangeLock) -> Result<()> {
-        if want.start > want.end {
-            return Err(Error::Invalid("a lock range that ends before it starts"));
+    /// Whether `owner` waiting for `want` would close a cycle: an owner in
+    /// its way waits (directly or through others) for a lock `owner` holds.
+    fn deadlocks(&self, ino: Ino, owner: &LockOwner, want: &RangeLock) -> bool {
+        let mut todo: Vec<&LockOwner> = self.blockers(ino, owner, want).collect();
+        let mut seen = HashSet::new();
+        while let Some(o) = todo.pop() {
+            if o == owner {
+                return true;
+            }
+            if seen.len() >= MAX_DEADLOCK_OWNERS || !seen.insert(o) {
+                continue;
+            }
+            for w in self.waiting.values().filter(|w| &w.owner == o) {
+                todo.extend(self.blockers(w.ino, &w.owner, &w.want));
+            }
         }
-        let mut held = lock(&self.held);
-        let list = held.entry(ino).or_default();
-        if want.typ != libc::F_UNLCK
-            && list.iter().any(|(o, l)| {
-                o != owner && overlaps(l, want.start, want.end) && conflicts(l, want.typ)
-            })
-        {
+        false
+    }
+
+    /// Takes or drops `want` without waiting. Returns whether any lock was
+    /// dropped or narrowed (so waiters may now get theirs).
+    fn set(&mut self, ino: Ino, owner: &LockOwner, want: RangeLock) -> Result<bool> {
+        if want.typ != libc::F_UNLCK && self.blockers(ino, owner, &want).next().is_some() {
             return Err(Error::WouldBlock);
         }
+        let Some(list) = self.held.get_mut(&ino) else {
+            if want.typ != libc::F_UNLCK {
+                self.held.insert(ino, vec![(owner.clone(), want)]);
+            }
+            return Ok(false);
+        };
+        let mut freed = false;
         let mut kept = Vec::with_capacity(list.len() + 2);
         for (o, l) in list.drain(..) {
             if &o != owner || !overlaps(&l, want.start, want.end) {
                 kept.push((o, l));
                 continue;
             }
+            // Replaced by `want` unless `want` takes the same kind of lock
+            // over all of it: anything else frees something for someone.
+            freed |= want.typ != l.typ || l.start < want.start || l.end > want.end;
             if l.start < want.start {
                 let mut left = l.clone();
                 left.end = want.start - 1;
@@ -96,31 +161,150 @@ impl LockTable {
             kept.push((owner.clone(), want));
         }
         if kept.is_empty() {
-            held.remove(&ino);
+            self.held.remove(&ino);
         } else {
             *list = kept;
+        }
+        Ok(freed)
+    }
+}
+
+impl LockTable {
+    /// The lock of another owner that would stop `owner` taking `typ` over
+    /// `start..=end`, if any.
+    pub fn test(&self, ino: Ino, owner: &LockOwner, want: &RangeLock) -> Option<RangeLock> {
+        let st = lock(&self.state);
+        st.held
+            .get(&ino)?
+            .iter()
+            .find(|(o, l)| {
+                o != owner && overlaps(l, want.start, want.end) && conflicts(l, want.typ)
+            })
+            .map(|(_, l)| l.clone())
+    }
+
+    /// Takes (or with `F_UNLCK` drops) `want` for `owner`; `Error::WouldBlock`
+    /// when another owner's lock is in the way. The owner's own locks in the
+    /// range are replaced (split where they stick out), as POSIX has it.
+    pub fn set(&self, ino: Ino, owner: &LockOwner, want: RangeLock) -> Result<()> {
+        check(&want)?;
+        let freed = lock(&self.state).set(ino, owner, want)?;
+        if freed {
+            self.freed.notify_all();
         }
         Ok(())
     }
 
+    /// Takes `want` for `owner`, waiting up to `hold` for the locks in its
+    /// way to go: `Ok(true)` once taken, `Ok(false)` if still in the way
+    /// after `hold` (the caller checks whether its process was interrupted,
+    /// then asks again). `Error::Deadlock` when an owner in the way waits,
+    /// directly or through others, for a lock `owner` holds: checked at
+    /// every ask, so of two owners that come to wait for each other the
+    /// second is refused, whichever asks last.
+    pub fn lock_or_wait(
+        &self,
+        ino: Ino,
+        owner: &LockOwner,
+        want: RangeLock,
+        hold: Duration,
+    ) -> Result<bool> {
+        check(&want)?;
+        let deadline = Instant::now() + hold;
+        let mut st = lock(&self.state);
+        let id = st.next_wait;
+        st.next_wait += 1;
+        let res = loop {
+            match st.set(ino, owner, want.clone()) {
+                Err(Error::WouldBlock) => {}
+                Ok(freed) => {
+                    if freed {
+                        self.freed.notify_all();
+                    }
+                    break Ok(true);
+                }
+                Err(e) => break Err(e),
+            }
+            if st.waiting.get(&id).is_some_and(|w| w.cancelled) {
+                break Err(Error::Interrupted);
+            }
+            if st.deadlocks(ino, owner, &want) {
+                break Err(Error::Deadlock);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Ok(false);
+            }
+            st.waiting.entry(id).or_insert_with(|| Waiter {
+                ino,
+                owner: owner.clone(),
+                want: want.clone(),
+                cancelled: false,
+            });
+            st = self
+                .freed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        st.waiting.remove(&id);
+        res
+    }
+
     /// Drops every lock `owner` holds on `ino` (its file was closed).
     pub fn release(&self, ino: Ino, owner: &LockOwner) {
-        let mut held = lock(&self.held);
-        if let Some(list) = held.get_mut(&ino) {
-            list.retain(|(o, _)| o != owner);
-            if list.is_empty() {
-                held.remove(&ino);
-            }
+        let mut st = lock(&self.state);
+        let Some(list) = st.held.get_mut(&ino) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|(o, _)| o != owner);
+        let freed = list.len() != before;
+        if list.is_empty() {
+            st.held.remove(&ino);
+        }
+        drop(st);
+        if freed {
+            self.freed.notify_all();
         }
     }
 
-    /// Drops every lock a host holds (a member device that went away).
+    /// Drops every lock a host holds (a member device that went away), and
+    /// ends its waits (answered `Error::Interrupted`): a lock granted to a
+    /// host after it was dropped would be held by nobody, forever.
     pub fn release_host(&self, host: &str) {
-        let mut held = lock(&self.held);
-        for list in held.values_mut() {
+        self.cancel_waits(|o| o.host == host);
+        let mut st = lock(&self.state);
+        let mut freed = false;
+        for list in st.held.values_mut() {
+            let before = list.len();
             list.retain(|(o, _)| o.host != host);
+            freed |= list.len() != before;
         }
-        held.retain(|_, l| !l.is_empty());
+        st.held.retain(|_, l| !l.is_empty());
+        drop(st);
+        if freed {
+            self.freed.notify_all();
+        }
+    }
+
+    /// Ends the waits of the owners `which` picks.
+    fn cancel_waits(&self, which: impl Fn(&LockOwner) -> bool) {
+        let mut st = lock(&self.state);
+        let mut any = false;
+        for w in st.waiting.values_mut().filter(|w| which(&w.owner)) {
+            w.cancelled = true;
+            any = true;
+        }
+        drop(st);
+        if any {
+            self.freed.notify_all();
+        }
+    }
+
+    /// How many requests wait for a lock now.
+    pub fn waiting(&self) -> usize {
+        lock(&self.state).waiting.len()
     }
 }
 
@@ -170,6 +354,226 @@ mod tests {
         assert!(t.test(Ino(5), &a, &whole(libc::F_WRLCK)).is_none());
     }
 
+    #[test]
+    fn a_release_wakes_a_waiter_and_a_cycle_is_refused() {
+        let t = std::sync::Arc::new(LockTable::default());
+        let (a, b, c) = (who("", 1), who("", 2), who("m", 1));
+        let long = Duration::from_secs(10);
+        t.set(Ino(1), &a, range(0, 9, libc::F_WRLCK)).unwrap();
+        t.set(Ino(1), &b, range(10, 19, libc::F_WRLCK)).unwrap();
+        // A waits for B's range; B asking for A's would wait forever.
+        let (t2, a2) = (t.clone(), a.clone());
+        let waiter = std::thread::spawn(move || {
+            t2.lock_or_wait(Ino(1), &a2, range(10, 19, libc::F_WRLCK), long)
+        });
+        while t.waiting() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(matches!(
+            t.lock_or_wait(Ino(1), &b, range(0, 9, libc::F_WRLCK), long),
+            Err(Error::Deadlock)
+        ));
+        // C waiting for A closes no cycle: it waits, and gives up after its hold.
+        assert!(
+            !t.lock_or_wait(
+                Ino(1),
+                &c,
+                range(5, 5, libc::F_RDLCK),
+                Duration::from_millis(30)
+            )
+            .unwrap()
+        );
+        // B's unlock hands A the range.
+        t.set(Ino(1), &b, range(10, 19, libc::F_UNLCK)).unwrap();
+        assert!(waiter.join().unwrap().unwrap());
+        assert_eq!(
+            t.test(Ino(1), &b, &range(15, 15, libc::F_RDLCK))
+                .unwrap()
+                .start,
+            10
+        );
+        assert_eq!(t.waiting(), 0);
+    }
+
+    impl LockTable {
+        fn is_waiting(&self, owner: &LockOwner) -> bool {
+            lock(&self.state)
+                .waiting
+                .values()
+                .any(|w| &w.owner == owner)
+        }
+    }
+
+    /// What a driven owner is doing: nothing, or waiting on a thread of its
+    /// own for a lock.
+    type Wait = (std::thread::JoinHandle<Result<bool>>, Ino, RangeLock);
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Lock {
+            who: usize,
+            ino: u64,
+            start: u64,
+            len: u64,
+            write: bool,
+            wait: bool,
+        },
+        Unlock {
+            who: usize,
+            ino: u64,
+            start: u64,
+            len: u64,
+        },
+        /// The owner closes the file: all its locks on it go.
+        Close { who: usize, ino: u64 },
+        /// A signal to a waiting owner's process.
+        Interrupt { who: usize },
+        /// The owner's process ends (killed, if it was waiting).
+        Exit { who: usize },
+        /// The member host goes away.
+        HostGone,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let who = 0usize..4;
+        prop_oneof![
+            6 => (who.clone(), 0u64..2, 0u64..12, 0u64..6, any::<bool>(), any::<bool>())
+                .prop_map(|(who, ino, start, len, write, wait)| Op::Lock { who, ino, start, len, write, wait }),
+            3 => (who.clone(), 0u64..2, 0u64..12, 0u64..6)
+                .prop_map(|(who, ino, start, len)| Op::Unlock { who, ino, start, len }),
+            1 => (who.clone(), 0u64..2).prop_map(|(who, ino)| Op::Close { who, ino }),
+            1 => who.clone().prop_map(|who| Op::Interrupt { who }),
+            1 => who.prop_map(|who| Op::Exit { who }),
+            1 => Just(Op::HostGone),
+        ]
+    }
+
+    /// Owners 0 and 1 are on the home, 2 and 3 on a member host "m".
+    fn owner_of(who: usize) -> LockOwner {
+        self::who(if who < 2 { "" } else { "m" }, who as u64)
+    }
+
+    /// Ends `who`'s wait: interrupts it and takes its answer (taken or
+    /// not: a grant may come first, as a signal may come after a grant).
+    fn end_wait(t: &LockTable, waits: &mut [Option<Wait>], who: usize) {
+        if let Some((h, ..)) = waits[who].take() {
+            let owner = owner_of(who);
+            t.cancel_waits(|o| *o == owner);
+            let _ = h.join().unwrap();
+        }
+    }
+
+    /// No two owners hold overlapping locks of which one is a write lock.
+    fn assert_no_conflict(t: &LockTable) {
+        let st = lock(&t.state);
+        for list in st.held.values() {
+            for (i, (oa, la)) in list.iter().enumerate() {
+                for (ob, lb) in &list[i + 1..] {
+                    if oa != ob && overlaps(la, lb.start, lb.end) {
+                        assert!(la.typ == libc::F_RDLCK && lb.typ == libc::F_RDLCK);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every waiter whose range is free gets it (or another waiter's new
+    /// lock is in its way) promptly: no wake-up is lost. Every other waiter
+    /// is in the table's list (so an interrupt finds it).
+    fn assert_settles(t: &LockTable, waits: &mut [Option<Wait>]) {
+        let start = Instant::now();
+        loop {
+            for w in waits.iter_mut() {
+                if w.as_ref().is_some_and(|(h, ..)| h.is_finished()) {
+                    let (h, ..) = w.take().unwrap();
+                    let _ = h.join().unwrap();
+                }
+            }
+            let stuck: Vec<usize> = (0..waits.len())
+                .filter(|&i| {
+                    waits[i].as_ref().is_some_and(|(_, ino, want)| {
+                        t.test(*ino, &owner_of(i), want).is_none() || !t.is_waiting(&owner_of(i))
+                    })
+                })
+                .collect();
+            if stuck.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "owners {stuck:?} still wait for ranges that are free (or are not listed)"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random locks, unlocks, waits, interrupts, closes, process exits
+        /// and host losses from four owners on two hosts: no two
+        /// incompatible locks are ever held, and no waiter sleeps on while
+        /// its range is free.
+        #[test]
+        fn waiters_are_woken_and_locks_never_conflict(ops in proptest::collection::vec(op(), 1..40)) {
+            let t = std::sync::Arc::new(LockTable::default());
+            let mut waits: Vec<Option<Wait>> = (0..4).map(|_| None).collect();
+            for op in ops {
+                match op {
+                    Op::Lock { who, ino, start, len, write, wait } => {
+                        if waits[who].is_some() {
+                            continue; // blocked in its own fcntl
+                        }
+                        let typ = if write { libc::F_WRLCK } else { libc::F_RDLCK };
+                        let want = range(start, start + len, typ);
+                        if !wait {
+                            let _ = t.set(Ino(ino), &owner_of(who), want);
+                            continue;
+                        }
+                        // One long wait: only a wake-up from the table ends it.
+                        let (t2, want2) = (t.clone(), want.clone());
+                        let h = std::thread::spawn(move || {
+                            t2.lock_or_wait(Ino(ino), &owner_of(who), want2, Duration::from_secs(60))
+                        });
+                        waits[who] = Some((h, Ino(ino), want));
+                    }
+                    Op::Unlock { who, ino, start, len } => {
+                        if waits[who].is_none() {
+                            t.set(Ino(ino), &owner_of(who), range(start, start + len, libc::F_UNLCK)).unwrap();
+                        }
+                    }
+                    Op::Close { who, ino } => {
+                        if waits[who].is_none() {
+                            t.release(Ino(ino), &owner_of(who));
+                        }
+                    }
+                    Op::Interrupt { who } => end_wait(&t, &mut waits, who),
+                    Op::Exit { who } => {
+                        end_wait(&t, &mut waits, who);
+                        for ino in 0..2 {
+                            t.release(Ino(ino), &owner_of(who));
+                        }
+                    }
+                    Op::HostGone => {
+                        // The host's waits end with its locks.
+                        t.release_host("m");
+                        for who in [2, 3] {
+                            if let Some((h, ..)) = waits[who].take() {
+                                let _ = h.join().unwrap();
+                            }
+                        }
+                    }
+                }
+                assert_no_conflict(&t);
+                assert_settles(&t, &mut waits);
+                assert_no_conflict(&t);
+            }
+            for who in 0..4 {
+                end_wait(&t, &mut waits, who);
+            }
+            prop_assert_eq!(t.waiting(), 0);
+        }
+    }
+
     proptest! {
         /// After any sequence of sets by two owners, no two owners hold
         /// overlapping locks of which one is a write lock, and an owner's
@@ -186,15 +590,15 @@ mod tests {
                 let owner = who(if o == 0 { "" } else { "m" }, 1);
                 let _ = t.set(Ino(1), &owner, range(start, start + len, typ));
                 if typ == libc::F_UNLCK {
-                    let held = lock(&t.held);
-                    let mine = held.get(&Ino(1)).map_or(0, |l| {
+                    let st = lock(&t.state);
+                    let mine = st.held.get(&Ino(1)).map_or(0, |l| {
                         l.iter().filter(|(w, l)| *w == owner && overlaps(l, start, start + len)).count()
                     });
                     prop_assert_eq!(mine, 0);
                 }
             }
-            let held = lock(&t.held);
-            let list = held.get(&Ino(1)).cloned().unwrap_or_default();
+            let st = lock(&t.state);
+            let list = st.held.get(&Ino(1)).cloned().unwrap_or_default();
             for (i, (oa, la)) in list.iter().enumerate() {
                 for (ob, lb) in &list[i + 1..] {
                     if oa != ob && overlaps(la, lb.start, lb.end) {

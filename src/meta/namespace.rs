@@ -99,6 +99,18 @@ pub trait Namespace: Send + Sync {
     /// Takes or drops a lock; `Error::WouldBlock` when another owner's is in
     /// the way.
     fn setlk(&self, host: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<()>;
+    /// Takes a lock, waiting up to about `hold` for the locks in its way:
+    /// `Ok(false)` if they still are (the caller asks again, after checking
+    /// whether its process was interrupted); `Error::Deadlock` when waiting
+    /// would close a cycle of owners (see [`super::locks::LockTable`]).
+    fn setlk_wait(
+        &self,
+        host: &str,
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+        hold: Duration,
+    ) -> Result<bool>;
     /// Drops every lock of `owner` on `ino` (the file was closed).
     fn unlock(&self, host: &str, ino: Ino, owner: u64) -> Result<()>;
     /// Drops every lock a host holds: its mount starts afresh (the locks of
@@ -276,6 +288,20 @@ impl Namespace for MetaStore {
             owner,
         };
         self.locks.set(ino, &owner, want)
+    }
+    fn setlk_wait(
+        &self,
+        host: &str,
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+        hold: Duration,
+    ) -> Result<bool> {
+        let owner = LockOwner {
+            host: host.to_string(),
+            owner,
+        };
+        self.locks.lock_or_wait(ino, &owner, want, hold)
     }
     fn unlock(&self, host: &str, ino: Ino, owner: u64) -> Result<()> {
         let owner = LockOwner {

@@ -4,8 +4,8 @@
 //! member's side is [`super::member`] and [`super::remote_ns`].
 
 use super::meta_wire::{
-    MAP_PAGE, MetaCall, MetaReply, MetaRequest, NsCall, NsReply, PlusEntry, VERSION, VolumeInfo,
-    WATCH_HOLD, encode_answer, refused,
+    LOCK_HOLD, MAP_PAGE, MetaCall, MetaReply, MetaRequest, NsCall, NsReply, PlusEntry, VERSION,
+    VolumeInfo, WATCH_HOLD, encode_answer, refused,
 };
 use super::proto::{Reply, WireError};
 use super::serve;
@@ -396,6 +396,15 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
         NsCall::Release(ino) => unit(engine.release(ino)?),
         NsCall::Getlk { ino, owner, want } => NsReply::Lock(ns.getlk(host, ino, owner, want)?),
         NsCall::Setlk { ino, owner, want } => unit(ns.setlk(host, ino, owner, want)?),
+        NsCall::SetlkWait {
+            ino,
+            owner,
+            want,
+            hold_ms,
+        } => {
+            let hold = Duration::from_millis(hold_ms.into()).min(LOCK_HOLD);
+            NsReply::Locked(ns.setlk_wait(host, ino, owner, want, hold)?)
+        }
         NsCall::Unlock { ino, owner } => unit(ns.unlock(host, ino, owner)?),
         NsCall::ResetLocks => unit(ns.reset_locks(host)?),
         NsCall::CreateOpen { parent, name, node } => {

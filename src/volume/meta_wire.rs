@@ -178,7 +178,23 @@ pub enum NsCall {
     Watch {
         since: u64,
     },
+    /// `Setlk` for a lock the caller waits for: the home holds the call up
+    /// to `hold_ms` (at most [`LOCK_HOLD`]) until the lock is free, and
+    /// answers `Locked(true)` once taken, `Locked(false)` if still in the
+    /// way (the member asks again), or a deadlock error. A home older than
+    /// this call finds it unreadable: the member then asks with `Setlk`.
+    SetlkWait {
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+        hold_ms: u32,
+    },
 }
+
+/// The longest the home holds a `SetlkWait`: well within a member's
+/// [`crate::net::meta::ANSWER_WAIT`], and short enough that a member sees
+/// its waiting process's signals soon.
+pub const LOCK_HOLD: Duration = Duration::from_millis(500);
 
 /// How long the home holds a `Watch` with nothing to tell.
 pub const WATCH_HOLD: Duration = Duration::from_secs(2);
@@ -210,6 +226,8 @@ pub enum NsReply {
         attr: Attr,
         parent: Attr,
     },
+    /// Whether a `SetlkWait` took its lock.
+    Locked(bool),
 }
 
 /// An entry of a readdirplus page.

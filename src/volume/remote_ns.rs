@@ -20,6 +20,7 @@ use crate::util::lock;
 use crate::workers::Runner;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         inodes: Mutex::new(HashMap::new()),
         releases: Arc::new(Releases::default()),
         fresh: Mutex::new(Fresh::default()),
+        home_waits_locks: AtomicBool::new(true),
     };
     let params = match ns.ns(NsCall::Params)? {
         NsReply::Params(p) => p,
@@ -69,7 +71,13 @@ pub struct RemoteNamespace {
     releases: Arc<Releases>,
     /// What the home told lately of inodes not changed since.
     fresh: Mutex<Fresh>,
+    /// Whether the home holds a waiting lock call (`SetlkWait`); a home
+    /// older than that call is asked with `Setlk` again and again.
+    home_waits_locks: AtomicBool,
 }
+
+/// How often a waiting lock asks a home that cannot hold the call.
+const OLD_HOME_LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// What this device learned lately of inodes, from answers it had anyway:
 /// a directory's attributes (as a create in it answered them) and which
@@ -407,6 +415,46 @@ impl Namespace for RemoteNamespace {
     }
     fn setlk(&self, _: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<()> {
         self.unit(NsCall::Setlk { ino, owner, want })
+    }
+    fn setlk_wait(
+        &self,
+        host: &str,
+        ino: Ino,
+        owner: u64,
+        want: RangeLock,
+        hold: Duration,
+    ) -> Result<bool> {
+        if self.home_waits_locks.load(Ordering::Relaxed) {
+            let hold_ms = u32::try_from(hold.as_millis()).unwrap_or(u32::MAX);
+            let call = NsCall::SetlkWait {
+                ino,
+                owner,
+                want: want.clone(),
+                hold_ms,
+            };
+            match self.ns(call) {
+                Ok(NsReply::Locked(taken)) => return Ok(taken),
+                Ok(other) => return Err(bad(format!("the home node answered {other:?}"))),
+                // An older home cannot read the call.
+                Err(e) if e.kind() == crate::error::Kind::Invalid => {
+                    tracing::info!(
+                        "the home node does not hold waiting locks ({e}): \
+                         waiting locks ask it every {} ms",
+                        OLD_HOME_LOCK_RETRY.as_millis()
+                    );
+                    self.home_waits_locks.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match self.setlk(host, ino, owner, want) {
+            Ok(()) => Ok(true),
+            Err(crate::Error::WouldBlock) => {
+                std::thread::sleep(OLD_HOME_LOCK_RETRY.min(hold));
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
     fn unlock(&self, _: &str, ino: Ino, owner: u64) -> Result<()> {
         self.unit(NsCall::Unlock { ino, owner })
