@@ -155,7 +155,8 @@ impl Drop for Holder {
 /// While another process holds `file` (flock), a waiter with a 1 s alarm
 /// (`flock -w 1`) is interrupted and fails in about that time, and a waiter
 /// sent `kill -9` ends at once; once the holder lets go, the next waiter
-/// gets the lock at once.
+/// gets the lock at once. (The bounds are loose for a busy machine: before,
+/// each of these waited forever.)
 pub fn waits_end_on_signals(file: &Path) {
     let f = file.to_str().unwrap();
     let holder = Holder::take(file);
@@ -167,7 +168,7 @@ pub fn waits_end_on_signals(file: &Path) {
     let took = start.elapsed();
     assert_eq!(timed.code(), Some(1), "flock -w 1 took a held lock");
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(10),
         "flock -w 1 ended after {took:?}"
     );
     let mut waiter = Command::new("flock")
@@ -183,7 +184,7 @@ pub fn waits_end_on_signals(file: &Path) {
     waiter.kill().unwrap();
     waiter.wait().unwrap();
     assert!(
-        start.elapsed() < Duration::from_secs(3),
+        start.elapsed() < Duration::from_secs(10),
         "a waiting process took {:?} to die of kill -9",
         start.elapsed()
     );
@@ -196,7 +197,7 @@ pub fn waits_end_on_signals(file: &Path) {
     let start = Instant::now();
     assert!(next.wait().unwrap().success());
     assert!(
-        start.elapsed() < Duration::from_secs(3),
+        start.elapsed() < Duration::from_secs(10),
         "the lock was handed over after {:?}",
         start.elapsed()
     );
