@@ -444,7 +444,24 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
         .current_dir(&mb.at)
         .spawn()
         .unwrap();
+    // B also holds a file open that the home then removes: kept while open,
+    // and freed once B's lease is over (B's opens go with it).
+    sh(&mb.at, "head -c 3000000 /dev/urandom > held");
+    let held_shards = h.home.shards_of("/held", 0);
+    let mut reader = std::process::Command::new("sh")
+        .args(["-c", "exec 3<held; sleep 600"])
+        .current_dir(&mb.at)
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    h.home.ok(&["rm", "/held"]);
+    let stored =
+        |id: &String| (0..6).any(|i| h.cluster.shard_files(i).iter().any(|f| f.ends_with(id)));
+    h.home.ok(&["gc", "--grace", "0"]);
+    assert!(
+        held_shards.iter().all(stored),
+        "gc freed a removed file that B still has open"
+    );
     let ma = a.mount();
     let try_lock = || {
         std::process::Command::new("flock")
@@ -459,6 +476,8 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
     mb.kill();
     let _ = holder.kill();
     let _ = holder.wait();
+    let _ = reader.kill();
+    let _ = reader.wait();
     let _ = std::process::Command::new("fusermount3")
         .arg("-uz")
         .arg(&b_at)
@@ -471,6 +490,11 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    h.home.ok(&["gc", "--grace", "0"]);
+    assert!(
+        !held_shards.iter().any(stored),
+        "the removed file B held open was not freed after B's lease"
+    );
 
     // The home node is killed while A copies a file into its mount: the copy
     // ends with an error (no hang); once the home is back the mount goes on
@@ -560,7 +584,7 @@ fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
 /// waits ended by signals, a process on the home and one on the member that
 /// come to wait for each other (one is refused with EDEADLK), and a member
 /// mount killed while its process waits for the home's lock (the waiter is
-/// answered; the home's locks go on working).
+/// answered; the home takes the lock, at the latest once B's lease ends).
 #[test]
 fn locks_on_a_member_mount_are_the_homes_and_survive_its_death() {
     fs_tests::require!("stress-ng", "flock", "python3");
@@ -599,14 +623,17 @@ fn locks_on_a_member_mount_are_the_homes_and_survive_its_death() {
             .unwrap_or(true)
     });
     let _ = waiter.wait();
+    // B's last wait may still be held at the home when the holder lets go,
+    // and be granted to B's dead mount: such a lock goes with B's lease, as
+    // one B held when it died does.
     holder.release();
     let took = std::process::Command::new("flock")
-        .args(["-w", "3", "-x", fs, "-c", "true"])
+        .args(["-w", "25", "-x", fs, "-c", "true"])
         .status()
         .unwrap();
     assert!(
         took.success(),
-        "the home could not take its lock after B died"
+        "the home could not take its lock after B's lease ended"
     );
     assert!(mh.unmount(), "the unmount flushes and exits 0");
     let fsck = h.home.ok(&["fsck"]);

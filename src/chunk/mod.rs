@@ -166,6 +166,98 @@ impl ChunkRef {
     }
 }
 
+/// What a volume's chunks may be: checked of every chunk reference a member
+/// sends, before the home keeps it where every host will read it.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub chunk_size: usize,
+    pub data_shards: usize,
+    pub total_shards: usize,
+}
+
+/// Slices a layered chunk may hold as sent by a member (a seal compacts it
+/// past 32).
+pub const MAX_SLICES_SENT: usize = 64;
+
+impl ChunkRef {
+    /// Whether this reference is one the volume's code could have made: the
+    /// volume's stripe, lengths within a chunk, a segment table that covers
+    /// the plaintext, slices inside their chunk. Every reader trusts these
+    /// (a `k` of 0 divides by zero, a slice past its chunk panics), so a
+    /// member's reference that breaks one is refused, naming what.
+    pub fn check(&self, limits: &Limits) -> Result<(), &'static str> {
+        let stripe = |k: u8, shards: &[ShardId]| {
+            if k as usize != limits.data_shards || shards.len() != limits.total_shards {
+                return Err("a chunk with another stripe than the volume's");
+            }
+            Ok(())
+        };
+        let sealed_max = limits.chunk_size + SEAL_HEADROOM;
+        if self.plain_len() > limits.chunk_size {
+            return Err("a chunk longer than the volume's chunk size");
+        }
+        match self {
+            ChunkRef::Inline { sealed, .. } => {
+                if sealed.len() > sealed_max {
+                    return Err("an inline chunk sealed longer than a chunk");
+                }
+            }
+            ChunkRef::Sharded {
+                sealed_len,
+                k,
+                shards,
+                ..
+            } => {
+                stripe(*k, shards)?;
+                if *sealed_len == 0 || *sealed_len as usize > sealed_max {
+                    return Err("a sharded chunk of no sealed bytes, or more than a chunk");
+                }
+            }
+            ChunkRef::Segmented {
+                plain_len,
+                segments,
+                k,
+                shards,
+                ..
+            } => {
+                stripe(*k, shards)?;
+                let plain = *plain_len as usize;
+                if plain == 0 || segments.len() != plain.div_ceil(segment::SEGMENT) {
+                    return Err("a segment table that does not cover the chunk");
+                }
+                let fits = segments.iter().enumerate().all(|(i, l)| {
+                    let seg_plain = (plain - i * segment::SEGMENT).min(segment::SEGMENT);
+                    (segment::TAG + 1..=seg_plain + segment::TAG).contains(&(*l as usize))
+                });
+                if !fits {
+                    return Err("a segment sealed shorter than its tag or longer than it can be");
+                }
+            }
+            ChunkRef::Layered { len, base, slices } => {
+                if let Some(b) = base {
+                    if matches!(**b, ChunkRef::Layered { .. }) {
+                        return Err("a layered chunk's base is layered itself");
+                    }
+                    b.check(limits)?;
+                }
+                if slices.len() > MAX_SLICES_SENT {
+                    return Err("a layered chunk of too many slices");
+                }
+                for s in slices {
+                    if !matches!(s.chunk, ChunkRef::Inline { .. }) {
+                        return Err("a slice that is not inline");
+                    }
+                    s.chunk.check(limits)?;
+                    if s.end() > *len as usize {
+                        return Err("a slice past the end of its chunk");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ChunkRef {
     /// The length of the sealed blob the shards hold (0 for inline and
     /// layered chunks, which have none of their own).

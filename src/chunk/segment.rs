@@ -9,7 +9,7 @@ use super::{ChunkError, VolumeKey, compress, crypto};
 /// Plaintext bytes per segment (the last one may be shorter).
 pub const SEGMENT: usize = 64 * 1024;
 /// An AES-GCM tag, after each sealed segment.
-pub(super) const TAG: usize = 16;
+pub const TAG: usize = 16;
 
 /// Seals `plain` segment by segment: (chunk key, sealed blob, each segment's
 /// sealed length). `spare` bytes of capacity are left for erasure padding.

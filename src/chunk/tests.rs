@@ -317,3 +317,112 @@ fn chunks_keyed_the_old_way_still_open() {
         );
     }
 }
+
+fn limits(chunk_size: usize, k: usize, m: usize) -> Limits {
+    Limits {
+        chunk_size,
+        data_shards: k,
+        total_shards: k + m,
+    }
+}
+
+/// Any chunk reference, well-formed or not, with small numbers.
+fn any_chunk() -> impl Strategy<Value = ChunkRef> {
+    let ids = |n: std::ops::Range<usize>| {
+        proptest::collection::vec(any::<u8>().prop_map(|b| ShardId([b; 32])), n)
+    };
+    let inline = (0u32..70_000, 0usize..70_000).prop_map(|(plain_len, n)| ChunkRef::Inline {
+        key: [1; 32],
+        compressed: false,
+        plain_len,
+        sealed: vec![0; n % 2000],
+    });
+    let plain = prop_oneof![
+        inline.clone(),
+        (0u32..70_000, 0u32..70_000, 0u8..8, ids(0..10)).prop_map(
+            |(plain_len, sealed_len, k, shards)| ChunkRef::Sharded {
+                key: [2; 32],
+                compressed: false,
+                plain_len,
+                sealed_len,
+                k,
+                shards,
+            }
+        ),
+        (
+            0u32..200_000,
+            proptest::collection::vec(0u32..70_000, 0..5),
+            0u8..8,
+            ids(0..10)
+        )
+            .prop_map(|(plain_len, segments, k, shards)| ChunkRef::Segmented {
+                key: [3; 32],
+                plain_len,
+                segments,
+                k,
+                shards,
+            }),
+    ];
+    let slices = proptest::collection::vec(
+        (0u32..80_000, inline).prop_map(|(offset, chunk)| Slice { offset, chunk }),
+        0..4,
+    );
+    prop_oneof![
+        plain.clone(),
+        (0u32..80_000, proptest::option::of(plain), slices).prop_map(|(len, base, slices)| {
+            ChunkRef::Layered {
+                len,
+                base: base.map(Box::new),
+                slices,
+            }
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// What the volume's own code seals always passes the check a member's
+    /// references must pass.
+    #[test]
+    fn sealed_chunks_pass_the_check(plain in data(), k in 1usize..7, m in 1usize..4) {
+        let codec = Codec::new(k, m).unwrap();
+        let sealed = seal(&key(), &codec, &plain, 0);
+        prop_assert_eq!(sealed.chunk.check(&limits(64 << 10, k, m)), Ok(()));
+        let inline = seal(&key(), &codec, &plain, usize::MAX);
+        prop_assert_eq!(inline.chunk.check(&limits(64 << 10, k, m)), Ok(()));
+    }
+
+    /// A reference that passes the check breaks none of what readers
+    /// compute from it (sizes, segment spans, laying slices).
+    #[test]
+    fn a_checked_reference_breaks_no_reader(c in any_chunk(), at in 0usize..100_000, len in 0usize..100_000) {
+        if c.check(&limits(64 << 10, 4, 2)).is_err() {
+            return Ok(());
+        }
+        let _ = c.stored_len();
+        let _ = c.segment_span(at, len);
+        if let ChunkRef::Layered { len, base, slices } = &c {
+            let base_bytes = base.as_ref().map(|b| vec![1u8; b.plain_len()]);
+            let opened: Vec<(usize, Vec<u8>)> = slices
+                .iter()
+                .map(|s| (s.offset as usize, vec![2u8; s.chunk.plain_len()]))
+                .collect();
+            let views: Vec<(usize, &[u8])> = opened.iter().map(|(o, b)| (*o, &b[..])).collect();
+            let out = lay_slices(*len as usize, base_bytes.as_deref(), &views);
+            prop_assert_eq!(out.len(), *len as usize);
+        }
+    }
+}
+
+#[test]
+fn a_reference_with_no_data_shards_is_refused() {
+    let zero_k = ChunkRef::Segmented {
+        key: [3; 32],
+        plain_len: 10,
+        segments: vec![26],
+        k: 0,
+        shards: vec![ShardId([0; 32]); 6],
+    };
+    assert!(zero_k.check(&limits(64 << 10, 4, 2)).is_err());
+}

@@ -277,6 +277,15 @@ impl MetaStore {
         size: u64,
         mtime: Option<Timestamp>,
     ) -> Result<Attr> {
+        // A member sends these: each chunk once, each index within what a
+        // file can address.
+        let last = u64::MAX / self.params.chunk_size as u64;
+        let mut seen = std::collections::HashSet::with_capacity(chunks.len());
+        if chunks.iter().any(|(i, _)| *i > last || !seen.insert(*i)) {
+            return Err(Error::Invalid(
+                "a commit names one chunk twice, or a chunk past the largest file",
+            ));
+        }
         let _g = self.lock();
         let mut tx = self.tx();
         let mut rec = tx.inode(ino)?;
@@ -304,7 +313,7 @@ impl MetaStore {
         idx: u64,
         chunk: Option<ChunkRef>,
     ) -> Result<()> {
-        if let Some(old) = self.chunk(ino, idx)? {
+        if let Some(old) = tx.chunk(ino, idx)? {
             rec.allocated -= old.plain_len() as u64;
             tx.unref(&old);
         }
@@ -330,6 +339,18 @@ impl MetaStore {
     ) -> Result<Attr> {
         let chunk_size = self.params.chunk_size as u64;
         let keep = size.div_ceil(chunk_size);
+        // The tail is the chunk the new end falls inside, cut there.
+        if let Some((idx, chunk)) = &tail {
+            let within = size % chunk_size;
+            let fits = chunk
+                .as_ref()
+                .is_none_or(|c| c.plain_len() as u64 <= within);
+            if within == 0 || *idx + 1 != keep || !fits {
+                return Err(Error::Invalid(
+                    "a truncation's tail is not the chunk its new end falls in, cut there",
+                ));
+            }
+        }
         let _g = self.lock();
         let mut tx = self.tx();
         let mut rec = tx.inode(ino)?;
@@ -338,7 +359,7 @@ impl MetaStore {
             FileKind::Dir => return Err(Error::IsDir),
             _ => return Err(Error::Invalid("not a regular file")),
         }
-        for (idx, old) in self.chunks_from(ino, keep)? {
+        for (idx, old) in tx.chunks_from(ino, keep)? {
             rec.allocated -= old.plain_len() as u64;
             tx.unref(&old);
             tx.delete_chunk(ino, idx);
@@ -472,5 +493,123 @@ impl MetaStore {
         }
         self.db.write(batch).map_err(db_err)?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> MetaStore {
+        let params = VolumeParams {
+            volume_id: [1; 16],
+            chunk_size: 64 << 10,
+            data_shards: 4,
+            parity_shards: 2,
+            inline_max: 1024,
+        };
+        MetaStore::open(&dir.join("meta"), Some(params)).unwrap()
+    }
+
+    fn sharded(seed: u8) -> ChunkRef {
+        ChunkRef::Sharded {
+            key: [seed; 32],
+            compressed: false,
+            plain_len: 1000,
+            sealed_len: 1100,
+            k: 4,
+            shards: (0..6).map(|i| ShardId([seed * 8 + i; 32])).collect(),
+        }
+    }
+
+    /// Every reference count equals the uses the chunk maps make of its
+    /// shard (what fsck checks, and what gc's safety rests on).
+    fn assert_counts_match(m: &MetaStore) {
+        let mut want: HashMap<ShardId, u64> = HashMap::new();
+        m.for_each_chunk(|_, _, c| {
+            for id in c.shard_ids() {
+                *want.entry(*id).or_default() += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let have: HashMap<ShardId, u64> = m
+            .refs()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, r)| r.count > 0)
+            .map(|(id, r)| (id, r.count))
+            .collect();
+        assert_eq!(have, want);
+    }
+
+    /// A chunk replaced twice in one operation drops the references of the
+    /// one it replaces (read through the pending batch), not the stored
+    /// one's twice; a commit naming one index twice, and a truncation whose
+    /// tail lies past the new end, are refused and change nothing.
+    #[test]
+    fn reference_counts_follow_the_pending_batch_and_bad_commits_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = store(dir.path());
+        let node = NewNode {
+            kind: FileKind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: None,
+        };
+        let f = m.create_node(Ino::ROOT, b"f", node).unwrap().ino;
+        // One chunk used twice (deduplicated): its shards count 2.
+        let twice = vec![(0, Some(sharded(1))), (1, Some(sharded(1)))];
+        m.commit_chunks(f, twice, 2000, None).unwrap();
+        assert_counts_match(&m);
+        {
+            let _g = m.lock();
+            let mut tx = m.tx();
+            let mut rec = tx.inode(f).unwrap();
+            m.replace_chunk(&mut tx, &mut rec, f, 0, Some(sharded(2)))
+                .unwrap();
+            m.replace_chunk(&mut tx, &mut rec, f, 0, Some(sharded(3)))
+                .unwrap();
+            tx.put_inode(f, rec);
+            tx.commit().unwrap();
+        }
+        assert_counts_match(&m);
+        assert_eq!(m.chunk(f, 1).unwrap(), Some(sharded(1)));
+
+        let repeated = vec![(1, Some(sharded(4))), (1, None)];
+        assert!(matches!(
+            m.commit_chunks(f, repeated, 2000, None),
+            Err(Error::Invalid(_))
+        ));
+        let set = SetAttr::default();
+        for bad in [
+            Some((1, None)),
+            Some((5, None)),
+            Some((0, Some(sharded(5)))),
+        ] {
+            assert!(matches!(
+                m.truncate(f, 10, bad, &set),
+                Err(Error::Invalid(_))
+            ));
+        }
+        assert!(matches!(
+            m.truncate(f, 64 << 10, Some((0, None)), &set),
+            Err(Error::Invalid(_))
+        ));
+        assert_counts_match(&m);
+        assert_eq!(m.chunk(f, 1).unwrap(), Some(sharded(1)));
+
+        // The truncation the engine makes: chunk 0 cut to the new end.
+        let cut = ChunkRef::Inline {
+            key: [6; 32],
+            compressed: false,
+            plain_len: 10,
+            sealed: vec![0; 26],
+        };
+        m.truncate(f, 10, Some((0, Some(cut))), &set).unwrap();
+        assert_counts_match(&m);
+        assert_eq!(m.chunk(f, 1).unwrap(), None);
     }
 }

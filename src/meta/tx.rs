@@ -8,13 +8,17 @@ use crate::chunk::{ChunkRef, ShardId};
 use crate::error::{Error, Result};
 use crate::types::{FileKind, Ino, Timestamp};
 use rocksdb::WriteBatch;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub struct Tx<'a> {
     meta: &'a MetaStore,
     pub batch: WriteBatch,
     inodes: HashMap<Ino, Option<InodeRec>>,
     refs: HashMap<ShardId, i64>,
+    /// Chunk map entries written so far (`None`: deleted): a chunk replaced
+    /// twice in one operation drops the references of the one it replaces,
+    /// not those of the stored one again.
+    chunks: BTreeMap<(Ino, u64), Option<ChunkRef>>,
     next_ino: Option<u64>,
     /// Entries put or deleted, for the cache once the batch is written.
     dentries: Vec<(Ino, Vec<u8>, Option<DentryRec>)>,
@@ -27,6 +31,7 @@ impl<'a> Tx<'a> {
             batch: WriteBatch::default(),
             inodes: HashMap::new(),
             refs: HashMap::new(),
+            chunks: BTreeMap::new(),
             next_ino: None,
             dentries: Vec::new(),
         }
@@ -91,17 +96,44 @@ impl<'a> Tx<'a> {
             .delete_cf(self.meta.cf(CF_DENTRIES), dentry_key(parent, name));
     }
 
+    /// `ino`'s chunk `idx` as this operation leaves it so far.
+    pub fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
+        match self.chunks.get(&(ino, idx)) {
+            Some(pending) => Ok(pending.clone()),
+            None => self.meta.chunk(ino, idx),
+        }
+    }
+
+    /// `ino`'s chunks from `from` on, as this operation leaves them so far.
+    pub fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>> {
+        let mut all: BTreeMap<u64, Option<ChunkRef>> = self
+            .meta
+            .chunks_from(ino, from)?
+            .into_iter()
+            .map(|(i, c)| (i, Some(c)))
+            .collect();
+        for ((_, idx), c) in self.chunks.range((ino, from)..=(ino, u64::MAX)) {
+            all.insert(*idx, c.clone());
+        }
+        Ok(all
+            .into_iter()
+            .filter_map(|(i, c)| c.map(|c| (i, c)))
+            .collect())
+    }
+
     pub fn put_chunk(&mut self, ino: Ino, idx: u64, chunk: &ChunkRef) {
         for id in chunk.shard_ids() {
             *self.refs.entry(*id).or_default() += 1;
         }
         self.batch
             .put_cf(self.meta.cf(CF_CHUNKS), chunk_key(ino, idx), encode(chunk));
+        self.chunks.insert((ino, idx), Some(chunk.clone()));
     }
 
     pub fn delete_chunk(&mut self, ino: Ino, idx: u64) {
         self.batch
             .delete_cf(self.meta.cf(CF_CHUNKS), chunk_key(ino, idx));
+        self.chunks.insert((ino, idx), None);
     }
 
     pub fn unref(&mut self, chunk: &ChunkRef) {
@@ -134,7 +166,7 @@ impl<'a> Tx<'a> {
 
     /// Delete an inode with its chunk maps (dropping their shard references) and xattrs.
     pub fn free_inode(&mut self, ino: Ino) -> Result<()> {
-        for (idx, chunk) in self.meta.chunks_from(ino, 0)? {
+        for (idx, chunk) in self.chunks_from(ino, 0)? {
             self.unref(&chunk);
             self.delete_chunk(ino, idx);
         }

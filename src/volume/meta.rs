@@ -16,6 +16,7 @@ use crate::home::HomePaths;
 use crate::meta::changes::with_origin;
 use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
 use crate::net::{MeshClient, PeerId};
+use crate::types::Ino;
 use crate::util::lock;
 use crate::workers::Runner;
 use crate::{Error, Result};
@@ -40,7 +41,15 @@ pub struct HomeServer {
     logged: Mutex<HashSet<PeerId>>,
     /// When each member mount last watched: its lease on its locks.
     leases: Mutex<HashMap<PeerId, Instant>>,
+    /// The handles each member holds open, per inode: a member releases
+    /// only what it opened (another's release would let the home free a
+    /// file still open elsewhere), and what a member held goes with its
+    /// lease, its revocation or its mount's restart.
+    opens: Mutex<HashMap<PeerId, HashMap<Ino, u32>>>,
 }
+
+/// Handles one member device may hold open at once at the home.
+const MAX_MEMBER_OPENS: u32 = 1 << 20;
 
 /// How often a member's `last_seen` is written back, at most.
 const SEEN_EVERY: u64 = 60;
@@ -64,6 +73,7 @@ impl HomeServer {
             members: Mutex::new((None, Members::default())),
             logged: Mutex::new(HashSet::new()),
             leases: Mutex::new(HashMap::new()),
+            opens: Mutex::new(HashMap::new()),
         });
         if let Err(e) = server.reload(true) {
             tracing::warn!("{e}");
@@ -93,18 +103,114 @@ impl HomeServer {
         for peer in expired {
             tracing::info!(
                 "member device {peer}: its mount has not been heard from for {} s; \
-                 its locks are dropped",
+                 its locks and open files are dropped",
                 LOCK_LEASE.as_secs()
             );
-            self.drop_locks(&peer);
+            self.drop_member_state(&peer);
         }
     }
 
-    fn drop_locks(&self, peer: &PeerId) {
-        if let Some(engine) = self.engine.upgrade()
-            && let Err(e) = engine.meta().reset_locks(&peer.to_string())
-        {
+    /// Drops what a member holds at the home: its locks and its opens.
+    fn drop_member_state(&self, peer: &PeerId) {
+        let Some(engine) = self.engine.upgrade() else {
+            return;
+        };
+        if let Err(e) = engine.meta().reset_locks(&peer.to_string()) {
             tracing::warn!("dropping the locks of {peer}: {e}");
+        }
+        self.release_opens(&engine, peer);
+    }
+
+    /// Releases every handle `peer` holds open (its mount is gone).
+    fn release_opens(&self, engine: &Engine, peer: &PeerId) {
+        let held = lock(&self.opens).remove(peer).unwrap_or_default();
+        for (ino, n) in held {
+            for _ in 0..n {
+                if let Err(e) = engine.release(ino) {
+                    tracing::warn!("releasing inode {} held by {peer}: {e}", ino.0);
+                }
+            }
+        }
+    }
+
+    /// Counts a handle `peer` opened on `ino`.
+    fn note_open(&self, peer: PeerId, ino: Ino) {
+        *lock(&self.opens)
+            .entry(peer)
+            .or_default()
+            .entry(ino)
+            .or_default() += 1;
+    }
+
+    /// Takes back a handle `peer` opened on `ino`; false when it holds none
+    /// (a release from before the home restarted, or one that is not the
+    /// member's to make): nothing is released then.
+    fn take_open(&self, peer: &PeerId, ino: Ino) -> bool {
+        let mut opens = lock(&self.opens);
+        let Some(mine) = opens.get_mut(peer) else {
+            return false;
+        };
+        let Some(n) = mine.get_mut(&ino) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            mine.remove(&ino);
+        }
+        true
+    }
+
+    /// Releases a handle `peer` holds on `ino` (see [`Self::take_open`]).
+    fn release_one(&self, engine: &Engine, peer: &PeerId, ino: Ino) -> Result<()> {
+        if !self.take_open(peer, ino) {
+            tracing::debug!(
+                "member {peer}: a release of inode {} it holds no handle on",
+                ino.0
+            );
+            return Ok(());
+        }
+        engine.release(ino)
+    }
+
+    /// A member's open, release and mount start, kept in step with its
+    /// handles here; any other call is [`ns_answer`]'s.
+    fn member_call(
+        &self,
+        engine: &Engine,
+        peer: PeerId,
+        mount: &str,
+        call: NsCall,
+    ) -> Result<NsReply> {
+        match call {
+            NsCall::Release(ino) => self.release_one(engine, &peer, ino).map(|()| NsReply::Unit),
+            NsCall::Releases(inos) => {
+                // Each one counted, whatever the others do.
+                let mut res = Ok(());
+                for ino in inos {
+                    res = res.and(self.release_one(engine, &peer, ino));
+                }
+                res.map(|()| NsReply::Unit)
+            }
+            NsCall::Open(_) | NsCall::CreateOpen { .. } => {
+                let held: u32 = lock(&self.opens).get(&peer).map_or(0, |m| m.values().sum());
+                if held >= MAX_MEMBER_OPENS {
+                    return Err(Error::Invalid("too many files open on this member device"));
+                }
+                let reply = ns_answer(engine, mount, call)?;
+                match &reply {
+                    NsReply::Attr(a) | NsReply::Created { attr: a, .. } => {
+                        self.note_open(peer, a.ino)
+                    }
+                    _ => {}
+                }
+                Ok(reply)
+            }
+            NsCall::ResetLocks => {
+                // The member's mount starts: the handles of an earlier one are gone.
+                self.release_opens(engine, &peer);
+                ns_answer(engine, mount, NsCall::ResetLocks)
+            }
+            other => ns_answer(engine, mount, other),
         }
     }
 
@@ -127,11 +233,10 @@ impl HomeServer {
                 .filter_map(|m| m.id.parse().ok())
                 .collect();
         drop(g);
-        // A revoked device's locks go at once.
+        // A revoked device's locks and open files go at once.
         for peer in revoked {
-            if lock(&self.leases).remove(&peer).is_some() {
-                self.drop_locks(&peer);
-            }
+            lock(&self.leases).remove(&peer);
+            self.drop_member_state(&peer);
         }
         Ok(())
     }
@@ -191,6 +296,7 @@ impl HomeServer {
                 chunks,
                 hints,
             } => {
+                check_chunks(&engine, chunks.iter().map(|(_, c)| c)).map_err(wire)?;
                 take_hints(&engine, chunks.iter().map(|(_, c)| c), &hints);
                 let file = CommittedFile {
                     dir: file.dir,
@@ -224,9 +330,11 @@ impl HomeServer {
                 lock(&self.leases).insert(peer, Instant::now());
                 Ok(MetaReply::Ns(NsReply::Changes(since)))
             }
-            MetaCall::Ns(call) => with_origin(&mount, || ns_answer(&engine, &mount, call))
-                .map(MetaReply::Ns)
-                .map_err(wire),
+            MetaCall::Ns(call) => {
+                with_origin(&mount, || self.member_call(&engine, peer, &mount, call))
+                    .map(MetaReply::Ns)
+                    .map_err(wire)
+            }
         }
     }
 
@@ -371,6 +479,7 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
             hints,
         } => {
             let refs: Vec<ChunkRef> = chunks.iter().filter_map(|(_, c)| c.clone()).collect();
+            check_chunks(engine, refs.iter())?;
             take_hints(engine, refs.iter(), &hints);
             attr(engine.commit_stored(&refs, || ns.commit_chunks(ino, chunks, size, mtime))?)
         }
@@ -381,6 +490,7 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
             set,
         } => {
             let refs: Vec<ChunkRef> = tail.iter().filter_map(|(_, c)| c.clone()).collect();
+            check_chunks(engine, refs.iter())?;
             attr(engine.commit_stored(&refs, || ns.truncate(ino, size, tail, &set))?)
         }
         NsCall::Setxattr {
@@ -393,7 +503,6 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
         NsCall::Removexattr { ino, name } => unit(ns.removexattr(ino, &name)?),
         NsCall::Sync => unit(ns.sync()?),
         NsCall::Open(ino) => attr(engine.open(ino)?),
-        NsCall::Release(ino) => unit(engine.release(ino)?),
         NsCall::Getlk { ino, owner, want } => NsReply::Lock(ns.getlk(host, ino, owner, want)?),
         NsCall::Setlk { ino, owner, want } => unit(ns.setlk(host, ino, owner, want)?),
         NsCall::SetlkWait {
@@ -414,14 +523,6 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
                 parent: ns.attr(parent)?,
             }
         }
-        NsCall::Releases(inos) => {
-            // Each one counted, whatever the others do.
-            let mut res = Ok(());
-            for ino in inos {
-                res = res.and(engine.release(ino));
-            }
-            unit(res?)
-        }
         NsCall::ReaddirPlus { ino, offset, max } => NsReply::EntriesPlus(
             ns.readdir_plus(ino, offset, (max as usize).min(1024))?
                 .into_iter()
@@ -436,7 +537,25 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
                 .collect::<Result<_>>()?,
         ),
         NsCall::Watch { .. } => return Err(Error::Invalid("a watch is the member server's")),
+        // Kept in step with the member's handles by the member server.
+        NsCall::Release(_) | NsCall::Releases(_) => {
+            return Err(Error::Invalid("a release is the member server's"));
+        }
     })
+}
+
+/// Refuses chunk references the volume's code could not have made (see
+/// [`ChunkRef::check`]): every host reads what the home keeps.
+fn check_chunks<'a>(engine: &Engine, mut chunks: impl Iterator<Item = &'a ChunkRef>) -> Result<()> {
+    let p = engine.meta().params();
+    let limits = crate::chunk::Limits {
+        chunk_size: p.chunk_size as usize,
+        data_shards: p.data_shards as usize,
+        total_shards: p.data_shards as usize + p.parity_shards as usize,
+    };
+    chunks
+        .try_for_each(|c| c.check(&limits))
+        .map_err(Error::Invalid)
 }
 
 /// What a member says of where it stored the shards of `chunks`.
