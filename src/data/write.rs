@@ -293,6 +293,13 @@ impl Engine {
         }
     }
 
+    /// Whether `ino` has nothing unsealed (so [`Engine::flush`] has nothing
+    /// to wait for); false when that cannot be told without waiting.
+    pub fn nothing_to_flush(&self, ino: Ino) -> bool {
+        self.state(ino)
+            .is_none_or(|cell| cell.state.try_lock().is_ok_and(|st| st.idle()))
+    }
+
     /// Durability barrier: this file's data and the namespace are on stable storage.
     pub fn fsync(&self, ino: Ino) -> Result<()> {
         self.flush(ino)?;

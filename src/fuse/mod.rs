@@ -727,8 +727,8 @@ impl Filesystem for DatameshFs {
             notifier: self.notifier.clone(),
             marks: self.lock_marks.clone(),
         };
-        let (shared, waits) = (self.engine.clone(), self.lock_waits.clone());
-        self.spawn("setlk", move |engine| {
+        let waits = self.lock_waits.clone();
+        let set = move |engine: &Arc<Engine>| {
             let taking = want.typ != libc::F_UNLCK;
             // What this owner wrote under the lock is committed before
             // another host can take it.
@@ -742,13 +742,14 @@ impl Filesystem for DatameshFs {
                         Ok(s) => s,
                         Err(e) => return reply.error(err(&e)),
                     };
+                    let engine = engine.clone();
                     let waiter = std::thread::Builder::new()
                         .name("datamesh-lockwait".into())
                         .spawn(move || {
                             let res =
-                                lockwait::wait_for_lock(&shared, &slot, owner, ino, &want, caller);
+                                lockwait::wait_for_lock(&engine, &slot, owner, ino, &want, caller);
                             if res.is_ok() {
-                                taken.read_afresh(&shared, ino);
+                                taken.read_afresh(&engine, ino);
                             }
                             Self::reply_empty(res, reply);
                         });
@@ -763,7 +764,18 @@ impl Filesystem for DatameshFs {
                     Self::reply_empty(res, reply)
                 }
             }
-        });
+        };
+        // At home a lock is a step in memory: answered here, with no
+        // hand-over to the I/O pool (a wait moves to a thread of its own),
+        // unless an unlock has the file's writes to commit first, which may
+        // wait on storage.
+        if self.engine.is_home() && (typ != libc::F_UNLCK || self.engine.nothing_to_flush(ino)) {
+            let _t = crate::metrics::op("setlk");
+            set(&self.engine);
+        } else {
+            let engine = self.engine.clone();
+            self.spawn("setlk", move |_| set(&engine));
+        }
     }
 
     fn fsync(
