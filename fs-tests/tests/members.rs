@@ -124,6 +124,25 @@ fn member_devices_share_the_volume_and_a_revoked_one_is_cut_off() {
     );
     assert_eq!(b.ok(&["cat", "/t/deep/small"]), "hi\n");
     assert!(home.ok(&["ls", "-l", "/t"]).contains(" 9000000 "));
+
+    // A member takes and lists snapshots, but the upkeep that deletes or
+    // rewrites stored data is the home's: each is refused, naming it.
+    a.ok(&["snapshot", "create", "s1"]);
+    assert!(a.ok(&["snapshot", "list"]).contains("s1"));
+    for (args, says) in [
+        (
+            &["snapshot", "delete", "s1"][..],
+            "may not delete snapshots",
+        ),
+        (&["gc", "--grace", "0"][..], "may not collect garbage"),
+        (&["repair"][..], "may not run a repair"),
+        (&["scrub"][..], "may not run a scrub"),
+        (&["fsck", "--repair"][..], "may not repair with fsck"),
+    ] {
+        fails(&a, args, says);
+    }
+    assert!(home.ok(&["snapshot", "list"]).contains("s1"));
+    home.ok(&["snapshot", "delete", "s1"]);
     // The file bytes went to the storage peers, never through the home: its
     // own store holds nothing.
     assert!(

@@ -7,8 +7,9 @@ use super::meta_wire::{
     LOCK_HOLD, MAP_PAGE, MetaCall, MetaReply, MetaRequest, NsCall, NsReply, PlusEntry, VERSION,
     VolumeInfo, WATCH_HOLD, encode_answer, refused,
 };
-use super::proto::{Reply, WireError};
+use super::proto::{Reply, Request, WireError};
 use super::serve;
+use super::{Ask, SnapshotOp};
 use crate::chunk::ChunkRef;
 use crate::data::{CommittedFile, Engine};
 use crate::error::Kind;
@@ -286,6 +287,11 @@ impl HomeServer {
         match call {
             MetaCall::Join { .. } => unreachable!("answered above"),
             MetaCall::Volume(req) => {
+                if let Some(what) = owner_only(&req) {
+                    return Err(refused(format!(
+                        "refused: a member device may not {what}; run it on the home node"
+                    )));
+                }
                 with_origin(&cli, || serve::answer(&engine, req, &self.runner))
                     .map(MetaReply::Volume)
                     .map_err(wire)
@@ -542,6 +548,42 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
             return Err(Error::Invalid("a release is the member server's"));
         }
     })
+}
+
+/// What of the volume a member device may not do (`None`: it may), as the
+/// words of its refusal. A member is one of the team's devices: every file
+/// operation is its right, and what it removes or overwrites is undone from
+/// snapshots. So it may take and list snapshots but not delete them, and
+/// may not run the upkeep that deletes or rewrites stored data (gc, repair,
+/// scrub, fsck's repair). Admitting peers and members, the snapshot schedule
+/// and the recovery kit are the home's files, which no call reaches.
+fn owner_only(req: &Request) -> Option<&'static str> {
+    match req {
+        Request::Snapshot(SnapshotOp::Delete(_)) => Some("delete snapshots"),
+        Request::Gc { .. } => Some("collect garbage (gc)"),
+        Request::Check { repair: true } => Some("repair with fsck"),
+        Request::Mesh(Ask::Repair) => Some("run a repair"),
+        Request::Mesh(Ask::Scrub) => Some("run a scrub"),
+        Request::Lookup { .. }
+        | Request::Getattr(_)
+        | Request::Readdir { .. }
+        | Request::Readlink(_)
+        | Request::Mkdir { .. }
+        | Request::Symlink { .. }
+        | Request::Unlink { .. }
+        | Request::Rmdir { .. }
+        | Request::Rename { .. }
+        | Request::PutFile(_)
+        | Request::ReadFile(_)
+        | Request::Chunks(_)
+        | Request::Usage
+        | Request::Check { repair: false }
+        | Request::Mesh(Ask::Status)
+        | Request::Barrier
+        | Request::ReaddirPlus { .. }
+        | Request::Params
+        | Request::Snapshot(SnapshotOp::Create(_) | SnapshotOp::List) => None,
+    }
 }
 
 /// Refuses chunk references the volume's code could not have made (see
