@@ -53,7 +53,17 @@ struct State {
     /// The requests waiting now, by a number of their own.
     waiting: HashMap<u64, Waiter>,
     next_wait: u64,
+    /// How many locks each host holds (entries of `held`).
+    per_host: HashMap<String, usize>,
 }
+
+/// Locks one member device may hold at once, and requests it may have
+/// waiting at the home: past them its requests are refused (ENOLCK), so a
+/// member cannot make the home's memory, or the deadlock search, grow
+/// without bound. The home's own processes are not counted (as the kernel
+/// does not count a local disk's).
+pub const MAX_MEMBER_LOCKS: usize = 10_000;
+pub const MAX_MEMBER_WAITS: usize = 64;
 
 struct Waiter {
     ino: Ino,
@@ -130,12 +140,19 @@ impl State {
         if want.typ != libc::F_UNLCK && self.blockers(ino, owner, &want).next().is_some() {
             return Err(Error::WouldBlock);
         }
+        // A lock adds at most two entries (one split in two, and itself).
+        let host_has = self.per_host.get(&owner.host).copied().unwrap_or(0);
+        if !owner.host.is_empty() && want.typ != libc::F_UNLCK && host_has + 2 > MAX_MEMBER_LOCKS {
+            return Err(Error::TooManyLocks);
+        }
         let Some(list) = self.held.get_mut(&ino) else {
             if want.typ != libc::F_UNLCK {
                 self.held.insert(ino, vec![(owner.clone(), want)]);
+                *self.per_host.entry(owner.host.clone()).or_default() += 1;
             }
             return Ok(false);
         };
+        let before = list.len();
         let mut freed = false;
         let mut kept = Vec::with_capacity(list.len() + 2);
         for (o, l) in list.drain(..) {
@@ -160,12 +177,24 @@ impl State {
         if want.typ != libc::F_UNLCK {
             kept.push((owner.clone(), want));
         }
+        // Only `owner`'s entries changed: the list's change is its host's.
+        let now = (host_has + kept.len()).saturating_sub(before);
         if kept.is_empty() {
             self.held.remove(&ino);
         } else {
             *list = kept;
         }
+        self.count(&owner.host, now);
         Ok(freed)
+    }
+
+    /// Sets the number of locks `host` holds.
+    fn count(&mut self, host: &str, n: usize) {
+        if n == 0 {
+            self.per_host.remove(host);
+        } else {
+            self.per_host.insert(host.to_string(), n);
+        }
     }
 }
 
@@ -235,6 +264,17 @@ impl LockTable {
             if left.is_zero() {
                 break Ok(false);
             }
+            if !owner.host.is_empty()
+                && !st.waiting.contains_key(&id)
+                && st
+                    .waiting
+                    .values()
+                    .filter(|w| w.owner.host == owner.host)
+                    .count()
+                    >= MAX_MEMBER_WAITS
+            {
+                break Err(Error::TooManyLocks);
+            }
             st.waiting.entry(id).or_insert_with(|| Waiter {
                 ino,
                 owner: owner.clone(),
@@ -259,10 +299,13 @@ impl LockTable {
         };
         let before = list.len();
         list.retain(|(o, _)| o != owner);
-        let freed = list.len() != before;
+        let gone = before - list.len();
         if list.is_empty() {
             st.held.remove(&ino);
         }
+        let has = st.per_host.get(&owner.host).copied().unwrap_or(0);
+        st.count(&owner.host, has.saturating_sub(gone));
+        let freed = gone > 0;
         drop(st);
         if freed {
             self.freed.notify_all();
@@ -282,6 +325,7 @@ impl LockTable {
             freed |= list.len() != before;
         }
         st.held.retain(|_, l| !l.is_empty());
+        st.per_host.remove(host);
         drop(st);
         if freed {
             self.freed.notify_all();
@@ -404,6 +448,50 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_member_host_holds_and_waits_for_a_bounded_number_of_locks() {
+        let t = std::sync::Arc::new(LockTable::default());
+        let (member, home) = (who("m", 1), who("", 1));
+        let one = |i: u64| range(i, i, libc::F_WRLCK);
+        let mut took = 0;
+        while t.set(Ino(took + 1), &member, one(0)).is_ok() {
+            took += 1;
+        }
+        assert!(matches!(
+            t.set(Ino(1), &member, one(5)),
+            Err(Error::TooManyLocks)
+        ));
+        assert!(took as usize >= MAX_MEMBER_LOCKS - 2 && took as usize <= MAX_MEMBER_LOCKS);
+        // The home's own are not counted; an unlock makes room again.
+        t.set(Ino(1), &home, one(7)).unwrap();
+        t.set(Ino(1), &member, range(0, 0, libc::F_UNLCK)).unwrap();
+        t.set(Ino(2), &member, range(0, 0, libc::F_UNLCK)).unwrap();
+        t.set(Ino(1), &member, one(9)).unwrap();
+        t.release_host("m");
+        assert_eq!(lock(&t.state).per_host.get("m"), None);
+        // Waits: the home holds a lock; the member's waits past the bound are refused.
+        t.set(Ino(1), &home, one(0)).unwrap();
+        let waiters: Vec<_> = (0..MAX_MEMBER_WAITS as u64)
+            .map(|i| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    t.lock_or_wait(Ino(1), &who("m", 100 + i), one(0), Duration::from_secs(30))
+                })
+            })
+            .collect();
+        while t.waiting() < MAX_MEMBER_WAITS {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(matches!(
+            t.lock_or_wait(Ino(1), &who("m", 1), one(0), Duration::from_secs(1)),
+            Err(Error::TooManyLocks)
+        ));
+        t.release_host("m");
+        for w in waiters {
+            assert!(matches!(w.join().unwrap(), Err(Error::Interrupted)));
+        }
+    }
+
     /// What a driven owner is doing: nothing, or waiting on a thread of its
     /// own for a lock.
     type Wait = (std::thread::JoinHandle<Result<bool>>, Ino, RangeLock);
@@ -463,9 +551,15 @@ mod tests {
         }
     }
 
-    /// No two owners hold overlapping locks of which one is a write lock.
+    /// No two owners hold overlapping locks of which one is a write lock,
+    /// and the count of each host's locks is right.
     fn assert_no_conflict(t: &LockTable) {
         let st = lock(&t.state);
+        let mut per_host: HashMap<String, usize> = HashMap::new();
+        for (o, _) in st.held.values().flatten() {
+            *per_host.entry(o.host.clone()).or_default() += 1;
+        }
+        assert_eq!(per_host, st.per_host);
         for list in st.held.values() {
             for (i, (oa, la)) in list.iter().enumerate() {
                 for (ob, lb) in &list[i + 1..] {

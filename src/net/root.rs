@@ -89,8 +89,21 @@ pub fn verify(record: &[u8]) -> Result<RootBody, String> {
     if !key.verify(&signed.body, &signed.signature) {
         return Err("a root record whose signature does not verify".into());
     }
+    if body.epoch > MAX_COUNT || body.sequence > MAX_COUNT {
+        return Err(format!(
+            "a root record numbered past {MAX_COUNT} (epoch {}, sequence {}): no volume \
+             counts that far; it would outnumber every later record",
+            body.epoch, body.sequence
+        ));
+    }
     Ok(body)
 }
+
+/// The highest epoch and sequence a record may carry: one record every
+/// second would take 8 million years to reach it, and below it `+ 1` never
+/// overflows (a record at `u64::MAX` would make every later one "older", and
+/// a recovery's epoch + 1 overflow).
+pub const MAX_COUNT: u64 = 1 << 48;
 
 /// What a storage peer keeps of the volume's root (`DIR/root`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +308,18 @@ mod tests {
         assert!(
             RootState::take(Some(&st), &thief, false, &signer.sign(body(&thief, 1, 100))).is_err()
         );
+    }
+
+    #[test]
+    fn a_record_numbered_past_any_real_count_is_refused() {
+        let signer = RootSigner::from_seed([3; 32]);
+        let home = PeerId::random();
+        let ok = signer.sign(body(&home, MAX_COUNT, MAX_COUNT));
+        assert!(verify(&ok).is_ok());
+        for (e, s) in [(u64::MAX, 1), (1, u64::MAX), (MAX_COUNT + 1, 1)] {
+            let err = verify(&signer.sign(body(&home, e, s))).unwrap_err();
+            assert!(err.contains("numbered past"), "{err}");
+        }
     }
 
     proptest! {

@@ -161,6 +161,7 @@ fn rebuild(
 
     // Move the volume's home here: the peers serve this host from now on,
     // and refuse the old home.
+    // Both below `MAX_COUNT` (checked by `verify`): no overflow.
     let epoch = body.epoch + 1;
     let rehome = RootBody {
         epoch,
