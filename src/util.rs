@@ -70,7 +70,11 @@ impl SyncGroup {
 /// whatever is at `path` instead of writing through it. The error names the
 /// file it is about.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), (std::path::PathBuf, std::io::Error)> {
-    let tmp = path.with_extension("tmp");
+    // A temporary name of this writer's own: two processes (the daemon and
+    // the CLI) saving one file at once must not write into each other's.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err((tmp, e)),
         _ => {}

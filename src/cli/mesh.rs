@@ -208,7 +208,7 @@ pub fn members(home: &Home, action: Option<super::MembersAction>) -> anyhow::Res
         bail!("this is a member device: list the members on the home node");
     }
     let path = home.paths().members();
-    let mut list = Members::load(&path)?;
+    let list = Members::load(&path)?;
     match action {
         None => {
             if list.list.is_empty() {
@@ -235,14 +235,19 @@ pub fn members(home: &Home, action: Option<super::MembersAction>) -> anyhow::Res
             let peer: crate::net::PeerId = id
                 .parse()
                 .map_err(|_| anyhow!("{id}: not a device id (see `datamesh members`)"))?;
-            let Some(m) = list.get_mut(&peer) else {
-                bail!("{id}: no such member device (see `datamesh members`)");
-            };
-            if m.revoked.is_none() {
-                m.revoked = Some(crate::net::trust::now_secs());
-            }
-            let name = m.name.clone();
-            list.save(&path)?;
+            // Read afresh and saved under the list's lock: the daemon's own
+            // saves (a member's last sighting) cannot undo it.
+            let (_, name) = Members::update(&path, |list| {
+                let Some(m) = list.get_mut(&peer) else {
+                    return Err(crate::net::NetError::Bad(format!(
+                        "{id}: no such member device (see `datamesh members`)"
+                    )));
+                };
+                if m.revoked.is_none() {
+                    m.revoked = Some(crate::net::trust::now_secs());
+                }
+                Ok(m.name.clone())
+            })?;
             println!(
                 "datamesh: revoked member device {id} ({name}): a running home daemon refuses it \
                  within 2 s, and tells the storage peers to"

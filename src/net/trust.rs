@@ -339,6 +339,36 @@ impl Members {
         super::write_secret(path, &text)
     }
 
+    /// Changes the list at `path` with `f`, read afresh and saved under an
+    /// exclusive lock (`PATH.lock`): the daemon noting a member's last
+    /// sighting and the CLI revoking one cannot undo each other's change.
+    /// The list as saved, and what `f` returned.
+    pub fn update<R>(
+        path: &Path,
+        f: impl FnOnce(&mut Members) -> Result<R, NetError>,
+    ) -> Result<(Members, R), NetError> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::os::unix::fs::OpenOptionsExt;
+        let lock_path = path.with_extension("lock");
+        let io = |source: std::io::Error| NetError::Io {
+            path: lock_path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io)?;
+        let _held = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(std::io::Error::from(e)))?;
+        let mut list = Members::load(path)?;
+        let out = f(&mut list)?;
+        list.save(path)?;
+        Ok((list, out))
+    }
+
     /// The devices not revoked.
     pub fn active(&self) -> Vec<PeerId> {
         self.list
@@ -518,6 +548,39 @@ fn check_body(hexed: &str, bad: &dyn Fn(&str) -> NetError) -> Result<(TokenV2, V
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Writers changing the member list at once (the daemon noting
+    /// sightings, the CLI revoking) each keep their change.
+    #[test]
+    fn concurrent_updates_of_the_member_list_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members");
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        Members::update(&path, |l| {
+                            l.list.push(Member {
+                                id: format!("{w}-{i}"),
+                                name: String::new(),
+                                device: String::new(),
+                                joined: 0,
+                                last_seen: None,
+                                revoked: None,
+                            });
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(Members::load(&path).unwrap().list.len(), 200);
+    }
 
     fn token() -> (JoinToken, PeerId) {
         let t = JoinToken {

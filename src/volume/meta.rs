@@ -361,12 +361,17 @@ impl HomeServer {
         };
         if m.last_seen.is_none_or(|t| t + SEEN_EVERY <= now) {
             m.last_seen = Some(now);
-            let list = g.1.clone();
-            if list.save(&self.paths.members()).is_ok() {
-                // Our own write: not a change to act on.
-                g.0 = std::fs::metadata(self.paths.members())
-                    .and_then(|m| m.modified())
-                    .ok();
+            // Read afresh and saved under the list's lock, so a revocation
+            // the CLI wrote meanwhile stays; the next reload reads it (and
+            // tells the peers), as the file changed.
+            let saved = Members::update(&self.paths.members(), |list| {
+                if let Some(m) = list.get_mut(&peer) {
+                    m.last_seen = Some(now);
+                }
+                Ok(())
+            });
+            if let Err(e) = saved {
+                tracing::warn!("noting when member {peer} was last seen: {e}");
             }
         }
         Ok(())
@@ -401,18 +406,20 @@ impl HomeServer {
             .ok_or_else(|| refused("the volume is being unmounted".into()))?;
         {
             let mut g = lock(&self.members);
-            let list = &mut g.1;
-            list.version = 1;
-            list.list.retain(|m| m.id != peer.to_string());
-            list.list.push(Member {
-                id: peer.to_string(),
-                name: name.clone(),
-                device: hex::encode(device),
-                joined: now,
-                last_seen: Some(now),
-                revoked: None,
-            });
-            list.save(&self.paths.members()).map_err(|e| other(&e))?;
+            Members::update(&self.paths.members(), |list| {
+                list.version = 1;
+                list.list.retain(|m| m.id != peer.to_string());
+                list.list.push(Member {
+                    id: peer.to_string(),
+                    name: name.clone(),
+                    device: hex::encode(device),
+                    joined: now,
+                    last_seen: Some(now),
+                    revoked: None,
+                });
+                Ok(())
+            })
+            .map_err(|e| other(&e))?;
             g.0 = None;
         }
         self.reload(true).map_err(|e| other(&e))?;
