@@ -152,6 +152,35 @@ impl Drop for Holder {
     }
 }
 
+/// A process waiting for an exclusive flock on `file` held by another:
+/// checked, after `settle`, to be waiting still.
+pub fn waiter(file: &Path, settle: Duration) -> std::process::Child {
+    let mut w = Command::new("flock")
+        .arg("-x")
+        .arg(file)
+        .args(["-c", "true"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(settle);
+    assert!(
+        w.try_wait().unwrap().is_none(),
+        "a waiter took the lock another holds on {}",
+        file.display()
+    );
+    w
+}
+
+/// Waits (up to 10 s) until `w` has ended, answered by whatever ended its
+/// wait, and reaps it.
+pub fn answered(mut w: std::process::Child, what: &str) {
+    crate::within(what, 10, &|| {
+        std::fs::read_to_string(format!("/proc/{}/stat", w.id()))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    });
+    let _ = w.wait();
+}
+
 /// While another process holds `file` (flock), a waiter with a 1 s alarm
 /// (`flock -w 1`) is interrupted and fails in about that time, and a waiter
 /// sent `kill -9` ends at once; once the holder lets go, the next waiter
@@ -171,15 +200,7 @@ pub fn waits_end_on_signals(file: &Path) {
         took < Duration::from_secs(10),
         "flock -w 1 ended after {took:?}"
     );
-    let mut waiter = Command::new("flock")
-        .args(["-x", f, "-c", "true"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        waiter.try_wait().unwrap().is_none(),
-        "the waiter took a held lock"
-    );
+    let mut waiter = waiter(file, Duration::from_millis(300));
     let start = Instant::now();
     waiter.kill().unwrap();
     waiter.wait().unwrap();

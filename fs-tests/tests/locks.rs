@@ -70,28 +70,13 @@ fn an_aborted_mount_answers_its_waiters_and_ends_on_sigterm() {
     }
     let f = m.at.join("lockfile");
     std::fs::write(&f, b"").unwrap();
-    let f = f.to_str().unwrap().to_string();
-    let holder = locks::Holder::take(std::path::Path::new(&f));
-    let mut waiter = Command::new("flock")
-        .args(["-x", &f, "-c", "true"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        waiter.try_wait().unwrap().is_none(),
-        "the waiter took a held lock"
-    );
+    let holder = locks::Holder::take(&f);
+    let waiter = locks::waiter(&f, Duration::from_millis(500));
     std::fs::write(&abort, "1").unwrap();
-    fs_tests::within(
+    locks::answered(
+        waiter,
         "the waiter is answered once the connection is aborted",
-        10,
-        &|| {
-            std::fs::read_to_string(format!("/proc/{}/stat", waiter.id()))
-                .map(|s| s.contains(") Z "))
-                .unwrap_or(true)
-        },
     );
-    let _ = waiter.wait();
     let _ = Command::new("kill")
         .args(["-TERM", &m.pid().to_string()])
         .status();

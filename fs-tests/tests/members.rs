@@ -68,6 +68,14 @@ impl Home {
             .serve_with(&self.cluster.bootstrap_flags(), &["--listen", &self.listen])
     }
 
+    /// The home's own mount, its daemon listening for members.
+    fn mount_listening(&self) -> fs_tests::Mount {
+        let mut flags = self.cluster.bootstrap_flags();
+        flags.extend(["--listen".to_string(), self.listen.clone()]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        self.home.mount_with(&flags)
+    }
+
     /// A token for one member device.
     fn invite(&self) -> String {
         last_line(
@@ -562,10 +570,7 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
 fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
     fs_tests::require!("sqlite3");
     let h = Home::new();
-    let mut flags = h.cluster.bootstrap_flags();
-    flags.extend(["--listen".to_string(), h.listen.clone()]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mh = h.home.mount_with(&flags);
+    let mh = h.mount_listening();
     let b = h.member("b");
     let mb = b.mount();
     sh(
@@ -608,10 +613,7 @@ fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
 fn locks_on_a_member_mount_are_the_homes_and_survive_its_death() {
     fs_tests::require!("stress-ng", "flock", "python3");
     let h = Home::new();
-    let mut flags = h.cluster.bootstrap_flags();
-    flags.extend(["--listen".to_string(), h.listen.clone()]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mh = h.home.mount_with(&flags);
+    let mh = h.mount_listening();
     let b = h.member("b");
     let mb = b.mount();
     fs_tests::locks::stress_ng_locks(&mb.at, &[1, 4, 8], 10);
@@ -624,24 +626,9 @@ fn locks_on_a_member_mount_are_the_homes_and_survive_its_death() {
     let f = mh.at.join("lockfile");
     let fs = f.to_str().unwrap();
     let holder = fs_tests::locks::Holder::take(&f);
-    let mut waiter = std::process::Command::new("flock")
-        .args(["-x"])
-        .arg(mb.at.join("lockfile"))
-        .args(["-c", "true"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(
-        waiter.try_wait().unwrap().is_none(),
-        "B took the lock the home holds"
-    );
+    let waiter = fs_tests::locks::waiter(&mb.at.join("lockfile"), Duration::from_millis(1000));
     mb.kill();
-    fs_tests::within("the waiter on the dead mount is answered", 10, &|| {
-        std::fs::read_to_string(format!("/proc/{}/stat", waiter.id()))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true)
-    });
-    let _ = waiter.wait();
+    fs_tests::locks::answered(waiter, "the waiter on the dead mount is answered");
     // B's last wait may still be held at the home when the holder lets go,
     // and be granted to B's dead mount: such a lock goes with B's lease, as
     // one B held when it died does.

@@ -1,17 +1,22 @@
-//! Waiting locks (`F_SETLKW`, `flock` without `LOCK_NB`). Each waits on a
-//! thread of its own, not on the I/O pool: a pool full of waiters would leave
-//! no thread to answer the unlock that ends their wait. A waiter asks the
-//! lock table in short slices and between them checks whether its process
-//! was sent a signal, so `kill` (even `kill -9`) ends a wait as it does on a
-//! local filesystem: the kernel's own way to say so (`FUSE_INTERRUPT`) is
-//! answered ENOSYS by fuser, after which the kernel waits for our answer
-//! uninterruptibly.
+//! Locks as the kernel asks for them (`setlk`): taken or dropped at once,
+//! or, for a waiting lock (`F_SETLKW`, `flock` without `LOCK_NB`), waited
+//! for. Each wait runs on a thread of its own, not on the I/O pool: a pool
+//! full of waiters would leave no thread to answer the unlock that ends
+//! their wait. A waiter asks the lock table in short slices and between them
+//! checks whether its process was sent a signal, so `kill` (even `kill -9`)
+//! ends a wait as it does on a local filesystem: the kernel's own way to say
+//! so (`FUSE_INTERRUPT`) is answered ENOSYS by fuser, after which the kernel
+//! waits for our answer uninterruptibly.
 
+use super::DatameshFs;
 use crate::Error;
 use crate::data::Engine;
 use crate::meta::locks::RangeLock;
 use crate::types::Ino;
+use crate::util::lock;
+use fuser::{INodeNo, ReplyEmpty};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -62,26 +67,101 @@ impl LockWaits {
     }
 }
 
-/// Waits for `want` for the kernel's lock owner `owner`, asked by the thread
-/// `pid`, until taken (`Ok`), refused (a deadlock), or interrupted.
-pub(super) fn wait_for_lock(
-    engine: &Engine,
-    slot: &Slot,
-    owner: u64,
-    ino: Ino,
-    want: &RangeLock,
-    pid: u32,
-) -> crate::Result<()> {
+/// A lock the kernel asks for: `want` for its lock owner `owner` on `ino`,
+/// waiting for it (`sleep`) or not, asked by the thread `caller`.
+pub(super) struct Ask {
+    pub owner: u64,
+    pub ino: Ino,
+    pub want: RangeLock,
+    pub sleep: bool,
+    pub caller: u32,
+}
+
+/// Takes or drops the lock `ask` names and answers the kernel; a lock that
+/// must be waited for is waited for on a thread of its own.
+pub(super) fn set_lock(
+    engine: &Arc<Engine>,
+    waits: &Arc<LockWaits>,
+    taken: LockTaken,
+    ask: Ask,
+    reply: ReplyEmpty,
+) {
+    let taking = ask.want.typ != libc::F_UNLCK;
+    // What this owner wrote under the lock is committed before another host
+    // can take it.
+    if !taking && let Err(e) = engine.flush(ask.ino) {
+        return reply.error(super::err(&e));
+    }
+    match engine.setlk(ask.owner, ask.ino, ask.want.clone()) {
+        Err(Error::WouldBlock) if ask.sleep => {
+            let slot = match waits.reserve() {
+                Ok(s) => s,
+                Err(e) => return reply.error(super::err(&e)),
+            };
+            let engine = engine.clone();
+            let waiter = std::thread::Builder::new()
+                .name("datamesh-lockwait".into())
+                .spawn(move || {
+                    let res = wait_for_lock(&engine, &slot, &ask);
+                    if res.is_ok() {
+                        taken.read_afresh(&engine, ask.ino);
+                    }
+                    DatameshFs::reply_empty(res, reply);
+                });
+            if let Err(e) = waiter {
+                tracing::error!("starting a thread to wait for a lock: {e}");
+            }
+        }
+        res => {
+            if taking && res.is_ok() {
+                taken.read_afresh(engine, ask.ino);
+            }
+            DatameshFs::reply_empty(res, reply)
+        }
+    }
+}
+
+/// What a mount does once it takes a lock: under a new lock the file is read
+/// afresh, so what another host wrote before it let go is what this host
+/// sees.
+pub(super) struct LockTaken {
+    pub notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    pub marks: Arc<Mutex<std::collections::HashMap<Ino, u64>>>,
+}
+
+impl LockTaken {
+    /// At the home, the change journal says whether any other host (or this
+    /// host's CLI) changed the file since this mount's last lock on it: its
+    /// commits land there before its unlock does. A file only this mount
+    /// changed keeps its cache (sqlite takes locks for every transaction).
+    fn read_afresh(&self, engine: &Engine, i: Ino) {
+        let since = lock(&self.marks).get(&i).copied();
+        let mark = engine.change_mark();
+        if engine.changed_elsewhere(i, since) {
+            engine.forget_cached(i);
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_inode(INodeNo(i.0), 0, 0);
+            }
+        }
+        if let Some(m) = mark {
+            lock(&self.marks).insert(i, m);
+        }
+    }
+}
+
+/// Waits for the lock `ask` names until taken (`Ok`), refused (a deadlock),
+/// or interrupted.
+fn wait_for_lock(engine: &Engine, slot: &Slot, ask: &Ask) -> crate::Result<()> {
     let slice = if engine.is_home() {
         HOME_SLICE
     } else {
         MEMBER_SLICE
     };
     loop {
-        if slot.0.stopping.load(Ordering::Relaxed) || signalled(pid) {
+        if slot.0.stopping.load(Ordering::Relaxed) || signalled(ask.caller) {
             return Err(Error::Interrupted);
         }
-        if engine.setlk_wait(owner, ino, want.clone(), slice)? {
+        if engine.setlk_wait(ask.owner, ask.ino, ask.want.clone(), slice)? {
             return Ok(());
         }
     }

@@ -177,34 +177,6 @@ impl Drop for DatameshFs {
     }
 }
 
-/// What a mount does once it takes a lock: under a new lock the file is read
-/// afresh, so what another host wrote before it let go is what this host
-/// sees.
-struct LockTaken {
-    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
-    marks: Arc<Mutex<std::collections::HashMap<Ino, u64>>>,
-}
-
-impl LockTaken {
-    /// At the home, the change journal says whether any other host (or this
-    /// host's CLI) changed the file since this mount's last lock on it: its
-    /// commits land there before its unlock does. A file only this mount
-    /// changed keeps its cache (sqlite takes locks for every transaction).
-    fn read_afresh(&self, engine: &Engine, i: Ino) {
-        let since = lock(&self.marks).get(&i).copied();
-        let mark = engine.change_mark();
-        if engine.changed_elsewhere(i, since) {
-            engine.forget_cached(i);
-            if let Some(n) = self.notifier.get() {
-                let _ = n.inval_inode(INodeNo(i.0), 0, 0);
-            }
-        }
-        if let Some(m) = mark {
-            lock(&self.marks).insert(i, m);
-        }
-    }
-}
-
 impl DatameshFs {
     pub fn new(
         engine: Arc<Engine>,
@@ -722,59 +694,31 @@ impl Filesystem for DatameshFs {
             typ,
             pid,
         };
-        let (owner, ino, caller) = (lock_owner.0, ino(i), req.pid());
-        let taken = LockTaken {
+        let ask = lockwait::Ask {
+            owner: lock_owner.0,
+            ino: ino(i),
+            want,
+            sleep,
+            caller: req.pid(),
+        };
+        let taken = lockwait::LockTaken {
             notifier: self.notifier.clone(),
             marks: self.lock_marks.clone(),
         };
         let waits = self.lock_waits.clone();
-        let set = move |engine: &Arc<Engine>| {
-            let taking = want.typ != libc::F_UNLCK;
-            // What this owner wrote under the lock is committed before
-            // another host can take it.
-            if !taking && let Err(e) = engine.flush(ino) {
-                return reply.error(err(&e));
-            }
-            match engine.setlk(owner, ino, want.clone()) {
-                // Waited for on a thread of its own (see `lockwait`).
-                Err(Error::WouldBlock) if sleep => {
-                    let slot = match waits.reserve() {
-                        Ok(s) => s,
-                        Err(e) => return reply.error(err(&e)),
-                    };
-                    let engine = engine.clone();
-                    let waiter = std::thread::Builder::new()
-                        .name("datamesh-lockwait".into())
-                        .spawn(move || {
-                            let res =
-                                lockwait::wait_for_lock(&engine, &slot, owner, ino, &want, caller);
-                            if res.is_ok() {
-                                taken.read_afresh(&engine, ino);
-                            }
-                            Self::reply_empty(res, reply);
-                        });
-                    if let Err(e) = waiter {
-                        tracing::error!("starting a thread to wait for a lock: {e}");
-                    }
-                }
-                res => {
-                    if taking && res.is_ok() {
-                        taken.read_afresh(engine, ino);
-                    }
-                    Self::reply_empty(res, reply)
-                }
-            }
-        };
         // At home a lock is a step in memory: answered here, with no
         // hand-over to the I/O pool (a wait moves to a thread of its own),
         // unless an unlock has the file's writes to commit first, which may
         // wait on storage.
-        if self.engine.is_home() && (typ != libc::F_UNLCK || self.engine.nothing_to_flush(ino)) {
+        if self.engine.is_home() && (typ != libc::F_UNLCK || self.engine.nothing_to_flush(ask.ino))
+        {
             let _t = crate::metrics::op("setlk");
-            set(&self.engine);
+            lockwait::set_lock(&self.engine, &waits, taken, ask, reply);
         } else {
             let engine = self.engine.clone();
-            self.spawn("setlk", move |_| set(&engine));
+            self.spawn("setlk", move |_| {
+                lockwait::set_lock(&engine, &waits, taken, ask, reply)
+            });
         }
     }
 
