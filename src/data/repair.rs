@@ -260,9 +260,29 @@ impl Engine {
     ) -> Result<Redundancy> {
         let _one_pass = repair.then(|| lock(&self.repairing));
         let survey = self.s.store.survey()?;
-        let r = self.pass(&survey, repair, progress)?;
+        let mut r = self.pass(&survey, repair, progress)?;
         if !repair {
             return Ok(r);
+        }
+        // A pass leaves alone the chunks whose missing shards may be on a
+        // peer that did not answer its survey in time (a busy peer, not a
+        // gone one). When a new survey hears from every peer, those chunks
+        // are repaired then, instead of reported repaired and left reduced.
+        for _ in 0..2 {
+            if r.unknown == 0 {
+                break;
+            }
+            let again = self.s.store.survey()?;
+            if !again.silent.is_empty() {
+                break;
+            }
+            let more = self.pass(&again, true, progress)?;
+            r.rebuilt += more.rebuilt;
+            r.moved += more.moved;
+            r.read_bytes += more.read_bytes;
+            r.written_bytes += more.written_bytes;
+            r.failures.extend(more.failures);
+            r.unknown = more.unknown;
         }
         if r.failures.is_empty() && r.unknown == 0 {
             self.s.store.repaired();
