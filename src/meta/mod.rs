@@ -352,6 +352,18 @@ pub fn to_attr(ino: Ino, r: &InodeRec) -> Attr {
     }
 }
 
+/// A small volume's parameters, for the tests of this module's parts.
+#[cfg(test)]
+pub(crate) fn test_params() -> VolumeParams {
+    VolumeParams {
+        volume_id: [1; 16],
+        chunk_size: 64 << 10,
+        data_shards: 4,
+        parity_shards: 2,
+        inline_max: 1024,
+    }
+}
+
 #[cfg(test)]
 mod format_tests {
     use super::*;
@@ -387,13 +399,7 @@ mod format_tests {
     fn older_formats_are_raised_and_newer_ones_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta");
-        let params = VolumeParams {
-            volume_id: [1; 16],
-            chunk_size: 64 << 10,
-            data_shards: 4,
-            parity_shards: 2,
-            inline_max: 1024,
-        };
+        let params = test_params();
         drop(MetaStore::open(&path, Some(params)).unwrap());
         set_format(&path, 1);
         let m = MetaStore::open(&path, None).unwrap();

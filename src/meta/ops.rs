@@ -501,13 +501,7 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> MetaStore {
-        let params = VolumeParams {
-            volume_id: [1; 16],
-            chunk_size: 64 << 10,
-            data_shards: 4,
-            parity_shards: 2,
-            inline_max: 1024,
-        };
+        let params = super::test_params();
         MetaStore::open(&dir.join("meta"), Some(params)).unwrap()
     }
 

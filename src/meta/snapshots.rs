@@ -377,13 +377,7 @@ mod tests {
     #[test]
     fn a_snapshot_reads_as_it_was_and_refuses_every_change() {
         let dir = tempfile::tempdir().unwrap();
-        let params = VolumeParams {
-            volume_id: [1; 16],
-            chunk_size: 64 << 10,
-            data_shards: 4,
-            parity_shards: 2,
-            inline_max: 1024,
-        };
+        let params = super::test_params();
         let m = MetaStore::open(&dir.path().join("meta"), Some(params)).unwrap();
         let ns: &dyn Namespace = &m;
         let d = ns
