@@ -6,10 +6,10 @@ source "$(dirname "$0")/common.sh"
 # clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks
 # (bindfs and gocryptfs are the baselines of the filesystem benchmark; chromium
 # and its driver load the web dashboard; openssl makes the TLS test's certificate;
-# davfs2 mounts the WebDAV gateway; stress-ng's lock stressors test locks).
+# davfs2 mounts the WebDAV gateway; stress-ng's lock stressors and python3's fcntl and sqlite3 test locks).
 packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc
   git vim restic borgbackup fio bindfs gocryptfs acl man-db curl rclone openssl davfs2
-  chromium chromium-driver stress-ng)
+  chromium chromium-driver stress-ng python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
