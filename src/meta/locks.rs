@@ -24,6 +24,15 @@ pub struct LockOwner {
     pub owner: u64,
 }
 
+impl LockOwner {
+    pub fn new(host: &str, owner: u64) -> LockOwner {
+        LockOwner {
+            host: host.to_string(),
+            owner,
+        }
+    }
+}
+
 /// One held lock, or (from [`LockTable::test`]) the one in the way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeLock {
@@ -98,6 +107,22 @@ fn check(want: &RangeLock) -> Result<()> {
 }
 
 impl State {
+    /// The locks of other owners in the way of `want` for `owner`.
+    fn in_the_way<'a>(
+        &'a self,
+        ino: Ino,
+        owner: &'a LockOwner,
+        want: &'a RangeLock,
+    ) -> impl Iterator<Item = &'a (LockOwner, RangeLock)> + 'a {
+        self.held
+            .get(&ino)
+            .into_iter()
+            .flatten()
+            .filter(move |(o, l)| {
+                o != owner && overlaps(l, want.start, want.end) && conflicts(l, want.typ)
+            })
+    }
+
     /// The owners of the locks in the way of `want` for `owner`.
     fn blockers<'a>(
         &'a self,
@@ -105,14 +130,7 @@ impl State {
         owner: &'a LockOwner,
         want: &'a RangeLock,
     ) -> impl Iterator<Item = &'a LockOwner> + 'a {
-        self.held
-            .get(&ino)
-            .into_iter()
-            .flatten()
-            .filter_map(move |(o, l)| {
-                (o != owner && overlaps(l, want.start, want.end) && conflicts(l, want.typ))
-                    .then_some(o)
-            })
+        self.in_the_way(ino, owner, want).map(|(o, _)| o)
     }
 
     /// Whether `owner` waiting for `want` would close a cycle: an owner in
@@ -203,12 +221,8 @@ impl LockTable {
     /// `start..=end`, if any.
     pub fn test(&self, ino: Ino, owner: &LockOwner, want: &RangeLock) -> Option<RangeLock> {
         let st = lock(&self.state);
-        st.held
-            .get(&ino)?
-            .iter()
-            .find(|(o, l)| {
-                o != owner && overlaps(l, want.start, want.end) && conflicts(l, want.typ)
-            })
+        st.in_the_way(ino, owner, want)
+            .next()
             .map(|(_, l)| l.clone())
     }
 

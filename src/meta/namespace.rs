@@ -276,17 +276,11 @@ impl Namespace for MetaStore {
         owner: u64,
         want: RangeLock,
     ) -> Result<Option<RangeLock>> {
-        let owner = LockOwner {
-            host: host.to_string(),
-            owner,
-        };
+        let owner = LockOwner::new(host, owner);
         Ok(self.locks.test(ino, &owner, &want))
     }
     fn setlk(&self, host: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<()> {
-        let owner = LockOwner {
-            host: host.to_string(),
-            owner,
-        };
+        let owner = LockOwner::new(host, owner);
         self.locks.set(ino, &owner, want)
     }
     fn setlk_wait(
@@ -297,17 +291,11 @@ impl Namespace for MetaStore {
         want: RangeLock,
         hold: Duration,
     ) -> Result<bool> {
-        let owner = LockOwner {
-            host: host.to_string(),
-            owner,
-        };
+        let owner = LockOwner::new(host, owner);
         self.locks.lock_or_wait(ino, &owner, want, hold)
     }
     fn unlock(&self, host: &str, ino: Ino, owner: u64) -> Result<()> {
-        let owner = LockOwner {
-            host: host.to_string(),
-            owner,
-        };
+        let owner = LockOwner::new(host, owner);
         self.locks.release(ino, &owner);
         Ok(())
     }

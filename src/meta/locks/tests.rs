@@ -4,10 +4,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn who(host: &str, owner: u64) -> LockOwner {
-    LockOwner {
-        host: host.into(),
-        owner,
-    }
+    LockOwner::new(host, owner)
 }
 
 fn range(start: u64, end: u64, typ: LockType) -> RangeLock {
