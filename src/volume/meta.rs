@@ -46,7 +46,14 @@ pub struct HomeServer {
     /// only what it opened (another's release would let the home free a
     /// file still open elsewhere), and what a member held goes with its
     /// lease, its revocation or its mount's restart.
-    opens: Mutex<HashMap<PeerId, HashMap<Ino, u32>>>,
+    opens: Mutex<HashMap<PeerId, MemberOpens>>,
+}
+
+/// The handles one member holds open: per inode, and in all (the bound).
+#[derive(Default)]
+struct MemberOpens {
+    total: u32,
+    by_ino: HashMap<Ino, u32>,
 }
 
 /// Handles one member device may hold open at once at the home.
@@ -125,7 +132,7 @@ impl HomeServer {
     /// Releases every handle `peer` holds open (its mount is gone).
     fn release_opens(&self, engine: &Engine, peer: &PeerId) {
         let held = lock(&self.opens).remove(peer).unwrap_or_default();
-        for (ino, n) in held {
+        for (ino, n) in held.by_ino {
             for _ in 0..n {
                 if let Err(e) = engine.release(ino) {
                     tracing::warn!("releasing inode {} held by {peer}: {e}", ino.0);
@@ -136,11 +143,10 @@ impl HomeServer {
 
     /// Counts a handle `peer` opened on `ino`.
     fn note_open(&self, peer: PeerId, ino: Ino) {
-        *lock(&self.opens)
-            .entry(peer)
-            .or_default()
-            .entry(ino)
-            .or_default() += 1;
+        let mut opens = lock(&self.opens);
+        let mine = opens.entry(peer).or_default();
+        mine.total += 1;
+        *mine.by_ino.entry(ino).or_default() += 1;
     }
 
     /// Takes back a handle `peer` opened on `ino`; false when it holds none
@@ -151,13 +157,14 @@ impl HomeServer {
         let Some(mine) = opens.get_mut(peer) else {
             return false;
         };
-        let Some(n) = mine.get_mut(&ino) else {
+        let Some(n) = mine.by_ino.get_mut(&ino) else {
             return false;
         };
         *n -= 1;
         if *n == 0 {
-            mine.remove(&ino);
+            mine.by_ino.remove(&ino);
         }
+        mine.total -= 1;
         true
     }
 
@@ -193,7 +200,7 @@ impl HomeServer {
                 res.map(|()| NsReply::Unit)
             }
             NsCall::Open(_) | NsCall::CreateOpen { .. } => {
-                let held: u32 = lock(&self.opens).get(&peer).map_or(0, |m| m.values().sum());
+                let held = lock(&self.opens).get(&peer).map_or(0, |m| m.total);
                 if held >= MAX_MEMBER_OPENS {
                     return Err(Error::Invalid("too many files open on this member device"));
                 }
