@@ -212,6 +212,11 @@ impl HomePaths {
     pub fn mesh_key(&self) -> PathBuf {
         self.dir.join("mesh.key")
     }
+    /// The volume's authority key: signs what storage peers obey from the
+    /// home (root records). Never leaves the home but in the recovery kit.
+    pub fn authority_key(&self) -> PathBuf {
+        self.dir.join("authority.key")
+    }
     pub fn peer_key(&self) -> PathBuf {
         self.dir.join("peer.key")
     }
@@ -392,6 +397,7 @@ impl Home {
             fs::set_permissions(&meta, fs::Permissions::from_mode(0o700)).map_err(io(&meta))?;
         }
         self.mesh_key()?;
+        crate::protect::authority_or_make(&self.paths().authority_key())?;
         // The key is written last: its presence marks a complete volume.
         write_secret(&self.key_path(), VolumeKey::generate().as_bytes())
     }
@@ -585,21 +591,35 @@ impl Home {
         let meta = MetaStore::open(&self.paths().meta(), None)?;
         let n = meta.params().data_shards as usize + meta.params().parity_shards as usize;
         let mut client = None;
+        let authority = crate::protect::load_authority(&self.paths().authority_key())?;
+        let authority_new = authority.is_none();
         let store: Arc<dyn crate::store::ShardStore> = match self.mesh_store(n)? {
             Some(mesh) => {
                 // A home replaced by a recovery changes nothing.
                 crate::protect::check_not_replaced(
                     mesh.client(),
-                    &key,
+                    &crate::protect::RootKeys::of(&key, authority),
                     meta.params().volume_id,
                     meta.epoch()?,
                     &self.dir,
+                    authority_new,
                 )?;
                 client = Some(mesh.client().clone());
                 mesh
             }
             None => Arc::new(LocalStore::open(&self.paths().store()).map_err(crate::Error::from)?),
         };
+        // A volume from before the authority key: its root records were
+        // signed by a key every member device can derive. From now on they
+        // are the authority's, and the peers move to it.
+        if authority_new && crate::protect::authority_or_make(&self.paths().authority_key())?.1 {
+            tracing::warn!(
+                "made the volume's authority key ({}): storage peers now obey only it. A \
+                 recovery kit exported before now cannot recover the volume any more: \
+                 export a new one (`datamesh kit export`)",
+                self.paths().authority_key().display()
+            );
+        }
         let engine = Engine::new(meta, store, key, ecfg)?;
         // gc and repair keep and mend the namespace's copies on the peers.
         let kept = crate::protect::ProtectState::load(&self.paths().protect())?;

@@ -1,14 +1,16 @@
 //! The recovery kit: the text a person keeps, away from the volume's
 //! machines, to rebuild the volume when the home node's disk is gone (the
-//! volume secret, the mesh key, the volume id, the home's peer id and a few
-//! storage peers' addresses), as one checksummed, versioned token with
-//! comment lines around it.
+//! volume secret, the authority key, the mesh key, the volume id, the home's
+//! peer id and a few storage peers' addresses), as one checksummed,
+//! versioned token with comment lines around it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The prefix, and so the version, of a kit's token.
-const PREFIX: &str = "dmkit1";
+/// The prefix, and so the version, of a kit's token: `dmkit2` carries the
+/// authority key; `dmkit1` (from before it) is still read.
+const PREFIX: &str = "dmkit2";
+const PREFIX_V1: &str = "dmkit1";
 /// Storage peer addresses a kit carries at most.
 pub const MAX_PEERS: usize = 4;
 
@@ -24,6 +26,19 @@ pub struct Kit {
     pub peers: Vec<String>,
     /// Unix seconds.
     pub made: u64,
+    /// The seed of the volume's authority key; `None` in a `dmkit1` kit.
+    pub authority: Option<[u8; 32]>,
+}
+
+/// A `dmkit1` kit's body: [`Kit`] without the authority key.
+#[derive(Serialize, Deserialize)]
+struct KitV1 {
+    volume_id: [u8; 16],
+    volume_secret: [u8; 32],
+    mesh_key: [u8; 32],
+    home: Vec<u8>,
+    peers: Vec<String>,
+    made: u64,
 }
 
 /// Never the secrets.
@@ -50,10 +65,25 @@ impl fmt::Display for BadKit {
 impl std::error::Error for BadKit {}
 
 impl Kit {
-    /// The token alone (`dmkit1…`).
+    /// The token alone (`dmkit2…`; `dmkit1…` for a kit without the
+    /// authority key, as kits were before it).
     pub fn token(&self) -> String {
-        let body = postcard::to_allocvec(self).expect("kits serialize");
-        format!("{PREFIX}{}", crate::util::hex_checked(&body))
+        let (prefix, body) = match self.authority {
+            Some(_) => (PREFIX, postcard::to_allocvec(self)),
+            None => (
+                PREFIX_V1,
+                postcard::to_allocvec(&KitV1 {
+                    volume_id: self.volume_id,
+                    volume_secret: self.volume_secret,
+                    mesh_key: self.mesh_key,
+                    home: self.home.clone(),
+                    peers: self.peers.clone(),
+                    made: self.made,
+                }),
+            ),
+        };
+        let body = body.expect("kits serialize");
+        format!("{prefix}{}", crate::util::hex_checked(&body))
     }
 
     /// The whole text to keep: comment lines saying what it is, then the token.
@@ -78,7 +108,8 @@ impl Kit {
             .filter(|l| !l.trim_start().starts_with('#'))
             .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
             .collect();
-        let Some(hexed) = joined.strip_prefix(PREFIX) else {
+        let v1 = joined.strip_prefix(PREFIX_V1);
+        let Some(hexed) = joined.strip_prefix(PREFIX).or(v1) else {
             return Err(bad(
                 if joined.starts_with("dmjoin") || joined.starts_with("dmmember") {
                     "this is a join token, not a kit (make one with `datamesh kit export` on the home node)"
@@ -87,12 +118,32 @@ impl Kit {
                 } else if joined.is_empty() {
                     "it is empty"
                 } else {
-                    "it does not start with dmkit1 (copy the whole output of `datamesh kit export`)"
+                    "it does not start with dmkit2 (copy the whole output of `datamesh kit export`)"
                 },
             ));
         };
         let body = crate::util::unhex_checked(hexed).map_err(bad)?;
-        let (kit, rest): (Kit, _) = postcard::take_from_bytes(&body).map_err(|_| bad("damaged"))?;
+        let (kit, rest) = if v1.is_some() {
+            let (k, rest): (KitV1, _) =
+                postcard::take_from_bytes(&body).map_err(|_| bad("damaged"))?;
+            let kit = Kit {
+                volume_id: k.volume_id,
+                volume_secret: k.volume_secret,
+                mesh_key: k.mesh_key,
+                home: k.home,
+                peers: k.peers,
+                made: k.made,
+                authority: None,
+            };
+            (kit, rest)
+        } else {
+            let (kit, rest): (Kit, _) =
+                postcard::take_from_bytes(&body).map_err(|_| bad("damaged"))?;
+            if kit.authority.is_none() {
+                return Err(bad("damaged (a dmkit2 kit without its authority key)"));
+            }
+            (kit, rest)
+        };
         if !rest.is_empty() {
             return Err(bad("damaged (bytes after its end)"));
         }
@@ -113,6 +164,7 @@ mod tests {
             home: vec![0, 36, 8, 1],
             peers: vec!["/ip4/192.0.2.7/tcp/4719/p2p/12D3KooWExample".into()],
             made: 1_800_000_000,
+            authority: Some([9; 32]),
         }
     }
 
@@ -129,6 +181,22 @@ mod tests {
         // The secrets never show in debug output.
         let dbg = format!("{k:?}");
         assert!(!dbg.contains(&hex::encode([5u8; 32])) && !dbg.contains("secret"));
+        assert!(!dbg.contains(&hex::encode([9u8; 32])) && !dbg.contains("authority"));
+    }
+
+    #[test]
+    fn a_kit_from_before_the_authority_key_still_reads() {
+        let old = Kit {
+            authority: None,
+            ..kit()
+        };
+        let token = old.token();
+        assert!(token.starts_with("dmkit1"), "{token}");
+        assert_eq!(Kit::parse(&token).unwrap(), old);
+        assert!(kit().token().starts_with("dmkit2"));
+        // A v1 body under the v2 prefix is not taken for a kit.
+        let forged = format!("dmkit2{}", &token["dmkit1".len()..]);
+        assert!(Kit::parse(&forged).is_err());
     }
 
     #[test]
@@ -139,7 +207,7 @@ mod tests {
         assert!(why("dmjoin2abcdef").contains("join token"));
         assert!(why("dmmember1abcdef").contains("join token"));
         assert!(why("dmkit9abcdef").contains("another version"));
-        assert!(why("hello").contains("dmkit1"));
+        assert!(why("hello").contains("dmkit2"));
         let token = kit().token();
         assert!(why(&format!("{token}00")).contains("checksum"));
         assert!(why(&token[..token.len() - 1]).contains("not hex"));

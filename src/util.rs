@@ -92,6 +92,24 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), (std::path::PathBuf
     fs::rename(&tmp, path).map_err(|e| (path.to_path_buf(), e))
 }
 
+/// [`write_secret`], but only when `path` does not exist yet: `false` when
+/// it did (another process made it first), and it is left as it was.
+pub fn write_secret_new(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<bool, (std::path::PathBuf, std::io::Error)> {
+    let tmp = path.with_extension(format!("new.{}", std::process::id()));
+    write_secret(&tmp, bytes)?;
+    // A link, unlike a rename, fails when the name is taken.
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err((path.to_path_buf(), e)),
+    }
+}
+
 /// Reads until `buf` is full or the source ends; how many bytes were read
 /// (fewer than `buf` only at the end of the source).
 pub fn read_up_to(src: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {

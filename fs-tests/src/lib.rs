@@ -481,6 +481,31 @@ impl Cluster {
         c
     }
 
+    /// Nodes on data dirs that joined a mesh before (a fixture's), each
+    /// started on a new port; the token is unknown (`token()` is empty).
+    pub fn adopt(dirs: &[PathBuf]) -> Cluster {
+        let mut c = Cluster {
+            dir: dirs[0]
+                .parent()
+                .expect("data dirs are in a dir")
+                .join("nodes"),
+            token: String::new(),
+            nodes: Vec::new(),
+        };
+        for d in dirs {
+            let i = c.nodes.len();
+            c.nodes.push(Node {
+                data: d.clone(),
+                port: free_port(),
+                addr: String::new(),
+                stranger: false,
+                child: None,
+            });
+            c.launch_fresh(i, &[]);
+        }
+        c
+    }
+
     /// Starts one more node (with extra `datamesh node` flags); returns its index.
     pub fn add(&mut self, extra: &[&str]) -> usize {
         let i = self.push_node("node", false);
@@ -699,4 +724,53 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// A recovery kit's token as `datamesh kit export` writes it (`dmkit1`
+/// without `authority`, `dmkit2` with it), made from parts an attacker may
+/// hold: the postcard body (fixed arrays raw, varint lengths and integers)
+/// and four bytes of its BLAKE3 hash, in hex.
+pub fn forge_kit(
+    volume_id: [u8; 16],
+    secret: [u8; 32],
+    mesh: [u8; 32],
+    peers: &[String],
+    authority: Option<[u8; 32]>,
+) -> String {
+    fn varint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut body = Vec::new();
+    body.extend(volume_id);
+    body.extend(secret);
+    body.extend(mesh);
+    varint(&mut body, 0); // the home's peer id: not needed to recover
+    varint(&mut body, peers.len() as u64);
+    for p in peers {
+        varint(&mut body, p.len() as u64);
+        body.extend(p.as_bytes());
+    }
+    varint(&mut body, 1_800_000_000);
+    let prefix = match authority {
+        Some(a) => {
+            body.push(1);
+            body.extend(a);
+            "dmkit2"
+        }
+        None => "dmkit1",
+    };
+    let check = blake3::hash(&body);
+    format!("{prefix}{}{}\n", hex(&body), hex(&check.as_bytes()[..4]))
+}
+
+/// A file's bytes as a fixed-size array (a key file).
+pub fn key_file<const N: usize>(path: &Path) -> [u8; N] {
+    std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .try_into()
+        .unwrap_or_else(|_| panic!("{}: not {N} bytes", path.display()))
 }

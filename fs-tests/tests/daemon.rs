@@ -194,7 +194,7 @@ fn the_recovery_kit_is_exported_through_the_daemon_and_checked() {
     assert!(err.contains("master key"), "{err}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("MASTER KEY") && text.contains("\ndmkit1"),
+        text.contains("MASTER KEY") && text.contains("\ndmkit2"),
         "{text}"
     );
     let kit = v.dir.path().join("kit.txt");
@@ -203,11 +203,11 @@ fn the_recovery_kit_is_exported_through_the_daemon_and_checked() {
     let said = v.ok(&["kit", "check", kit]);
     assert!(said.contains("it is this home's volume"), "{said}");
     assert!(
-        !said.contains("dmkit1"),
+        !said.contains("dmkit2"),
         "check never prints the secrets: {said}"
     );
     // Copied by hand over two lines: still reads.
-    let token = text.lines().find(|l| l.starts_with("dmkit1")).unwrap();
+    let token = text.lines().find(|l| l.starts_with("dmkit2")).unwrap();
     let (a, b) = token.split_at(50);
     let copy = v.dir.path().join("copy.txt");
     std::fs::write(&copy, format!("{a}\n  {b}\n")).unwrap();

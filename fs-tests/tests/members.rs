@@ -645,3 +645,100 @@ fn locks_on_a_member_mount_are_the_homes_and_survive_its_death() {
     let fsck = h.home.ok(&["fsck"]);
     assert!(fsck.contains("fsck: clean"), "{fsck}");
 }
+
+/// The hijack a revoked member could do before the authority key: a
+/// recovery kit assembled from the files it kept (`volume.key`, `mesh.key`)
+/// and the volume id (public: every root record names it), then `recover`.
+/// Now the storage peers obey only the home's authority key, which no member
+/// holds: the forged kit, and one with a made-up authority key, take
+/// nothing, and the real home goes on protecting and serving every file.
+#[test]
+fn a_revoked_member_cannot_take_the_volume_with_a_kit_forged_from_its_files() {
+    let (h, daemon) = Home::start();
+    let (home, c) = (&h.home, &h.cluster);
+    let thief = h.member("thief");
+    let top = home.dir.path();
+    sh(top, "head -c 3000000 /dev/urandom > data");
+    home.ok(&["put", top.join("data").to_str().unwrap(), "/data"]);
+    let protected = || {
+        home.ok(&["status"])
+            .contains("namespace protection: copy on the peers current")
+    };
+    fs_tests::within("the namespace protected", 60, &protected);
+    let got = thief.dir.path().join("got");
+    thief.ok(&["get", "/data", got.to_str().unwrap()]);
+    let members = home.ok(&["members"]);
+    let id = members
+        .lines()
+        .find(|l| l.contains("thief"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("thief is not listed: {members}"))
+        .to_string();
+    home.ok(&["members", "revoke", &id]);
+
+    // The volume id, as any root record (or the home's kit header) shows it.
+    let kit = home.ok(&["kit", "export"]);
+    let vid = kit
+        .lines()
+        .next()
+        .and_then(|l| l.split("volume ").nth(1))
+        .and_then(|l| l.split(',').next())
+        .unwrap()
+        .to_string();
+    let vid: [u8; 16] = (0..16)
+        .map(|i| u8::from_str_radix(&vid[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    let secret = fs_tests::key_file(&thief.home().join("volume.key"));
+    let mesh = fs_tests::key_file(&thief.home().join("mesh.key"));
+    let peers: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    for (authority, says) in [
+        (None, "it is a kit from before the volume had one"),
+        (Some([7u8; 32]), "it holds another one"),
+    ] {
+        let forged = thief.dir.path().join("forged.txt");
+        std::fs::write(
+            &forged,
+            fs_tests::forge_kit(vid, secret, mesh, &peers[..4], authority),
+        )
+        .unwrap();
+        let evil = Volume::new();
+        let out = evil
+            .cmd(&["recover", "--kit", forged.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!evil.home().join("volume.key").exists());
+    }
+
+    // Nothing moved: no peer was re-homed, the home protects again, and
+    // every file reads back.
+    for i in 0..6 {
+        let log = std::fs::read_to_string(top.join(format!("nodes/node{i}.log"))).unwrap();
+        assert!(!log.contains("the volume was recovered"), "node {i}: {log}");
+    }
+    let record = || {
+        let status = home.ok(&["status"]);
+        status
+            .split("root record ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = record();
+    home.ok(&["put", "/etc/hostname", "/after"]);
+    fs_tests::within("a new root record taken", 60, &|| record() > before);
+    for i in 0..6 {
+        let log = std::fs::read_to_string(top.join(format!("nodes/node{i}.log"))).unwrap();
+        assert!(!log.contains("refused a root record"), "node {i}: {log}");
+    }
+    let back = top.join("back");
+    home.ok(&["get", "/data", back.to_str().unwrap()]);
+    sh(top, "cmp data back");
+    home.assert_fsck_clean();
+    drop(daemon);
+}

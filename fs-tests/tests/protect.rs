@@ -202,7 +202,7 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_a_wrong_kit_is_n
     let v2 = Volume::new();
     let text = std::fs::read_to_string(&kit).unwrap();
     let typo = v.dir.path().join("typo.txt");
-    std::fs::write(&typo, text.replacen("dmkit1", "dmkit1f", 1)).unwrap();
+    std::fs::write(&typo, text.replacen("dmkit2", "dmkit2f", 1)).unwrap();
     let out = recover(&v2, &typo, &[]);
     assert!(!out.status.success());
     assert!(!v2.home().join("volume.key").exists());
@@ -357,4 +357,92 @@ fn scheduled_snapshots_are_taken_and_only_the_last_ones_kept() {
     let first = autos[0].split_whitespace().next().unwrap();
     assert!(m.at.join(".snapshots").join(first).is_dir());
     drop(m);
+}
+
+/// `tests/fixtures/volume-root1.tar.xz` was made by the datamesh from before
+/// the authority key (`tests/fixtures/make-root1.sh`): a home
+/// (`init --chunk-size 64K --data-shards 2 --parity-shards 1`, protected),
+/// its three storage peers' data dirs, whose root records are signed by the
+/// key the volume secret derives, and the kit it exported (`kit-old.txt`).
+/// The upgraded home makes its authority key and moves every peer to it,
+/// one that was down when it comes back; from then on the old kit, which
+/// any member device could have assembled, recovers nothing, and a new kit
+/// does.
+#[test]
+fn a_volume_from_before_the_authority_key_moves_its_peers_to_it_and_the_old_kit_stops_working() {
+    let v = Volume::new();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/volume-root1.tar.xz"
+    );
+    sh(v.dir.path(), &format!("tar -xJf {fixture}"));
+    let dirs: Vec<_> = (0..3)
+        .map(|i| v.dir.path().join(format!("node{i}")))
+        .collect();
+    let mut c = Cluster::adopt(&dirs);
+    let flags = c.bootstrap_flags();
+    let old_kit = v.dir.path().join("kit-old.txt");
+
+    // Node 2 is down when the upgraded home first opens the volume.
+    c.kill(2);
+    let out = v.run(&[&strs(&flags)[..], &["cat", "/small.txt"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a file from before the authority key\n"
+    );
+    assert!(err.contains("made the volume's authority key"), "{err}");
+    assert!(v.home().join("authority.key").exists());
+    let daemon = v.serve_with(&flags, &[]);
+    let moved = |i: usize| {
+        std::fs::read_to_string(v.dir.path().join(format!("nodes/node{i}.log")))
+            .unwrap_or_default()
+            .contains("signed by its authority key from now on")
+    };
+    fs_tests::within("peers 0 and 1 handed over", 20, &|| moved(0) && moved(1));
+    c.restart(2);
+    fs_tests::within("peer 2 handed over when it came back", 30, &|| moved(2));
+    let big = v.ok(&["cat", "/dir/big.txt"]);
+    assert!(big.len() == 300_000 && big.bytes().all(|b| b == b'q'));
+
+    // The old kit: `kit check` says it is spent, and a recovery with it is
+    // refused before anything is sent to a peer.
+    let out = v.run(&["kit", "check", old_kit.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("from before the volume's authority key"),
+        "{err}"
+    );
+    let thief = Volume::new();
+    let out = recover(&thief, &old_kit, &flags);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("which this kit does not hold"), "{err}");
+    assert!(!thief.home().join("volume.key").exists());
+    v.ok(&["put", "/etc/hostname", "/after-upgrade"]);
+
+    // The new kit recovers the volume when the home is lost.
+    let kit = export_kit(&v);
+    assert!(std::fs::read_to_string(&kit).unwrap().contains("dmkit2"));
+    v.ok(&["kit", "check", kit.to_str().unwrap()]);
+    assert!(daemon.stop());
+    sh(v.dir.path(), "rm -rf home");
+    let v2 = Volume::new();
+    let out = recover(&v2, &kit, &flags);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        v2.ok(&["cat", "/small.txt"]),
+        "a file from before the authority key\n"
+    );
+    assert_eq!(
+        v2.ok(&["cat", "/after-upgrade"]),
+        std::fs::read_to_string("/etc/hostname").unwrap()
+    );
+    v2.assert_fsck_clean();
 }

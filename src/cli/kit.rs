@@ -16,6 +16,13 @@ pub fn kit_export(home: &Home, volume_id: [u8; 16], qr: bool) -> anyhow::Result<
         .collect();
     let home_id = home.peer_id()?;
     let now = crate::net::trust::now_secs();
+    let authority = authority_seed(home)?.with_context(|| {
+        format!(
+            "{}: missing: the volume's authority key is made when this datamesh first opens \
+             the volume (`datamesh mount` or `serve`); a kit without it cannot recover the volume",
+            home.paths().authority_key().display()
+        )
+    })?;
     let kit = crate::kit::Kit {
         volume_id,
         volume_secret: *home.volume_key()?.as_bytes(),
@@ -23,6 +30,7 @@ pub fn kit_export(home: &Home, volume_id: [u8; 16], qr: bool) -> anyhow::Result<
         home: home_id.to_bytes(),
         peers,
         made: now,
+        authority: Some(authority),
     };
     let made = super::output::time_string(crate::types::Timestamp {
         secs: now as i64,
@@ -44,8 +52,20 @@ pub fn kit_export(home: &Home, volume_id: [u8; 16], qr: bool) -> anyhow::Result<
     Ok(())
 }
 
-/// `datamesh kit check FILE`: what a kit holds (never its secrets), and
-/// whether it is this home's volume.
+/// The seed in `HOME/authority.key`, when there is one.
+fn authority_seed(home: &Home) -> anyhow::Result<Option<[u8; 32]>> {
+    let path = home.paths().authority_key();
+    match std::fs::read(&path) {
+        Ok(b) => {
+            Ok(Some(b.try_into().map_err(|_| {
+                anyhow::anyhow!("{}: not 32 bytes", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| path.display().to_string()),
+    }
+}
+
 fn read_kit(file: &std::path::Path) -> anyhow::Result<crate::kit::Kit> {
     let text = if file == std::path::Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading the kit from standard input")?
@@ -90,6 +110,8 @@ pub fn recover(home: &Home, file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `datamesh kit check FILE`: what a kit holds (never its secrets), and
+/// whether it is this home's volume.
 pub fn kit_check(
     home: &Home,
     file: &std::path::Path,
@@ -117,6 +139,18 @@ pub fn kit_check(
         }
         if *home.volume_key()?.as_bytes() != kit.volume_secret {
             bail!("this kit names this home's volume but holds another secret: it cannot open it");
+        }
+        match (kit.authority, authority_seed(home)?) {
+            (None, Some(_)) => bail!(
+                "this kit is from before the volume's authority key (dmkit1): the storage \
+                 peers no longer obey it, so it cannot recover the volume. Export a new one \
+                 with `datamesh kit export`"
+            ),
+            (Some(a), Some(b)) if a != b => bail!(
+                "this kit holds another authority key than this home's: it cannot recover \
+                 the volume. Export a new one with `datamesh kit export`"
+            ),
+            _ => {}
         }
         println!("it is this home's volume, and its secret opens it");
     }

@@ -313,6 +313,12 @@ impl Gate {
         if let Err(e) = next.save(&self.root_path) {
             return Response::Failed(format!("keeping the root record: {e}"));
         }
+        if self.root.as_ref().is_some_and(|r| r.key != next.key) {
+            tracing::info!(
+                "the volume's root records are signed by its authority key from now on \
+                 (handed over by the home, {from}); the key before is refused"
+            );
+        }
         self.root = Some(next);
         Response::Done
     }

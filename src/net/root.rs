@@ -5,14 +5,21 @@
 //!
 //! The record's payload is sealed by the home (the peer never reads it); the
 //! peer checks only the envelope: volume, epoch, sequence, home and the
-//! ed25519 signature of whoever holds the volume secret.
+//! ed25519 signature of the volume's authority key. A record may carry a
+//! *handover*: the signature of the key a peer pinned before over the new
+//! one, which moves the pin once, and only when the home sends it.
 
 use libp2p::PeerId;
 use libp2p::identity::ed25519;
 use serde::{Deserialize, Serialize};
 
-const BODY_VERSION: u8 = 1;
+/// A record without a handover is written as version 1, so peers from
+/// before handovers keep reading it; one with a handover is version 2.
+const BODY_V1: u8 = 1;
+const BODY_V2: u8 = 2;
 const STATE_VERSION: u8 = 1;
+/// What the old key signs to hand a volume's records over to a new one.
+const HANDOVER_CONTEXT: &[u8] = b"datamesh 2026 root handover v1";
 /// Largest record a peer takes.
 pub const MAX_RECORD: usize = 64 << 10;
 
@@ -34,6 +41,91 @@ pub struct RootBody {
     /// The home's sealed payload (opaque here).
     #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
+    /// Present in version 2 only.
+    pub handover: Option<Handover>,
+}
+
+/// The key a volume's records were signed with before, vouching for `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub old_key: [u8; 32],
+    /// ed25519 by `old_key` over [`handover_message`].
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// A version 1 body: [`RootBody`] without the handover.
+#[derive(Serialize, Deserialize)]
+struct BodyV1 {
+    version: u8,
+    volume: [u8; 16],
+    epoch: u64,
+    sequence: u64,
+    home: Vec<u8>,
+    key: [u8; 32],
+    made: u64,
+    #[serde(with = "serde_bytes")]
+    sealed: Vec<u8>,
+}
+
+impl RootBody {
+    fn encode(&self) -> Vec<u8> {
+        if self.handover.is_some() {
+            let body = RootBody {
+                version: BODY_V2,
+                ..self.clone()
+            };
+            return postcard::to_allocvec(&body).expect("root body serializes");
+        }
+        let b = self.clone();
+        postcard::to_allocvec(&BodyV1 {
+            version: BODY_V1,
+            volume: b.volume,
+            epoch: b.epoch,
+            sequence: b.sequence,
+            home: b.home,
+            key: b.key,
+            made: b.made,
+            sealed: b.sealed,
+        })
+        .expect("root body serializes")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<RootBody, String> {
+        let damaged = |_| "a damaged root record".to_string();
+        match bytes.first() {
+            Some(&BODY_V1) => {
+                let b: BodyV1 = postcard::from_bytes(bytes).map_err(damaged)?;
+                Ok(RootBody {
+                    version: b.version,
+                    volume: b.volume,
+                    epoch: b.epoch,
+                    sequence: b.sequence,
+                    home: b.home,
+                    key: b.key,
+                    made: b.made,
+                    sealed: b.sealed,
+                    handover: None,
+                })
+            }
+            Some(&BODY_V2) => {
+                let b: RootBody = postcard::from_bytes(bytes).map_err(damaged)?;
+                match b.handover {
+                    Some(_) => Ok(b),
+                    None => Err("a damaged root record (version 2 without a handover)".into()),
+                }
+            }
+            Some(v) => Err(format!(
+                "a root record of version {v} (this datamesh reads {BODY_V1} and {BODY_V2})"
+            )),
+            None => Err("an empty root record".into()),
+        }
+    }
+}
+
+/// What `old_key` signs to vouch for `new_key` as volume `volume`'s.
+fn handover_message(volume: &[u8; 16], new_key: &[u8; 32]) -> Vec<u8> {
+    [HANDOVER_CONTEXT, volume, new_key].concat()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +136,9 @@ struct SignedRoot {
     signature: Vec<u8>,
 }
 
-/// The volume's signing key, from the seed its secret derives.
+/// A key that signs a volume's root records: its authority key (a random
+/// seed kept by the home and the kit), or the key the volume secret derives
+/// (volumes from before the authority key; see docs/DESIGN.md).
 pub struct RootSigner(ed25519::Keypair);
 
 impl RootSigner {
@@ -60,11 +154,18 @@ impl RootSigner {
 
     /// A record of `body` (its `key` set to this signer's), signed.
     pub fn sign(&self, mut body: RootBody) -> Vec<u8> {
-        body.version = BODY_VERSION;
         body.key = self.public();
-        let body = postcard::to_allocvec(&body).expect("root body serializes");
+        let body = body.encode();
         let signature = self.0.sign(&body);
         postcard::to_allocvec(&SignedRoot { body, signature }).expect("root serializes")
+    }
+
+    /// This (old) key's word that `new_key` signs volume `volume`'s records.
+    pub fn hand_over(&self, volume: &[u8; 16], new_key: &[u8; 32]) -> Handover {
+        Handover {
+            old_key: self.public(),
+            signature: self.0.sign(&handover_message(volume, new_key)),
+        }
     }
 }
 
@@ -76,18 +177,18 @@ pub fn verify(record: &[u8]) -> Result<RootBody, String> {
     }
     let signed: SignedRoot =
         postcard::from_bytes(record).map_err(|_| "a damaged root record".to_string())?;
-    let body: RootBody =
-        postcard::from_bytes(&signed.body).map_err(|_| "a damaged root record".to_string())?;
-    if body.version != BODY_VERSION {
-        return Err(format!(
-            "a root record of version {} (this datamesh reads {BODY_VERSION})",
-            body.version
-        ));
-    }
+    let body = RootBody::decode(&signed.body)?;
     let key = ed25519::PublicKey::try_from_bytes(&body.key)
         .map_err(|_| "a root record with a malformed key".to_string())?;
     if !key.verify(&signed.body, &signed.signature) {
         return Err("a root record whose signature does not verify".into());
+    }
+    if let Some(h) = &body.handover {
+        let old = ed25519::PublicKey::try_from_bytes(&h.old_key)
+            .map_err(|_| "a root record whose handover has a malformed key".to_string())?;
+        if !old.verify(&handover_message(&body.volume, &body.key), &h.signature) {
+            return Err("a root record whose handover signature does not verify".into());
+        }
     }
     if body.epoch > MAX_COUNT || body.sequence > MAX_COUNT {
         return Err(format!(
@@ -172,7 +273,23 @@ impl RootState {
             ));
         }
         if body.key != st.key {
-            return Err("a root record signed by another key than this volume's".into());
+            // A new key is taken once the key pinned vouches for it, and only
+            // from the home, naming itself: a holder of the old key (a member
+            // device of an upgraded volume) cannot move the pin.
+            let vouched = body.handover.as_ref().is_some_and(|h| h.old_key == st.key);
+            if !vouched {
+                return Err(
+                    "a root record signed by another key than the one this peer keeps for the \
+                     volume (its authority key)"
+                        .into(),
+                );
+            }
+            if !caller_is_home || body.home != caller.to_bytes() || body.home != st.home {
+                return Err(format!(
+                    "{caller} may not move this peer to another authority key: only the \
+                     volume's home may"
+                ));
+            }
         }
         next.fenced = st.fenced.clone();
         if body.epoch < st.epoch {
@@ -268,7 +385,89 @@ mod tests {
             key: [0; 32],
             made: 1,
             sealed: vec![1, 2, 3],
+            handover: None,
         }
+    }
+
+    /// `body` handed over from `old` to `new`.
+    fn handed(old: &RootSigner, new: &RootSigner, b: RootBody) -> Vec<u8> {
+        new.sign(RootBody {
+            handover: Some(old.hand_over(&b.volume, &new.public())),
+            ..b
+        })
+    }
+
+    #[test]
+    fn only_the_home_moves_a_peer_to_a_key_the_pinned_one_vouched_for() {
+        let (legacy, authority, thief_key) = (
+            RootSigner::from_seed([3; 32]),
+            RootSigner::from_seed([8; 32]),
+            RootSigner::from_seed([9; 32]),
+        );
+        let (home, thief) = (PeerId::random(), PeerId::random());
+        let (st, _) = RootState::take(None, &home, true, &legacy.sign(body(&home, 0, 1))).unwrap();
+        // A holder of the old key vouches for its own key: refused from
+        // anyone but the home, and so is a record under the new key alone.
+        let forged = handed(&legacy, &thief_key, body(&thief, 0, 2));
+        let err = RootState::take(Some(&st), &thief, false, &forged).unwrap_err();
+        assert!(err.contains("only the volume's home"), "{err}");
+        let forged = handed(&legacy, &thief_key, body(&thief, 1, 2));
+        assert!(RootState::take(Some(&st), &thief, false, &forged).is_err());
+        let bare = authority.sign(body(&home, 0, 2));
+        let err = RootState::take(Some(&st), &home, true, &bare).unwrap_err();
+        assert!(err.contains("another key"), "{err}");
+        // A handover whose old key is not the pinned one is refused too.
+        let wrong = handed(&thief_key, &authority, body(&home, 0, 2));
+        assert!(RootState::take(Some(&st), &home, true, &wrong).is_err());
+        // The home hands over: the pin moves, and the old key is refused,
+        // even for a re-homing at a higher epoch (the hijack).
+        let (st, t) = RootState::take(
+            Some(&st),
+            &home,
+            true,
+            &handed(&legacy, &authority, body(&home, 0, 2)),
+        )
+        .unwrap();
+        assert_eq!((t, st.key), (Taken::Newer, authority.public()));
+        for rec in [
+            legacy.sign(body(&thief, 5, 1)),
+            handed(&legacy, &thief_key, body(&home, 0, 3)),
+        ] {
+            assert!(RootState::take(Some(&st), &thief, false, &rec).is_err());
+            assert!(RootState::take(Some(&st), &home, true, &rec).is_err());
+        }
+        // Records under the new key, with or without the handover, go on.
+        let (st, _) =
+            RootState::take(Some(&st), &home, true, &authority.sign(body(&home, 0, 3))).unwrap();
+        let (st, t) = RootState::take(
+            Some(&st),
+            &home,
+            true,
+            &handed(&legacy, &authority, body(&home, 0, 4)),
+        )
+        .unwrap();
+        assert_eq!((t, st.sequence), (Taken::Newer, 4));
+    }
+
+    #[test]
+    fn a_record_without_a_handover_is_written_as_version_1() {
+        let signer = RootSigner::from_seed([3; 32]);
+        let home = PeerId::random();
+        let plain = signer.sign(body(&home, 0, 1));
+        let signed: SignedRoot = postcard::from_bytes(&plain).unwrap();
+        // What a peer from before handovers reads: the version 1 layout.
+        let v1: BodyV1 = postcard::from_bytes(&signed.body).unwrap();
+        assert_eq!((v1.version, v1.sequence), (1, 1));
+        let b = verify(&plain).unwrap();
+        assert_eq!((b.version, b.handover), (1, None));
+        let other = RootSigner::from_seed([4; 32]);
+        let b = verify(&handed(&signer, &other, body(&home, 0, 1))).unwrap();
+        assert_eq!(b.version, 2);
+        assert_eq!(b.handover.unwrap().old_key, signer.public());
+        // A handover vouching for another volume does not verify.
+        let mut b2 = body(&home, 0, 1);
+        b2.handover = Some(signer.hand_over(&[1; 16], &other.public()));
+        assert!(verify(&other.sign(b2)).unwrap_err().contains("handover"));
     }
 
     #[test]

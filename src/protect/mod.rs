@@ -131,45 +131,147 @@ impl ProtectState {
     }
 }
 
-/// The keys a root record is sealed and signed with, from the volume secret.
+/// The keys a root record is sealed and signed with: the seal from the
+/// volume secret, the signature by the volume's authority key. The key the
+/// secret derives (`legacy`) signed the records of volumes from before the
+/// authority key; it now only vouches for the authority key once (the
+/// handover every record carries), and opens an old volume's records.
 pub struct RootKeys {
-    pub seal: [u8; 32],
-    pub signer: RootSigner,
+    seal: [u8; 32],
+    legacy: RootSigner,
+    /// `None`: a kit from before the authority key.
+    authority: Option<RootSigner>,
+}
+
+/// Which key signed a record of this volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignedBy {
+    /// The authority key these keys hold.
+    Authority,
+    /// The key the volume secret derives (records from before the
+    /// authority key, or a member device's forgery).
+    Legacy,
+    /// An authority key these keys do not hold, vouched for by the legacy
+    /// key: the volume's own when a peer kept it (only its home can move a
+    /// peer to it), so a kit from before the authority key cannot act.
+    OtherAuthority,
+}
+
+/// A record of this volume, opened.
+pub struct Opened {
+    pub body: RootBody,
+    pub payload: RootPayload,
+    pub by: SignedBy,
 }
 
 impl RootKeys {
-    pub fn of(volume: &VolumeKey) -> RootKeys {
+    pub fn of(volume: &VolumeKey, authority: Option<RootSigner>) -> RootKeys {
         RootKeys {
             seal: volume.derive("datamesh 2026 root record v1"),
-            signer: RootSigner::from_seed(volume.derive("datamesh 2026 root signing v1")),
+            legacy: RootSigner::from_seed(volume.derive("datamesh 2026 root signing v1")),
+            authority,
         }
     }
 
-    pub fn record(&self, body: RootBody, payload: &RootPayload) -> Vec<u8> {
-        let plain = postcard::to_allocvec(payload).expect("payload serializes");
-        self.signer.sign(RootBody {
-            sealed: crypto::seal_random(&self.seal, &plain),
-            ..body
-        })
+    pub fn has_authority(&self) -> bool {
+        self.authority.is_some()
     }
 
-    /// A record's body and payload, when this volume signed it (`None`:
-    /// another volume's or key's); the error says what is wrong with it.
-    pub fn open(
-        &self,
-        volume: [u8; 16],
-        record: &[u8],
-    ) -> Result<Option<(RootBody, RootPayload)>, String> {
+    /// A record under the authority key, carrying the legacy key's handover
+    /// to it (so a peer that pinned the legacy key moves, when the home
+    /// sends it); under the legacy key when these keys hold no authority.
+    pub fn record(&self, body: RootBody, payload: &RootPayload) -> Vec<u8> {
+        let body = self.sealed(body, payload);
+        match &self.authority {
+            Some(a) => a.sign(RootBody {
+                handover: Some(self.legacy.hand_over(&body.volume, &a.public())),
+                ..body
+            }),
+            None => self.legacy.sign(body),
+        }
+    }
+
+    /// A record under the legacy key: what a peer that was never handed
+    /// over still takes (a recovery moves such peers first, then hands them
+    /// over).
+    pub fn legacy_record(&self, body: RootBody, payload: &RootPayload) -> Vec<u8> {
+        self.legacy.sign(self.sealed(body, payload))
+    }
+
+    fn sealed(&self, body: RootBody, payload: &RootPayload) -> RootBody {
+        let plain = postcard::to_allocvec(payload).expect("payload serializes");
+        RootBody {
+            sealed: crypto::seal_random(&self.seal, &plain),
+            handover: None,
+            ..body
+        }
+    }
+
+    /// A record's body and payload, when it is this volume's (`None`:
+    /// another volume's or another secret's); the error says what is wrong
+    /// with it.
+    pub fn open(&self, volume: [u8; 16], record: &[u8]) -> Result<Option<Opened>, String> {
         let body = crate::net::root::verify(record)?;
-        if body.volume != volume || body.key != self.signer.public() {
+        if body.volume != volume {
             return Ok(None);
         }
+        let legacy = self.legacy.public();
+        let by = if self
+            .authority
+            .as_ref()
+            .is_some_and(|a| a.public() == body.key)
+        {
+            SignedBy::Authority
+        } else if body.key == legacy {
+            SignedBy::Legacy
+        } else if body.handover.as_ref().is_some_and(|h| h.old_key == legacy) {
+            SignedBy::OtherAuthority
+        } else {
+            return Ok(None);
+        };
         let plain = crypto::open_random(&self.seal, &body.sealed)
             .map_err(|_| "a root record that does not open".to_string())?;
         let payload =
             postcard::from_bytes(&plain).map_err(|_| "a damaged root payload".to_string())?;
-        Ok(Some((body, payload)))
+        Ok(Some(Opened { body, payload, by }))
     }
+}
+
+/// The home's authority key (`HOME/authority.key`, a random ed25519 seed);
+/// `None` when the home has none yet (a volume from before it).
+pub fn load_authority(path: &Path) -> Result<Option<RootSigner>, HomeError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(HomeError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut seed: [u8; 32] = bytes.try_into().map_err(|_| HomeError::Bad {
+        path: path.to_path_buf(),
+        why: "the authority key is not 32 bytes".into(),
+    })?;
+    let signer = RootSigner::from_seed(seed);
+    zeroize::Zeroize::zeroize(&mut seed);
+    Ok(Some(signer))
+}
+
+/// The home's authority key, made now (random, 0600) if it has none; and
+/// whether it was made by this call (`false`: it was there, or another
+/// process made it at the same moment and this one reads it).
+pub fn authority_or_make(path: &Path) -> Result<(RootSigner, bool), HomeError> {
+    let mut seed: [u8; 32] = rand::random();
+    let made = crate::util::write_secret_new(path, &seed)
+        .map_err(|(path, source)| HomeError::Io { path, source })?;
+    zeroize::Zeroize::zeroize(&mut seed);
+    let signer = load_authority(path)?.ok_or_else(|| HomeError::Bad {
+        path: path.to_path_buf(),
+        why: "vanished as it was made".into(),
+    })?;
+    Ok((signer, made))
 }
 
 pub fn when(secs: u64) -> String {
@@ -244,7 +346,11 @@ impl Protector {
         let meta = engine.local_meta()?;
         let params = meta.params().clone();
         let epoch = meta.epoch()?;
-        let keys = RootKeys::of(key);
+        let authority = load_authority(&paths.authority_key())?.ok_or_else(|| HomeError::Bad {
+            path: paths.authority_key(),
+            why: "missing: the volume's authority key is made when the volume opens".into(),
+        })?;
+        let keys = RootKeys::of(key, Some(authority));
         let me = crate::net::load_identity(&paths.peer_key())
             .map_err(|e| HomeError::Bad {
                 path: paths.peer_key(),
@@ -253,7 +359,7 @@ impl Protector {
             .public()
             .to_peer_id();
         let mut state = ProtectState::load(&paths.protect())?;
-        let seen = check_not_replaced(&client, key, params.volume_id, epoch, &paths.dir)?;
+        let seen = check_not_replaced(&client, &keys, params.volume_id, epoch, &paths.dir, false)?;
         state.sequence = state.sequence.max(seen);
         if state.epoch != epoch {
             state.epoch = epoch;
@@ -272,6 +378,7 @@ impl Protector {
             state: Mutex::new(state),
             wake: Default::default(),
         });
+        p.announce()?;
         let wake = p.wake.clone();
         engine.on_fsync(move || nudge(&wake));
         let wake = p.wake.clone();
@@ -344,30 +451,10 @@ impl Protector {
         let mut round = shipped?;
         state.shipped = Some((db_sequence, home_hash));
         state.current_at = made;
-        state.sequence += 1;
-        let payload = RootPayload {
-            data_shards: self.shards.0,
-            parity_shards: self.shards.1,
-            checkpoints: state.kept.iter().map(|(c, _)| c.clone()).collect(),
-        };
-        let body = RootBody {
-            version: 0,
-            volume: self.volume,
-            epoch: state.epoch,
-            sequence: state.sequence,
-            home: self.me.to_bytes(),
-            key: [0; 32],
-            made: now_secs(),
-            sealed: Vec::new(),
-        };
         // The checkpoint is durable on the peers before a record names it.
         engine.store().sync().map_err(crate::Error::from)?;
-        let answers = self.client.put_root(self.keys.record(body, &payload));
-        let refusals: Vec<String> = answers
-            .iter()
-            .filter_map(|(p, r)| r.as_ref().err().map(|e| format!("{p}: {e}")))
-            .collect();
-        round.peers = answers.len() - refusals.len();
+        let (took, refusals) = self.put_record(&mut state);
+        round.peers = took;
         if round.peers == 0 {
             // Shipped, but named by no record: ship again next round.
             state.shipped = None;
@@ -400,6 +487,52 @@ impl Protector {
             started.elapsed().as_millis()
         );
         Ok(Some(round))
+    }
+
+    /// The next root record, naming the kept checkpoints, to every reachable
+    /// peer (and to each that connects later); how many took it, and the
+    /// refusals.
+    fn put_record(&self, state: &mut ProtectState) -> (usize, Vec<String>) {
+        state.sequence += 1;
+        let payload = RootPayload {
+            data_shards: self.shards.0,
+            parity_shards: self.shards.1,
+            checkpoints: state.kept.iter().map(|(c, _)| c.clone()).collect(),
+        };
+        let body = RootBody {
+            version: 0,
+            volume: self.volume,
+            epoch: state.epoch,
+            sequence: state.sequence,
+            home: self.me.to_bytes(),
+            key: [0; 32],
+            made: now_secs(),
+            sealed: Vec::new(),
+            handover: None,
+        };
+        let answers = self.client.put_root(self.keys.record(body, &payload));
+        let refusals: Vec<String> = answers
+            .iter()
+            .filter_map(|(p, r)| r.as_ref().err().map(|e| format!("{p}: {e}")))
+            .collect();
+        (answers.len() - refusals.len(), refusals)
+    }
+
+    /// At start, the kept checkpoints named again under the authority key:
+    /// a peer still on the volume's old key is handed over now (and one
+    /// that connects later, when it does), before any change is protected.
+    fn announce(&self) -> Result<(), HomeError> {
+        let mut state = lock(&self.state);
+        if state.kept.is_empty() {
+            return Ok(());
+        }
+        let (took, refusals) = self.put_record(&mut state);
+        state.save(&self.paths.protect())?;
+        if !refusals.is_empty() {
+            tracing::warn!("root record refused: {}", refusals.join("; "));
+        }
+        tracing::debug!("root record {} on {took} peers", state.sequence);
+        Ok(())
     }
 
     /// Stores the checkpoint in `dir` (table files already shipped are
@@ -507,23 +640,39 @@ impl Protector {
 /// Refuses a home whose epoch is below the newest root record any reachable
 /// storage peer holds (a recovery replaced it); else the highest sequence of
 /// this epoch's records seen.
+///
+/// Once this home holds the authority key (`authority_new` false: it did
+/// before this start), a higher record under the legacy key is no recovery
+/// of the owner's: a holder of the volume secret (a member device) signed
+/// it on a peer that was not handed over yet. It is reported, not obeyed.
 pub fn check_not_replaced(
     client: &MeshClient,
-    key: &VolumeKey,
+    keys: &RootKeys,
     volume: [u8; 16],
     epoch: u64,
     dir: &Path,
+    authority_new: bool,
 ) -> Result<u64, HomeError> {
-    let keys = RootKeys::of(key);
     let mut seen = 0;
     // Asked at every open of the volume: a peer slow to answer delays no
     // command long (it is refused anyway if this home is fenced).
     for (peer, rec) in client.get_roots(Duration::from_secs(5)) {
         let Ok(Some(rec)) = rec else { continue };
         match keys.open(volume, &rec) {
-            Ok(Some((body, _))) if body.epoch > epoch => {
+            Ok(Some(o)) if o.body.epoch > epoch => {
+                let body = o.body;
                 let home = PeerId::from_bytes(&body.home)
                     .map_or_else(|_| "?".to_string(), |p| p.to_string());
+                if o.by == SignedBy::Legacy && !authority_new {
+                    tracing::warn!(
+                        "storage peer {peer} was moved to home {home} (epoch {}) under the \
+                         volume's old signing key, which member devices hold: not by this \
+                         volume's authority. It refuses this home until it is joined again; \
+                         `datamesh peers remove {peer}` retires it",
+                        body.epoch
+                    );
+                    continue;
+                }
                 return Err(HomeError::Bad {
                     path: dir.to_path_buf(),
                     why: format!(
@@ -536,7 +685,7 @@ pub fn check_not_replaced(
                     ),
                 });
             }
-            Ok(Some((body, _))) if body.epoch == epoch => seen = seen.max(body.sequence),
+            Ok(Some(o)) if o.body.epoch == epoch => seen = seen.max(o.body.sequence),
             Ok(_) => {}
             Err(why) => tracing::warn!("storage peer {peer}: {why}"),
         }
@@ -570,7 +719,7 @@ mod tests {
     #[test]
     fn a_root_record_opens_with_its_volume_secret_only() {
         let (key, other) = (VolumeKey::generate(), VolumeKey::generate());
-        let keys = RootKeys::of(&key);
+        let keys = RootKeys::of(&key, Some(RootSigner::from_seed([6; 32])));
         let payload = RootPayload {
             data_shards: 4,
             parity_shards: 2,
@@ -585,12 +734,27 @@ mod tests {
             key: [0; 32],
             made: 4,
             sealed: vec![],
+            handover: None,
         };
-        let rec = keys.record(body, &payload);
-        let (b, p) = keys.open([1; 16], &rec).unwrap().unwrap();
-        assert_eq!((b.epoch, b.sequence, p), (2, 3, payload));
+        let rec = keys.record(body.clone(), &payload);
+        let o = keys.open([1; 16], &rec).unwrap().unwrap();
+        assert_eq!(
+            (o.body.epoch, o.body.sequence, o.payload, o.by),
+            (2, 3, payload.clone(), SignedBy::Authority)
+        );
         // Another volume id, or another secret (a wrong kit): not this volume's.
         assert!(keys.open([2; 16], &rec).unwrap().is_none());
-        assert!(RootKeys::of(&other).open([1; 16], &rec).unwrap().is_none());
+        let wrong = RootKeys::of(&other, Some(RootSigner::from_seed([7; 32])));
+        assert!(wrong.open([1; 16], &rec).unwrap().is_none());
+        // A kit without the authority key knows the record for the volume's
+        // (vouched for by the secret's key), and that it cannot sign so.
+        let old_kit = RootKeys::of(&key, None);
+        let o = old_kit.open([1; 16], &rec).unwrap().unwrap();
+        assert_eq!(o.by, SignedBy::OtherAuthority);
+        let o = keys
+            .open([1; 16], &old_kit.record(body, &payload))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.by, SignedBy::Legacy);
     }
 }

@@ -111,17 +111,27 @@ fn rebuild(
 
     // The newest record this volume signed.
     let volume_key = VolumeKey::from_bytes(kit.volume_secret);
-    let keys = RootKeys::of(&volume_key);
-    let (mut best, mut foreign, mut damaged) = (None::<(RootBody, RootPayload)>, 0, Vec::new());
+    let keys = RootKeys::of(
+        &volume_key,
+        kit.authority.map(crate::net::root::RootSigner::from_seed),
+    );
+    let (mut best, mut foreign, mut damaged) = (None::<Opened>, 0, Vec::new());
+    let mut on_legacy = 0;
     for (peer, rec) in client.get_roots(Duration::from_secs(40)) {
         match rec {
             Ok(Some(rec)) => match keys.open(kit.volume_id, &rec) {
-                Ok(Some((b, p))) => {
-                    if best
-                        .as_ref()
-                        .is_none_or(|(x, _)| (b.epoch, b.sequence) > (x.epoch, x.sequence))
-                    {
-                        best = Some((b, p));
+                Ok(Some(o)) => {
+                    on_legacy += usize::from(o.by == SignedBy::Legacy);
+                    // A record under an authority key outranks any under the
+                    // legacy key, whatever its epoch: a member device can sign
+                    // those, on a peer that was down when the home moved to
+                    // its authority key.
+                    let rank = |x: &Opened| {
+                        let authority = x.by != SignedBy::Legacy;
+                        (authority, x.body.epoch, x.body.sequence)
+                    };
+                    if best.as_ref().is_none_or(|x| rank(&o) > rank(x)) {
+                        best = Some(o);
                     }
                 }
                 Ok(None) => foreign += 1,
@@ -132,11 +142,11 @@ fn rebuild(
         }
     }
     let volume = hex::encode(kit.volume_id);
-    let Some((body, payload)) = best else {
+    let Some(Opened { body, payload, by }) = best else {
         let why = if foreign > 0 {
             format!(
                 "the root records on {foreign} storage peer(s) are not signed by this kit's \
-                 volume secret for volume {volume}: is this the right kit?"
+                 keys for volume {volume}: is this the right kit?"
             )
         } else {
             format!(
@@ -152,6 +162,21 @@ fn rebuild(
         };
         return Err(bad(Path::new("mesh"), why));
     };
+    if by == SignedBy::OtherAuthority {
+        return Err(bad(
+            Path::new("mesh"),
+            format!(
+                "the storage peers obey volume {volume}'s authority key, which this kit does \
+                 not hold: {}. Recover with a kit exported (`datamesh kit export`) since the \
+                 home made that key",
+                if keys.has_authority() {
+                    "it holds another one (a kit of this volume made elsewhere, or a forged one)"
+                } else {
+                    "it is a kit from before the volume had one (dmkit1)"
+                }
+            ),
+        ));
+    }
     if payload.checkpoints.is_empty() {
         return Err(bad(
             Path::new("mesh"),
@@ -160,16 +185,31 @@ fn rebuild(
     }
 
     // Move the volume's home here: the peers serve this host from now on,
-    // and refuse the old home.
+    // and refuse the old home. Peers still on the volume's legacy key are
+    // moved under it first; the record after it hands them over to the
+    // authority key (which only the home may do).
     // Both below `MAX_COUNT` (checked by `verify`): no overflow.
     let epoch = body.epoch + 1;
-    let rehome = RootBody {
+    let mut sequence = body.sequence + 1;
+    let mut rehome = RootBody {
         epoch,
-        sequence: body.sequence + 1,
+        sequence,
         home: me.to_bytes(),
         made: now_secs(),
         ..body.clone()
     };
+    let authority = match kit.authority {
+        Some(seed) => crate::net::root::RootSigner::from_seed(seed),
+        None => crate::protect::authority_or_make(&paths.authority_key())?.0,
+    };
+    let keys = RootKeys::of(&volume_key, Some(authority));
+    if on_legacy > 0 {
+        let moved = client.put_root(keys.legacy_record(rehome.clone(), &payload));
+        let took = moved.iter().filter(|(_, r)| r.is_ok()).count();
+        tracing::info!("{took} storage peers moved under the volume's legacy key");
+        sequence += 1;
+        rehome.sequence = sequence;
+    }
     let answers = client.put_root(keys.record(rehome, &payload));
     let took = answers.iter().filter(|(_, r)| r.is_ok()).count();
     if took == 0 {
@@ -241,7 +281,7 @@ fn rebuild(
     .map_err(|(path, source)| HomeError::Io { path, source })?;
     let mut state = ProtectState {
         epoch,
-        sequence: body.sequence + 1,
+        sequence,
         ..Default::default()
     };
     // The checkpoints kept before stay protected (their manifests as read).
@@ -257,6 +297,10 @@ fn rebuild(
     let snaps = paths.snapshots_recovering();
     if snaps.exists() {
         std::fs::rename(&snaps, paths.snapshots()).map_err(io(&snaps))?;
+    }
+    if let Some(seed) = kit.authority {
+        crate::util::write_secret(&paths.authority_key(), &seed)
+            .map_err(|(path, source)| HomeError::Io { path, source })?;
     }
     nix::unistd::sync();
     crate::util::write_secret(&paths.volume_key(), volume_key.as_bytes())
