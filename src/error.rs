@@ -79,6 +79,9 @@ pub enum Kind {
     Deadlock,
     Interrupted,
     NoLocks,
+    /// The home did not run a member's call: the member is past one of its
+    /// bounds (calls a second, calls at once). Asking again later is safe.
+    Busy,
 }
 
 impl From<StoreError> for Error {
@@ -133,7 +136,9 @@ impl Error {
             Kind::Interrupted => Error::Interrupted,
             Kind::NoLocks => Error::TooManyLocks,
             // These keep their text: it says what was refused, or why.
-            Kind::Invalid | Kind::NotPermitted | Kind::Other => Error::Remote(kind, text),
+            Kind::Invalid | Kind::NotPermitted | Kind::Other | Kind::Busy => {
+                Error::Remote(kind, text)
+            }
         }
     }
 

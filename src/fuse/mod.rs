@@ -65,7 +65,7 @@ pub fn errno(e: &Error) -> i32 {
         Kind::Deadlock => libc::EDEADLK,
         Kind::Interrupted => libc::EINTR,
         Kind::NoLocks => libc::ENOLCK,
-        Kind::Other => {
+        Kind::Other | Kind::Busy => {
             tracing::error!("I/O error: {e}");
             libc::EIO
         }

@@ -13,6 +13,10 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/datamesh/meta/1");
 pub const MAX_REQUEST: usize = 4 << 20;
 /// An answer: a listing, a report of many peers, a file's chunk map.
 pub const MAX_ANSWER: usize = 64 << 20;
+/// The answer of a home whose network task holds as many member calls as
+/// it takes: the call was not run. No answer of the member protocol starts
+/// so (a lone 0xff is not a whole postcard value).
+pub const BUSY_ANSWER: &[u8] = &[0xff];
 /// How long a member waits for one answer of the home.
 pub const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -41,6 +41,31 @@ pub(super) fn bad(e: impl std::fmt::Display) -> Error {
     Error::Remote(Kind::Other, e.to_string())
 }
 
+/// A member's call to its home node, asked again while the home answers
+/// that this device is past one of its bounds (`Kind::Busy`: the call ran
+/// nothing there), with pauses from 5 ms doubling to 100 ms, until `wait`
+/// is spent (docs/DESIGN.md, "What one member can make the home hold").
+pub(super) fn call_home(
+    client: &MeshClient,
+    home: PeerId,
+    call: MetaCall,
+    wait: Duration,
+) -> Result<MetaReply> {
+    let bytes = encode_request(call);
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let answer = client.meta_call(home, bytes.clone(), wait).map_err(bad)?;
+        match decode_answer(&answer) {
+            Err(e) if e.kind() == Kind::Busy && start.elapsed() + pause < wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Makes a member device's home directory at `home` from `token` (from
 /// `datamesh invite --member`): proves the token to the home node, and keeps
 /// the volume secret it sends back sealed to this device's key. Returns the
@@ -205,12 +230,7 @@ impl MemberVolume {
     }
 
     fn ask(&self, call: MetaCall, wait: Duration) -> Result<MetaReply> {
-        let answer = self
-            .store
-            .client()
-            .meta_call(self.home, encode_request(call), wait)
-            .map_err(bad)?;
-        decode_answer(&answer)
+        call_home(self.store.client(), self.home, call, wait)
     }
 
     /// The shard store, once enough storage peers are connected to spread a

@@ -47,6 +47,7 @@ pub struct HomeServer {
     /// file still open elsewhere), and what a member held goes with its
     /// lease, its revocation or its mount's restart.
     opens: Mutex<HashMap<PeerId, MemberOpens>>,
+    budget: Budget,
 }
 
 /// The handles one member holds open: per inode, and in all (the bound).
@@ -58,6 +59,85 @@ struct MemberOpens {
 
 /// Handles one member device may hold open at once at the home.
 const MAX_MEMBER_OPENS: u32 = 1 << 20;
+
+/// Calls a second one member may make (a token bucket of as many).
+const MEMBER_CALLS_PER_SEC: u32 = 20_000;
+/// Calls of one member the home answers at once.
+const MAX_MEMBER_CALLS: u32 = 128;
+/// `Watch` calls of one member the home holds at once.
+const MAX_MEMBER_WATCHES: u32 = 4;
+
+/// What one member may make the home hold at once (docs/DESIGN.md, "What
+/// one member can make the home hold"). Its keys are listed members only:
+/// a call is counted after the caller was found to be one.
+struct Budget {
+    rate: governor::DefaultKeyedRateLimiter<PeerId>,
+    /// Per member: (calls being answered, of them `Watch`es).
+    busy: Mutex<HashMap<PeerId, (u32, u32)>>,
+}
+
+/// A call counted in its member's budget until dropped.
+struct Held<'a> {
+    budget: &'a Budget,
+    peer: PeerId,
+    watch: bool,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        let per_sec = std::num::NonZeroU32::new(MEMBER_CALLS_PER_SEC).expect("not zero");
+        Budget {
+            rate: governor::RateLimiter::keyed(governor::Quota::per_second(per_sec)),
+            busy: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a call of `peer`, or says which bound it is past (the call
+    /// is then not run).
+    fn take(&self, peer: PeerId, watch: bool) -> std::result::Result<Held<'_>, WireError> {
+        let busy = |text: String| WireError {
+            kind: Kind::Busy,
+            text,
+        };
+        if self.rate.check_key(&peer).is_err() {
+            return Err(busy(format!(
+                "busy: this device asked more than {MEMBER_CALLS_PER_SEC} calls a second"
+            )));
+        }
+        let mut g = lock(&self.busy);
+        let (calls, watches) = g.entry(peer).or_default();
+        if *calls >= MAX_MEMBER_CALLS {
+            return Err(busy(format!(
+                "busy: {MAX_MEMBER_CALLS} calls of this device are being answered"
+            )));
+        }
+        if watch && *watches >= MAX_MEMBER_WATCHES {
+            return Err(busy(format!(
+                "busy: {MAX_MEMBER_WATCHES} watches of this device are being held"
+            )));
+        }
+        *calls += 1;
+        *watches += u32::from(watch);
+        Ok(Held {
+            budget: self,
+            peer,
+            watch,
+        })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut g = lock(&self.budget.busy);
+        if let Some((calls, watches)) = g.get_mut(&self.peer) {
+            *calls -= 1;
+            *watches -= u32::from(self.watch);
+            if *calls == 0 {
+                g.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// How often a member's `last_seen` is written back, at most.
 const SEEN_EVERY: u64 = 60;
@@ -82,6 +162,7 @@ impl HomeServer {
             logged: Mutex::new(HashSet::new()),
             leases: Mutex::new(HashMap::new()),
             opens: Mutex::new(HashMap::new()),
+            budget: Budget::new(),
         });
         if let Err(e) = server.reload(true) {
             tracing::warn!("{e}");
@@ -283,6 +364,8 @@ impl HomeServer {
             return self.join(peer, proof, &device, name);
         }
         self.check_member(peer)?;
+        let watch = matches!(call, MetaCall::Ns(NsCall::Watch { .. }));
+        let _held = self.budget.take(peer, watch)?;
         let engine = self
             .engine
             .upgrade()
@@ -649,4 +732,44 @@ fn storage_peers(engine: &Engine) -> Vec<String> {
 /// The proof a joining device sends: bound to its own peer id.
 pub fn join_proof(secret: &[u8; 32], me: &PeerId) -> [u8; 32] {
     admission_proof(secret, me)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_past_its_budget_is_told_busy_and_its_calls_free_it_as_they_end() {
+        let b = Budget::new();
+        let (a, other) = (PeerId::random(), PeerId::random());
+        let held: Vec<Held> = (0..MAX_MEMBER_CALLS)
+            .map(|i| b.take(a, i < MAX_MEMBER_WATCHES).unwrap())
+            .collect();
+        let e = b.take(a, false).err().expect("past the calls in flight");
+        assert!(
+            e.kind == Kind::Busy && e.text.contains("being answered"),
+            "{e:?}"
+        );
+        // Another member is not held up by this one.
+        let o = b.take(other, true).unwrap();
+        drop(held);
+        drop(o);
+        assert!(lock(&b.busy).is_empty(), "ended calls leave nothing behind");
+        let watches: Vec<Held> = (0..MAX_MEMBER_WATCHES)
+            .map(|_| b.take(a, true).unwrap())
+            .collect();
+        let e = b.take(a, true).err().expect("past the watches held");
+        assert!(e.text.contains("watches"), "{e:?}");
+        assert!(b.take(a, false).is_ok(), "a watch bound stops watches only");
+        drop(watches);
+        // The rate: a burst of a second's calls, then busy.
+        let mut n = 0u32;
+        while b.take(other, false).is_ok() {
+            n += 1;
+            assert!(n <= 2 * MEMBER_CALLS_PER_SEC, "no rate bound");
+        }
+        assert!(n >= MEMBER_CALLS_PER_SEC - 10, "{n}");
+        let e = b.take(other, false).err().unwrap();
+        assert!(e.text.contains("a second"), "{e:?}");
+    }
 }

@@ -288,6 +288,12 @@ pub(super) fn encode_answer(answer: std::result::Result<MetaReply, WireError>) -
 
 /// A member's reading of the home's answer.
 pub fn decode_answer(bytes: &[u8]) -> Result<MetaReply> {
+    if bytes == crate::net::meta::BUSY_ANSWER {
+        return Err(Error::Remote(
+            Kind::Busy,
+            "busy: the home node is answering as many member calls as it takes".into(),
+        ));
+    }
     if bytes.is_empty() {
         return Err(Error::Remote(
             Kind::Other,
@@ -320,6 +326,21 @@ pub const MAP_PAGE: usize = 1024;
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_busy_home_is_told_apart_from_every_answer() {
+        let e = decode_answer(crate::net::meta::BUSY_ANSWER).unwrap_err();
+        assert_eq!(e.kind(), Kind::Busy, "{e}");
+        let e = WireError {
+            kind: Kind::Busy,
+            text: "busy: test".into(),
+        };
+        let bytes = encode_answer(Err(e));
+        assert_ne!(bytes, crate::net::meta::BUSY_ANSWER);
+        assert_eq!(decode_answer(&bytes).unwrap_err().kind(), Kind::Busy);
+        let ok = encode_answer(Ok(MetaReply::Peers(vec![])));
+        assert_ne!(ok, crate::net::meta::BUSY_ANSWER);
+    }
 
     proptest! {
         #[test]

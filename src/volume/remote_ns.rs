@@ -4,9 +4,7 @@
 
 use super::calls::buf;
 use super::member::{HOME_WAIT, bad, reach};
-use super::meta_wire::{
-    MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply, decode_answer, encode_request,
-};
+use super::meta_wire::{MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;
@@ -137,10 +135,7 @@ struct Releases {
 }
 
 fn ns_call(client: &MeshClient, home: PeerId, call: NsCall) -> Result<NsReply> {
-    let answer = client
-        .meta_call(home, encode_request(MetaCall::Ns(call)), HOME_WAIT)
-        .map_err(bad)?;
-    match decode_answer(&answer)? {
+    match super::member::call_home(client, home, MetaCall::Ns(call), HOME_WAIT)? {
         MetaReply::Ns(r) => Ok(r),
         other => Err(bad(format!("the home node answered {other:?}"))),
     }

@@ -177,6 +177,10 @@ pub(super) async fn actor(
                                     let _ = tx.send(ToActor::MetaAnswer { channel, bytes });
                                 });
                             }
+                            (Some(_), Some(_)) => {
+                                let busy = crate::net::meta::BUSY_ANSWER.to_vec();
+                                let _ = swarm.behaviour_mut().meta.send_response(channel, busy);
+                            }
                             // An empty answer: this host does not answer members (now).
                             _ => {
                                 let _ = swarm.behaviour_mut().meta.send_response(channel, Vec::new());

@@ -98,8 +98,9 @@ type MetaReply = Box<dyn FnOnce(Result<Vec<u8>, String>) + Send>;
 /// request's bytes) with the answer's bytes; runs on a blocking thread.
 pub type MetaHandler = Arc<dyn Fn(PeerId, Vec<u8>) -> Vec<u8> + Send + Sync>;
 
-/// Metadata requests answered at once; past it a member is told the home is busy.
-const MAX_META_QUEUED: usize = 256;
+/// Metadata requests answered at once; past it a member is told the home is
+/// busy ([`super::meta::BUSY_ANSWER`]).
+const MAX_META_QUEUED: usize = 512;
 
 enum ToActor {
     Request {
