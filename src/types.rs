@@ -31,6 +31,10 @@ pub enum FileKind {
     BlockDev,
 }
 
+/// The largest file size: what `off_t` holds. Writes, truncations and
+/// commits (a member's too) past it are refused (`Error::TooBig`).
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
 /// Seconds and nanoseconds since the Unix epoch (negative for earlier times).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct Timestamp {

@@ -229,6 +229,13 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGTERM, and the exit status's success (false after 30 s).
     pub fn stop(mut self) -> bool {
         self.end()

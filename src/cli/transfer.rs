@@ -10,7 +10,7 @@ use crate::volume::NewFile;
 use anyhow::{Context, anyhow};
 use indicatif::ProgressBar;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -211,10 +211,11 @@ fn get_one(cx: &mut Ctx, src: &str, attr: &Attr, dst: &PathBuf, recursive: bool,
                 vol.read_file(attr.ino, &mut std::io::stdout(), &mut |_| {})?;
             }
             FileKind::File => {
-                let mut f = fs::File::create(dst).with_context(|| dst.display().to_string())?;
+                let f = fs::File::create(dst).with_context(|| dst.display().to_string())?;
+                let mut f = Sparse { file: f, at: 0 };
                 let base = pb.position();
                 vol.read_file(attr.ino, &mut f, &mut |n| pb.set_position(base + n))?;
-                f.flush()?;
+                f.finish().with_context(|| dst.display().to_string())?;
                 let perm = fs::Permissions::from_mode(attr.perm as u32);
                 fs::set_permissions(dst, perm).with_context(|| dst.display().to_string())?;
             }
@@ -224,5 +225,42 @@ fn get_one(cx: &mut Ctx, src: &str, attr: &Attr, dst: &PathBuf, recursive: bool,
     })();
     if let Err(e) = res {
         cx.fail(src, format!("{e:#}"));
+    }
+}
+
+/// A file written from a stream that leaves holes where the stream has
+/// whole blocks of zeros (as `cp --sparse=auto` does): a sparse file of the
+/// volume copied out takes the disk space of its data, not of its size.
+struct Sparse {
+    file: fs::File,
+    at: u64,
+}
+
+impl Sparse {
+    const BLOCK: usize = 4096;
+
+    /// Sets the length (a hole at the end has no block to mark it).
+    fn finish(self) -> std::io::Result<()> {
+        self.file.set_len(self.at)?;
+        Ok(())
+    }
+}
+
+impl std::io::Write for Sparse {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::{Seek, SeekFrom};
+        for block in buf.chunks(Self::BLOCK) {
+            if block.len() == Self::BLOCK && block.iter().all(|&b| b == 0) {
+                self.file.seek(SeekFrom::Current(Self::BLOCK as i64))?;
+            } else {
+                self.file.write_all(block)?;
+            }
+            self.at += block.len() as u64;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }

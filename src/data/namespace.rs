@@ -227,7 +227,7 @@ impl Engine {
     /// when data is, so a later write can still meet a full disk.
     pub fn allocate(&self, ino: Ino, offset: u64, len: u64, keep_size: bool) -> Result<()> {
         let end = offset.checked_add(len).ok_or(Error::TooBig)?;
-        if end > i64::MAX as u64 {
+        if end > crate::types::MAX_FILE_SIZE {
             return Err(Error::TooBig);
         }
         let attr = self.getattr(ino)?;

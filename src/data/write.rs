@@ -7,7 +7,7 @@ use super::*;
 impl Engine {
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         let end = offset.checked_add(data.len() as u64).ok_or(Error::TooBig)?;
-        if end > i64::MAX as u64 {
+        if end > crate::types::MAX_FILE_SIZE {
             return Err(Error::TooBig);
         }
         let cell = self.state_or_new(ino);

@@ -278,7 +278,10 @@ impl MetaStore {
         mtime: Option<Timestamp>,
     ) -> Result<Attr> {
         // A member sends these: each chunk once, each index within what a
-        // file can address.
+        // file can address, a size a file can have.
+        if size > crate::types::MAX_FILE_SIZE {
+            return Err(Error::TooBig);
+        }
         let last = u64::MAX / self.params.chunk_size as u64;
         let mut seen = std::collections::HashSet::with_capacity(chunks.len());
         if chunks.iter().any(|(i, _)| *i > last || !seen.insert(*i)) {
@@ -337,6 +340,9 @@ impl MetaStore {
         tail: Option<(u64, Option<ChunkRef>)>,
         set: &SetAttr,
     ) -> Result<Attr> {
+        if size > crate::types::MAX_FILE_SIZE {
+            return Err(Error::TooBig);
+        }
         let chunk_size = self.params.chunk_size as u64;
         let keep = size.div_ceil(chunk_size);
         // The tail is the chunk the new end falls inside, cut there.

@@ -366,6 +366,10 @@ impl HomeServer {
         self.check_member(peer)?;
         let watch = matches!(call, MetaCall::Ns(NsCall::Watch { .. }));
         let _held = self.budget.take(peer, watch)?;
+        // The lease starts at a member's first call, so one that never
+        // watches (not a mount; or a hostile device) loses its locks and
+        // opens 15 s later all the same; only `Watch` renews it.
+        lock(&self.leases).entry(peer).or_insert_with(Instant::now);
         let engine = self
             .engine
             .upgrade()

@@ -368,3 +368,22 @@ fn a_widened_home_is_made_private_again_and_another_users_is_refused() {
         "{err}"
     );
 }
+
+/// `get` leaves holes where a file has whole blocks of zeros: a sparse file
+/// copied out takes the space of its data, not of its size.
+#[test]
+fn get_writes_runs_of_zeros_as_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let v = Vol::new();
+    let local = v.dir.path().join("sparse");
+    let mut data = vec![0u8; 16 << 20];
+    data[5_000_000..5_000_010].copy_from_slice(b"0123456789");
+    fs::write(&local, &data).unwrap();
+    v.ok(&["put", local.to_str().unwrap(), "/sparse"]);
+    let back = v.dir.path().join("back");
+    v.ok(&["get", "/sparse", back.to_str().unwrap()]);
+    assert!(fs::read(&back).unwrap() == data);
+    let m = fs::metadata(&back).unwrap();
+    assert_eq!(m.len(), 16 << 20);
+    assert!(m.blocks() * 512 < 1 << 20, "{} blocks", m.blocks());
+}
