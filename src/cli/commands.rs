@@ -123,7 +123,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
                     .map(|h| h.trim().to_string())
                     .unwrap_or_else(|_| "device".into())
             });
-            let id = crate::volume::member::join(home, &token, &name)?;
+            let id = crate::member::client::join(home, &token, &name)?;
             println!(
                 "datamesh: {} is now member device {name} of the volume of home node {id}",
                 home.dir.display()
@@ -324,13 +324,13 @@ pub(super) enum Opened {
     Daemon(Remote),
     Here(Box<crate::data::Engine>),
     /// A member device: the home node's volume, over the mesh.
-    Member(Box<crate::volume::member::MemberVolume>),
+    Member(Box<crate::member::client::MemberVolume>),
 }
 
 impl Opened {
     pub(super) fn open(home: &Home) -> anyhow::Result<Opened> {
         if home.is_member() {
-            let m = crate::volume::member::MemberVolume::open(home)
+            let m = crate::member::client::MemberVolume::open(home)
                 .context("reaching the home node")?;
             return Ok(Opened::Member(Box::new(m)));
         }

@@ -162,7 +162,7 @@ fn daemon(
     let (engine, client) = if member {
         let cfg = home.engine_config(cache_mb, dirty_mb)?;
         let engine =
-            crate::volume::remote_ns::open_engine(home, cfg).context("reaching the home node")?;
+            crate::member::namespace::open_engine(home, cfg).context("reaching the home node")?;
         (engine, None)
     } else {
         home.open_daemon(cache_mb, dirty_mb)?
@@ -206,7 +206,7 @@ fn daemon(
                 client.listen(a).map_err(|e| anyhow!(e))?;
             }
             let key = home.volume_key()?;
-            crate::volume::meta::HomeServer::start(&engine, home.paths(), key, client, &runner)?;
+            crate::member::server::HomeServer::start(&engine, home.paths(), key, client, &runner)?;
         }
         engine.spawn_workers(&runner)?;
         if !member {

@@ -28,7 +28,7 @@ const MAX_WAITS: usize = 4096;
 /// call: a free lock is handed over at once; this bounds how soon a signal
 /// is seen) and on a member (one call to the home, held there).
 const HOME_SLICE: Duration = Duration::from_millis(50);
-const MEMBER_SLICE: Duration = crate::volume::meta_wire::LOCK_HOLD;
+const MEMBER_SLICE: Duration = crate::member::wire::LOCK_HOLD;
 
 /// The waits of one mount, and whether it is ending.
 #[derive(Default)]

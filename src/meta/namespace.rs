@@ -1,6 +1,6 @@
 //! [`Namespace`]: what the engine asks of the metadata. [`MetaStore`] (the
 //! RocksDB tree, on the home node) answers it; on a member device the engine
-//! asks the home node instead (`volume::remote_ns::RemoteNamespace`). Each
+//! asks the home node instead (`member::namespace::RemoteNamespace`). Each
 //! change stays one batch wherever the store is.
 
 use super::changes::Since;

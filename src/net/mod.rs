@@ -9,7 +9,7 @@
 //! (libp2p's pre-shared-key transport does the same at a third of the throughput.)
 
 pub mod client;
-pub mod meta;
+pub mod member;
 pub mod node;
 pub mod proto;
 pub mod root;
@@ -159,7 +159,7 @@ struct Behaviour {
     /// see it.
     limits: libp2p::connection_limits::Behaviour,
     shard: request_response::Behaviour<proto::WireCodec>,
-    meta: request_response::Behaviour<meta::MetaCodec>,
+    meta: request_response::Behaviour<member::MetaCodec>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -214,7 +214,7 @@ fn build_swarm(
                 // Homes answer members, members ask homes; storage peers neither.
                 meta: request_response::Behaviour::new(
                     [(
-                        meta::PROTOCOL,
+                        member::PROTOCOL,
                         if serve {
                             request_response::ProtocolSupport::Outbound
                         } else {
@@ -222,7 +222,7 @@ fn build_swarm(
                         },
                     )],
                     request_response::Config::default()
-                        .with_request_timeout(meta::ANSWER_WAIT)
+                        .with_request_timeout(member::ANSWER_WAIT)
                         .with_max_concurrent_streams(STREAMS_PER_PEER),
                 ),
                 kad,

@@ -38,7 +38,7 @@ fn unexpected(what: &str, got: Reply) -> Error {
 }
 
 /// Bytes for a request.
-pub(super) fn buf(b: &[u8]) -> ByteBuf {
+pub fn buf(b: &[u8]) -> ByteBuf {
     ByteBuf::from(b.to_vec())
 }
 

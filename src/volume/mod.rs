@@ -10,12 +10,8 @@
 //! daemon's side of it.
 
 pub mod calls;
-pub mod member;
-pub mod meta;
-pub mod meta_wire;
 pub mod proto;
 pub mod remote;
-pub mod remote_ns;
 pub mod serve;
 
 use crate::Result;

@@ -16,13 +16,11 @@
 
 use crate::common::{Vol, noise};
 use datamesh::chunk::ChunkRef;
+use datamesh::member::wire::{MetaCall, MetaReply, NsCall, NsReply, decode_answer, encode_request};
 use datamesh::meta::NewNode;
 use datamesh::meta::locks::RangeLock;
 use datamesh::net::{MeshClient, MeshKey, PeerId};
 use datamesh::types::{FileKind, Ino, RenameFlags, SetAttr, SetTime, Timestamp};
-use datamesh::volume::meta_wire::{
-    MetaCall, MetaReply, NsCall, NsReply, decode_answer, encode_request,
-};
 use datamesh::volume::proto::Request;
 use fs_tests::{Cluster, Daemon};
 use proptest::prelude::*;

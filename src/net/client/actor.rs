@@ -178,7 +178,7 @@ pub(super) async fn actor(
                                 });
                             }
                             (Some(_), Some(_)) => {
-                                let busy = crate::net::meta::BUSY_ANSWER.to_vec();
+                                let busy = crate::net::member::BUSY_ANSWER.to_vec();
                                 let _ = swarm.behaviour_mut().meta.send_response(channel, busy);
                             }
                             // An empty answer: this host does not answer members (now).

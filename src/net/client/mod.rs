@@ -99,7 +99,7 @@ type MetaReply = Box<dyn FnOnce(Result<Vec<u8>, String>) + Send>;
 pub type MetaHandler = Arc<dyn Fn(PeerId, Vec<u8>) -> Vec<u8> + Send + Sync>;
 
 /// Metadata requests answered at once; past it a member is told the home is
-/// busy ([`super::meta::BUSY_ANSWER`]).
+/// busy ([`super::member::BUSY_ANSWER`]).
 const MAX_META_QUEUED: usize = 512;
 
 enum ToActor {

@@ -1,17 +1,17 @@
 //! What member devices and the home node say over `/datamesh/meta/1` (the
-//! transport is [`crate::net::meta`]'s): a request is postcard
+//! transport is [`crate::net::member`]'s): a request is postcard
 //! [`MetaRequest`]; its answer postcard `Result<MetaReply, WireError>`; an
 //! empty answer means the host answers no members (not a home, or not
 //! listening for them). New calls are new last variants (see DESIGN).
 
-use super::NewFile;
-use super::proto::{Reply, Request, WireError};
 use crate::chunk::ChunkRef;
 use crate::error::Kind;
 use crate::meta::changes::Since;
 use crate::meta::locks::RangeLock;
 use crate::meta::{InodeRec, NewNode, VolumeParams};
 use crate::types::{Attr, DirEntry, Ino, RenameFlags, SetAttr, Timestamp};
+use crate::volume::NewFile;
+use crate::volume::proto::{Reply, Request, WireError};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -192,7 +192,7 @@ pub enum NsCall {
 }
 
 /// The longest the home holds a `SetlkWait`: well within a member's
-/// [`crate::net::meta::ANSWER_WAIT`], and short enough that a member sees
+/// [`crate::net::member::ANSWER_WAIT`], and short enough that a member sees
 /// its waiting process's signals soon.
 pub const LOCK_HOLD: Duration = Duration::from_millis(500);
 
@@ -288,7 +288,7 @@ pub(super) fn encode_answer(answer: std::result::Result<MetaReply, WireError>) -
 
 /// A member's reading of the home's answer.
 pub fn decode_answer(bytes: &[u8]) -> Result<MetaReply> {
-    if bytes == crate::net::meta::BUSY_ANSWER {
+    if bytes == crate::net::member::BUSY_ANSWER {
         return Err(Error::Remote(
             Kind::Busy,
             "busy: the home node is answering as many member calls as it takes".into(),
@@ -329,17 +329,17 @@ mod tests {
 
     #[test]
     fn a_busy_home_is_told_apart_from_every_answer() {
-        let e = decode_answer(crate::net::meta::BUSY_ANSWER).unwrap_err();
+        let e = decode_answer(crate::net::member::BUSY_ANSWER).unwrap_err();
         assert_eq!(e.kind(), Kind::Busy, "{e}");
         let e = WireError {
             kind: Kind::Busy,
             text: "busy: test".into(),
         };
         let bytes = encode_answer(Err(e));
-        assert_ne!(bytes, crate::net::meta::BUSY_ANSWER);
+        assert_ne!(bytes, crate::net::member::BUSY_ANSWER);
         assert_eq!(decode_answer(&bytes).unwrap_err().kind(), Kind::Busy);
         let ok = encode_answer(Ok(MetaReply::Peers(vec![])));
-        assert_ne!(ok, crate::net::meta::BUSY_ANSWER);
+        assert_ne!(ok, crate::net::member::BUSY_ANSWER);
     }
 
     proptest! {

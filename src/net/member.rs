@@ -1,6 +1,6 @@
 //! `/datamesh/meta/1`: the transport between member devices and the home
 //! node. The mesh carries its messages as opaque bytes; what they say is
-//! [`crate::volume::meta`]'s. A message is one frame: a 4-byte big-endian
+//! [`crate::member`]'s. A message is one frame: a 4-byte big-endian
 //! length, then the bytes; a request is at most [`MAX_REQUEST`], an answer at
 //! most [`MAX_ANSWER`], checked before anything is allocated for them.
 

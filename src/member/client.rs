@@ -2,69 +2,26 @@
 //! token, and [`MemberVolume`] is the volume as its commands see it — every
 //! namespace operation asked of the home node over `/datamesh/meta/1`, file
 //! bytes sealed or opened here and moved straight to or from the storage
-//! peers. A member's mount stands on [`super::remote_ns`].
+//! peers. A member's mount stands on [`super::namespace`].
 
-use super::calls::Caller;
-use super::meta_wire::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
-use super::proto::{Reply, Request};
-use super::{NewFile, Progress, Volume};
+use super::link::{HOME_WAIT, MemberFile, bad, call_home, learn, reach};
+use super::wire::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
+use crate::Result;
 use crate::chunk::{ChunkRef, Codec, DeviceKey, VolumeKey};
-use crate::error::Kind;
 use crate::home::Home;
-use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
+use crate::net::{MeshClient, MeshStore, Multiaddr, PeerId};
 use crate::store::ShardStore;
 use crate::types::*;
-use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
+use crate::volume::calls::Caller;
+use crate::volume::proto::{Reply, Request};
+use crate::volume::{NewFile, Progress, Volume};
 use serde_bytes::ByteBuf;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a namespace operation waits for the home node.
-pub const HOME_WAIT: Duration = crate::net::meta::ANSWER_WAIT;
 /// How long a whole operation run at home (fsck, repair, gc) may take.
 const LONG_WAIT: Duration = Duration::from_secs(3600);
-
-/// `HOME/member` on a member device (JSON).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MemberFile {
-    pub version: u32,
-    /// The home node's peer id and addresses.
-    pub home: String,
-    pub addrs: Vec<String>,
-    pub name: String,
-    pub info: VolumeInfo,
-}
-
-pub(super) fn bad(e: impl std::fmt::Display) -> Error {
-    Error::Remote(Kind::Other, e.to_string())
-}
-
-/// A member's call to its home node, asked again while the home answers
-/// that this device is past one of its bounds (`Kind::Busy`: the call ran
-/// nothing there), with pauses from 5 ms doubling to 100 ms, until `wait`
-/// is spent (docs/DESIGN.md, "What one member can make the home hold").
-pub(super) fn call_home(
-    client: &MeshClient,
-    home: PeerId,
-    call: MetaCall,
-    wait: Duration,
-) -> Result<MetaReply> {
-    let bytes = encode_request(call);
-    let start = std::time::Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let answer = client.meta_call(home, bytes.clone(), wait).map_err(bad)?;
-        match decode_answer(&answer) {
-            Err(e) if e.kind() == Kind::Busy && start.elapsed() + pause < wait => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            other => return other,
-        }
-    }
-}
 
 /// Makes a member device's home directory at `home` from `token` (from
 /// `datamesh invite --member`): proves the token to the home node, and keeps
@@ -126,7 +83,7 @@ fn join_inner(home: &Home, token: &str, name: &str) -> Result<String> {
     let client =
         MeshClient::start(identity, &t.key, home_addrs.clone(), None, None).map_err(bad)?;
     let call = MetaCall::Join {
-        proof: super::meta::join_proof(&secret, &me),
+        proof: super::server::join_proof(&secret, &me),
         device: ByteBuf::from(device.public()),
         name: name.to_string(),
     };
@@ -169,47 +126,6 @@ pub struct MemberVolume {
     /// The storage peers were waited for (once, by the first command that
     /// moves file bytes; a listing does not wait on them).
     peers_waited: std::sync::Once,
-}
-
-/// A member device's way to its volume: the home node's id, this device's
-/// volume key, and the mesh (the swarm and the storage peers).
-pub(super) struct Reach {
-    pub(super) file: MemberFile,
-    pub(super) home: PeerId,
-    pub(super) key: VolumeKey,
-    pub(super) store: Arc<MeshStore>,
-}
-
-pub(super) fn reach(home: &Home) -> Result<Reach> {
-    let paths = home.paths();
-    let file: MemberFile = serde_json::from_slice(&std::fs::read(paths.member())?)
-        .map_err(|e| bad(format!("{}: {e}", paths.member().display())))?;
-    let home_id: PeerId = file.home.parse().map_err(bad)?;
-    let key = home.volume_key().map_err(bad)?;
-    let mesh = MeshKey::load(&paths.mesh_key(), false).map_err(bad)?;
-    let identity = crate::net::load_identity(&paths.peer_key()).map_err(bad)?;
-    let mut boot: Vec<Multiaddr> = Vec::new();
-    let remembered = std::fs::read_to_string(paths.peers()).unwrap_or_default();
-    for a in file
-        .addrs
-        .iter()
-        .map(String::as_str)
-        .chain(remembered.lines())
-    {
-        if let Ok(a) = a.trim().parse()
-            && !boot.contains(&a)
-        {
-            boot.push(a);
-        }
-    }
-    let client =
-        MeshClient::start(identity, &mesh, boot, Some(paths.peers()), None).map_err(bad)?;
-    Ok(Reach {
-        file,
-        home: home_id,
-        key,
-        store: MeshStore::new(client, None),
-    })
 }
 
 impl MemberVolume {
@@ -288,7 +204,7 @@ impl Caller for MemberVolume {
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
         let cs = self.info.chunk_size as usize;
-        let window = super::workers() * 2;
+        let window = crate::volume::workers() * 2;
         let (mut chunks, mut size, mut idx, mut done) = (Vec::new(), 0u64, 0u64, false);
         while !done {
             let mut batch = Vec::new();
@@ -351,12 +267,12 @@ impl Caller for MemberVolume {
         };
         let cs = self.info.chunk_size as u64;
         for ((_, c), h) in chunks.iter().zip(&hints) {
-            super::remote_ns::learn(&*self.store, c, h);
+            learn(&*self.store, c, h);
         }
         let map: std::collections::BTreeMap<u64, ChunkRef> = chunks.into_iter().collect();
         let store = self.shards();
         let n = size.div_ceil(cs);
-        let window = super::workers() as u64 * 2;
+        let window = crate::volume::workers() as u64 * 2;
         let mut at = 0u64;
         while at < n {
             let idxs: Vec<u64> = (at..n.min(at + window)).collect();

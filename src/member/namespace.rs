@@ -2,9 +2,8 @@
 //! home node's namespace asked over `/datamesh/meta/1`, with the chunk maps,
 //! inode records and shard locations it needs kept while files are open.
 
-use super::calls::buf;
-use super::member::{HOME_WAIT, bad, reach};
-use super::meta_wire::{MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply};
+use super::link::{HOME_WAIT, bad, call_home, learn, reach};
+use super::wire::{MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;
@@ -15,6 +14,7 @@ use crate::net::{MeshClient, MeshStore, PeerId};
 use crate::store::ShardStore;
 use crate::types::*;
 use crate::util::lock;
+use crate::volume::calls::buf;
 use crate::workers::Runner;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
@@ -135,7 +135,7 @@ struct Releases {
 }
 
 fn ns_call(client: &MeshClient, home: PeerId, call: NsCall) -> Result<NsReply> {
-    match super::member::call_home(client, home, MetaCall::Ns(call), HOME_WAIT)? {
+    match call_home(client, home, MetaCall::Ns(call), HOME_WAIT)? {
         MetaReply::Ns(r) => Ok(r),
         other => Err(bad(format!("the home node answered {other:?}"))),
     }
@@ -154,13 +154,6 @@ struct ChunkPage {
     from: u64,
     to: Option<u64>,
     chunks: HashMap<u64, ChunkRef>,
-}
-
-/// Takes the home's hints of where `chunk`'s shards are.
-pub(super) fn learn(store: &dyn ShardStore, chunk: &ChunkRef, hints: &[Vec<String>]) {
-    for (id, peers) in chunk.shard_ids().iter().zip(hints) {
-        store.learn(id, peers);
-    }
 }
 
 impl RemoteNamespace {

@@ -1,15 +1,12 @@
 //! The home's side of `/datamesh/meta/1` (its messages are
-//! [`super::meta_wire`]'s): who may ask (members not revoked; anyone may
+//! [`super::wire`]'s): who may ask (members not revoked; anyone may
 //! `Join` with a good proof), and the answers, from the daemon's engine. The
-//! member's side is [`super::member`] and [`super::remote_ns`].
+//! member's side is [`super::client`] and [`super::namespace`].
 
-use super::meta_wire::{
+use super::wire::{
     LOCK_HOLD, MAP_PAGE, MetaCall, MetaReply, MetaRequest, NsCall, NsReply, PlusEntry, VERSION,
     VolumeInfo, WATCH_HOLD, encode_answer, refused,
 };
-use super::proto::{Reply, Request, WireError};
-use super::serve;
-use super::{Ask, SnapshotOp};
 use crate::chunk::ChunkRef;
 use crate::data::{CommittedFile, Engine};
 use crate::error::Kind;
@@ -19,6 +16,9 @@ use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
 use crate::net::{MeshClient, PeerId};
 use crate::types::Ino;
 use crate::util::lock;
+use crate::volume::proto::{Reply, Request, WireError};
+use crate::volume::serve;
+use crate::volume::{Ask, SnapshotOp};
 use crate::workers::Runner;
 use crate::{Error, Result};
 use serde_bytes::ByteBuf;

@@ -1,0 +1,107 @@
+//! How a member device reaches its home node: its `HOME/member` file, the
+//! mesh client it dials the home and the storage peers with, and one call
+//! of `/datamesh/meta/1` (asked again while the home says it is busy).
+//! Shared by the member's commands ([`super::client`]) and its mount
+//! ([`super::namespace`]).
+
+use super::wire::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
+use crate::chunk::{ChunkRef, VolumeKey};
+use crate::error::Kind;
+use crate::home::Home;
+use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
+use crate::store::ShardStore;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a namespace operation waits for the home node.
+pub const HOME_WAIT: Duration = crate::net::member::ANSWER_WAIT;
+
+/// `HOME/member` on a member device (JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberFile {
+    pub version: u32,
+    /// The home node's peer id and addresses.
+    pub home: String,
+    pub addrs: Vec<String>,
+    pub name: String,
+    pub info: VolumeInfo,
+}
+
+pub fn bad(e: impl std::fmt::Display) -> Error {
+    Error::Remote(Kind::Other, e.to_string())
+}
+
+/// A member's call to its home node, asked again while the home answers
+/// that this device is past one of its bounds (`Kind::Busy`: the call ran
+/// nothing there), with pauses from 5 ms doubling to 100 ms, until `wait`
+/// is spent (docs/DESIGN.md, "What one member can make the home hold").
+pub fn call_home(
+    client: &MeshClient,
+    home: PeerId,
+    call: MetaCall,
+    wait: Duration,
+) -> Result<MetaReply> {
+    let bytes = encode_request(call);
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let answer = client.meta_call(home, bytes.clone(), wait).map_err(bad)?;
+        match decode_answer(&answer) {
+            Err(e) if e.kind() == Kind::Busy && start.elapsed() + pause < wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A member device's way to its volume: the home node's id, this device's
+/// volume key, and the mesh (the swarm and the storage peers).
+pub struct Reach {
+    pub file: MemberFile,
+    pub home: PeerId,
+    pub key: VolumeKey,
+    pub store: Arc<MeshStore>,
+}
+
+pub fn reach(home: &Home) -> Result<Reach> {
+    let paths = home.paths();
+    let file: MemberFile = serde_json::from_slice(&std::fs::read(paths.member())?)
+        .map_err(|e| bad(format!("{}: {e}", paths.member().display())))?;
+    let home_id: PeerId = file.home.parse().map_err(bad)?;
+    let key = home.volume_key().map_err(bad)?;
+    let mesh = MeshKey::load(&paths.mesh_key(), false).map_err(bad)?;
+    let identity = crate::net::load_identity(&paths.peer_key()).map_err(bad)?;
+    let mut boot: Vec<Multiaddr> = Vec::new();
+    let remembered = std::fs::read_to_string(paths.peers()).unwrap_or_default();
+    for a in file
+        .addrs
+        .iter()
+        .map(String::as_str)
+        .chain(remembered.lines())
+    {
+        if let Ok(a) = a.trim().parse()
+            && !boot.contains(&a)
+        {
+            boot.push(a);
+        }
+    }
+    let client =
+        MeshClient::start(identity, &mesh, boot, Some(paths.peers()), None).map_err(bad)?;
+    Ok(Reach {
+        file,
+        home: home_id,
+        key,
+        store: MeshStore::new(client, None),
+    })
+}
+
+/// Takes the home's hints of where `chunk`'s shards are.
+pub fn learn(store: &dyn ShardStore, chunk: &ChunkRef, hints: &[Vec<String>]) {
+    for (id, peers) in chunk.shard_ids().iter().zip(hints) {
+        store.learn(id, peers);
+    }
+}
