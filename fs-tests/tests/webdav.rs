@@ -623,3 +623,111 @@ fn davfs2_mounts_the_gateway_and_a_tree_copied_in_comes_back_identical() {
     let top = v.ok(&["ls", "/"]);
     assert_eq!(top, "doc\nrsynced\n", "no temporaries left");
 }
+
+/// Requests an attacker sends, each of which ended the daemon (and the
+/// unsealed writes it held) or broke every later write: bodies nested
+/// thousands of elements deep (the XML parsers recurse), a LOCK of the root
+/// (dav-server's lock table panicked on its UNLOCK with its mutex held), an
+/// `X-OC-Mtime` past any time. Each is answered with an error, and the
+/// daemon goes on serving a normal PUT and GET.
+#[test]
+fn hostile_webdav_requests_are_refused_and_the_daemon_goes_on_serving() {
+    if !have("curl") {
+        eprintln!("skipped: curl is missing (scripts/setup.sh installs it)");
+        return;
+    }
+    let v = Volume::new();
+    v.ok(&["init"]);
+    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let mut d = v.serve_with(&[], &["--webdav", &addr]);
+    let url = format!("http://{addr}/dav");
+    let dir = v.dir.path();
+    let put = |name: &str, at: &str| {
+        std::fs::write(dir.join(name), format!("{name} {at}\n")).unwrap();
+        let code = status(&[
+            "-T",
+            &dir.join(name).display().to_string(),
+            &format!("{url}/{name}"),
+        ]);
+        assert!(matches!(code, 201 | 204), "PUT after {at}: {code}");
+        assert_eq!(body(&[&format!("{url}/{name}")]), format!("{name} {at}\n"));
+    };
+    put("before", "start");
+    let nested = |n: usize, top: &str| {
+        format!(
+            "<?xml version=\"1.0\"?><D:{top} xmlns:D=\"DAV:\">{}{}</D:{top}>",
+            "<a>".repeat(n),
+            "</a>".repeat(n)
+        )
+    };
+    let send = |method: &str, path: &str, body: &str| {
+        let file = dir.join("body.xml");
+        std::fs::write(&file, body).unwrap();
+        status(&[
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/xml",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{url}/{path}"),
+        ])
+    };
+    assert_eq!(send("PROPFIND", "", &nested(3000, "propfind")), 400);
+    assert_eq!(
+        send("PROPPATCH", "before", &nested(3000, "propertyupdate")),
+        400
+    );
+    assert_eq!(send("LOCK", "before", &nested(3000, "lockinfo")), 400);
+    assert_eq!(send("PROPFIND", "", &"<a>".repeat(100_000)), 400);
+    assert_eq!(send("PROPFIND", "", &" ".repeat(2 << 20)), 413);
+    // A shallow PROPFIND is answered as before.
+    assert_eq!(send("PROPFIND", "", &nested(10, "propfind")).min(207), 207);
+    put("after-xml", "nested bodies");
+
+    let lockinfo = "<?xml version=\"1.0\"?><D:lockinfo xmlns:D=\"DAV:\"><D:lockscope>\
+        <D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>";
+    assert_eq!(send("LOCK", "", lockinfo), 403);
+    assert_eq!(send("LOCK", "/", lockinfo), 403);
+    assert_eq!(
+        status(&[
+            "-X",
+            "UNLOCK",
+            "-H",
+            "Lock-Token: <opaquelocktoken:x>",
+            &format!("{url}/")
+        ]),
+        status(&[
+            "-X",
+            "UNLOCK",
+            "-H",
+            "Lock-Token: <opaquelocktoken:x>",
+            &format!("{url}/before")
+        ]),
+    );
+    put("after-lock", "a lock of the root");
+
+    for mtime in ["1e300", "-1", "nan", "9e18"] {
+        let code = status(&[
+            "-T",
+            &dir.join("before").display().to_string(),
+            "-H",
+            &format!("X-OC-Mtime: {mtime}"),
+            &format!("{url}/timed"),
+        ]);
+        assert!(code == 400 || code < 300, "X-OC-Mtime {mtime}: {code}");
+    }
+    assert_eq!(
+        status(&[
+            "-T",
+            &dir.join("before").display().to_string(),
+            "-H",
+            "X-OC-Mtime: 1e300",
+            &format!("{url}/timed"),
+        ]),
+        400
+    );
+    put("after-mtime", "an X-OC-Mtime past any time");
+    assert!(d.is_running(), "the daemon ended");
+    assert!(d.stop(), "the daemon stops cleanly");
+}

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod file;
+mod guard;
 mod times;
 pub mod tls;
 
@@ -549,6 +550,10 @@ fn dav_routes(engine: Arc<Engine>) -> axum::Router {
             let m = crate::metrics::get();
             m.webdav_requests.inc();
             m.file_ops.inc();
+            let req = match guard::check(req, PREFIX).await {
+                Ok(r) => r,
+                Err(answer) => return answer,
+            };
             let (req, wanted) = match times::take(req).await {
                 Ok(r) => r,
                 Err(answer) => return answer,

@@ -33,11 +33,16 @@ pub(super) async fn take(req: Request) -> Result<(Request, Option<Wanted>), Resp
         let Some(v) = req.headers().get(OC_MTIME) else {
             return Ok((req, None));
         };
-        let secs = v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok());
-        let Some(secs) = secs.filter(|s| s.is_finite() && *s >= 0.0) else {
+        // Checked: `1e300` is a number, but no time (it would overflow).
+        let mtime = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d));
+        let Some(mtime) = mtime else {
             return Err((StatusCode::BAD_REQUEST, "X-OC-Mtime: not unix seconds\n").into_response());
         };
-        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs);
         return Ok((
             req,
             Some(Wanted {

@@ -1,0 +1,116 @@
+//! What a WebDAV request must be before any parser or lock table sees it.
+//! dav-server and `times` parse XML bodies recursively (`xmltree`), so a
+//! body of a few thousand nested elements overflows the stack and ends the
+//! whole daemon, with the unsealed writes it holds. Here the body of a
+//! method that carries XML is read whole up to [`MAX_XML_BODY`] and its
+//! nesting counted by xml-rs's streaming reader, which does not recurse;
+//! deeper than [`MAX_DEPTH`] is answered 400 and goes no further. A LOCK of
+//! the volume's root is refused: dav-server's in-memory lock table panics
+//! when that lock is removed, with its mutex held, and every later request
+//! that needs the table then fails.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// The largest XML body taken (a PROPFIND, PROPPATCH or LOCK).
+pub const MAX_XML_BODY: usize = 1 << 20;
+/// The deepest nesting of elements taken in an XML body.
+pub const MAX_DEPTH: usize = 64;
+
+/// The methods whose bodies dav-server reads as XML.
+fn carries_xml(m: &Method) -> bool {
+    matches!(m.as_str(), "PROPFIND" | "PROPPATCH" | "LOCK")
+}
+
+/// `req` as it may go on (its body read, when it carries XML), or the
+/// answer that ends it.
+pub(super) async fn check(req: Request, prefix: &str) -> Result<Request, Response> {
+    if req.method().as_str() == "LOCK" && is_root(req.uri().path(), prefix) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "the root of the volume cannot be locked\n",
+        )
+            .into_response());
+    }
+    if !carries_xml(req.method()) {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_XML_BODY).await else {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("an XML body over {MAX_XML_BODY} bytes\n"),
+        )
+            .into_response());
+    };
+    if let Err(why) = shallow(&bytes) {
+        return Err((StatusCode::BAD_REQUEST, format!("{why}\n")).into_response());
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+fn is_root(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.trim_matches('/').is_empty())
+}
+
+/// Whether an XML body nests at most [`MAX_DEPTH`] elements. A body that is
+/// not XML passes: the parser after this one says so, and it stops at the
+/// same place this reader does, so no deeper than it got here.
+fn shallow(body: &[u8]) -> Result<(), String> {
+    use xml::reader::{EventReader, XmlEvent};
+    let mut depth = 0usize;
+    for event in EventReader::new(body) {
+        match event {
+            Ok(XmlEvent::StartElement { .. }) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(format!(
+                        "an XML body nested deeper than {MAX_DEPTH} elements"
+                    ));
+                }
+            }
+            Ok(XmlEvent::EndElement { .. }) => depth = depth.saturating_sub(1),
+            Ok(XmlEvent::EndDocument) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(n: usize) -> Vec<u8> {
+        let mut s = String::from("<?xml version=\"1.0\"?><D:propfind xmlns:D=\"DAV:\">");
+        s.push_str(&"<a>".repeat(n));
+        s.push_str(&"</a>".repeat(n));
+        s.push_str("</D:propfind>");
+        s.into_bytes()
+    }
+
+    #[test]
+    fn deep_bodies_are_refused_and_shallow_ones_pass() {
+        assert!(shallow(&nested(MAX_DEPTH - 1)).is_ok());
+        assert!(shallow(&nested(MAX_DEPTH)).is_err());
+        // Deep and never closed, deep and cut: refused all the same, without
+        // recursion (a recursive reader overflows its stack here).
+        let open: Vec<u8> = "<a>".repeat(200_000).into_bytes();
+        assert!(shallow(&open).is_err());
+        assert!(shallow(b"not xml at all").is_ok());
+        assert!(shallow(b"").is_ok());
+    }
+
+    #[test]
+    fn only_the_root_itself_is_the_root() {
+        for p in ["/dav", "/dav/", "/dav//"] {
+            assert!(is_root(p, "/dav"), "{p}");
+        }
+        for p in ["/dav/a", "/dav/a/", "/other"] {
+            assert!(!is_root(p, "/dav"), "{p}");
+        }
+    }
+}
