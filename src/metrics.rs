@@ -270,6 +270,9 @@ pub fn serve_router(
                 let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
+                // The caller's address reaches the handlers (logins are
+                // bounded per address).
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 return axum::serve(listener, app)
                     .with_graceful_shutdown(ends)
                     .await;
@@ -289,7 +292,7 @@ pub fn serve_router(
             axum_server::from_tcp(listener)?
                 .acceptor(acceptor)
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .await
         });
         if let Err(e) = served {

@@ -731,3 +731,79 @@ fn hostile_webdav_requests_are_refused_and_the_daemon_goes_on_serving() {
     assert!(d.is_running(), "the daemon ended");
     assert!(d.stop(), "the daemon stops cleanly");
 }
+
+/// 160 logins with a real user's name and wrong passwords at once took the
+/// daemon from 24 MiB to 3 GiB (argon2 on up to 512 blocking threads). Now
+/// two run at a time, 32 wait, the rest are answered 503 and an address
+/// that asks too often 429; the daemon stays small, and the right password
+/// still gets in.
+#[test]
+fn a_flood_of_wrong_passwords_costs_the_daemon_little() {
+    if !have("curl") {
+        eprintln!("skipped: curl is missing (scripts/setup.sh installs it)");
+        return;
+    }
+    let v = Volume::new();
+    v.ok(&["init"]);
+    let mut c = v.cmd(&["webdav", "adduser", "alice"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "correct horse").unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let mut d = v.serve_with(&[], &["--webdav", &addr]);
+    let url = format!("http://{addr}/dav/");
+    let flood: Vec<_> = (0..160)
+        .map(|i| {
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-u"])
+                .arg(format!("alice:wrong{i}"))
+                .arg(&url)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut peak = 0;
+    let pid = d.pid();
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for c in flood {
+        peak = peak.max(rss());
+        let out = c.wait_with_output().unwrap();
+        *codes
+            .entry(String::from_utf8_lossy(&out.stdout).into_owned())
+            .or_default() += 1;
+    }
+    eprintln!("answers: {codes:?}; peak RSS {peak} KiB");
+    assert!(peak < 256 << 10, "peak RSS {peak} KiB: {codes:?}");
+    assert!(!codes.contains_key("200"), "{codes:?}");
+    assert!(
+        codes.contains_key("503") || codes.contains_key("429"),
+        "nothing was turned away: {codes:?}"
+    );
+    // Once the address slows down, the right password gets in.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let ok = status(&[
+        "-u",
+        "alice:correct horse",
+        "-X",
+        "PROPFIND",
+        "-H",
+        "Depth: 1",
+        &url,
+    ]);
+    assert_eq!(ok, 207);
+    assert!(d.is_running());
+}

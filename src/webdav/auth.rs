@@ -156,8 +156,19 @@ impl Users {
         }
     }
 
-    /// What the request's `Authorization` header lets it do.
+    /// What the request's `Authorization` header lets it do (the slow
+    /// verification run here, on this thread: see [`Users::check`]).
     pub fn access(&self, headers: &HeaderMap) -> Access {
+        match self.check(headers) {
+            Checked::Known(a) => a,
+            Checked::Verify(v) => self.finish(v),
+        }
+    }
+
+    /// What the request's credentials let it do when that is known without
+    /// argon2 (none given, no users, a pair verified before), else the
+    /// verification to run.
+    fn check(&self, headers: &HeaderMap) -> Checked {
         use base64::Engine as _;
         self.follow();
         let access = |u: &User| {
@@ -168,11 +179,11 @@ impl Users {
             }
         };
         if crate::util::lock(&self.known).users.is_empty() {
-            return if self.open_when_none {
+            return Checked::Known(if self.open_when_none {
                 Access::ReadWrite
             } else {
                 Access::Denied
-            };
+            });
         }
         let Some((name, password)) = headers
             .get(axum::http::header::AUTHORIZATION)
@@ -189,46 +200,179 @@ impl Users {
                     .map(|(n, p)| (n.to_string(), p.to_string()))
             })
         else {
-            return Access::Denied;
+            return Checked::Known(Access::Denied);
         };
         let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(name.as_bytes());
         h.update(&[0]);
         h.update(password.as_bytes());
         let seen = *h.finalize().as_bytes();
-        let (index, user, generation) = {
-            let known = crate::util::lock(&self.known);
-            if let Some(&i) = known.verified.get(&seen) {
-                return access(&known.users[i]);
-            }
-            let Some(i) = known.users.iter().position(|u| u.name == name) else {
-                return Access::Denied;
-            };
-            (i, known.users[i].clone(), known.generation)
-        };
-        // Off the lock: argon2 takes a while on purpose.
-        if !verify(&user.hash, &password) {
-            tracing::warn!("webdav: wrong password for {name}");
-            return Access::Denied;
+        let known = crate::util::lock(&self.known);
+        if let Some(&i) = known.verified.get(&seen) {
+            return Checked::Known(access(&known.users[i]));
         }
+        // An unknown name is verified too, against a hash of nothing, so the
+        // answer takes as long and says no more than a wrong password.
+        let user = known
+            .users
+            .iter()
+            .position(|u| u.name == name)
+            .map(|i| (i, known.users[i].clone()));
+        Checked::Verify(Box::new(Pending {
+            seen,
+            user,
+            name,
+            password,
+            generation: known.generation,
+        }))
+    }
+
+    /// Runs a verification (slow: argon2, off the lock) and keeps the pair
+    /// when it holds.
+    fn finish(&self, v: Box<Pending>) -> Access {
+        let hash = match &v.user {
+            Some((_, u)) => u.hash.as_str(),
+            None => dummy_hash(),
+        };
+        let good = verify(hash, &v.password);
+        let Some((index, user)) = v.user.filter(|_| good) else {
+            tracing::warn!("webdav: wrong name or password for {:?}", v.name);
+            return Access::Denied;
+        };
         let mut known = crate::util::lock(&self.known);
-        if known.generation == generation {
+        if known.generation == v.generation {
             if known.verified.len() > 4096 {
                 known.verified.clear();
             }
-            known.verified.insert(seen, index);
+            known.verified.insert(v.seen, index);
         }
-        access(&user)
+        if user.read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        }
     }
 }
 
+/// Either the answer, or the argon2 verification it waits for.
+enum Checked {
+    Known(Access),
+    Verify(Box<Pending>),
+}
+
+/// A verification to run: the user named (`None`: no such user), the
+/// password given, and the list's generation when it was read.
+struct Pending {
+    seen: [u8; 32],
+    user: Option<(usize, User)>,
+    name: String,
+    password: String,
+    generation: u64,
+}
+
+/// A hash no password is known to match, verified for unknown names.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password(&hex::encode(rand::random::<[u8; 16]>())))
+}
+
+/// argon2 verifications run at once, each on a thread of its own kept for
+/// it (`datamesh-login`: each takes 19 MiB, which the allocator keeps per
+/// thread, so verifications on tokio's blocking pool, up to 512 threads,
+/// grew the daemon by gigabytes); at most [`MAX_WAITING`] more wait, then
+/// the answer is 503.
+const VERIFYING: usize = 2;
+const MAX_WAITING: usize = 32;
+/// Verifications a second one address may ask for (a burst of
+/// [`ATTEMPT_BURST`]); past it the answer is 429 until it slows down.
+const ATTEMPTS_PER_SEC: u32 = 2;
+const ATTEMPT_BURST: u32 = 20;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// What bounds the cost of logins: the verifications at once and waiting,
+/// and those one source address asks for. Its keys are the addresses that
+/// asked: [`Gate::forget_idle`] drops the quiet ones. Its threads end when
+/// it is dropped.
+pub struct Gate {
+    jobs: crossbeam_channel::Sender<Job>,
+    attempts: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+}
+
+impl Gate {
+    pub fn new() -> std::io::Result<Gate> {
+        let (jobs, todo) = crossbeam_channel::bounded::<Job>(MAX_WAITING);
+        for _ in 0..VERIFYING {
+            let todo = todo.clone();
+            std::thread::Builder::new()
+                .name("datamesh-login".into())
+                .spawn(move || {
+                    for job in todo {
+                        job();
+                    }
+                })?;
+        }
+        let per_sec = std::num::NonZeroU32::new(ATTEMPTS_PER_SEC).expect("not zero");
+        let burst = std::num::NonZeroU32::new(ATTEMPT_BURST).expect("not zero");
+        Ok(Gate {
+            jobs,
+            attempts: governor::RateLimiter::keyed(
+                governor::Quota::per_second(per_sec).allow_burst(burst),
+            ),
+        })
+    }
+
+    /// Drops the addresses whose bucket is full again (called by the
+    /// listener's worker now and then, so many addresses take no memory).
+    pub fn forget_idle(&self) {
+        self.attempts.retain_recent();
+        self.attempts.shrink_to_fit();
+    }
+}
+
+/// Whether `password` hashes to `hash` (a PHC string). The argon2 memory
+/// (19 MiB with the default cost) is kept by the thread and used again:
+/// allocated afresh for each login, it was left behind by the allocator
+/// (about 9 MiB a login until the next trim), so a burst of logins grew the
+/// daemon by hundreds of MiB.
 fn verify(hash: &str, password: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(hash).is_ok_and(|h| {
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
+    use argon2::password_hash::{Output, PasswordHash};
+    use argon2::{Algorithm, Argon2, Block, Params, Version};
+    thread_local! {
+        static MEMORY: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) = (
+        Algorithm::try_from(h.algorithm),
+        Params::try_from(&h),
+        h.salt,
+        h.hash,
+    ) else {
+        return false;
+    };
+    let version = match h.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let hashed = MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < blocks {
+            m.resize(blocks, Block::default());
+        }
+        argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut m[..blocks])
+    });
+    // `Output`'s comparison takes the same time wherever they differ.
+    hashed.is_ok() && Output::new(&out).is_ok_and(|o| o == expected)
 }
 
 /// Methods that change nothing (all a read-only user may send).
@@ -240,18 +384,58 @@ pub fn reads_only(m: &Method) -> bool {
 /// dashboard, metrics): 401 asking for Basic credentials without valid ones,
 /// 403 for a read-only user's change.
 pub async fn require(
-    axum::extract::State(users): axum::extract::State<std::sync::Arc<Users>>,
+    axum::extract::State((users, gate)): axum::extract::State<(
+        std::sync::Arc<Users>,
+        std::sync::Arc<Gate>,
+    )>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    let access = {
-        let (users, headers) = (users.clone(), req.headers().clone());
-        // argon2 is slow on purpose: off the async threads.
-        tokio::task::spawn_blocking(move || users.access(&headers))
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let checked = {
+        let users = users.clone();
+        let headers = req.headers().clone();
+        // Reading the list may read config.toml: off the async threads.
+        tokio::task::spawn_blocking(move || users.check(&headers))
             .await
-            .unwrap_or(Access::Denied)
+            .unwrap_or(Checked::Known(Access::Denied))
+    };
+    let access = match checked {
+        Checked::Known(a) => a,
+        Checked::Verify(v) => {
+            // A source that asks for too many verifications waits before it
+            // may try again (a client that logged in is not verified again:
+            // its pair is kept).
+            if let Some(ip) = source
+                && gate.attempts.check_key(&ip).is_err()
+            {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "1")],
+                    "too many failed logins from this address; try again later\n",
+                )
+                    .into_response();
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let u = users.clone();
+            let job: Job = Box::new(move || {
+                let _ = tx.send(u.finish(v));
+            });
+            if gate.jobs.try_send(job).is_err() {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    "too many logins at once; try again\n",
+                )
+                    .into_response();
+            }
+            rx.await.unwrap_or(Access::Denied)
+        }
     };
     match access {
         Access::Denied => (

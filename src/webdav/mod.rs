@@ -618,10 +618,16 @@ pub fn serve(
     // Always in front, even with no users yet: one added later is asked for
     // at once (and on a loopback listener no users means open to this host).
     let users = auth::Users::new(opts.users, opts.addr.ip().is_loopback(), opts.users_from);
+    let gate = Arc::new(auth::Gate::new()?);
+    let g = gate.clone();
+    runner.every("webdav-logins", Duration::from_secs(60), move || {
+        g.forget_idle();
+        Ok(())
+    })?;
     let app = dav_routes(engine)
         .merge(also)
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(users),
+            (Arc::new(users), gate),
             auth::require,
         ));
     let scheme = if tls.is_some() { "https" } else { "http" };
