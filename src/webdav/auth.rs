@@ -161,7 +161,7 @@ impl Users {
     pub fn access(&self, headers: &HeaderMap) -> Access {
         match self.check(headers) {
             Checked::Known(a) => a,
-            Checked::Verify(v) => self.finish(v),
+            Checked::Verify(v) => self.finish(*v),
         }
     }
 
@@ -229,7 +229,7 @@ impl Users {
 
     /// Runs a verification (slow: argon2, off the lock) and keeps the pair
     /// when it holds.
-    fn finish(&self, v: Box<Pending>) -> Access {
+    fn finish(&self, v: Pending) -> Access {
         let hash = match &v.user {
             Some((_, u)) => u.hash.as_str(),
             None => dummy_hash(),
@@ -424,7 +424,7 @@ pub async fn require(
             let (tx, rx) = tokio::sync::oneshot::channel();
             let u = users.clone();
             let job: Job = Box::new(move || {
-                let _ = tx.send(u.finish(v));
+                let _ = tx.send(u.finish(*v));
             });
             if gate.jobs.try_send(job).is_err() {
                 return (
