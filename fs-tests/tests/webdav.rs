@@ -538,6 +538,16 @@ fn webdav_users_need_their_password_and_read_only_ones_change_nothing() {
     let out = v.cmd(&["webdav", "deluser", "alice"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no webdav user alice"));
+    // The last user goes only when asked to open the gateway, and one that
+    // started with users never opens: without users it lets no one in.
+    v.ok(&["webdav", "deluser", "carol"]);
+    let out = v.cmd(&["webdav", "deluser", "bob"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last webdav user"));
+    v.ok(&["webdav", "deluser", "bob", "--open"]);
+    assert_eq!(v.ok(&["webdav", "users"]), "");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(st(&[&format!("{url}/f")]), 401);
 }
 
 /// A davfs2 mount; unmounted when dropped, even when the test failed.

@@ -38,7 +38,13 @@ pub enum WebdavAction {
     },
     /// Remove a user of the WebDAV gateway (a running daemon refuses them
     /// within a second).
-    Deluser { name: String },
+    Deluser {
+        name: String,
+        /// Remove the last user too: a gateway on a loopback address that
+        /// starts with no users serves everyone on this host, unasked.
+        #[arg(long)]
+        open: bool,
+    },
     /// The users of the WebDAV gateway.
     Users,
 }

@@ -53,10 +53,17 @@ pub fn run(home: &Home, action: super::WebdavAction) -> anyhow::Result<()> {
                 if read_only { " (read-only)" } else { "" }
             );
         }
-        super::WebdavAction::Deluser { name } => {
+        super::WebdavAction::Deluser { name, open } => {
             let path = home.paths().config();
             if !users.iter().any(|u| u.name == name) {
                 bail!("no webdav user {name} (in {})", path.display());
+            }
+            if users.len() == 1 && !open {
+                bail!(
+                    "{name} is the last webdav user: without users, a gateway on a loopback \
+                     address serves everyone on this host unasked (one on another address \
+                     does not start). Add another user first, or say --open"
+                );
             }
             // Edited, not rewritten: the file's comments and order stay.
             let text = std::fs::read_to_string(&path)?;

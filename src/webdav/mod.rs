@@ -617,7 +617,10 @@ pub fn serve(
     };
     // Always in front, even with no users yet: one added later is asked for
     // at once (and on a loopback listener no users means open to this host).
-    let users = auth::Users::new(opts.users, opts.addr.ip().is_loopback(), opts.users_from);
+    // Open to this host only when it starts so (loopback, no users): a
+    // gateway that had users never opens because the last one went.
+    let open = opts.addr.ip().is_loopback() && opts.users.is_empty();
+    let users = auth::Users::new(opts.users, open, opts.users_from);
     let gate = Arc::new(auth::Gate::new()?);
     let g = gate.clone();
     runner.every("webdav-logins", Duration::from_secs(60), move || {
