@@ -14,6 +14,7 @@ pub mod error;
 pub mod fuse;
 pub mod home;
 pub mod kit;
+pub mod listen;
 pub mod member;
 pub mod meta;
 pub mod metrics;

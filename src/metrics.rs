@@ -263,37 +263,36 @@ pub fn serve_router(
             let _ = stopped.wait_for(|s| *s).await;
         };
         let served = rt.block_on(async move {
-            let Some(tls) = tls else {
-                use axum::serve::ListenerExt;
-                // Small answers go out at once (a client waiting on a delayed
-                // ACK would make each small request cost 40 ms).
-                let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                // The caller's address reaches the handlers (logins are
-                // bounded per address).
-                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                return axum::serve(listener, app)
-                    .with_graceful_shutdown(ends)
-                    .await;
-            };
             // axum-server runs each handshake in the connection's own task
-            // (10 s at most), so a slow client does not hold up the others.
+            // (10 s at most), so a slow client does not hold up the others;
+            // a connection must send its first request whole within
+            // `listen::FIRST_REQUEST`, and the listener holds at most
+            // `listen::MAX_CONNECTIONS` (`MAX_PER_SOURCE` from one address).
             let handle = axum_server::Handle::new();
             let h = handle.clone();
             tokio::spawn(async move {
                 ends.await;
                 h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
             });
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
-                axum_server::tls_rustls::RustlsConfig::from_config(tls),
-            )
-            .acceptor(axum_server::accept::NoDelayAcceptor::new());
-            axum_server::from_tcp(listener)?
-                .acceptor(acceptor)
-                .handle(handle)
-                .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .await
+            // Small answers go out at once (a client waiting on a delayed
+            // ACK would make each small request cost 40 ms).
+            let capped = crate::listen::Capped::new(axum_server::accept::NoDelayAcceptor::new());
+            // The caller's address reaches the handlers (logins are bounded
+            // per address).
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let server = axum_server::from_tcp(listener)?
+                .first_request_timeout(crate::listen::FIRST_REQUEST)
+                .handle(handle);
+            match tls {
+                None => server.acceptor(capped).serve(app).await,
+                Some(tls) => {
+                    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
+                        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+                    )
+                    .acceptor(capped);
+                    server.acceptor(acceptor).serve(app).await
+                }
+            }
         });
         if let Err(e) = served {
             w.round(Err(format!("serving {what}: {e}")));

@@ -817,3 +817,64 @@ fn a_flood_of_wrong_passwords_costs_the_daemon_little() {
     assert_eq!(ok, 207);
     assert!(d.is_running());
 }
+
+/// 1 128 connections that each send half a request took every descriptor
+/// of the daemon: a legitimate PUT failed, and so did the owner's own CLI
+/// on the volume socket. Now the listener holds 64 connections from one
+/// address (512 in all), closes the rest at once, and closes one that has
+/// not sent its first request whole within 10 s.
+#[test]
+fn half_sent_requests_hold_few_descriptors_and_are_closed_in_time() {
+    if !have("curl") {
+        eprintln!("skipped: curl is missing (scripts/setup.sh installs it)");
+        return;
+    }
+    use std::io::Write;
+    let v = Volume::new();
+    v.ok(&["init"]);
+    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let mut d = v.serve_with(&[], &["--webdav", &addr]);
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let before = fds(d.pid());
+    let mut held = Vec::new();
+    for _ in 0..1128 {
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            continue;
+        };
+        let _ = s.write_all(b"PUT /dav/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le");
+        held.push(s);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = fds(d.pid());
+    assert!(
+        during < before + 200,
+        "{during} descriptors open with 1 128 half-sent requests ({before} before)"
+    );
+    // The owner's CLI goes through the volume socket all the while.
+    v.ok(&["ls", "/"]);
+    // Once the half-sent ones time out, a whole request gets in.
+    let file = v.dir.path().join("f");
+    std::fs::write(&file, "whole\n").unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let code = status(&[
+            "-T",
+            &file.display().to_string(),
+            &format!("http://{addr}/dav/f"),
+        ]);
+        if code == 201 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "a PUT was not let in after the half-sent requests timed out: {code}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!(
+        "descriptors: {before} before, {during} during; a PUT got in after {:?}",
+        start.elapsed()
+    );
+    drop(held);
+    assert!(d.is_running());
+}
