@@ -308,15 +308,33 @@ pub fn bind(addr: std::net::SocketAddr, name: &str) -> std::io::Result<std::net:
     Ok(listener)
 }
 
-/// `GET /metrics`: the registry's text, after `refresh`.
+/// How long a scrape waits for `refresh` before it answers with the figures
+/// last gathered.
+const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /metrics`: the registry's text, after `refresh`. The refresh (which
+/// asks every storage peer) runs off the listener's thread, one at a time,
+/// and is waited for at most [`REFRESH_WAIT`]: a peer that does not answer
+/// (stopped, say) held the listener, and every WebDAV request on it, for
+/// 10 s per scrape.
 pub fn router(refresh: impl Fn() + Send + Sync + 'static) -> axum::Router {
     let refresh = std::sync::Arc::new(refresh);
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let refresh = refresh.clone();
+            let (refresh, busy) = (refresh.clone(), busy.clone());
             async move {
-                refresh();
+                use std::sync::atomic::Ordering;
+                if !busy.swap(true, Ordering::AcqRel) {
+                    let b = busy.clone();
+                    let job = tokio::task::spawn_blocking(move || {
+                        refresh();
+                        b.store(false, Ordering::Release);
+                    });
+                    // Late: it goes on, and the next scrape has its figures.
+                    let _ = tokio::time::timeout(REFRESH_WAIT, job).await;
+                }
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

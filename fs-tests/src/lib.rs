@@ -628,6 +628,11 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s process id.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].child.as_ref().expect("node is running").id()
+    }
+
     /// Node `i`'s resident set size now, in KiB.
     pub fn rss_kib(&self, i: usize) -> u64 {
         proc_status_kib(
