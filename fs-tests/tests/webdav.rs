@@ -738,6 +738,37 @@ fn hostile_webdav_requests_are_refused_and_the_daemon_goes_on_serving() {
         400
     );
     put("after-mtime", "an X-OC-Mtime past any time");
+
+    // Open to this host (no users): a page elsewhere that resolved its name
+    // to 127.0.0.1 (DNS rebinding) sends its own Host, and is refused.
+    let evil = status(&[
+        "-H",
+        "Host: attacker.example",
+        "-T",
+        &dir.join("before").display().to_string(),
+        &format!("{url}/rebound"),
+    ]);
+    assert_eq!(evil, 403);
+    assert_eq!(
+        status(&["-H", "Host: localhost", &format!("{url}/before")]),
+        200
+    );
+    // A user's page is served inert in the dashboard's origin.
+    std::fs::write(dir.join("page.html"), "<script>alert(1)</script>").unwrap();
+    let code = status(&[
+        "-T",
+        &dir.join("page.html").display().to_string(),
+        &format!("{url}/page.html"),
+    ]);
+    assert!(matches!(code, 201 | 204), "{code}");
+    let headers = body(&["-D", "-", "-o", "/dev/null", &format!("{url}/page.html")]).to_lowercase();
+    for h in [
+        "content-security-policy: sandbox",
+        "x-content-type-options: nosniff",
+        "content-disposition: attachment",
+    ] {
+        assert!(headers.contains(h), "{h}: {headers}");
+    }
     assert!(d.is_running(), "the daemon ended");
     assert!(d.stop(), "the daemon stops cleanly");
 }

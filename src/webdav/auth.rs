@@ -156,6 +156,12 @@ impl Users {
         }
     }
 
+    /// Whether anyone may use the listener unasked (loopback, no users):
+    /// then only requests that name a loopback host are served.
+    fn open(&self) -> bool {
+        self.open_when_none && crate::util::lock(&self.known).users.is_empty()
+    }
+
     /// What the request's `Authorization` header lets it do (the slow
     /// verification run here, on this thread: see [`Users::check`]).
     pub fn access(&self, headers: &HeaderMap) -> Access {
@@ -375,6 +381,25 @@ fn verify(hash: &str, password: &str) -> bool {
     hashed.is_ok() && Output::new(&out).is_ok_and(|o| o == expected)
 }
 
+/// Whether the request's `Host` names this host's loopback (any port).
+fn names_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        // HTTP/1.0 without a Host: no browser sends that.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Methods that change nothing (all a read-only user may send).
 pub fn reads_only(m: &Method) -> bool {
     matches!(m.as_str(), "GET" | "HEAD" | "OPTIONS" | "PROPFIND")
@@ -393,6 +418,16 @@ pub async fn require(
 ) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
+    // Open to this host: a web page on another site that resolves its own
+    // name to 127.0.0.1 (DNS rebinding) sends its own name as the Host.
+    if users.open() && !names_loopback(req.headers()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this gateway has no users and answers only requests to a loopback \
+             host name (localhost, 127.0.0.1, [::1])\n",
+        )
+            .into_response();
+    }
     let source = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -491,5 +526,33 @@ mod tests {
         assert_eq!(users.access(&basic("carol", "pw")), Access::Denied);
         assert_eq!(users.access(&HeaderMap::new()), Access::Denied);
         assert!(check_name("a-b.c_d").is_ok() && check_name("a b").is_err());
+    }
+
+    #[test]
+    fn only_loopback_host_names_are_loopback() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(axum::http::header::HOST, h.parse().unwrap());
+            names_loopback(&m)
+        };
+        for h in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(host(h), "{h}");
+        }
+        for h in [
+            "attacker.example",
+            "attacker.example:8080",
+            "10.0.0.1",
+            "localhost.evil",
+            "[::2]",
+        ] {
+            assert!(!host(h), "{h}");
+        }
     }
 }

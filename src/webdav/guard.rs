@@ -51,6 +51,38 @@ pub(super) async fn check(req: Request, prefix: &str) -> Result<Request, Respons
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
+/// A user's file, as served: in the dashboard's origin, a page or an image
+/// that runs script would act as the dashboard. So it may run nothing
+/// (`Content-Security-Policy: sandbox`), its type is taken as sent
+/// (`nosniff`), and the types a browser would run are downloaded, not shown.
+pub(super) fn inert(res: &mut Response) {
+    use axum::http::{HeaderValue, header};
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let active = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|t| t.to_str().ok())
+        .map(|t| t.to_ascii_lowercase())
+        .is_some_and(|t| {
+            ["html", "xml", "svg", "javascript", "ecmascript", "xsl"]
+                .iter()
+                .any(|a| t.contains(a))
+        });
+    if active {
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
+}
+
 fn is_root(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.trim_matches('/').is_empty())

@@ -564,6 +564,9 @@ fn dav_routes(engine: Arc<Engine>) -> axum::Router {
                 .await
                 .map(axum::body::Body::new)
                 .into_response();
+            if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+                guard::inert(&mut res);
+            }
             if let Some(w) = wanted.filter(|_| times::succeeded(&method, res.status())) {
                 let set = match DavPath::new(uri.path()).and_then(|mut p| {
                     p.set_prefix(PREFIX)?;
