@@ -321,3 +321,32 @@ fn a_stopped_peer_does_not_hold_up_the_listener() {
     );
     drop(d);
 }
+
+/// `--metrics` on another address than loopback served the dashboard (peer
+/// ids, errors) to the whole network with no login, unasked. Now it needs
+/// `--metrics-open`, said on purpose.
+#[test]
+fn metrics_on_another_address_than_loopback_needs_consent() {
+    let v = Volume::new();
+    v.ok(&["init"]);
+    let port = fs_tests::free_ports(1);
+    let any = format!("0.0.0.0:{port}");
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(fs_tests::datamesh_bin())
+        .arg("--home")
+        .arg(v.home())
+        .args(["serve", "--metrics", &any])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--metrics-open"), "{err}");
+    let _d = v.serve_with(&[], &["--metrics", &any, "--metrics-open"]);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}

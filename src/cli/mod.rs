@@ -333,6 +333,10 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve --metrics (and its dashboard) on a non-loopback address with no
+    /// login: anyone who reaches it reads them.
+    #[arg(long)]
+    pub metrics_open: bool,
     /// Serve the volume over WebDAV at http://ADDR/dav/ (e.g. 127.0.0.1:8080;
     /// another address needs users: `webdav adduser`).
     #[arg(long, value_name = "ADDR")]
@@ -369,6 +373,9 @@ impl DaemonArgs {
         }
         if self.webdav_insecure {
             out.push("--webdav-insecure".to_string());
+        }
+        if self.metrics_open {
+            out.push("--metrics-open".to_string());
         }
         out
     }

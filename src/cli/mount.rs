@@ -233,6 +233,14 @@ fn daemon(
             }
         };
         if let (Some(addr), Some(board)) = (opts.metrics, &board) {
+            if !addr.ip().is_loopback() && !opts.metrics_open {
+                bail!(
+                    "--metrics {addr}: another address than loopback would serve the metrics \
+                     and the dashboard (peer ids, errors, file counts) to anyone who reaches \
+                     it, with no login. Use 127.0.0.1, reach the dashboard through --webdav \
+                     (behind its users), or say --metrics-open"
+                );
+            }
             let app = crate::metrics::router(refresh.clone())
                 .merge(crate::dashboard::router(board.clone(), false));
             tracing::info!("metrics at http://{addr}/metrics, the dashboard at http://{addr}/");
