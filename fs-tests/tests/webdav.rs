@@ -739,6 +739,37 @@ fn hostile_webdav_requests_are_refused_and_the_daemon_goes_on_serving() {
     );
     put("after-mtime", "an X-OC-Mtime past any time");
 
+    // 500 overlapping ranges of a 2 MiB file: answered with the file once.
+    sh(dir, "head -c 2000000 /dev/urandom > two.bin");
+    let code = status(&[
+        "-T",
+        &dir.join("two.bin").display().to_string(),
+        &format!("{url}/two.bin"),
+    ]);
+    assert!(matches!(code, 201 | 204), "{code}");
+    let ranges = vec!["0-"; 500].join(",");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "-r",
+            &ranges,
+        ])
+        .arg(format!("{url}/two.bin"))
+        .output()
+        .unwrap();
+    let got: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(
+        got <= 2_000_000,
+        "{got} bytes answered to 500 ranges of 2 MB"
+    );
+
     // Open to this host (no users): a page elsewhere that resolved its name
     // to 127.0.0.1 (DNS rebinding) sends its own Host, and is refused.
     let evil = status(&[

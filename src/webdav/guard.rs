@@ -4,7 +4,8 @@
 //! whole daemon, with the unsealed writes it holds. Here the body of a
 //! method that carries XML is read whole up to [`MAX_XML_BODY`] and its
 //! nesting counted by xml-rs's streaming reader, which does not recurse;
-//! deeper than [`MAX_DEPTH`] is answered 400 and goes no further. A LOCK of
+//! deeper than [`MAX_DEPTH`] is answered 400 and goes no further. A Range of
+//! more than [`MAX_RANGES`] ranges is ignored. A LOCK of
 //! the volume's root is refused: dav-server's in-memory lock table panics
 //! when that lock is removed, with its mutex held, and every later request
 //! that needs the table then fails.
@@ -18,6 +19,8 @@ use axum::response::{IntoResponse, Response};
 pub const MAX_XML_BODY: usize = 1 << 20;
 /// The deepest nesting of elements taken in an XML body.
 pub const MAX_DEPTH: usize = 64;
+/// The most ranges one GET is answered with.
+pub const MAX_RANGES: usize = 16;
 
 /// The methods whose bodies dav-server reads as XML.
 fn carries_xml(m: &Method) -> bool {
@@ -26,7 +29,19 @@ fn carries_xml(m: &Method) -> bool {
 
 /// `req` as it may go on (its body read, when it carries XML), or the
 /// answer that ends it.
-pub(super) async fn check(req: Request, prefix: &str) -> Result<Request, Response> {
+pub(super) async fn check(mut req: Request, prefix: &str) -> Result<Request, Response> {
+    // A Range header of many ranges (or overlapping ones) made a 1 MiB file
+    // answer 2 GB: past [`MAX_RANGES`] it is ignored, as RFC 9110 allows,
+    // and the file is sent once, whole.
+    let many = req
+        .headers()
+        .get(axum::http::header::RANGE)
+        .is_some_and(|r| {
+            r.len() > 1024 || r.as_bytes().iter().filter(|&&b| b == b',').count() >= MAX_RANGES
+        });
+    if many {
+        req.headers_mut().remove(axum::http::header::RANGE);
+    }
     if req.method().as_str() == "LOCK" && is_root(req.uri().path(), prefix) {
         return Err((
             StatusCode::FORBIDDEN,
