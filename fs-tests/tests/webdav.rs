@@ -739,6 +739,30 @@ fn hostile_webdav_requests_are_refused_and_the_daemon_goes_on_serving() {
     );
     put("after-mtime", "an X-OC-Mtime past any time");
 
+    // MOVE of a collection over a file, Overwrite: T, replaces the file
+    // (RFC 4918 §9.9.4); with Overwrite: F it is refused (412).
+    assert_eq!(status(&["-X", "MKCOL", &format!("{url}/coll/")]), 201);
+    std::fs::create_dir_all(dir.join("coll")).unwrap();
+    put("coll/inside", "a collection to move");
+    put("plain", "a file in the way");
+    let mv = |overwrite: &str| {
+        status(&[
+            "-X",
+            "MOVE",
+            "-H",
+            &format!("Destination: {url}/plain"),
+            "-H",
+            &format!("Overwrite: {overwrite}"),
+            &format!("{url}/coll/"),
+        ])
+    };
+    assert_eq!(mv("F"), 412);
+    assert!(matches!(mv("T"), 201 | 204), "MOVE over a file");
+    assert_eq!(
+        body(&[&format!("{url}/plain/inside")]),
+        "coll/inside a collection to move\n"
+    );
+
     // 500 overlapping ranges of a 2 MiB file: answered with the file once.
     sh(dir, "head -c 2000000 /dev/urandom > two.bin");
     let code = status(&[

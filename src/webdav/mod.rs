@@ -355,7 +355,21 @@ impl DavFileSystem for DavFs {
             blocking(move || {
                 let (a, an) = parent_of(&engine, from)?;
                 let (b, bn) = parent_of(&engine, to)?;
-                engine.rename(a, &an, b, &bn, RenameFlags::default())
+                let flags = RenameFlags::default();
+                match engine.rename(a, &an, b, &bn, flags) {
+                    // A collection MOVEd over a file with `Overwrite: T`
+                    // replaces it (RFC 4918 §9.9.4); dav-server deletes
+                    // only a collection in the way, and rename(2) will
+                    // not put a directory over a file.
+                    Err(Error::NotDir)
+                        if engine.lookup(a, &an)?.kind == FileKind::Dir
+                            && engine.lookup(b, &bn)?.kind != FileKind::Dir =>
+                    {
+                        engine.unlink(b, &bn)?;
+                        engine.rename(a, &an, b, &bn, flags)
+                    }
+                    r => r,
+                }
             })
             .await
         })
