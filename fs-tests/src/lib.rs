@@ -229,6 +229,11 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The daemon's resident set size now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS")
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -268,6 +268,20 @@ fn the_dashboard_shows_peers_health_and_live_graphs_in_a_browser() {
     );
 }
 
+/// `GET http://ADDR/PATH` by curl: its status code, and how long it took.
+fn timed_get(addr: &str, path: &str) -> (String, Duration) {
+    let t = Instant::now();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        t.elapsed(),
+    )
+}
+
 /// A scrape asks every storage peer for its figures. With one peer stopped
 /// (SIGSTOP: connected, never answering) it held the listener 10 s, and a
 /// WebDAV request beside it 9 s. Now the scrape waits 2 s at most, with the
@@ -279,35 +293,12 @@ fn a_stopped_peer_does_not_hold_up_the_listener() {
     let c = Cluster::start(&v, 3);
     let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
     let d = v.serve_with(&c.bootstrap_flags(), &["--webdav", &addr]);
-    let get = |path: &str| {
-        let t = Instant::now();
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30"])
-            .arg(format!("http://{addr}{path}"))
-            .output()
-            .unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            t.elapsed(),
-        )
-    };
+    let get = |path: &str| timed_get(&addr, path);
     assert_eq!(get("/metrics").0, "200");
     let pid = c.pid(0).to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
     let scrape_addr = addr.clone();
-    let scrape = std::thread::spawn(move || {
-        let addr = scrape_addr;
-        let t = Instant::now();
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30"])
-            .arg(format!("http://{addr}/metrics"))
-            .output()
-            .unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            t.elapsed(),
-        )
-    });
+    let scrape = std::thread::spawn(move || timed_get(&scrape_addr, "/metrics"));
     std::thread::sleep(Duration::from_millis(300));
     let (code, beside) = get("/dav/");
     let (scraped, took) = scrape.join().unwrap();

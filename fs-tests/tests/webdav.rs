@@ -865,18 +865,9 @@ fn a_flood_of_wrong_passwords_costs_the_daemon_little() {
         })
         .collect();
     let mut peak = 0;
-    let pid = d.pid();
-    let rss = || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
     for c in flood {
-        peak = peak.max(rss());
+        peak = peak.max(d.rss_kib());
         let out = c.wait_with_output().unwrap();
         *codes
             .entry(String::from_utf8_lossy(&out.stdout).into_owned())
