@@ -2,7 +2,10 @@
 //! at most [`MAX_CONNECTIONS`] connections, [`MAX_PER_SOURCE`] of them from
 //! one address (past either, a new connection is closed at once, so its
 //! descriptor is freed), and a first request that must arrive whole within
-//! [`FIRST_REQUEST`] (set on the server by `metrics::serve_router`). Before,
+//! [`FIRST_REQUEST`] (set on the server by `metrics::serve_router`). A body
+//! that sends nothing for [`BODY_IDLE`] ends its request, and a handler that
+//! panics answers 500 (its request ends; nothing else does): see
+//! [`guarded`]. Before,
 //! 1 128 half-sent requests took every descriptor of the daemon, and the
 //! owner's own CLI failed on the volume socket.
 
@@ -24,6 +27,32 @@ pub const MAX_CONNECTIONS: u32 = 512;
 pub const MAX_PER_SOURCE: u32 = 64;
 /// How long a new connection has to send its first request whole.
 pub const FIRST_REQUEST: Duration = Duration::from_secs(10);
+
+/// How long a request body may send nothing before the request ends (as a
+/// web server's client body timeout: between two reads, not in all).
+pub const BODY_IDLE: Duration = Duration::from_secs(30);
+
+/// `app` with the limits every listener's requests have: a body idle for
+/// [`BODY_IDLE`] ends its request (a PUT's hidden file is then removed),
+/// and a panic in a handler is answered 500 and logged, not a reset.
+pub fn guarded(app: axum::Router) -> axum::Router {
+    app.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |panic: Box<dyn std::any::Any + Send>| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("http: a request's handler panicked: {why}");
+            let mut res = axum::response::Response::new(axum::body::Body::from(
+                "the server failed on this request; it is logged\n",
+            ));
+            *res.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+            res
+        },
+    ))
+    .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_IDLE))
+}
 
 #[derive(Default)]
 struct Counts {
@@ -156,6 +185,35 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handler that panics is answered 500 and the server goes on.
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_and_the_next_request_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn boom() -> &'static str {
+            panic!("on purpose")
+        }
+        let app = guarded(
+            axum::Router::new()
+                .route("/boom", axum::routing::get(boom))
+                .route("/ok", axum::routing::get(|| async { "fine" })),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let ask = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut answer = [0u8; 512];
+        for (path, want) in [("/boom", "500"), ("/ok", "200"), ("/boom", "500")] {
+            s.write_all(ask(path).as_bytes()).await.unwrap();
+            let n = s.read(&mut answer).await.unwrap();
+            let head = String::from_utf8_lossy(&answer[..n]);
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {want}")),
+                "{path}: {head}"
+            );
+        }
+    }
 
     #[test]
     fn places_are_bounded_per_source_and_in_all_and_given_back() {

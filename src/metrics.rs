@@ -279,7 +279,8 @@ pub fn serve_router(
             let capped = crate::listen::Capped::new(axum_server::accept::NoDelayAcceptor::new());
             // The caller's address reaches the handlers (logins are bounded
             // per address).
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let app = crate::listen::guarded(app)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>();
             let server = axum_server::from_tcp(listener)?
                 .first_request_timeout(crate::listen::FIRST_REQUEST)
                 .handle(handle);

@@ -953,5 +953,171 @@ fn half_sent_requests_hold_few_descriptors_and_are_closed_in_time() {
         start.elapsed()
     );
     drop(held);
+
+    // A PUT whose body stops halfway: after 30 s idle the request ends, and
+    // its hidden file goes with it (nothing of the upload is left).
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"PUT /dav/stalled HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'x'; 5000]).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    let waited = start.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(25) && waited < std::time::Duration::from_secs(50),
+        "a stalled body ended its request after {waited:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let listing = body(&[
+        "-X",
+        "PROPFIND",
+        "-H",
+        "Depth: 1",
+        &format!("http://{addr}/dav/"),
+    ]);
+    assert!(
+        !listing.contains("stalled"),
+        "a stalled upload left something: {listing}"
+    );
+    eprintln!("a stalled body ended after {waited:?}");
     assert!(d.is_running());
+}
+
+/// dav-server's lock table kept a lock with no Timeout forever, any number
+/// of them, each with whatever owner the client sent (1 500 shared locks
+/// with 60 KB owners held 90 MiB). Now each lock expires (10 min unless
+/// asked shorter, 1 h at most), a LOCK body is 8 KiB at most, one user
+/// holds at most 1 000 locks, and the table survives all of it.
+#[test]
+fn the_lock_table_is_bounded_and_every_lock_expires() {
+    if !have("curl") {
+        eprintln!("skipped: curl is missing (scripts/setup.sh installs it)");
+        return;
+    }
+    let v = Volume::new();
+    v.ok(&["init"]);
+    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let mut d = v.serve_with(&[], &["--webdav", &addr]);
+    let url = format!("http://{addr}/dav");
+    let dir = v.dir.path();
+    let file = dir.join("f");
+    std::fs::write(&file, "content\n").unwrap();
+    let put = |name: &str| status(&["-T", &file.display().to_string(), &format!("{url}/{name}")]);
+    assert_eq!(put("shared"), 201);
+    let rss_before = d.rss_kib();
+    let lockinfo = |scope: &str, owner: &str| {
+        let f = dir.join("lock.xml");
+        std::fs::write(
+            &f,
+            format!(
+                "<?xml version=\"1.0\"?><D:lockinfo xmlns:D=\"DAV:\"><D:lockscope>\
+                 <D:{scope}/></D:lockscope><D:locktype><D:write/></D:locktype>\
+                 <D:owner>{owner}</D:owner></D:lockinfo>"
+            ),
+        )
+        .unwrap();
+        format!("@{}", f.display())
+    };
+    // No Timeout, or Infinite: the lock still has one.
+    let granted = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-D", "-", "-X", "LOCK"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let x = lockinfo("exclusive", "me");
+    let a = granted(&["--data-binary", &x, &format!("{url}/a")]);
+    assert!(a.contains("second-600"), "a lock with no Timeout: {a}");
+    let s = lockinfo("shared", "me");
+    let b = granted(&[
+        "-H",
+        "Timeout: Infinite",
+        "--data-binary",
+        &s,
+        &format!("{url}/b"),
+    ]);
+    assert!(
+        b.contains("second-3600"),
+        "a shared lock asked for ever: {b}"
+    );
+    // A lock that expires is no lock: after a second, another client writes.
+    let c = granted(&[
+        "-H",
+        "Timeout: Second-1",
+        "--data-binary",
+        &x,
+        &format!("{url}/c"),
+    ]);
+    assert!(c.contains("second-1"), "{c}");
+    assert_eq!(put("c"), 423);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(put("c"), 204);
+    // An owner of 60 KB is refused before it is kept.
+    let big = lockinfo("shared", &"o".repeat(60_000));
+    assert_eq!(
+        status(&[
+            "-X",
+            "LOCK",
+            "--data-binary",
+            &big,
+            &format!("{url}/shared")
+        ]),
+        413
+    );
+    // 1 100 shared locks of one file: the first 1 000 are granted (less the
+    // two above still live: the expired one is given back), then 503 with
+    // the reason.
+    let s = lockinfo("shared", &"o".repeat(7000));
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            "-X",
+            "LOCK",
+        ])
+        .args(["--data-binary", &s])
+        .arg(format!("{url}/shared?[1-1100]"))
+        .output()
+        .unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let ok = codes.lines().filter(|c| *c == "200").count();
+    let refused = codes.lines().filter(|c| *c == "503").count();
+    assert_eq!((ok, refused), (998, 102), "{codes}");
+    let why = Command::new("curl")
+        .args(["-s", "-X", "LOCK", "--data-binary", &s])
+        .arg(format!("{url}/shared"))
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&why.stdout);
+    assert!(why.contains("1000 locks"), "{why}");
+    let rss = d.rss_kib();
+    eprintln!("RSS {rss_before} KiB before, {rss} KiB with 1 000 locks of 7 KB owners");
+    assert!(rss < rss_before + 64 * 1024, "{rss} KiB with 1 000 locks");
+    // The table still works: a lock of the shared file is refused (423), a
+    // new file is written, and unlocking by a wrong token changes nothing.
+    assert_eq!(
+        status(&["-X", "LOCK", "--data-binary", &x, &format!("{url}/shared")]),
+        503
+    );
+    assert_eq!(put("after"), 201);
+    assert_eq!(
+        status(&[
+            "-X",
+            "UNLOCK",
+            "-H",
+            "Lock-Token: <urn:uuid:nope>",
+            &format!("{url}/a")
+        ]),
+        409
+    );
+    assert!(d.is_running());
+    assert!(d.stop(), "the daemon stops cleanly");
 }

@@ -175,7 +175,6 @@ impl Users {
     /// argon2 (none given, no users, a pair verified before), else the
     /// verification to run.
     fn check(&self, headers: &HeaderMap) -> Checked {
-        use base64::Engine as _;
         self.follow();
         let access = |u: &User| {
             if u.read_only {
@@ -191,21 +190,7 @@ impl Users {
                 Access::Denied
             });
         }
-        let Some((name, password)) = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
-            .and_then(|b| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(b.trim())
-                    .ok()
-            })
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| {
-                s.split_once(':')
-                    .map(|(n, p)| (n.to_string(), p.to_string()))
-            })
-        else {
+        let Some((name, password)) = basic(headers) else {
             return Checked::Known(Access::Denied);
         };
         let mut h = blake3::Hasher::new_keyed(&self.key);
@@ -258,6 +243,34 @@ impl Users {
             Access::ReadWrite
         }
     }
+}
+
+/// The name and password of a request's Basic credentials.
+fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine as _;
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            s.split_once(':')
+                .map(|(n, p)| (n.to_string(), p.to_string()))
+        })
+}
+
+/// Who a request is, as the gate let it in (an extension of every request
+/// it passed): the user (none on a gateway open to this host) and what it
+/// may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: Option<String>,
+    pub access: Access,
 }
 
 /// Either the answer, or the argon2 verification it waits for.
@@ -481,7 +494,14 @@ pub async fn require(
         Access::ReadOnly if !reads_only(req.method()) => {
             (StatusCode::FORBIDDEN, "read-only user\n").into_response()
         }
-        _ => next.run(req).await,
+        access => {
+            let name = (!users.open())
+                .then(|| basic(req.headers()).map(|(n, _)| n))
+                .flatten();
+            let mut req = req;
+            req.extensions_mut().insert(Caller { name, access });
+            next.run(req).await
+        }
     }
 }
 

@@ -6,9 +6,8 @@
 //! nesting counted by xml-rs's streaming reader, which does not recurse;
 //! deeper than [`MAX_DEPTH`] is answered 400 and goes no further. A Range of
 //! more than [`MAX_RANGES`] ranges is ignored. A LOCK of
-//! the volume's root is refused: dav-server's in-memory lock table panics
-//! when that lock is removed, with its mutex held, and every later request
-//! that needs the table then fails.
+//! the volume's root is refused (it would shut every other client out), and
+//! so is a new lock past the caps of the lock table (`locks`).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -19,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 pub const MAX_XML_BODY: usize = 1 << 20;
 /// The deepest nesting of elements taken in an XML body.
 pub const MAX_DEPTH: usize = 64;
+/// The largest LOCK body taken: its owner element is kept with the lock.
+pub const MAX_LOCK_BODY: usize = 8 << 10;
 /// The most ranges one GET is answered with.
 pub const MAX_RANGES: usize = 16;
 
@@ -29,7 +30,12 @@ fn carries_xml(m: &Method) -> bool {
 
 /// `req` as it may go on (its body read, when it carries XML), or the
 /// answer that ends it.
-pub(super) async fn check(mut req: Request, prefix: &str) -> Result<Request, Response> {
+pub(super) async fn check(
+    mut req: Request,
+    prefix: &str,
+    locks: &super::locks::Locks,
+    principal: Option<&str>,
+) -> Result<Request, Response> {
     // A Range header of many ranges (or overlapping ones) made a 1 MiB file
     // answer 2 GB: past [`MAX_RANGES`] it is ignored, as RFC 9110 allows,
     // and the file is sent once, whole.
@@ -52,14 +58,30 @@ pub(super) async fn check(mut req: Request, prefix: &str) -> Result<Request, Res
     if !carries_xml(req.method()) {
         return Ok(req);
     }
+    let most = if req.method().as_str() == "LOCK" {
+        MAX_LOCK_BODY
+    } else {
+        MAX_XML_BODY
+    };
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_XML_BODY).await else {
+    let Ok(bytes) = axum::body::to_bytes(body, most).await else {
         return Err((
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("an XML body over {MAX_XML_BODY} bytes\n"),
+            format!("a {} body over {most} bytes\n", parts.method),
         )
             .into_response());
     };
+    // A new lock (a LOCK with a body; a refresh has none) past the caps.
+    if parts.method.as_str() == "LOCK"
+        && !bytes.is_empty()
+        && let Some(why) = locks.refusal(principal)
+    {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{why}: unlock some, or wait for them to expire\n"),
+        )
+            .into_response());
+    }
     if let Err(why) = shallow(&bytes) {
         return Err((StatusCode::BAD_REQUEST, format!("{why}\n")).into_response());
     }

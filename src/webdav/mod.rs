@@ -7,6 +7,7 @@
 pub mod auth;
 mod file;
 mod guard;
+pub mod locks;
 mod times;
 pub mod tls;
 
@@ -548,23 +549,25 @@ fn refusal(opts: &Options) -> Option<String> {
 }
 
 /// The volume over WebDAV at `PREFIX`, as routes.
-fn dav_routes(engine: Arc<Engine>) -> axum::Router {
+fn dav_routes(engine: Arc<Engine>, locks: locks::Locks) -> axum::Router {
     let handler = dav_server::DavHandler::builder()
         .filesystem(Box::new(DavFs::new(engine.clone())))
-        .locksystem(dav_server::memls::MemLs::new())
+        .locksystem(Box::new(locks.clone()))
         .strip_prefix(PREFIX)
         .build_handler();
     // Routed whole (not nested): dav-server strips the prefix itself, from
     // the request path and from Destination headers alike.
     let fs = DavFs::new(engine);
     let dav = axum::routing::any(move |req: axum::extract::Request| {
-        let (handler, fs) = (handler.clone(), fs.clone());
+        let (handler, fs, locks) = (handler.clone(), fs.clone(), locks.clone());
         async move {
             use axum::response::IntoResponse;
             let m = crate::metrics::get();
             m.webdav_requests.inc();
             m.file_ops.inc();
-            let req = match guard::check(req, PREFIX).await {
+            let caller = req.extensions().get::<auth::Caller>().cloned();
+            let principal = caller.and_then(|c| c.name);
+            let req = match guard::check(req, PREFIX, &locks, principal.as_deref()).await {
                 Ok(r) => r,
                 Err(answer) => return answer,
             };
@@ -573,8 +576,12 @@ fn dav_routes(engine: Arc<Engine>) -> axum::Router {
                 Err(answer) => return answer,
             };
             let (method, uri) = (req.method().clone(), req.uri().clone());
+            let mut config = dav_server::DavConfig::new();
+            if let Some(p) = principal {
+                config = config.principal(p);
+            }
             let mut res = handler
-                .handle(req)
+                .handle_with(config, req)
                 .await
                 .map(axum::body::Body::new)
                 .into_response();
@@ -644,7 +651,13 @@ pub fn serve(
         g.forget_idle();
         Ok(())
     })?;
-    let app = dav_routes(engine)
+    let locks = locks::Locks::new();
+    let l = locks.clone();
+    runner.every("webdav-locks", Duration::from_secs(30), move || {
+        l.sweep();
+        Ok(())
+    })?;
+    let app = dav_routes(engine, locks)
         .merge(also)
         .layer(axum::middleware::from_fn_with_state(
             (Arc::new(users), gate),
