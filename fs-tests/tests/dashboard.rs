@@ -43,16 +43,25 @@ impl Drop for Driver {
 }
 
 async fn browser(driver: &Driver) -> Client {
+    browser_saving_to(driver, None).await
+}
+
+/// A session whose downloads land in `downloads`, without asking.
+async fn browser_saving_to(driver: &Driver, downloads: Option<&std::path::Path>) -> Client {
     let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--hide-scrollbars",
-                     "--window-size=1280,800"],
-        }),
-    );
+    let mut options = json!({
+        "binary": "/usr/bin/chromium",
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-dev-shm-usage", "--hide-scrollbars",
+                 "--window-size=1280,800"],
+    });
+    if let Some(d) = downloads {
+        options["prefs"] = json!({
+            "download.default_directory": d.display().to_string(),
+            "download.prompt_for_download": false,
+        });
+    }
+    caps.insert("goog:chromeOptions".into(), options);
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{}", driver.1))
@@ -266,6 +275,206 @@ fn the_dashboard_shows_peers_health_and_live_graphs_in_a_browser() {
         artifact("dashboard-1280x800.png").display(),
         artifact("dashboard-390-phone.png").display()
     );
+}
+
+/// Sets the window's inner width to `width` (the frame counts in
+/// set_window_size) and reloads.
+async fn set_width(b: &Client, width: u32, height: u32) {
+    b.set_window_size(width, height).await.unwrap();
+    let inner = eval(b, "window.innerWidth").await.as_u64().unwrap() as u32;
+    if inner != width {
+        b.set_window_size(width + width.saturating_sub(inner), height)
+            .await
+            .unwrap();
+    }
+    b.refresh().await.unwrap();
+}
+
+/// Clicks the first element `css` finds.
+async fn click(b: &Client, css: &str) {
+    b.find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// Types `text` into the field `css` finds, after clearing it.
+async fn type_into(b: &Client, css: &str, text: &str) {
+    let e = b
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    e.clear().await.unwrap();
+    e.send_keys(text).await.unwrap();
+}
+
+/// A person with only a browser uses the files: the listing (folders
+/// first, breadcrumbs), a new folder, uploads by the picker (with progress)
+/// and by drag and drop, an upload cancelled halfway that leaves nothing,
+/// rename, move, delete (asked first, and a "no" keeps the file), a
+/// download compared byte for byte, a snapshot with no change controls, a
+/// form posted from another site refused, and a phone's width without
+/// sideways scrolling. Screenshots are kept.
+#[test]
+fn a_browser_uploads_renames_moves_deletes_and_downloads_files() {
+    if !have("chromium") || !have("chromedriver") || !have("curl") {
+        eprintln!(
+            "skipped: chromium, chromedriver or curl is missing (scripts/setup.sh installs them)"
+        );
+        return;
+    }
+    let v = Volume::new();
+    v.ok(&["init"]);
+    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let d = v.serve_with(&[], &["--webdav", &addr]);
+    let url = format!("http://{addr}/dav/");
+    let dir = v.dir.path();
+    sh(
+        dir,
+        "mkdir up down && head -c 20000000 /dev/urandom > up/photo.jpg \
+         && head -c 400000000 /dev/zero > up/huge.bin && printf 'hello\\n' > up/note.txt",
+    );
+    v.ok(&["mkdir", "/docs"]);
+    v.ok(&[
+        "put",
+        &dir.join("up/note.txt").display().to_string(),
+        "/docs/note.txt",
+    ]);
+    v.ok(&[
+        "put",
+        &dir.join("up/note.txt").display().to_string(),
+        "/readme.txt",
+    ]);
+    v.ok(&["snapshot", "create", "before"]);
+    let up = |n: &str| dir.join("up").join(n).display().to_string();
+    let ls = |path: &str| v.ok(&["ls", path]);
+
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let b = browser_saving_to(&driver, Some(&dir.join("down"))).await;
+        b.goto(&url).await.unwrap();
+        until(&b, "document.body.dataset.writes === 'yes'", "the Files view").await;
+        assert_eq!(
+            eval(&b, "[...document.querySelectorAll('tbody tr[data-name]')].map(r => r.dataset.name).join(' ')").await,
+            json!("docs readme.txt"),
+            "folders first"
+        );
+
+        // A new folder, then into it by its link.
+        type_into(&b, "#mkdir input", "albums").await;
+        click(&b, "#mkdir button").await;
+        until(&b, "!!document.querySelector('tr.dir[data-name=albums]')", "the new folder").await;
+        click(&b, "tr[data-name=albums] td.name a").await;
+        until(&b, "document.querySelector('nav.crumbs').innerText === 'volume / albums'", "breadcrumbs").await;
+
+        // Upload by the picker; the progress bar moves (seen across the
+        // reload that follows through sessionStorage).
+        eval(&b, "(new MutationObserver(() => { const p = document.querySelector('#uploads progress'); \
+                  if (p && p.value > 0) sessionStorage.setItem('progress', p.value + '/' + p.max); }) \
+                  .observe(document.getElementById('uploads'), {subtree: true, childList: true, attributes: true}), true)").await;
+        b.find(fantoccini::Locator::Css("#pick")).await.unwrap().send_keys(&up("photo.jpg")).await.unwrap();
+        until(&b, "!!document.querySelector('tr.file[data-name=\"photo.jpg\"]')", "the uploaded photo listed").await;
+        let progress = eval(&b, "sessionStorage.getItem('progress')").await;
+        assert!(progress.as_str().is_some_and(|p| p.ends_with("/20000000")), "progress: {progress}");
+
+        // Dropped onto the page.
+        eval(&b, "(() => { const dt = new DataTransfer(); \
+                  dt.items.add(new File(['dropped '.repeat(100000)], 'dropped.txt', {type: 'text/plain'})); \
+                  document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})); \
+                  return true; })()").await;
+        until(&b, "!!document.querySelector('tr.file[data-name=\"dropped.txt\"]')", "the dropped file listed").await;
+        assert_eq!(v.ok(&["cat", "/albums/dropped.txt"]), "dropped ".repeat(100000));
+
+        // An upload cancelled halfway leaves nothing, not even its hidden file.
+        b.find(fantoccini::Locator::Css("#pick")).await.unwrap().send_keys(&up("huge.bin")).await.unwrap();
+        until(&b, "(document.querySelector('#uploads progress') || {}).value > 0", "the big upload under way").await;
+        click(&b, "#uploads button").await;
+        until(&b, "!!document.querySelector('#uploads li.failed')", "the upload cancelled").await;
+        let start = Instant::now();
+        while ls("/albums").contains("huge") {
+            assert!(start.elapsed() < Duration::from_secs(30), "a cancelled upload left {}", ls("/albums"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        b.refresh().await.unwrap();
+
+        // Rename, then move to another folder by a relative path.
+        click(&b, "tr[data-name=\"photo.jpg\"] button.mv").await;
+        type_into(&b, "tr[data-name=\"photo.jpg\"] input.to", "holiday.jpg").await;
+        click(&b, "tr[data-name=\"photo.jpg\"] form button").await;
+        until(&b, "!!document.querySelector('tr[data-name=\"holiday.jpg\"]')", "the renamed photo").await;
+        click(&b, "tr[data-name=\"holiday.jpg\"] button.mv").await;
+        type_into(&b, "tr[data-name=\"holiday.jpg\"] input.to", "../docs/holiday.jpg").await;
+        click(&b, "tr[data-name=\"holiday.jpg\"] form button").await;
+        until(&b, "!document.querySelector('tr[data-name=\"holiday.jpg\"]')", "the photo moved away").await;
+        assert_eq!(ls("/albums"), "dropped.txt\n");
+
+        // Delete asks first: "no" keeps the file, "yes" removes it.
+        b.goto(&format!("{url}docs/")).await.unwrap();
+        until(&b, "!!document.querySelector('tr[data-name=\"holiday.jpg\"]')", "the moved photo").await;
+        click(&b, "tr[data-name=\"note.txt\"] button.rm").await;
+        let asked = b.get_alert_text().await.unwrap();
+        assert!(asked.contains("Delete note.txt"), "{asked}");
+        b.dismiss_alert().await.unwrap();
+        click(&b, "tr[data-name=\"note.txt\"] button.rm").await;
+        b.accept_alert().await.unwrap();
+        until(&b, "!document.querySelector('tr[data-name=\"note.txt\"]')", "the note deleted").await;
+        assert_eq!(ls("/docs"), "holiday.jpg\n");
+
+        // Download: the browser's own download, byte for byte.
+        click(&b, "tr[data-name=\"holiday.jpg\"] a.get").await;
+        let saved = dir.join("down/holiday.jpg");
+        let start = Instant::now();
+        while std::fs::metadata(&saved).map_or(true, |m| m.len() < 20_000_000) {
+            assert!(start.elapsed() < Duration::from_secs(60), "the download never landed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            std::fs::read(&saved).unwrap() == std::fs::read(up("photo.jpg")).unwrap(),
+            "the downloaded photo differs from the uploaded one"
+        );
+        let png = b.screenshot().await.unwrap();
+        std::fs::write(artifact("files-1280x800.png"), png).unwrap();
+
+        // A snapshot: listed, no change controls.
+        b.goto(&format!("{url}.snapshots/before/docs/")).await.unwrap();
+        until(&b, "document.body.dataset.writes === 'no'", "a snapshot read-only").await;
+        assert_eq!(eval(&b, "document.querySelectorAll('button').length").await, json!(0));
+        assert_eq!(
+            eval(&b, "[...document.querySelectorAll('tbody tr[data-name]')].map(r => r.dataset.name).join(' ')").await,
+            json!("note.txt")
+        );
+
+        // A page of another site posts a form to the gateway: refused.
+        let form = format!(
+            "data:text/html,<form method=post action='{url}evil.txt'><input name=a value=b></form>\
+             <script>document.forms[0].submit()</script>"
+        );
+        b.goto(&form).await.unwrap();
+        until(&b, "document.body.innerText.includes('another site')", "the cross-site POST refused").await;
+        assert!(!ls("/").contains("evil"));
+
+        // A phone: no sideways scrolling.
+        b.goto(&format!("{url}docs/")).await.unwrap();
+        set_width(&b, 390, 844).await;
+        until(&b, "!!document.querySelector('tr[data-name=\"holiday.jpg\"]')", "the listing on a phone").await;
+        assert_eq!(
+            eval(&b, "document.documentElement.scrollWidth <= window.innerWidth").await,
+            json!(true),
+            "no sideways scrolling at 390 px"
+        );
+        let png = b.screenshot().await.unwrap();
+        std::fs::write(artifact("files-390-phone.png"), png).unwrap();
+        b.close().await.unwrap();
+    });
+    assert!(d.stop(), "serve ends cleanly");
+    eprintln!("screenshots: {}", artifact("files-1280x800.png").display());
 }
 
 /// `GET http://ADDR/PATH` by curl: its status code, and how long it took.

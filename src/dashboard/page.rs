@@ -28,7 +28,7 @@ pub fn page(v: &View, dav: bool) -> String {
                     span.vol title=(v.volume_id) { "volume " (short) }
                     span.role { (v.role) " node" }
                     @if dav {
-                        a.dav href="dav/" title="Mount this address with your WebDAV client" { "WebDAV: /dav/" }
+                        a.dav href="dav/" title="Browse, download and upload in the browser; or mount this address with a WebDAV client" { "Files" }
                     }
                     span.live {}
                 }

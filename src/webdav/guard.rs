@@ -48,6 +48,9 @@ pub(super) async fn check(
     if many {
         req.headers_mut().remove(axum::http::header::RANGE);
     }
+    if let Some(why) = cross_site(&req) {
+        return Err((StatusCode::FORBIDDEN, format!("{why}\n")).into_response());
+    }
     if req.method().as_str() == "LOCK" && is_root(req.uri().path(), prefix) {
         return Err((
             StatusCode::FORBIDDEN,
@@ -120,6 +123,46 @@ pub(super) fn inert(res: &mut Response) {
     }
 }
 
+/// Why a change comes from a web page of another site, if it does (CSRF:
+/// a form posted across sites, or a script elsewhere riding the browser's
+/// login). A browser names the page's origin (`Origin`) on every request
+/// that may change something, and says where it came from
+/// (`Sec-Fetch-Site`); the Files view's own requests are same-origin.
+/// WebDAV clients send neither, and pass.
+fn cross_site(req: &Request) -> Option<String> {
+    use axum::http::header;
+    if super::auth::reads_only(req.method()) {
+        return None;
+    }
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Some(format!(
+            "a change sent by a page of another site ({}) is refused",
+            String::from_utf8_lossy(site.as_bytes())
+        ));
+    }
+    let origin = h.get(header::ORIGIN)?;
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            h.get(header::HOST)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        })
+        .unwrap_or_default();
+    let same = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(&host));
+    (!same)
+        .then(|| format!("a change sent by a page of another site (Origin: {origin}) is refused"))
+}
+
 fn is_root(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.trim_matches('/').is_empty())
@@ -171,6 +214,44 @@ mod tests {
         assert!(shallow(&open).is_err());
         assert!(shallow(b"not xml at all").is_ok());
         assert!(shallow(b"").is_ok());
+    }
+
+    #[test]
+    fn changes_from_other_sites_are_told_apart() {
+        let req = |method: &str, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().method(method).uri("/dav/x");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(Body::empty()).unwrap()
+        };
+        let host = ("host", "127.0.0.1:8080");
+        // WebDAV clients send no Origin; reads pass whatever they say.
+        assert!(cross_site(&req("PUT", &[host])).is_none());
+        assert!(cross_site(&req("GET", &[host, ("origin", "http://evil.example")])).is_none());
+        // The Files view's own changes.
+        let own = ("origin", "http://127.0.0.1:8080");
+        assert!(
+            cross_site(&req(
+                "DELETE",
+                &[host, own, ("sec-fetch-site", "same-origin")]
+            ))
+            .is_none()
+        );
+        // Another site, another port, a sandboxed or file page, a form.
+        for origin in [
+            "http://evil.example",
+            "http://127.0.0.1:9",
+            "null",
+            "http://127.0.0.1:8080.evil",
+        ] {
+            assert!(
+                cross_site(&req("PUT", &[host, ("origin", origin)])).is_some(),
+                "{origin}"
+            );
+        }
+        assert!(cross_site(&req("POST", &[host, own, ("sec-fetch-site", "cross-site")])).is_some());
+        assert!(cross_site(&req("MOVE", &[host, own, ("sec-fetch-site", "same-site")])).is_some());
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! - gives every lock a timeout: [`DEFAULT_TIMEOUT`] when the client names
 //!   none (or Infinite), never more than [`MAX_TIMEOUT`]; an expired lock is
 //!   no lock, and the `webdav-locks` worker drops it;
-//! - holds at most [`MAX_PER_OWNER`] locks per principal (the WebDAV user;
-//!   all of an open gateway's clients are one) and [`MAX_LOCKS`] in all;
+//! - holds at most [`MAX_PER_OWNER`] locks and [`MAX_OWNER_BYTES`] of them
+//!   (path and owner element) per principal (the WebDAV user; all of an
+//!   open gateway's clients are one), and [`MAX_LOCKS`] and [`MAX_BYTES`]
+//!   in all (davfs2 holds a lock on every file it has not uploaded yet, so
+//!   a copied tree means thousands);
 //! - never locks the root of the volume (a depth-infinity lock there would
 //!   shut every other client out);
 //! - survives a panic of a holder: the table is left as it was (each change
@@ -27,9 +30,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest life a lock is given (it may be refreshed).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Locks one principal may hold at once.
-pub const MAX_PER_OWNER: usize = 1000;
+pub const MAX_PER_OWNER: usize = 50_000;
+/// What one principal's locks may take (see [`cost`]).
+pub const MAX_OWNER_BYTES: usize = 16 << 20;
 /// Locks the table holds at once.
-pub const MAX_LOCKS: usize = 10_000;
+pub const MAX_LOCKS: usize = 200_000;
+/// What the table's locks may take.
+pub const MAX_BYTES: usize = 64 << 20;
 
 /// The lock table (a handle: clones share it).
 #[derive(Clone, Debug, Default)]
@@ -40,8 +47,40 @@ struct Table {
     /// Locks by path (`/a/b`, never a trailing `/`; the root is never one).
     by_path: BTreeMap<Vec<u8>, Vec<DavLock>>,
     /// Live and expired locks held, by principal ("" for none).
-    per_owner: HashMap<String, usize>,
+    per_owner: HashMap<String, Held>,
+    all: Held,
+}
+
+/// Locks held and what they take.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
     count: usize,
+    bytes: usize,
+}
+
+impl Held {
+    fn add(&mut self, cost: usize) {
+        self.count += 1;
+        self.bytes += cost;
+    }
+    fn sub(&mut self, cost: usize) {
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(cost);
+    }
+    /// Whether one more lock of `cost` would pass `count` or `bytes`.
+    fn full(&self, cost: usize, count: usize, bytes: usize) -> bool {
+        self.count >= count || self.bytes + cost > bytes
+    }
+}
+
+/// What a lock takes in memory, roughly: its fixed part, its path and its
+/// owner element as XML.
+fn cost(l: &DavLock) -> usize {
+    let mut owner = Vec::new();
+    if let Some(o) = &l.owner {
+        let _ = o.write(&mut owner);
+    }
+    256 + l.path.as_bytes().len() + owner.len()
 }
 
 /// `path` as a key: `/`-joined names, no trailing `/`.
@@ -111,27 +150,44 @@ impl Table {
     }
 
     fn remove_where(&mut self, mut gone: impl FnMut(&[u8], &DavLock) -> bool) {
-        let (mut dropped, mut owners) = (0, Vec::new());
+        let mut dropped = Vec::new();
         self.by_path.retain(|k, ls| {
             ls.retain(|l| {
                 let g = gone(k, l);
                 if g {
-                    dropped += 1;
-                    owners.push(owner_of(l));
+                    dropped.push((owner_of(l), cost(l)));
                 }
                 !g
             });
             !ls.is_empty()
         });
-        self.count -= dropped;
-        for o in owners {
-            if let Some(n) = self.per_owner.get_mut(&o) {
-                *n -= 1;
-                if *n == 0 {
+        for (o, c) in dropped {
+            self.all.sub(c);
+            if let Some(h) = self.per_owner.get_mut(&o) {
+                h.sub(c);
+                if h.count == 0 {
                     self.per_owner.remove(&o);
                 }
             }
         }
+    }
+
+    /// Why `owner` may not take a lock of `cost`, if so.
+    fn refusal(&self, owner: &str, cost: usize) -> Option<String> {
+        if self.all.full(cost, MAX_LOCKS, MAX_BYTES) {
+            return Some(format!(
+                "the gateway holds {} locks, its most",
+                self.all.count
+            ));
+        }
+        let held = self.per_owner.get(owner).copied().unwrap_or_default();
+        held.full(cost, MAX_PER_OWNER, MAX_OWNER_BYTES).then(|| {
+            format!(
+                "holds {} locks ({} KiB), the most one user may",
+                held.count,
+                held.bytes >> 10
+            )
+        })
     }
 
     fn sweep(&mut self, now: SystemTime) {
@@ -155,7 +211,7 @@ impl Locks {
 
     /// Locks held in all.
     pub fn held(&self) -> usize {
-        self.table().count
+        self.table().all.count
     }
 
     /// A new lock, or the lock in its way (the trait's shape: 423).
@@ -190,16 +246,15 @@ impl Locks {
             shared,
             deep,
         };
-        let who = owner_of(&lock);
-        let held = t.per_owner.get(&who).copied().unwrap_or(0);
+        let (who, c) = (owner_of(&lock), cost(&lock));
         // The root is never locked; past a cap the answer is 423 (the
         // gateway's check before this said why, with 503).
-        if k.is_empty() || held >= MAX_PER_OWNER || t.count >= MAX_LOCKS {
+        if k.is_empty() || t.refusal(&who, c).is_some() {
             return Err(lock);
         }
         t.by_path.entry(k).or_default().push(lock.clone());
-        *t.per_owner.entry(who).or_default() += 1;
-        t.count += 1;
+        t.per_owner.entry(who).or_default().add(c);
+        t.all.add(c);
         Ok(lock)
     }
 
@@ -239,26 +294,19 @@ impl Locks {
         Ok(())
     }
 
-    /// Why `principal` may not take another lock now, if so.
+    /// Why `principal` may not take another lock now, if so (a new lock
+    /// of the most a LOCK body can make it cost).
     pub fn refusal(&self, principal: Option<&str>) -> Option<String> {
         let mut t = self.table();
         let owner = principal.unwrap_or_default();
-        let full = |t: &Table| {
-            t.per_owner.get(owner).copied().unwrap_or(0) >= MAX_PER_OWNER || t.count >= MAX_LOCKS
-        };
-        if full(&t) {
+        let most = 256 + 4096 + super::guard::MAX_LOCK_BODY;
+        if t.refusal(owner, most).is_some() {
             t.sweep(SystemTime::now());
         }
-        if t.count >= MAX_LOCKS {
-            return Some(format!("the gateway holds {MAX_LOCKS} locks, its most"));
-        }
-        if t.per_owner.get(owner).copied().unwrap_or(0) >= MAX_PER_OWNER {
+        t.refusal(owner, most).map(|why| {
             let who = principal.map_or("this host's clients".to_string(), |p| format!("{p:?}"));
-            return Some(format!(
-                "{who} holds {MAX_PER_OWNER} locks, the most one user may"
-            ));
-        }
-        None
+            format!("{who}: {why}")
+        })
     }
 }
 
@@ -470,5 +518,37 @@ mod tests {
         assert!(lock(&ls, "/more", "bob", false, false).await.is_ok());
         ls.delete(&p("/f1")).await.unwrap();
         assert!(ls.refusal(Some("ann")).is_none());
+    }
+
+    #[tokio::test]
+    async fn big_owners_count_by_their_size() {
+        let ls = Locks::new();
+        let owner = Element {
+            name: "owner".into(),
+            children: vec![xmltree::XMLNode::Text("o".repeat(8000))],
+            ..Element::new("owner")
+        };
+        let mut taken = 0;
+        while ls
+            .lock(
+                &p(&format!("/f{taken}")),
+                Some("ann"),
+                Some(&owner),
+                None,
+                false,
+                false,
+            )
+            .await
+            .is_ok()
+        {
+            taken += 1;
+        }
+        // 16 MiB of ~8.3 KB locks.
+        assert!((1900..2100).contains(&taken), "{taken}");
+        assert!(
+            ls.refusal(Some("ann"))
+                .is_some_and(|w| w.contains("the most one user may"))
+        );
+        assert!(ls.refusal(Some("bob")).is_none());
     }
 }

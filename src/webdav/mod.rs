@@ -5,6 +5,7 @@
 //! listener. See docs/DESIGN.md, "WebDAV gateway".
 
 pub mod auth;
+mod browse;
 mod file;
 mod guard;
 pub mod locks;
@@ -85,6 +86,32 @@ fn walk(engine: &Engine, names: &[Vec<u8>]) -> crate::Result<Attr> {
         at = engine.lookup(at.ino, n)?;
     }
     Ok(at)
+}
+
+/// A directory's entries: name and attributes.
+type Listing = Vec<(Vec<u8>, Attr)>;
+
+/// The node at `names` and, when it is a directory, what it holds: every
+/// entry but `.`, `..` and symlinks (WebDAV has none, and a link must not
+/// lead a client anywhere).
+fn list(engine: &Engine, names: &[Vec<u8>]) -> crate::Result<(Attr, Listing)> {
+    let dir = walk(engine, names)?;
+    let mut out = Vec::new();
+    if dir.kind != FileKind::Dir {
+        return Ok((dir, out));
+    }
+    let mut offset = 2;
+    loop {
+        let page = engine.readdir_plus(dir.ino, offset, 1024)?;
+        let Some((last, _)) = page.last() else { break };
+        offset = last.offset;
+        out.extend(
+            page.into_iter()
+                .filter(|(e, a)| e.name != b"." && e.name != b".." && a.kind != FileKind::Symlink)
+                .map(|(e, a)| (e.name, a)),
+        );
+    }
+    Ok((dir, out))
 }
 
 /// The directory holding `path`'s last name, and that name.
@@ -297,27 +324,11 @@ impl DavFileSystem for DavFs {
         let engine = self.engine.clone();
         Box::pin(async move {
             let names = names(path)?;
-            let entries = blocking(move || {
-                let dir = walk(&engine, &names)?;
-                let mut out = Vec::new();
-                let mut offset = 2;
-                loop {
-                    let page = engine.readdir_plus(dir.ino, offset, 1024)?;
-                    let Some((last, _)) = page.last() else { break };
-                    offset = last.offset;
-                    out.extend(
-                        page.into_iter()
-                            // No symlinks: WebDAV has none, and a link
-                            // must not lead a client anywhere.
-                            .filter(|(e, a)| {
-                                e.name != b"." && e.name != b".." && a.kind != FileKind::Symlink
-                            })
-                            .map(|(e, a)| Ok(Box::new(Entry(e.name, a)) as Box<dyn DavDirEntry>)),
-                    );
-                }
-                Ok(out)
-            })
-            .await?;
+            let (_, listed) = blocking(move || list(&engine, &names)).await?;
+            let entries = listed
+                .into_iter()
+                .map(|(name, a)| Ok(Box::new(Entry(name, a)) as Box<dyn DavDirEntry>))
+                .collect::<Vec<_>>();
             Ok(Box::pin(futures_util::stream::iter(entries)) as FsStream<Box<dyn DavDirEntry>>)
         })
     }
@@ -548,6 +559,13 @@ fn refusal(opts: &Options) -> Option<String> {
     None
 }
 
+/// A request's path as dav-server names it (`PREFIX` taken off).
+fn dav_path(path: &str) -> Result<DavPath, dav_server::davpath::ParseError> {
+    let mut p = DavPath::new(path)?;
+    p.set_prefix(PREFIX)?;
+    Ok(p)
+}
+
 /// The volume over WebDAV at `PREFIX`, as routes.
 fn dav_routes(engine: Arc<Engine>, locks: locks::Locks) -> axum::Router {
     let handler = dav_server::DavHandler::builder()
@@ -566,6 +584,9 @@ fn dav_routes(engine: Arc<Engine>, locks: locks::Locks) -> axum::Router {
             m.webdav_requests.inc();
             m.file_ops.inc();
             let caller = req.extensions().get::<auth::Caller>().cloned();
+            let writes = caller
+                .as_ref()
+                .is_some_and(|c| c.access == auth::Access::ReadWrite);
             let principal = caller.and_then(|c| c.name);
             let req = match guard::check(req, PREFIX, &locks, principal.as_deref()).await {
                 Ok(r) => r,
@@ -576,6 +597,15 @@ fn dav_routes(engine: Arc<Engine>, locks: locks::Locks) -> axum::Router {
                 Err(answer) => return answer,
             };
             let (method, uri) = (req.method().clone(), req.uri().clone());
+            let is_get = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+            // A folder asked for by a browser: the Files view.
+            if is_get
+                && let Ok(path) = dav_path(uri.path())
+                && let Some(page) =
+                    browse::page(fs.engine.clone(), &path, &uri, browse::Viewer { writes }).await
+            {
+                return page;
+            }
             let mut config = dav_server::DavConfig::new();
             if let Some(p) = principal {
                 config = config.principal(p);
@@ -585,14 +615,11 @@ fn dav_routes(engine: Arc<Engine>, locks: locks::Locks) -> axum::Router {
                 .await
                 .map(axum::body::Body::new)
                 .into_response();
-            if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+            if is_get {
                 guard::inert(&mut res);
             }
             if let Some(w) = wanted.filter(|_| times::succeeded(&method, res.status())) {
-                let set = match DavPath::new(uri.path()).and_then(|mut p| {
-                    p.set_prefix(PREFIX)?;
-                    Ok(p)
-                }) {
+                let set = match dav_path(uri.path()) {
                     Ok(path) => fs.set_modified(&path, w.mtime).await,
                     Err(_) => Err(FsError::NotFound),
                 };
@@ -611,7 +638,20 @@ fn dav_routes(engine: Arc<Engine>, locks: locks::Locks) -> axum::Router {
             res
         }
     });
+    let asset = |body: &'static str, kind: &'static str| {
+        axum::routing::get(move || async move {
+            (
+                [
+                    (axum::http::header::CONTENT_TYPE, kind),
+                    (axum::http::header::CACHE_CONTROL, "no-cache"),
+                ],
+                body,
+            )
+        })
+    };
     axum::Router::new()
+        .route(browse::CSS_PATH, asset(browse::CSS, "text/css"))
+        .route(browse::JS_PATH, asset(browse::JS, "text/javascript"))
         .route(PREFIX, dav.clone())
         .route(&format!("{PREFIX}/"), dav.clone())
         .route(&format!("{PREFIX}/{{*rest}}"), dav)
