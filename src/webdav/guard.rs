@@ -48,6 +48,18 @@ pub(super) async fn check(
     if many {
         req.headers_mut().remove(axum::http::header::RANGE);
     }
+    if req
+        .headers()
+        .get_all("if")
+        .iter()
+        .any(|v| !if_header_safe(v.as_bytes()))
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "an If header with an unclosed <…> or […]\n",
+        )
+            .into_response());
+    }
     if let Some(why) = cross_site(&req) {
         return Err((StatusCode::FORBIDDEN, format!("{why}\n")).into_response());
     }
@@ -163,6 +175,36 @@ fn cross_site(req: &Request) -> Option<String> {
         .then(|| format!("a change sent by a page of another site (Origin: {origin}) is refused"))
 }
 
+/// Whether dav-server can read an `If` header without panicking. Its
+/// tokenizer looks for the `>` or `]` that closes a `<` or `[` (skipping
+/// quoted parts) without checking the end of the header, so `If: (<x`
+/// indexed past it (found by `tests/it/webdav_fuzz.rs`). Here every `<`
+/// and `[` is scanned the same way, bounded: one that reaches the end
+/// unclosed makes the header unsafe (400). One that meets whitespace first
+/// is refused by dav-server itself.
+fn if_header_safe(value: &[u8]) -> bool {
+    let closed = |from: usize, close: u8| {
+        let mut quote = false;
+        for &b in &value[from + 1..] {
+            if !quote && b == close {
+                return true;
+            }
+            if b" \t\r\n".contains(&b) {
+                return true;
+            }
+            if b == b'"' {
+                quote = !quote;
+            }
+        }
+        false
+    };
+    value.iter().enumerate().all(|(i, &b)| match b {
+        b'<' => closed(i, b'>'),
+        b'[' => closed(i, b']'),
+        _ => true,
+    })
+}
+
 fn is_root(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.trim_matches('/').is_empty())
@@ -252,6 +294,29 @@ mod tests {
         }
         assert!(cross_site(&req("POST", &[host, own, ("sec-fetch-site", "cross-site")])).is_some());
         assert!(cross_site(&req("MOVE", &[host, own, ("sec-fetch-site", "same-site")])).is_some());
+    }
+
+    #[test]
+    fn if_headers_dav_server_would_overrun_are_told_apart() {
+        for ok in [
+            "(<urn:uuid:1>)",
+            "(<urn:uuid:1> [\"etag\"]) (Not <DAV:no-lock>)",
+            "<http://h/dav/a> (<urn:uuid:1>)",
+            "(<a b>)",
+            "",
+        ] {
+            assert!(if_header_safe(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "(<urn:uuid:1",
+            "<",
+            "([\"etag\"",
+            "(<a\"b>)",
+            "[",
+            "(<x>) [",
+        ] {
+            assert!(!if_header_safe(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

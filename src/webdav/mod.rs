@@ -657,6 +657,24 @@ fn dav_routes(engine: Arc<Engine>, locks: locks::Locks) -> axum::Router {
         .route(&format!("{PREFIX}/{{*rest}}"), dav)
 }
 
+/// The gateway's requests as a listener serves them (before
+/// `listen::guarded`): the users' gate in front of the WebDAV routes, the
+/// Files view and `also`.
+pub fn app(
+    engine: Arc<Engine>,
+    users: auth::Users,
+    gate: Arc<auth::Gate>,
+    locks: locks::Locks,
+    also: axum::Router,
+) -> axum::Router {
+    dav_routes(engine, locks)
+        .merge(also)
+        .layer(axum::middleware::from_fn_with_state(
+            (Arc::new(users), gate),
+            auth::require,
+        ))
+}
+
 /// Serves the volume over WebDAV at `opts.addr` until the runner stops,
 /// with `also` (the dashboard, metrics) on the same listener, behind the
 /// same users and TLS.
@@ -697,12 +715,7 @@ pub fn serve(
         l.sweep();
         Ok(())
     })?;
-    let app = dav_routes(engine, locks)
-        .merge(also)
-        .layer(axum::middleware::from_fn_with_state(
-            (Arc::new(users), gate),
-            auth::require,
-        ));
+    let app = app(engine, users, gate, locks, also);
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("WebDAV at {scheme}://{}{PREFIX}/", opts.addr);
     crate::metrics::serve_router(opts.addr, "webdav", app, tls, runner)

@@ -4,3 +4,4 @@ mod cli;
 mod common;
 mod hostile;
 mod model;
+mod webdav_fuzz;

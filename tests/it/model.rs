@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 const CHUNK: u32 = 4096;
 
-fn open(dir: &Path, create: bool) -> Engine {
+pub fn open(dir: &Path, create: bool) -> Engine {
     let params = VolumeParams {
         volume_id: [1; 16],
         chunk_size: CHUNK,
