@@ -2,7 +2,8 @@
 //! at most [`MAX_CONNECTIONS`] connections, [`MAX_PER_SOURCE`] of them from
 //! one address (past either, a new connection is closed at once, so its
 //! descriptor is freed), and a first request that must arrive whole within
-//! [`FIRST_REQUEST`] (set on the server by `metrics::serve_router`). A body
+//! [`FIRST_REQUEST`] and each later one's head within [`HEADER_READ`] (set
+//! on the server by `metrics::serve_router`). A body
 //! that sends nothing for [`BODY_IDLE`] ends its request, and a handler that
 //! panics answers 500 (its request ends; nothing else does): see
 //! [`guarded`]. Before,
@@ -28,6 +29,9 @@ pub const MAX_PER_SOURCE: u32 = 64;
 /// How long a new connection has to send its first request whole.
 pub const FIRST_REQUEST: Duration = Duration::from_secs(10);
 
+/// How long a kept-alive connection has to send each later request's
+/// head whole, counted from when it may send one.
+pub const HEADER_READ: Duration = Duration::from_secs(30);
 /// How long a request body may send nothing before the request ends (as a
 /// web server's client body timeout: between two reads, not in all).
 pub const BODY_IDLE: Duration = Duration::from_secs(30);

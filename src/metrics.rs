@@ -281,9 +281,16 @@ pub fn serve_router(
             // per address).
             let app = crate::listen::guarded(app)
                 .into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let server = axum_server::from_tcp(listener)?
+            let mut server = axum_server::from_tcp(listener)?
                 .first_request_timeout(crate::listen::FIRST_REQUEST)
                 .handle(handle);
+            // Every later request's head too (axum-server leaves hyper's
+            // header read timeout off): a kept-alive connection that sends
+            // half a head, or nothing, is closed.
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(Some(crate::listen::HEADER_READ));
             match tls {
                 None => server.acceptor(capped).serve(app).await,
                 Some(tls) => {
