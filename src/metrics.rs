@@ -77,6 +77,11 @@ pub struct Metrics {
     pub peers_reachable: Gauge,
     pub peer_capacity_bytes: Gauge,
     pub peer_used_bytes: Gauge,
+    /// Calls a member device made to its home node, by kind, and their
+    /// round-trip times: what each FUSE operation costs over the link.
+    pub home_calls: Family<RequestLabel, Counter>,
+    pub home_call_seconds: Family<RequestLabel, Histogram, fn() -> Histogram>,
+    pub home_call_errors: Family<RequestLabel, Counter>,
     /// WebDAV requests answered.
     pub webdav_requests: Counter,
     /// FUSE and WebDAV requests answered, for the dashboard's graph (not
@@ -117,6 +122,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         peers_reachable: Gauge::default(),
         peer_capacity_bytes: Gauge::default(),
         peer_used_bytes: Gauge::default(),
+        home_calls: Family::default(),
+        home_call_seconds: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+        home_call_errors: Family::default(),
         webdav_requests: Counter::default(),
         file_ops: Counter::default(),
     };
@@ -129,6 +137,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Peers(&'a Family<PeerLabel, Counter>),
         PeerTimes(&'a Timed<PeerLabel>),
         Requests(&'a Family<RequestLabel, Counter>),
+        RequestTimes(&'a Timed<RequestLabel>),
         Health(&'a Family<HealthLabel, Gauge>),
     }
     use One::*;
@@ -159,6 +168,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ("rebuilt_shards", "Shards rebuilt and placed by repairs", C(&m.rebuilt_shards)),
         ("last_survey_seconds", "When the last survey ran (unix seconds)", G(&m.last_survey)),
         ("webdav_requests", "WebDAV requests answered", C(&m.webdav_requests)),
+        ("home_calls", "Calls this member device made to its home node", Requests(&m.home_calls)),
+        ("home_call_seconds", "Seconds to the home node's answer", RequestTimes(&m.home_call_seconds)),
+        ("home_call_errors", "Calls to the home node failed or refused", Requests(&m.home_call_errors)),
     ];
     for (name, help, metric) in all {
         match metric {
@@ -169,6 +181,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             Peers(f) => r.register(name, help, f.clone()),
             PeerTimes(f) => r.register(name, help, f.clone()),
             Requests(f) => r.register(name, help, f.clone()),
+            RequestTimes(f) => r.register(name, help, f.clone()),
             Health(f) => r.register(name, help, f.clone()),
         }
     }
@@ -227,6 +240,33 @@ impl PeerTimer {
             .observe(self.start.elapsed().as_secs_f64());
         if failed {
             m.shard_errors.get_or_create(&self.label).inc();
+        }
+    }
+}
+
+/// One call of a member device to its home node, counted and timed at
+/// [`HomeCall::done`].
+pub struct HomeCall {
+    label: RequestLabel,
+    start: Instant,
+}
+
+pub fn home_call(request: &'static str) -> HomeCall {
+    HomeCall {
+        label: RequestLabel { request },
+        start: Instant::now(),
+    }
+}
+
+impl HomeCall {
+    pub fn done(self, failed: bool) {
+        let m = get();
+        m.home_calls.get_or_create(&self.label).inc();
+        m.home_call_seconds
+            .get_or_create(&self.label)
+            .observe(self.start.elapsed().as_secs_f64());
+        if failed {
+            m.home_call_errors.get_or_create(&self.label).inc();
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the mountpoint. Every mount is undone by a drop guard, even when a test fails.
 
 pub mod locks;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

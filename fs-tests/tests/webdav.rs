@@ -842,6 +842,8 @@ fn hostile_webdav_requests_are_refused_and_the_daemon_goes_on_serving() {
         assert!(headers.contains(h), "{h}: {headers}");
     }
     assert!(d.is_running(), "the daemon ended");
+    let rss = d.rss_kib();
+    assert!(rss < 256 * 1024, "{rss} KiB after the attacks");
     assert!(d.stop(), "the daemon stops cleanly");
 }
 

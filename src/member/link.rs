@@ -43,19 +43,27 @@ pub fn call_home(
     call: MetaCall,
     wait: Duration,
 ) -> Result<MetaReply> {
+    // Counted once per call, however often a busy home is asked again: the
+    // round trips a member pays per operation (`home_calls`).
+    let timer = crate::metrics::home_call(call.kind());
     let bytes = encode_request(call);
     let start = std::time::Instant::now();
     let mut pause = Duration::from_millis(5);
-    loop {
-        let answer = client.meta_call(home, bytes.clone(), wait).map_err(bad)?;
+    let answer = loop {
+        let answer = match client.meta_call(home, bytes.clone(), wait) {
+            Ok(a) => a,
+            Err(e) => break Err(bad(e)),
+        };
         match decode_answer(&answer) {
             Err(e) if e.kind() == Kind::Busy && start.elapsed() + pause < wait => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
-            other => return other,
+            other => break other,
         }
-    }
+    };
+    timer.done(answer.is_err());
+    answer
 }
 
 /// A member device's way to its volume: the home node's id, this device's

@@ -55,6 +55,58 @@ pub enum MetaCall {
     Ns(NsCall),
 }
 
+impl MetaCall {
+    /// The call's name, as the metrics count it (`home_calls{request=…}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetaCall::Join { .. } => "join",
+            MetaCall::Volume(_) => "volume",
+            MetaCall::CommitFile { .. } => "commit_file",
+            MetaCall::ChunkMap(_) => "chunk_map",
+            MetaCall::Peers => "peers",
+            MetaCall::Ns(call) => call.kind(),
+        }
+    }
+}
+
+impl NsCall {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NsCall::Params => "params",
+            NsCall::Inode(_) => "inode",
+            NsCall::Attr(_) => "attr",
+            NsCall::Lookup { .. } => "lookup",
+            NsCall::Readdir { .. } => "readdir",
+            NsCall::Chunk { .. } => "chunk",
+            NsCall::ChunksFrom { .. } => "chunks_from",
+            NsCall::Getxattr { .. } => "getxattr",
+            NsCall::Listxattr(_) => "listxattr",
+            NsCall::CreateNode { .. } => "create_node",
+            NsCall::Link { .. } => "link",
+            NsCall::Unlink { .. } => "unlink",
+            NsCall::Rmdir { .. } => "rmdir",
+            NsCall::Rename { .. } => "rename",
+            NsCall::Setattr { .. } => "setattr",
+            NsCall::CommitChunks { .. } => "commit_chunks",
+            NsCall::Truncate { .. } => "truncate",
+            NsCall::Setxattr { .. } => "setxattr",
+            NsCall::Removexattr { .. } => "removexattr",
+            NsCall::Sync => "sync",
+            NsCall::Open(_) => "open",
+            NsCall::Release(_) => "release",
+            NsCall::Getlk { .. } => "getlk",
+            NsCall::Setlk { .. } => "setlk",
+            NsCall::Unlock { .. } => "unlock",
+            NsCall::ResetLocks => "reset_locks",
+            NsCall::CreateOpen { .. } => "create_open",
+            NsCall::Releases(_) => "releases",
+            NsCall::ReaddirPlus { .. } => "readdir_plus",
+            NsCall::Watch { .. } => "watch",
+            NsCall::SetlkWait { .. } => "setlk_wait",
+        }
+    }
+}
+
 /// The namespace operations a member's engine asks (see
 /// [`crate::meta::Namespace`]); each is one batch at home.
 #[derive(Debug, Serialize, Deserialize)]

@@ -63,10 +63,35 @@ pub(super) async fn check(
     if let Some(why) = cross_site(&req) {
         return Err((StatusCode::FORBIDDEN, format!("{why}\n")).into_response());
     }
-    if req.method().as_str() == "LOCK" && is_root(req.uri().path(), prefix) {
+    // The root is never locked (it would shut every other client out), nor
+    // copied, moved, deleted or written as a file; and nothing is copied or
+    // moved onto it. dav-server took the root's parent for a COPY of it, a
+    // path shorter than its own prefix, and panicked (found by the fuzz).
+    let onto_root = req.headers().get("destination").is_some_and(|d| {
+        is_root(
+            destination_path(&String::from_utf8_lossy(d.as_bytes())),
+            prefix,
+        )
+    });
+    if is_root(req.uri().path(), prefix)
+        && matches!(
+            req.method().as_str(),
+            "LOCK" | "COPY" | "MOVE" | "DELETE" | "PUT" | "MKCOL"
+        )
+        || onto_root
+    {
         return Err((
             StatusCode::FORBIDDEN,
-            "the root of the volume cannot be locked\n",
+            format!(
+                "the root of the volume cannot be {}\n",
+                match req.method().as_str() {
+                    "LOCK" => "locked",
+                    _ if onto_root => "replaced",
+                    "DELETE" => "deleted",
+                    "COPY" | "MOVE" => "copied or moved",
+                    _ => "written as a file",
+                }
+            ),
         )
             .into_response());
     }
@@ -205,6 +230,15 @@ fn if_header_safe(value: &[u8]) -> bool {
     })
 }
 
+/// The path of a `Destination` header: the header itself when it is a
+/// path, else what follows the scheme and authority of its URL.
+fn destination_path(d: &str) -> &str {
+    match d.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("", |i| &rest[i..]),
+        None => d,
+    }
+}
+
 fn is_root(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.trim_matches('/').is_empty())
@@ -327,5 +361,9 @@ mod tests {
         for p in ["/dav/a", "/dav/a/", "/other"] {
             assert!(!is_root(p, "/dav"), "{p}");
         }
+        assert_eq!(destination_path("http://h:1/dav/x"), "/dav/x");
+        assert_eq!(destination_path("http://h:1"), "");
+        assert_eq!(destination_path("/dav"), "/dav");
+        assert!(is_root(destination_path("https://h/dav/"), "/dav"));
     }
 }
