@@ -392,6 +392,10 @@ def main():
     print(f"{'RSS peak (MiB)':44} {peak / 1024:>10.1f}")
     if warm:
         print(f"{'RSS after warm-up: first / last (MiB)':44} {warm[0] / 1024:>5.1f} / {warm[-1] / 1024:.1f}")
+    minutes = {}
+    for t, k in rss:
+        minutes.setdefault(int((t - start) // 60), k)
+    print("RSS at each minute (MiB): " + " ".join(f"{k / 1024:.0f}" for _, k in sorted(minutes.items())))
     print(f"{'failures':44} {len(failures):>10}")
     if peak > LIMIT_KIB:
         fail(f"RSS peaked at {peak / 1024:.0f} MiB")

@@ -733,6 +733,25 @@ fn hostile_webdav_requests_are_refused_and_the_daemon_goes_on_serving() {
         ]),
     );
     put("after-lock", "a lock of the root");
+    // Nor is it copied, moved, deleted or replaced (a COPY of it onto
+    // itself panicked in dav-server: found by the fuzz).
+    for (method, from, to) in [
+        ("COPY", "", "/dav"),
+        ("MOVE", "/", "/dav/elsewhere"),
+        ("MOVE", "before", "/dav/"),
+        ("COPY", "before", "/dav"),
+        ("DELETE", "/", ""),
+    ] {
+        let mut args = vec!["-X", method];
+        let dest = format!("Destination: http://{addr}{to}");
+        if !to.is_empty() {
+            args.extend(["-H", dest.as_str()]);
+        }
+        let target = format!("{url}/{from}");
+        args.push(&target);
+        assert_eq!(status(&args), 403, "{method} {from} → {to}");
+    }
+    put("after-root", "a COPY, MOVE and DELETE of the root");
 
     for mtime in ["1e300", "-1", "nan", "9e18"] {
         let code = status(&[
