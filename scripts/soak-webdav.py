@@ -338,8 +338,10 @@ def main():
         clients.append(threading.Thread(target=davfs_client, args=(url + "/",)))
     else:
         print("soak: davfs2 left out (needs root and mount.davfs)", file=sys.stderr)
-    side = [threading.Thread(target=attacker, args=(url, ("127.0.0.1", port)), daemon=True),
-            threading.Thread(target=monitor, args=(daemon.pid,), daemon=True)]
+    side = [threading.Thread(target=monitor, args=(daemon.pid,), daemon=True)]
+    # SOAK_NO_ATTACK=1: the clients alone, to tell what the attacks cost.
+    if not os.environ.get("SOAK_NO_ATTACK"):
+        side.append(threading.Thread(target=attacker, args=(url, ("127.0.0.1", port)), daemon=True))
     for t in clients + side:
         t.start()
     while time.time() - start < MINUTES * 60 and daemon.poll() is None:

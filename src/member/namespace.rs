@@ -183,6 +183,26 @@ impl RemoteNamespace {
         }
     }
 
+    /// Forgets what is cached of `ino`, whose attributes or content change
+    /// here, all but that it has no xattrs: no such change adds one (a
+    /// chown may remove `security.capability`), and tar's chown, chmod and
+    /// utimens of a new file would each make the kernel's probe before the
+    /// next write a round trip again.
+    fn forget_changed(&self, ino: Ino) {
+        lock(&self.maps).remove(&ino);
+        lock(&self.inodes).remove(&ino);
+        lock(&self.fresh).attrs.remove(&ino);
+    }
+
+    /// `call`'s answer, kept as `ino`'s attributes for the kernel's next
+    /// getattr (as a create's are).
+    fn changed(&self, ino: Ino, call: NsCall) -> Result<Attr> {
+        self.forget_changed(ino);
+        let a = RemoteNamespace::attr(self, call)?;
+        lock(&self.fresh).keep_attr(a.clone());
+        Ok(a)
+    }
+
     fn unit(&self, call: NsCall) -> Result<()> {
         expect_unit(self.ns(call)?)
     }
@@ -313,9 +333,8 @@ impl Namespace for RemoteNamespace {
         })
     }
     fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
-        self.forget(Some(ino));
         let set = set.clone();
-        RemoteNamespace::attr(self, NsCall::Setattr { ino, set })
+        self.changed(ino, NsCall::Setattr { ino, set })
     }
     fn commit_chunks(
         &self,
@@ -324,14 +343,13 @@ impl Namespace for RemoteNamespace {
         size: u64,
         mtime: Option<Timestamp>,
     ) -> Result<Attr> {
-        self.forget(Some(ino));
         let hints = chunks
             .iter()
             .filter_map(|(_, c)| c.as_ref())
             .map(|c| self.store.holders_of(c.shard_ids()))
             .collect();
-        RemoteNamespace::attr(
-            self,
+        self.changed(
+            ino,
             NsCall::CommitChunks {
                 ino,
                 chunks,
@@ -348,10 +366,9 @@ impl Namespace for RemoteNamespace {
         tail: Option<(u64, Option<ChunkRef>)>,
         set: &SetAttr,
     ) -> Result<Attr> {
-        self.forget(Some(ino));
         let set = set.clone();
-        RemoteNamespace::attr(
-            self,
+        self.changed(
+            ino,
             NsCall::Truncate {
                 ino,
                 size,
