@@ -224,14 +224,7 @@ fn the_dashboard_shows_peers_health_and_live_graphs_in_a_browser() {
         b.goto(&url).await.unwrap();
         check_layout(&b, 1280, "dashboard-1280x800.png").await;
         // A phone.
-        b.set_window_size(390, 844).await.unwrap();
-        let inner = eval(&b, "window.innerWidth").await;
-        if inner != json!(390) {
-            // The window's frame counts in set_window_size: widen by it.
-            let extra = 390 - inner.as_u64().unwrap() as u32;
-            b.set_window_size(390 + extra, 844).await.unwrap();
-        }
-        b.refresh().await.unwrap();
+        set_width(&b, 390, 844).await;
         check_layout(&b, 390, "dashboard-390-phone.png").await;
         b.set_window_size(1280, 800).await.unwrap();
 

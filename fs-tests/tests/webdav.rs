@@ -18,6 +18,20 @@ fn status(args: &[&str]) -> u16 {
         .unwrap_or(0)
 }
 
+/// A fresh volume served over WebDAV on loopback (open to this host), and
+/// its address; `None` (the test skipped) without curl.
+fn gateway() -> Option<(Volume, fs_tests::Daemon, String)> {
+    if !have("curl") {
+        eprintln!("skipped: curl is missing (scripts/setup.sh installs it)");
+        return None;
+    }
+    let v = Volume::new();
+    v.ok(&["init"]);
+    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let d = v.serve_with(&[], &["--webdav", &addr]);
+    Some((v, d, addr))
+}
+
 /// `curl -sf ARGS…`'s body, which must succeed.
 fn body(args: &[&str]) -> String {
     let out = Command::new("curl").arg("-sf").args(args).output().unwrap();
@@ -658,14 +672,9 @@ fn davfs2_mounts_the_gateway_and_a_tree_copied_in_comes_back_identical() {
 /// daemon goes on serving a normal PUT and GET.
 #[test]
 fn hostile_webdav_requests_are_refused_and_the_daemon_goes_on_serving() {
-    if !have("curl") {
-        eprintln!("skipped: curl is missing (scripts/setup.sh installs it)");
+    let Some((v, mut d, addr)) = gateway() else {
         return;
-    }
-    let v = Volume::new();
-    v.ok(&["init"]);
-    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let mut d = v.serve_with(&[], &["--webdav", &addr]);
+    };
     let url = format!("http://{addr}/dav");
     let dir = v.dir.path();
     let put = |name: &str, at: &str| {
@@ -940,15 +949,10 @@ fn a_flood_of_wrong_passwords_costs_the_daemon_little() {
 /// not sent its first request whole within 10 s.
 #[test]
 fn half_sent_requests_hold_few_descriptors_and_are_closed_in_time() {
-    if !have("curl") {
-        eprintln!("skipped: curl is missing (scripts/setup.sh installs it)");
-        return;
-    }
     use std::io::Write;
-    let v = Volume::new();
-    v.ok(&["init"]);
-    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let mut d = v.serve_with(&[], &["--webdav", &addr]);
+    let Some((v, mut d, addr)) = gateway() else {
+        return;
+    };
     let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     let before = fds(d.pid());
     let mut held = Vec::new();
@@ -1056,14 +1060,9 @@ fn half_sent_requests_hold_few_descriptors_and_are_closed_in_time() {
 /// locks take at most 16 MiB (50 000 of them), and the table survives.
 #[test]
 fn the_lock_table_is_bounded_and_every_lock_expires() {
-    if !have("curl") {
-        eprintln!("skipped: curl is missing (scripts/setup.sh installs it)");
+    let Some((v, mut d, addr)) = gateway() else {
         return;
-    }
-    let v = Volume::new();
-    v.ok(&["init"]);
-    let addr = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let mut d = v.serve_with(&[], &["--webdav", &addr]);
+    };
     let url = format!("http://{addr}/dav");
     let dir = v.dir.path();
     let file = dir.join("f");

@@ -214,86 +214,6 @@ impl Locks {
         self.table().all.count
     }
 
-    /// A new lock, or the lock in its way (the trait's shape: 423).
-    #[allow(clippy::result_large_err)]
-    fn take(
-        &self,
-        path: &DavPath,
-        principal: Option<&str>,
-        owner: Option<&Element>,
-        timeout: Option<Duration>,
-        shared: bool,
-        deep: bool,
-    ) -> Result<DavLock, DavLock> {
-        let k = key(path);
-        let now = SystemTime::now();
-        let mut t = self.table();
-        let compatible = |l: &DavLock| shared && l.shared;
-        if let Some(l) = t.covering(&k, now).find(|l| !compatible(l)) {
-            return Err(l.clone());
-        }
-        if deep && let Some(l) = t.below(&k, now).find(|l| !compatible(l)) {
-            return Err(l.clone());
-        }
-        let life = life(timeout);
-        let lock = DavLock {
-            token: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            path: path.clone(),
-            principal: principal.map(str::to_string),
-            owner: owner.cloned(),
-            timeout_at: Some(now + life),
-            timeout: Some(life),
-            shared,
-            deep,
-        };
-        let (who, c) = (owner_of(&lock), cost(&lock));
-        // The root is never locked; past a cap the answer is 423 (the
-        // gateway's check before this said why, with 503).
-        if k.is_empty() || t.refusal(&who, c).is_some() {
-            return Err(lock);
-        }
-        t.by_path.entry(k).or_default().push(lock.clone());
-        t.per_owner.entry(who).or_default().add(c);
-        t.all.add(c);
-        Ok(lock)
-    }
-
-    /// Whether a change of `path` by `principal` holding `submitted_tokens`
-    /// may go, or the lock in its way.
-    #[allow(clippy::result_large_err)]
-    fn allowed(
-        &self,
-        path: &DavPath,
-        principal: Option<&str>,
-        ignore_principal: bool,
-        deep: bool,
-        submitted_tokens: &[&str],
-    ) -> Result<(), DavLock> {
-        let k = key(path);
-        let now = SystemTime::now();
-        let t = self.table();
-        let mine = |l: &DavLock| holds(l, principal, ignore_principal, submitted_tokens);
-        // On the path: an exclusive lock not held refuses; shared locks
-        // refuse unless one of the locks there is held.
-        let (mut held, mut shared) = (false, None);
-        for l in t.covering(&k, now) {
-            if mine(l) {
-                held = true;
-            } else if !l.shared {
-                return Err(l.clone());
-            } else {
-                shared.get_or_insert(l);
-            }
-        }
-        if !held && let Some(l) = shared {
-            return Err(l.clone());
-        }
-        if deep && let Some(l) = t.below(&k, now).find(|l| !mine(l)) {
-            return Err(l.clone());
-        }
-        Ok(())
-    }
-
     /// Why `principal` may not take another lock now, if so (a new lock
     /// of the most a LOCK body can make it cost).
     pub fn refusal(&self, principal: Option<&str>) -> Option<String> {
@@ -328,7 +248,39 @@ impl DavLockSystem for Locks {
         shared: bool,
         deep: bool,
     ) -> LsFuture<'_, Result<DavLock, DavLock>> {
-        let r = self.take(path, principal, owner, timeout, shared, deep);
+        let r: Result<DavLock, DavLock> = 'r: {
+            let k = key(path);
+            let now = SystemTime::now();
+            let mut t = self.table();
+            let compatible = |l: &DavLock| shared && l.shared;
+            if let Some(l) = t.covering(&k, now).find(|l| !compatible(l)) {
+                break 'r Err(l.clone());
+            }
+            if deep && let Some(l) = t.below(&k, now).find(|l| !compatible(l)) {
+                break 'r Err(l.clone());
+            }
+            let life = life(timeout);
+            let lock = DavLock {
+                token: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+                path: path.clone(),
+                principal: principal.map(str::to_string),
+                owner: owner.cloned(),
+                timeout_at: Some(now + life),
+                timeout: Some(life),
+                shared,
+                deep,
+            };
+            let (who, c) = (owner_of(&lock), cost(&lock));
+            // The root is never locked; past a cap the answer is 423 (the
+            // gateway's check before this said why, with 503).
+            if k.is_empty() || t.refusal(&who, c).is_some() {
+                break 'r Err(lock);
+            }
+            t.by_path.entry(k).or_default().push(lock.clone());
+            t.per_owner.entry(who).or_default().add(c);
+            t.all.add(c);
+            Ok(lock)
+        };
         Box::pin(std::future::ready(r))
     }
 
@@ -378,7 +330,31 @@ impl DavLockSystem for Locks {
         deep: bool,
         submitted_tokens: Vec<&str>,
     ) -> LsFuture<'_, Result<(), DavLock>> {
-        let r = self.allowed(path, principal, ignore_principal, deep, &submitted_tokens);
+        let r: Result<(), DavLock> = 'r: {
+            let k = key(path);
+            let now = SystemTime::now();
+            let t = self.table();
+            let mine = |l: &DavLock| holds(l, principal, ignore_principal, &submitted_tokens);
+            // On the path: an exclusive lock not held refuses; shared locks
+            // refuse unless one of the locks there is held.
+            let (mut held, mut shared) = (false, None);
+            for l in t.covering(&k, now) {
+                if mine(l) {
+                    held = true;
+                } else if !l.shared {
+                    break 'r Err(l.clone());
+                } else {
+                    shared.get_or_insert(l);
+                }
+            }
+            if !held && let Some(l) = shared {
+                break 'r Err(l.clone());
+            }
+            if deep && let Some(l) = t.below(&k, now).find(|l| !mine(l)) {
+                break 'r Err(l.clone());
+            }
+            Ok(())
+        };
         Box::pin(std::future::ready(r))
     }
 
