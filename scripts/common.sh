@@ -34,3 +34,12 @@ secs() { echo "$(now) - $1" | bc -l; }
 drop_caches() { sync; [ "$(id -u)" -eq 0 ] && echo 3 > /proc/sys/vm/drop_caches || true; }
 # Peak RSS of a process in MiB (0 once it has gone).
 hwm() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# The path of the integration-test binary (tests/it), built first if stale.
+it_test_binary() {
+  (cd "$REPO" && cargo test --release --test it --no-run --message-format=json 2>/dev/null) |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "it":
+        print(m["executable"])'
+}

@@ -8,15 +8,10 @@
 # The binaries are copied first, so a build meanwhile changes nothing.
 set -euo pipefail
 minutes=${1:-30}
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/datamesh/target}
+source "$(dirname "$0")/common.sh"
+cd "$REPO"
 cargo build --release --bin datamesh
-exe=$(cargo test --release --test it --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "it":
-        print(m["executable"])')
+exe=$(it_test_binary)
 work=$(mktemp -d /var/tmp/hostile.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cp "$CARGO_TARGET_DIR/release/datamesh" "$exe" "$work/"

@@ -42,6 +42,17 @@ impl Drop for Driver {
     }
 }
 
+/// Whether the browser tests can run here (else says why they are skipped).
+fn browser_tools() -> bool {
+    let all = have("chromium") && have("chromedriver") && have("curl");
+    if !all {
+        eprintln!(
+            "skipped: chromium, chromedriver or curl is missing (scripts/setup.sh installs them)"
+        );
+    }
+    all
+}
+
 async fn browser(driver: &Driver) -> Client {
     browser_saving_to(driver, None).await
 }
@@ -153,10 +164,7 @@ async fn check_layout(c: &Client, width: u32, shot: &str) {
 
 #[test]
 fn the_dashboard_shows_peers_health_and_live_graphs_in_a_browser() {
-    if !have("chromium") || !have("chromedriver") || !have("curl") {
-        eprintln!(
-            "skipped: chromium, chromedriver or curl is missing (scripts/setup.sh installs them)"
-        );
+    if !browser_tools() {
         return;
     }
     let v = Volume::new();
@@ -312,10 +320,7 @@ async fn type_into(b: &Client, css: &str, text: &str) {
 /// sideways scrolling. Screenshots are kept.
 #[test]
 fn a_browser_uploads_renames_moves_deletes_and_downloads_files() {
-    if !have("chromium") || !have("chromedriver") || !have("curl") {
-        eprintln!(
-            "skipped: chromium, chromedriver or curl is missing (scripts/setup.sh installs them)"
-        );
+    if !browser_tools() {
         return;
     }
     let v = Volume::new();
