@@ -304,7 +304,32 @@ def attacker(url, addr):
         time.sleep(0.2)
 
 
-def monitor(pid):
+# The caches whose bounds RSS is to be explained by, from /metrics.
+CACHES = {
+    "datamesh_chunk_cache_bytes": "chunks",
+    "datamesh_meta_cache_bytes": "rocksdb blocks",
+    "datamesh_meta_memtable_bytes": "memtables",
+    "datamesh_dirty_bytes": "dirty",
+    "datamesh_meta_cache_entries": "meta entries",
+    "datamesh_webdav_requests_total": "requests",
+}
+caches = []  # (minute, {name: value})
+
+
+def scrape(port):
+    import base64
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"bob:{PW['bob']}".encode()).decode())
+    out = {}
+    for line in urllib.request.urlopen(req, timeout=20).read().decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name in CACHES:
+            out[CACHES[name]] = float(value)
+    return out
+
+
+def monitor(pid, port, start):
+    last_minute = -1
     while not stop.is_set():
         try:
             with open(f"/proc/{pid}/status") as f:
@@ -313,6 +338,13 @@ def monitor(pid):
         except (OSError, StopIteration):
             fail("the daemon ended")
             return
+        minute = int((time.time() - start) // 60)
+        if minute != last_minute:
+            last_minute = minute
+            try:
+                caches.append((minute, kib, scrape(port)))
+            except OSError as e:
+                print(f"soak: /metrics: {e}", file=sys.stderr)
         time.sleep(2)
 
 
@@ -338,7 +370,7 @@ def main():
         clients.append(threading.Thread(target=davfs_client, args=(url + "/",)))
     else:
         print("soak: davfs2 left out (needs root and mount.davfs)", file=sys.stderr)
-    side = [threading.Thread(target=monitor, args=(daemon.pid,), daemon=True)]
+    side = [threading.Thread(target=monitor, args=(daemon.pid, port, start), daemon=True)]
     # SOAK_NO_ATTACK=1: the clients alone, to tell what the attacks cost.
     if not os.environ.get("SOAK_NO_ATTACK"):
         side.append(threading.Thread(target=attacker, args=(url, ("127.0.0.1", port)), daemon=True))
@@ -360,12 +392,7 @@ def main():
         checked += 1
     served = 0
     try:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
-        import base64
-        req.add_header("Authorization", "Basic " + base64.b64encode(f"bob:{PW['bob']}".encode()).decode())
-        for line in urllib.request.urlopen(req, timeout=10).read().decode().splitlines():
-            if line.startswith("datamesh_webdav_requests_total"):
-                served = int(float(line.split()[-1]))
+        served = int(scrape(port).get("requests", 0))
     except OSError as e:
         fail(f"/metrics: {e}")
     fsck = dm("fsck", check=False)
@@ -398,6 +425,14 @@ def main():
     for t, k in rss:
         minutes.setdefault(int((t - start) // 60), k)
     print("RSS at each minute (MiB): " + " ".join(f"{k / 1024:.0f}" for _, k in sorted(minutes.items())))
+    # What RSS is made of: the bounded caches, and the rest (which must stay flat).
+    mib = lambda v: f"{v / (1 << 20):7.1f}"
+    print(f"{'min':>4} {'RSS':>7} {'chunks':>7} {'blocks':>7} {'memtab':>7} {'dirty':>7} {'entries':>8} {'rest':>7}   (MiB)")
+    for minute, kib, c in caches:
+        held = sum(c.get(k, 0) for k in ("chunks", "rocksdb blocks", "memtables", "dirty"))
+        print(f"{minute:>4} {mib(kib * 1024)} {mib(c.get('chunks', 0))} {mib(c.get('rocksdb blocks', 0))} "
+              f"{mib(c.get('memtables', 0))} {mib(c.get('dirty', 0))} {int(c.get('meta entries', 0)):>8} "
+              f"{mib(kib * 1024 - held)}")
     print(f"{'failures':44} {len(failures):>10}")
     if peak > LIMIT_KIB:
         fail(f"RSS peaked at {peak / 1024:.0f} MiB")

@@ -447,9 +447,15 @@ impl Home {
         Ok(VolumeKey::from_bytes(arr))
     }
 
-    /// The mesh key, made on first use (volumes from before the mesh have none).
+    /// The mesh key ring, made on first use (volumes from before the mesh
+    /// have none).
+    pub fn mesh_keys(&self) -> Result<crate::net::MeshKeys, HomeError> {
+        crate::net::MeshKeys::load(&self.paths().mesh_key(), true).map_err(net_err)
+    }
+
+    /// The newest mesh key: what tokens and kits carry.
     pub fn mesh_key(&self) -> Result<crate::net::MeshKey, HomeError> {
-        crate::net::MeshKey::load(&self.paths().mesh_key(), true).map_err(net_err)
+        Ok(self.mesh_keys()?.current().clone())
     }
 
     /// This device's peer id (its libp2p identity, made on first use): what
@@ -491,7 +497,7 @@ impl Home {
         if addrs.is_empty() {
             return Ok(None);
         }
-        let key = self.mesh_key()?;
+        let keys = crate::net::LiveKeys::new(self.mesh_keys()?);
         let identity = crate::net::load_identity(&self.paths().peer_key()).map_err(net_err)?;
         let paths = self.paths();
         if !paths.admitted().exists() {
@@ -513,10 +519,11 @@ impl Home {
         let admission = crate::net::Admission {
             admitted: paths.admitted(),
             invites: paths.invites(),
+            keys: paths.mesh_key(),
         };
         let client = crate::net::MeshClient::start(
             identity,
-            &key,
+            &keys,
             addrs,
             Some(paths.peers()),
             Some(admission),

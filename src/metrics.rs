@@ -72,6 +72,12 @@ pub struct Metrics {
     pub cache_misses: Counter,
     /// Written bytes not yet sealed (read at each scrape).
     pub dirty_bytes: Gauge,
+    /// The namespace database's block cache and memtables (read at each scrape).
+    pub meta_cache_bytes: Gauge,
+    pub meta_memtable_bytes: Gauge,
+    /// Decoded chunks cached, and inode records and entries cached.
+    pub chunk_cache_bytes: Gauge,
+    pub meta_cache_entries: Gauge,
     /// Storage peers known, reachable, and their capacity and use.
     pub peers: Gauge,
     pub peers_reachable: Gauge,
@@ -118,6 +124,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cache_hits: Counter::default(),
         cache_misses: Counter::default(),
         dirty_bytes: Gauge::default(),
+        meta_cache_bytes: Gauge::default(),
+        meta_memtable_bytes: Gauge::default(),
+        chunk_cache_bytes: Gauge::default(),
+        meta_cache_entries: Gauge::default(),
         peers: Gauge::default(),
         peers_reachable: Gauge::default(),
         peer_capacity_bytes: Gauge::default(),
@@ -156,6 +166,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ("chunk_cache_hits", "Chunk loads the cache answered", C(&m.cache_hits)),
         ("chunk_cache_misses", "Chunk loads that decoded shards", C(&m.cache_misses)),
         ("dirty_bytes", "Written bytes not yet sealed", G(&m.dirty_bytes)),
+        ("meta_cache_bytes", "Namespace database block cache in use", G(&m.meta_cache_bytes)),
+        ("meta_memtable_bytes", "Namespace database memtables in use", G(&m.meta_memtable_bytes)),
+        ("chunk_cache_bytes", "Decoded chunks cached", G(&m.chunk_cache_bytes)),
+        ("meta_cache_entries", "Inode records and directory entries cached", G(&m.meta_cache_entries)),
         ("peers", "Storage peers admitted", G(&m.peers)),
         ("peers_reachable", "Storage peers connected now", G(&m.peers_reachable)),
         ("peer_capacity_bytes", "Reachable peers' capacity", G(&m.peer_capacity_bytes)),

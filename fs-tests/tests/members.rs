@@ -674,7 +674,6 @@ fn a_revoked_member_cannot_take_the_volume_with_a_kit_forged_from_its_files() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("thief is not listed: {members}"))
         .to_string();
-    home.ok(&["members", "revoke", &id]);
 
     // The volume id, as any root record (or the home's kit header) shows it.
     let kit = home.ok(&["kit", "export"]);
@@ -693,10 +692,28 @@ fn a_revoked_member_cannot_take_the_volume_with_a_kit_forged_from_its_files() {
     let secret = fs_tests::key_file(&thief.home().join("volume.key"));
     let mesh = fs_tests::key_file(&thief.home().join("mesh.key"));
     let peers: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
-    for (authority, says) in [
+    // While still a member, its handshakes work and the peers' root rule
+    // refuses the kit; once revoked, the rotated mesh key keeps it from
+    // reaching any peer at all.
+    let attempts = [
         (None, "it is a kit from before the volume had one"),
         (Some([7u8; 32]), "it holds another one"),
-    ] {
+        (None, "a wrong kit's mesh key fails every handshake"),
+        (
+            Some([7u8; 32]),
+            "a wrong kit's mesh key fails every handshake",
+        ),
+    ];
+    for (n, (authority, says)) in attempts.into_iter().enumerate() {
+        if n == 2 {
+            home.ok(&["members", "revoke", &id]);
+            fs_tests::within("every peer took the rotated key", 30, &|| {
+                (0..6).all(|i| {
+                    std::fs::read_to_string(top.join(format!("nodes/node{i}.log")))
+                        .is_ok_and(|l| l.contains("the mesh key was rotated"))
+                })
+            });
+        }
         let forged = thief.dir.path().join("forged.txt");
         std::fs::write(
             &forged,
@@ -741,4 +758,96 @@ fn a_revoked_member_cannot_take_the_volume_with_a_kit_forged_from_its_files() {
     sh(top, "cmp data back");
     home.assert_fsck_clean();
     drop(daemon);
+}
+
+/// `members revoke` rotates the mesh key: the revoked device, with every
+/// file it kept, completes no handshake with the home or any storage peer
+/// that has the new key, under its own peer id or a new one; the other
+/// member takes the new key up by itself; a peer that was down through the
+/// revocation is brought up to date when it comes back; and a recovery kit
+/// made before the rotation still recovers the volume.
+#[test]
+fn a_revoked_member_can_no_longer_complete_a_handshake_with_any_peer() {
+    let (mut h, daemon) = Home::start();
+    let top = h.home.dir.path().to_path_buf();
+    sh(&top, "head -c 3000000 /dev/urandom > data");
+    h.home
+        .ok(&["put", top.join("data").to_str().unwrap(), "/data"]);
+    let old_kit = top.join("old-kit.txt");
+    std::fs::write(&old_kit, h.home.ok(&["kit", "export"])).unwrap();
+    let (thief, friend) = (h.member("thief"), h.member("friend"));
+    let got = thief.dir.path().join("got");
+    thief.ok(&["get", "/data", got.to_str().unwrap()]);
+    let node_log = |i: usize| {
+        std::fs::read_to_string(top.join(format!("nodes/node{i}.log"))).unwrap_or_default()
+    };
+
+    // Node 5 is down through the revocation.
+    h.cluster.kill(5);
+    let members = h.home.ok(&["members"]);
+    let id = members
+        .lines()
+        .find(|l| l.contains("thief"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let said = h.home.ok(&["members", "revoke", &id]);
+    assert!(
+        said.contains("rotated the mesh key (generation 1)"),
+        "{said}"
+    );
+    let rotated = |i: usize| node_log(i).contains("the mesh key was rotated (generation 1)");
+    fs_tests::within("the running peers took the new key", 30, &|| {
+        (0..5).all(rotated)
+    });
+
+    // The revoked device: refused at the handshake by the home and by every
+    // peer, under its own id and under a new one.
+    let out = thief.run(&["get", "/data", got.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_file(thief.home().join("peer.key")).unwrap();
+    let out = thief.run(&["ls", "/"]);
+    assert_eq!(out.status.code(), Some(1));
+    fs_tests::within(
+        "the peers refused the revoked device's handshakes",
+        30,
+        &|| (0..5).any(|i| node_log(i).contains("did not allow")),
+    );
+
+    // The friend takes the new key up at its next command, and goes on.
+    let back = friend.dir.path().join("back");
+    friend.ok(&["get", "/data", back.to_str().unwrap()]);
+    sh(&top, &format!("cmp data {}", back.display()));
+    let ring = std::fs::read(friend.home().join("mesh.key")).unwrap();
+    assert!(
+        ring.starts_with(b"dmmesh2\n"),
+        "the friend kept the old key"
+    );
+
+    // Node 5 comes back with the old key; the home reaches it and hands it
+    // the new one.
+    h.cluster.restart(5);
+    fs_tests::within("the peer that was down took the new key", 60, &|| {
+        rotated(5)
+    });
+    h.home.ok(&["put", "/etc/hostname", "/after"]);
+    friend.ok(&["cat", "/after"]);
+
+    // A kit made before the rotation still recovers the volume.
+    assert!(daemon.stop());
+    let moved = Volume::new();
+    let out = moved
+        .cmd(&["recover", "--kit", old_kit.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let again = moved.dir.path().join("again");
+    moved.ok(&["get", "/data", again.to_str().unwrap()]);
+    sh(&top, &format!("cmp data {}", again.display()));
+    let ring = std::fs::read(moved.home().join("mesh.key")).unwrap();
+    assert!(
+        ring.starts_with(b"dmmesh2\n"),
+        "recover kept the kit's older key"
+    );
 }

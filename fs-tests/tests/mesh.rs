@@ -861,6 +861,17 @@ fn only_invited_peers_get_shards_and_a_removed_one_gets_nothing_new() {
         held,
         "a removed peer got new shards"
     );
+    // The removal rotated the mesh key: the peers still admitted took the
+    // new one from the home; the removed one was never handed it.
+    let log = |i: usize| {
+        std::fs::read_to_string(v.dir.path().join(format!("nodes/node{i}.log"))).unwrap()
+    };
+    assert!(
+        log(1).contains("the mesh key was rotated (generation 1)"),
+        "{}",
+        log(1)
+    );
+    assert!(!log(0).contains("the mesh key was rotated"), "{}", log(0));
     let repair = v.run(&["repair"]);
     assert!(repair.status.success(), "{repair:?}");
     let json = status_json(&v, &[]);

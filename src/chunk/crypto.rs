@@ -76,12 +76,22 @@ impl DeviceKey {
 
 /// Seal the volume key to a device's public key.
 pub fn wrap_volume_key(device_public: &[u8], key: &VolumeKey) -> Result<Vec<u8>, ChunkError> {
-    ecies::encrypt(device_public, key.as_bytes()).map_err(|e| ChunkError::Key(format!("{e:?}")))
+    seal_to_device(device_public, key.as_bytes())
+}
+
+/// Seal `secret` to a device's public key (ECIES): only that device opens it.
+pub fn seal_to_device(device_public: &[u8], secret: &[u8]) -> Result<Vec<u8>, ChunkError> {
+    ecies::encrypt(device_public, secret).map_err(|e| ChunkError::Key(format!("{e:?}")))
+}
+
+/// Open what [`seal_to_device`] sealed to this device.
+pub fn open_sealed(device: &DeviceKey, sealed: &[u8]) -> Result<Vec<u8>, ChunkError> {
+    ecies::decrypt(&device.to_bytes(), sealed).map_err(|_| ChunkError::Auth)
 }
 
 /// Open a volume key sealed to this device.
 pub fn unwrap_volume_key(device: &DeviceKey, sealed: &[u8]) -> Result<VolumeKey, ChunkError> {
-    let plain = ecies::decrypt(&device.to_bytes(), sealed).map_err(|_| ChunkError::Auth)?;
+    let plain = open_sealed(device, sealed)?;
     let bytes: [u8; 32] = plain
         .as_slice()
         .try_into()

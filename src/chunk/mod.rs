@@ -15,7 +15,9 @@ mod erasure;
 mod id;
 pub mod segment;
 
-pub use crypto::{DeviceKey, VolumeKey, unwrap_volume_key, wrap_volume_key};
+pub use crypto::{
+    DeviceKey, VolumeKey, open_sealed, seal_to_device, unwrap_volume_key, wrap_volume_key,
+};
 pub use erasure::Codec;
 pub use id::ShardId;
 

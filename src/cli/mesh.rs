@@ -243,15 +243,20 @@ pub fn members(home: &Home, action: Option<super::MembersAction>) -> anyhow::Res
                         "{id}: no such member device (see `datamesh members`)"
                     )));
                 };
-                if m.revoked.is_none() {
+                let newly = m.revoked.is_none();
+                if newly {
                     m.revoked = Some(crate::net::trust::now_secs());
                 }
-                Ok(m.name.clone())
+                Ok((m.name.clone(), newly))
             })?;
+            let (name, newly) = name;
             println!(
                 "datamesh: revoked member device {id} ({name}): a running home daemon refuses it \
                  within 2 s, and tells the storage peers to"
             );
+            if newly {
+                rotate_mesh_key(home)?;
+            }
             Ok(true)
         }
     }
@@ -512,11 +517,48 @@ pub fn peers(home: &Home, action: Option<super::PeersAction>) -> anyhow::Result<
                 bail!("{id}: not an admitted peer");
             }
             list.retired.insert(peer);
+            list.save(&path)?;
             println!(
                 "datamesh: peers: {id} removed; run `datamesh repair` to rebuild what it held"
             );
+            rotate_mesh_key(home)?;
+            return Ok(true);
         }
     }
     list.save(&path)?;
     Ok(true)
+}
+
+/// After a revocation or a removal: the mesh key ring of the next
+/// generation, which allows the home, its admitted storage peers and its
+/// members not revoked to use the older keys (docs/DESIGN.md, "Mesh key
+/// rotation"). Made under the member list's lock, so two rotations never
+/// race; a running daemon takes it up within 2 s and hands it on.
+fn rotate_mesh_key(home: &Home) -> anyhow::Result<()> {
+    use crate::net::trust::{Admitted, Members};
+    let paths = home.paths();
+    let (authority, _) = crate::protect::authority_or_make(&paths.authority_key())?;
+    let me = home.peer_id()?;
+    let (_, generation) = Members::update(&paths.members(), |members| {
+        let mut allowed = vec![me];
+        if let Some(admitted) = Admitted::load(&paths.admitted())? {
+            allowed.extend(admitted.peers.iter().copied());
+        }
+        allowed.extend(members.active());
+        let ring = home
+            .mesh_keys()
+            .map_err(|e| crate::net::NetError::Bad(e.to_string()))?
+            .rotate(&authority.rotation_seed(), allowed)?;
+        ring.save(&paths.mesh_key())?;
+        Ok(ring.generation())
+    })?;
+    println!(
+        "datamesh: rotated the mesh key (generation {generation}): the revoked or removed device \
+         can no longer complete a handshake with any host that has the new key (a running home \
+         daemon hands it to the peers and members within seconds). Invitations made before now \
+         no longer work; export a new recovery kit (`datamesh kit export`): an older kit reaches \
+         the peers only for the next {} rotations",
+        crate::net::keys::RECOVERY_WINDOW
+    );
+    Ok(())
 }

@@ -104,6 +104,11 @@ impl ChunkCache {
         self.lru.get(key)
     }
 
+    /// Bytes held now (at most the cap, but for one larger entry).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn contains(&self, key: &[u8; 32]) -> bool {
         self.lru.contains(key)
     }

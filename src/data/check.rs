@@ -49,6 +49,14 @@ impl Engine {
                 .dirty_total
                 .load(std::sync::atomic::Ordering::Relaxed) as i64,
         );
+        let (cache, memtables) = crate::meta::memory_use();
+        m.meta_cache_bytes.set(cache as i64);
+        m.meta_memtable_bytes.set(memtables as i64);
+        m.chunk_cache_bytes
+            .set(crate::util::lock(&self.s.cache).bytes() as i64);
+        if let Ok(local) = self.s.local() {
+            m.meta_cache_entries.set(local.cache_entries() as i64);
+        }
         if let Some(peers) = self.s.store.peers() {
             let admitted: Vec<_> = peers.iter().filter(|p| p.admitted).collect();
             let reachable = || admitted.iter().filter(|p| p.reachable);

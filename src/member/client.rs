@@ -80,8 +80,8 @@ fn join_inner(home: &Home, token: &str, name: &str) -> Result<String> {
     let device = DeviceKey::generate();
     crate::util::write_secret(&paths.device_key(), &device.to_bytes())
         .map_err(|(p, e)| bad(format!("{}: {e}", p.display())))?;
-    let client =
-        MeshClient::start(identity, &t.key, home_addrs.clone(), None, None).map_err(bad)?;
+    let ring = crate::net::LiveKeys::new(crate::net::MeshKeys::single(t.key.clone()));
+    let client = MeshClient::start(identity, &ring, home_addrs.clone(), None, None).map_err(bad)?;
     let call = MetaCall::Join {
         proof: super::server::join_proof(&secret, &me),
         device: ByteBuf::from(device.public()),

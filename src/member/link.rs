@@ -8,7 +8,7 @@ use super::wire::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request
 use crate::chunk::{ChunkRef, VolumeKey};
 use crate::error::Kind;
 use crate::home::Home;
-use crate::net::{MeshClient, MeshKey, MeshStore, Multiaddr, PeerId};
+use crate::net::{LiveKeys, MeshClient, MeshKeys, MeshStore, Multiaddr, PeerId};
 use crate::store::ShardStore;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,45 @@ pub struct Reach {
     pub home: PeerId,
     pub key: VolumeKey,
     pub store: Arc<MeshStore>,
+    pub keys: KeyRing,
+}
+
+/// A member's mesh key ring: the one its transport uses, where it is kept,
+/// and the device key a rotated one comes sealed to.
+#[derive(Clone)]
+pub struct KeyRing {
+    live: LiveKeys,
+    path: std::path::PathBuf,
+    device: std::path::PathBuf,
+}
+
+impl KeyRing {
+    /// Asks the home for a ring newer than this device's, and takes it up
+    /// (docs/DESIGN.md, "Mesh key rotation"); whether there was one.
+    pub fn refresh(&self, client: &MeshClient, home: PeerId) -> Result<bool> {
+        let have = self.live.generation();
+        let sealed = match call_home(client, home, MetaCall::MeshKeys { have }, HOME_WAIT)? {
+            MetaReply::MeshKeys(None) => return Ok(false),
+            MetaReply::MeshKeys(Some(sealed)) => sealed,
+            other => return Err(bad(format!("the home node answered {other:?}"))),
+        };
+        let device = std::fs::read(&self.device)?;
+        let device: [u8; 32] = device
+            .try_into()
+            .map_err(|_| bad(format!("{}: not a device key", self.device.display())))?;
+        let device = crate::chunk::DeviceKey::from_bytes(&device).map_err(bad)?;
+        let ring = crate::chunk::open_sealed(&device, &sealed)
+            .map_err(|_| bad("the home's mesh key ring is not sealed to this device"))?;
+        let ring = MeshKeys::decode(&ring, "the home's mesh key ring").map_err(bad)?;
+        let generation = ring.generation();
+        if generation <= have {
+            return Ok(false);
+        }
+        ring.save(&self.path).map_err(bad)?;
+        self.live.take_newer(ring);
+        tracing::info!("took up the rotated mesh key (generation {generation})");
+        Ok(true)
+    }
 }
 
 pub fn reach(home: &Home) -> Result<Reach> {
@@ -81,7 +120,11 @@ pub fn reach(home: &Home) -> Result<Reach> {
         .map_err(|e| bad(format!("{}: {e}", paths.member().display())))?;
     let home_id: PeerId = file.home.parse().map_err(bad)?;
     let key = home.volume_key().map_err(bad)?;
-    let mesh = MeshKey::load(&paths.mesh_key(), false).map_err(bad)?;
+    let keys = KeyRing {
+        live: LiveKeys::new(MeshKeys::load(&paths.mesh_key(), false).map_err(bad)?),
+        path: paths.mesh_key(),
+        device: paths.device_key(),
+    };
     let identity = crate::net::load_identity(&paths.peer_key()).map_err(bad)?;
     let mut boot: Vec<Multiaddr> = Vec::new();
     let remembered = std::fs::read_to_string(paths.peers()).unwrap_or_default();
@@ -98,12 +141,18 @@ pub fn reach(home: &Home) -> Result<Reach> {
         }
     }
     let client =
-        MeshClient::start(identity, &mesh, boot, Some(paths.peers()), None).map_err(bad)?;
+        MeshClient::start(identity, &keys.live, boot, Some(paths.peers()), None).map_err(bad)?;
+    // A device that was off through a rotation reaches the home under the
+    // older key (the home allows it by id) and takes up the new one now.
+    if let Err(e) = keys.refresh(&client, home_id) {
+        tracing::warn!("asking the home node for the mesh key: {e}");
+    }
     Ok(Reach {
         file,
         home: home_id,
         key,
         store: MeshStore::new(client, None),
+        keys,
     })
 }
 

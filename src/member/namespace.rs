@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How often a member mount asks whether the mesh key was rotated.
+const KEYS_EVERY: Duration = Duration::from_secs(60);
+
 /// The engine of a mount on a member device: file bytes sealed and opened
 /// here, the namespace the home node's ([`RemoteNamespace`]).
 pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate::data::Engine> {
@@ -36,6 +39,7 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         releases: Arc::new(Releases::default()),
         fresh: Mutex::new(Fresh::default()),
         home_waits_locks: AtomicBool::new(true),
+        keys: r.keys.clone(),
     };
     let params = match ns.ns(NsCall::Params)? {
         NsReply::Params(p) => p,
@@ -67,6 +71,8 @@ pub struct RemoteNamespace {
     inodes: Mutex<HashMap<Ino, InodeRec>>,
     /// Closed handles not yet told to the home.
     releases: Arc<Releases>,
+    /// The mesh key ring, asked after every minute (a rotation).
+    keys: super::link::KeyRing,
     /// What the home told lately of inodes not changed since.
     fresh: Mutex<Fresh>,
     /// Whether the home holds a waiting lock call (`SetlkWait`); a home
@@ -528,6 +534,12 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn spawn_workers(&self, runner: &Runner) -> std::io::Result<()> {
+        let (keys, client, home) = (self.keys.clone(), self.client.clone(), self.home);
+        runner.every("mesh-keys", KEYS_EVERY, move || {
+            keys.refresh(&client, home)
+                .map(drop)
+                .map_err(|e| format!("asking the home node for the mesh key: {e}"))
+        })?;
         let (rel, client, home) = (self.releases.clone(), self.client.clone(), self.home);
         lock(&rel.queue).1 = true;
         let wake = rel.clone();

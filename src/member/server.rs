@@ -420,6 +420,7 @@ impl HomeServer {
                 })
                 .map_err(wire),
             MetaCall::Peers => Ok(MetaReply::Peers(storage_peers(&engine))),
+            MetaCall::MeshKeys { have } => self.mesh_keys(peer, have),
             MetaCall::Ns(NsCall::Watch { since }) => {
                 lock(&self.leases).insert(peer, Instant::now());
                 let local = engine
@@ -436,6 +437,30 @@ impl HomeServer {
                     .map_err(wire)
             }
         }
+    }
+
+    /// The home's mesh key ring when it is newer than the member's, sealed
+    /// to the device key the member joined with; without the allowed list
+    /// (a member dials, it does not judge who dials it).
+    fn mesh_keys(&self, peer: PeerId, have: u64) -> std::result::Result<MetaReply, WireError> {
+        let other = |e: &dyn std::fmt::Display| WireError {
+            kind: Kind::Other,
+            text: e.to_string(),
+        };
+        let ring =
+            crate::net::MeshKeys::load(&self.paths.mesh_key(), false).map_err(|e| other(&e))?;
+        if ring.generation() <= have {
+            return Ok(MetaReply::MeshKeys(None));
+        }
+        let device = lock(&self.members)
+            .1
+            .get_mut(&peer)
+            .map(|m| m.device.clone())
+            .unwrap_or_default();
+        let device = hex::decode(device).map_err(|e| other(&e))?;
+        let sealed = crate::chunk::seal_to_device(&device, &ring.without_allowed().encode())
+            .map_err(|e| other(&e))?;
+        Ok(MetaReply::MeshKeys(Some(ByteBuf::from(sealed))))
     }
 
     /// A member not revoked may ask; its last sighting is noted.

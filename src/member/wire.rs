@@ -53,6 +53,9 @@ pub enum MetaCall {
     Peers,
     /// One operation of the namespace under a member's mounted engine.
     Ns(NsCall),
+    /// The mesh key ring, if the home's is newer than generation `have`
+    /// (docs/DESIGN.md, "Mesh key rotation").
+    MeshKeys { have: u64 },
 }
 
 impl MetaCall {
@@ -65,6 +68,7 @@ impl MetaCall {
             MetaCall::ChunkMap(_) => "chunk_map",
             MetaCall::Peers => "peers",
             MetaCall::Ns(call) => call.kind(),
+            MetaCall::MeshKeys { .. } => "mesh_keys",
         }
     }
 }
@@ -318,6 +322,9 @@ pub enum MetaReply {
     },
     Peers(Vec<String>),
     Ns(NsReply),
+    /// The home's ring, sealed (ECIES) to the member's device key; `None`
+    /// when the member's is as new.
+    MeshKeys(Option<ByteBuf>),
 }
 
 pub fn encode_request(call: MetaCall) -> Vec<u8> {

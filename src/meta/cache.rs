@@ -44,6 +44,12 @@ impl MetaCache {
         }
     }
 
+    /// Inode records and entries held now.
+    pub fn entries(&self) -> usize {
+        let c = self.lock();
+        c.inodes.len() + c.dentries.len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         crate::util::lock(&self.inner)
     }

@@ -64,6 +64,52 @@ pub struct MetaStore {
 /// Inode records and directory entries kept in memory (each).
 const CACHE_ENTRIES: usize = 65_536;
 
+/// RocksDB's memory, one budget for every database this process opens (the
+/// volume and each snapshot opened): left to its defaults, each column family
+/// of each database would grow its own 32 MiB block cache and 8 MiB memtable.
+struct Memory {
+    /// Data, index and filter blocks of every table.
+    blocks: rocksdb::Cache,
+    /// Memtables; past the budget the largest is flushed.
+    memtables: rocksdb::WriteBufferManager,
+}
+
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+const MEMTABLE_BYTES: usize = 32 << 20;
+
+impl Memory {
+    fn tables(&self) -> rocksdb::BlockBasedOptions {
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_block_cache(&self.blocks);
+        // Index and filter blocks count against the cache instead of staying
+        // in memory for as long as a table is open.
+        t.set_cache_index_and_filter_blocks(true);
+        t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        t
+    }
+}
+
+impl MetaStore {
+    /// Inode records and directory entries held in memory now (for metrics).
+    pub fn cache_entries(&self) -> usize {
+        self.cache.entries()
+    }
+}
+
+/// Bytes RocksDB holds now in its block cache and in memtables (for metrics).
+pub fn memory_use() -> (usize, usize) {
+    let m = memory();
+    (m.blocks.get_usage(), m.memtables.get_usage())
+}
+
+fn memory() -> &'static Memory {
+    static MEMORY: std::sync::LazyLock<Memory> = std::sync::LazyLock::new(|| Memory {
+        blocks: rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES),
+        memtables: rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BYTES, false),
+    });
+    &MEMORY
+}
+
 fn db_err(e: rocksdb::Error) -> Error {
     Error::Db(e.into_string())
 }
@@ -97,10 +143,13 @@ impl MetaStore {
         // 64 MiB defaults that is disk a nearly full volume cannot give.
         opts.set_write_buffer_size(8 << 20);
         opts.set_target_file_size_base(8 << 20);
+        let memory = memory();
+        opts.set_write_buffer_manager(&memory.memtables);
         let cf_opts = || {
             let mut o = Options::default();
             o.set_write_buffer_size(8 << 20);
             o.set_target_file_size_base(8 << 20);
+            o.set_block_based_table_factory(&memory.tables());
             o
         };
         let cfs = ALL_CFS

@@ -9,6 +9,7 @@
 //! (libp2p's pre-shared-key transport does the same at a third of the throughput.)
 
 pub mod client;
+pub mod keys;
 pub mod member;
 pub mod node;
 pub mod proto;
@@ -16,6 +17,7 @@ pub mod root;
 pub mod trust;
 
 pub use client::{Admission, MeshClient, MeshStore, Timings};
+pub use keys::{LiveKeys, MeshKeys};
 /// Peer addresses, for the command line and the configuration to parse.
 pub use libp2p::{Multiaddr, PeerId};
 pub use trust::{JoinToken, Role, Roles};
@@ -59,6 +61,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NetError + '_ {
 #[derive(Clone, PartialEq, Eq)]
 pub struct MeshKey([u8; 32]);
 
+/// Never the key: a short fingerprint of it.
+impl std::fmt::Debug for MeshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = blake3::derive_key("datamesh 2026 mesh key id", &self.0);
+        write!(f, "MeshKey({})", hex::encode(&id[..4]))
+    }
+}
+
 impl MeshKey {
     pub fn generate() -> MeshKey {
         MeshKey(rand::random())
@@ -101,6 +111,16 @@ impl MeshKey {
     fn prologue(&self) -> Vec<u8> {
         blake3::derive_key("datamesh 2026 mesh noise prologue", &self.0).to_vec()
     }
+}
+
+/// The innermost cause of a libp2p error: its outer layers ("Handshake
+/// failed", "Transport error") say where, not why.
+pub(crate) fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
@@ -165,19 +185,20 @@ struct Behaviour {
     ping: ping::Behaviour,
 }
 
-/// A swarm on TCP + Noise (prologue from the mesh key) + Yamux.
+/// A swarm on TCP + Noise (prologue from the mesh key both ends name: see
+/// [`keys`]) + Yamux.
 fn build_swarm(
     identity: Keypair,
-    key: &MeshKey,
+    keys: &LiveKeys,
     serve: bool,
 ) -> Result<libp2p::Swarm<Behaviour>, NetError> {
-    let prologue = key.prologue();
+    let ring = keys.clone();
     let bad = |e: &dyn std::fmt::Display| NetError::Bad(format!("starting libp2p: {e}"));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            move |kp: &Keypair| noise::Config::new(kp).map(|c| c.with_prologue(prologue)),
+            move |kp: &Keypair| Ok::<_, noise::Error>(keys::MeshSecurity::new(kp, ring)),
             yamux::Config::default,
         )
         .map_err(|e| bad(&e))?

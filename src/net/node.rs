@@ -12,8 +12,8 @@
 use super::proto::{MAX_IDS, Request, Response};
 use super::root::{RootState, Taken};
 use super::{
-    BehaviourEvent, JoinToken, MeshKey, NetError, Roles, build_swarm, is_loopback, is_unspecified,
-    load_identity, peer_of,
+    BehaviourEvent, JoinToken, LiveKeys, MeshKeys, NetError, Roles, build_swarm, is_loopback,
+    is_unspecified, load_identity, peer_of,
 };
 use crate::chunk::ShardId;
 use crate::store::{LocalStore, ShardStore, StoreError};
@@ -231,6 +231,7 @@ impl Shards {
             Request::Hello
             | Request::Members { .. }
             | Request::PutRoot { .. }
+            | Request::MeshKeys { .. }
             | Request::GetRoot => Response::Failed("answered by the network loop".into()),
             Request::Stat => {
                 let used = self.used.load(Ordering::Relaxed);
@@ -260,6 +261,12 @@ struct Gate {
     /// The volume's newest root record (`DIR/root`), once a home sent one.
     root: Option<RootState>,
     root_path: std::path::PathBuf,
+    /// Where the mesh key ring is kept (`DIR/mesh.key`).
+    keys_path: std::path::PathBuf,
+    /// Whether the home sent the member list since this peer started: until
+    /// then members are refused, so that a revocation made while this peer
+    /// was down is never missed (docs/DESIGN.md, "Mesh key rotation").
+    heard_members: bool,
 }
 
 impl Gate {
@@ -268,6 +275,7 @@ impl Gate {
         path: std::path::PathBuf,
         root: Option<RootState>,
         root_path: std::path::PathBuf,
+        keys_path: std::path::PathBuf,
     ) -> Gate {
         Gate {
             roles,
@@ -275,7 +283,49 @@ impl Gate {
             logged: std::collections::HashSet::new(),
             root,
             root_path,
+            keys_path,
+            heard_members: false,
         }
+    }
+
+    /// `MeshKeys`: keeps the home's ring when it is newer, hands it to the
+    /// transport, and cuts off every connected peer it does not allow.
+    fn take_keys(
+        &mut self,
+        live: &LiveKeys,
+        ring: &[u8],
+        swarm: &mut libp2p::Swarm<super::Behaviour>,
+    ) -> Response {
+        let ring = match MeshKeys::decode(ring, "the home's mesh key ring") {
+            Ok(r) => r,
+            Err(e) => return Response::Failed(e.to_string()),
+        };
+        if ring.generation() <= live.generation() {
+            return Response::Done;
+        }
+        if let Err(e) = ring.save(&self.keys_path) {
+            return Response::Failed(format!("keeping the mesh key ring: {e}"));
+        }
+        let generation = ring.generation();
+        let allowed: std::collections::HashSet<libp2p::PeerId> =
+            ring.allowed().iter().copied().collect();
+        live.take_newer(ring);
+        let home = self.roles.as_ref().and_then(Roles::home);
+        let cut: Vec<libp2p::PeerId> = swarm
+            .connected_peers()
+            .filter(|p| !allowed.contains(p) && Some(**p) != home)
+            .copied()
+            .collect();
+        for p in &cut {
+            let _ = swarm.disconnect_peer_id(*p);
+        }
+        tracing::warn!(
+            "the mesh key was rotated (generation {generation}): older keys are taken \
+             only from the {} peers the home allows; cut off {}",
+            allowed.len(),
+            cut.len()
+        );
+        Response::Done
     }
 
     /// `PutRoot`: keeps the record if it is the newest, and follows a
@@ -350,6 +400,7 @@ impl Gate {
         let Some(roles) = self.roles.as_mut() else {
             return Response::Failed("this peer has no roles (an older token)".into());
         };
+        self.heard_members = true;
         if roles.members() == ids.as_slice() {
             return Response::Done;
         }
@@ -366,6 +417,13 @@ impl Gate {
     /// The refusal to send, when `from` may not ask `req`.
     fn check(&mut self, from: &libp2p::PeerId, req: &Request) -> Option<Response> {
         let role = self.roles.as_ref()?.role_of(from);
+        if role == super::Role::Member && !self.heard_members && !req.is_root() {
+            return Some(Response::Refused(format!(
+                "{from} is a member device, and this storage peer has not heard from the \
+                 home node since it started (it serves members once the home has told it \
+                 who they are)"
+            )));
+        }
         if role.may(req) {
             return None;
         }
@@ -408,8 +466,8 @@ fn join(data: &Path, token: &str) -> Result<Vec<Multiaddr>, NetError> {
     let now = super::trust::now_secs();
     let t = JoinToken::decode_any_age(token)?;
     let (key_path, roles_path) = (data.join("mesh.key"), data.join("roles"));
-    let have = match MeshKey::load(&key_path, false) {
-        Ok(have) => Some(have),
+    let have = match MeshKeys::load(&key_path, false) {
+        Ok(have) => Some(have.current().clone()),
         Err(NetError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
@@ -461,7 +519,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
     if let Some(token) = &opts.join {
         bootstrap.extend(join(&opts.data, token)?);
     }
-    let key = MeshKey::load(&key_path, false).map_err(|e| match e {
+    let keys = MeshKeys::load(&key_path, false).map_err(|e| match e {
         NetError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             NetError::Bad(format!(
                 "{}: no mesh key yet: start with --join TOKEN (the last line of `datamesh invite`)",
@@ -535,7 +593,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
     }
     rt.block_on(serve(
         identity,
-        key,
+        LiveKeys::new(keys),
         opts.listen,
         bootstrap,
         shards,
@@ -544,6 +602,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
             opts.data.join("roles"),
             RootState::load(&opts.data.join("root"))?,
             opts.data.join("root"),
+            key_path,
         ),
         opts.mute_lists,
     ))
@@ -551,7 +610,7 @@ pub fn run(opts: NodeOptions) -> Result<(), NetError> {
 
 async fn serve(
     identity: libp2p::identity::Keypair,
-    key: MeshKey,
+    keys: LiveKeys,
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     shards: Arc<Shards>,
@@ -560,7 +619,7 @@ async fn serve(
 ) -> Result<(), NetError> {
     use tokio::signal::unix::{SignalKind, signal};
     let me = identity.public().to_peer_id();
-    let mut swarm = build_swarm(identity, &key, true)?;
+    let mut swarm = build_swarm(identity, &keys, true)?;
     let on_any = listen.iter().any(is_unspecified);
     for addr in listen {
         check_port_free(&addr)?;
@@ -624,6 +683,9 @@ async fn serve(
                     } else if let Request::Members { ids } = request {
                         let resp = gate.set_members(ids);
                         let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
+                    } else if let Request::MeshKeys { ring } = &request {
+                        let resp = gate.take_keys(&keys, ring, &mut swarm);
+                        let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
                     } else if let Request::PutRoot { record } = &request {
                         let resp = gate.put_root(&peer, record);
                         let _ = swarm.behaviour_mut().shard.send_response(channel, resp);
@@ -663,7 +725,8 @@ async fn serve(
                     }
                 }
                 SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
-                    tracing::info!("refused a connection from {send_back_addr}: {error}");
+                    let why = super::root_cause(&error);
+                    tracing::info!("refused a connection from {send_back_addr}: {why}");
                 }
                 _ => {}
             },

@@ -22,6 +22,8 @@ pub const MAX_FRAME: usize = MAX_SHARD + 4096;
 pub const MAX_IDS: usize = 16 * 1024;
 /// The most member devices a home tells its storage peers of.
 pub const MAX_MEMBERS: usize = 4096;
+/// The longest mesh key ring a home sends (its allowed list: 40 bytes an id).
+pub const MAX_RING: usize = 1 << 20;
 /// Longest frame of a message that carries no shard: a full page of
 /// [`MAX_IDS`] inventory entries (at most 52 bytes each) with room to spare.
 /// Only `Put` and `Data` may use the rest of [`MAX_FRAME`].
@@ -83,6 +85,13 @@ pub enum Request {
         offset: u64,
         len: u32,
     },
+    /// The home's mesh key ring (docs/DESIGN.md, "Mesh key rotation"):
+    /// kept when newer, and the peers it no longer allows are cut off. Last,
+    /// so an older peer only meets it as a request it cannot read.
+    MeshKeys {
+        #[serde(with = "serde_bytes")]
+        ring: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +151,7 @@ impl Request {
             Request::Members { ids } => {
                 ids.len() <= MAX_MEMBERS && ids.iter().all(|i| i.len() <= 64)
             }
+            Request::MeshKeys { ring } => ring.len() <= MAX_RING,
         };
         if ok {
             Ok(())
@@ -206,9 +216,15 @@ impl Request {
             Request::Members { .. } => "Members",
             Request::PutRoot { .. } => "PutRoot",
             Request::GetRoot => "GetRoot",
+            Request::MeshKeys { .. } => "MeshKeys",
             // Reading part of a shard is reading it.
             Request::GetRange { .. } => "Get",
         }
+    }
+
+    /// A root record's request: authorized by its signature, whoever asks.
+    pub fn is_root(&self) -> bool {
+        matches!(self, Request::PutRoot { .. } | Request::GetRoot)
     }
 
     /// Small enough to answer on the network thread: a put or get of a small
@@ -490,6 +506,8 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..300)
                 .prop_map(|record| Request::PutRoot { record }),
             Just(Request::GetRoot),
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|ring| Request::MeshKeys { ring }),
             (id(), any::<u64>(), 0u32..1 << 20).prop_map(|(id, offset, len)| Request::GetRange {
                 id,
                 offset,

@@ -152,6 +152,12 @@ impl RootSigner {
         self.0.public().to_bytes()
     }
 
+    /// What the mesh key's rotations derive from (docs/DESIGN.md, "Mesh key
+    /// rotation"): only this key's holders can make the next mesh key.
+    pub fn rotation_seed(&self) -> [u8; 32] {
+        blake3::derive_key("datamesh 2026 mesh rotation seed", self.0.secret().as_ref())
+    }
+
     /// A record of `body` (its `key` set to this signer's), signed.
     pub fn sign(&self, mut body: RootBody) -> Vec<u8> {
         body.key = self.public();

@@ -26,7 +26,7 @@ pub enum Role {
 
 impl Role {
     pub fn may(self, req: &Request) -> bool {
-        if matches!(req, Request::PutRoot { .. } | Request::GetRoot) {
+        if req.is_root() {
             // A root record is sealed, and a new one is authorized by its
             // signature (a recovered home is no role's yet).
             return true;

@@ -87,9 +87,22 @@ fn rebuild(
         .mode(0o700)
         .create(&home.dir)
         .map_err(io(&home.dir))?;
-    let mesh = crate::net::MeshKey::from_bytes(kit.mesh_key);
-    mesh.save(&paths.mesh_key())
-        .map_err(|e| bad(&paths.mesh_key(), e.to_string()))?;
+    // The kit's key, and (with its authority key) the later generations'
+    // keys: peers that took rotations since the kit was made answer to one.
+    let kit_key = crate::net::MeshKey::from_bytes(kit.mesh_key);
+    let mesh = crate::net::LiveKeys::new(match kit.authority {
+        Some(seed) => crate::net::MeshKeys::recovering(
+            kit_key,
+            crate::net::root::RootSigner::from_seed(seed).rotation_seed(),
+        ),
+        None => crate::net::MeshKeys::single(kit_key),
+    });
+    let save_keys = |mesh: &crate::net::LiveKeys| {
+        mesh.get()
+            .save(&paths.mesh_key())
+            .map_err(|e| bad(&paths.mesh_key(), e.to_string()))
+    };
+    save_keys(&mesh)?;
     let identity = crate::net::load_identity(&paths.peer_key())
         .map_err(|e| bad(&paths.peer_key(), e.to_string()))?;
     let me = identity.public().to_peer_id();
@@ -108,6 +121,8 @@ fn rebuild(
              their mesh (a wrong kit's mesh key fails every handshake)",
         ));
     }
+    // The generation the peers answered to, from now on this home's.
+    save_keys(&mesh)?;
 
     // The newest record this volume signed.
     let volume_key = VolumeKey::from_bytes(kit.volume_secret);
@@ -117,7 +132,27 @@ fn rebuild(
     );
     let (mut best, mut foreign, mut damaged) = (None::<Opened>, 0, Vec::new());
     let mut on_legacy = 0;
-    for (peer, rec) in client.get_roots(Duration::from_secs(40)) {
+    let roots = client.get_roots(Duration::from_secs(40));
+    if roots.iter().all(|(_, r)| r.is_err()) {
+        // Noise's initiator finishes first: a peer that refuses this
+        // host's key drops the connection only after it seemed made.
+        let errors: Vec<String> = roots.iter().map(|(p, r)| format!("{p}: {r:?}")).collect();
+        return Err(bad(
+            Path::new("mesh"),
+            format!(
+                "the {reached} storage peers reached closed the connection without answering: \
+                 this kit's mesh key is not one they take (a wrong kit's mesh key fails every \
+                 handshake; so does a kit more than {} rotations of the mesh key old){}",
+                crate::net::keys::RECOVERY_WINDOW,
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", errors.join("; "))
+                }
+            ),
+        ));
+    }
+    for (peer, rec) in roots {
         match rec {
             Ok(Some(rec)) => match keys.open(kit.volume_id, &rec) {
                 Ok(Some(o)) => {

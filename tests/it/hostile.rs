@@ -19,7 +19,7 @@ use datamesh::chunk::ChunkRef;
 use datamesh::member::wire::{MetaCall, MetaReply, NsCall, NsReply, decode_answer, encode_request};
 use datamesh::meta::NewNode;
 use datamesh::meta::locks::RangeLock;
-use datamesh::net::{MeshClient, MeshKey, PeerId};
+use datamesh::net::{LiveKeys, MeshClient, MeshKeys, PeerId};
 use datamesh::types::{FileKind, Ino, RenameFlags, SetAttr, SetTime, Timestamp};
 use datamesh::volume::proto::Request;
 use fs_tests::{Cluster, Daemon};
@@ -252,8 +252,8 @@ impl Rig {
             .map(|a| a.as_str().unwrap().parse().unwrap())
             .collect();
         let identity = datamesh::net::load_identity(&member.home().join("peer.key")).unwrap();
-        let mesh = MeshKey::load(&member.home().join("mesh.key"), false).unwrap();
-        let client = MeshClient::start(identity, &mesh, addrs, None, None).unwrap();
+        let mesh = MeshKeys::load(&member.home().join("mesh.key"), false).unwrap();
+        let client = MeshClient::start(identity, &LiveKeys::new(mesh), addrs, None, None).unwrap();
         let mut rig = Rig {
             home,
             _cluster: cluster,

@@ -212,6 +212,10 @@ pub(super) async fn actor(
                 // Dead peers are redialled so that a restarted one is used again.
                 redial(&mut swarm, &shared);
                 shared.reload_admitted();
+                if shared.reload_keys() {
+                    cut_off(&mut swarm, &shared);
+                    push_members(&mut swarm, &shared, None);
+                }
                 // Peers admitted since they connected learn the members too.
                 if ticks % 15 == 2 {
                     push_members(&mut swarm, &shared, None);
@@ -228,8 +232,26 @@ pub(super) async fn actor(
     }
 }
 
-/// Sends the newest root record, then the member list, to `only` (or to
-/// every connected storage peer the home admitted), when the home has them.
+/// After a rotation: closes the connections of every peer the new ring
+/// does not allow (a revoked member, a removed storage peer).
+fn cut_off(swarm: &mut libp2p::Swarm<crate::net::Behaviour>, shared: &Shared) {
+    let ring = shared.keys.get();
+    let cut: Vec<PeerId> = swarm
+        .connected_peers()
+        .filter(|p| !ring.allowed().contains(p))
+        .copied()
+        .collect();
+    for p in cut {
+        tracing::info!("cut off {p}: the rotated mesh key does not allow it");
+        let _ = swarm.disconnect_peer_id(p);
+    }
+}
+
+/// Sends the mesh key ring (once rotated), the newest root record, then the
+/// member list, to `only` (or to every connected storage peer the home
+/// admitted), when the home has them. The ring goes first, so that a peer
+/// that missed a rotation cuts off whom it no longer allows before it
+/// learns the members (and starts serving them).
 fn push_members(
     swarm: &mut libp2p::Swarm<crate::net::Behaviour>,
     shared: &Shared,
@@ -237,7 +259,10 @@ fn push_members(
 ) {
     let root = lock(&shared.root).clone();
     let ids = lock(&shared.members).clone();
-    if root.is_none() && ids.is_none() {
+    let ring = Some(shared.keys.get())
+        .filter(|r| shared.admission.is_some() && r.generation() > 0)
+        .map(|r| r.encode());
+    if root.is_none() && ids.is_none() && ring.is_none() {
         return;
     }
     let to: Vec<PeerId> = lock(&shared.peers)
@@ -248,6 +273,12 @@ fn push_members(
         .collect();
     // The answers only matter as log lines; the next push retries.
     for peer in to {
+        if let Some(ring) = &ring {
+            swarm
+                .behaviour_mut()
+                .shard
+                .send_request(&peer, Request::MeshKeys { ring: ring.clone() });
+        }
         if let Some(record) = &root {
             let record = record.clone();
             swarm
@@ -296,11 +327,7 @@ pub(super) fn short_dial_error(e: &libp2p::swarm::DialError) -> String {
     if let libp2p::swarm::DialError::Transport(tries) = e
         && let Some((addr, err)) = tries.first()
     {
-        let mut cause: &dyn std::error::Error = err;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        text = format!("{addr}: {cause}");
+        text = format!("{addr}: {}", crate::net::root_cause(err));
     }
     text
 }

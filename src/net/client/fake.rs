@@ -122,7 +122,7 @@ impl FakePeer {
                 }
             }
             Request::Hello => Response::Failed("fake peers are admitted already".into()),
-            Request::Members { .. } => Response::Done,
+            Request::Members { .. } | Request::MeshKeys { .. } => Response::Done,
             Request::PutRoot { .. } => Response::Done,
             Request::GetRoot => Response::Root(None),
             Request::Stat => Response::Stat {
@@ -164,6 +164,8 @@ impl FakeMesh {
             kad_settled: AtomicBool::new(true),
             admission: None,
             admitted_read: Mutex::new(None),
+            keys: LiveKeys::new(MeshKeys::single(crate::net::MeshKey::generate())),
+            keys_read: Mutex::new(None),
             meta_handler: Mutex::new(None),
             meta_queued: Default::default(),
             members: Mutex::new(None),

@@ -8,7 +8,7 @@ impl MeshClient {
     /// peers' addresses for later runs.
     pub fn start(
         identity: libp2p::identity::Keypair,
-        key: &MeshKey,
+        keys: &LiveKeys,
         bootstrap: Vec<Multiaddr>,
         remember: Option<PathBuf>,
         admission: Option<Admission>,
@@ -23,7 +23,7 @@ impl MeshClient {
             .map_err(|e| NetError::Bad(format!("starting the network runtime: {e}")))?;
         let swarm = {
             let _g = rt.enter();
-            build_swarm(identity, key, false)?
+            build_swarm(identity, keys, false)?
         };
         let shared = Arc::new(Shared {
             peers: Mutex::new(PeerTable::default()),
@@ -31,6 +31,8 @@ impl MeshClient {
             kad_settled: AtomicBool::new(false),
             admission,
             admitted_read: Mutex::new(None),
+            keys: keys.clone(),
+            keys_read: Mutex::new(None),
             meta_handler: Mutex::new(None),
             meta_queued: Default::default(),
             members: Mutex::new(None),

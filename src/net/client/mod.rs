@@ -12,7 +12,7 @@
 //! chunk's shards, stragglers, full peers), `survey` (inventories and scrub).
 
 use super::proto::{MAX_IDS, Request, Response};
-use super::{BehaviourEvent, MeshKey, NetError, build_swarm, is_unspecified, peer_of};
+use super::{BehaviourEvent, LiveKeys, MeshKeys, NetError, build_swarm, is_unspecified, peer_of};
 use crate::chunk::ShardId;
 use crate::store::{
     HolderIndex, HolderKey, Holders, LocalStore, PeerNote, PeerStatus, Scrubbed, ShardInfo,
@@ -169,10 +169,12 @@ struct PeerTable {
     admitted: Option<super::trust::Admitted>,
 }
 
-/// Where a home keeps whom it admitted, and the invitations it handed out.
+/// Where a home keeps whom it admitted, the invitations it handed out, and
+/// its mesh key ring (re-read when a command rotates it).
 pub struct Admission {
     pub admitted: PathBuf,
     pub invites: PathBuf,
+    pub keys: PathBuf,
 }
 
 struct Shared {
@@ -184,6 +186,10 @@ struct Shared {
     admission: Option<Admission>,
     /// When the admitted file was last read (it is re-read when it changes).
     admitted_read: Mutex<Option<SystemTime>>,
+    /// The mesh key ring the transport uses.
+    keys: LiveKeys,
+    /// When the home's ring file was last read.
+    keys_read: Mutex<Option<SystemTime>>,
     /// Answers members' metadata requests (set by a daemon that listens).
     meta_handler: Mutex<Option<MetaHandler>>,
     meta_queued: std::sync::atomic::AtomicUsize,

@@ -79,6 +79,36 @@ impl Shared {
         }
     }
 
+    /// Takes up the home's ring file when a command rotated it; whether the
+    /// transport now uses a newer ring.
+    pub(super) fn reload_keys(&self) -> bool {
+        let Some(adm) = &self.admission else {
+            return false;
+        };
+        let mtime = std::fs::metadata(&adm.keys).and_then(|m| m.modified()).ok();
+        {
+            let mut last = lock(&self.keys_read);
+            if *last == mtime {
+                return false;
+            }
+            *last = mtime;
+        }
+        match MeshKeys::load(&adm.keys, false) {
+            Ok(ring) => {
+                let generation = ring.generation();
+                let newer = self.keys.take_newer(ring);
+                if newer {
+                    tracing::warn!("the mesh key was rotated: generation {generation}");
+                }
+                newer
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                false
+            }
+        }
+    }
+
     /// Keeps what a peer's answer to `Stat` says it can hold (placement's
     /// weight).
     pub(super) fn take_stat(&self, peer: PeerId, answer: Result<Response, String>) {
