@@ -15,7 +15,7 @@
 //! ```
 
 use crate::chunk::{DeviceKey, VolumeKey};
-use crate::data::{Engine, EngineConfig};
+use crate::data::EngineConfig;
 use crate::meta::{MetaStore, VolumeParams};
 use crate::store::LocalStore;
 use serde::Deserialize;
@@ -373,10 +373,7 @@ impl Home {
             .mode(0o700)
             .create(&self.dir)
             .map_err(io(&self.dir))?;
-        write_secret(
-            &self.paths().device_key(),
-            &DeviceKey::generate().to_bytes(),
-        )?;
+        self.make_device_key()?;
         let cfg = self.paths().config();
         if !cfg.exists() {
             fs::write(&cfg, CONFIG_TEMPLATE).map_err(io(&cfg))?;
@@ -397,16 +394,30 @@ impl Home {
             fs::set_permissions(&meta, fs::Permissions::from_mode(0o700)).map_err(io(&meta))?;
         }
         self.mesh_key()?;
-        crate::protect::authority_or_make(&self.paths().authority_key())?;
-        // The key is written last: its presence marks a complete volume.
-        write_secret(&self.key_path(), VolumeKey::generate().as_bytes())
+        authority_or_make(&self.paths().authority_key())?;
+        self.complete(&VolumeKey::generate())
+    }
+
+    /// A new device key (what a home's, or a member's, volume secret is
+    /// sealed to).
+    pub(crate) fn make_device_key(&self) -> Result<(), HomeError> {
+        write_secret(
+            &self.paths().device_key(),
+            &DeviceKey::generate().to_bytes(),
+        )
+    }
+
+    /// Writes the volume key, last: its presence marks a complete volume (a
+    /// new one, or one a recovery rebuilt).
+    pub(crate) fn complete(&self, key: &VolumeKey) -> Result<(), HomeError> {
+        write_secret(&self.key_path(), key.as_bytes())
     }
 
     /// The home directory must be its user's alone: one owned by another
     /// user is refused (unless this is root), and the directory and `meta/`
     /// are put back to 0700 if something widened them (a pre-created
     /// /var/lib/datamesh, say): RocksDB's files hold the chunk keys.
-    fn check_private(&self) -> Result<(), HomeError> {
+    pub(crate) fn check_private(&self) -> Result<(), HomeError> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let me = nix::unistd::geteuid();
         for dir in [self.dir.clone(), self.paths().meta()] {
@@ -492,7 +503,10 @@ impl Home {
     }
 
     /// The mesh store when storage peers are known, else `None` (shards stay local).
-    fn mesh_store(&self, n: usize) -> Result<Option<Arc<crate::net::MeshStore>>, HomeError> {
+    pub(crate) fn mesh_store(
+        &self,
+        n: usize,
+    ) -> Result<Option<Arc<crate::net::MeshStore>>, HomeError> {
         let addrs = self.peer_addrs()?;
         if addrs.is_empty() {
             return Ok(None);
@@ -559,81 +573,6 @@ impl Home {
         Ok(Some(store))
     }
 
-    /// Open the volume, creating it with defaults on first use.
-    pub fn open_engine(&self) -> Result<Engine, HomeError> {
-        self.open_engine_with(None, None)
-    }
-
-    /// Like [`Home::open_engine`], with the cache and dirty budgets (MiB) overridden.
-    pub fn open_engine_with(
-        &self,
-        cache_mb: Option<usize>,
-        dirty_mb: Option<usize>,
-    ) -> Result<Engine, HomeError> {
-        self.open_daemon(cache_mb, dirty_mb).map(|(e, _)| e)
-    }
-
-    /// The volume as a daemon opens it: the engine, and the mesh client when
-    /// there are storage peers (to listen for members on).
-    pub fn open_daemon(
-        &self,
-        cache_mb: Option<usize>,
-        dirty_mb: Option<usize>,
-    ) -> Result<(Engine, Option<crate::net::MeshClient>), HomeError> {
-        if self.is_member() {
-            return Err(HomeError::Bad {
-                path: self.dir.clone(),
-                why: "this is a member device: the volume is the home node's, reached \
-                      through it (this command cannot run here)"
-                    .into(),
-            });
-        }
-        if !self.exists() {
-            self.init(&InitOptions::default())?;
-            tracing::info!("created a new volume in {}", self.dir.display());
-        }
-        self.check_private()?;
-        let ecfg = self.engine_config(cache_mb, dirty_mb)?;
-        let key = self.volume_key()?;
-        let meta = MetaStore::open(&self.paths().meta(), None)?;
-        let n = meta.params().data_shards as usize + meta.params().parity_shards as usize;
-        let mut client = None;
-        let authority = crate::protect::load_authority(&self.paths().authority_key())?;
-        let authority_new = authority.is_none();
-        let store: Arc<dyn crate::store::ShardStore> = match self.mesh_store(n)? {
-            Some(mesh) => {
-                // A home replaced by a recovery changes nothing.
-                crate::protect::check_not_replaced(
-                    mesh.client(),
-                    &crate::protect::RootKeys::of(&key, authority),
-                    meta.params().volume_id,
-                    meta.epoch()?,
-                    &self.dir,
-                    authority_new,
-                )?;
-                client = Some(mesh.client().clone());
-                mesh
-            }
-            None => Arc::new(LocalStore::open(&self.paths().store()).map_err(crate::Error::from)?),
-        };
-        // A volume from before the authority key: its root records were
-        // signed by a key every member device can derive. From now on they
-        // are the authority's, and the peers move to it.
-        if authority_new && crate::protect::authority_or_make(&self.paths().authority_key())?.1 {
-            tracing::warn!(
-                "made the volume's authority key ({}): storage peers now obey only it. A \
-                 recovery kit exported before now cannot recover the volume any more: \
-                 export a new one (`datamesh kit export`)",
-                self.paths().authority_key().display()
-            );
-        }
-        let engine = Engine::new(meta, store, key, ecfg)?;
-        // gc and repair keep and mend the namespace's copies on the peers.
-        let kept = crate::protect::ProtectState::load(&self.paths().protect())?;
-        engine.set_protected(kept.chunks());
-        Ok((engine, client))
-    }
-
     /// The engine's settings: config.toml's, with the cache and dirty
     /// budgets (MiB) overridden when given.
     pub fn engine_config(
@@ -649,6 +588,43 @@ impl Home {
             repair_mbps: cfg.repair_mbps,
         })
     }
+}
+
+/// The home's authority key (`HOME/authority.key`, a random ed25519 seed);
+/// `None` when the home has none yet (a volume from before it).
+pub fn load_authority(path: &Path) -> Result<Option<crate::net::root::RootSigner>, HomeError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(HomeError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut seed: [u8; 32] = bytes.try_into().map_err(|_| HomeError::Bad {
+        path: path.to_path_buf(),
+        why: "the authority key is not 32 bytes".into(),
+    })?;
+    let signer = crate::net::root::RootSigner::from_seed(seed);
+    zeroize::Zeroize::zeroize(&mut seed);
+    Ok(Some(signer))
+}
+
+/// The home's authority key, made now (random, 0600) if it has none; and
+/// whether it was made by this call (`false`: it was there, or another
+/// process made it at the same moment and this one reads it).
+pub fn authority_or_make(path: &Path) -> Result<(crate::net::root::RootSigner, bool), HomeError> {
+    let mut seed: [u8; 32] = rand::random();
+    let made = crate::util::write_secret_new(path, &seed)
+        .map_err(|(path, source)| HomeError::Io { path, source })?;
+    zeroize::Zeroize::zeroize(&mut seed);
+    let signer = load_authority(path)?.ok_or_else(|| HomeError::Bad {
+        path: path.to_path_buf(),
+        why: "vanished as it was made".into(),
+    })?;
+    Ok((signer, made))
 }
 
 fn net_err(e: crate::net::NetError) -> HomeError {

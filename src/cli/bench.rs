@@ -108,7 +108,7 @@ pub fn run(size: u64, dir: &Path) -> anyhow::Result<()> {
         }
         let store_rate = (256 << 20) as f64 / t.elapsed().as_secs_f64() / 1e6;
         store.sync()?;
-        let engine = home.open_engine()?;
+        let engine = crate::protect::open_engine(&home)?;
         let mut rows = Vec::new();
         for (label, workers) in [("1 core", 1), ("all cores", cores)] {
             let name = format!("f{workers}");

@@ -336,7 +336,7 @@ impl Opened {
         }
         match Remote::connect(&home.paths().volume_sock()).map_err(|e| anyhow!(e))? {
             Some(r) => Ok(Opened::Daemon(r)),
-            None => Ok(Opened::Here(Box::new(home.open_engine()?))),
+            None => Ok(Opened::Here(Box::new(crate::protect::open_engine(home)?))),
         }
     }
 

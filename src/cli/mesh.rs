@@ -537,7 +537,7 @@ pub fn peers(home: &Home, action: Option<super::PeersAction>) -> anyhow::Result<
 fn rotate_mesh_key(home: &Home) -> anyhow::Result<()> {
     use crate::net::trust::{Admitted, Members};
     let paths = home.paths();
-    let (authority, _) = crate::protect::authority_or_make(&paths.authority_key())?;
+    let (authority, _) = crate::home::authority_or_make(&paths.authority_key())?;
     let me = home.peer_id()?;
     let (_, generation) = Members::update(&paths.members(), |members| {
         let mut allowed = vec![me];

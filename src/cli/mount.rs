@@ -165,7 +165,7 @@ fn daemon(
             crate::member::namespace::open_engine(home, cfg).context("reaching the home node")?;
         (engine, None)
     } else {
-        home.open_daemon(cache_mb, dirty_mb)?
+        crate::protect::open_daemon(home, cache_mb, dirty_mb)?
     };
     let engine = Arc::new(engine);
     let runner = crate::workers::Runner::new();

@@ -4,9 +4,11 @@
 //! which rebuilds a home from them (`recover.rs`). See docs/DESIGN.md,
 //! "Namespace protection".
 
+mod open;
 mod recover;
 pub mod schedule;
 
+pub use open::{open_daemon, open_engine, open_engine_with};
 pub use recover::{Recovered, recover};
 
 use crate::chunk::{ChunkRef, VolumeKey, crypto};
@@ -237,43 +239,6 @@ impl RootKeys {
     }
 }
 
-/// The home's authority key (`HOME/authority.key`, a random ed25519 seed);
-/// `None` when the home has none yet (a volume from before it).
-pub fn load_authority(path: &Path) -> Result<Option<RootSigner>, HomeError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(HomeError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let mut seed: [u8; 32] = bytes.try_into().map_err(|_| HomeError::Bad {
-        path: path.to_path_buf(),
-        why: "the authority key is not 32 bytes".into(),
-    })?;
-    let signer = RootSigner::from_seed(seed);
-    zeroize::Zeroize::zeroize(&mut seed);
-    Ok(Some(signer))
-}
-
-/// The home's authority key, made now (random, 0600) if it has none; and
-/// whether it was made by this call (`false`: it was there, or another
-/// process made it at the same moment and this one reads it).
-pub fn authority_or_make(path: &Path) -> Result<(RootSigner, bool), HomeError> {
-    let mut seed: [u8; 32] = rand::random();
-    let made = crate::util::write_secret_new(path, &seed)
-        .map_err(|(path, source)| HomeError::Io { path, source })?;
-    zeroize::Zeroize::zeroize(&mut seed);
-    let signer = load_authority(path)?.ok_or_else(|| HomeError::Bad {
-        path: path.to_path_buf(),
-        why: "vanished as it was made".into(),
-    })?;
-    Ok((signer, made))
-}
-
 pub fn when(secs: u64) -> String {
     humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
         .to_string()
@@ -346,10 +311,11 @@ impl Protector {
         let meta = engine.local_meta()?;
         let params = meta.params().clone();
         let epoch = meta.epoch()?;
-        let authority = load_authority(&paths.authority_key())?.ok_or_else(|| HomeError::Bad {
-            path: paths.authority_key(),
-            why: "missing: the volume's authority key is made when the volume opens".into(),
-        })?;
+        let authority =
+            crate::home::load_authority(&paths.authority_key())?.ok_or_else(|| HomeError::Bad {
+                path: paths.authority_key(),
+                why: "missing: the volume's authority key is made when the volume opens".into(),
+            })?;
         let keys = RootKeys::of(key, Some(authority));
         let me = crate::net::load_identity(&paths.peer_key())
             .map_err(|e| HomeError::Bad {

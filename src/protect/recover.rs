@@ -235,7 +235,7 @@ fn rebuild(
     };
     let authority = match kit.authority {
         Some(seed) => crate::net::root::RootSigner::from_seed(seed),
-        None => crate::protect::authority_or_make(&paths.authority_key())?.0,
+        None => crate::home::authority_or_make(&paths.authority_key())?.0,
     };
     let keys = RootKeys::of(&volume_key, Some(authority));
     if on_legacy > 0 {
@@ -309,11 +309,7 @@ fn rebuild(
     if !paths.config().exists() {
         std::fs::write(paths.config(), "").map_err(io(&paths.config()))?;
     }
-    crate::util::write_secret(
-        &paths.device_key(),
-        &crate::chunk::DeviceKey::generate().to_bytes(),
-    )
-    .map_err(|(path, source)| HomeError::Io { path, source })?;
+    home.make_device_key()?;
     let mut state = ProtectState {
         epoch,
         sequence,
@@ -337,9 +333,9 @@ fn rebuild(
         crate::util::write_secret(&paths.authority_key(), &seed)
             .map_err(|(path, source)| HomeError::Io { path, source })?;
     }
+    // Everything the key marks complete is on disk before it.
     nix::unistd::sync();
-    crate::util::write_secret(&paths.volume_key(), volume_key.as_bytes())
-        .map_err(|(path, source)| HomeError::Io { path, source })?;
+    home.complete(&volume_key)?;
     Ok(Recovered {
         files: counts.0,
         dirs: counts.1,

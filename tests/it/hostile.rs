@@ -842,3 +842,40 @@ fn a_hostile_member_breaks_nothing_an_honest_host_keeps() {
         assert!(d.stop(), "the home daemon ends cleanly");
     }
 }
+
+/// A member past its bounds is told `Busy` (the call not run), the home
+/// serves everyone else meanwhile, and the member is served again once it
+/// is back within them.
+#[test]
+fn a_member_past_its_bounds_is_told_busy_and_the_home_serves_on() {
+    let rig = Rig::start();
+    let next = match rig.ns(NsCall::Watch { since: 0 }) {
+        Ok(NsReply::Changes(s)) => s.next,
+        other => panic!("the home answered {other:?}"),
+    };
+    // Twelve watches at once: the home holds four, and tells the rest the
+    // member is busy at once (a watch is held for seconds when nothing
+    // changes).
+    let start = Instant::now();
+    let answers: Vec<Result<NsReply, datamesh::Error>> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| rig.ns(NsCall::Watch { since: next })))
+            .collect();
+        // The home's own CLI is not held up by them.
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        rig.home.ok(&["ls", "/honest"]);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let busy = answers
+        .iter()
+        .filter(|a| matches!(a, Err(e) if e.kind() == datamesh::error::Kind::Busy))
+        .count();
+    let held = answers.iter().filter(|a| a.is_ok()).count();
+    assert!(busy >= 8, "{busy} of 12 told busy: {answers:?}");
+    assert!(held <= 4, "{held} watches held at once");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    // Within its bounds again, the member is served.
+    assert!(matches!(rig.ns(NsCall::Params), Ok(NsReply::Params(_))));
+}
