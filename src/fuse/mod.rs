@@ -4,31 +4,33 @@
 //! engine error to the errno the kernel sees, and [`mount`] runs a session in the
 //! foreground until the volume is unmounted.
 //!
-//! This file is long for one reason: fuser's `Filesystem` is one trait, so its
-//! impl is one block (about 650 lines of thin translations, one engine call
-//! each, locks included). Mounting (checks, signals, the session) is in
-//! `mount`, ACLs in `acl`.
+//! By concern: this file holds the struct and fuser's `Filesystem` impl (one
+//! trait, so one block of thin translations, one engine call each);
+//! `convert` the errno values and attribute translations, `dir` listings,
+//! `lockwait` locks and their waits, `acl` and `acl_mode` POSIX ACLs, and
+//! `mount` mounting (checks, signals, the session).
 
 mod acl;
+mod acl_mode;
+mod convert;
+mod dir;
 mod lockwait;
 mod mount;
 
+pub use convert::{errno, file_attr};
 pub use mount::{MountOptions, check_mountable, mount};
 
-use crate::Error;
+use convert::{err, err_inode, ino, new_perm, set_time};
+
 use crate::data::Engine;
 use crate::meta::NewNode;
 use crate::meta::locks::RangeLock;
-use crate::types::{
-    Attr, DirEntry, FileKind, FsStats, Ino, RenameFlags as DmRenameFlags, SetAttr, SetTime,
-    Timestamp,
-};
-use crate::util::lock;
+use crate::types::{Attr, DirEntry, FileKind, FsStats, Ino, RenameFlags as DmRenameFlags, SetAttr};
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::io;
@@ -40,104 +42,6 @@ use std::time::{Duration, SystemTime};
 /// Threads that answer requests which may wait on storage (reads, flushes, fsyncs,
 /// releases), so the FUSE threads keep taking requests meanwhile.
 const IO_THREADS: usize = 16;
-
-/// Directory entries fetched from the engine per batch while filling a readdir reply.
-const READDIR_BATCH: usize = 128;
-
-/// The errno for an engine error. Unexpected errors (metadata, shards, I/O) are
-/// logged here and reported as `EIO`.
-pub fn errno(e: &Error) -> i32 {
-    use crate::error::Kind;
-    match e.kind() {
-        Kind::NotFound => libc::ENOENT,
-        Kind::Exists => libc::EEXIST,
-        Kind::NotDir => libc::ENOTDIR,
-        Kind::IsDir => libc::EISDIR,
-        Kind::NotEmpty => libc::ENOTEMPTY,
-        Kind::Invalid => libc::EINVAL,
-        Kind::NameTooLong => libc::ENAMETOOLONG,
-        Kind::NoSpace => libc::ENOSPC,
-        Kind::NoXattr => libc::ENODATA,
-        Kind::NotPermitted => libc::EPERM,
-        Kind::TooBig => libc::EFBIG,
-        Kind::ReadOnly => libc::EROFS,
-        Kind::WouldBlock => libc::EAGAIN,
-        Kind::Deadlock => libc::EDEADLK,
-        Kind::Interrupted => libc::EINTR,
-        Kind::NoLocks => libc::ENOLCK,
-        Kind::Other | Kind::Busy => {
-            tracing::error!("I/O error: {e}");
-            libc::EIO
-        }
-    }
-}
-
-fn err(e: &Error) -> Errno {
-    crate::metrics::get().fuse_errors.inc();
-    Errno::from_i32(errno(e))
-}
-
-/// The errno for an operation on an inode the kernel found by a cached name:
-/// an inode that is gone was removed through another host (or the CLI), and
-/// ESTALE makes the kernel look the name up again instead of failing.
-fn err_inode(e: &Error) -> Errno {
-    match e.kind() {
-        crate::error::Kind::NotFound => {
-            crate::metrics::get().fuse_errors.inc();
-            Errno::from_i32(libc::ESTALE)
-        }
-        _ => err(e),
-    }
-}
-
-fn file_type(kind: FileKind) -> FileType {
-    match kind {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Dir => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-        FileKind::CharDev => FileType::CharDevice,
-        FileKind::BlockDev => FileType::BlockDevice,
-    }
-}
-
-/// The kernel's view of an inode's attributes.
-pub fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino.0),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.atime.into(),
-        mtime: a.mtime.into(),
-        ctime: a.ctime.into(),
-        crtime: a.crtime.into(),
-        kind: file_type(a.kind),
-        perm: a.perm,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
-fn set_time(t: TimeOrNow) -> SetTime {
-    match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(Timestamp::from(t)),
-    }
-}
-
-fn ino(i: INodeNo) -> Ino {
-    Ino(i.0)
-}
-
-/// Permission bits of a new node: the requested mode less the umask.
-fn new_perm(mode: u32, umask: u32) -> u16 {
-    (mode & !umask & 0o7777) as u16
-}
 
 /// A datamesh volume as a FUSE filesystem.
 pub struct DatameshFs {
@@ -252,62 +156,6 @@ impl DatameshFs {
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(&e)),
-        }
-    }
-
-    /// Keeps a stored access ACL in step with a chmod.
-    fn chmod_acl(&self, i: Ino, perm: u16) -> crate::Result<()> {
-        let value = match self.engine.getxattr(i, acl::ACCESS) {
-            Ok(v) => v,
-            Err(Error::NoXattr) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        match acl::Acl::parse(&value) {
-            Some(a) => {
-                let new = a.chmod(perm).to_bytes();
-                self.engine.setxattr(i, acl::ACCESS, &new, false, true)
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Sets an access ACL: the mode follows it, and an ACL that says no more than
-    /// the mode is not stored (as `posix_acl_update_mode` does).
-    fn set_access_acl(
-        &self,
-        i: Ino,
-        value: &[u8],
-        create: bool,
-        replace: bool,
-    ) -> crate::Result<()> {
-        let a = acl::Acl::parse(value).ok_or(Error::Invalid("malformed POSIX ACL"))?;
-        let old = self.engine.getattr(i)?;
-        let exists = match self.engine.getxattr(i, acl::ACCESS) {
-            Ok(_) => true,
-            Err(Error::NoXattr) => false,
-            Err(e) => return Err(e),
-        };
-        if create && exists {
-            return Err(Error::Exists);
-        }
-        if replace && !exists {
-            return Err(Error::NoXattr);
-        }
-        let perm = a.mode(old.perm);
-        if perm != old.perm {
-            let set = SetAttr {
-                perm: Some(perm),
-                ..Default::default()
-            };
-            self.engine.setattr(i, &set)?;
-        }
-        if a.is_minimal() {
-            if exists {
-                self.engine.removexattr(i, acl::ACCESS)?;
-            }
-            Ok(())
-        } else {
-            self.engine.setxattr(i, acl::ACCESS, value, false, false)
         }
     }
 
@@ -778,77 +626,23 @@ impl Filesystem for DatameshFs {
         i: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let _t = crate::metrics::op("readdir");
-        let mut offset = offset;
-        loop {
-            let batch = match self.engine.readdir(ino(i), offset, READDIR_BATCH) {
-                Ok(b) => b,
-                Err(e) => return reply.error(err(&e)),
-            };
-            let last = batch.len() < READDIR_BATCH;
-            for ent in batch {
-                let name = OsStr::from_bytes(&ent.name);
-                if reply.add(INodeNo(ent.ino.0), ent.offset, file_type(ent.kind), name) {
-                    return reply.ok();
-                }
-                offset = ent.offset;
-            }
-            if last {
-                return reply.ok();
-            }
-        }
+        self.list(ino(i), offset, reply);
     }
 
-    /// Entries with their attributes (see `init`). A page
-    /// fetched from the namespace that the kernel's buffer could not hold
-    /// is kept for its next call, which asks from where this one ended.
+    /// Entries with their attributes (see `init`).
     fn readdirplus(
         &self,
         _req: &Request,
         i: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
         let _t = crate::metrics::op("readdirplus");
-        let dir = ino(i);
-        let mut offset = offset;
-        loop {
-            let kept = lock(&self.plus_rest).pop(&(dir, offset));
-            let (page, last) = match kept {
-                Some(k) => k,
-                None => match self.engine.readdir_plus(dir, offset, READDIR_BATCH) {
-                    Ok(p) => {
-                        let last = p.len() < READDIR_BATCH;
-                        (p, last)
-                    }
-                    Err(e) => return reply.error(err(&e)),
-                },
-            };
-            let mut page = page.into_iter();
-            while let Some((ent, a)) = page.next() {
-                let name = OsStr::from_bytes(&ent.name);
-                let attr = file_attr(&a);
-                if reply.add(
-                    INodeNo(ent.ino.0),
-                    ent.offset,
-                    name,
-                    &self.entry_ttl,
-                    &attr,
-                    Generation(0),
-                ) {
-                    let rest = std::iter::once((ent, a)).chain(page).collect();
-                    lock(&self.plus_rest).put((dir, offset), (rest, last));
-                    return reply.ok();
-                }
-                offset = ent.offset;
-            }
-            if last {
-                return reply.ok();
-            }
-        }
+        self.list_plus(ino(i), offset, reply);
     }
 
     fn releasedir(
