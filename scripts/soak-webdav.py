@@ -12,7 +12,10 @@ compared, the volume is checked with fsck, and a table is printed: requests
 served and refused, each client's operations, peak and final RSS.
 
 Fails (exit 1) if a legitimate operation failed, a file differs, the daemon
-ended, fsck is not clean, or RSS passed 256 MiB.
+ended, fsck is not clean, RSS passed 256 MiB, or (runs of 10 minutes or
+more) RSS beside the bounded caches (decoded chunks, RocksDB's blocks and
+memtables, dirty buffers; read from /metrics each minute) grew more than
+16 MiB in the second half.
 
     scripts/soak-webdav.sh [MINUTES]     (default 30; builds first)
 """
@@ -433,6 +436,13 @@ def main():
         print(f"{minute:>4} {mib(kib * 1024)} {mib(c.get('chunks', 0))} {mib(c.get('rocksdb blocks', 0))} "
               f"{mib(c.get('memtables', 0))} {mib(c.get('dirty', 0))} {int(c.get('meta entries', 0)):>8} "
               f"{mib(kib * 1024 - held)}")
+    # Once the caches are full the rest must stay flat: past the first half,
+    # it may not grow more than 16 MiB above what it was at the half.
+    rest = [(m, kib / 1024 - sum(c.get(k, 0) for k in ("chunks", "rocksdb blocks", "memtables", "dirty")) / (1 << 20))
+            for m, kib, c in caches]
+    half = [r for m, r in rest if m >= MINUTES / 2]
+    if MINUTES >= 10 and len(half) >= 2 and max(half) > half[0] + 16:
+        fail(f"RSS beside the caches grew from {half[0]:.0f} to {max(half):.0f} MiB in the second half")
     print(f"{'failures':44} {len(failures):>10}")
     if peak > LIMIT_KIB:
         fail(f"RSS peaked at {peak / 1024:.0f} MiB")
