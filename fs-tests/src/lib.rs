@@ -21,6 +21,19 @@ pub fn datamesh_bin() -> PathBuf {
         .join("datamesh")
 }
 
+/// The checkout these tests belong to. Asked at run time (cargo sets
+/// `CARGO_MANIFEST_DIR` for the tests it runs): a test binary built in one
+/// clone and found fresh by another sharing the target dir would otherwise
+/// look for scripts and fixtures where the first clone was.
+pub fn repo() -> PathBuf {
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    here.parent()
+        .expect("fs-tests sits in the checkout")
+        .to_path_buf()
+}
+
 /// Whether this host can mount FUSE filesystems at all.
 pub fn fuse_available() -> bool {
     Path::new("/dev/fuse").exists() && Command::new("fusermount3").arg("-V").output().is_ok()

@@ -103,7 +103,7 @@ async fn until(c: &Client, expr: &str, what: &str) {
 }
 
 fn artifact(name: &str) -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    let dir = fs_tests::repo().join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }

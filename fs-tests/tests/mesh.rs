@@ -264,7 +264,7 @@ fn cluster_script_starts_kills_restarts_and_stops_nodes() {
     let v = Volume::new();
     let dir = v.dir.path().join("cluster");
     let port = fs_tests::free_ports(3);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
+    let script = fs_tests::repo().join("scripts/cluster.sh");
     let run = |args: &[&str]| {
         let out = Command::new("bash")
             .arg(&script)

@@ -122,7 +122,7 @@ fn read_only_mount_options_and_a_non_empty_mountpoint() {
     sh(&m.at, "echo kept > f");
     assert!(m.unmount());
     // mount.datamesh passes fstab's options through -o.
-    let helper = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/mount.datamesh");
+    let helper = fs_tests::repo().join("packaging/mount.datamesh");
     let out = std::process::Command::new("sh")
         .arg(helper)
         .arg(v.home())
@@ -426,11 +426,8 @@ fn a_format_1_volume_mounts_reads_and_takes_overwrites_in_place() {
     require!();
     use std::io::{Seek, SeekFrom, Write};
     let v = Volume::new();
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/volume-format1.tar.xz"
-    );
-    sh(v.dir.path(), &format!("tar -xJf {fixture}"));
+    let fixture = fs_tests::repo().join("tests/fixtures/volume-format1.tar.xz");
+    sh(v.dir.path(), &format!("tar -xJf {}", fixture.display()));
     let mut files = format1_contents();
     let m = v.mount();
     for (name, want) in &files {

@@ -24,7 +24,7 @@ fn the_debian_package_installs_mounts_through_fstab_and_removes_cleanly() {
         eprintln!("skipped: installing a package needs root");
         return;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/package-deb.sh");
+    let script = fs_tests::repo().join("scripts/package-deb.sh");
     let built = run(Command::new(script).env("DATAMESH_BIN", fs_tests::datamesh_bin()));
     let deb = built.lines().last().unwrap().trim().to_string();
     assert!(deb.ends_with(".deb"), "{built}");

@@ -371,11 +371,8 @@ fn scheduled_snapshots_are_taken_and_only_the_last_ones_kept() {
 #[test]
 fn a_volume_from_before_the_authority_key_moves_its_peers_to_it_and_the_old_kit_stops_working() {
     let v = Volume::new();
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/volume-root1.tar.xz"
-    );
-    sh(v.dir.path(), &format!("tar -xJf {fixture}"));
+    let fixture = fs_tests::repo().join("tests/fixtures/volume-root1.tar.xz");
+    sh(v.dir.path(), &format!("tar -xJf {}", fixture.display()));
     let dirs: Vec<_> = (0..3)
         .map(|i| v.dir.path().join(format!("node{i}")))
         .collect();

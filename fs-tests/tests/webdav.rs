@@ -1196,7 +1196,7 @@ fn a_minute_of_clients_beside_an_attacker_loses_nothing() {
         eprintln!("skipped: curl, rclone or python3 is missing (scripts/setup.sh installs them)");
         return;
     }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/soak-webdav.py");
+    let script = fs_tests::repo().join("scripts/soak-webdav.py");
     let out = Command::new("python3")
         .arg(script)
         .arg("1")
