@@ -14,6 +14,22 @@ fn fails(v: &Volume, args: &[&str], says: &str) -> String {
     err
 }
 
+/// The device id `datamesh members` lists for the member named `name`.
+fn member_id(home: &Volume, name: &str) -> String {
+    let members = home.ok(&["members"]);
+    members
+        .lines()
+        .find(|l| l.contains(name))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{name} is not listed: {members}"))
+        .to_string()
+}
+
+/// Whether the mesh key at `path` is a rotated ring (not the first key).
+fn rotated_ring(path: &std::path::Path) -> bool {
+    std::fs::read(path).unwrap().starts_with(b"dmmesh2\n")
+}
+
 fn last_line(text: &str) -> String {
     text.lines().last().unwrap_or_default().trim().to_string()
 }
@@ -172,14 +188,8 @@ fn member_devices_share_the_volume_and_a_revoked_one_is_cut_off() {
     assert!(fsck.contains("fsck: clean"), "{fsck}");
 
     // The members, and a revocation that takes effect at once.
-    let members = home.ok(&["members"]);
-    let b_id = members
-        .lines()
-        .find(|l| l.contains("host-b"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("host-b is not listed: {members}"))
-        .to_string();
-    assert!(members.contains("laptop-a"), "{members}");
+    let b_id = member_id(home, "host-b");
+    member_id(home, "laptop-a");
     home.ok(&["members", "revoke", &b_id]);
     fails(&b, &["ls", "/"], "not a member device");
     assert!(home.ok(&["members"]).contains("revoked"));
@@ -667,13 +677,7 @@ fn a_revoked_member_cannot_take_the_volume_with_a_kit_forged_from_its_files() {
     fs_tests::within("the namespace protected", 60, &protected);
     let got = thief.dir.path().join("got");
     thief.ok(&["get", "/data", got.to_str().unwrap()]);
-    let members = home.ok(&["members"]);
-    let id = members
-        .lines()
-        .find(|l| l.contains("thief"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("thief is not listed: {members}"))
-        .to_string();
+    let id = member_id(home, "thief");
 
     // The volume id, as any root record (or the home's kit header) shows it.
     let kit = home.ok(&["kit", "export"]);
@@ -784,13 +788,7 @@ fn a_revoked_member_can_no_longer_complete_a_handshake_with_any_peer() {
 
     // Node 5 is down through the revocation.
     h.cluster.kill(5);
-    let members = h.home.ok(&["members"]);
-    let id = members
-        .lines()
-        .find(|l| l.contains("thief"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let id = member_id(&h.home, "thief");
     let said = h.home.ok(&["members", "revoke", &id]);
     assert!(
         said.contains("rotated the mesh key (generation 1)"),
@@ -818,9 +816,8 @@ fn a_revoked_member_can_no_longer_complete_a_handshake_with_any_peer() {
     let back = friend.dir.path().join("back");
     friend.ok(&["get", "/data", back.to_str().unwrap()]);
     sh(&top, &format!("cmp data {}", back.display()));
-    let ring = std::fs::read(friend.home().join("mesh.key")).unwrap();
     assert!(
-        ring.starts_with(b"dmmesh2\n"),
+        rotated_ring(&friend.home().join("mesh.key")),
         "the friend kept the old key"
     );
 
@@ -845,9 +842,8 @@ fn a_revoked_member_can_no_longer_complete_a_handshake_with_any_peer() {
     let again = moved.dir.path().join("again");
     moved.ok(&["get", "/data", again.to_str().unwrap()]);
     sh(&top, &format!("cmp data {}", again.display()));
-    let ring = std::fs::read(moved.home().join("mesh.key")).unwrap();
     assert!(
-        ring.starts_with(b"dmmesh2\n"),
+        rotated_ring(&moved.home().join("mesh.key")),
         "recover kept the kit's older key"
     );
 }

@@ -401,6 +401,29 @@ impl UpgradeInfo for MeshSecurity {
     }
 }
 
+impl MeshSecurity {
+    /// Noise under the key `name` means, as the dialer or the listener,
+    /// then the ring's word on the authenticated caller.
+    async fn secure<T>(
+        self,
+        socket: T,
+        name: String,
+        dialer: bool,
+    ) -> Result<(PeerId, noise::Output<T>), noise::Error>
+    where
+        T: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (config, generation) = self.noise(&name)?;
+        let (peer, out) = if dialer {
+            config.upgrade_outbound(socket, LEGACY_NAME).await?
+        } else {
+            config.upgrade_inbound(socket, LEGACY_NAME).await?
+        };
+        self.check(&peer, generation)?;
+        Ok((peer, out))
+    }
+}
+
 impl<T> InboundConnectionUpgrade<T> for MeshSecurity
 where
     T: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin + Send + 'static,
@@ -410,12 +433,7 @@ where
     type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
 
     fn upgrade_inbound(self, socket: T, name: String) -> Self::Future {
-        Box::pin(async move {
-            let (config, generation) = self.noise(&name)?;
-            let (peer, out) = config.upgrade_inbound(socket, LEGACY_NAME).await?;
-            self.check(&peer, generation)?;
-            Ok((peer, out))
-        })
+        Box::pin(self.secure(socket, name, false))
     }
 }
 
@@ -428,12 +446,7 @@ where
     type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
 
     fn upgrade_outbound(self, socket: T, name: String) -> Self::Future {
-        Box::pin(async move {
-            let (config, generation) = self.noise(&name)?;
-            let (peer, out) = config.upgrade_outbound(socket, LEGACY_NAME).await?;
-            self.check(&peer, generation)?;
-            Ok((peer, out))
-        })
+        Box::pin(self.secure(socket, name, true))
     }
 }
 

@@ -9,6 +9,7 @@
 //! (libp2p's pre-shared-key transport does the same at a third of the throughput.)
 
 pub mod client;
+mod gate;
 pub mod keys;
 pub mod member;
 pub mod node;
