@@ -606,7 +606,7 @@ impl Cluster {
         }
         // What a node learns from the home (its member list) is logged at info.
         let child = cmd
-            .env("RUST_LOG", "warn,datamesh::net::node=info")
+            .env("RUST_LOG", "warn,datamesh::net=info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(log)
