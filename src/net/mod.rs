@@ -256,7 +256,14 @@ fn build_swarm(
             }
         })
         .map_err(|e| bad(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .with_swarm_config(|c| {
+            // Each request opens a substream. V1Lazy sends the request with
+            // the protocol proposal instead of waiting a round trip for its
+            // acceptance (every substream we open names one protocol): a
+            // call costs one round trip, not two.
+            c.with_idle_connection_timeout(Duration::from_secs(3600))
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     Ok(swarm)
 }
