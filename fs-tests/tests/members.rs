@@ -847,3 +847,129 @@ fn a_revoked_member_can_no_longer_complete_a_handshake_with_any_peer() {
         "recover kept the kit's older key"
     );
 }
+
+/// A member's calls to its home of one kind so far (`home_calls`).
+fn home_calls(metrics: &str, kind: &str) -> u64 {
+    let text = fs_tests::scrape(metrics);
+    fs_tests::metric(
+        &text,
+        &format!("datamesh_home_calls_total{{request=\"{kind}\"}}"),
+    ) as u64
+}
+
+#[test]
+fn a_member_sends_the_changes_to_a_file_it_made_with_the_close_in_one_call() {
+    let h = Home::new();
+    let hm = h.mount_listening();
+    let home = &h.home;
+    let a = h.member("a");
+    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let ma = a.mount_with(&["--metrics", &metrics]);
+    // The home's engine, not a kernel's cache of it.
+    let stat = |p: &str| home.ok(&["stat", p]);
+    // Made, written, its times, owner and mode set on the open handle (as
+    // tar does), and held open: the home has the file, not the changes.
+    let mut writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys\n\
+             fd = os.open('f', os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)\n\
+             os.write(fd, b'hello')\n\
+             os.utime(fd, (1000000000, 1000000000))\n\
+             os.fchown(fd, 1234, 1234)\n\
+             os.fchmod(fd, 0o640)\n\
+             print('open', flush=True)\n\
+             sys.stdin.readline()\n\
+             os.fsync(fd)\n\
+             print('synced', flush=True)\n\
+             sys.stdin.readline()\n\
+             os.close(fd)\n\
+             print('closed', flush=True)\n",
+        )
+        .current_dir(&ma.at)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let mut input = writer.stdin.take().unwrap();
+    let mut step = |say: bool, want: &str| {
+        use std::io::{BufRead, Write};
+        if say {
+            input.write_all(b"go\n").unwrap();
+            input.flush().unwrap();
+        }
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), want);
+    };
+    step(false, "open");
+    let before = stat("/f");
+    assert!(
+        before.contains("Access: (0600/") && before.contains("Size: 0 "),
+        "{before}"
+    );
+    for kind in ["setattr", "batch", "commit_chunks"] {
+        assert_eq!(
+            home_calls(&metrics, kind),
+            0,
+            "{kind} sent before the close"
+        );
+    }
+    // fsync sends them all, in one call.
+    step(true, "synced");
+    let synced = stat("/f");
+    assert!(
+        synced.contains("Access: (0640/")
+            && synced.contains("Uid: 1234")
+            && synced.contains("Size: 5 ")
+            && synced.contains("Modify: 2001-09-09"),
+        "{synced}"
+    );
+    assert_eq!(home_calls(&metrics, "batch"), 1);
+    step(true, "closed");
+    assert!(writer.wait().unwrap().success());
+    assert_eq!(home.ok(&["cat", "/f"]), "hello");
+
+    // tar into the member: each file's commit, times, owner and mode go in
+    // one call at its close, and the home has every one of them after.
+    sh(
+        &ma.at,
+        "mkdir t && tar -C /usr/share/doc -cf - bash | tar -C t -xf -",
+    );
+    let count = |what: &str| -> u64 {
+        sh(&ma.at, &format!("find t {what} | wc -l"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (files, others) = (count("-type f"), count("! -type f"));
+    let batches = home_calls(&metrics, "batch") - 1;
+    assert!(batches <= files, "{batches} batches for {files} files");
+    // What tar sets by path after the close: directories' and symlinks'.
+    let setattrs = home_calls(&metrics, "setattr");
+    assert!(
+        setattrs <= 3 * others,
+        "{setattrs} setattrs for {others} others"
+    );
+    // The home's own mount shows the tree as it was archived.
+    let listing = |root: &std::path::Path| {
+        sh(
+            root,
+            "find . \\( -type d -printf '%p %m %U %G %T@\\n' \\) \
+             -o \\( -type l -printf '%p -> %l\\n' \\) \
+             -o -printf '%p %m %U %G %T@ %s\\n' | sort",
+        )
+    };
+    assert_eq!(
+        listing(&hm.at.join("t/bash")),
+        listing(std::path::Path::new("/usr/share/doc/bash"))
+    );
+    sh(
+        &hm.at,
+        "diff -r --no-dereference /usr/share/doc/bash t/bash",
+    );
+    assert!(ma.unmount() && hm.unmount(), "unmounts flush and exit 0");
+    let fsck = home.ok(&["fsck"]);
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
+}

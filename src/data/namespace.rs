@@ -313,7 +313,7 @@ impl Engine {
 
     /// The last release of an inode seals its writes and frees it if unlinked meanwhile.
     pub fn release(&self, ino: Ino) -> Result<()> {
-        let res = self.flush(ino);
+        let res = self.flush_closing(ino);
         let told = self.s.meta.released(ino);
         let last = {
             let mut opens = lock(&self.opens);

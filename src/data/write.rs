@@ -293,6 +293,13 @@ impl Engine {
         }
     }
 
+    /// A close of `ino` here: its writes committed, and everything done to
+    /// it applied where the namespace is kept (close-to-open across hosts).
+    pub fn flush_closing(&self, ino: Ino) -> Result<()> {
+        self.flush(ino)?;
+        self.s.meta.settle(ino)
+    }
+
     /// Whether `ino` has nothing unsealed (so [`Engine::flush`] has nothing
     /// to wait for); false when that cannot be told without waiting.
     pub fn nothing_to_flush(&self, ino: Ino) -> bool {
@@ -305,6 +312,7 @@ impl Engine {
         self.flush(ino)?;
         self.s.store.sync()?;
         self.s.meta.sync()?;
+        self.s.meta.settle(ino)?;
         if let Some(f) = self.s.on_fsync.get() {
             f();
         }

@@ -470,7 +470,7 @@ impl Filesystem for DatameshFs {
         // A close drops the closing owner's POSIX locks on the file.
         self.spawn("flush", move |engine| {
             let res = engine
-                .flush(ino(i))
+                .flush_closing(ino(i))
                 .and(engine.unlock(lock_owner.0, ino(i)));
             Self::reply_empty(res, reply)
         });

@@ -2,15 +2,16 @@
 //! home node's namespace asked over `/datamesh/meta/1`, with the chunk maps,
 //! inode records and shard locations it needs kept while files are open.
 
-use super::link::{HOME_WAIT, bad, call_home, learn, reach};
-use super::wire::{MAP_PAGE, MetaCall, MetaReply, NsCall, NsReply};
+use super::defer::{Line, Youngs};
+use super::link::{bad, learn, reach};
+use super::wire::{MAP_PAGE, NsCall, NsReply};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;
 use crate::meta::changes::{Changed, Since};
 use crate::meta::locks::RangeLock;
 use crate::meta::{InodeRec, Namespace, NewNode, VolumeParams};
-use crate::net::{MeshClient, MeshStore, PeerId};
+use crate::net::MeshStore;
 use crate::store::ShardStore;
 use crate::types::*;
 use crate::util::lock;
@@ -30,8 +31,8 @@ const KEYS_EVERY: Duration = Duration::from_secs(60);
 pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate::data::Engine> {
     let r = reach(home)?;
     let mut ns = RemoteNamespace {
-        client: r.store.client().clone(),
-        home: r.home,
+        line: Arc::new(Line::new(r.store.client().clone(), r.home)),
+        young: Youngs::default(),
         params: None,
         store: r.store.clone(),
         maps: Mutex::new(HashMap::new()),
@@ -53,10 +54,14 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
 }
 
 /// The home node's namespace, asked over the mesh: what a member device's
-/// mounted engine stands on. Each call waits at most [`HOME_WAIT`].
+/// mounted engine stands on. Each call waits at most
+/// [`super::link::HOME_WAIT`].
 pub struct RemoteNamespace {
-    client: MeshClient,
-    home: PeerId,
+    /// Calls to the home, after the changes held back.
+    line: Arc<Line>,
+    /// The files this mount made and holds open, whose changes are held
+    /// back (docs/DESIGN.md, "Changes to a new file").
+    young: Youngs,
     /// Asked once, when the mount starts.
     params: Option<VolumeParams>,
     /// Where the home's hints of shard holders go.
@@ -140,13 +145,6 @@ struct Releases {
     cond: std::sync::Condvar,
 }
 
-fn ns_call(client: &MeshClient, home: PeerId, call: NsCall) -> Result<NsReply> {
-    match call_home(client, home, MetaCall::Ns(call), HOME_WAIT)? {
-        MetaReply::Ns(r) => Ok(r),
-        other => Err(bad(format!("the home node answered {other:?}"))),
-    }
-}
-
 fn expect_unit(r: NsReply) -> Result<()> {
     match r {
         NsReply::Unit => Ok(()),
@@ -164,7 +162,7 @@ struct ChunkPage {
 
 impl RemoteNamespace {
     fn ns(&self, call: NsCall) -> Result<NsReply> {
-        ns_call(&self.client, self.home, call)
+        self.line.call(call)
     }
 
     fn attr(&self, call: NsCall) -> Result<Attr> {
@@ -174,8 +172,10 @@ impl RemoteNamespace {
         }
     }
 
-    /// Forgets what is cached of `ino` (`None`: of every inode).
+    /// Forgets what is cached of `ino` (`None`: of every inode), which is
+    /// no longer young.
     fn forget(&self, ino: Option<Ino>) {
+        self.young.end(ino);
         match ino {
             Some(ino) => {
                 lock(&self.maps).remove(&ino);
@@ -195,6 +195,7 @@ impl RemoteNamespace {
     /// utimens of a new file would each make the kernel's probe before the
     /// next write a round trip again.
     fn forget_changed(&self, ino: Ino) {
+        self.young.end(Some(ino));
         lock(&self.maps).remove(&ino);
         lock(&self.inodes).remove(&ino);
         lock(&self.fresh).attrs.remove(&ino);
@@ -219,6 +220,9 @@ impl Namespace for RemoteNamespace {
         self.params.as_ref().expect("asked when the mount starts")
     }
     fn inode(&self, ino: Ino) -> Result<InodeRec> {
+        if let Some(r) = self.young.inode(ino) {
+            return Ok(r);
+        }
         if let Some(r) = lock(&self.inodes).get(&ino) {
             return Ok(r.clone());
         }
@@ -231,6 +235,9 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn attr(&self, ino: Ino) -> Result<Attr> {
+        if let Some(a) = self.young.attr(ino) {
+            return Ok(a);
+        }
         if let Some(a) = lock(&self.fresh).attr(ino) {
             return Ok(a);
         }
@@ -248,6 +255,9 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
+        if let Some(c) = self.young.chunk(ino, idx) {
+            return Ok(c);
+        }
         if let Some(p) = lock(&self.maps).get(&ino)
             && idx >= p.from
             && p.to.is_none_or(|to| idx < to)
@@ -266,6 +276,9 @@ impl Namespace for RemoteNamespace {
         Ok(found)
     }
     fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>> {
+        if let Some(c) = self.young.chunks_from(ino, from) {
+            return Ok(c);
+        }
         match self.ns(NsCall::ChunksFrom { ino, from })? {
             NsReply::Chunks { chunks, hints } => {
                 for ((_, c), h) in chunks.iter().zip(&hints) {
@@ -339,6 +352,9 @@ impl Namespace for RemoteNamespace {
         })
     }
     fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        if let Some(a) = self.young.setattr(&self.line, ino, set) {
+            return Ok(a);
+        }
         let set = set.clone();
         self.changed(ino, NsCall::Setattr { ino, set })
     }
@@ -349,11 +365,18 @@ impl Namespace for RemoteNamespace {
         size: u64,
         mtime: Option<Timestamp>,
     ) -> Result<Attr> {
-        let hints = chunks
+        let hints: Vec<_> = chunks
             .iter()
             .filter_map(|(_, c)| c.as_ref())
             .map(|c| self.store.holders_of(c.shard_ids()))
             .collect();
+        if self.young.is(ino)
+            && let Some(a) = self
+                .young
+                .commit(&self.line, ino, &chunks, size, mtime, hints.clone())
+        {
+            return Ok(a);
+        }
         self.changed(
             ino,
             NsCall::CommitChunks {
@@ -413,10 +436,20 @@ impl Namespace for RemoteNamespace {
     fn sync(&self) -> Result<()> {
         self.unit(NsCall::Sync)
     }
+    fn settle(&self, ino: Ino) -> Result<()> {
+        self.line.settle(ino)
+    }
     fn opened(&self, ino: Ino) -> Result<Option<Attr>> {
         // What another host committed since is read afresh.
         self.forget(Some(ino));
-        RemoteNamespace::attr(self, NsCall::Open(ino)).map(Some)
+        let a = RemoteNamespace::attr(self, NsCall::Open(ino))?;
+        // As fresh as it gets: the kernel's getattr after the open and the
+        // data path's first read need not ask again.
+        if a.kind == FileKind::File {
+            lock(&self.inodes).insert(ino, super::defer::file_rec(&a));
+        }
+        lock(&self.fresh).keep_attr(a.clone());
+        Ok(Some(a))
     }
     fn getlk(&self, _: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<Option<RangeLock>> {
         match self.ns(NsCall::Getlk { ino, owner, want })? {
@@ -496,6 +529,7 @@ impl Namespace for RemoteNamespace {
                 let mut fresh = lock(&self.fresh);
                 fresh.keep_attr(parent);
                 fresh.keep_bare(attr.ino);
+                self.young.made(&attr, &self.line);
                 Ok(attr)
             }
             other => Err(bad(format!("the home node answered {other:?}"))),
@@ -523,6 +557,9 @@ impl Namespace for RemoteNamespace {
         // The home holds the call for up to `WATCH_HOLD`.
         match self.ns(NsCall::Watch { since })? {
             NsReply::Changes(s) => {
+                if s.gap {
+                    self.forget(None);
+                }
                 for c in &s.changes {
                     if let Changed::Inode(ino) = c {
                         self.forget(Some(*ino));
@@ -534,38 +571,47 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn spawn_workers(&self, runner: &Runner) -> std::io::Result<()> {
-        let (keys, client, home) = (self.keys.clone(), self.client.clone(), self.home);
+        let (keys, line) = (self.keys.clone(), self.line.clone());
         runner.every("mesh-keys", KEYS_EVERY, move || {
-            keys.refresh(&client, home)
+            keys.refresh(line.client(), line.home())
                 .map(drop)
                 .map_err(|e| format!("asking the home node for the mesh key: {e}"))
         })?;
-        let (rel, client, home) = (self.releases.clone(), self.client.clone(), self.home);
+        let (rel, line) = (self.releases.clone(), self.line.clone());
         lock(&rel.queue).1 = true;
         let wake = rel.clone();
         runner.on_stop(move || wake.cond.notify_all());
+        // Also sends, every second, changes held back that no call took
+        // (a file written and left open; a batch that found no answer).
         runner.spawn("releases", move |w| {
             loop {
-                let batch = {
+                let (batch, stopping) = {
                     let mut q = lock(&rel.queue);
-                    while q.0.is_empty() && !w.stopping() {
+                    if q.0.is_empty() && !w.stopping() {
                         q = rel
                             .cond
                             .wait_timeout(q, Duration::from_secs(1))
                             .unwrap_or_else(|e| e.into_inner())
                             .0;
                     }
-                    if q.0.is_empty() {
-                        // Stopping, all told: from now on a release goes at once.
+                    let stopping = w.stopping() && q.0.is_empty();
+                    if stopping {
+                        // All told: from now on a release goes at once.
                         q.1 = false;
-                        return;
                     }
-                    std::mem::take(&mut q.0)
+                    (std::mem::take(&mut q.0), stopping)
                 };
                 w.set_state(crate::workers::WorkerState::Busy);
-                let res = ns_call(&client, home, NsCall::Releases(batch)).and_then(expect_unit);
+                let res = if batch.is_empty() {
+                    line.send_queue()
+                } else {
+                    line.call(NsCall::Releases(batch)).and_then(expect_unit)
+                };
                 w.round(res.map_err(|e| format!("telling the home of closed files: {e}")));
                 w.set_state(crate::workers::WorkerState::Idle);
+                if stopping {
+                    return;
+                }
             }
         })
     }

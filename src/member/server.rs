@@ -4,8 +4,8 @@
 //! member's side is [`super::client`] and [`super::namespace`].
 
 use super::wire::{
-    LOCK_HOLD, MAP_PAGE, MetaCall, MetaReply, MetaRequest, NsCall, NsReply, PlusEntry, VERSION,
-    VolumeInfo, WATCH_HOLD, encode_answer, refused,
+    LOCK_HOLD, MAP_PAGE, MAX_BATCH, MetaCall, MetaReply, MetaRequest, NsCall, NsReply, PlusEntry,
+    VERSION, VolumeInfo, WATCH_HOLD, encode_answer, refused,
 };
 use crate::chunk::ChunkRef;
 use crate::data::{CommittedFile, Engine};
@@ -123,6 +123,25 @@ impl Budget {
             peer,
             watch,
         })
+    }
+
+    /// Counts `n` calls more of `peer` against its rate (a batch's).
+    fn charge(&self, peer: PeerId, n: usize) -> std::result::Result<(), WireError> {
+        let Some(more) = u32::try_from(n.saturating_sub(1))
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+        else {
+            return Ok(());
+        };
+        match self.rate.check_key_n(&peer, more) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WireError {
+                kind: Kind::Busy,
+                text: format!(
+                    "busy: this device asked more than {MEMBER_CALLS_PER_SEC} calls a second"
+                ),
+            }),
+        }
     }
 }
 
@@ -431,6 +450,23 @@ impl HomeServer {
                 lock(&self.leases).insert(peer, Instant::now());
                 Ok(MetaReply::Ns(NsReply::Changes(since)))
             }
+            MetaCall::Ns(NsCall::Batch(calls)) => {
+                if calls.len() > MAX_BATCH || !calls.iter().all(NsCall::batchable) {
+                    return Err(wire(Error::Invalid(
+                        "a batch of more than 64 calls, or with a batch, watch or waiting lock",
+                    )));
+                }
+                // Each call counts against the member's rate.
+                self.budget.charge(peer, calls.len())?;
+                let results = calls
+                    .into_iter()
+                    .map(|call| {
+                        with_origin(&mount, || self.member_call(&engine, peer, &mount, call))
+                            .map_err(wire)
+                    })
+                    .collect();
+                Ok(MetaReply::Ns(NsReply::Batch(results)))
+            }
             MetaCall::Ns(call) => {
                 with_origin(&mount, || self.member_call(&engine, peer, &mount, call))
                     .map(MetaReply::Ns)
@@ -668,7 +704,9 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
                 })
                 .collect::<Result<_>>()?,
         ),
-        NsCall::Watch { .. } => return Err(Error::Invalid("a watch is the member server's")),
+        NsCall::Watch { .. } | NsCall::Batch(_) => {
+            return Err(Error::Invalid("a watch or a batch is the member server's"));
+        }
         // Kept in step with the member's handles by the member server.
         NsCall::Release(_) | NsCall::Releases(_) => {
             return Err(Error::Invalid("a release is the member server's"));

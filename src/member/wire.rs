@@ -107,13 +107,14 @@ impl NsCall {
             NsCall::ReaddirPlus { .. } => "readdir_plus",
             NsCall::Watch { .. } => "watch",
             NsCall::SetlkWait { .. } => "setlk_wait",
+            NsCall::Batch(_) => "batch",
         }
     }
 }
 
 /// The namespace operations a member's engine asks (see
 /// [`crate::meta::Namespace`]); each is one batch at home.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum NsCall {
     Params,
     Inode(Ino),
@@ -245,6 +246,27 @@ pub enum NsCall {
         want: RangeLock,
         hold_ms: u32,
     },
+    /// Calls run in order, each as if sent alone (its own batch at home),
+    /// answered `Batch` with a result each: a member's queued changes to
+    /// the files it is writing, in front of its next call (docs/DESIGN.md,
+    /// "Changes to a new file"). At most [`MAX_BATCH`] calls; never a
+    /// `Batch`, `Watch` or `SetlkWait` inside.
+    Batch(Vec<NsCall>),
+}
+
+/// The most calls one [`NsCall::Batch`] carries.
+pub const MAX_BATCH: usize = 64;
+
+impl NsCall {
+    /// Whether this call may go inside a [`NsCall::Batch`]: not a batch,
+    /// nor a call the home holds until something happens (`Watch`,
+    /// `SetlkWait`), which would hold up the calls behind it.
+    pub fn batchable(&self) -> bool {
+        !matches!(
+            self,
+            NsCall::Watch { .. } | NsCall::SetlkWait { .. } | NsCall::Batch(_)
+        )
+    }
 }
 
 /// The longest the home holds a `SetlkWait`: well within a member's
@@ -284,6 +306,8 @@ pub enum NsReply {
     },
     /// Whether a `SetlkWait` took its lock.
     Locked(bool),
+    /// A `Batch`'s results, one per call, in order.
+    Batch(Vec<std::result::Result<NsReply, WireError>>),
 }
 
 /// An entry of a readdirplus page.

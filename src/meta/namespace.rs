@@ -87,6 +87,13 @@ pub trait Namespace: Send + Sync {
     fn released(&self, _ino: Ino) -> Result<()> {
         Ok(())
     }
+    /// Everything done here to `ino` is applied where the namespace is kept
+    /// (a close, an fsync): a remote namespace sends the changes it holds
+    /// (docs/DESIGN.md, "Changes to a new file") and answers the error one
+    /// of them met since, as a local filesystem reports a failed write-back.
+    fn settle(&self, _ino: Ino) -> Result<()> {
+        Ok(())
+    }
     /// Forgets what is cached of `ino` here (a lock was just taken on it:
     /// another host may have changed it under the lock before).
     fn forget_cached(&self, _ino: Ino) {}

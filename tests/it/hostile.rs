@@ -103,6 +103,9 @@ enum Op {
     Watch(u64),
     ResetLocks,
     OwnerOnly,
+    /// Calls in one `Batch`: more than it may hold, a watch or a lock wait
+    /// inside, and anything else.
+    Batch(Vec<Op>),
 }
 
 /// An index into what the member learned (inodes, chunks), or past it.
@@ -170,6 +173,13 @@ fn size() -> impl Strategy<Value = u64> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        16 => one_op(),
+        1 => proptest::collection::vec(one_op(), 0..70).prop_map(Op::Batch),
+    ]
+}
+
+fn one_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (pick(), chunks(), size()).prop_map(|(file, chunks, size)| Op::Commit { file, chunks, size }),
         3 => (name(), chunks(), size()).prop_map(|(name, chunks, size)| Op::CommitFile { name, chunks, size }),
@@ -490,7 +500,20 @@ impl Rig {
     /// Sends one hostile call; what it answers does not matter, only that
     /// it answers.
     fn send(&mut self, op: &Op) {
-        let call = match op.clone() {
+        let call = match op {
+            Op::Batch(ops) => NsCall::Batch(ops.iter().filter_map(|o| self.call_of(o)).collect()),
+            op => match self.call_of(op) {
+                Some(call) => call,
+                None => return,
+            },
+        };
+        let r = self.ns(call);
+        self.note(r);
+    }
+
+    /// The call `op` makes (`None`: it asked something else already).
+    fn call_of(&mut self, op: &Op) -> Option<NsCall> {
+        Some(match op.clone() {
             Op::Commit { file, chunks, size } => NsCall::CommitChunks {
                 ino: self.own_ino(file),
                 chunks: chunks
@@ -519,7 +542,7 @@ impl Rig {
                 };
                 let r = self.ask(call);
                 self.note(r);
-                return;
+                return None;
             }
             Op::Truncate { file, size, tail } => NsCall::Truncate {
                 ino: self.own_ino(file),
@@ -608,7 +631,7 @@ impl Rig {
                     _ => {}
                 }
                 self.note(made);
-                return;
+                return None;
             }
             Op::Link { ino, name } => NsCall::Link {
                 ino: self.any_ino(ino),
@@ -667,11 +690,10 @@ impl Rig {
             Op::OwnerOnly => {
                 let r = self.ask(MetaCall::Volume(Request::Gc { grace_secs: 0 }));
                 self.note(r);
-                return;
+                return None;
             }
-        };
-        let r = self.ns(call);
-        self.note(r);
+            Op::Batch(ops) => NsCall::Batch(ops.iter().filter_map(|o| self.call_of(o)).collect()),
+        })
     }
 
     /// What must hold after any run of hostile calls.

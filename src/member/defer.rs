@@ -1,0 +1,396 @@
+//! A member mount's line to its home, and the changes it holds back: a
+//! file this mount made and still holds open is *young*; its setattrs and
+//! chunk commits are applied to the copy kept here and queued, and the
+//! queue goes in front of the next call to the home, in one
+//! `NsCall::Batch` (docs/DESIGN.md, "Changes to a new file").
+
+use super::link::{HOME_WAIT, bad, call_home};
+use super::wire::{MAX_BATCH, MetaCall, MetaReply, NsCall, NsReply};
+use crate::Result;
+use crate::chunk::ChunkRef;
+use crate::error::Kind;
+use crate::meta::{InodeRec, apply_setattr, to_attr};
+use crate::net::{MeshClient, PeerId};
+use crate::types::*;
+use crate::util::lock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The most bytes of calls the queue holds (a batch stays well inside a
+/// request's 4 MiB).
+const QUEUE_BYTES: usize = 1 << 20;
+/// The most calls held back (one batch's, with the call it goes before).
+const QUEUE_CALLS: usize = MAX_BATCH - 1;
+/// The most young files at once (each holds its record and chunk map).
+const MAX_YOUNG: usize = 4096;
+
+fn ns_call(client: &MeshClient, home: PeerId, call: NsCall) -> Result<NsReply> {
+    match call_home(client, home, MetaCall::Ns(call), HOME_WAIT)? {
+        MetaReply::Ns(r) => Ok(r),
+        other => Err(bad(format!("the home node answered {other:?}"))),
+    }
+}
+
+/// Calls to the home, with the changes held back sent first.
+pub struct Line {
+    client: MeshClient,
+    home: PeerId,
+    queue: Mutex<Queue>,
+    /// Held while queued changes are in flight, so that a call made after a
+    /// change never overtakes it (an unlock, say, the writes it covered).
+    order: Mutex<()>,
+    /// The first error a queued change of an inode met, until the inode's
+    /// next settle answers it.
+    failed: Mutex<HashMap<Ino, crate::Error>>,
+    /// Whether the home reads `Batch` (an older one does not: nothing is
+    /// held back then).
+    batches: AtomicBool,
+}
+
+/// Changes applied here and not yet sent, oldest first, each with the
+/// inode it changes; and their encoded size.
+#[derive(Default)]
+struct Queue {
+    calls: Vec<(Ino, NsCall)>,
+    bytes: usize,
+}
+
+fn size_of(call: &NsCall) -> usize {
+    postcard::experimental::serialized_size(call).unwrap_or(QUEUE_BYTES)
+}
+
+impl Line {
+    pub fn new(client: MeshClient, home: PeerId) -> Line {
+        Line {
+            client,
+            home,
+            queue: Mutex::new(Queue::default()),
+            order: Mutex::new(()),
+            failed: Mutex::new(HashMap::new()),
+            batches: AtomicBool::new(true),
+        }
+    }
+
+    pub fn client(&self) -> &MeshClient {
+        &self.client
+    }
+
+    pub fn home(&self) -> PeerId {
+        self.home
+    }
+
+    /// Whether changes may be held back at all (the home reads batches).
+    pub fn defers(&self) -> bool {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Queues `call`, a change of `ino` about to be applied here; false
+    /// (nothing queued) when the queue is full: the change is then sent as
+    /// it is made.
+    fn hold(&self, ino: Ino, call: NsCall) -> bool {
+        let size = size_of(&call);
+        let mut q = lock(&self.queue);
+        if !self.defers() || q.calls.len() >= QUEUE_CALLS || q.bytes + size > QUEUE_BYTES {
+            return false;
+        }
+        q.bytes += size;
+        q.calls.push((ino, call));
+        true
+    }
+
+    /// The oldest queued changes, as many as one batch carries beside a
+    /// call; and whether more wait behind them.
+    fn take(&self) -> (Vec<(Ino, NsCall)>, bool) {
+        let mut q = lock(&self.queue);
+        let n = q.calls.len().min(QUEUE_CALLS);
+        let taken: Vec<(Ino, NsCall)> = q.calls.drain(..n).collect();
+        q.bytes -= taken.iter().map(|(_, c)| size_of(c)).sum::<usize>();
+        (taken, !q.calls.is_empty())
+    }
+
+    /// Puts changes that found no answer back in front of the queue.
+    fn put_back(&self, calls: Vec<(Ino, NsCall)>) {
+        let mut q = lock(&self.queue);
+        q.bytes += calls.iter().map(|(_, c)| size_of(c)).sum::<usize>();
+        q.calls.splice(0..0, calls);
+    }
+
+    /// One call to the home, after the changes held back (in one batch with
+    /// them). A call the home holds (`Watch`, `SetlkWait`) goes alone after
+    /// them, so that it holds up nothing.
+    pub fn call(&self, call: NsCall) -> Result<NsReply> {
+        if !call.batchable() {
+            self.send_queue()?;
+            return ns_call(&self.client, self.home, call);
+        }
+        let order = lock(&self.order);
+        loop {
+            let (queued, more) = self.take();
+            if queued.is_empty() {
+                drop(order);
+                return ns_call(&self.client, self.home, call);
+            }
+            if more {
+                self.send(queued, None)?;
+                continue;
+            }
+            let reply = self.send(queued, Some(call));
+            drop(order);
+            return reply.map(|r| r.expect("the call was sent"));
+        }
+    }
+
+    /// Sends what is held back, if anything.
+    pub fn send_queue(&self) -> Result<()> {
+        let _order = lock(&self.order);
+        loop {
+            let (queued, more) = self.take();
+            if queued.is_empty() {
+                return Ok(());
+            }
+            self.send(queued, None)?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Everything done here to `ino` is at home: the queue sent, and the
+    /// error a change of `ino` met since answered.
+    pub fn settle(&self, ino: Ino) -> Result<()> {
+        self.send_queue()?;
+        match lock(&self.failed).remove(&ino) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `queued` then `call` (the caller holds `order`). What the home
+    /// refused of `queued` is noted per inode; `call`'s answer is returned.
+    /// Changes that got no answer go back in front of the queue: sent again
+    /// they change nothing more (each sets values, or commits chunks where
+    /// they are).
+    fn send(&self, queued: Vec<(Ino, NsCall)>, call: Option<NsCall>) -> Result<Option<NsReply>> {
+        if !self.defers() {
+            return self.one_by_one(queued, call);
+        }
+        let mut calls: Vec<NsCall> = queued.iter().map(|(_, c)| c.clone()).collect();
+        let carries = call.is_some();
+        calls.extend(call.clone());
+        let n = calls.len();
+        match ns_call(&self.client, self.home, NsCall::Batch(calls)) {
+            Ok(NsReply::Batch(mut results)) if results.len() == n => {
+                let last = carries.then(|| results.pop().expect("n > 0"));
+                for ((ino, _), res) in queued.iter().zip(results) {
+                    if let Err(e) = res {
+                        self.failed(*ino, e.into());
+                    }
+                }
+                last.map(|r| r.map_err(crate::Error::from)).transpose()
+            }
+            Ok(other) => Err(bad(format!(
+                "the home node answered a batch with {other:?}"
+            ))),
+            Err(e) if e.kind() == Kind::Invalid => {
+                tracing::info!(
+                    "the home node does not read batches ({e}): this mount sends each \
+                     change as it is made"
+                );
+                self.batches.store(false, Ordering::Relaxed);
+                self.one_by_one(queued, call)
+            }
+            Err(e) => {
+                self.put_back(queued);
+                Err(e)
+            }
+        }
+    }
+
+    /// The calls one at a time (a home that reads no batches).
+    fn one_by_one(
+        &self,
+        queued: Vec<(Ino, NsCall)>,
+        call: Option<NsCall>,
+    ) -> Result<Option<NsReply>> {
+        for (ino, c) in queued {
+            if let Err(e) = ns_call(&self.client, self.home, c) {
+                self.failed(ino, e);
+            }
+        }
+        call.map(|c| ns_call(&self.client, self.home, c))
+            .transpose()
+    }
+
+    fn failed(&self, ino: Ino, e: crate::Error) {
+        tracing::warn!(
+            "the home node refused a change this mount made to inode {ino} (its next close \
+             or fsync answers the error): {e}"
+        );
+        lock(&self.failed).entry(ino).or_insert(e);
+    }
+}
+
+/// A regular file's record as its attributes give it (what the data path
+/// reads of one: its kind and size; the blocks it holds).
+pub fn file_rec(a: &Attr) -> InodeRec {
+    InodeRec {
+        kind: a.kind,
+        perm: a.perm,
+        uid: a.uid,
+        gid: a.gid,
+        size: a.size,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.crtime,
+        nlink: a.nlink,
+        rdev: a.rdev,
+        parent: 0,
+        allocated: a.blocks * 512,
+        target: None,
+    }
+}
+
+/// What a member keeps of a young file: its whole record and chunk map.
+struct Young {
+    rec: InodeRec,
+    chunks: BTreeMap<u64, ChunkRef>,
+}
+
+/// The young files of a mount.
+#[derive(Default)]
+pub struct Youngs(Mutex<HashMap<Ino, Young>>);
+
+impl Youngs {
+    /// `made` was just made and opened here (`CreateOpen`): a regular file,
+    /// empty, which only this mount knows open.
+    pub fn made(&self, made: &Attr, line: &Line) {
+        if made.kind != FileKind::File || made.size != 0 || !line.defers() {
+            return;
+        }
+        let rec = file_rec(made);
+        let mut g = lock(&self.0);
+        if g.len() < MAX_YOUNG {
+            g.insert(
+                made.ino,
+                Young {
+                    rec,
+                    chunks: BTreeMap::new(),
+                },
+            );
+        }
+    }
+
+    /// `ino` is no longer young (anything but a held-back change touched
+    /// it); `None`: no file is.
+    pub fn end(&self, ino: Option<Ino>) {
+        match ino {
+            Some(ino) => drop(lock(&self.0).remove(&ino)),
+            None => lock(&self.0).clear(),
+        }
+    }
+
+    pub fn inode(&self, ino: Ino) -> Option<InodeRec> {
+        lock(&self.0).get(&ino).map(|y| y.rec.clone())
+    }
+
+    pub fn attr(&self, ino: Ino) -> Option<Attr> {
+        lock(&self.0).get(&ino).map(|y| to_attr(ino, &y.rec))
+    }
+
+    pub fn chunk(&self, ino: Ino, idx: u64) -> Option<Option<ChunkRef>> {
+        lock(&self.0).get(&ino).map(|y| y.chunks.get(&idx).cloned())
+    }
+
+    pub fn chunks_from(&self, ino: Ino, from: u64) -> Option<Vec<(u64, ChunkRef)>> {
+        lock(&self.0).get(&ino).map(|y| {
+            y.chunks
+                .range(from..)
+                .map(|(i, c)| (*i, c.clone()))
+                .collect()
+        })
+    }
+
+    pub fn is(&self, ino: Ino) -> bool {
+        lock(&self.0).contains_key(&ino)
+    }
+
+    /// A setattr (no size) of a young file, applied here and held back;
+    /// `None` when `ino` is not young or the queue is full (it is then no
+    /// longer young: the caller sends the change).
+    pub fn setattr(&self, line: &Line, ino: Ino, set: &SetAttr) -> Option<Attr> {
+        if set.size.is_some() {
+            self.end(Some(ino));
+            return None;
+        }
+        let call = NsCall::Setattr {
+            ino,
+            set: set.clone(),
+        };
+        self.change(line, ino, call, |rec, _| {
+            apply_setattr(rec, set, Timestamp::now())
+        })
+    }
+
+    /// A chunk commit of a young file, applied here and held back (as
+    /// [`Youngs::setattr`]). `hints`: where its shards were stored.
+    pub fn commit(
+        &self,
+        line: &Line,
+        ino: Ino,
+        chunks: &[(u64, Option<ChunkRef>)],
+        size: u64,
+        mtime: Option<Timestamp>,
+        hints: Vec<Vec<Vec<String>>>,
+    ) -> Option<Attr> {
+        let call = NsCall::CommitChunks {
+            ino,
+            chunks: chunks.to_vec(),
+            size,
+            mtime,
+            hints,
+        };
+        self.change(line, ino, call, |rec, map| {
+            for (idx, chunk) in chunks {
+                if let Some(old) = map.remove(idx) {
+                    rec.allocated -= old.plain_len() as u64;
+                }
+                if let Some(c) = chunk {
+                    rec.allocated += c.plain_len() as u64;
+                    map.insert(*idx, c.clone());
+                }
+            }
+            rec.size = size;
+            if let Some(t) = mtime {
+                rec.mtime = t;
+                rec.ctime = t;
+            }
+        })
+    }
+
+    /// Queues `call`, a change of young `ino`, and applies it to the copy
+    /// here; if the queue takes no more, `ino` stops being young instead
+    /// and nothing is applied.
+    fn change(
+        &self,
+        line: &Line,
+        ino: Ino,
+        call: NsCall,
+        apply: impl FnOnce(&mut InodeRec, &mut BTreeMap<u64, ChunkRef>),
+    ) -> Option<Attr> {
+        let mut g = lock(&self.0);
+        if !g.contains_key(&ino) {
+            return None;
+        }
+        // Queued under the young files' lock: the changes of a file queue
+        // in the order they are applied.
+        if !line.hold(ino, call) {
+            g.remove(&ino);
+            return None;
+        }
+        let y = g.get_mut(&ino).expect("checked above");
+        apply(&mut y.rec, &mut y.chunks);
+        Some(to_attr(ino, &y.rec))
+    }
+}
