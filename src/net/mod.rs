@@ -174,6 +174,50 @@ fn is_loopback(a: &Multiaddr) -> bool {
     ip_of(a).is_some_and(|ip| ip.is_loopback())
 }
 
+/// Puts what a storage peer says it listens on (identify) in the DHT's
+/// table in place of what was known. Kademlia keeps every address it ever
+/// heard and a lookup takes each answerer's list whole, the last answer
+/// winning: a peer back on a new port stays unfound while any peer still
+/// answers with only the old one. Identify is the peer's own word, so it
+/// replaces.
+fn learn_listen_addrs(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    peer: &PeerId,
+    addrs: &[Multiaddr],
+) {
+    let usable: Vec<&Multiaddr> = addrs.iter().filter(|a| !is_unspecified(a)).collect();
+    if usable.is_empty() {
+        return;
+    }
+    let stale = kad.kbucket(*peer).and_then(|bucket| {
+        bucket
+            .iter()
+            .find(|e| e.node.key.preimage() == peer)
+            .map(|e| {
+                e.node
+                    .value
+                    .iter()
+                    .any(|a| !usable.iter().any(|u| bare_eq(u, a)))
+            })
+    });
+    if stale == Some(true) {
+        kad.remove_peer(peer);
+    }
+    for a in usable {
+        kad.add_address(peer, a.clone());
+    }
+}
+
+/// Two addresses equal once a trailing `/p2p/ID` is dropped.
+fn bare_eq(a: &Multiaddr, b: &Multiaddr) -> bool {
+    let strip = |m: &Multiaddr| -> Multiaddr {
+        m.iter()
+            .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+            .collect()
+    };
+    strip(a) == strip(b)
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     /// First, so a connection over the limits is refused before the others

@@ -527,9 +527,7 @@ async fn serve(
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                     peer_id, info, ..
                 })) if info.agent_version.starts_with("datamesh-node/") => {
-                    for a in info.listen_addrs {
-                        swarm.behaviour_mut().kad.add_address(&peer_id, a);
-                    }
+                    super::learn_listen_addrs(&mut swarm.behaviour_mut().kad, &peer_id, &info.listen_addrs);
                 }
                 SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                     let why = super::root_cause(&error);

@@ -81,9 +81,7 @@ pub(super) async fn actor(
                 })) => {
                     let storage = info.agent_version.starts_with("datamesh-node/");
                     if storage {
-                        for a in &info.listen_addrs {
-                            swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
-                        }
+                        crate::net::learn_listen_addrs(&mut swarm.behaviour_mut().kad, &peer_id, &info.listen_addrs);
                     }
                     let mut t = lock(&shared.peers);
                     let retired = t.admitted.as_ref().is_some_and(|a| a.retired.contains(&peer_id));
