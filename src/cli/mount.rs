@@ -172,10 +172,6 @@ fn daemon(
     let sock = home.paths().volume_sock();
     let mut protector = None;
     let res = (|| -> anyhow::Result<()> {
-        // A member's commands reach the home node themselves: no socket here.
-        if !member {
-            crate::volume::serve::serve(&sock, &engine, &runner)?;
-        }
         // Read once: every part of the daemon starts from the same settings.
         let cfg = home.config()?;
         let protect = cfg.protect_secs > 0;
@@ -207,6 +203,12 @@ fn daemon(
             }
             let key = home.volume_key()?;
             crate::member::server::HomeServer::start(&engine, home.paths(), key, client, &runner)?;
+        }
+        // A member's commands reach the home node themselves: no socket
+        // there. Here, last of the parts that answer: whoever waits for the
+        // socket finds member devices answered too.
+        if !member {
+            crate::volume::serve::serve(&sock, &engine, &runner)?;
         }
         engine.spawn_workers(&runner)?;
         if !member {
