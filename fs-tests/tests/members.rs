@@ -553,7 +553,14 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
     }
     let _daemon = h.serve();
     let start = Instant::now();
-    while std::fs::read_dir(&ma.at).is_err() {
+    // A listing the home answers (an opendir alone may be answered from
+    // the attributes the mount still has).
+    let answers = || {
+        std::fs::read_dir(&ma.at)
+            .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+            .is_ok()
+    };
+    while !answers() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the mount did not come back"
@@ -944,8 +951,13 @@ fn a_member_sends_the_changes_to_a_file_it_made_with_the_close_in_one_call() {
             .unwrap()
     };
     let (files, others) = (count("-type f"), count("! -type f"));
+    // A batch at each file's close, and one carrying the ask for each
+    // directory's promise.
     let batches = home_calls(&metrics, "batch") - 1;
-    assert!(batches <= files, "{batches} batches for {files} files");
+    assert!(
+        batches <= files + others,
+        "{batches} batches for {files} files and {others} others"
+    );
     // What tar sets by path after the close: directories' and symlinks'.
     let setattrs = home_calls(&metrics, "setattr");
     assert!(
@@ -972,4 +984,85 @@ fn a_member_sends_the_changes_to_a_file_it_made_with_the_close_in_one_call() {
     assert!(ma.unmount() && hm.unmount(), "unmounts flush and exit 0");
     let fsck = home.ok(&["fsck"]);
     assert!(fsck.contains("fsck: clean"), "{fsck}");
+}
+
+/// A member mount is promised the directories it makes: a name missing
+/// from one is answered without a round trip; another host's create there
+/// is seen by the member as soon as that create returned; a member that
+/// dies holding promises holds another host's change up for a lease (10 s)
+/// at most.
+#[test]
+fn a_member_knows_what_is_missing_from_a_directory_it_made_until_another_host_changes_it() {
+    let h = Home::new();
+    let hm = h.mount_listening();
+    let a = h.member("a");
+    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let ma = a.mount_with(&["--metrics", &metrics]);
+    let lookups = || home_calls(&metrics, "lookup");
+    let missing = |dir: &str| {
+        for i in 0..20 {
+            assert!(!ma.at.join(format!("{dir}/missing{i}")).exists());
+        }
+    };
+    sh(&hm.at, "mkdir theirs");
+    // The touch's lookup carries the ask for the promise.
+    sh(&ma.at, "mkdir mine && touch mine/first");
+    let before = lookups();
+    missing("theirs");
+    assert!(
+        lookups() >= before + 20,
+        "names missing from the home's directory are asked of the home"
+    );
+    let before = lookups();
+    missing("mine");
+    assert_eq!(lookups(), before, "asked the home about its own directory");
+    // What the member does there itself is known.
+    sh(
+        &ma.at,
+        "echo x > mine/f && mv mine/f mine/g && test ! -e mine/f && test -e mine/g \
+         && mkdir mine/sub && rmdir mine/sub && test ! -e mine/sub \
+         && ln -s g mine/s && test -L mine/s && rm mine/g mine/s && test ! -e mine/g",
+    );
+    assert_eq!(lookups(), before, "asked the home about its own changes");
+    // Another host's create (the home's mount, then its CLI) is seen at once.
+    for (i, by) in ["mount", "cli"].iter().enumerate() {
+        let dir = format!("new{i}");
+        sh(&ma.at, &format!("mkdir {dir} && touch {dir}/first"));
+        let before = lookups();
+        assert!(!ma.at.join(format!("{dir}/x")).exists());
+        assert_eq!(lookups(), before, "the promise of {dir} was not granted");
+        let t = Instant::now();
+        if *by == "mount" {
+            sh(&hm.at, &format!("echo {by} > {dir}/x"));
+        } else {
+            let src = h.home.dir.path().join("x");
+            std::fs::write(&src, format!("{by}\n")).unwrap();
+            h.home
+                .ok(&["put", src.to_str().unwrap(), &format!("/{dir}/x")]);
+        }
+        eprintln!(
+            "the {by}'s create in a promised directory took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            std::fs::read_to_string(ma.at.join(format!("{dir}/x"))).unwrap(),
+            format!("{by}\n"),
+            "the member missed the {by}'s create"
+        );
+    }
+    // The member dies holding a promise: the home's create there waits
+    // for it a lease at most.
+    sh(&ma.at, "mkdir last && touch last/first && test ! -e last/x");
+    let at = ma.at.clone();
+    ma.kill();
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(&at)
+        .status();
+    let t = Instant::now();
+    sh(&hm.at, "echo late > last/x");
+    let took = t.elapsed();
+    eprintln!("a create in a directory a dead member held took {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(hm.unmount());
 }

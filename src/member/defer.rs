@@ -4,6 +4,7 @@
 //! queue goes in front of the next call to the home, in one
 //! `NsCall::Batch` (docs/DESIGN.md, "Changes to a new file").
 
+use super::held::Held;
 use super::link::{HOME_WAIT, bad, call_home};
 use super::wire::{MAX_BATCH, MetaCall, MetaReply, NsCall, NsReply};
 use crate::Result;
@@ -14,8 +15,8 @@ use crate::net::{MeshClient, PeerId};
 use crate::types::*;
 use crate::util::lock;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The most bytes of calls the queue holds (a batch stays well inside a
 /// request's 4 MiB).
@@ -46,6 +47,9 @@ pub struct Line {
     /// Whether the home reads `Batch` (an older one does not: nothing is
     /// held back then).
     batches: AtomicBool,
+    /// The directories promised to this mount, whose asks go in front of
+    /// the next call like the changes held back.
+    held: Arc<Held>,
 }
 
 /// Changes applied here and not yet sent, oldest first, each with the
@@ -61,7 +65,7 @@ fn size_of(call: &NsCall) -> usize {
 }
 
 impl Line {
-    pub fn new(client: MeshClient, home: PeerId) -> Line {
+    pub fn new(client: MeshClient, home: PeerId, held: Arc<Held>) -> Line {
         Line {
             client,
             home,
@@ -69,6 +73,7 @@ impl Line {
             order: Mutex::new(()),
             failed: Mutex::new(HashMap::new()),
             batches: AtomicBool::new(true),
+            held,
         }
     }
 
@@ -127,7 +132,7 @@ impl Line {
         let order = lock(&self.order);
         loop {
             let (queued, more) = self.take();
-            if queued.is_empty() {
+            if queued.is_empty() && !self.held.asking() {
                 drop(order);
                 return ns_call(&self.client, self.home, call);
             }
@@ -146,7 +151,7 @@ impl Line {
         let _order = lock(&self.order);
         loop {
             let (queued, more) = self.take();
-            if queued.is_empty() {
+            if queued.is_empty() && !self.held.asking() {
                 return Ok(());
             }
             self.send(queued, None)?;
@@ -173,15 +178,36 @@ impl Line {
     /// they are).
     fn send(&self, queued: Vec<(Ino, NsCall)>, call: Option<NsCall>) -> Result<Option<NsReply>> {
         if !self.defers() {
+            self.held.turn_off();
             return self.one_by_one(queued, call);
         }
-        let mut calls: Vec<NsCall> = queued.iter().map(|(_, c)| c.clone()).collect();
+        // A promise asked for goes first: the call after it may already
+        // be answered from it next time.
+        let ask = self.held.take_ask();
+        let mut calls: Vec<NsCall> = ask.iter().cloned().collect();
+        calls.extend(queued.iter().map(|(_, c)| c.clone()));
         let carries = call.is_some();
         calls.extend(call.clone());
         let n = calls.len();
         match ns_call(&self.client, self.home, NsCall::Batch(calls)) {
             Ok(NsReply::Batch(mut results)) if results.len() == n => {
                 let last = carries.then(|| results.pop().expect("n > 0"));
+                if let Some(ask) = &ask {
+                    match results.remove(0) {
+                        Ok(NsReply::Promised(granted)) => self.held.answered(ask, &granted),
+                        Ok(_) => self.held.unanswered(ask),
+                        Err(e) => {
+                            // A home that knows batches but not promises.
+                            tracing::info!(
+                                "the home node makes no promises ({}): this mount asks it \
+                                 about every name",
+                                crate::Error::from(e)
+                            );
+                            self.held.unanswered(ask);
+                            self.held.turn_off();
+                        }
+                    }
+                }
                 for ((ino, _), res) in queued.iter().zip(results) {
                     if let Err(e) = res {
                         self.failed(*ino, e.into());
@@ -192,6 +218,17 @@ impl Line {
             Ok(other) => Err(bad(format!(
                 "the home node answered a batch with {other:?}"
             ))),
+            Err(e) if e.kind() == Kind::Invalid && ask.is_some() => {
+                // Unreadable for the ask in it (a home older than promises,
+                // whose batch holds one call it does not know): sent again
+                // without.
+                tracing::info!(
+                    "the home node makes no promises ({e}): this mount asks it about every name"
+                );
+                self.held.unanswered(ask.as_ref().expect("checked"));
+                self.held.turn_off();
+                self.send(queued, call)
+            }
             Err(e) if e.kind() == Kind::Invalid => {
                 tracing::info!(
                     "the home node does not read batches ({e}): this mount sends each \
@@ -201,6 +238,9 @@ impl Line {
                 self.one_by_one(queued, call)
             }
             Err(e) => {
+                if let Some(ask) = &ask {
+                    self.held.unanswered(ask);
+                }
                 self.put_back(queued);
                 Err(e)
             }

@@ -3,14 +3,16 @@
 //! [`server`] the home's side (who may ask, what one member may make the home
 //! hold, the answers from the daemon's engine); [`client`] a member's
 //! commands (`join`, and the volume as they see it); [`namespace`] a
-//! member's mount (the namespace asked of the home), and [`defer`] its line
-//! to the home with the changes it holds back; [`link`] what the two
+//! member's mount (the namespace asked of the home), [`defer`] its line
+//! to the home with the changes it holds back, and [`held`] the directories
+//! the home promised it; [`link`] what the two
 //! member sides share to reach the home. The bytes travel on the mesh
 //! ([`crate::net::member`]). See docs/DESIGN.md, "Member devices and the
 //! metadata protocol".
 
 pub mod client;
 pub mod defer;
+pub mod held;
 pub mod link;
 pub mod namespace;
 pub mod server;

@@ -3,6 +3,7 @@
 //! inode records and shard locations it needs kept while files are open.
 
 use super::defer::{Line, Youngs};
+use super::held::Held;
 use super::link::{bad, learn, reach};
 use super::wire::{MAP_PAGE, NsCall, NsReply};
 use crate::Result;
@@ -30,8 +31,10 @@ const KEYS_EVERY: Duration = Duration::from_secs(60);
 /// here, the namespace the home node's ([`RemoteNamespace`]).
 pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate::data::Engine> {
     let r = reach(home)?;
+    let held = Arc::new(Held::default());
     let mut ns = RemoteNamespace {
-        line: Arc::new(Line::new(r.store.client().clone(), r.home)),
+        line: Arc::new(Line::new(r.store.client().clone(), r.home, held.clone())),
+        held,
         young: Youngs::default(),
         params: None,
         store: r.store.clone(),
@@ -59,6 +62,8 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
 pub struct RemoteNamespace {
     /// Calls to the home, after the changes held back.
     line: Arc<Line>,
+    /// The directories the home promised this mount.
+    held: Arc<Held>,
     /// The files this mount made and holds open, whose changes are held
     /// back (docs/DESIGN.md, "Changes to a new file").
     young: Youngs,
@@ -83,6 +88,13 @@ pub struct RemoteNamespace {
     /// Whether the home holds a waiting lock call (`SetlkWait`); a home
     /// older than that call is asked with `Setlk` again and again.
     home_waits_locks: AtomicBool,
+}
+
+/// What a call does to a name in a directory.
+#[derive(Clone, Copy)]
+enum Edit {
+    Adds,
+    Removes,
 }
 
 /// How often a waiting lock asks a home that cannot hold the call.
@@ -213,6 +225,31 @@ impl RemoteNamespace {
     fn unit(&self, call: NsCall) -> Result<()> {
         expect_unit(self.ns(call)?)
     }
+
+    /// `call` adds `name` to `parent` or removes it, as the promised
+    /// directories learn; a call that fails leaves what `parent` holds
+    /// unsure.
+    fn names<T>(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        edit: Edit,
+        call: impl FnOnce(ByteBuf) -> Result<T>,
+    ) -> Result<T> {
+        match call(buf(name)) {
+            Ok(t) => {
+                match edit {
+                    Edit::Adds => self.held.added(parent, name),
+                    Edit::Removes => self.held.removed(parent, name),
+                }
+                Ok(t)
+            }
+            Err(e) => {
+                self.held.drop_dir(parent);
+                Err(e)
+            }
+        }
+    }
 }
 
 impl Namespace for RemoteNamespace {
@@ -244,6 +281,9 @@ impl Namespace for RemoteNamespace {
         RemoteNamespace::attr(self, NsCall::Attr(ino))
     }
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        if self.held.absent(parent, name) {
+            return Err(crate::Error::NotFound);
+        }
         let name = buf(name);
         RemoteNamespace::attr(self, NsCall::Lookup { parent, name })
     }
@@ -310,27 +350,35 @@ impl Namespace for RemoteNamespace {
     }
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
         self.forget(Some(parent));
-        let name = buf(name);
-        let made = RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })?;
+        let mark = self.held.mark();
+        let made = self.names(parent, name, Edit::Adds, |name| {
+            RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })
+        })?;
         lock(&self.fresh).keep_bare(made.ino);
+        if made.kind == FileKind::Dir {
+            self.held.made_dir(made.ino, mark);
+        }
         Ok(made)
     }
     fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
         self.forget(Some(ino));
         self.forget(Some(parent));
-        let name = buf(name);
-        RemoteNamespace::attr(self, NsCall::Link { ino, parent, name })
+        self.names(parent, name, Edit::Adds, |name| {
+            RemoteNamespace::attr(self, NsCall::Link { ino, parent, name })
+        })
     }
     // Which inodes are open is the home's to know (this device tells it).
     fn unlink(&self, parent: Ino, name: &[u8], _: &dyn Fn(Ino) -> bool) -> Result<()> {
         self.forget(None);
-        let name = buf(name);
-        self.unit(NsCall::Unlink { parent, name })
+        self.names(parent, name, Edit::Removes, |name| {
+            self.unit(NsCall::Unlink { parent, name })
+        })
     }
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
         self.forget(None);
-        let name = buf(name);
-        self.unit(NsCall::Rmdir { parent, name })
+        self.names(parent, name, Edit::Removes, |name| {
+            self.unit(NsCall::Rmdir { parent, name })
+        })
     }
     fn rename(
         &self,
@@ -342,14 +390,28 @@ impl Namespace for RemoteNamespace {
         _: &dyn Fn(Ino) -> bool,
     ) -> Result<()> {
         self.forget(None);
-        let (name, new_name) = (buf(name), buf(new_name));
-        self.unit(NsCall::Rename {
+        let call = NsCall::Rename {
             parent,
-            name,
+            name: buf(name),
             new_parent,
-            new_name,
+            new_name: buf(new_name),
             flags,
-        })
+        };
+        match self.unit(call) {
+            Ok(()) => {
+                // An exchange leaves both names in place.
+                if !flags.exchange {
+                    self.held.removed(parent, name);
+                    self.held.added(new_parent, new_name);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.held.drop_dir(parent);
+                self.held.drop_dir(new_parent);
+                Err(e)
+            }
+        }
     }
     fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
         if let Some(a) = self.young.setattr(&self.line, ino, set) {
@@ -523,17 +585,21 @@ impl Namespace for RemoteNamespace {
     }
     fn create_open(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
         self.forget(Some(parent));
-        let name = buf(name);
-        match self.ns(NsCall::CreateOpen { parent, name, node })? {
-            NsReply::Created { attr, parent } => {
-                let mut fresh = lock(&self.fresh);
-                fresh.keep_attr(parent);
-                fresh.keep_bare(attr.ino);
-                self.young.made(&attr, &self.line);
-                Ok(attr)
+        let mark = self.held.mark();
+        let (attr, dir) = self.names(parent, name, Edit::Adds, |name| {
+            match self.ns(NsCall::CreateOpen { parent, name, node })? {
+                NsReply::Created { attr, parent } => Ok((attr, parent)),
+                other => Err(bad(format!("the home node answered {other:?}"))),
             }
-            other => Err(bad(format!("the home node answered {other:?}"))),
+        })?;
+        let mut fresh = lock(&self.fresh);
+        fresh.keep_attr(dir);
+        fresh.keep_bare(attr.ino);
+        self.young.made(&attr, &self.line);
+        if attr.kind == FileKind::Dir {
+            self.held.made_dir(attr.ino, mark);
         }
+        Ok(attr)
     }
     fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
         let max = u32::try_from(max).unwrap_or(u32::MAX);
@@ -555,8 +621,14 @@ impl Namespace for RemoteNamespace {
     }
     fn watch(&self, since: u64, _wait: Duration) -> Result<Since> {
         // The home holds the call for up to `WATCH_HOLD`.
-        match self.ns(NsCall::Watch { since })? {
+        let sent = Instant::now();
+        let reply = self.ns(NsCall::Watch { since });
+        if reply.is_err() {
+            self.held.watch_failed();
+        }
+        match reply? {
             NsReply::Changes(s) => {
+                self.held.watched(sent, &s);
                 if s.gap {
                     self.forget(None);
                 }

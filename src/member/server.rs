@@ -313,6 +313,15 @@ impl HomeServer {
                 }
                 Ok(reply)
             }
+            NsCall::Promise { since, dirs } => {
+                let local = engine
+                    .meta()
+                    .local()
+                    .ok_or(Error::Invalid("this host is not a home"))?;
+                Ok(NsReply::Promised(
+                    local.changes().promise(mount, since, &dirs),
+                ))
+            }
             NsCall::ResetLocks => {
                 // The member's mount starts: the handles of an earlier one are gone.
                 self.release_opens(engine, &peer);
@@ -704,8 +713,10 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
                 })
                 .collect::<Result<_>>()?,
         ),
-        NsCall::Watch { .. } | NsCall::Batch(_) => {
-            return Err(Error::Invalid("a watch or a batch is the member server's"));
+        NsCall::Watch { .. } | NsCall::Batch(_) | NsCall::Promise { .. } => {
+            return Err(Error::Invalid(
+                "a watch, a batch or a promise is the member server's",
+            ));
         }
         // Kept in step with the member's handles by the member server.
         NsCall::Release(_) | NsCall::Releases(_) => {

@@ -108,6 +108,7 @@ impl NsCall {
             NsCall::Watch { .. } => "watch",
             NsCall::SetlkWait { .. } => "setlk_wait",
             NsCall::Batch(_) => "batch",
+            NsCall::Promise { .. } => "promise",
         }
     }
 }
@@ -252,6 +253,15 @@ pub enum NsCall {
     /// "Changes to a new file"). At most [`MAX_BATCH`] calls; never a
     /// `Batch`, `Watch` or `SetlkWait` inside.
     Batch(Vec<NsCall>),
+    /// Asks the home to promise that this mount sees any other origin's
+    /// change to each of `dirs` before that change is answered; `since` is
+    /// the mount's watch position when it learned their contents
+    /// (docs/DESIGN.md, "Promises on directories"). At most
+    /// [`crate::meta::promises::MAX_ASK`] directories.
+    Promise {
+        since: u64,
+        dirs: Vec<Ino>,
+    },
 }
 
 /// The most calls one [`NsCall::Batch`] carries.
@@ -308,6 +318,8 @@ pub enum NsReply {
     Locked(bool),
     /// A `Batch`'s results, one per call, in order.
     Batch(Vec<std::result::Result<NsReply, WireError>>),
+    /// Per directory asked, whether it is promised.
+    Promised(Vec<bool>),
 }
 
 /// An entry of a readdirplus page.
@@ -450,6 +462,38 @@ mod tests {
             let bytes = encode_request(MetaCall::ChunkMap(Ino(ino)));
             let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
             prop_assert!(matches!(back.call, MetaCall::ChunkMap(Ino(i)) if i == ino));
+        }
+
+        #[test]
+        fn promises_round_trip_in_a_batch(
+            since in any::<u64>(),
+            dirs in proptest::collection::vec(any::<u64>(), 0..64),
+            granted in proptest::collection::vec(any::<bool>(), 0..64),
+        ) {
+            let dirs: Vec<Ino> = dirs.into_iter().map(Ino).collect();
+            let ask = NsCall::Promise { since, dirs: dirs.clone() };
+            prop_assert!(ask.batchable());
+            let bytes = encode_request(MetaCall::Ns(NsCall::Batch(vec![ask, NsCall::Sync])));
+            let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
+            match back.call {
+                MetaCall::Ns(NsCall::Batch(calls)) => {
+                    prop_assert_eq!(calls.len(), 2);
+                    let same = matches!(
+                        &calls[0],
+                        NsCall::Promise { since: s, dirs: d } if *s == since && *d == dirs
+                    );
+                    prop_assert!(same, "{:?}", calls[0]);
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+            let reply = Ok(MetaReply::Ns(NsReply::Batch(vec![Ok(NsReply::Promised(granted.clone()))])));
+            match decode_answer(&encode_answer(reply)) {
+                Ok(MetaReply::Ns(NsReply::Batch(r))) => {
+                    let same = matches!(&r[0], Ok(NsReply::Promised(g)) if *g == granted);
+                    prop_assert!(same, "{:?}", r[0]);
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
         }
     }
 

@@ -3,14 +3,16 @@
 //! inodes and directory entries it changed and who made it (its *origin*,
 //! set per thread with [`with_origin`]); a mount asks what changed since it
 //! last looked, skipping its own changes, and drops the rest from its kernel's
-//! cache.
+//! cache. Promises made to member mounts ([`super::promises`]) are kept and
+//! broken here, as changes are noted.
 
 use super::cache::Changes;
+use super::promises::{MAX_ASK, Owed, Promises};
 use crate::types::Ino;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,11 +38,13 @@ pub struct Since {
 /// How many changes the journal keeps.
 const KEEP: usize = 8192;
 /// The most changes one answer carries.
-const MAX_ANSWER: usize = 1024;
+pub const MAX_ANSWER: usize = 1024;
 
 pub struct ChangeLog {
     inner: Mutex<Log>,
     cond: Condvar,
+    /// Signalled when a holder of promises acknowledges changes.
+    acks: Condvar,
 }
 
 struct Log {
@@ -49,10 +53,22 @@ struct Log {
     ring: VecDeque<(Arc<str>, Changed)>,
     /// Set at stop: waiters return at once.
     closed: bool,
+    promises: Promises,
 }
 
 thread_local! {
     static ORIGIN: RefCell<Arc<str>> = RefCell::new(Arc::from(""));
+    /// What this thread's changes broke, waited for by [`ChangeLog::settle_owed`].
+    static OWED: RefCell<Vec<Owed>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The directory a change concerns, as far as promises go: the parent of an
+/// entry, or the inode itself (a directory renamed, removed or set).
+fn touches(c: &Changed) -> Ino {
+    match c {
+        Changed::Entry { parent, .. } => *parent,
+        Changed::Inode(ino) => *ino,
+    }
 }
 
 /// Runs `f` with the changes it commits on this thread noted as `origin`'s
@@ -88,8 +104,10 @@ impl ChangeLog {
                 first,
                 ring: VecDeque::new(),
                 closed: false,
+                promises: Promises::default(),
             }),
             cond: Condvar::new(),
+            acks: Condvar::new(),
         }
     }
 
@@ -108,8 +126,16 @@ impl ChangeLog {
                 name: ByteBuf::from(name.clone()),
             });
         let inodes = changes.inodes.iter().map(|(ino, _)| Changed::Inode(*ino));
+        let mut owed = Vec::new();
         for c in entries.chain(inodes) {
+            if !g.promises.is_empty() {
+                let seq = g.first + g.ring.len() as u64;
+                g.promises.broken(&origin, touches(&c), seq, &mut owed);
+            }
             g.ring.push_back((origin.clone(), c));
+        }
+        if !owed.is_empty() {
+            OWED.with(|o| o.borrow_mut().extend(owed));
         }
         while g.ring.len() > KEEP {
             g.ring.pop_front();
@@ -124,6 +150,9 @@ impl ChangeLog {
     pub fn since(&self, seq: u64, skip: &str, wait: Duration) -> Since {
         let deadline = Instant::now() + wait;
         let mut g = crate::util::lock(&self.inner);
+        if g.promises.watched(skip, seq) {
+            self.acks.notify_all();
+        }
         let mut seq = seq;
         loop {
             let end = g.first + g.ring.len() as u64;
@@ -187,6 +216,55 @@ impl ChangeLog {
     pub fn close(&self) {
         crate::util::lock(&self.inner).closed = true;
         self.cond.notify_all();
+        self.acks.notify_all();
+    }
+
+    /// Promises `holder` (a member mount's origin) what it may be promised
+    /// of `dirs`, whose contents it learned with its watch at `since`: not
+    /// a directory another origin changed since then (or when the journal
+    /// no longer reaches back that far).
+    pub fn promise(&self, holder: &str, since: u64, dirs: &[Ino]) -> Vec<bool> {
+        let mut g = crate::util::lock(&self.inner);
+        let end = g.first + g.ring.len() as u64;
+        if since < g.first || since > end || dirs.len() > MAX_ASK {
+            return vec![false; dirs.len()];
+        }
+        let changed: HashSet<Ino> = g
+            .ring
+            .range((since - g.first) as usize..)
+            .filter(|(origin, _)| &**origin != holder)
+            .map(|(_, c)| touches(c))
+            .collect();
+        g.promises.grant(holder, since, dirs, &changed)
+    }
+
+    /// Waits until every holder of a promise this thread's changes broke
+    /// has seen them (or is gone, or a lease passed). Called with no lock
+    /// held: by the namespace's writer lock as it is let go.
+    pub fn settle_owed(&self) {
+        let mut owed = OWED.with(|o| std::mem::take(&mut *o.borrow_mut()));
+        if owed.is_empty() {
+            return;
+        }
+        let mut g = crate::util::lock(&self.inner);
+        loop {
+            let now = Instant::now();
+            owed.retain(|o| !g.promises.settled(o, now));
+            let Some(until) = owed.iter().map(Promises::deadline).min() else {
+                return;
+            };
+            if g.closed {
+                return;
+            }
+            let wait = until
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
+            g = self
+                .acks
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
@@ -265,6 +343,101 @@ mod tests {
         // From the future (a restarted home): a gap, and where to go on from.
         let s = log.since(u64::MAX, "x", Duration::ZERO);
         assert!(s.gap);
+    }
+
+    fn made_in(dir: u64, name: &str) -> Changes {
+        Changes {
+            inodes: vec![(Ino(dir), None)],
+            dentries: vec![(Ino(dir), name.as_bytes().to_vec(), None)],
+        }
+    }
+
+    #[test]
+    fn a_promise_is_refused_for_a_directory_another_origin_changed_since() {
+        let log = ChangeLog::new();
+        let start = log.next();
+        with_origin("m", || log.note(&made_in(7, "own")));
+        with_origin("other", || log.note(&made_in(8, "x")));
+        assert_eq!(
+            log.promise("m", start, &[Ino(7), Ino(8), Ino(9)]),
+            vec![true, false, true],
+            "its own change does not count; another's does"
+        );
+        assert_eq!(log.promise("m", log.next(), &[Ino(8)]), vec![true]);
+        assert_eq!(
+            log.promise("m", start - 1, &[Ino(7)]),
+            vec![false],
+            "too old"
+        );
+        assert_eq!(
+            log.promise("m", log.next() + 1, &[Ino(7)]),
+            vec![false],
+            "future"
+        );
+        let many = vec![Ino(1); super::super::promises::MAX_ASK + 1];
+        assert!(log.promise("m", log.next(), &many).iter().all(|g| !g));
+        assert_eq!(crate::util::lock(&log.inner).promises.held("m"), 3);
+    }
+
+    #[test]
+    fn a_change_to_a_promised_directory_waits_until_the_holder_saw_it() {
+        let log = Arc::new(ChangeLog::new());
+        let next = log.since(0, "m", Duration::ZERO).next;
+        assert_eq!(log.promise("m", next, &[Ino(7)]), vec![true]);
+        // The holder's own change, and a change elsewhere, owe nothing.
+        with_origin("m", || log.note(&made_in(7, "own")));
+        with_origin("other", || log.note(&made_in(9, "x")));
+        let t = Instant::now();
+        log.settle_owed();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // Another origin's change waits for the holder's next watch.
+        let l = log.clone();
+        let changer = std::thread::spawn(move || {
+            with_origin("other", || l.note(&made_in(7, "theirs")));
+            let t = Instant::now();
+            l.settle_owed();
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!changer.is_finished(), "answered before the holder saw it");
+        let seen = log.since(next, "m", Duration::ZERO);
+        assert!(seen.changes.contains(&Changed::Entry {
+            parent: Ino(7),
+            name: ByteBuf::from(b"theirs".to_vec())
+        }));
+        log.since(seen.next, "m", Duration::ZERO);
+        let waited = changer.join().unwrap();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // Broken once: the next change does not wait.
+        with_origin("other", || log.note(&made_in(7, "again")));
+        let t = Instant::now();
+        log.settle_owed();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(crate::util::lock(&log.inner).promises.held("m"), 0);
+    }
+
+    #[test]
+    fn a_holder_that_never_answers_holds_a_change_up_for_a_lease_at_most() {
+        let log = Arc::new(ChangeLog::new());
+        let next = log.since(0, "m", Duration::ZERO).next;
+        assert_eq!(log.promise("m", next, &[Ino(7)]), vec![true]);
+        // Watches that never move on do not renew the wait.
+        let l = log.clone();
+        let stubborn = std::thread::spawn(move || {
+            for _ in 0..30 {
+                l.since(next, "m", Duration::ZERO);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let t = Instant::now();
+        with_origin("other", || log.note(&made_in(7, "x")));
+        log.settle_owed();
+        let waited = t.elapsed();
+        assert!(waited >= super::super::promises::LEASE - Duration::from_millis(100));
+        assert!(waited < super::super::promises::LEASE + Duration::from_secs(2));
+        log.close();
+        stubborn.join().unwrap();
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod changes;
 pub mod locks;
 mod namespace;
 mod ops;
+pub mod promises;
 mod read;
 pub mod schema;
 pub mod snapshots;
@@ -286,8 +287,11 @@ impl MetaStore {
         self.db.cf_handle(name).expect("column family exists")
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        crate::util::lock(&self.writer)
+    fn lock(&self) -> Writer<'_> {
+        Writer {
+            guard: Some(crate::util::lock(&self.writer)),
+            changes: &self.changes,
+        }
     }
 
     fn tx(&self) -> Tx<'_> {
@@ -410,6 +414,21 @@ pub(crate) fn test_params() -> VolumeParams {
         data_shards: 4,
         parity_shards: 2,
         inline_max: 1024,
+    }
+}
+
+/// The writer lock, held for one operation. Let go, it waits for the member
+/// mounts whose promises the operation's changes broke to have seen them
+/// (see [`promises`]), so that the change is answered only after.
+struct Writer<'a> {
+    guard: Option<MutexGuard<'a, ()>>,
+    changes: &'a changes::ChangeLog,
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.changes.settle_owed();
     }
 }
 

@@ -1,0 +1,185 @@
+//! Promises the home made to member mounts: that any other origin's change
+//! to a directory is seen by the holder before that change is answered
+//! (docs/DESIGN.md, "Promises on directories"). The table lives beside the
+//! change journal, under its lock, so a grant and the changes it is checked
+//! against are ordered; what a broken promise owes is waited for by the
+//! thread that made the change, once it let go of the writer lock.
+
+use crate::types::Ino;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a promise outlives its holder's last watch, and the longest a
+/// change waits for a holder to acknowledge that it saw it.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// How long a member trusts its promises after it sent a watch that came
+/// back: less than [`LEASE`], so that it stops before the home stops
+/// waiting for it.
+pub const TRUST: Duration = Duration::from_secs(8);
+/// The most directories promised to one holder.
+pub const MAX_HELD: usize = 4096;
+/// The most directories one ask names.
+pub const MAX_ASK: usize = 64;
+
+#[derive(Default)]
+pub(super) struct Promises {
+    /// Per directory, who holds a promise of it.
+    by_dir: HashMap<Ino, Vec<Arc<str>>>,
+    holders: HashMap<Arc<str>, Holder>,
+}
+
+struct Holder {
+    dirs: HashSet<Ino>,
+    /// Its watch asked from here: it has seen every change before.
+    acked: u64,
+    /// Its last watch (or ask) arrived then.
+    seen: Instant,
+}
+
+/// What a change that broke a promise waits for: `holder`'s watch asking
+/// from `upto` on.
+#[derive(Debug)]
+pub(super) struct Owed {
+    holder: Arc<str>,
+    upto: u64,
+    broken: Instant,
+}
+
+impl Promises {
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
+    }
+
+    /// `holder`'s watch asks from `seq`: it saw every change before it.
+    /// Whether that may settle a change waiting for it.
+    pub fn watched(&mut self, holder: &str, seq: u64) -> bool {
+        match self.holders.get_mut(holder) {
+            Some(h) => {
+                h.seen = Instant::now();
+                let news = seq > h.acked;
+                h.acked = h.acked.max(seq);
+                news
+            }
+            None => false,
+        }
+    }
+
+    /// Grants `holder` what it may be promised of `dirs`, asked with its
+    /// watch at `since`: not a directory `changed` (by another origin since
+    /// `since`), nor past [`MAX_HELD`].
+    pub fn grant(
+        &mut self,
+        holder: &str,
+        since: u64,
+        dirs: &[Ino],
+        changed: &HashSet<Ino>,
+    ) -> Vec<bool> {
+        self.expire();
+        let key: Arc<str> = match self.holders.get_key_value(holder) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(holder),
+        };
+        let h = self.holders.entry(key.clone()).or_insert_with(|| Holder {
+            dirs: HashSet::new(),
+            acked: 0,
+            seen: Instant::now(),
+        });
+        h.seen = Instant::now();
+        h.acked = h.acked.max(since);
+        dirs.iter()
+            .map(|dir| {
+                if changed.contains(dir) || (h.dirs.len() >= MAX_HELD && !h.dirs.contains(dir)) {
+                    return false;
+                }
+                if h.dirs.insert(*dir) {
+                    self.by_dir.entry(*dir).or_default().push(key.clone());
+                }
+                true
+            })
+            .collect()
+    }
+
+    /// A change by `origin` to `ino`, noted at `seq`: the promises of it
+    /// to others end, and what each living holder owes is added to `owed`.
+    pub fn broken(&mut self, origin: &str, ino: Ino, seq: u64, owed: &mut Vec<Owed>) {
+        let Some(list) = self.by_dir.get_mut(&ino) else {
+            return;
+        };
+        let now = Instant::now();
+        list.retain(|holder| {
+            if &**holder == origin {
+                return true;
+            }
+            if let Some(h) = self.holders.get_mut(holder) {
+                h.dirs.remove(&ino);
+                if now.duration_since(h.seen) <= LEASE {
+                    owed.push(Owed {
+                        holder: holder.clone(),
+                        upto: seq + 1,
+                        broken: now,
+                    });
+                }
+            }
+            false
+        });
+        if list.is_empty() {
+            self.by_dir.remove(&ino);
+        }
+    }
+
+    /// Whether `o` is paid: its holder saw the change, or is gone, or the
+    /// lease since the break ran out (then said once, in the log).
+    pub fn settled(&self, o: &Owed, now: Instant) -> bool {
+        let Some(h) = self.holders.get(&o.holder) else {
+            return true;
+        };
+        if h.acked >= o.upto {
+            return true;
+        }
+        if now.duration_since(h.seen) > LEASE || now.duration_since(o.broken) >= LEASE {
+            tracing::warn!(
+                "member device {} did not acknowledge, within {} s, another host's change \
+                 to a directory it was promised; going on without it",
+                o.holder,
+                LEASE.as_secs()
+            );
+            return true;
+        }
+        false
+    }
+
+    /// When `o` stops waiting if its holder says nothing.
+    pub fn deadline(o: &Owed) -> Instant {
+        o.broken + LEASE
+    }
+
+    /// Holders whose watch stopped a lease ago lose their promises.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let gone: Vec<Arc<str>> = self
+            .holders
+            .iter()
+            .filter(|(_, h)| now.duration_since(h.seen) > LEASE)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(h) = self.holders.remove(&k) {
+                for dir in h.dirs {
+                    if let Some(list) = self.by_dir.get_mut(&dir) {
+                        list.retain(|x| *x != k);
+                        if list.is_empty() {
+                            self.by_dir.remove(&dir);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many directories `holder` is promised.
+    #[cfg(test)]
+    pub fn held(&self, holder: &str) -> usize {
+        self.holders.get(holder).map_or(0, |h| h.dirs.len())
+    }
+}
