@@ -1066,3 +1066,34 @@ fn a_member_knows_what_is_missing_from_a_directory_it_made_until_another_host_ch
     assert!(took < Duration::from_secs(15), "{took:?}");
     assert!(hm.unmount());
 }
+
+/// A member's open of a file brings the first page of its chunk map with
+/// its attributes: reading a file written elsewhere costs the open alone.
+#[test]
+fn a_member_reads_a_file_written_elsewhere_with_one_call_to_open_it() {
+    let h = Home::new();
+    let hm = h.mount_listening();
+    let a = h.member("a");
+    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let ma = a.mount_with(&["--metrics", &metrics]);
+    // Small files (inline) and one of several chunks.
+    sh(
+        &hm.at,
+        "mkdir r && for i in 1 2 3 4 5; do echo file $i > r/s$i; done \
+         && head -c 9000000 /dev/urandom > r/big",
+    );
+    let before = (
+        home_calls(&metrics, "open"),
+        home_calls(&metrics, "chunks_from"),
+    );
+    for name in ["s1", "s2", "s3", "s4", "s5", "big"] {
+        let here = std::fs::read(hm.at.join("r").join(name)).unwrap();
+        let there = std::fs::read(ma.at.join("r").join(name)).unwrap();
+        assert!(here == there, "{name} differs on the member");
+    }
+    let opens = home_calls(&metrics, "open") - before.0;
+    let maps = home_calls(&metrics, "chunks_from") - before.1;
+    assert_eq!(opens, 6, "one open a file");
+    assert_eq!(maps, 0, "the maps came with the opens");
+    assert!(hm.unmount());
+}

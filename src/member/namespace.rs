@@ -5,7 +5,7 @@
 use super::defer::{Line, Youngs};
 use super::held::Held;
 use super::link::{bad, learn, reach};
-use super::wire::{MAP_PAGE, NsCall, NsReply};
+use super::wire::{FirstPage, MAP_PAGE, NsCall, NsReply};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;
@@ -43,6 +43,7 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         releases: Arc::new(Releases::default()),
         fresh: Mutex::new(Fresh::default()),
         home_waits_locks: AtomicBool::new(true),
+        home_opens_with_map: AtomicBool::new(true),
         keys: r.keys.clone(),
     };
     let params = match ns.ns(NsCall::Params)? {
@@ -88,6 +89,8 @@ pub struct RemoteNamespace {
     /// Whether the home holds a waiting lock call (`SetlkWait`); a home
     /// older than that call is asked with `Setlk` again and again.
     home_waits_locks: AtomicBool,
+    /// Whether the home answers `OpenRead` (an older one: `Open`).
+    home_opens_with_map: AtomicBool,
 }
 
 /// What a call does to a name in a directory.
@@ -172,6 +175,19 @@ struct ChunkPage {
     chunks: HashMap<u64, ChunkRef>,
 }
 
+impl ChunkPage {
+    /// The page of a map from chunk `from`, `chunks` as the home gives a
+    /// page: it ends after its last chunk when full, else at the file's end.
+    fn new(from: u64, chunks: Vec<(u64, ChunkRef)>) -> ChunkPage {
+        let to = (chunks.len() >= MAP_PAGE).then(|| chunks.last().map_or(from, |(i, _)| i + 1));
+        ChunkPage {
+            from,
+            to,
+            chunks: chunks.into_iter().collect(),
+        }
+    }
+}
+
 impl RemoteNamespace {
     fn ns(&self, call: NsCall) -> Result<NsReply> {
         self.line.call(call)
@@ -224,6 +240,27 @@ impl RemoteNamespace {
 
     fn unit(&self, call: NsCall) -> Result<()> {
         expect_unit(self.ns(call)?)
+    }
+
+    /// Opens `ino` at home: its attributes, and the first page of its
+    /// chunk map when the home sends it with them (`OpenRead`).
+    fn open_read(&self, ino: Ino) -> Result<(Attr, Option<FirstPage>)> {
+        if self.home_opens_with_map.load(Ordering::Relaxed) {
+            match self.ns(NsCall::OpenRead(ino)) {
+                Ok(NsReply::Opened { attr, map }) => return Ok((attr, map)),
+                Ok(other) => return Err(bad(format!("the home node answered {other:?}"))),
+                // An older home cannot read the call (and opened nothing).
+                Err(e) if e.kind() == crate::error::Kind::Invalid => {
+                    tracing::info!(
+                        "the home node sends no chunk map with an open ({e}): \
+                         a read after an open asks for it"
+                    );
+                    self.home_opens_with_map.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((RemoteNamespace::attr(self, NsCall::Open(ino))?, None))
     }
 
     /// `call` adds `name` to `parent` or removes it, as the promised
@@ -304,13 +341,7 @@ impl Namespace for RemoteNamespace {
         {
             return Ok(p.chunks.get(&idx).cloned());
         }
-        let chunks = Namespace::chunks_from(self, ino, idx)?;
-        let to = (chunks.len() >= MAP_PAGE).then(|| chunks.last().map_or(idx, |(i, _)| i + 1));
-        let page = ChunkPage {
-            from: idx,
-            to,
-            chunks: chunks.into_iter().collect(),
-        };
+        let page = ChunkPage::new(idx, Namespace::chunks_from(self, ino, idx)?);
         let found = page.chunks.get(&idx).cloned();
         lock(&self.maps).insert(ino, page);
         Ok(found)
@@ -504,11 +535,17 @@ impl Namespace for RemoteNamespace {
     fn opened(&self, ino: Ino) -> Result<Option<Attr>> {
         // What another host committed since is read afresh.
         self.forget(Some(ino));
-        let a = RemoteNamespace::attr(self, NsCall::Open(ino))?;
+        let (a, map) = self.open_read(ino)?;
         // As fresh as it gets: the kernel's getattr after the open and the
         // data path's first read need not ask again.
         if a.kind == FileKind::File {
             lock(&self.inodes).insert(ino, super::defer::file_rec(&a));
+        }
+        if let Some(map) = map {
+            for ((_, c), h) in map.chunks.iter().zip(&map.hints) {
+                learn(&*self.store, c, h);
+            }
+            lock(&self.maps).insert(ino, ChunkPage::new(0, map.chunks));
         }
         lock(&self.fresh).keep_attr(a.clone());
         Ok(Some(a))

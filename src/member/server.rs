@@ -4,8 +4,8 @@
 //! member's side is [`super::client`] and [`super::namespace`].
 
 use super::wire::{
-    LOCK_HOLD, MAP_PAGE, MAX_BATCH, MetaCall, MetaReply, MetaRequest, NsCall, NsReply, PlusEntry,
-    VERSION, VolumeInfo, WATCH_HOLD, encode_answer, refused,
+    FirstPage, LOCK_HOLD, MAP_PAGE, MAX_BATCH, MetaCall, MetaReply, MetaRequest, NsCall, NsReply,
+    PlusEntry, VERSION, VolumeInfo, WATCH_HOLD, encode_answer, refused,
 };
 use crate::chunk::ChunkRef;
 use crate::data::{CommittedFile, Engine};
@@ -14,7 +14,7 @@ use crate::home::HomePaths;
 use crate::meta::changes::with_origin;
 use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
 use crate::net::{MeshClient, PeerId};
-use crate::types::Ino;
+use crate::types::{FileKind, Ino};
 use crate::util::lock;
 use crate::volume::proto::{Reply, Request, WireError};
 use crate::volume::serve;
@@ -299,16 +299,16 @@ impl HomeServer {
                 }
                 res.map(|()| NsReply::Unit)
             }
-            NsCall::Open(_) | NsCall::CreateOpen { .. } => {
+            NsCall::Open(_) | NsCall::OpenRead(_) | NsCall::CreateOpen { .. } => {
                 let held = lock(&self.opens).get(&peer).map_or(0, |m| m.total);
                 if held >= MAX_MEMBER_OPENS {
                     return Err(Error::Invalid("too many files open on this member device"));
                 }
                 let reply = ns_answer(engine, mount, call)?;
                 match &reply {
-                    NsReply::Attr(a) | NsReply::Created { attr: a, .. } => {
-                        self.note_open(peer, a.ino)
-                    }
+                    NsReply::Attr(a)
+                    | NsReply::Created { attr: a, .. }
+                    | NsReply::Opened { attr: a, .. } => self.note_open(peer, a.ino),
                     _ => {}
                 }
                 Ok(reply)
@@ -680,6 +680,20 @@ fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
         NsCall::Removexattr { ino, name } => unit(ns.removexattr(ino, &name)?),
         NsCall::Sync => unit(ns.sync()?),
         NsCall::Open(ino) => attr(engine.open(ino)?),
+        NsCall::OpenRead(ino) => {
+            let attr = engine.open(ino)?;
+            // Opened now: a map that cannot be read is the member's to ask
+            // for, not an error that would leave this open uncounted there.
+            let map = (attr.kind == FileKind::File)
+                .then(|| ns.chunks_from(ino, 0).ok())
+                .flatten()
+                .map(|mut chunks| {
+                    chunks.truncate(MAP_PAGE);
+                    let hints = hints(engine, chunks.iter().map(|(_, c)| c));
+                    FirstPage { chunks, hints }
+                });
+            NsReply::Opened { attr, map }
+        }
         NsCall::Getlk { ino, owner, want } => NsReply::Lock(ns.getlk(host, ino, owner, want)?),
         NsCall::Setlk { ino, owner, want } => unit(ns.setlk(host, ino, owner, want)?),
         NsCall::SetlkWait {

@@ -249,7 +249,8 @@ impl ChangeLog {
         let mut g = crate::util::lock(&self.inner);
         loop {
             let now = Instant::now();
-            owed.retain(|o| !g.promises.settled(o, now));
+            let promises = &mut g.promises;
+            owed.retain(|o| !promises.settled(o, now));
             let Some(until) = owed.iter().map(Promises::deadline).min() else {
                 return;
             };
@@ -436,6 +437,11 @@ mod tests {
         let waited = t.elapsed();
         assert!(waited >= super::super::promises::LEASE - Duration::from_millis(100));
         assert!(waited < super::super::promises::LEASE + Duration::from_secs(2));
+        assert_eq!(
+            log.promise("m", log.next(), &[Ino(7)]),
+            vec![false],
+            "a holder that let a break pass is promised nothing for a while"
+        );
         log.close();
         stubborn.join().unwrap();
     }

@@ -21,6 +21,10 @@ pub const TRUST: Duration = Duration::from_secs(8);
 pub const MAX_HELD: usize = 4096;
 /// The most directories one ask names.
 pub const MAX_ASK: usize = 64;
+/// How long a holder that let a lease pass without acknowledging a break
+/// is promised nothing: a member that asks and never answers delays
+/// others' changes once, not again and again.
+pub const SHUNNED: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub(super) struct Promises {
@@ -35,6 +39,8 @@ struct Holder {
     acked: u64,
     /// Its last watch (or ask) arrived then.
     seen: Instant,
+    /// It let a break go unanswered: promised nothing until then.
+    shunned: Option<Instant>,
 }
 
 /// What a change that broke a promise waits for: `holder`'s watch asking
@@ -84,9 +90,13 @@ impl Promises {
             dirs: HashSet::new(),
             acked: 0,
             seen: Instant::now(),
+            shunned: None,
         });
         h.seen = Instant::now();
         h.acked = h.acked.max(since);
+        if h.shunned.is_some_and(|t| Instant::now() < t) {
+            return vec![false; dirs.len()];
+        }
         dirs.iter()
             .map(|dir| {
                 if changed.contains(dir) || (h.dirs.len() >= MAX_HELD && !h.dirs.contains(dir)) {
@@ -130,8 +140,8 @@ impl Promises {
 
     /// Whether `o` is paid: its holder saw the change, or is gone, or the
     /// lease since the break ran out (then said once, in the log).
-    pub fn settled(&self, o: &Owed, now: Instant) -> bool {
-        let Some(h) = self.holders.get(&o.holder) else {
+    pub fn settled(&mut self, o: &Owed, now: Instant) -> bool {
+        let Some(h) = self.holders.get_mut(&o.holder) else {
             return true;
         };
         if h.acked >= o.upto {
@@ -140,10 +150,13 @@ impl Promises {
         if now.duration_since(h.seen) > LEASE || now.duration_since(o.broken) >= LEASE {
             tracing::warn!(
                 "member device {} did not acknowledge, within {} s, another host's change \
-                 to a directory it was promised; going on without it",
+                 to a directory it was promised; going on without it, and promising it \
+                 nothing for {} s",
                 o.holder,
-                LEASE.as_secs()
+                LEASE.as_secs(),
+                SHUNNED.as_secs()
             );
+            h.shunned = Some(now + SHUNNED);
             return true;
         }
         false

@@ -53,6 +53,13 @@ enum Op {
     Release(Pick),
     Releases(Vec<Pick>),
     Open(Pick),
+    OpenRead(Pick),
+    /// Promises asked of any inodes, from any watch position (more than
+    /// an ask may hold, too).
+    Promise {
+        since: u64,
+        dirs: Vec<Pick>,
+    },
     Lock {
         ino: Pick,
         owner: u64,
@@ -188,6 +195,9 @@ fn one_op() -> impl Strategy<Value = Op> {
         3 => pick().prop_map(Op::Release),
         2 => proptest::collection::vec(pick(), 0..40).prop_map(Op::Releases),
         2 => pick().prop_map(Op::Open),
+        2 => pick().prop_map(Op::OpenRead),
+        2 => (any::<u64>(), proptest::collection::vec(pick(), 0..70))
+            .prop_map(|(since, dirs)| Op::Promise { since, dirs }),
         3 => (pick(), 0u64..4, any::<u64>(), any::<u64>(), prop_oneof![Just(0), Just(1), Just(2), any::<i32>()], any::<bool>())
             .prop_map(|(ino, owner, start, end, typ, wait)| Op::Lock { ino, owner, start, end, typ, wait }),
         1 => (pick(), 0u64..4).prop_map(|(ino, owner)| Op::Unlock { ino, owner }),
@@ -553,6 +563,11 @@ impl Rig {
             Op::Release(p) => NsCall::Release(self.any_ino(p)),
             Op::Releases(ps) => NsCall::Releases(ps.iter().map(|&p| self.any_ino(p)).collect()),
             Op::Open(p) => NsCall::Open(self.any_ino(p)),
+            Op::OpenRead(p) => NsCall::OpenRead(self.any_ino(p)),
+            Op::Promise { since, dirs } => NsCall::Promise {
+                since,
+                dirs: dirs.into_iter().map(|p| self.any_ino(p)).collect(),
+            },
             Op::Lock {
                 ino,
                 owner,
