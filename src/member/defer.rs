@@ -25,6 +25,8 @@ const QUEUE_BYTES: usize = 1 << 20;
 const QUEUE_CALLS: usize = MAX_BATCH - 1;
 /// The most young files at once (each holds its record and chunk map).
 const MAX_YOUNG: usize = 4096;
+/// The most releases one queued `Releases` call carries.
+const MAX_RELEASES: usize = 1024;
 
 fn ns_call(client: &MeshClient, home: PeerId, call: NsCall) -> Result<NsReply> {
     match call_home(client, home, MetaCall::Ns(call), HOME_WAIT)? {
@@ -102,6 +104,28 @@ impl Line {
         q.bytes += size;
         q.calls.push((ino, call));
         true
+    }
+
+    /// Queues the release of a handle on `ino` (closed here), with the
+    /// releases queued last if they are the queue's last call: the home
+    /// learns of it with the next call, or within a second; false when
+    /// nothing can be queued.
+    pub fn hold_release(&self, ino: Ino) -> bool {
+        let mut q = lock(&self.queue);
+        if !self.defers() {
+            return false;
+        }
+        if let Some((_, NsCall::Releases(inos))) = q.calls.last_mut()
+            && inos.len() < MAX_RELEASES
+        {
+            inos.push(ino);
+            q.bytes += size_of(&NsCall::Release(ino));
+            return true;
+        }
+        drop(q);
+        // Under no inode of its own: a release the home refuses is no
+        // change of a file's to answer at its next close.
+        self.hold(Ino(0), NsCall::Releases(vec![ino]))
     }
 
     /// The oldest queued changes, as many as one batch carries beside a
@@ -208,9 +232,9 @@ impl Line {
                         }
                     }
                 }
-                for ((ino, _), res) in queued.iter().zip(results) {
+                for ((ino, c), res) in queued.iter().zip(results) {
                     if let Err(e) = res {
-                        self.failed(*ino, e.into());
+                        self.refused(*ino, c, e.into());
                     }
                 }
                 last.map(|r| r.map_err(crate::Error::from)).transpose()
@@ -254,12 +278,22 @@ impl Line {
         call: Option<NsCall>,
     ) -> Result<Option<NsReply>> {
         for (ino, c) in queued {
-            if let Err(e) = ns_call(&self.client, self.home, c) {
-                self.failed(ino, e);
+            if let Err(e) = ns_call(&self.client, self.home, c.clone()) {
+                self.refused(ino, &c, e);
             }
         }
         call.map(|c| ns_call(&self.client, self.home, c))
             .transpose()
+    }
+
+    /// The home refused `call`, queued for `ino`.
+    fn refused(&self, ino: Ino, call: &NsCall, e: crate::Error) {
+        match call {
+            NsCall::Releases(_) => {
+                tracing::info!("the home node refused releases of handles closed here: {e}")
+            }
+            _ => self.failed(ino, e),
+        }
     }
 
     fn failed(&self, ino: Ino, e: crate::Error) {
