@@ -1102,3 +1102,36 @@ fn a_member_reads_a_file_written_elsewhere_with_one_call_to_open_it() {
     assert_eq!(maps, 0, "the maps came with the opens");
     assert!(hm.unmount());
 }
+
+/// The home is killed and started again at once: a member mount's calls
+/// made meanwhile wait for it (3 s at most) instead of failing.
+#[test]
+fn a_member_mount_rides_through_a_quick_restart_of_its_home() {
+    let (h, daemon) = Home::start();
+    let a = h.member("a");
+    let ma = a.mount();
+    sh(&ma.at, "echo x > f");
+    daemon.kill();
+    let killed = Instant::now();
+    // A listing: always asked of the home.
+    let at = ma.at.clone();
+    let lister = std::thread::spawn(move || {
+        std::fs::read_dir(&at).and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let _daemon = h.serve();
+    let back = killed.elapsed();
+    let listed = lister.join().unwrap();
+    eprintln!("the home was back {back:?} after it was killed");
+    if back < Duration::from_millis(2500) {
+        let names: Vec<_> = listed
+            .expect("the listing made while the home restarted")
+            .iter()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+    } else {
+        eprintln!("the home took longer than a member waits for a dial: not judged");
+    }
+    assert_eq!(sh(&ma.at, "cat f"), "x\n");
+}

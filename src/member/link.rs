@@ -17,6 +17,10 @@ use std::time::Duration;
 
 /// How long a namespace operation waits for the home node.
 pub const HOME_WAIT: Duration = crate::net::member::ANSWER_WAIT;
+/// How long a call the home could not be dialled for is tried again: a
+/// home restarting is answering again by then, and a home that is down
+/// fails each call after this long, not at once nor after `HOME_WAIT`.
+const REDIAL_WAIT: Duration = Duration::from_secs(3);
 
 /// `HOME/member` on a member device (JSON).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,7 +40,9 @@ pub fn bad(e: impl std::fmt::Display) -> Error {
 /// A member's call to its home node, asked again while the home answers
 /// that this device is past one of its bounds (`Kind::Busy`: the call ran
 /// nothing there), with pauses from 5 ms doubling to 100 ms, until `wait`
-/// is spent (docs/DESIGN.md, "What one member can make the home hold").
+/// is spent (docs/DESIGN.md, "What one member can make the home hold");
+/// and, for [`REDIAL_WAIT`] at most, while the home cannot be dialled (a
+/// home restarting: the call never left).
 pub fn call_home(
     client: &MeshClient,
     home: PeerId,
@@ -52,6 +58,11 @@ pub fn call_home(
     let answer = loop {
         let answer = match client.meta_call(home, bytes.clone(), wait) {
             Ok(a) => a,
+            Err(e) if e.unsent && start.elapsed() + pause < REDIAL_WAIT.min(wait) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+                continue;
+            }
             Err(e) => break Err(bad(e)),
         };
         match decode_answer(&answer) {

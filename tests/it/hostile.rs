@@ -313,7 +313,7 @@ impl Rig {
         let bytes = self
             .client
             .meta_call(self.home_id, encode_request(call), Duration::from_secs(20))
-            .map_err(|e| datamesh::Error::Remote(datamesh::error::Kind::Other, e))?;
+            .map_err(|e| datamesh::Error::Remote(datamesh::error::Kind::Other, e.to_string()))?;
         decode_answer(&bytes)
     }
 

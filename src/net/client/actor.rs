@@ -190,7 +190,11 @@ pub(super) async fn actor(
                     request_response::Event::OutboundFailure { request_id, error, peer, .. },
                 )) => {
                     if let Some(reply) = meta_pending.remove(&request_id) {
-                        reply(Err(format!("the home node {peer}: {error}")));
+                        let unsent = matches!(error, request_response::OutboundFailure::DialFailure);
+                        reply(Err(super::MetaError {
+                            unsent,
+                            text: format!("the home node {peer}: {error}"),
+                        }));
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {

@@ -214,7 +214,9 @@ impl FakeMesh {
                             e.last_dial_error = "Connection refused".into();
                         }
                     }
-                    ToActor::Meta { reply, .. } => reply(Err("no home among fake peers".into())),
+                    ToActor::Meta { reply, .. } => {
+                        reply(Err(super::MetaError::lost("no home among fake peers")))
+                    }
                     ToActor::Listen { reply, .. } => {
                         let _ = reply.send(Err("fake peers do not listen".into()));
                     }

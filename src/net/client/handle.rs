@@ -108,7 +108,7 @@ impl MeshClient {
         peer: PeerId,
         bytes: Vec<u8>,
         wait: Duration,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, super::MetaError> {
         let (tx, rx) = smpsc::channel();
         let reply: MetaReply = Box::new(move |r| {
             let _ = tx.send(r);
@@ -116,13 +116,13 @@ impl MeshClient {
         if let Err(mpsc::error::SendError(ToActor::Meta { reply, .. })) =
             self.tx.send(ToActor::Meta { peer, bytes, reply })
         {
-            reply(Err("the network task has stopped".into()));
+            reply(Err(super::MetaError::lost("the network task has stopped")));
         }
         rx.recv_timeout(wait).unwrap_or_else(|_| {
-            Err(format!(
+            Err(super::MetaError::lost(format!(
                 "the home node {peer} did not answer within {} s",
                 wait.as_secs()
-            ))
+            )))
         })
     }
 

@@ -92,7 +92,31 @@ impl Default for Timings {
 pub type PeerRoot = Result<Option<Vec<u8>>, String>;
 
 type Reply = Box<dyn FnOnce(Result<Response, String>) + Send>;
-type MetaReply = Box<dyn FnOnce(Result<Vec<u8>, String>) + Send>;
+type MetaReply = Box<dyn FnOnce(Result<Vec<u8>, MetaError>) + Send>;
+
+/// Why a member's call to its home got no answer.
+#[derive(Debug)]
+pub struct MetaError {
+    /// The request never left this host (the home could not be dialled):
+    /// sending it again runs it at most once.
+    pub unsent: bool,
+    text: String,
+}
+
+impl MetaError {
+    fn lost(text: impl Into<String>) -> MetaError {
+        MetaError {
+            unsent: false,
+            text: text.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for MetaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
 
 /// Answers a member's metadata request (its authenticated peer id, the
 /// request's bytes) with the answer's bytes; runs on a blocking thread.
