@@ -299,9 +299,10 @@ impl ShardStore for MeshStore {
         }
         let mut tried = Holders::new();
         let mut last = StoreError::Missing(*id);
+        let known = self.holders(id);
         for round in 0..2 {
             let holders = if round == 0 {
-                self.holders(id)
+                known.clone()
             } else {
                 self.find(id, &tried)
             };
@@ -313,6 +314,19 @@ impl ShardStore for MeshStore {
                     Ok(b) => return Ok(b),
                     Err(e) => last = e,
                 }
+            }
+        }
+        // A holder still being connected to (a command that just started
+        // reads once a stripe's worth of peers answers, and a large mesh
+        // has more): asked too, the request waiting for the connection,
+        // rather than the shard counted missing.
+        for (tag, p) in self.client.storage_peers() {
+            if p.connected || p.dial_failed || !known.contains(tag) || !tried.insert(tag) {
+                continue;
+            }
+            match self.fetch_from(tag, p.id, id) {
+                Ok(b) => return Ok(b),
+                Err(e) => last = e,
             }
         }
         if let Some(b) = self.local.as_ref().and_then(|l| l.get(id).ok()) {
