@@ -139,6 +139,9 @@ pub(super) async fn actor(
                 })) if step.last => {
                     shared.kad_settled.store(true, Ordering::Relaxed);
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                    result: kad::QueryResult::GetClosestPeers(Ok(found)), ..
+                })) => found_again(&mut swarm, &shared, found.peers),
                 SwarmEvent::Behaviour(BehaviourEvent::Shard(request_response::Event::Message {
                     message: Message::Response { request_id, response },
                     ..
@@ -229,6 +232,15 @@ pub(super) async fn actor(
                     // No peer to ask: there is nothing to discover.
                     shared.kad_settled.store(true, Ordering::Relaxed);
                 }
+                // Each storage peer down is looked up by its own id too: the
+                // answer names its addresses now, dialled whatever dial to
+                // its old one still hangs (another process may hold that
+                // port now).
+                if lookup {
+                    for id in down_storage(&shared) {
+                        swarm.behaviour_mut().kad.get_closest_peers(id);
+                    }
+                }
             }
         }
     }
@@ -301,6 +313,53 @@ fn push_members(
 /// Dials the known peers that are not connected (a dial already under way for
 /// a peer is left to finish).
 /// Whether a storage peer the home knows is unreachable.
+/// The storage peers down now (at most a few: each is looked up).
+fn down_storage(shared: &Shared) -> Vec<PeerId> {
+    lock(&shared.peers)
+        .list
+        .iter()
+        .filter(|p| p.storage && !p.connected)
+        .map(|p| p.id)
+        .take(8)
+        .collect()
+}
+
+/// A lookup's answer: the down storage peers it names, at addresses not
+/// known for them yet, are dialled there.
+fn found_again(
+    swarm: &mut libp2p::Swarm<crate::net::Behaviour>,
+    shared: &Shared,
+    peers: Vec<kad::PeerInfo>,
+) {
+    for info in peers {
+        let fresh: Vec<Multiaddr> = {
+            let mut t = lock(&shared.peers);
+            let Some(p) = t.entry(info.peer_id).filter(|p| p.storage && !p.connected) else {
+                continue;
+            };
+            let fresh: Vec<Multiaddr> = info
+                .addrs
+                .iter()
+                .filter(|a| !is_unspecified(a))
+                .map(bare)
+                .filter(|a| !p.addrs.contains(a))
+                .collect();
+            for a in fresh.iter().rev() {
+                p.addrs.insert(0, a.clone());
+            }
+            fresh
+        };
+        if !fresh.is_empty() {
+            tracing::info!("storage peer {} found at {fresh:?}", info.peer_id);
+            let opts = DialOpts::peer_id(info.peer_id)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(fresh)
+                .build();
+            let _ = swarm.dial(opts);
+        }
+    }
+}
+
 fn any_down(shared: &Shared) -> bool {
     lock(&shared.peers)
         .list
