@@ -1087,18 +1087,29 @@ fn a_member_reads_a_file_written_elsewhere_with_one_call_to_open_it() {
         "mkdir r && for i in 1 2 3 4 5; do echo file $i > r/s$i; done \
          && head -c 9000000 /dev/urandom > r/big",
     );
-    let before = (
-        home_calls(&metrics, "open"),
-        home_calls(&metrics, "chunks_from"),
-    );
+    // An open goes alone, or in a batch with the releases of the files
+    // closed before it; those releases may also go alone, in front of the
+    // mount's next watch or from the releases worker.
+    let calls = || home_calls(&metrics, "open") + home_calls(&metrics, "batch");
+    let before = (calls(), home_calls(&metrics, "chunks_from"));
+    let t = Instant::now();
     for name in ["s1", "s2", "s3", "s4", "s5", "big"] {
         let here = std::fs::read(hm.at.join("r").join(name)).unwrap();
         let there = std::fs::read(ma.at.join("r").join(name)).unwrap();
         assert!(here == there, "{name} differs on the member");
     }
-    let opens = home_calls(&metrics, "open") - before.0;
+    let ticks = t.elapsed().as_secs() + 1;
+    let opens = calls() - before.0;
     let maps = home_calls(&metrics, "chunks_from") - before.1;
-    assert_eq!(opens, 6, "one open a file");
+    assert!(
+        (6..=12 + ticks).contains(&opens),
+        "{opens} calls to open 6 files in {ticks} s: {}",
+        fs_tests::scrape(&metrics)
+            .lines()
+            .filter(|l| l.starts_with("datamesh_home_calls_total"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     assert_eq!(maps, 0, "the maps came with the opens");
     assert!(hm.unmount());
 }

@@ -188,7 +188,16 @@ impl Line {
     /// Everything done here to `ino` is at home: the queue sent, and the
     /// error a change of `ino` met since answered.
     pub fn settle(&self, ino: Ino) -> Result<()> {
-        self.send_queue()?;
+        // Only changes of `ino` are waited for: the releases of other files
+        // closed before cost a read-only close no round trip. Taking `order`
+        // first waits for a batch in flight that may hold some.
+        let queued = {
+            let _order = lock(&self.order);
+            lock(&self.queue).calls.iter().any(|(i, _)| *i == ino)
+        };
+        if queued {
+            self.send_queue()?;
+        }
         match lock(&self.failed).remove(&ino) {
             Some(e) => Err(e),
             None => Ok(()),
