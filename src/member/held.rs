@@ -6,7 +6,7 @@
 //! it; anything else drops it.
 
 use super::wire::NsCall;
-use crate::meta::changes::{Changed, Since};
+use crate::meta::changes::Since;
 use crate::meta::promises::{MAX_ASK, MAX_HELD, TRUST};
 use crate::types::Ino;
 use crate::util::lock;
@@ -106,11 +106,7 @@ impl Held {
             g.asks.clear();
         }
         for c in &s.changes {
-            let dir = match c {
-                Changed::Entry { parent, .. } => parent,
-                Changed::Inode(ino) => ino,
-            };
-            g.dirs.remove(dir);
+            g.dirs.remove(&c.touches());
         }
         g.pos = s.next;
         // An answer cut short may not yet hold a change that broke a
@@ -194,6 +190,7 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::changes::Changed;
     use serde_bytes::ByteBuf;
 
     fn since(next: u64, changes: Vec<Changed>) -> Since {

@@ -62,12 +62,14 @@ thread_local! {
     static OWED: RefCell<Vec<Owed>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The directory a change concerns, as far as promises go: the parent of an
-/// entry, or the inode itself (a directory renamed, removed or set).
-fn touches(c: &Changed) -> Ino {
-    match c {
-        Changed::Entry { parent, .. } => *parent,
-        Changed::Inode(ino) => *ino,
+impl Changed {
+    /// The inode a change concerns, as far as promises go: the parent of an
+    /// entry, or the inode itself (a directory renamed, removed or set).
+    pub fn touches(&self) -> Ino {
+        match self {
+            Changed::Entry { parent, .. } => *parent,
+            Changed::Inode(ino) => *ino,
+        }
     }
 }
 
@@ -130,7 +132,7 @@ impl ChangeLog {
         for c in entries.chain(inodes) {
             if !g.promises.is_empty() {
                 let seq = g.first + g.ring.len() as u64;
-                g.promises.broken(&origin, touches(&c), seq, &mut owed);
+                g.promises.broken(&origin, c.touches(), seq, &mut owed);
             }
             g.ring.push_back((origin.clone(), c));
         }
@@ -233,7 +235,7 @@ impl ChangeLog {
             .ring
             .range((since - g.first) as usize..)
             .filter(|(origin, _)| &**origin != holder)
-            .map(|(_, c)| touches(c))
+            .map(|(_, c)| c.touches())
             .collect();
         g.promises.grant(holder, since, dirs, &changed)
     }
