@@ -93,6 +93,8 @@ pub struct Metrics {
     /// FUSE and WebDAV requests answered, for the dashboard's graph (not
     /// exported: the two above are).
     pub file_ops: Counter,
+    /// Delegations recalled (home side).
+    pub recalls: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -137,6 +139,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         home_call_errors: Family::default(),
         webdav_requests: Counter::default(),
         file_ops: Counter::default(),
+        recalls: Counter::default(),
     };
     type Timed<L> = Family<L, Histogram, fn() -> Histogram>;
     enum One<'a> {
@@ -185,6 +188,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ("home_calls", "Calls this member device made to its home node", Requests(&m.home_calls)),
         ("home_call_seconds", "Seconds to the home node's answer", RequestTimes(&m.home_call_seconds)),
         ("home_call_errors", "Calls to the home node failed or refused", Requests(&m.home_call_errors)),
+        ("recalls", "Directories delegated to a member recalled before another origin's call", C(&m.recalls)),
     ];
     for (name, help, metric) in all {
         match metric {

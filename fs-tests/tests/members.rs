@@ -86,9 +86,14 @@ impl Home {
 
     /// The home's own mount, its daemon listening for members.
     fn mount_listening(&self) -> fs_tests::Mount {
+        self.mount_listening_with(&[])
+    }
+
+    fn mount_listening_with(&self, extra: &[&str]) -> fs_tests::Mount {
         let mut flags = self.cluster.bootstrap_flags();
         flags.extend(["--listen".to_string(), self.listen.clone()]);
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        flags.extend(extra);
         self.home.mount_with(&flags)
     }
 
@@ -1070,6 +1075,90 @@ fn a_member_knows_what_is_missing_from_a_directory_it_made_until_another_host_ch
     eprintln!("a create in a directory a dead member held took {took:?}");
     assert!(took < Duration::from_secs(15), "{took:?}");
     assert!(hm.unmount());
+}
+
+/// Every call a member made to its home so far, of any kind.
+fn all_home_calls(metrics: &str) -> u64 {
+    fs_tests::scrape(metrics)
+        .lines()
+        .filter(|l| l.starts_with("datamesh_home_calls_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A directory a member made is delegated to it: the closes of the files
+/// it makes there send nothing (their changes ride with the next call);
+/// another host's read of the directory recalls it first, so that host
+/// sees every file closed before it asked, and the member's closes there
+/// go at the close again.
+#[test]
+fn a_member_holds_back_its_closes_in_a_delegated_directory_until_another_host_looks() {
+    let h = Home::new();
+    let home_metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let hm = h.mount_listening_with(&["--metrics", &home_metrics]);
+    let a = h.member("a");
+    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let ma = a.mount_with(&["--metrics", &metrics]);
+    let recalls = || fs_tests::metric(&fs_tests::scrape(&home_metrics), "datamesh_recalls_total");
+    let granted = |dir: &str| {
+        // Granted once a missing name there costs no lookup.
+        sh(&ma.at, &format!("mkdir {dir} && touch {dir}/first"));
+        let t = Instant::now();
+        loop {
+            let before = home_calls(&metrics, "lookup");
+            assert!(!ma.at.join(format!("{dir}/probe")).exists());
+            if home_calls(&metrics, "lookup") == before {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{dir} never promised"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for (round, by) in ["cli", "mount"].iter().enumerate() {
+        let dir = format!("d{round}");
+        granted(&dir);
+        let (before, t) = (all_home_calls(&metrics), Instant::now());
+        sh(
+            &ma.at,
+            &format!("for i in $(seq 20); do echo file $i > {dir}/f$i; done"),
+        );
+        let (calls, ticks) = (all_home_calls(&metrics) - before, t.elapsed().as_secs() + 1);
+        // One call a file (its create, carrying the last close's changes)
+        // and what each second sends.
+        assert!(
+            calls <= 20 + 2 * ticks + 2,
+            "{calls} calls to make 20 files in {ticks} s"
+        );
+        let (recalled, t) = (recalls(), Instant::now());
+        let got = if *by == "cli" {
+            h.home.ok(&["cat", &format!("/{dir}/f20")])
+        } else {
+            sh(&hm.at, &format!("cat {dir}/f20"))
+        };
+        eprintln!(
+            "the {by}'s read in a delegated directory took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(got, "file 20\n", "the {by} read before the member's close");
+        assert!(recalls() > recalled, "the {by}'s read recalled nothing");
+        let listed = sh(&hm.at, &format!("cat {dir}/f*"));
+        assert_eq!(listed.lines().count(), 20, "{listed}");
+        // Recalled: the member's closes there go at the close again.
+        let before = all_home_calls(&metrics);
+        sh(
+            &ma.at,
+            &format!("for i in $(seq 5); do echo again $i > {dir}/g$i; done"),
+        );
+        let calls = all_home_calls(&metrics) - before;
+        assert!(calls >= 10, "{calls} calls for 5 files after a recall");
+        assert_eq!(h.home.ok(&["cat", &format!("/{dir}/g5")]), "again 5\n");
+    }
+    assert!(ma.unmount() && hm.unmount());
+    let fsck = h.home.ok(&["fsck"]);
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
 }
 
 /// A member's open of a file brings the first page of its chunk map with

@@ -297,7 +297,7 @@ impl Engine {
     /// it applied where the namespace is kept (close-to-open across hosts).
     pub fn flush_closing(&self, ino: Ino) -> Result<()> {
         self.flush(ino)?;
-        self.s.meta.settle(ino)
+        self.s.meta.settle_closing(ino)
     }
 
     /// Whether `ino` has nothing unsealed (so [`Engine::flush`] has nothing

@@ -185,6 +185,15 @@ impl Line {
         }
     }
 
+    /// The error a change of `ino` met since the last settle, if any,
+    /// without sending anything.
+    pub fn take_failure(&self, ino: Ino) -> Result<()> {
+        match lock(&self.failed).remove(&ino) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Everything done here to `ino` is at home: the queue sent, and the
     /// error a change of `ino` met since answered.
     pub fn settle(&self, ino: Ino) -> Result<()> {
@@ -198,10 +207,7 @@ impl Line {
         if queued {
             self.send_queue()?;
         }
-        match lock(&self.failed).remove(&ino) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.take_failure(ino)
     }
 
     /// Sends `queued` then `call` (the caller holds `order`). What the home
@@ -230,14 +236,12 @@ impl Line {
                         Ok(NsReply::Promised(granted)) => self.held.answered(ask, &granted),
                         Ok(_) => self.held.unanswered(ask),
                         Err(e) => {
-                            // A home that knows batches but not promises.
+                            // A home that knows batches but not this ask.
                             tracing::info!(
-                                "the home node makes no promises ({}): this mount asks it \
-                                 about every name",
+                                "the home node could not read a promise asked of it: {}",
                                 crate::Error::from(e)
                             );
-                            self.held.unanswered(ask);
-                            self.held.turn_off();
+                            self.held.unreadable(ask);
                         }
                     }
                 }
@@ -252,14 +256,11 @@ impl Line {
                 "the home node answered a batch with {other:?}"
             ))),
             Err(e) if e.kind() == Kind::Invalid && ask.is_some() => {
-                // Unreadable for the ask in it (a home older than promises,
+                // Unreadable for the ask in it (a home older than the ask,
                 // whose batch holds one call it does not know): sent again
-                // without.
-                tracing::info!(
-                    "the home node makes no promises ({e}): this mount asks it about every name"
-                );
-                self.held.unanswered(ask.as_ref().expect("checked"));
-                self.held.turn_off();
+                // with an older ask, or none.
+                tracing::info!("the home node could not read a batch with a promise asked: {e}");
+                self.held.unreadable(ask.as_ref().expect("checked"));
                 self.send(queued, call)
             }
             Err(e) if e.kind() == Kind::Invalid => {
@@ -339,6 +340,10 @@ pub fn file_rec(a: &Attr) -> InodeRec {
 struct Young {
     rec: InodeRec,
     chunks: BTreeMap<u64, ChunkRef>,
+    /// The directory it was made in, if that was delegated to this mount
+    /// when it was made: its close may hold its changes back while the
+    /// directory still is (docs/DESIGN.md, "Delegated directories").
+    delegated_in: Option<Ino>,
 }
 
 /// The young files of a mount.
@@ -347,8 +352,9 @@ pub struct Youngs(Mutex<HashMap<Ino, Young>>);
 
 impl Youngs {
     /// `made` was just made and opened here (`CreateOpen`): a regular file,
-    /// empty, which only this mount knows open.
-    pub fn made(&self, made: &Attr, line: &Line) {
+    /// empty, which only this mount knows open; `delegated_in`: the
+    /// directory it was made in, delegated here when the call was sent.
+    pub fn made(&self, made: &Attr, line: &Line, delegated_in: Option<Ino>) {
         if made.kind != FileKind::File || made.size != 0 || !line.defers() {
             return;
         }
@@ -360,6 +366,7 @@ impl Youngs {
                 Young {
                     rec,
                     chunks: BTreeMap::new(),
+                    delegated_in,
                 },
             );
         }
@@ -397,6 +404,11 @@ impl Youngs {
 
     pub fn is(&self, ino: Ino) -> bool {
         lock(&self.0).contains_key(&ino)
+    }
+
+    /// The delegated directory young `ino` was made in, if any.
+    pub fn delegated_in(&self, ino: Ino) -> Option<Ino> {
+        lock(&self.0).get(&ino).and_then(|y| y.delegated_in)
     }
 
     /// A setattr (no size) of a young file, applied here and held back;

@@ -12,14 +12,28 @@ use crate::types::Ino;
 use crate::util::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
-#[derive(Default)]
 pub struct Held {
     inner: Mutex<Inner>,
-    /// Cleared when the home cannot read `Promise`: nothing is asked then.
-    off: AtomicBool,
+    /// What is asked: [`DELEGATE`], then [`PROMISE`] when the home cannot
+    /// read `Delegate`, then [`OFF`] (nothing) when it cannot read
+    /// `Promise` either.
+    level: AtomicU8,
+}
+
+const OFF: u8 = 0;
+const PROMISE: u8 = 1;
+const DELEGATE: u8 = 2;
+
+impl Default for Held {
+    fn default() -> Held {
+        Held {
+            inner: Mutex::default(),
+            level: AtomicU8::new(DELEGATE),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -38,11 +52,18 @@ struct Dir {
     /// Every name in the directory.
     names: HashSet<Vec<u8>>,
     granted: bool,
+    /// Granted by `Delegate`: the home recalls it before another origin
+    /// reads it.
+    delegated: bool,
 }
 
 impl Held {
     fn on(&self) -> bool {
-        !self.off.load(Ordering::Relaxed)
+        self.level.load(Ordering::Relaxed) != OFF
+    }
+
+    fn trusted(g: &Inner) -> bool {
+        g.until.is_some_and(|t| Instant::now() < t)
     }
 
     /// The watch position, to learn a directory's contents at.
@@ -65,6 +86,7 @@ impl Held {
             Dir {
                 names: HashSet::new(),
                 granted: false,
+                delegated: false,
             },
         );
         g.asks.push((ino, mark));
@@ -73,10 +95,17 @@ impl Held {
     /// Whether `name` is known not to be in `parent`.
     pub fn absent(&self, parent: Ino, name: &[u8]) -> bool {
         let g = lock(&self.inner);
-        g.until.is_some_and(|t| Instant::now() < t)
+        Self::trusted(&g)
             && g.dirs
                 .get(&parent)
                 .is_some_and(|d| d.granted && !d.names.contains(name))
+    }
+
+    /// Whether `dir` is delegated to this mount now: what it did there may
+    /// wait to be sent, as the home recalls it before anyone else reads it.
+    pub fn delegated(&self, dir: Ino) -> bool {
+        let g = lock(&self.inner);
+        Self::trusted(&g) && g.dirs.get(&dir).is_some_and(|d| d.delegated)
     }
 
     /// This mount added `name` to `parent` (the home answered so).
@@ -145,22 +174,27 @@ impl Held {
         let taken: Vec<(Ino, u64)> = asks.drain(..n).collect();
         // One position for all: the oldest, so each was learned after it.
         let since = taken.iter().map(|(_, m)| *m).min().expect("not empty");
-        Some(NsCall::Promise {
-            since,
-            dirs: taken.into_iter().map(|(ino, _)| ino).collect(),
+        let dirs = taken.into_iter().map(|(ino, _)| ino).collect();
+        Some(if self.level.load(Ordering::Relaxed) == DELEGATE {
+            NsCall::Delegate { since, dirs }
+        } else {
+            NsCall::Promise { since, dirs }
         })
     }
 
     /// The home answered an ask: the directories granted are promised.
     pub fn answered(&self, ask: &NsCall, granted: &[bool]) {
-        let NsCall::Promise { dirs, .. } = ask else {
-            return;
+        let (dirs, delegated) = match ask {
+            NsCall::Promise { dirs, .. } => (dirs, false),
+            NsCall::Delegate { dirs, .. } => (dirs, true),
+            _ => return,
         };
         let mut g = lock(&self.inner);
         for (dir, ok) in dirs.iter().zip(granted) {
             if *ok {
                 if let Some(d) = g.dirs.get_mut(dir) {
                     d.granted = true;
+                    d.delegated = delegated;
                 }
             } else {
                 g.dirs.remove(dir);
@@ -168,9 +202,25 @@ impl Held {
         }
     }
 
-    /// The home cannot read asks: none are made from now on.
+    /// The home cannot read `ask`: `Promise` is asked from now on after an
+    /// unreadable `Delegate`, nothing after an unreadable `Promise`.
+    pub fn unreadable(&self, ask: &NsCall) {
+        self.unanswered(ask);
+        if matches!(ask, NsCall::Delegate { .. }) {
+            tracing::info!(
+                "the home node delegates no directories: this mount sends each close's \
+                 changes at the close"
+            );
+            self.level.store(PROMISE, Ordering::Relaxed);
+        } else {
+            tracing::info!("the home node makes no promises: this mount asks it about every name");
+            self.turn_off();
+        }
+    }
+
+    /// Nothing is asked from now on (the home reads no batches).
     pub fn turn_off(&self) {
-        self.off.store(true, Ordering::Relaxed);
+        self.level.store(OFF, Ordering::Relaxed);
         let mut g = lock(&self.inner);
         g.dirs.clear();
         g.asks.clear();
@@ -178,7 +228,7 @@ impl Held {
 
     /// An ask that found no answer: its directories stay unpromised.
     pub fn unanswered(&self, ask: &NsCall) {
-        if let NsCall::Promise { dirs, .. } = ask {
+        if let NsCall::Promise { dirs, .. } | NsCall::Delegate { dirs, .. } = ask {
             let mut g = lock(&self.inner);
             for dir in dirs {
                 g.dirs.remove(dir);
@@ -204,9 +254,32 @@ mod tests {
     fn granted_dir(h: &Held) {
         h.made_dir(Ino(7), 5);
         let ask = h.take_ask().expect("asked");
-        assert!(matches!(&ask, NsCall::Promise { since: 5, dirs } if dirs == &[Ino(7)]));
+        assert!(matches!(&ask, NsCall::Delegate { since: 5, dirs } if dirs == &[Ino(7)]));
         h.answered(&ask, &[true]);
         h.watched(Instant::now(), &since(6, vec![]));
+    }
+
+    #[test]
+    fn a_home_that_cannot_read_delegate_is_asked_promise_then_nothing() {
+        let h = Held::default();
+        granted_dir(&h);
+        assert!(h.delegated(Ino(7)));
+        h.made_dir(Ino(8), 6);
+        let ask = h.take_ask().unwrap();
+        h.unreadable(&ask);
+        assert!(h.delegated(Ino(7)), "what was granted stays");
+        h.made_dir(Ino(9), 7);
+        let ask = h.take_ask().unwrap();
+        assert!(matches!(&ask, NsCall::Promise { dirs, .. } if dirs == &[Ino(9)]));
+        h.answered(&ask, &[true]);
+        assert!(h.absent(Ino(9), b"a"), "promised");
+        assert!(!h.delegated(Ino(9)), "but not delegated");
+        h.made_dir(Ino(10), 8);
+        let ask = h.take_ask().unwrap();
+        h.unreadable(&ask);
+        h.made_dir(Ino(11), 9);
+        assert!(h.take_ask().is_none(), "nothing asked");
+        assert!(!h.delegated(Ino(7)));
     }
 
     #[test]

@@ -532,6 +532,18 @@ impl Namespace for RemoteNamespace {
     fn settle(&self, ino: Ino) -> Result<()> {
         self.line.settle(ino)
     }
+    fn settle_closing(&self, ino: Ino) -> Result<()> {
+        // A file made in a directory still delegated here: its changes
+        // wait for the next call, watch or second (docs/DESIGN.md,
+        // "Delegated directories"); the home recalls them before anyone
+        // else can read it.
+        if let Some(dir) = self.young.delegated_in(ino)
+            && self.held.delegated(dir)
+        {
+            return self.line.take_failure(ino);
+        }
+        self.line.settle(ino)
+    }
     fn opened(&self, ino: Ino) -> Result<Option<Attr>> {
         // What another host committed since is read afresh.
         self.forget(Some(ino));
@@ -627,6 +639,10 @@ impl Namespace for RemoteNamespace {
     fn create_open(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
         self.forget(Some(parent));
         let mark = self.held.mark();
+        // Asked before the call is sent: delegated now, the file is made at
+        // home after the grant, so no one else learns of it but through a
+        // recall of `parent`.
+        let delegated = self.held.delegated(parent).then_some(parent);
         let (attr, dir) = self.names(parent, name, Edit::Adds, |name| {
             match self.ns(NsCall::CreateOpen { parent, name, node })? {
                 NsReply::Created { attr, parent } => Ok((attr, parent)),
@@ -636,7 +652,7 @@ impl Namespace for RemoteNamespace {
         let mut fresh = lock(&self.fresh);
         fresh.keep_attr(dir);
         fresh.keep_bare(attr.ino);
-        self.young.made(&attr, &self.line);
+        self.young.made(&attr, &self.line, delegated);
         if attr.kind == FileKind::Dir {
             self.held.made_dir(attr.ino, mark);
         }

@@ -3,22 +3,22 @@
 //! `Join` with a good proof), and the answers, from the daemon's engine. The
 //! member's side is [`super::client`] and [`super::namespace`].
 
+use super::answer::{check_chunks, hints, ns_answer, owner_only, storage_peers, take_hints};
+use super::budget::Budget;
 use super::wire::{
-    FirstPage, LOCK_HOLD, MAP_PAGE, MAX_BATCH, MetaCall, MetaReply, MetaRequest, NsCall, NsReply,
-    PlusEntry, VERSION, VolumeInfo, WATCH_HOLD, encode_answer, refused,
+    MAX_BATCH, MetaCall, MetaReply, MetaRequest, NsCall, NsReply, VERSION, VolumeInfo, WATCH_HOLD,
+    encode_answer, refused,
 };
-use crate::chunk::ChunkRef;
 use crate::data::{CommittedFile, Engine};
 use crate::error::Kind;
 use crate::home::HomePaths;
 use crate::meta::changes::with_origin;
 use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
 use crate::net::{MeshClient, PeerId};
-use crate::types::{FileKind, Ino};
+use crate::types::Ino;
 use crate::util::lock;
-use crate::volume::proto::{Reply, Request, WireError};
+use crate::volume::proto::{Reply, WireError};
 use crate::volume::serve;
-use crate::volume::{Ask, SnapshotOp};
 use crate::workers::Runner;
 use crate::{Error, Result};
 use serde_bytes::ByteBuf;
@@ -59,104 +59,6 @@ struct MemberOpens {
 
 /// Handles one member device may hold open at once at the home.
 const MAX_MEMBER_OPENS: u32 = 1 << 20;
-
-/// Calls a second one member may make (a token bucket of as many).
-const MEMBER_CALLS_PER_SEC: u32 = 20_000;
-/// Calls of one member the home answers at once.
-const MAX_MEMBER_CALLS: u32 = 128;
-/// `Watch` calls of one member the home holds at once.
-const MAX_MEMBER_WATCHES: u32 = 4;
-
-/// What one member may make the home hold at once (docs/DESIGN.md, "What
-/// one member can make the home hold"). Its keys are listed members only:
-/// a call is counted after the caller was found to be one.
-struct Budget {
-    rate: governor::DefaultKeyedRateLimiter<PeerId>,
-    /// Per member: (calls being answered, of them `Watch`es).
-    busy: Mutex<HashMap<PeerId, (u32, u32)>>,
-}
-
-/// A call counted in its member's budget until dropped.
-struct Held<'a> {
-    budget: &'a Budget,
-    peer: PeerId,
-    watch: bool,
-}
-
-impl Budget {
-    fn new() -> Budget {
-        let per_sec = std::num::NonZeroU32::new(MEMBER_CALLS_PER_SEC).expect("not zero");
-        Budget {
-            rate: governor::RateLimiter::keyed(governor::Quota::per_second(per_sec)),
-            busy: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts a call of `peer`, or says which bound it is past (the call
-    /// is then not run).
-    fn take(&self, peer: PeerId, watch: bool) -> std::result::Result<Held<'_>, WireError> {
-        let busy = |text: String| WireError {
-            kind: Kind::Busy,
-            text,
-        };
-        if self.rate.check_key(&peer).is_err() {
-            return Err(busy(format!(
-                "busy: this device asked more than {MEMBER_CALLS_PER_SEC} calls a second"
-            )));
-        }
-        let mut g = lock(&self.busy);
-        let (calls, watches) = g.entry(peer).or_default();
-        if *calls >= MAX_MEMBER_CALLS {
-            return Err(busy(format!(
-                "busy: {MAX_MEMBER_CALLS} calls of this device are being answered"
-            )));
-        }
-        if watch && *watches >= MAX_MEMBER_WATCHES {
-            return Err(busy(format!(
-                "busy: {MAX_MEMBER_WATCHES} watches of this device are being held"
-            )));
-        }
-        *calls += 1;
-        *watches += u32::from(watch);
-        Ok(Held {
-            budget: self,
-            peer,
-            watch,
-        })
-    }
-
-    /// Counts `n` calls more of `peer` against its rate (a batch's).
-    fn charge(&self, peer: PeerId, n: usize) -> std::result::Result<(), WireError> {
-        let Some(more) = u32::try_from(n.saturating_sub(1))
-            .ok()
-            .and_then(std::num::NonZeroU32::new)
-        else {
-            return Ok(());
-        };
-        match self.rate.check_key_n(&peer, more) {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(WireError {
-                kind: Kind::Busy,
-                text: format!(
-                    "busy: this device asked more than {MEMBER_CALLS_PER_SEC} calls a second"
-                ),
-            }),
-        }
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        let mut g = lock(&self.budget.busy);
-        if let Some((calls, watches)) = g.get_mut(&self.peer) {
-            *calls -= 1;
-            *watches -= u32::from(self.watch);
-            if *calls == 0 {
-                g.remove(&self.peer);
-            }
-        }
-    }
-}
 
 /// How often a member's `last_seen` is written back, at most.
 const SEEN_EVERY: u64 = 60;
@@ -313,13 +215,14 @@ impl HomeServer {
                 }
                 Ok(reply)
             }
-            NsCall::Promise { since, dirs } => {
+            NsCall::Promise { since, ref dirs } | NsCall::Delegate { since, ref dirs } => {
+                let delegate = matches!(call, NsCall::Delegate { .. });
                 let local = engine
                     .meta()
                     .local()
                     .ok_or(Error::Invalid("this host is not a home"))?;
                 Ok(NsReply::Promised(
-                    local.changes().promise(mount, since, &dirs),
+                    local.changes().promise(mount, since, dirs, delegate),
                 ))
             }
             NsCall::ResetLocks => {
@@ -602,266 +505,7 @@ impl HomeServer {
     }
 }
 
-/// A member engine's namespace call, answered by the home's engine: names
-/// through the engine (so that its open handles, the member's among them,
-/// decide what becomes an orphan), the rest by the namespace itself. Chunk
-/// maps the member stored are committed with gc kept out.
-fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsReply> {
-    let ns = engine.meta();
-    let attr = NsReply::Attr;
-    let unit = |()| NsReply::Unit;
-    Ok(match call {
-        NsCall::Params => NsReply::Params(ns.params().clone()),
-        NsCall::Inode(ino) => NsReply::Inode(ns.inode(ino)?),
-        NsCall::Attr(ino) => attr(ns.attr(ino)?),
-        NsCall::Lookup { parent, name } => attr(ns.lookup(parent, &name)?),
-        NsCall::Readdir { ino, offset, max } => {
-            NsReply::Entries(ns.readdir(ino, offset, (max as usize).min(4096))?)
-        }
-        NsCall::Chunk { ino, idx } => {
-            let chunk = ns.chunk(ino, idx)?;
-            let hints = chunk
-                .as_ref()
-                .map(|c| engine.store().holders_of(c.shard_ids()))
-                .unwrap_or_default();
-            NsReply::Chunk { chunk, hints }
-        }
-        NsCall::ChunksFrom { ino, from } => {
-            let mut chunks = ns.chunks_from(ino, from)?;
-            chunks.truncate(MAP_PAGE);
-            let hints = hints(engine, chunks.iter().map(|(_, c)| c));
-            NsReply::Chunks { chunks, hints }
-        }
-        NsCall::Getxattr { ino, name } => NsReply::Bytes(ByteBuf::from(ns.getxattr(ino, &name)?)),
-        NsCall::Listxattr(ino) => {
-            NsReply::Names(ns.listxattr(ino)?.into_iter().map(ByteBuf::from).collect())
-        }
-        NsCall::CreateNode { parent, name, node } => attr(ns.create_node(parent, &name, node)?),
-        NsCall::Link { ino, parent, name } => attr(ns.link(ino, parent, &name)?),
-        NsCall::Unlink { parent, name } => unit(engine.unlink(parent, &name)?),
-        NsCall::Rmdir { parent, name } => unit(engine.rmdir(parent, &name)?),
-        NsCall::Rename {
-            parent,
-            name,
-            new_parent,
-            new_name,
-            flags,
-        } => unit(engine.rename(parent, &name, new_parent, &new_name, flags)?),
-        NsCall::Setattr { ino, set } => attr(ns.setattr(ino, &set)?),
-        NsCall::CommitChunks {
-            ino,
-            chunks,
-            size,
-            mtime,
-            hints,
-        } => {
-            let refs: Vec<ChunkRef> = chunks.iter().filter_map(|(_, c)| c.clone()).collect();
-            check_chunks(engine, refs.iter())?;
-            take_hints(engine, refs.iter(), &hints);
-            attr(engine.commit_stored(&refs, || ns.commit_chunks(ino, chunks, size, mtime))?)
-        }
-        NsCall::Truncate {
-            ino,
-            size,
-            tail,
-            set,
-        } => {
-            let refs: Vec<ChunkRef> = tail.iter().filter_map(|(_, c)| c.clone()).collect();
-            check_chunks(engine, refs.iter())?;
-            attr(engine.commit_stored(&refs, || ns.truncate(ino, size, tail, &set))?)
-        }
-        NsCall::Setxattr {
-            ino,
-            name,
-            value,
-            create,
-            replace,
-        } => unit(ns.setxattr(ino, &name, &value, create, replace)?),
-        NsCall::Removexattr { ino, name } => unit(ns.removexattr(ino, &name)?),
-        NsCall::Sync => unit(ns.sync()?),
-        NsCall::Open(ino) => attr(engine.open(ino)?),
-        NsCall::OpenRead(ino) => {
-            let attr = engine.open(ino)?;
-            // Opened now: a map that cannot be read is the member's to ask
-            // for, not an error that would leave this open uncounted there.
-            let map = (attr.kind == FileKind::File)
-                .then(|| ns.chunks_from(ino, 0).ok())
-                .flatten()
-                .map(|mut chunks| {
-                    chunks.truncate(MAP_PAGE);
-                    let hints = hints(engine, chunks.iter().map(|(_, c)| c));
-                    FirstPage { chunks, hints }
-                });
-            NsReply::Opened { attr, map }
-        }
-        NsCall::Getlk { ino, owner, want } => NsReply::Lock(ns.getlk(host, ino, owner, want)?),
-        NsCall::Setlk { ino, owner, want } => unit(ns.setlk(host, ino, owner, want)?),
-        NsCall::SetlkWait {
-            ino,
-            owner,
-            want,
-            hold_ms,
-        } => {
-            let hold = Duration::from_millis(hold_ms.into()).min(LOCK_HOLD);
-            NsReply::Locked(ns.setlk_wait(host, ino, owner, want, hold)?)
-        }
-        NsCall::Unlock { ino, owner } => unit(ns.unlock(host, ino, owner)?),
-        NsCall::ResetLocks => unit(ns.reset_locks(host)?),
-        NsCall::CreateOpen { parent, name, node } => {
-            let made = ns.create_node(parent, &name, node)?;
-            NsReply::Created {
-                attr: engine.open(made.ino)?,
-                parent: ns.attr(parent)?,
-            }
-        }
-        NsCall::ReaddirPlus { ino, offset, max } => NsReply::EntriesPlus(
-            ns.readdir_plus(ino, offset, (max as usize).min(1024))?
-                .into_iter()
-                .map(|(entry, attr)| {
-                    let xattrs = !ns.listxattr(entry.ino)?.is_empty();
-                    Ok(PlusEntry {
-                        entry,
-                        attr,
-                        xattrs,
-                    })
-                })
-                .collect::<Result<_>>()?,
-        ),
-        NsCall::Watch { .. } | NsCall::Batch(_) | NsCall::Promise { .. } => {
-            return Err(Error::Invalid(
-                "a watch, a batch or a promise is the member server's",
-            ));
-        }
-        // Kept in step with the member's handles by the member server.
-        NsCall::Release(_) | NsCall::Releases(_) => {
-            return Err(Error::Invalid("a release is the member server's"));
-        }
-    })
-}
-
-/// What of the volume a member device may not do (`None`: it may), as the
-/// words of its refusal. A member is one of the team's devices: every file
-/// operation is its right, and what it removes or overwrites is undone from
-/// snapshots. So it may take and list snapshots but not delete them, and
-/// may not run the upkeep that deletes or rewrites stored data (gc, repair,
-/// scrub, fsck's repair). Admitting peers and members, the snapshot schedule
-/// and the recovery kit are the home's files, which no call reaches.
-fn owner_only(req: &Request) -> Option<&'static str> {
-    match req {
-        Request::Snapshot(SnapshotOp::Delete(_)) => Some("delete snapshots"),
-        Request::Gc { .. } => Some("collect garbage (gc)"),
-        Request::Check { repair: true } => Some("repair with fsck"),
-        Request::Mesh(Ask::Repair) => Some("run a repair"),
-        Request::Mesh(Ask::Scrub) => Some("run a scrub"),
-        Request::Lookup { .. }
-        | Request::Getattr(_)
-        | Request::Readdir { .. }
-        | Request::Readlink(_)
-        | Request::Mkdir { .. }
-        | Request::Symlink { .. }
-        | Request::Unlink { .. }
-        | Request::Rmdir { .. }
-        | Request::Rename { .. }
-        | Request::PutFile(_)
-        | Request::ReadFile(_)
-        | Request::Chunks(_)
-        | Request::Usage
-        | Request::Check { repair: false }
-        | Request::Mesh(Ask::Status)
-        | Request::Barrier
-        | Request::ReaddirPlus { .. }
-        | Request::Params
-        | Request::Snapshot(SnapshotOp::Create(_) | SnapshotOp::List) => None,
-    }
-}
-
-/// Refuses chunk references the volume's code could not have made (see
-/// [`ChunkRef::check`]): every host reads what the home keeps.
-fn check_chunks<'a>(engine: &Engine, mut chunks: impl Iterator<Item = &'a ChunkRef>) -> Result<()> {
-    let p = engine.meta().params();
-    let limits = crate::chunk::Limits {
-        chunk_size: p.chunk_size as usize,
-        data_shards: p.data_shards as usize,
-        total_shards: p.data_shards as usize + p.parity_shards as usize,
-    };
-    chunks
-        .try_for_each(|c| c.check(&limits))
-        .map_err(Error::Invalid)
-}
-
-/// What a member says of where it stored the shards of `chunks`.
-fn take_hints<'a>(
-    engine: &Engine,
-    chunks: impl Iterator<Item = &'a ChunkRef>,
-    hints: &[Vec<Vec<String>>],
-) {
-    for (c, h) in chunks.zip(hints) {
-        for (id, peers) in c.shard_ids().iter().zip(h) {
-            engine.store().learn(id, peers);
-        }
-    }
-}
-
-/// Where the shards of `chunks` are, as far as the home knows.
-fn hints<'a>(engine: &Engine, chunks: impl Iterator<Item = &'a ChunkRef>) -> Vec<Vec<Vec<String>>> {
-    chunks
-        .map(|c| engine.store().holders_of(c.shard_ids()))
-        .collect()
-}
-
-/// The admitted storage peers, as addresses ending in `/p2p/ID`.
-fn storage_peers(engine: &Engine) -> Vec<String> {
-    engine
-        .store()
-        .peers()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.admitted && !p.address.is_empty())
-        .map(|p| format!("{}/p2p/{}", p.address, p.id))
-        .collect()
-}
-
 /// The proof a joining device sends: bound to its own peer id.
 pub fn join_proof(secret: &[u8; 32], me: &PeerId) -> [u8; 32] {
     admission_proof(secret, me)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_member_past_its_budget_is_told_busy_and_its_calls_free_it_as_they_end() {
-        let b = Budget::new();
-        let (a, other) = (PeerId::random(), PeerId::random());
-        let held: Vec<Held> = (0..MAX_MEMBER_CALLS)
-            .map(|i| b.take(a, i < MAX_MEMBER_WATCHES).unwrap())
-            .collect();
-        let e = b.take(a, false).err().expect("past the calls in flight");
-        assert!(
-            e.kind == Kind::Busy && e.text.contains("being answered"),
-            "{e:?}"
-        );
-        // Another member is not held up by this one.
-        let o = b.take(other, true).unwrap();
-        drop(held);
-        drop(o);
-        assert!(lock(&b.busy).is_empty(), "ended calls leave nothing behind");
-        let watches: Vec<Held> = (0..MAX_MEMBER_WATCHES)
-            .map(|_| b.take(a, true).unwrap())
-            .collect();
-        let e = b.take(a, true).err().expect("past the watches held");
-        assert!(e.text.contains("watches"), "{e:?}");
-        assert!(b.take(a, false).is_ok(), "a watch bound stops watches only");
-        drop(watches);
-        // The rate: a burst of a second's calls, then busy.
-        let mut n = 0u32;
-        while b.take(other, false).is_ok() {
-            n += 1;
-            assert!(n <= 2 * MEMBER_CALLS_PER_SEC, "no rate bound");
-        }
-        assert!(n >= MEMBER_CALLS_PER_SEC - 10, "{n}");
-        let e = b.take(other, false).err().unwrap();
-        assert!(e.text.contains("a second"), "{e:?}");
-    }
 }

@@ -110,6 +110,7 @@ impl NsCall {
             NsCall::Batch(_) => "batch",
             NsCall::Promise { .. } => "promise",
             NsCall::OpenRead(_) => "open",
+            NsCall::Delegate { .. } => "delegate",
         }
     }
 }
@@ -269,6 +270,16 @@ pub enum NsCall {
     /// older than this call finds it unreadable: the member opens with
     /// `Open` then.
     OpenRead(Ino),
+    /// `Promise`, and each directory granted is *delegated*: the home
+    /// recalls it (the holder's watch wakes with its inode changed, and
+    /// the holder's next watch brings what it held back) before another
+    /// origin reads it (docs/DESIGN.md, "Delegated directories"). Answered
+    /// `Promised`. A home older than this call finds it unreadable: the
+    /// member asks `Promise` then.
+    Delegate {
+        since: u64,
+        dirs: Vec<Ino>,
+    },
 }
 
 /// The most calls one [`NsCall::Batch`] carries.
@@ -491,20 +502,27 @@ mod tests {
             granted in proptest::collection::vec(any::<bool>(), 0..64),
         ) {
             let dirs: Vec<Ino> = dirs.into_iter().map(Ino).collect();
-            let ask = NsCall::Promise { since, dirs: dirs.clone() };
-            prop_assert!(ask.batchable());
-            let bytes = encode_request(MetaCall::Ns(NsCall::Batch(vec![ask, NsCall::Sync])));
-            let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
-            match back.call {
-                MetaCall::Ns(NsCall::Batch(calls)) => {
-                    prop_assert_eq!(calls.len(), 2);
-                    let same = matches!(
-                        &calls[0],
-                        NsCall::Promise { since: s, dirs: d } if *s == since && *d == dirs
-                    );
-                    prop_assert!(same, "{:?}", calls[0]);
+            for delegate in [false, true] {
+                let ask = if delegate {
+                    NsCall::Delegate { since, dirs: dirs.clone() }
+                } else {
+                    NsCall::Promise { since, dirs: dirs.clone() }
+                };
+                prop_assert!(ask.batchable());
+                let bytes = encode_request(MetaCall::Ns(NsCall::Batch(vec![ask, NsCall::Sync])));
+                let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
+                match back.call {
+                    MetaCall::Ns(NsCall::Batch(calls)) => {
+                        prop_assert_eq!(calls.len(), 2);
+                        let same = match &calls[0] {
+                            NsCall::Promise { since: s, dirs: d } => !delegate && *s == since && *d == dirs,
+                            NsCall::Delegate { since: s, dirs: d } => delegate && *s == since && *d == dirs,
+                            _ => false,
+                        };
+                        prop_assert!(same, "{:?}", calls[0]);
+                    }
+                    other => prop_assert!(false, "{:?}", other),
                 }
-                other => prop_assert!(false, "{:?}", other),
             }
             let reply = Ok(MetaReply::Ns(NsReply::Batch(vec![Ok(NsReply::Promised(granted.clone()))])));
             match decode_answer(&encode_answer(reply)) {

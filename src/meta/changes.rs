@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,9 @@ pub struct ChangeLog {
     cond: Condvar,
     /// Signalled when a holder of promises acknowledges changes.
     acks: Condvar,
+    /// Set at the first delegation: until then no read recalls anything,
+    /// and checking costs one load.
+    delegating: AtomicBool,
 }
 
 struct Log {
@@ -110,6 +114,21 @@ impl ChangeLog {
             }),
             cond: Condvar::new(),
             acks: Condvar::new(),
+            delegating: AtomicBool::new(false),
+        }
+    }
+
+    /// Appends `c`, by `origin`, breaking the promises of others it
+    /// touches (what they owe added to `owed`).
+    fn push(g: &mut Log, origin: &Arc<str>, c: Changed, owed: &mut Vec<Owed>) {
+        if !g.promises.is_empty() {
+            let seq = g.first + g.ring.len() as u64;
+            g.promises.broken(origin, c.touches(), seq, owed);
+        }
+        g.ring.push_back((origin.clone(), c));
+        while g.ring.len() > KEEP {
+            g.ring.pop_front();
+            g.first += 1;
         }
     }
 
@@ -130,21 +149,41 @@ impl ChangeLog {
         let inodes = changes.inodes.iter().map(|(ino, _)| Changed::Inode(*ino));
         let mut owed = Vec::new();
         for c in entries.chain(inodes) {
-            if !g.promises.is_empty() {
-                let seq = g.first + g.ring.len() as u64;
-                g.promises.broken(&origin, c.touches(), seq, &mut owed);
-            }
-            g.ring.push_back((origin.clone(), c));
+            Self::push(&mut g, &origin, c, &mut owed);
         }
         if !owed.is_empty() {
             OWED.with(|o| o.borrow_mut().extend(owed));
         }
-        while g.ring.len() > KEEP {
-            g.ring.pop_front();
-            g.first += 1;
-        }
         drop(g);
         self.cond.notify_all();
+    }
+
+    /// Recalls the delegations of `dirs` held by others than this thread's
+    /// origin, which is about to read or change entries there: notes a
+    /// change of each such directory as this origin's (its holder's watch
+    /// wakes and drops it) and waits until each holder's next watch, which
+    /// brings what it held back, or a lease (docs/DESIGN.md, "Delegated
+    /// directories"). Called with no lock held.
+    pub fn recall(&self, dirs: &[Ino]) {
+        if !self.delegating.load(Ordering::Relaxed) {
+            return;
+        }
+        let origin = ORIGIN.with(|o| o.borrow().clone());
+        let mut owed = Vec::new();
+        {
+            let mut g = crate::util::lock(&self.inner);
+            for dir in dirs {
+                if g.promises.delegated_elsewhere(&origin, *dir) {
+                    Self::push(&mut g, &origin, Changed::Inode(*dir), &mut owed);
+                }
+            }
+        }
+        if owed.is_empty() {
+            return;
+        }
+        crate::metrics::get().recalls.inc_by(owed.len() as u64);
+        self.cond.notify_all();
+        self.wait_owed(owed);
     }
 
     /// The changes since `seq` not made by `skip`, waiting up to `wait` for
@@ -225,7 +264,19 @@ impl ChangeLog {
     /// of `dirs`, whose contents it learned with its watch at `since`: not
     /// a directory another origin changed since then (or when the journal
     /// no longer reaches back that far).
-    pub fn promise(&self, holder: &str, since: u64, dirs: &[Ino]) -> Vec<bool> {
+    /// Recalls every delegation held by another origin than this thread's
+    /// (a snapshot is about to be taken).
+    pub fn recall_all(&self) {
+        if !self.delegating.load(Ordering::Relaxed) {
+            return;
+        }
+        let dirs = crate::util::lock(&self.inner).promises.delegated();
+        self.recall(&dirs);
+    }
+
+    /// `delegate`: each directory granted is delegated (recalled before
+    /// another origin reads it).
+    pub fn promise(&self, holder: &str, since: u64, dirs: &[Ino], delegate: bool) -> Vec<bool> {
         let mut g = crate::util::lock(&self.inner);
         let end = g.first + g.ring.len() as u64;
         if since < g.first || since > end || dirs.len() > MAX_ASK {
@@ -237,17 +288,24 @@ impl ChangeLog {
             .filter(|(origin, _)| &**origin != holder)
             .map(|(_, c)| c.touches())
             .collect();
-        g.promises.grant(holder, since, dirs, &changed)
+        if delegate {
+            self.delegating.store(true, Ordering::Relaxed);
+        }
+        g.promises.grant(holder, since, dirs, &changed, delegate)
     }
 
     /// Waits until every holder of a promise this thread's changes broke
     /// has seen them (or is gone, or a lease passed). Called with no lock
     /// held: by the namespace's writer lock as it is let go.
     pub fn settle_owed(&self) {
-        let mut owed = OWED.with(|o| std::mem::take(&mut *o.borrow_mut()));
-        if owed.is_empty() {
-            return;
+        let owed = OWED.with(|o| std::mem::take(&mut *o.borrow_mut()));
+        if !owed.is_empty() {
+            self.wait_owed(owed);
         }
+    }
+
+    /// Waits until each of `owed` is paid (see [`Promises::settled`]).
+    fn wait_owed(&self, mut owed: Vec<Owed>) {
         let mut g = crate::util::lock(&self.inner);
         loop {
             let now = Instant::now();
@@ -362,23 +420,27 @@ mod tests {
         with_origin("m", || log.note(&made_in(7, "own")));
         with_origin("other", || log.note(&made_in(8, "x")));
         assert_eq!(
-            log.promise("m", start, &[Ino(7), Ino(8), Ino(9)]),
+            log.promise("m", start, &[Ino(7), Ino(8), Ino(9)], false),
             vec![true, false, true],
             "its own change does not count; another's does"
         );
-        assert_eq!(log.promise("m", log.next(), &[Ino(8)]), vec![true]);
+        assert_eq!(log.promise("m", log.next(), &[Ino(8)], false), vec![true]);
         assert_eq!(
-            log.promise("m", start - 1, &[Ino(7)]),
+            log.promise("m", start - 1, &[Ino(7)], false),
             vec![false],
             "too old"
         );
         assert_eq!(
-            log.promise("m", log.next() + 1, &[Ino(7)]),
+            log.promise("m", log.next() + 1, &[Ino(7)], false),
             vec![false],
             "future"
         );
         let many = vec![Ino(1); super::super::promises::MAX_ASK + 1];
-        assert!(log.promise("m", log.next(), &many).iter().all(|g| !g));
+        assert!(
+            log.promise("m", log.next(), &many, false)
+                .iter()
+                .all(|g| !g)
+        );
         assert_eq!(crate::util::lock(&log.inner).promises.held("m"), 3);
     }
 
@@ -386,7 +448,7 @@ mod tests {
     fn a_change_to_a_promised_directory_waits_until_the_holder_saw_it() {
         let log = Arc::new(ChangeLog::new());
         let next = log.since(0, "m", Duration::ZERO).next;
-        assert_eq!(log.promise("m", next, &[Ino(7)]), vec![true]);
+        assert_eq!(log.promise("m", next, &[Ino(7)], false), vec![true]);
         // The holder's own change, and a change elsewhere, owe nothing.
         with_origin("m", || log.note(&made_in(7, "own")));
         with_origin("other", || log.note(&made_in(9, "x")));
@@ -421,10 +483,45 @@ mod tests {
     }
 
     #[test]
+    fn a_read_of_a_delegated_directory_waits_until_the_holder_watched_again() {
+        let log = Arc::new(ChangeLog::new());
+        let next = log.since(0, "m", Duration::ZERO).next;
+        // A promise alone recalls nothing: reads of it never wait.
+        assert_eq!(log.promise("m", next, &[Ino(6)], false), vec![true]);
+        assert_eq!(log.promise("m", next, &[Ino(7)], true), vec![true]);
+        let t = Instant::now();
+        with_origin("other", || log.recall(&[Ino(6), Ino(9)]));
+        // The holder's own reads recall nothing.
+        with_origin("m", || log.recall(&[Ino(7)]));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(log.next(), next, "nothing noted");
+        let l = log.clone();
+        let reader = std::thread::spawn(move || {
+            let t = Instant::now();
+            with_origin("other", || l.recall(&[Ino(7)]));
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!reader.is_finished(), "read before the holder was recalled");
+        // The holder's watch wakes with the directory changed.
+        let seen = log.since(next, "m", Duration::ZERO);
+        assert_eq!(seen.changes, vec![Changed::Inode(Ino(7))]);
+        log.since(seen.next, "m", Duration::ZERO);
+        let waited = reader.join().unwrap();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // Recalled once: the next read goes at once.
+        let t = Instant::now();
+        with_origin("other", || log.recall(&[Ino(7)]));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(crate::util::lock(&log.inner).promises.held("m"), 1);
+    }
+
+    #[test]
     fn a_holder_that_never_answers_holds_a_change_up_for_a_lease_at_most() {
         let log = Arc::new(ChangeLog::new());
         let next = log.since(0, "m", Duration::ZERO).next;
-        assert_eq!(log.promise("m", next, &[Ino(7)]), vec![true]);
+        assert_eq!(log.promise("m", next, &[Ino(7)], false), vec![true]);
         // Watches that never move on do not renew the wait.
         let l = log.clone();
         let stubborn = std::thread::spawn(move || {
@@ -440,7 +537,7 @@ mod tests {
         assert!(waited >= super::super::promises::LEASE - Duration::from_millis(100));
         assert!(waited < super::super::promises::LEASE + Duration::from_secs(2));
         assert_eq!(
-            log.promise("m", log.next(), &[Ino(7)]),
+            log.promise("m", log.next(), &[Ino(7)], false),
             vec![false],
             "a holder that let a break pass is promised nothing for a while"
         );

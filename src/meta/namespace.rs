@@ -94,6 +94,12 @@ pub trait Namespace: Send + Sync {
     fn settle(&self, _ino: Ino) -> Result<()> {
         Ok(())
     }
+    /// `ino` is closed here: as [`Namespace::settle`], but a remote
+    /// namespace may hold the changes of a file made in a directory
+    /// delegated to it (docs/DESIGN.md, "Delegated directories").
+    fn settle_closing(&self, ino: Ino) -> Result<()> {
+        self.settle(ino)
+    }
     /// Forgets what is cached of `ino` here (a lock was just taken on it:
     /// another host may have changed it under the lock before).
     fn forget_cached(&self, _ino: Ino) {}
@@ -151,10 +157,14 @@ impl Namespace for MetaStore {
     fn attr(&self, ino: Ino) -> Result<Attr> {
         self.routed_attr(ino)
     }
+    // Reads and entry changes in a directory delegated to another host
+    // recall it first (docs/DESIGN.md, "Delegated directories").
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        self.changes().recall(&[parent]);
         self.routed_lookup(parent, name)
     }
     fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        self.changes().recall(&[ino]);
         self.routed_readdir(ino, offset, max)
     }
     fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
@@ -190,21 +200,25 @@ impl Namespace for MetaStore {
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
         writable(&[parent])?;
         not_reserved(parent, name, crate::Error::Exists)?;
+        self.changes().recall(&[parent]);
         MetaStore::create_node(self, parent, name, node)
     }
     fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
         writable(&[ino, parent])?;
         not_reserved(parent, name, crate::Error::Exists)?;
+        self.changes().recall(&[parent]);
         MetaStore::link(self, ino, parent, name)
     }
     fn unlink(&self, parent: Ino, name: &[u8], is_open: &dyn Fn(Ino) -> bool) -> Result<()> {
         writable(&[parent])?;
         not_reserved(parent, name, crate::Error::ReadOnly)?;
+        self.changes().recall(&[parent]);
         MetaStore::unlink(self, parent, name, is_open)
     }
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
         writable(&[parent])?;
         not_reserved(parent, name, crate::Error::ReadOnly)?;
+        self.changes().recall(&[parent]);
         MetaStore::rmdir(self, parent, name)
     }
     fn rename(
@@ -219,6 +233,7 @@ impl Namespace for MetaStore {
         writable(&[parent, new_parent])?;
         not_reserved(parent, name, crate::Error::ReadOnly)?;
         not_reserved(new_parent, new_name, crate::Error::Exists)?;
+        self.changes().recall(&[parent, new_parent]);
         MetaStore::rename(self, parent, name, new_parent, new_name, flags, is_open)
     }
     fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {

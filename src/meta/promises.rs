@@ -35,6 +35,8 @@ pub(super) struct Promises {
 
 struct Holder {
     dirs: HashSet<Ino>,
+    /// Those of `dirs` delegated: recalled before another origin reads them.
+    delegated: HashSet<Ino>,
     /// Its watch asked from here: it has seen every change before.
     acked: u64,
     /// Its last watch (or ask) arrived then.
@@ -73,13 +75,15 @@ impl Promises {
 
     /// Grants `holder` what it may be promised of `dirs`, asked with its
     /// watch at `since`: not a directory `changed` (by another origin since
-    /// `since`), nor past [`MAX_HELD`].
+    /// `since`), nor past [`MAX_HELD`]; `delegate`: delegated, recalled
+    /// before another origin reads one.
     pub fn grant(
         &mut self,
         holder: &str,
         since: u64,
         dirs: &[Ino],
         changed: &HashSet<Ino>,
+        delegate: bool,
     ) -> Vec<bool> {
         self.expire();
         let key: Arc<str> = match self.holders.get_key_value(holder) {
@@ -88,6 +92,7 @@ impl Promises {
         };
         let h = self.holders.entry(key.clone()).or_insert_with(|| Holder {
             dirs: HashSet::new(),
+            delegated: HashSet::new(),
             acked: 0,
             seen: Instant::now(),
             shunned: None,
@@ -104,6 +109,9 @@ impl Promises {
                 }
                 if h.dirs.insert(*dir) {
                     self.by_dir.entry(*dir).or_default().push(key.clone());
+                }
+                if delegate {
+                    h.delegated.insert(*dir);
                 }
                 true
             })
@@ -123,6 +131,7 @@ impl Promises {
             }
             if let Some(h) = self.holders.get_mut(holder) {
                 h.dirs.remove(&ino);
+                h.delegated.remove(&ino);
                 if now.duration_since(h.seen) <= LEASE {
                     owed.push(Owed {
                         holder: holder.clone(),
@@ -136,6 +145,33 @@ impl Promises {
         if list.is_empty() {
             self.by_dir.remove(&ino);
         }
+    }
+
+    /// Whether `dir` is delegated to a living holder other than `origin`:
+    /// `origin` must recall it before it reads there.
+    pub fn delegated_elsewhere(&self, origin: &str, dir: Ino) -> bool {
+        let Some(list) = self.by_dir.get(&dir) else {
+            return false;
+        };
+        let now = Instant::now();
+        list.iter().any(|holder| {
+            &**holder != origin
+                && self.holders.get(holder).is_some_and(|h| {
+                    h.delegated.contains(&dir) && now.duration_since(h.seen) <= LEASE
+                })
+        })
+    }
+
+    /// Every delegated directory.
+    pub fn delegated(&self) -> Vec<Ino> {
+        let mut all: Vec<Ino> = self
+            .holders
+            .values()
+            .flat_map(|h| h.delegated.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     /// Whether `o` is paid: its holder saw the change, or is gone, or the

@@ -94,6 +94,8 @@ impl MetaStore {
     /// Takes a snapshot named `name` of the namespace as it is now.
     pub fn snapshot_create(&self, name: &[u8]) -> Result<SnapRec> {
         check_name(name)?;
+        // What members closed in their delegated directories is in it.
+        self.changes().recall_all();
         let _g = self.lock();
         let mut l = self.snap_list()?;
         if l.list.iter().any(|s| s.name == name) {
