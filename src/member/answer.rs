@@ -141,7 +141,9 @@ pub(super) fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsR
         NsCall::Watch { .. }
         | NsCall::Batch(_)
         | NsCall::Promise { .. }
-        | NsCall::Delegate { .. } => {
+        | NsCall::Delegate { .. }
+        | NsCall::Inodes
+        | NsCall::Made { .. } => {
             return Err(Error::Invalid(
                 "a watch, a batch or a promise is the member server's",
             ));

@@ -95,7 +95,7 @@ impl Line {
     /// Queues `call`, a change of `ino` about to be applied here; false
     /// (nothing queued) when the queue is full: the change is then sent as
     /// it is made.
-    fn hold(&self, ino: Ino, call: NsCall) -> bool {
+    pub fn hold(&self, ino: Ino, call: NsCall) -> bool {
         let size = size_of(&call);
         let mut q = lock(&self.queue);
         if !self.defers() || q.calls.len() >= QUEUE_CALLS || q.bytes + size > QUEUE_BYTES {
@@ -221,9 +221,10 @@ impl Line {
             return self.one_by_one(queued, call);
         }
         // A promise asked for goes first: the call after it may already
-        // be answered from it next time.
+        // be answered from it next time. Then inode numbers, when asked.
         let ask = self.held.take_ask();
-        let mut calls: Vec<NsCall> = ask.iter().cloned().collect();
+        let inodes = self.held.take_inodes_ask();
+        let mut calls: Vec<NsCall> = ask.iter().chain(&inodes).cloned().collect();
         calls.extend(queued.iter().map(|(_, c)| c.clone()));
         let carries = call.is_some();
         calls.extend(call.clone());
@@ -245,6 +246,22 @@ impl Line {
                         }
                     }
                 }
+                if inodes.is_some() {
+                    match results.remove(0) {
+                        Ok(NsReply::Inodes { start, len }) => {
+                            self.held.inodes_answered(Some(Some((start, len))))
+                        }
+                        Ok(_) => self.held.inodes_answered(None),
+                        Err(e) => {
+                            tracing::info!(
+                                "the home node hands out no inode numbers ({}): files are \
+                                 made there",
+                                crate::Error::from(e)
+                            );
+                            self.held.inodes_answered(Some(None));
+                        }
+                    }
+                }
                 for ((ino, c), res) in queued.iter().zip(results) {
                     if let Err(e) = res {
                         self.refused(*ino, c, e.into());
@@ -255,12 +272,20 @@ impl Line {
             Ok(other) => Err(bad(format!(
                 "the home node answered a batch with {other:?}"
             ))),
-            Err(e) if e.kind() == Kind::Invalid && ask.is_some() => {
-                // Unreadable for the ask in it (a home older than the ask,
+            Err(e) if e.kind() == Kind::Invalid && (ask.is_some() || inodes.is_some()) => {
+                // Unreadable for a call in front (a home older than it,
                 // whose batch holds one call it does not know): sent again
-                // with an older ask, or none.
+                // without inode numbers asked, then with an older ask, or
+                // none.
                 tracing::info!("the home node could not read a batch with a promise asked: {e}");
-                self.held.unreadable(ask.as_ref().expect("checked"));
+                if inodes.is_some() {
+                    self.held.inodes_answered(Some(None));
+                    if let Some(ask) = &ask {
+                        self.held.unanswered(ask);
+                    }
+                } else if let Some(ask) = &ask {
+                    self.held.unreadable(ask);
+                }
                 self.send(queued, call)
             }
             Err(e) if e.kind() == Kind::Invalid => {
@@ -274,6 +299,9 @@ impl Line {
             Err(e) => {
                 if let Some(ask) = &ask {
                     self.held.unanswered(ask);
+                }
+                if inodes.is_some() {
+                    self.held.inodes_answered(None);
                 }
                 self.put_back(queued);
                 Err(e)

@@ -6,10 +6,12 @@
 //! it; anything else drops it.
 
 use super::wire::NsCall;
+use crate::meta::NewNode;
 use crate::meta::changes::Since;
 use crate::meta::promises::{MAX_ASK, MAX_HELD, TRUST};
-use crate::types::Ino;
+use crate::types::{Attr, FileKind, Ino, Timestamp};
 use crate::util::lock;
+use serde_bytes::ByteBuf;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -46,6 +48,12 @@ struct Inner {
     /// Promises are trusted until then (from the last watch that came back
     /// whole).
     until: Option<Instant>,
+    /// Inode numbers the home handed this mount and it has not used:
+    /// (next, end) ranges, oldest first.
+    pool: Vec<(u64, u64)>,
+    /// Whether an `Inodes` call is in flight, or the home cannot read it.
+    pool_asking: bool,
+    pool_off: bool,
 }
 
 struct Dir {
@@ -55,6 +63,14 @@ struct Dir {
     /// Granted by `Delegate`: the home recalls it before another origin
     /// reads it.
     delegated: bool,
+    /// Its mode and group, as made or set here since (what a file made in
+    /// it inherits of a setgid directory).
+    perm: u16,
+    gid: u32,
+    /// Its attributes, while this mount knows them (made or set here, or
+    /// answered with a create in it; a file made here moves its times):
+    /// the kernel's getattr after each create is answered from them.
+    attr: Option<Attr>,
 }
 
 impl Held {
@@ -71,9 +87,10 @@ impl Held {
         lock(&self.inner).pos
     }
 
-    /// This mount made the empty directory `ino` with its watch at `mark`:
-    /// it is asked for with the next call.
-    pub fn made_dir(&self, ino: Ino, mark: u64) {
+    /// This mount made the empty directory `made` with its watch at
+    /// `mark`: it is asked for with the next call.
+    pub fn made_dir(&self, made: &Attr, mark: u64) {
+        let ino = made.ino;
         if !self.on() {
             return;
         }
@@ -87,9 +104,123 @@ impl Held {
                 names: HashSet::new(),
                 granted: false,
                 delegated: false,
+                perm: made.perm,
+                gid: made.gid,
+                attr: Some(made.clone()),
             },
         );
         g.asks.push((ino, mark));
+    }
+
+    /// This mount set `a` on an inode: a directory held keeps its mode and
+    /// group.
+    pub fn set_attr(&self, a: &Attr) {
+        if let Some(d) = lock(&self.inner).dirs.get_mut(&a.ino) {
+            d.perm = a.perm;
+            d.gid = a.gid;
+            d.attr = Some(a.clone());
+        }
+    }
+
+    /// Makes the regular file `name` in `parent` here, if `parent` is
+    /// delegated to this mount and trusted, `name` is not there and a
+    /// number is left: its attributes as the home will make them, and the
+    /// `Made` call, handed to `hold` (which queues it) under the lock that
+    /// a watch's break takes too, so that a break either comes first (and
+    /// nothing is made here) or finds the call queued. `None`: make it at
+    /// home. With the file's attributes, the directory's after, if known.
+    pub fn make_here(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        node: &NewNode,
+        hold: impl FnOnce(Ino, NsCall) -> bool,
+    ) -> Option<(Attr, Option<Attr>)> {
+        if node.kind != FileKind::File || node.target.is_some() {
+            return None;
+        }
+        let mut g = lock(&self.inner);
+        if !Self::trusted(&g) {
+            return None;
+        }
+        let d = g.dirs.get(&parent)?;
+        if !d.delegated || d.names.contains(name) {
+            return None;
+        }
+        // A setgid directory passes on its group (as the home's create).
+        let gid = if d.perm & libc::S_ISGID as u16 != 0 {
+            d.gid
+        } else {
+            node.gid
+        };
+        let (next, end) = g.pool.first_mut()?;
+        let ino = Ino(*next);
+        *next += 1;
+        if next == end {
+            g.pool.remove(0);
+        }
+        let time = Timestamp::now();
+        let call = NsCall::Made {
+            parent,
+            name: ByteBuf::from(name.to_vec()),
+            node: node.clone(),
+            ino,
+            time,
+        };
+        if !hold(ino, call) {
+            return None;
+        }
+        let d = g.dirs.get_mut(&parent).expect("checked above");
+        d.names.insert(name.to_vec());
+        if let Some(a) = &mut d.attr {
+            a.mtime = time;
+            a.ctime = time;
+        }
+        let dir = d.attr.clone();
+        let made = Attr {
+            ino,
+            kind: FileKind::File,
+            perm: node.perm & 0o7777,
+            uid: node.uid,
+            gid,
+            size: 0,
+            blocks: 0,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            nlink: 1,
+            rdev: node.rdev,
+        };
+        Some((made, dir))
+    }
+
+    /// An `Inodes` call to send in front of the next call: when a
+    /// directory is delegated here and fewer than half a range's numbers
+    /// are left.
+    pub fn take_inodes_ask(&self) -> Option<NsCall> {
+        let mut g = lock(&self.inner);
+        let wanted = Self::wants_inodes(&g);
+        if wanted {
+            g.pool_asking = true;
+        }
+        wanted.then_some(NsCall::Inodes)
+    }
+
+    /// The home answered `Inodes`: `len` numbers from `start` (`None`: no
+    /// answer; `Some(None)`: it cannot read the call, asked no more).
+    pub fn inodes_answered(&self, range: Option<Option<(Ino, u64)>>) {
+        let mut g = lock(&self.inner);
+        g.pool_asking = false;
+        match range {
+            Some(Some((start, len))) => {
+                if let Some(end) = start.0.checked_add(len) {
+                    g.pool.push((start.0, end));
+                }
+            }
+            Some(None) => g.pool_off = true,
+            None => {}
+        }
     }
 
     /// Whether `name` is known not to be in `parent`.
@@ -108,10 +239,12 @@ impl Held {
         Self::trusted(&g) && g.dirs.get(&dir).is_some_and(|d| d.delegated)
     }
 
-    /// This mount added `name` to `parent` (the home answered so).
-    pub fn added(&self, parent: Ino, name: &[u8]) {
+    /// This mount added `name` to `parent` (the home answered so; its
+    /// attributes now are `dir`'s, if the answer said).
+    pub fn added(&self, parent: Ino, name: &[u8], dir: Option<&Attr>) {
         if let Some(d) = lock(&self.inner).dirs.get_mut(&parent) {
             d.names.insert(name.to_vec());
+            d.attr = dir.cloned();
         }
     }
 
@@ -119,6 +252,7 @@ impl Held {
     pub fn removed(&self, parent: Ino, name: &[u8]) {
         if let Some(d) = lock(&self.inner).dirs.get_mut(&parent) {
             d.names.remove(name);
+            d.attr = None;
         }
     }
 
@@ -155,7 +289,18 @@ impl Held {
 
     /// Whether an ask waits to be sent.
     pub fn asking(&self) -> bool {
-        self.on() && !lock(&self.inner).asks.is_empty()
+        let g = lock(&self.inner);
+        (self.on() && !g.asks.is_empty()) || Self::wants_inodes(&g)
+    }
+
+    /// Whether inode numbers should be asked for: a directory is delegated
+    /// here and fewer than half a range's numbers are left.
+    fn wants_inodes(g: &Inner) -> bool {
+        let left: u64 = g.pool.iter().map(|(n, e)| e - n).sum();
+        !g.pool_off
+            && !g.pool_asking
+            && left < crate::meta::ranges::RANGE_LEN / 2
+            && g.dirs.values().any(|d| d.delegated)
     }
 
     /// The ask to send in front of the next call, if any.
@@ -251,8 +396,123 @@ mod tests {
         }
     }
 
+    fn dir(ino: u64) -> Attr {
+        let t = Timestamp::default();
+        Attr {
+            ino: Ino(ino),
+            kind: FileKind::Dir,
+            perm: 0o2775,
+            uid: 1,
+            gid: 50,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            nlink: 2,
+            rdev: 0,
+            blocks: 0,
+        }
+    }
+
+    fn file(gid: u32) -> NewNode {
+        NewNode {
+            kind: FileKind::File,
+            perm: 0o640,
+            uid: 7,
+            gid,
+            rdev: 0,
+            target: None,
+        }
+    }
+
+    #[test]
+    fn files_are_made_here_in_a_delegated_directory_with_numbers_handed_out() {
+        let h = Held::default();
+        let queued = std::cell::RefCell::new(Vec::new());
+        let hold = |ino: Ino, call: NsCall| {
+            queued.borrow_mut().push((ino, call));
+            true
+        };
+        assert!(
+            h.make_here(Ino(7), b"a", &file(9), hold).is_none(),
+            "nothing held"
+        );
+        granted_dir(&h);
+        assert!(
+            h.asking(),
+            "numbers are asked for once a directory is delegated"
+        );
+        assert!(
+            h.make_here(Ino(7), b"a", &file(9), hold).is_none(),
+            "no numbers yet"
+        );
+        let ask = h.take_inodes_ask().expect("asked");
+        assert!(matches!(ask, NsCall::Inodes));
+        assert!(h.take_inodes_ask().is_none(), "one ask in flight");
+        h.inodes_answered(Some(Some((Ino(1000), 2))));
+        let (a, d) = h
+            .make_here(Ino(7), b"a", &file(9), hold)
+            .expect("made here");
+        let d = d.expect("the directory's attributes, as made");
+        assert_eq!((d.ino, d.mtime), (Ino(7), a.mtime), "its times moved");
+        // The setgid directory's group, the node's mode and owner.
+        assert_eq!(
+            (a.ino, a.gid, a.perm, a.uid, a.nlink),
+            (Ino(1000), 50, 0o640, 7, 1)
+        );
+        assert!(!h.absent(Ino(7), b"a"), "now there");
+        assert!(h.make_here(Ino(7), b"a", &file(9), hold).is_none(), "taken");
+        assert!(
+            h.make_here(Ino(8), b"b", &file(9), hold).is_none(),
+            "not delegated"
+        );
+        let mut sym = file(9);
+        sym.kind = FileKind::Symlink;
+        assert!(
+            h.make_here(Ino(7), b"s", &sym, hold).is_none(),
+            "not a file"
+        );
+        h.set_attr(&Attr {
+            perm: 0o755,
+            ..dir(7)
+        });
+        let (b, _) = h.make_here(Ino(7), b"b", &file(9), hold).unwrap();
+        assert_eq!((b.ino, b.gid), (Ino(1001), 9), "no longer setgid");
+        assert!(
+            h.make_here(Ino(7), b"c", &file(9), hold).is_none(),
+            "numbers spent"
+        );
+        let q = queued.borrow();
+        assert_eq!(q.len(), 2);
+        assert!(matches!(
+            &q[0],
+            (
+                Ino(1000),
+                NsCall::Made {
+                    parent: Ino(7),
+                    ino: Ino(1000),
+                    ..
+                }
+            )
+        ));
+        // A queue that takes no more: nothing is made.
+        h.inodes_answered(Some(Some((Ino(2000), 5))));
+        assert!(h.make_here(Ino(7), b"d", &file(9), |_, _| false).is_none());
+        assert!(h.absent(Ino(7), b"d"));
+        // A break ends it.
+        h.watched(Instant::now(), &since(9, vec![Changed::Inode(Ino(7))]));
+        assert!(h.make_here(Ino(7), b"e", &file(9), hold).is_none());
+        // A home that cannot read `Inodes` is not asked again.
+        let h = Held::default();
+        granted_dir(&h);
+        h.take_inodes_ask().unwrap();
+        h.inodes_answered(Some(None));
+        assert!(h.take_inodes_ask().is_none() && !h.asking());
+    }
+
     fn granted_dir(h: &Held) {
-        h.made_dir(Ino(7), 5);
+        h.made_dir(&dir(7), 5);
         let ask = h.take_ask().expect("asked");
         assert!(matches!(&ask, NsCall::Delegate { since: 5, dirs } if dirs == &[Ino(7)]));
         h.answered(&ask, &[true]);
@@ -264,20 +524,20 @@ mod tests {
         let h = Held::default();
         granted_dir(&h);
         assert!(h.delegated(Ino(7)));
-        h.made_dir(Ino(8), 6);
+        h.made_dir(&dir(8), 6);
         let ask = h.take_ask().unwrap();
         h.unreadable(&ask);
         assert!(h.delegated(Ino(7)), "what was granted stays");
-        h.made_dir(Ino(9), 7);
+        h.made_dir(&dir(9), 7);
         let ask = h.take_ask().unwrap();
         assert!(matches!(&ask, NsCall::Promise { dirs, .. } if dirs == &[Ino(9)]));
         h.answered(&ask, &[true]);
         assert!(h.absent(Ino(9), b"a"), "promised");
         assert!(!h.delegated(Ino(9)), "but not delegated");
-        h.made_dir(Ino(10), 8);
+        h.made_dir(&dir(10), 8);
         let ask = h.take_ask().unwrap();
         h.unreadable(&ask);
-        h.made_dir(Ino(11), 9);
+        h.made_dir(&dir(11), 9);
         assert!(h.take_ask().is_none(), "nothing asked");
         assert!(!h.delegated(Ino(7)));
     }
@@ -285,14 +545,14 @@ mod tests {
     #[test]
     fn names_are_absent_only_while_promised_and_trusted() {
         let h = Held::default();
-        h.made_dir(Ino(7), 5);
+        h.made_dir(&dir(7), 5);
         assert!(!h.absent(Ino(7), b"a"), "not yet granted");
         let ask = h.take_ask().unwrap();
         h.answered(&ask, &[true]);
         assert!(!h.absent(Ino(7), b"a"), "no watch came back yet");
         h.watched(Instant::now(), &since(6, vec![]));
         assert!(h.absent(Ino(7), b"a"));
-        h.added(Ino(7), b"a");
+        h.added(Ino(7), b"a", None);
         assert!(!h.absent(Ino(7), b"a"));
         h.removed(Ino(7), b"a");
         assert!(h.absent(Ino(7), b"a"));
@@ -337,25 +597,25 @@ mod tests {
     #[test]
     fn a_refused_or_unanswered_ask_and_a_cut_short_answer_trust_nothing() {
         let h = Held::default();
-        h.made_dir(Ino(7), 5);
+        h.made_dir(&dir(7), 5);
         let ask = h.take_ask().unwrap();
         h.answered(&ask, &[false]);
         h.watched(Instant::now(), &since(6, vec![]));
         assert!(!h.absent(Ino(7), b"a"));
-        h.made_dir(Ino(8), 6);
+        h.made_dir(&dir(8), 6);
         let ask = h.take_ask().unwrap();
         h.unanswered(&ask);
         h.answered(&ask, &[true]);
         assert!(!h.absent(Ino(8), b"a"), "dropped when unanswered");
         let h = Held::default();
-        h.made_dir(Ino(7), 5);
+        h.made_dir(&dir(7), 5);
         let ask = h.take_ask().unwrap();
         h.answered(&ask, &[true]);
         let full = vec![Changed::Inode(Ino(1)); crate::meta::changes::MAX_ANSWER];
         h.watched(Instant::now(), &since(6, full));
         assert!(!h.absent(Ino(7), b"a"), "not caught up");
         h.turn_off();
-        h.made_dir(Ino(9), 6);
+        h.made_dir(&dir(9), 6);
         assert!(h.take_ask().is_none());
     }
 }

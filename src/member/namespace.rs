@@ -276,7 +276,7 @@ impl RemoteNamespace {
         match call(buf(name)) {
             Ok(t) => {
                 match edit {
-                    Edit::Adds => self.held.added(parent, name),
+                    Edit::Adds => self.held.added(parent, name, None),
                     Edit::Removes => self.held.removed(parent, name),
                 }
                 Ok(t)
@@ -387,7 +387,7 @@ impl Namespace for RemoteNamespace {
         })?;
         lock(&self.fresh).keep_bare(made.ino);
         if made.kind == FileKind::Dir {
-            self.held.made_dir(made.ino, mark);
+            self.held.made_dir(&made, mark);
         }
         Ok(made)
     }
@@ -433,7 +433,7 @@ impl Namespace for RemoteNamespace {
                 // An exchange leaves both names in place.
                 if !flags.exchange {
                     self.held.removed(parent, name);
-                    self.held.added(new_parent, new_name);
+                    self.held.added(new_parent, new_name, None);
                 }
                 Ok(())
             }
@@ -449,7 +449,9 @@ impl Namespace for RemoteNamespace {
             return Ok(a);
         }
         let set = set.clone();
-        self.changed(ino, NsCall::Setattr { ino, set })
+        let a = self.changed(ino, NsCall::Setattr { ino, set })?;
+        self.held.set_attr(&a);
+        Ok(a)
     }
     fn commit_chunks(
         &self,
@@ -638,6 +640,23 @@ impl Namespace for RemoteNamespace {
     }
     fn create_open(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
         self.forget(Some(parent));
+        // Made here, in a directory delegated to this mount: the home makes
+        // it when the queue goes (docs/DESIGN.md, "Delegated directories:
+        // files made locally").
+        if self.line.defers()
+            && let Some(made) = self
+                .held
+                .make_here(parent, name, &node, |ino, call| self.line.hold(ino, call))
+        {
+            let (attr, dir) = made;
+            let mut fresh = lock(&self.fresh);
+            fresh.keep_bare(attr.ino);
+            if let Some(dir) = dir {
+                fresh.keep_attr(dir);
+            }
+            self.young.made(&attr, &self.line, Some(parent));
+            return Ok(attr);
+        }
         let mark = self.held.mark();
         // Asked before the call is sent: delegated now, the file is made at
         // home after the grant, so no one else learns of it but through a
@@ -649,12 +668,13 @@ impl Namespace for RemoteNamespace {
                 other => Err(bad(format!("the home node answered {other:?}"))),
             }
         })?;
+        self.held.added(parent, name, Some(&dir));
         let mut fresh = lock(&self.fresh);
         fresh.keep_attr(dir);
         fresh.keep_bare(attr.ino);
         self.young.made(&attr, &self.line, delegated);
         if attr.kind == FileKind::Dir {
-            self.held.made_dir(attr.ino, mark);
+            self.held.made_dir(&attr, mark);
         }
         Ok(attr)
     }

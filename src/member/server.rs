@@ -225,6 +225,50 @@ impl HomeServer {
                     local.changes().promise(mount, since, dirs, delegate),
                 ))
             }
+            NsCall::Inodes => {
+                let local = engine
+                    .meta()
+                    .local()
+                    .ok_or(Error::Invalid("this host is not a home"))?;
+                let start = local.take_inodes(mount)?;
+                Ok(NsReply::Inodes {
+                    start,
+                    len: crate::meta::ranges::RANGE_LEN,
+                })
+            }
+            NsCall::Made {
+                parent,
+                name,
+                node,
+                ino,
+                time,
+            } => {
+                let local = engine
+                    .meta()
+                    .local()
+                    .ok_or(Error::Invalid("this host is not a home"))?;
+                if !local.changes().holds(mount, parent) {
+                    tracing::warn!(
+                        "member device {peer} made {:?} in directory {parent}, which is not \
+                         delegated to it (a recall it answered late?): refused",
+                        String::from_utf8_lossy(&name)
+                    );
+                    return Err(Error::Invalid(
+                        "the directory is not delegated to this device (any more)",
+                    ));
+                }
+                let held = lock(&self.opens).get(&peer).map_or(0, |m| m.total);
+                if held >= MAX_MEMBER_OPENS {
+                    return Err(Error::Invalid("too many files open on this member device"));
+                }
+                let made = local.made(mount, parent, &name, node, ino, time)?;
+                let attr = engine.open(made.ino)?;
+                self.note_open(peer, attr.ino);
+                Ok(NsReply::Created {
+                    attr,
+                    parent: engine.meta().attr(parent)?,
+                })
+            }
             NsCall::ResetLocks => {
                 // The member's mount starts: the handles of an earlier one are gone.
                 self.release_opens(engine, &peer);

@@ -111,6 +111,8 @@ impl NsCall {
             NsCall::Promise { .. } => "promise",
             NsCall::OpenRead(_) => "open",
             NsCall::Delegate { .. } => "delegate",
+            NsCall::Inodes => "inodes",
+            NsCall::Made { .. } => "made",
         }
     }
 }
@@ -280,6 +282,20 @@ pub enum NsCall {
         since: u64,
         dirs: Vec<Ino>,
     },
+    /// A range of inode numbers for the files this mount makes in its
+    /// delegated directories (answered `Inodes`; docs/DESIGN.md, "Delegated
+    /// directories: files made locally").
+    Inodes,
+    /// A regular file this mount made, and opened, in a directory delegated
+    /// to it, with a number of its ranges, at `time`: `CreateOpen` with
+    /// the number and time given. Answered `Created`.
+    Made {
+        parent: Ino,
+        name: ByteBuf,
+        node: NewNode,
+        ino: Ino,
+        time: Timestamp,
+    },
 }
 
 /// The most calls one [`NsCall::Batch`] carries.
@@ -343,6 +359,11 @@ pub enum NsReply {
     Opened {
         attr: Attr,
         map: Option<FirstPage>,
+    },
+    /// A range of inode numbers handed to this mount: `len` from `start`.
+    Inodes {
+        start: Ino,
+        len: u64,
     },
 }
 

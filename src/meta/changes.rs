@@ -264,6 +264,12 @@ impl ChangeLog {
     /// of `dirs`, whose contents it learned with its watch at `since`: not
     /// a directory another origin changed since then (or when the journal
     /// no longer reaches back that far).
+    /// Whether `dir` is delegated to `holder`, or was until a recall it has
+    /// not yet acknowledged: what it made there is applied.
+    pub fn holds(&self, holder: &str, dir: Ino) -> bool {
+        crate::util::lock(&self.inner).promises.holds(holder, dir)
+    }
+
     /// Recalls every delegation held by another origin than this thread's
     /// (a snapshot is about to be taken).
     pub fn recall_all(&self) {
@@ -501,12 +507,18 @@ mod tests {
             with_origin("other", || l.recall(&[Ino(7)]));
             t.elapsed()
         });
+        assert!(log.holds("m", Ino(7)) && !log.holds("m", Ino(6)) && !log.holds("x", Ino(7)));
         std::thread::sleep(Duration::from_millis(300));
         assert!(!reader.is_finished(), "read before the holder was recalled");
+        assert!(
+            log.holds("m", Ino(7)),
+            "what it made there is taken until it answers"
+        );
         // The holder's watch wakes with the directory changed.
         let seen = log.since(next, "m", Duration::ZERO);
         assert_eq!(seen.changes, vec![Changed::Inode(Ino(7))]);
         log.since(seen.next, "m", Duration::ZERO);
+        assert!(!log.holds("m", Ino(7)), "a late journal is refused");
         let waited = reader.join().unwrap();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
         assert!(waited < Duration::from_secs(5), "{waited:?}");

@@ -13,6 +13,7 @@ pub mod locks;
 mod namespace;
 mod ops;
 pub mod promises;
+pub mod ranges;
 mod read;
 pub mod schema;
 pub mod snapshots;

@@ -6,6 +6,19 @@ use super::*;
 
 impl MetaStore {
     pub fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        self.create_node_as(parent, name, node, None)
+    }
+
+    /// `create_node`, with the inode number and time given (`made`: a file
+    /// a member made in a directory delegated to it; the caller checked the
+    /// number is that member's) or taken here.
+    pub(super) fn create_node_as(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        node: NewNode,
+        made: Option<(Ino, Timestamp)>,
+    ) -> Result<Attr> {
         check_name(name)?;
         let _g = self.lock();
         let mut tx = self.tx();
@@ -13,8 +26,15 @@ impl MetaStore {
         if self.dentry(parent, name)?.is_some() {
             return Err(Error::Exists);
         }
-        let ino = tx.alloc_ino()?;
-        let now = Timestamp::now();
+        let (ino, now) = match made {
+            Some((ino, at)) => {
+                if tx.inode_opt(ino)?.is_some() {
+                    return Err(Error::Invalid("that inode number is in use"));
+                }
+                (ino, at)
+            }
+            None => (tx.alloc_ino()?, Timestamp::now()),
+        };
         let is_dir = node.kind == FileKind::Dir;
         let size = node.target.as_ref().map_or(0, |t| t.len() as u64);
         // A setgid directory passes on its group, and to directories its

@@ -37,6 +37,10 @@ struct Holder {
     dirs: HashSet<Ino>,
     /// Those of `dirs` delegated: recalled before another origin reads them.
     delegated: HashSet<Ino>,
+    /// Delegations broken whose holder has not yet acknowledged the break
+    /// (its watch asking from past the sequence number kept), with when:
+    /// what it made there is still taken, until a lease from the break.
+    returning: HashMap<Ino, (u64, Instant)>,
     /// Its watch asked from here: it has seen every change before.
     acked: u64,
     /// Its last watch (or ask) arrived then.
@@ -67,6 +71,7 @@ impl Promises {
                 h.seen = Instant::now();
                 let news = seq > h.acked;
                 h.acked = h.acked.max(seq);
+                h.returning.retain(|_, (upto, _)| *upto > seq);
                 news
             }
             None => false,
@@ -93,6 +98,7 @@ impl Promises {
         let h = self.holders.entry(key.clone()).or_insert_with(|| Holder {
             dirs: HashSet::new(),
             delegated: HashSet::new(),
+            returning: HashMap::new(),
             acked: 0,
             seen: Instant::now(),
             shunned: None,
@@ -131,7 +137,9 @@ impl Promises {
             }
             if let Some(h) = self.holders.get_mut(holder) {
                 h.dirs.remove(&ino);
-                h.delegated.remove(&ino);
+                if h.delegated.remove(&ino) {
+                    h.returning.insert(ino, (seq + 1, now));
+                }
                 if now.duration_since(h.seen) <= LEASE {
                     owed.push(Owed {
                         holder: holder.clone(),
@@ -159,6 +167,17 @@ impl Promises {
                 && self.holders.get(holder).is_some_and(|h| {
                     h.delegated.contains(&dir) && now.duration_since(h.seen) <= LEASE
                 })
+        })
+    }
+
+    /// Whether `dir` is delegated to `holder`, or was until a break it has
+    /// not yet acknowledged (within a lease): what it made there is taken.
+    pub fn holds(&self, holder: &str, dir: Ino) -> bool {
+        self.holders.get(holder).is_some_and(|h| {
+            h.delegated.contains(&dir)
+                || h.returning
+                    .get(&dir)
+                    .is_some_and(|(_, at)| at.elapsed() <= LEASE)
         })
     }
 

@@ -61,6 +61,11 @@ impl<'a> Tx<'a> {
     }
 
     pub fn alloc_ino(&mut self) -> Result<Ino> {
+        self.alloc_inos(1)
+    }
+
+    /// `n` inode numbers in a row, never handed out again: the first.
+    pub fn alloc_inos(&mut self, n: u64) -> Result<Ino> {
         let next = match self.next_ino {
             Some(n) => n,
             None => {
@@ -77,7 +82,8 @@ impl<'a> Tx<'a> {
                 )
             }
         };
-        self.next_ino = Some(next + 1);
+        let after = next.checked_add(n).ok_or(Error::NoSpace)?;
+        self.next_ino = Some(after);
         Ok(Ino(next))
     }
 
