@@ -21,8 +21,13 @@ use std::sync::{Arc, Mutex};
 /// The most bytes of calls the queue holds (a batch stays well inside a
 /// request's 4 MiB).
 const QUEUE_BYTES: usize = 1 << 20;
-/// The most calls held back (one batch's, with the call it goes before).
-const QUEUE_CALLS: usize = MAX_BATCH - 1;
+/// The most queued calls one batch carries: room is left for the two asks
+/// that may go in front (a promise, inode numbers) and the call after.
+const PER_BATCH: usize = MAX_BATCH - 3;
+/// The most calls held back: a few batches' worth. Once a batch's worth
+/// waits, the `releases` worker sends it in the background, so a mount
+/// making files goes on while its batches travel.
+const QUEUE_CALLS: usize = 4 * PER_BATCH;
 /// The most young files at once (each holds its record and chunk map).
 const MAX_YOUNG: usize = 4096;
 /// The most releases one queued `Releases` call carries.
@@ -52,6 +57,8 @@ pub struct Line {
     /// The directories promised to this mount, whose asks go in front of
     /// the next call like the changes held back.
     held: Arc<Held>,
+    /// Wakes the worker that sends the queue (a batch's worth waits).
+    waker: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Changes applied here and not yet sent, oldest first, each with the
@@ -76,7 +83,18 @@ impl Line {
             failed: Mutex::new(HashMap::new()),
             batches: AtomicBool::new(true),
             held,
+            waker: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `wake` is called when a batch's worth of changes waits to be sent.
+    pub fn on_full_batch(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.set(wake);
+    }
+
+    /// Whether a batch's worth of changes waits to be sent.
+    pub fn full_batch(&self) -> bool {
+        lock(&self.queue).calls.len() >= PER_BATCH
     }
 
     pub fn client(&self) -> &MeshClient {
@@ -103,6 +121,11 @@ impl Line {
         }
         q.bytes += size;
         q.calls.push((ino, call));
+        let full = q.calls.len() == PER_BATCH;
+        drop(q);
+        if full && let Some(wake) = self.waker.get() {
+            wake();
+        }
         true
     }
 
@@ -132,7 +155,7 @@ impl Line {
     /// call; and whether more wait behind them.
     fn take(&self) -> (Vec<(Ino, NsCall)>, bool) {
         let mut q = lock(&self.queue);
-        let n = q.calls.len().min(QUEUE_CALLS);
+        let n = q.calls.len().min(PER_BATCH);
         let taken: Vec<(Ino, NsCall)> = q.calls.drain(..n).collect();
         q.bytes -= taken.iter().map(|(_, c)| size_of(c)).sum::<usize>();
         (taken, !q.calls.is_empty())
@@ -407,6 +430,11 @@ impl Youngs {
             Some(ino) => drop(lock(&self.0).remove(&ino)),
             None => lock(&self.0).clear(),
         }
+    }
+
+    /// No file made in `dir` is young any more (its delegation ended).
+    pub fn end_in(&self, dir: Ino) {
+        lock(&self.0).retain(|_, y| y.delegated_in != Some(dir));
     }
 
     pub fn inode(&self, ino: Ino) -> Option<InodeRec> {

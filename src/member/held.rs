@@ -248,6 +248,37 @@ impl Held {
         }
     }
 
+    /// The home made `made` in `parent` for this mount (`added` was told),
+    /// whose attributes were `before` (from [`Held::dir_attr`]): a held
+    /// directory takes the new node's
+    /// time as its own, as the home's create does, and counts a new
+    /// directory's link. Its attributes after, if known.
+    pub fn made_in(&self, parent: Ino, before: Option<Attr>, made: &Attr) -> Option<Attr> {
+        let mut g = lock(&self.inner);
+        let d = g.dirs.get_mut(&parent)?;
+        let mut a = before?;
+        a.mtime = made.ctime;
+        a.ctime = made.ctime;
+        if made.kind == FileKind::Dir {
+            a.nlink += 1;
+        }
+        d.attr = Some(a.clone());
+        Some(a)
+    }
+
+    /// What is known of `ino`'s attributes, if it is a held directory, is
+    /// no longer sure (an xattr of it changed here).
+    pub fn forget_attr(&self, ino: Ino) {
+        if let Some(d) = lock(&self.inner).dirs.get_mut(&ino) {
+            d.attr = None;
+        }
+    }
+
+    /// The attributes of held directory `dir`, if known.
+    pub fn dir_attr(&self, dir: Ino) -> Option<Attr> {
+        lock(&self.inner).dirs.get(&dir)?.attr.clone()
+    }
+
     /// This mount removed `name` from `parent`.
     pub fn removed(&self, parent: Ino, name: &[u8]) {
         if let Some(d) = lock(&self.inner).dirs.get_mut(&parent) {
@@ -500,6 +531,20 @@ mod tests {
         h.inodes_answered(Some(Some((Ino(2000), 5))));
         assert!(h.make_here(Ino(7), b"d", &file(9), |_, _| false).is_none());
         assert!(h.absent(Ino(7), b"d"));
+        // A directory made in it at home: its times and links follow.
+        let before = h.dir_attr(Ino(7));
+        let sub = Attr {
+            ctime: Timestamp { secs: 77, nanos: 1 },
+            ..dir(70)
+        };
+        h.added(Ino(7), b"sub", None);
+        let after = h.made_in(Ino(7), before.clone(), &sub).expect("known");
+        assert_eq!(
+            (after.mtime, after.nlink),
+            (sub.ctime, before.unwrap().nlink + 1)
+        );
+        h.forget_attr(Ino(7));
+        assert!(h.dir_attr(Ino(7)).is_none());
         // A break ends it.
         h.watched(Instant::now(), &since(9, vec![Changed::Inode(Ino(7))]));
         assert!(h.make_here(Ino(7), b"e", &file(9), hold).is_none());

@@ -382,9 +382,16 @@ impl Namespace for RemoteNamespace {
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
         self.forget(Some(parent));
         let mark = self.held.mark();
+        let before = self.held.dir_attr(parent);
         let made = self.names(parent, name, Edit::Adds, |name| {
             RemoteNamespace::attr(self, NsCall::CreateNode { parent, name, node })
         })?;
+        // The home set the directory's times to the new node's (and counted
+        // a new directory's link): a directory held here knows its own
+        // attributes after, and the kernel's getattr of it is answered.
+        if let Some(dir) = self.held.made_in(parent, before, &made) {
+            lock(&self.fresh).keep_attr(dir);
+        }
         lock(&self.fresh).keep_bare(made.ino);
         if made.kind == FileKind::Dir {
             self.held.made_dir(&made, mark);
@@ -510,6 +517,7 @@ impl Namespace for RemoteNamespace {
         replace: bool,
     ) -> Result<()> {
         self.forget(Some(ino));
+        self.held.forget_attr(ino);
         let (name, value) = (buf(name), buf(value));
         self.unit(NsCall::Setxattr {
             ino,
@@ -521,6 +529,7 @@ impl Namespace for RemoteNamespace {
     }
     fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         self.forget(Some(ino));
+        self.held.forget_attr(ino);
         let name = buf(name);
         self.unit(NsCall::Removexattr { ino, name })
     }
@@ -623,7 +632,17 @@ impl Namespace for RemoteNamespace {
         self.unit(NsCall::ResetLocks)
     }
     fn released(&self, ino: Ino) -> Result<()> {
-        self.forget(Some(ino));
+        // A file made in a directory still delegated here stays young after
+        // its close: what is done to it by path after (tar's utimens, chown
+        // and chmod) is held back too. Anything another host does to it
+        // comes after a recall, and ends it.
+        match self.young.delegated_in(ino) {
+            Some(dir) if self.held.delegated(dir) => {
+                lock(&self.maps).remove(&ino);
+                lock(&self.inodes).remove(&ino);
+            }
+            _ => self.forget(Some(ino)),
+        }
         {
             let mut q = lock(&self.releases.queue);
             // With the next call (the worker sends what no call took).
@@ -712,6 +731,9 @@ impl Namespace for RemoteNamespace {
                 for c in &s.changes {
                     if let Changed::Inode(ino) = c {
                         self.forget(Some(*ino));
+                        // A recall: the files made there are no longer
+                        // this mount's alone.
+                        self.young.end_in(*ino);
                     }
                 }
                 Ok(s)
@@ -730,13 +752,16 @@ impl Namespace for RemoteNamespace {
         lock(&rel.queue).1 = true;
         let wake = rel.clone();
         runner.on_stop(move || wake.cond.notify_all());
+        let wake = rel.clone();
+        line.on_full_batch(Box::new(move || wake.cond.notify_one()));
         // Also sends, every second, changes held back that no call took
-        // (a file written and left open; a batch that found no answer).
+        // (a file written and left open; a batch that found no answer),
+        // and at once when a batch's worth waits.
         runner.spawn("releases", move |w| {
             loop {
                 let (batch, stopping) = {
                     let mut q = lock(&rel.queue);
-                    if q.0.is_empty() && !w.stopping() {
+                    if q.0.is_empty() && !w.stopping() && !line.full_batch() {
                         q = rel
                             .cond
                             .wait_timeout(q, Duration::from_secs(1))
