@@ -4,7 +4,7 @@
 //!
 //! `DATAMESH_SEED=N` replays a run; `DATAMESH_OPS=N` changes its length.
 
-use fs_tests::{Volume, require};
+use fs_tests::{Cluster, Volume, require};
 use memmap2::MmapMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -340,9 +340,8 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-#[test]
-fn random_operations_match_a_local_directory() {
-    require!();
+/// The seed and length of a run (`DATAMESH_SEED`, `DATAMESH_OPS`).
+fn seed_and_ops() -> (u64, usize) {
     let seed: u64 = std::env::var("DATAMESH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -352,18 +351,20 @@ fn random_operations_match_a_local_directory() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3000);
     eprintln!("differential run: DATAMESH_SEED={seed} DATAMESH_OPS={ops}");
-    let v = Volume::new();
-    let plain = v.dir.path().join("plain");
-    fs::create_dir(&plain).unwrap();
-    let m = v.mount();
+    (seed, ops)
+}
+
+/// Runs `ops` random operations in `root` (made here, on a mount) and in
+/// `plain`, comparing each outcome and the trees at the end.
+fn differential(root: PathBuf, plain: &Path, seed: u64, ops: usize) {
     let mut run = Run {
-        roots: [m.at.join("x"), plain.clone()],
+        roots: [root.clone(), plain.to_path_buf()],
         rng: StdRng::seed_from_u64(seed),
         handles: Vec::new(),
         log: Vec::new(),
         succeeded: 0,
     };
-    fs::create_dir(&run.roots[0]).unwrap();
+    fs::create_dir(&root).unwrap();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for _ in 0..ops {
             run.step();
@@ -374,12 +375,23 @@ fn random_operations_match_a_local_directory() {
             run.succeeded * 3 > ops,
             "too few operations succeeded to test much"
         );
-        assert_eq!(tree(&run.roots[0]), tree(&plain), "trees differ at the end");
+        assert_eq!(tree(&root), tree(plain), "trees differ at the end");
     }));
     if let Err(e) = result {
         eprintln!("differential run failed: replay with DATAMESH_SEED={seed} DATAMESH_OPS={ops}");
         std::panic::resume_unwind(e);
     }
+}
+
+#[test]
+fn random_operations_match_a_local_directory() {
+    require!();
+    let (seed, ops) = seed_and_ops();
+    let v = Volume::new();
+    let plain = v.dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let m = v.mount();
+    differential(m.at.join("x"), &plain, seed, ops);
     assert!(m.unmount());
     let m = v.mount();
     assert_eq!(
@@ -389,4 +401,39 @@ fn random_operations_match_a_local_directory() {
     );
     drop(m);
     v.assert_fsck_clean();
+}
+
+/// The same on a member device's mount, in a directory it made: delegated
+/// to it, so it makes files there itself and answers for the names it made
+/// (docs/DESIGN.md, "Delegated directories"); the home's mount reads the
+/// same tree after.
+#[test]
+#[ignore = "fails about 2 runs in 5 (DATAMESH_SEED=8918519335118945307 DATAMESH_OPS=5000): \
+            a read after mmap writes and pwrites differs, on the code before delegations too"]
+fn random_operations_on_a_member_mount_match_a_local_directory() {
+    require!();
+    let (seed, ops) = seed_and_ops();
+    let home = Volume::new();
+    let cluster = Cluster::start(&home, 6);
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", fs_tests::free_ports(1));
+    let mut flags = cluster.bootstrap_flags();
+    flags.extend(["--listen".to_string(), listen.clone()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let hm = home.mount_with(&flags);
+    let token = home.ok(&["invite", "--member", "--address", &listen]);
+    let member = Volume::new();
+    let token = token.lines().last().unwrap_or_default().trim();
+    member.ok(&["join", token, "--name", "m"]);
+    let plain = member.dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let m = member.mount();
+    differential(m.at.join("x"), &plain, seed, ops);
+    // The home reads what the member did there (a recall first).
+    assert_eq!(
+        tree(&hm.at.join("x")),
+        tree(&plain),
+        "the home's mount sees another tree (DATAMESH_SEED={seed})"
+    );
+    assert!(m.unmount() && hm.unmount());
+    home.assert_fsck_clean();
 }

@@ -12,7 +12,7 @@ use crate::meta::promises::{MAX_ASK, MAX_HELD, TRUST};
 use crate::types::{Attr, FileKind, Ino, Timestamp};
 use crate::util::lock;
 use serde_bytes::ByteBuf;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
@@ -58,7 +58,9 @@ struct Inner {
 
 struct Dir {
     /// Every name in the directory.
-    names: HashSet<Vec<u8>>,
+    /// Every name in the directory, with its inode when this mount knows
+    /// it (it made the entry).
+    names: HashMap<Vec<u8>, Option<Ino>>,
     granted: bool,
     /// Granted by `Delegate`: the home recalls it before another origin
     /// reads it.
@@ -101,7 +103,7 @@ impl Held {
         g.dirs.insert(
             ino,
             Dir {
-                names: HashSet::new(),
+                names: HashMap::new(),
                 granted: false,
                 delegated: false,
                 perm: made.perm,
@@ -144,7 +146,7 @@ impl Held {
             return None;
         }
         let d = g.dirs.get(&parent)?;
-        if !d.delegated || d.names.contains(name) {
+        if !d.delegated || d.names.contains_key(name) {
             return None;
         }
         // A setgid directory passes on its group (as the home's create).
@@ -171,7 +173,7 @@ impl Held {
             return None;
         }
         let d = g.dirs.get_mut(&parent).expect("checked above");
-        d.names.insert(name.to_vec());
+        d.names.insert(name.to_vec(), Some(ino));
         if let Some(a) = &mut d.attr {
             a.mtime = time;
             a.ctime = time;
@@ -229,7 +231,7 @@ impl Held {
         Self::trusted(&g)
             && g.dirs
                 .get(&parent)
-                .is_some_and(|d| d.granted && !d.names.contains(name))
+                .is_some_and(|d| d.granted && !d.names.contains_key(name))
     }
 
     /// Whether `dir` is delegated to this mount now: what it did there may
@@ -243,7 +245,7 @@ impl Held {
     /// attributes now are `dir`'s, if the answer said).
     pub fn added(&self, parent: Ino, name: &[u8], dir: Option<&Attr>) {
         if let Some(d) = lock(&self.inner).dirs.get_mut(&parent) {
-            d.names.insert(name.to_vec());
+            d.names.insert(name.to_vec(), None);
             d.attr = dir.cloned();
         }
     }
@@ -272,6 +274,27 @@ impl Held {
         if let Some(d) = lock(&self.inner).dirs.get_mut(&ino) {
             d.attr = None;
         }
+    }
+
+    /// `name` in held `parent` is `ino` (this mount made it).
+    pub fn learn(&self, parent: Ino, name: &[u8], ino: Ino) {
+        if let Some(d) = lock(&self.inner).dirs.get_mut(&parent)
+            && let Some(known) = d.names.get_mut(name)
+        {
+            *known = Some(ino);
+        }
+    }
+
+    /// The inode `name` in `parent` is, when `parent` is delegated here,
+    /// trusted, and this mount made the entry: no other host can have
+    /// changed it.
+    pub fn child(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
+        let g = lock(&self.inner);
+        if !Self::trusted(&g) {
+            return None;
+        }
+        let d = g.dirs.get(&parent).filter(|d| d.delegated)?;
+        *d.names.get(name)?
     }
 
     /// The attributes of held directory `dir`, if known.
@@ -493,6 +516,8 @@ mod tests {
             (Ino(1000), 50, 0o640, 7, 1)
         );
         assert!(!h.absent(Ino(7), b"a"), "now there");
+        assert_eq!(h.child(Ino(7), b"a"), Some(Ino(1000)), "and known");
+        assert_eq!(h.child(Ino(7), b"first"), None);
         assert!(h.make_here(Ino(7), b"a", &file(9), hold).is_none(), "taken");
         assert!(
             h.make_here(Ino(8), b"b", &file(9), hold).is_none(),
@@ -547,6 +572,7 @@ mod tests {
         assert!(h.dir_attr(Ino(7)).is_none());
         // A break ends it.
         h.watched(Instant::now(), &since(9, vec![Changed::Inode(Ino(7))]));
+        assert_eq!(h.child(Ino(7), b"a"), None);
         assert!(h.make_here(Ino(7), b"e", &file(9), hold).is_none());
         // A home that cannot read `Inodes` is not asked again.
         let h = Held::default();

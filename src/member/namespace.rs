@@ -217,6 +217,20 @@ impl RemoteNamespace {
         }
     }
 
+    /// Forgets what an unlink or rmdir of `name` in `parent` makes stale:
+    /// the entry's inode and the directory when this mount knows which
+    /// inode that is (it made it in a directory delegated here), else
+    /// everything.
+    fn forget_entry(&self, parent: Ino, name: &[u8]) {
+        match self.held.child(parent, name) {
+            Some(victim) => {
+                self.forget(Some(victim));
+                self.forget(Some(parent));
+            }
+            None => self.forget(None),
+        }
+    }
+
     /// Forgets what is cached of `ino`, whose attributes or content change
     /// here, all but that it has no xattrs: no such change adds one (a
     /// chown may remove `security.capability`), and tar's chown, chmod and
@@ -321,6 +335,13 @@ impl Namespace for RemoteNamespace {
         if self.held.absent(parent, name) {
             return Err(crate::Error::NotFound);
         }
+        // An entry this mount made in a directory delegated here, whose
+        // attributes it keeps (a young file, a held directory).
+        if let Some(ino) = self.held.child(parent, name)
+            && let Some(a) = self.young.attr(ino).or_else(|| self.held.dir_attr(ino))
+        {
+            return Ok(a);
+        }
         let name = buf(name);
         RemoteNamespace::attr(self, NsCall::Lookup { parent, name })
     }
@@ -389,6 +410,7 @@ impl Namespace for RemoteNamespace {
         // The home set the directory's times to the new node's (and counted
         // a new directory's link): a directory held here knows its own
         // attributes after, and the kernel's getattr of it is answered.
+        self.held.learn(parent, name, made.ino);
         if let Some(dir) = self.held.made_in(parent, before, &made) {
             lock(&self.fresh).keep_attr(dir);
         }
@@ -407,13 +429,13 @@ impl Namespace for RemoteNamespace {
     }
     // Which inodes are open is the home's to know (this device tells it).
     fn unlink(&self, parent: Ino, name: &[u8], _: &dyn Fn(Ino) -> bool) -> Result<()> {
-        self.forget(None);
+        self.forget_entry(parent, name);
         self.names(parent, name, Edit::Removes, |name| {
             self.unit(NsCall::Unlink { parent, name })
         })
     }
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.forget(None);
+        self.forget_entry(parent, name);
         self.names(parent, name, Edit::Removes, |name| {
             self.unit(NsCall::Rmdir { parent, name })
         })
@@ -688,6 +710,7 @@ impl Namespace for RemoteNamespace {
             }
         })?;
         self.held.added(parent, name, Some(&dir));
+        self.held.learn(parent, name, attr.ino);
         let mut fresh = lock(&self.fresh);
         fresh.keep_attr(dir);
         fresh.keep_bare(attr.ino);
