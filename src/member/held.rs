@@ -202,7 +202,7 @@ impl Held {
     /// are left.
     pub fn take_inodes_ask(&self) -> Option<NsCall> {
         let mut g = lock(&self.inner);
-        let wanted = Self::wants_inodes(&g);
+        let wanted = self.wants_inodes(&g);
         if wanted {
             g.pool_asking = true;
         }
@@ -344,16 +344,19 @@ impl Held {
     /// Whether an ask waits to be sent.
     pub fn asking(&self) -> bool {
         let g = lock(&self.inner);
-        (self.on() && !g.asks.is_empty()) || Self::wants_inodes(&g)
+        (self.on() && !g.asks.is_empty()) || self.wants_inodes(&g)
     }
 
     /// Whether inode numbers should be asked for: a directory is delegated
-    /// here and fewer than half a range's numbers are left.
-    fn wants_inodes(g: &Inner) -> bool {
+    /// here and fewer than half a range's numbers are left. Asked before
+    /// every call: the directories are looked through last, and only of a
+    /// home that delegates.
+    fn wants_inodes(&self, g: &Inner) -> bool {
         let left: u64 = g.pool.iter().map(|(n, e)| e - n).sum();
         !g.pool_off
             && !g.pool_asking
             && left < crate::meta::ranges::RANGE_LEN / 2
+            && self.level.load(Ordering::Relaxed) == DELEGATE
             && g.dirs.values().any(|d| d.delegated)
     }
 
