@@ -73,7 +73,33 @@ impl MetaCall {
     }
 }
 
+impl MetaCall {
+    /// Whether the call only reads: asked again, it changes nothing.
+    pub fn reads_only(&self) -> bool {
+        matches!(self, MetaCall::Ns(c) if c.reads_only())
+    }
+}
+
 impl NsCall {
+    /// Whether the call only reads the namespace (a batch: all of its calls).
+    pub fn reads_only(&self) -> bool {
+        match self {
+            NsCall::Params
+            | NsCall::Inode(_)
+            | NsCall::Attr(_)
+            | NsCall::Lookup { .. }
+            | NsCall::Readdir { .. }
+            | NsCall::ReaddirPlus { .. }
+            | NsCall::Chunk { .. }
+            | NsCall::ChunksFrom { .. }
+            | NsCall::Getxattr { .. }
+            | NsCall::Listxattr(_)
+            | NsCall::Getlk { .. } => true,
+            NsCall::Batch(calls) => calls.iter().all(NsCall::reads_only),
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             NsCall::Params => "params",
@@ -554,6 +580,22 @@ mod tests {
                 other => prop_assert!(false, "{:?}", other),
             }
         }
+    }
+
+    #[test]
+    fn only_calls_that_change_nothing_are_reads() {
+        let lookup = NsCall::Lookup {
+            parent: Ino(1),
+            name: ByteBuf::from(b"a".to_vec()),
+        };
+        assert!(MetaCall::Ns(lookup.clone()).reads_only());
+        assert!(NsCall::Batch(vec![lookup.clone(), NsCall::Attr(Ino(2))]).reads_only());
+        for change in [NsCall::Releases(vec![Ino(2)]), NsCall::Sync, NsCall::Inodes] {
+            assert!(!change.reads_only(), "{change:?}");
+            assert!(!NsCall::Batch(vec![change, lookup.clone()]).reads_only());
+        }
+        assert!(!NsCall::Watch { since: 0 }.reads_only());
+        assert!(!MetaCall::Peers.reads_only());
     }
 
     #[test]
