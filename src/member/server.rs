@@ -144,6 +144,15 @@ impl HomeServer {
     }
 
     /// Counts a handle `peer` opened on `ino`.
+    /// Refuses an open past [`MAX_MEMBER_OPENS`] handles of `peer`.
+    fn may_open(&self, peer: &PeerId) -> Result<()> {
+        let held = lock(&self.opens).get(peer).map_or(0, |m| m.total);
+        if held >= MAX_MEMBER_OPENS {
+            return Err(Error::Invalid("too many files open on this member device"));
+        }
+        Ok(())
+    }
+
     fn note_open(&self, peer: PeerId, ino: Ino) {
         let mut opens = lock(&self.opens);
         let mine = opens.entry(peer).or_default();
@@ -202,10 +211,7 @@ impl HomeServer {
                 res.map(|()| NsReply::Unit)
             }
             NsCall::Open(_) | NsCall::OpenRead(_) | NsCall::CreateOpen { .. } => {
-                let held = lock(&self.opens).get(&peer).map_or(0, |m| m.total);
-                if held >= MAX_MEMBER_OPENS {
-                    return Err(Error::Invalid("too many files open on this member device"));
-                }
+                self.may_open(&peer)?;
                 let reply = ns_answer(engine, mount, call)?;
                 match &reply {
                     NsReply::Attr(a)
@@ -217,19 +223,13 @@ impl HomeServer {
             }
             NsCall::Promise { since, ref dirs } | NsCall::Delegate { since, ref dirs } => {
                 let delegate = matches!(call, NsCall::Delegate { .. });
-                let local = engine
-                    .meta()
-                    .local()
-                    .ok_or(Error::Invalid("this host is not a home"))?;
+                let local = home_store(engine)?;
                 Ok(NsReply::Promised(
                     local.changes().promise(mount, since, dirs, delegate),
                 ))
             }
             NsCall::Inodes => {
-                let local = engine
-                    .meta()
-                    .local()
-                    .ok_or(Error::Invalid("this host is not a home"))?;
+                let local = home_store(engine)?;
                 let start = local.take_inodes(mount)?;
                 Ok(NsReply::Inodes {
                     start,
@@ -243,10 +243,7 @@ impl HomeServer {
                 ino,
                 time,
             } => {
-                let local = engine
-                    .meta()
-                    .local()
-                    .ok_or(Error::Invalid("this host is not a home"))?;
+                let local = home_store(engine)?;
                 if !local.changes().holds(mount, parent) {
                     tracing::warn!(
                         "member device {peer} made {:?} in directory {parent}, which is not \
@@ -257,10 +254,7 @@ impl HomeServer {
                         "the directory is not delegated to this device (any more)",
                     ));
                 }
-                let held = lock(&self.opens).get(&peer).map_or(0, |m| m.total);
-                if held >= MAX_MEMBER_OPENS {
-                    return Err(Error::Invalid("too many files open on this member device"));
-                }
+                self.may_open(&peer)?;
                 let made = local.made(mount, parent, &name, node, ino, time)?;
                 let attr = engine.open(made.ino)?;
                 self.note_open(peer, attr.ino);
@@ -547,6 +541,15 @@ impl HomeServer {
             peers: storage_peers(&engine),
         })
     }
+}
+
+/// The home's namespace store: what promises, delegations and inode
+/// ranges are kept in.
+fn home_store(engine: &Engine) -> Result<&crate::meta::MetaStore> {
+    engine
+        .meta()
+        .local()
+        .ok_or(Error::Invalid("this host is not a home"))
 }
 
 /// The proof a joining device sends: bound to its own peer id.
