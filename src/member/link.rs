@@ -42,8 +42,8 @@ pub fn bad(e: impl std::fmt::Display) -> Error {
 /// nothing there), with pauses from 5 ms doubling to 100 ms, until `wait`
 /// is spent (docs/DESIGN.md, "What one member can make the home hold");
 /// and, for [`REDIAL_WAIT`] at most, while the home cannot be dialled (a
-/// home restarting: the call never left), or a call that only reads found
-/// no answer.
+/// home restarting: the call never left), or a call that may be repeated
+/// ([`MetaCall::may_repeat`]) found no answer.
 pub fn call_home(
     client: &MeshClient,
     home: PeerId,
@@ -53,9 +53,9 @@ pub fn call_home(
     // Counted once per call, however often a busy home is asked again: the
     // round trips a member pays per operation (`home_calls`).
     let timer = crate::metrics::home_call(call.kind());
-    // A call that only reads changed nothing if its connection closed
-    // before the answer (a home killed as it was sent): asked again too.
-    let reads_only = call.reads_only();
+    // A call that only reads (or releases) may be asked again if its
+    // connection closed before the answer (a home killed as it was sent).
+    let may_repeat = call.may_repeat();
     let bytes = encode_request(call);
     let start = std::time::Instant::now();
     let mut pause = Duration::from_millis(5);
@@ -63,7 +63,7 @@ pub fn call_home(
         let answer = match client.meta_call(home, bytes.clone(), wait) {
             Ok(a) => a,
             Err(e)
-                if (e.unsent || reads_only) && start.elapsed() + pause < REDIAL_WAIT.min(wait) =>
+                if (e.unsent || may_repeat) && start.elapsed() + pause < REDIAL_WAIT.min(wait) =>
             {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));

@@ -74,13 +74,34 @@ impl MetaCall {
 }
 
 impl MetaCall {
-    /// Whether the call only reads: asked again, it changes nothing.
-    pub fn reads_only(&self) -> bool {
-        matches!(self, MetaCall::Ns(c) if c.reads_only())
+    /// Whether the call may be asked again when its answer was lost
+    /// ([`NsCall::may_repeat`]).
+    pub fn may_repeat(&self) -> bool {
+        matches!(self, MetaCall::Ns(c) if c.may_repeat())
     }
 }
 
 impl NsCall {
+    /// Whether the call may be asked again when its connection closed
+    /// before the answer, having perhaps run (a batch: all of its calls).
+    /// Reads change nothing; a promise or delegation asked again is granted
+    /// again; a release of a handle the home does not count for this member
+    /// is ignored, and a home that restarted counts none. (A connection
+    /// lost after a release ran, with the home up, counts it twice: the
+    /// home may then drop an unlinked file another handle of that member
+    /// still has open; the file's name was gone already.) Not inode
+    /// numbers: a second range drops the oldest the member may still use.
+    pub fn may_repeat(&self) -> bool {
+        match self {
+            NsCall::Release(_)
+            | NsCall::Releases(_)
+            | NsCall::Promise { .. }
+            | NsCall::Delegate { .. } => true,
+            NsCall::Batch(calls) => calls.iter().all(NsCall::may_repeat),
+            other => other.reads_only(),
+        }
+    }
+
     /// Whether the call only reads the namespace (a batch: all of its calls).
     pub fn reads_only(&self) -> bool {
         match self {
@@ -583,19 +604,26 @@ mod tests {
     }
 
     #[test]
-    fn only_calls_that_change_nothing_are_reads() {
+    fn only_calls_that_change_nothing_are_reads_and_few_others_repeat() {
         let lookup = NsCall::Lookup {
             parent: Ino(1),
             name: ByteBuf::from(b"a".to_vec()),
         };
-        assert!(MetaCall::Ns(lookup.clone()).reads_only());
+        assert!(MetaCall::Ns(lookup.clone()).may_repeat());
         assert!(NsCall::Batch(vec![lookup.clone(), NsCall::Attr(Ino(2))]).reads_only());
-        for change in [NsCall::Releases(vec![Ino(2)]), NsCall::Sync, NsCall::Inodes] {
+        let releases = NsCall::Releases(vec![Ino(2)]);
+        assert!(!releases.reads_only());
+        assert!(NsCall::Batch(vec![releases, lookup.clone()]).may_repeat());
+        let unlink = NsCall::Unlink {
+            parent: Ino(1),
+            name: ByteBuf::from(b"a".to_vec()),
+        };
+        for change in [NsCall::Sync, NsCall::Inodes, unlink] {
             assert!(!change.reads_only(), "{change:?}");
-            assert!(!NsCall::Batch(vec![change, lookup.clone()]).reads_only());
+            assert!(!NsCall::Batch(vec![change, lookup.clone()]).may_repeat());
         }
-        assert!(!NsCall::Watch { since: 0 }.reads_only());
-        assert!(!MetaCall::Peers.reads_only());
+        assert!(!NsCall::Watch { since: 0 }.may_repeat());
+        assert!(!MetaCall::Peers.may_repeat());
     }
 
     #[test]
