@@ -14,6 +14,7 @@ mod answer;
 mod budget;
 pub mod client;
 pub mod defer;
+mod eras;
 pub mod held;
 pub mod link;
 pub mod namespace;

@@ -3,6 +3,7 @@
 //! inode records and shard locations it needs kept while files are open.
 
 use super::defer::{Line, Youngs};
+use super::eras::Eras;
 use super::held::Held;
 use super::link::{bad, learn, reach};
 use super::wire::{FirstPage, MAP_PAGE, NsCall, NsReply};
@@ -40,6 +41,7 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         store: r.store.clone(),
         maps: Mutex::new(HashMap::new()),
         inodes: Mutex::new(HashMap::new()),
+        eras: Eras::default(),
         releases: Arc::new(Releases::default()),
         fresh: Mutex::new(Fresh::default()),
         home_waits_locks: AtomicBool::new(true),
@@ -80,6 +82,9 @@ pub struct RemoteNamespace {
     /// Inode records read by the data path (a read's size, a write's kind),
     /// with the same lifetime as `maps`; any change made here drops them.
     inodes: Mutex<HashMap<Ino, InodeRec>>,
+    /// What `maps`, `inodes` and `fresh` may keep of an answer: none asked
+    /// before a change here of the same inode.
+    eras: Eras,
     /// Closed handles not yet told to the home.
     releases: Arc<Releases>,
     /// The mesh key ring, asked after every minute (a rotation).
@@ -204,6 +209,7 @@ impl RemoteNamespace {
     /// no longer young.
     fn forget(&self, ino: Option<Ino>) {
         self.young.end(ino);
+        self.eras.bump(ino);
         match ino {
             Some(ino) => {
                 lock(&self.maps).remove(&ino);
@@ -236,20 +242,38 @@ impl RemoteNamespace {
     /// chown may remove `security.capability`), and tar's chown, chmod and
     /// utimens of a new file would each make the kernel's probe before the
     /// next write a round trip again.
-    fn forget_changed(&self, ino: Ino) {
+    /// The era after (`eras`).
+    fn forget_changed(&self, ino: Ino) -> u64 {
         self.young.end(Some(ino));
+        let era = self.eras.bump(Some(ino));
         lock(&self.maps).remove(&ino);
         lock(&self.inodes).remove(&ino);
         lock(&self.fresh).attrs.remove(&ino);
+        era
     }
 
     /// `call`'s answer, kept as `ino`'s attributes for the kernel's next
-    /// getattr (as a create's are).
+    /// getattr (as a create's are) unless another change of `ino` ran
+    /// beside it. What was read of `ino` while the call ran is dropped
+    /// again after: it may be from before the change.
     fn changed(&self, ino: Ino, call: NsCall) -> Result<Attr> {
-        self.forget_changed(ino);
-        let a = RemoteNamespace::attr(self, call)?;
-        lock(&self.fresh).keep_attr(a.clone());
+        let before = self.forget_changed(ino);
+        let a = RemoteNamespace::attr(self, call);
+        let after = self.forget_changed(ino);
+        let a = a?;
+        if after == before + 1 {
+            self.keep_attr(after, a.clone());
+        }
         Ok(a)
+    }
+
+    /// Keeps `a` for the kernel's next getattr if its inode's era is still
+    /// `era`.
+    fn keep_attr(&self, era: u64, a: Attr) {
+        let mut fresh = lock(&self.fresh);
+        if self.eras.still(a.ino, era) {
+            fresh.keep_attr(a);
+        }
     }
 
     fn unit(&self, call: NsCall) -> Result<()> {
@@ -314,9 +338,13 @@ impl Namespace for RemoteNamespace {
         if let Some(r) = lock(&self.inodes).get(&ino) {
             return Ok(r.clone());
         }
+        let era = self.eras.of(ino);
         match self.ns(NsCall::Inode(ino))? {
             NsReply::Inode(r) => {
-                lock(&self.inodes).insert(ino, r.clone());
+                let mut inodes = lock(&self.inodes);
+                if self.eras.still(ino, era) {
+                    inodes.insert(ino, r.clone());
+                }
                 Ok(r)
             }
             other => Err(bad(format!("the home node answered {other:?}"))),
@@ -362,9 +390,13 @@ impl Namespace for RemoteNamespace {
         {
             return Ok(p.chunks.get(&idx).cloned());
         }
+        let era = self.eras.of(ino);
         let page = ChunkPage::new(idx, Namespace::chunks_from(self, ino, idx)?);
         let found = page.chunks.get(&idx).cloned();
-        lock(&self.maps).insert(ino, page);
+        let mut maps = lock(&self.maps);
+        if self.eras.still(ino, era) {
+            maps.insert(ino, page);
+        }
         Ok(found)
     }
     fn chunks_from(&self, ino: Ino, from: u64) -> Result<Vec<(u64, ChunkRef)>> {
@@ -580,19 +612,26 @@ impl Namespace for RemoteNamespace {
     fn opened(&self, ino: Ino) -> Result<Option<Attr>> {
         // What another host committed since is read afresh.
         self.forget(Some(ino));
+        let era = self.eras.of(ino);
         let (a, map) = self.open_read(ino)?;
         // As fresh as it gets: the kernel's getattr after the open and the
         // data path's first read need not ask again.
         if a.kind == FileKind::File {
-            lock(&self.inodes).insert(ino, super::defer::file_rec(&a));
+            let mut inodes = lock(&self.inodes);
+            if self.eras.still(ino, era) {
+                inodes.insert(ino, super::defer::file_rec(&a));
+            }
         }
         if let Some(map) = map {
             for ((_, c), h) in map.chunks.iter().zip(&map.hints) {
                 learn(&*self.store, c, h);
             }
-            lock(&self.maps).insert(ino, ChunkPage::new(0, map.chunks));
+            let mut maps = lock(&self.maps);
+            if self.eras.still(ino, era) {
+                maps.insert(ino, ChunkPage::new(0, map.chunks));
+            }
         }
-        lock(&self.fresh).keep_attr(a.clone());
+        self.keep_attr(era, a.clone());
         Ok(Some(a))
     }
     fn getlk(&self, _: &str, ino: Ino, owner: u64, want: RangeLock) -> Result<Option<RangeLock>> {
