@@ -481,9 +481,12 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
     // asks for changes) runs out, and A gets it.
     let mb = b.mount();
     sh(&mb.at, "touch lockfile");
+    // Each in a process group of its own, killed whole: no `sleep` is left.
+    use std::os::unix::process::CommandExt;
     let mut holder = std::process::Command::new("flock")
         .args(["-x", "lockfile", "-c", "sleep 600"])
         .current_dir(&mb.at)
+        .process_group(0)
         .spawn()
         .unwrap();
     // B also holds a file open that the home then removes: kept while open,
@@ -493,6 +496,7 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
     let mut reader = std::process::Command::new("sh")
         .args(["-c", "exec 3<held; sleep 600"])
         .current_dir(&mb.at)
+        .process_group(0)
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -516,10 +520,11 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
     assert!(!try_lock(), "A took the lock B holds");
     let b_at = mb.at.clone();
     mb.kill();
-    let _ = holder.kill();
-    let _ = holder.wait();
-    let _ = reader.kill();
-    let _ = reader.wait();
+    for p in [&mut holder, &mut reader] {
+        // SAFETY: a plain signal to the group this test made.
+        unsafe { libc::kill(-(p.id() as i32), libc::SIGKILL) };
+        let _ = p.wait();
+    }
     let _ = std::process::Command::new("fusermount3")
         .arg("-uz")
         .arg(&b_at)
@@ -1107,9 +1112,10 @@ fn make_delegated(at: &std::path::Path, metrics: &str, dir: &str) {
 }
 
 /// A member cut off past its lease while it held back a file it made in a
-/// delegated directory: another host's read there waits a lease at most
-/// and goes on without it, and when the member is back the home refuses
-/// the file rather than apply it after what others did meanwhile.
+/// delegated directory, and the remove of another: another host's read
+/// there waits a lease at most and goes on without them, and when the
+/// member is back the home refuses both rather than apply them after what
+/// others did meanwhile.
 #[test]
 fn a_member_cut_off_past_its_lease_has_the_files_it_held_back_refused() {
     let h = Home::new();
@@ -1122,7 +1128,8 @@ fn a_member_cut_off_past_its_lease_has_the_files_it_held_back_refused() {
     // is made on the member, and held back.
     sh(&ma.at, "echo one > d/one");
     std::thread::sleep(Duration::from_millis(1500));
-    sh(&ma.at, "echo late > d/late");
+    // A remove of what it made there is held back too.
+    sh(&ma.at, "echo late > d/late && rm d/one");
     let pid = ma.pid().to_string();
     sh(&hm.at, &format!("kill -STOP {pid}"));
     let t = Instant::now();
@@ -1302,4 +1309,73 @@ fn a_member_mount_rides_through_a_quick_restart_of_its_home() {
         eprintln!("the home took longer than a member waits for a dial: not judged");
     }
     assert_eq!(sh(&ma.at, "cat f"), "x\n");
+}
+
+/// What a member made in a directory delegated to it, it removes there
+/// with no call (the removes ride with the next call or second, and the
+/// directory's attributes after each are the member's own); another
+/// host's look there recalls them first.
+#[test]
+fn a_member_removes_what_it_made_in_a_delegated_directory_with_no_call() {
+    let h = Home::new();
+    let hm = h.mount_listening();
+    let a = h.member("a");
+    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let ma = a.mount_with(&["--metrics", &metrics]);
+    make_delegated(&ma.at, &metrics, "d");
+    make_delegated(&ma.at, &metrics, "d/sub");
+    sh(
+        &ma.at,
+        "for i in $(seq 20); do echo $i > d/f$i; echo $i > d/sub/g$i; done",
+    );
+    // Let the creates go, and the kernel's cached attributes expire.
+    std::thread::sleep(Duration::from_millis(2500));
+    let count = |kinds: &[&str]| kinds.iter().map(|k| home_calls(&metrics, k)).sum::<u64>();
+    let (removes, looks) = (["unlink", "rmdir"], ["attr", "lookup"]);
+    let before = (count(&removes), count(&looks), all_home_calls(&metrics));
+    let (kinds_before, t) = (fs_tests::scrape(&metrics), Instant::now());
+    sh(&ma.at, "rm d/f1* && rm -rf d/sub");
+    let ticks = t.elapsed().as_secs() + 1;
+    let calls = (
+        count(&removes) - before.0,
+        count(&looks) - before.1,
+        all_home_calls(&metrics) - before.2,
+    );
+    // Before, a remove and the directory's attributes each: 66 calls.
+    // Now: the listings (the shell's glob; rm's of d/sub, a page or two
+    // and the end), the kernel's getattr of each directory once, the
+    // lookup of d, a batch a second, the watch.
+    assert!(
+        calls.0 == 0 && calls.1 <= 6 && calls.2 <= 12 + 2 * ticks,
+        "{calls:?} calls to remove, to look, in all, to remove 33 entries: {}",
+        calls_since(&kinds_before, &fs_tests::scrape(&metrics))
+    );
+    let mut want: Vec<String> = (2..=9).chain([20]).map(|i| format!("f{i}")).collect();
+    want.push("first".into());
+    want.sort();
+    let listed = h.home.ok(&["ls", "/d"]);
+    let mut names: Vec<&str> = listed.split_whitespace().collect();
+    names.sort();
+    assert_eq!(names, want, "the home's listing");
+    assert_eq!(sh(&hm.at, "ls d | wc -l").trim(), "10");
+    assert_eq!(sh(&ma.at, "ls d | wc -l").trim(), "10");
+    assert!(ma.unmount() && hm.unmount());
+    let fsck = h.home.ok(&["fsck"]);
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
+}
+
+/// The member's calls to its home by kind between two scrapes.
+fn calls_since(before: &str, after: &str) -> String {
+    let family = "datamesh_home_calls_total{";
+    let value = |text: &str, key: &str| fs_tests::metric(text, key);
+    after
+        .lines()
+        .filter(|l| l.starts_with(family))
+        .filter_map(|l| {
+            let key = l.rsplit_once(' ')?.0;
+            let n = value(after, key) - value(before, key);
+            (n > 0.0).then(|| format!("{} {n}", &key[family.len()..]))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -143,7 +143,9 @@ pub(super) fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsR
         | NsCall::Promise { .. }
         | NsCall::Delegate { .. }
         | NsCall::Inodes
-        | NsCall::Made { .. } => {
+        | NsCall::Made { .. }
+        | NsCall::Features
+        | NsCall::Unmade { .. } => {
             return Err(Error::Invalid(
                 "a watch, a batch or a promise is the member server's",
             ));

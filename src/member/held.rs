@@ -57,7 +57,6 @@ struct Inner {
 }
 
 struct Dir {
-    /// Every name in the directory.
     /// Every name in the directory, with its inode when this mount knows
     /// it (it made the entry).
     names: HashMap<Vec<u8>, Option<Ino>>,
@@ -195,6 +194,57 @@ impl Held {
             rdev: node.rdev,
         };
         Some((made, dir))
+    }
+
+    /// Removes `name` from `parent` here (an rmdir when `dir`), if
+    /// `parent` is delegated to this mount and trusted and this mount made
+    /// the entry, and, for an rmdir, the directory is held, delegated and
+    /// empty: the `Unmade` call handed to `hold` under the lock a break
+    /// takes too (as [`Held::make_here`]). The victim's inode and the
+    /// directory's attributes after, if known; `None`: remove it at home.
+    pub fn unmake_here(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        hold: impl FnOnce(Ino, NsCall) -> bool,
+    ) -> Option<(Ino, Option<Attr>)> {
+        let mut g = lock(&self.inner);
+        if !Self::trusted(&g) {
+            return None;
+        }
+        let d = g.dirs.get(&parent).filter(|d| d.delegated)?;
+        let ino = (*d.names.get(name)?)?;
+        if dir {
+            // Granted, only this mount changed it since: its names are all.
+            let v = g.dirs.get(&ino).filter(|v| v.granted && v.delegated)?;
+            if !v.names.is_empty() {
+                return None;
+            }
+        }
+        let call = NsCall::Unmade {
+            parent,
+            name: ByteBuf::from(name.to_vec()),
+            ino,
+            dir,
+        };
+        if !hold(ino, call) {
+            return None;
+        }
+        if dir {
+            g.dirs.remove(&ino);
+        }
+        let d = g.dirs.get_mut(&parent).expect("checked above");
+        d.names.remove(name);
+        let time = Timestamp::now();
+        if let Some(a) = &mut d.attr {
+            a.mtime = time;
+            a.ctime = time;
+            if dir {
+                a.nlink = a.nlink.saturating_sub(1);
+            }
+        }
+        Some((ino, d.attr.clone()))
     }
 
     /// An `Inodes` call to send in front of the next call: when a

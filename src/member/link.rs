@@ -10,17 +10,28 @@ use crate::error::Kind;
 use crate::home::Home;
 use crate::net::{LiveKeys, MeshClient, MeshKeys, MeshStore, Multiaddr, PeerId};
 use crate::store::ShardStore;
+use crate::util::lock;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// How long a namespace operation waits for the home node.
 pub const HOME_WAIT: Duration = crate::net::member::ANSWER_WAIT;
-/// How long a call the home could not be dialled for is tried again: a
-/// home restarting is answering again by then, and a home that is down
-/// fails each call after this long, not at once nor after `HOME_WAIT`.
+/// How long calls the home could not be dialled for are tried again,
+/// from when it was first missed: a home restarting is answering again by
+/// then, and once a home has been down this long each call fails at once
+/// (until one is answered), not after this long each: a copy into a mount
+/// whose home died ends in seconds, not after a wait per chunk.
 const REDIAL_WAIT: Duration = Duration::from_secs(3);
+
+/// When each home this process calls was first missed in its present
+/// outage (none: it answered last).
+fn missed() -> &'static Mutex<HashMap<PeerId, Instant>> {
+    static MISSED: OnceLock<Mutex<HashMap<PeerId, Instant>>> = OnceLock::new();
+    MISSED.get_or_init(Default::default)
+}
 
 /// `HOME/member` on a member device (JSON).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,14 +68,21 @@ pub fn call_home(
     // connection closed before the answer (a home killed as it was sent).
     let may_repeat = call.may_repeat();
     let bytes = encode_request(call);
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut pause = Duration::from_millis(5);
     let answer = loop {
         let answer = match client.meta_call(home, bytes.clone(), wait) {
-            Ok(a) => a,
-            Err(e)
-                if (e.unsent || may_repeat) && start.elapsed() + pause < REDIAL_WAIT.min(wait) =>
-            {
+            Ok(a) => {
+                lock(missed()).remove(&home);
+                a
+            }
+            Err(e) if e.unsent || may_repeat => {
+                let first = *lock(missed()).entry(home).or_insert(start);
+                let redial =
+                    first.elapsed() + pause < REDIAL_WAIT && start.elapsed() + pause < wait;
+                if !redial {
+                    break Err(bad(e));
+                }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
                 continue;

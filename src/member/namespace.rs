@@ -6,7 +6,7 @@ use super::defer::{Line, Youngs};
 use super::eras::Eras;
 use super::held::Held;
 use super::link::{bad, learn, reach};
-use super::wire::{FirstPage, MAP_PAGE, NsCall, NsReply};
+use super::wire::{FEATURE_UNMADE, FirstPage, MAP_PAGE, NsCall, NsReply};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;
@@ -46,6 +46,7 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         fresh: Mutex::new(Fresh::default()),
         home_waits_locks: AtomicBool::new(true),
         home_opens_with_map: AtomicBool::new(true),
+        home_reads: 0,
         keys: r.keys.clone(),
     };
     let params = match ns.ns(NsCall::Params)? {
@@ -53,6 +54,13 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         other => return Err(bad(format!("the home node answered {other:?}"))),
     };
     ns.params = Some(params);
+    ns.home_reads = match ns.ns(NsCall::Features) {
+        Ok(NsReply::Features(f)) => f,
+        // A home older than the call.
+        Err(e) if e.kind() == crate::error::Kind::Invalid => 0,
+        Err(e) => return Err(e),
+        Ok(other) => return Err(bad(format!("the home node answered {other:?}"))),
+    };
     ns.reset_locks("")?;
     let n = r.file.info.data_shards as usize + r.file.info.parity_shards as usize;
     r.store.client().wait_for_peers(n, Duration::from_secs(10));
@@ -96,6 +104,9 @@ pub struct RemoteNamespace {
     home_waits_locks: AtomicBool,
     /// Whether the home answers `OpenRead` (an older one: `Open`).
     home_opens_with_map: AtomicBool,
+    /// Which of the calls a member may hold back the home reads
+    /// (`Features`, asked when the mount starts).
+    home_reads: u64,
 }
 
 /// What a call does to a name in a directory.
@@ -274,6 +285,29 @@ impl RemoteNamespace {
         if self.eras.still(a.ino, era) {
             fresh.keep_attr(a);
         }
+    }
+
+    /// Removes `name` from `parent` here, the `Unmade` call held back, when
+    /// the home reads it and the directory is delegated here
+    /// ([`Held::unmake_here`]); false: remove it at home.
+    fn unmake_here(&self, parent: Ino, name: &[u8], dir: bool) -> bool {
+        if self.home_reads & FEATURE_UNMADE == 0 || !self.line.defers() {
+            return false;
+        }
+        let Some((victim, attr)) = self
+            .held
+            .unmake_here(parent, name, dir, |ino, call| self.line.hold(ino, call))
+        else {
+            return false;
+        };
+        self.forget(Some(victim));
+        self.forget(Some(parent));
+        // The kernel's getattr of the directory before its next remove
+        // (a permission check) is answered from it.
+        if let Some(a) = attr {
+            self.keep_attr(self.eras.of(parent), a);
+        }
+        true
     }
 
     fn unit(&self, call: NsCall) -> Result<()> {
@@ -461,12 +495,18 @@ impl Namespace for RemoteNamespace {
     }
     // Which inodes are open is the home's to know (this device tells it).
     fn unlink(&self, parent: Ino, name: &[u8], _: &dyn Fn(Ino) -> bool) -> Result<()> {
+        if self.unmake_here(parent, name, false) {
+            return Ok(());
+        }
         self.forget_entry(parent, name);
         self.names(parent, name, Edit::Removes, |name| {
             self.unit(NsCall::Unlink { parent, name })
         })
     }
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if self.unmake_here(parent, name, true) {
+            return Ok(());
+        }
         self.forget_entry(parent, name);
         self.names(parent, name, Edit::Removes, |name| {
             self.unit(NsCall::Rmdir { parent, name })

@@ -15,7 +15,7 @@ use crate::home::HomePaths;
 use crate::meta::changes::with_origin;
 use crate::net::trust::{Invites, Member, Members, admission_proof, now_secs};
 use crate::net::{MeshClient, PeerId};
-use crate::types::Ino;
+use crate::types::{FileKind, Ino};
 use crate::util::lock;
 use crate::volume::proto::{Reply, WireError};
 use crate::volume::serve;
@@ -262,6 +262,42 @@ impl HomeServer {
                     attr,
                     parent: engine.meta().attr(parent)?,
                 })
+            }
+            NsCall::Features => Ok(NsReply::Features(super::wire::FEATURES)),
+            NsCall::Unmade {
+                parent,
+                name,
+                ino,
+                dir,
+            } => {
+                let local = home_store(engine)?;
+                let what = String::from_utf8_lossy(&name).into_owned();
+                if !local.changes().holds(mount, parent) {
+                    tracing::warn!(
+                        "member device {peer} removed {what:?} in directory {parent}, which is \
+                         not delegated to it (a recall it answered late?): refused"
+                    );
+                    return Err(Error::Invalid(
+                        "the directory is not delegated to this device (any more)",
+                    ));
+                }
+                let found = engine.meta().lookup(parent, &name)?;
+                if found.ino != ino || (found.kind == FileKind::Dir) != dir {
+                    tracing::warn!(
+                        "member device {peer} removed {what:?} in directory {parent} as inode \
+                         {ino}, which is inode {} there: refused",
+                        found.ino
+                    );
+                    return Err(Error::Invalid(
+                        "the name is another inode than the device's",
+                    ));
+                }
+                let call = if dir {
+                    NsCall::Rmdir { parent, name }
+                } else {
+                    NsCall::Unlink { parent, name }
+                };
+                ns_answer(engine, mount, call)
             }
             NsCall::ResetLocks => {
                 // The member's mount starts: the handles of an earlier one are gone.

@@ -115,7 +115,8 @@ impl NsCall {
             | NsCall::ChunksFrom { .. }
             | NsCall::Getxattr { .. }
             | NsCall::Listxattr(_)
-            | NsCall::Getlk { .. } => true,
+            | NsCall::Getlk { .. }
+            | NsCall::Features => true,
             NsCall::Batch(calls) => calls.iter().all(NsCall::reads_only),
             _ => false,
         }
@@ -160,6 +161,8 @@ impl NsCall {
             NsCall::Delegate { .. } => "delegate",
             NsCall::Inodes => "inodes",
             NsCall::Made { .. } => "made",
+            NsCall::Features => "features",
+            NsCall::Unmade { .. } => "unmade",
         }
     }
 }
@@ -343,7 +346,27 @@ pub enum NsCall {
         ino: Ino,
         time: Timestamp,
     },
+    /// What of the calls after this one the home reads: answered
+    /// `Features` (a bit set of `FEATURE_*`). A home older than it finds
+    /// it unreadable: none.
+    Features,
+    /// `name` in `parent`, inode `ino`, removed by this mount in a
+    /// directory delegated to it: `Unlink` (`Rmdir` when `dir`), applied
+    /// only while the directory is delegated and the name still `ino`
+    /// (docs/DESIGN.md, "Delegated directories: removes held back").
+    /// Answered `Unit`.
+    Unmade {
+        parent: Ino,
+        name: ByteBuf,
+        ino: Ino,
+        dir: bool,
+    },
 }
+
+/// The home reads `Unmade`.
+pub const FEATURE_UNMADE: u64 = 1;
+/// What this home reads, as `Features` answers.
+pub const FEATURES: u64 = FEATURE_UNMADE;
 
 /// The most calls one [`NsCall::Batch`] carries.
 pub const MAX_BATCH: usize = 64;
@@ -412,6 +435,9 @@ pub enum NsReply {
         start: Ino,
         len: u64,
     },
+    /// The calls the home reads of those a member may hold back
+    /// (`FEATURE_*`).
+    Features(u64),
 }
 
 /// The first page of a file's chunk map, as `Chunks` gives a page.
@@ -600,6 +626,41 @@ mod tests {
                 }
                 other => prop_assert!(false, "{:?}", other),
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn removes_held_back_and_features_round_trip(
+            parent in any::<u64>(),
+            ino in any::<u64>(),
+            name in proptest::collection::vec(any::<u8>(), 1..255),
+            dir in any::<bool>(),
+            features in any::<u64>(),
+        ) {
+            let call = NsCall::Unmade {
+                parent: Ino(parent),
+                name: ByteBuf::from(name.clone()),
+                ino: Ino(ino),
+                dir,
+            };
+            let bytes = encode_request(MetaCall::Ns(NsCall::Batch(vec![call, NsCall::Features])));
+            let back: MetaRequest = postcard::from_bytes(&bytes).unwrap();
+            let same = matches!(
+                &back.call,
+                MetaCall::Ns(NsCall::Batch(c)) if matches!(
+                    &c[..],
+                    [NsCall::Unmade { parent: p, name: n, ino: i, dir: d }, NsCall::Features]
+                        if p.0 == parent && n.as_ref() == &name[..] && i.0 == ino && *d == dir
+                )
+            );
+            prop_assert!(same, "{:?}", back.call);
+            let reply = Ok(MetaReply::Ns(NsReply::Features(features)));
+            let same = matches!(
+                decode_answer(&encode_answer(reply)),
+                Ok(MetaReply::Ns(NsReply::Features(f))) if f == features
+            );
+            prop_assert!(same);
         }
     }
 
