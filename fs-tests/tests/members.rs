@@ -1128,8 +1128,9 @@ fn a_member_cut_off_past_its_lease_has_the_files_it_held_back_refused() {
     // is made on the member, and held back.
     sh(&ma.at, "echo one > d/one");
     std::thread::sleep(Duration::from_millis(1500));
-    // A remove of what it made there is held back too.
-    sh(&ma.at, "echo late > d/late && rm d/one");
+    // A remove of what it made there is held back too, and a chmod of it.
+    let mode = sh(&hm.at, "stat -c %a d");
+    sh(&ma.at, "echo late > d/late && rm d/one && chmod 700 d");
     let pid = ma.pid().to_string();
     sh(&hm.at, &format!("kill -STOP {pid}"));
     let t = Instant::now();
@@ -1163,6 +1164,7 @@ fn a_member_cut_off_past_its_lease_has_the_files_it_held_back_refused() {
             listed.contains("other") && listed.contains("one"),
             "{listed}"
         );
+        assert_eq!(sh(&hm.at, "stat -c %a d"), mode, "a late chmod was applied");
     }
     ma.unmount();
     assert!(hm.unmount());
@@ -1312,9 +1314,10 @@ fn a_member_mount_rides_through_a_quick_restart_of_its_home() {
 }
 
 /// What a member made in a directory delegated to it, it removes there
-/// with no call (the removes ride with the next call or second, and the
-/// directory's attributes after each are the member's own); another
-/// host's look there recalls them first.
+/// with no call, and it sets the directory's mode and times with none
+/// (they ride with the next call or second, and the directory's
+/// attributes after each are the member's own); another host's look
+/// there recalls them first.
 #[test]
 fn a_member_removes_what_it_made_in_a_delegated_directory_with_no_call() {
     let h = Home::new();
@@ -1331,23 +1334,27 @@ fn a_member_removes_what_it_made_in_a_delegated_directory_with_no_call() {
     // Let the creates go, and the kernel's cached attributes expire.
     std::thread::sleep(Duration::from_millis(2500));
     let count = |kinds: &[&str]| kinds.iter().map(|k| home_calls(&metrics, k)).sum::<u64>();
-    let (removes, looks) = (["unlink", "rmdir"], ["attr", "lookup"]);
+    let (removes, looks) = (["unlink", "rmdir", "setattr"], ["attr", "lookup"]);
     let before = (count(&removes), count(&looks), all_home_calls(&metrics));
     let (kinds_before, t) = (fs_tests::scrape(&metrics), Instant::now());
-    sh(&ma.at, "rm d/f1* && rm -rf d/sub");
+    sh(
+        &ma.at,
+        "rm d/f1* && rm -rf d/sub && chmod 750 d && TZ=UTC touch -d 2001-02-03T04:05:06 d",
+    );
     let ticks = t.elapsed().as_secs() + 1;
     let calls = (
         count(&removes) - before.0,
         count(&looks) - before.1,
         all_home_calls(&metrics) - before.2,
     );
-    // Before, a remove and the directory's attributes each: 66 calls.
+    // Before, a remove and the directory's attributes each: 66 calls, and
+    // a call for each of the chmod and touch.
     // Now: the listings (the shell's glob; rm's of d/sub, a page or two
     // and the end), the kernel's getattr of each directory once, the
     // lookup of d, a batch a second, the watch.
     assert!(
         calls.0 == 0 && calls.1 <= 6 && calls.2 <= 12 + 2 * ticks,
-        "{calls:?} calls to remove, to look, in all, to remove 33 entries: {}",
+        "{calls:?} calls to remove or set, to look, in all, to remove 33 entries: {}",
         calls_since(&kinds_before, &fs_tests::scrape(&metrics))
     );
     let mut want: Vec<String> = (2..=9).chain([20]).map(|i| format!("f{i}")).collect();
@@ -1358,6 +1365,10 @@ fn a_member_removes_what_it_made_in_a_delegated_directory_with_no_call() {
     names.sort();
     assert_eq!(names, want, "the home's listing");
     assert_eq!(sh(&hm.at, "ls d | wc -l").trim(), "10");
+    assert_eq!(
+        sh(&hm.at, "TZ=UTC stat -c '%a %y' d").trim(),
+        "750 2001-02-03 04:05:06.000000000 +0000"
+    );
     assert_eq!(sh(&ma.at, "ls d | wc -l").trim(), "10");
     assert!(ma.unmount() && hm.unmount());
     let fsck = h.home.ok(&["fsck"]);

@@ -145,7 +145,8 @@ pub(super) fn ns_answer(engine: &Engine, host: &str, call: NsCall) -> Result<NsR
         | NsCall::Inodes
         | NsCall::Made { .. }
         | NsCall::Features
-        | NsCall::Unmade { .. } => {
+        | NsCall::Unmade { .. }
+        | NsCall::Held { .. } => {
             return Err(Error::Invalid(
                 "a watch, a batch or a promise is the member server's",
             ));

@@ -397,9 +397,10 @@ struct Young {
     delegated_in: Option<Ino>,
 }
 
-/// The young files of a mount.
+/// The young files of a mount, and whether their held-back changes go
+/// in a `Held` naming their delegated directory (the home reads it).
 #[derive(Default)]
-pub struct Youngs(Mutex<HashMap<Ino, Young>>);
+pub struct Youngs(Mutex<HashMap<Ino, Young>>, AtomicBool);
 
 impl Youngs {
     /// `made` was just made and opened here (`CreateOpen`): a regular file,
@@ -421,6 +422,12 @@ impl Youngs {
                 },
             );
         }
+    }
+
+    /// The home reads `Held`: changes held back in a delegated directory
+    /// go in one.
+    pub fn guard_held(&self) {
+        self.1.store(true, Ordering::Relaxed);
     }
 
     /// `ino` is no longer young (anything but a held-back change touched
@@ -534,6 +541,14 @@ impl Youngs {
         if !g.contains_key(&ino) {
             return None;
         }
+        // Applied at home only while the directory is still delegated here.
+        let call = match g[&ino].delegated_in {
+            Some(dir) if self.1.load(Ordering::Relaxed) => NsCall::Held {
+                dir,
+                call: Box::new(call),
+            },
+            _ => call,
+        };
         // Queued under the young files' lock: the changes of a file queue
         // in the order they are applied.
         if !line.hold(ino, call) {

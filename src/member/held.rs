@@ -5,11 +5,12 @@
 //! What is known of a directory is what this mount did there since it made
 //! it; anything else drops it.
 
+use super::defer::file_rec;
 use super::wire::NsCall;
-use crate::meta::NewNode;
 use crate::meta::changes::Since;
 use crate::meta::promises::{MAX_ASK, MAX_HELD, TRUST};
-use crate::types::{Attr, FileKind, Ino, Timestamp};
+use crate::meta::{NewNode, apply_setattr, to_attr};
+use crate::types::{Attr, FileKind, Ino, SetAttr, SetTime, Timestamp};
 use crate::util::lock;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
@@ -245,6 +246,55 @@ impl Held {
             }
         }
         Some((ino, d.attr.clone()))
+    }
+
+    /// Sets directory `dir`'s attributes here (no size), if it is
+    /// delegated to this mount, trusted, and its attributes are known: the
+    /// `Setattr`, in a `Held` naming `dir`, handed to `hold` under the
+    /// lock a break takes too (as [`Held::make_here`]). Times set to now
+    /// are sent as this mount's now. Its attributes after; `None`: set
+    /// them at home.
+    pub fn set_here(
+        &self,
+        dir: Ino,
+        set: &SetAttr,
+        hold: impl FnOnce(Ino, NsCall) -> bool,
+    ) -> Option<Attr> {
+        if set.size.is_some() {
+            return None;
+        }
+        let mut g = lock(&self.inner);
+        if !Self::trusted(&g) {
+            return None;
+        }
+        let d = g.dirs.get(&dir).filter(|d| d.delegated)?;
+        let mut rec = file_rec(d.attr.as_ref()?);
+        let now = Timestamp::now();
+        let at = |t: Option<SetTime>| {
+            t.map(|t| match t {
+                SetTime::Now => SetTime::At(now),
+                at => at,
+            })
+        };
+        let set = SetAttr {
+            atime: at(set.atime),
+            mtime: at(set.mtime),
+            ..set.clone()
+        };
+        apply_setattr(&mut rec, &set, now);
+        let call = NsCall::Held {
+            dir,
+            call: Box::new(NsCall::Setattr { ino: dir, set }),
+        };
+        if !hold(dir, call) {
+            return None;
+        }
+        let a = to_attr(dir, &rec);
+        let d = g.dirs.get_mut(&dir).expect("checked above");
+        d.perm = a.perm;
+        d.gid = a.gid;
+        d.attr = Some(a.clone());
+        Some(a)
     }
 
     /// An `Inodes` call to send in front of the next call: when a

@@ -6,7 +6,7 @@ use super::defer::{Line, Youngs};
 use super::eras::Eras;
 use super::held::Held;
 use super::link::{bad, learn, reach};
-use super::wire::{FEATURE_UNMADE, FirstPage, MAP_PAGE, NsCall, NsReply};
+use super::wire::{FEATURE_HELD, FEATURE_UNMADE, FirstPage, MAP_PAGE, NsCall, NsReply};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;
@@ -61,6 +61,9 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
         Err(e) => return Err(e),
         Ok(other) => return Err(bad(format!("the home node answered {other:?}"))),
     };
+    if ns.home_reads & FEATURE_HELD != 0 {
+        ns.young.guard_held();
+    }
     ns.reset_locks("")?;
     let n = r.file.info.data_shards as usize + r.file.info.parity_shards as usize;
     r.store.client().wait_for_peers(n, Duration::from_secs(10));
@@ -547,6 +550,17 @@ impl Namespace for RemoteNamespace {
     }
     fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
         if let Some(a) = self.young.setattr(&self.line, ino, set) {
+            return Ok(a);
+        }
+        // A directory delegated here (tar's chmod and utimens of each it made).
+        if self.home_reads & FEATURE_HELD != 0
+            && self.line.defers()
+            && let Some(a) = self
+                .held
+                .set_here(ino, set, |dir, call| self.line.hold(dir, call))
+        {
+            let era = self.forget_changed(ino);
+            self.keep_attr(era, a.clone());
             return Ok(a);
         }
         let set = set.clone();

@@ -263,6 +263,29 @@ impl HomeServer {
                     parent: engine.meta().attr(parent)?,
                 })
             }
+            NsCall::Held { dir, call } => {
+                if matches!(
+                    *call,
+                    NsCall::Held { .. }
+                        | NsCall::Batch(_)
+                        | NsCall::Watch { .. }
+                        | NsCall::SetlkWait { .. }
+                ) {
+                    return Err(Error::Invalid("a held-back change holds one change"));
+                }
+                let local = home_store(engine)?;
+                if !local.changes().holds(mount, dir) {
+                    tracing::warn!(
+                        "member device {peer} sent a {} held back under directory {dir}, which \
+                         is not delegated to it (a recall it answered late?): refused",
+                        call.kind()
+                    );
+                    return Err(Error::Invalid(
+                        "the directory is not delegated to this device (any more)",
+                    ));
+                }
+                self.member_call(engine, peer, mount, *call)
+            }
             NsCall::Features => Ok(NsReply::Features(super::wire::FEATURES)),
             NsCall::Unmade {
                 parent,

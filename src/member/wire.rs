@@ -163,6 +163,7 @@ impl NsCall {
             NsCall::Made { .. } => "made",
             NsCall::Features => "features",
             NsCall::Unmade { .. } => "unmade",
+            NsCall::Held { .. } => "held",
         }
     }
 }
@@ -361,12 +362,22 @@ pub enum NsCall {
         ino: Ino,
         dir: bool,
     },
+    /// A change held back under the delegation of `dir`: answered as
+    /// `call` alone, but only while `dir` is delegated to this device
+    /// (docs/DESIGN.md, "Delegated directories: changes held back only
+    /// while held"). Not nested.
+    Held {
+        dir: Ino,
+        call: Box<NsCall>,
+    },
 }
 
 /// The home reads `Unmade`.
 pub const FEATURE_UNMADE: u64 = 1;
+/// The home reads `Held`.
+pub const FEATURE_HELD: u64 = 2;
 /// What this home reads, as `Features` answers.
-pub const FEATURES: u64 = FEATURE_UNMADE;
+pub const FEATURES: u64 = FEATURE_UNMADE | FEATURE_HELD;
 
 /// The most calls one [`NsCall::Batch`] carries.
 pub const MAX_BATCH: usize = 64;
