@@ -1390,3 +1390,48 @@ fn calls_since(before: &str, after: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// A member makes symlinks in a directory delegated to it with no call,
+/// and reads and sets their times there too (tar's lutimes); another
+/// host's look recalls them first and finds each as made.
+#[test]
+fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
+    let h = Home::new();
+    let hm = h.mount_listening();
+    let a = h.member("a");
+    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let ma = a.mount_with(&["--metrics", &metrics]);
+    make_delegated(&ma.at, &metrics, "d");
+    // The first brings inode numbers.
+    sh(&ma.at, "ln -s first d/l0");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (before, t) = (all_home_calls(&metrics), Instant::now());
+    let kinds_before = fs_tests::scrape(&metrics);
+    sh(
+        &ma.at,
+        "for i in $(seq 20); do ln -s target-$i d/l$i; \
+         TZ=UTC touch -h -d 2001-02-03T04:05:06 d/l$i; \
+         test \"$(readlink d/l$i)\" = target-$i; done",
+    );
+    let ticks = t.elapsed().as_secs() + 1;
+    let calls = all_home_calls(&metrics) - before;
+    assert!(
+        calls <= 2 * ticks + 2,
+        "{calls} calls in {ticks} s to make 20 symlinks: {}",
+        calls_since(&kinds_before, &fs_tests::scrape(&metrics))
+    );
+    for i in [1, 20] {
+        assert_eq!(
+            sh(&hm.at, &format!("readlink d/l{i}")).trim(),
+            format!("target-{i}")
+        );
+        assert_eq!(
+            sh(&hm.at, &format!("TZ=UTC stat -c %y d/l{i}")).trim(),
+            "2001-02-03 04:05:06.000000000 +0000"
+        );
+    }
+    assert_eq!(sh(&hm.at, "ls d | wc -l").trim(), "22");
+    assert!(ma.unmount() && hm.unmount());
+    let fsck = h.home.ok(&["fsck"]);
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
+}

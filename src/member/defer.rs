@@ -407,14 +407,29 @@ impl Youngs {
     /// empty, which only this mount knows open; `delegated_in`: the
     /// directory it was made in, delegated here when the call was sent.
     pub fn made(&self, made: &Attr, line: &Line, delegated_in: Option<Ino>) {
-        if made.kind != FileKind::File || made.size != 0 || !line.defers() {
+        if made.kind != FileKind::File || made.size != 0 {
             return;
         }
-        let rec = file_rec(made);
+        self.keep(made.ino, file_rec(made), line, delegated_in);
+    }
+
+    /// Symlink `made` to `target` was just made here in `dir`, delegated
+    /// to this mount: young, its target kept (its readlink and the lchown
+    /// and lutimes after are this mount's).
+    pub fn made_link(&self, made: &Attr, target: Vec<u8>, line: &Line, dir: Ino) {
+        let mut rec = file_rec(made);
+        rec.target = Some(target);
+        self.keep(made.ino, rec, line, Some(dir));
+    }
+
+    fn keep(&self, ino: Ino, rec: InodeRec, line: &Line, delegated_in: Option<Ino>) {
+        if !line.defers() {
+            return;
+        }
         let mut g = lock(&self.0);
         if g.len() < MAX_YOUNG {
             g.insert(
-                made.ino,
+                ino,
                 Young {
                     rec,
                     chunks: BTreeMap::new(),

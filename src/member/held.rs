@@ -15,7 +15,7 @@ use crate::util::lock;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Instant;
 
 pub struct Held {
@@ -24,6 +24,9 @@ pub struct Held {
     /// read `Delegate`, then [`OFF`] (nothing) when it cannot read
     /// `Promise` either.
     level: AtomicU8,
+    /// Whether symlinks are made here too (the home makes them:
+    /// `FEATURE_MADE_LINKS`).
+    links: AtomicBool,
 }
 
 const OFF: u8 = 0;
@@ -35,6 +38,7 @@ impl Default for Held {
         Held {
             inner: Mutex::default(),
             level: AtomicU8::new(DELEGATE),
+            links: AtomicBool::new(false),
         }
     }
 }
@@ -124,7 +128,12 @@ impl Held {
         }
     }
 
-    /// Makes the regular file `name` in `parent` here, if `parent` is
+    /// The home makes the symlinks a member made: they are made here too.
+    pub fn make_links(&self) {
+        self.links.store(true, Ordering::Relaxed);
+    }
+
+    /// Makes the regular file (or symlink) `name` in `parent` here, if `parent` is
     /// delegated to this mount and trusted, `name` is not there and a
     /// number is left: its attributes as the home will make them, and the
     /// `Made` call, handed to `hold` (which queues it) under the lock that
@@ -138,9 +147,12 @@ impl Held {
         node: &NewNode,
         hold: impl FnOnce(Ino, NsCall) -> bool,
     ) -> Option<(Attr, Option<Attr>)> {
-        if node.kind != FileKind::File || node.target.is_some() {
-            return None;
-        }
+        // Symlinks only when the home said it makes them.
+        let size = match (node.kind, &node.target) {
+            (FileKind::File, None) => 0,
+            (FileKind::Symlink, Some(t)) if self.links.load(Ordering::Relaxed) => t.len() as u64,
+            _ => return None,
+        };
         let mut g = lock(&self.inner);
         if !Self::trusted(&g) {
             return None;
@@ -181,11 +193,11 @@ impl Held {
         let dir = d.attr.clone();
         let made = Attr {
             ino,
-            kind: FileKind::File,
+            kind: node.kind,
             perm: node.perm & 0o7777,
             uid: node.uid,
             gid,
-            size: 0,
+            size,
             blocks: 0,
             atime: time,
             mtime: time,

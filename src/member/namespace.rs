@@ -6,7 +6,9 @@ use super::defer::{Line, Youngs};
 use super::eras::Eras;
 use super::held::Held;
 use super::link::{bad, learn, reach};
-use super::wire::{FEATURE_HELD, FEATURE_UNMADE, FirstPage, MAP_PAGE, NsCall, NsReply};
+use super::wire::{
+    FEATURE_HELD, FEATURE_MADE_LINKS, FEATURE_UNMADE, FirstPage, MAP_PAGE, NsCall, NsReply,
+};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::home::Home;
@@ -63,6 +65,9 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
     };
     if ns.home_reads & FEATURE_HELD != 0 {
         ns.young.guard_held();
+    }
+    if ns.home_reads & FEATURE_MADE_LINKS != 0 {
+        ns.held.make_links();
     }
     ns.reset_locks("")?;
     let n = r.file.info.data_shards as usize + r.file.info.parity_shards as usize;
@@ -470,6 +475,24 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        // A symlink in a directory delegated here is made here (as a file
+        // made with an open is, `create_open`).
+        if node.kind == FileKind::Symlink
+            && self.line.defers()
+            && let Some(target) = node.target.clone()
+            && let Some((attr, dir)) = self
+                .held
+                .make_here(parent, name, &node, |ino, call| self.line.hold(ino, call))
+        {
+            self.forget(Some(parent));
+            let mut fresh = lock(&self.fresh);
+            fresh.keep_bare(attr.ino);
+            if let Some(dir) = dir {
+                fresh.keep_attr(dir);
+            }
+            self.young.made_link(&attr, target, &self.line, parent);
+            return Ok(attr);
+        }
         self.forget(Some(parent));
         let mark = self.held.mark();
         let before = self.held.dir_attr(parent);

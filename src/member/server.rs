@@ -254,6 +254,12 @@ impl HomeServer {
                         "the directory is not delegated to this device (any more)",
                     ));
                 }
+                if node.kind == FileKind::Symlink {
+                    // Made, not opened.
+                    return Ok(NsReply::Attr(
+                        local.made(mount, parent, &name, node, ino, time)?,
+                    ));
+                }
                 self.may_open(&peer)?;
                 let made = local.made(mount, parent, &name, node, ino, time)?;
                 let attr = engine.open(made.ino)?;

@@ -376,8 +376,10 @@ pub enum NsCall {
 pub const FEATURE_UNMADE: u64 = 1;
 /// The home reads `Held`.
 pub const FEATURE_HELD: u64 = 2;
+/// The home makes symlinks a member made (`Made`).
+pub const FEATURE_MADE_LINKS: u64 = 4;
 /// What this home reads, as `Features` answers.
-pub const FEATURES: u64 = FEATURE_UNMADE | FEATURE_HELD;
+pub const FEATURES: u64 = FEATURE_UNMADE | FEATURE_HELD | FEATURE_MADE_LINKS;
 
 /// The most calls one [`NsCall::Batch`] carries.
 pub const MAX_BATCH: usize = 64;

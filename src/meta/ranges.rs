@@ -48,8 +48,9 @@ impl MetaStore {
         Ok(start)
     }
 
-    /// A regular file `owner` made as `ino` at `time` (the number one of
-    /// its ranges holds, and no inode has), made here as it was there.
+    /// A regular file or symlink `owner` made as `ino` at `time` (the
+    /// number one of its ranges holds, and no inode has), made here as it
+    /// was there.
     pub fn made(
         &self,
         owner: &str,
@@ -59,8 +60,14 @@ impl MetaStore {
         ino: Ino,
         time: Timestamp,
     ) -> Result<Attr> {
-        if node.kind != FileKind::File || node.target.is_some() {
-            return Err(Error::Invalid("only regular files are made ahead"));
+        match (node.kind, &node.target) {
+            (FileKind::File, None) => {}
+            (FileKind::Symlink, Some(t)) if !t.is_empty() && t.len() <= 4095 => {}
+            _ => {
+                return Err(Error::Invalid(
+                    "only regular files and symlinks are made ahead",
+                ));
+            }
         }
         writable(&[parent])?;
         not_reserved(parent, name, Error::Exists)?;
@@ -106,6 +113,25 @@ mod tests {
         let made = m.made("a", Ino::ROOT, b"f", file(), start, t).unwrap();
         assert_eq!((made.ino, made.mtime, made.perm), (start, t, 0o640));
         assert_eq!(m.lookup(Ino::ROOT, b"f").unwrap().ino, start);
+        let link = NewNode {
+            kind: FileKind::Symlink,
+            target: Some(b"f".to_vec()),
+            ..file()
+        };
+        let n = Ino(start.0 + 1);
+        let made = m.made("a", Ino::ROOT, b"l", link.clone(), n, t).unwrap();
+        assert_eq!((made.kind, made.size), (FileKind::Symlink, 1));
+        assert_eq!(m.inode(n).unwrap().target.as_deref(), Some(&b"f"[..]));
+        for target in [Some(Vec::new()), Some(vec![b'x'; 4096]), None] {
+            let bad = NewNode {
+                target,
+                ..link.clone()
+            };
+            assert!(
+                m.made("a", Ino::ROOT, b"m", bad, Ino(start.0 + 5), t)
+                    .is_err()
+            );
+        }
         // Again, under another name: the number is in use.
         assert!(m.made("a", Ino::ROOT, b"g", file(), start, t).is_err());
         // Another's number, one past the range, an old one.
