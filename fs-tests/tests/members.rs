@@ -1435,3 +1435,45 @@ fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
     let fsck = h.home.ok(&["fsck"]);
     assert!(fsck.contains("fsck: clean"), "{fsck}");
 }
+
+/// Files a member made in a directory delegated to it are opened and read
+/// again there with no call (their opens ride with the next call or
+/// second, for the home to count); the home's mount reads the same bytes.
+#[test]
+fn a_member_reads_again_what_it_made_in_a_delegated_directory_with_no_call() {
+    let h = Home::new();
+    let hm = h.mount_listening();
+    let a = h.member("a");
+    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+    let ma = a.mount_with(&["--metrics", &metrics]);
+    make_delegated(&ma.at, &metrics, "d");
+    sh(&ma.at, "echo one > d/one");
+    std::thread::sleep(Duration::from_millis(1500));
+    sh(
+        &ma.at,
+        "for i in $(seq 20); do seq $i > d/f$i; done; head -c 3000000 /dev/urandom > d/big",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (before, t) = (all_home_calls(&metrics), Instant::now());
+    let kinds_before = fs_tests::scrape(&metrics);
+    let read = sh(&ma.at, "cat d/f* | md5sum; md5sum < d/big; stat -c %s d");
+    let ticks = t.elapsed().as_secs() + 1;
+    let calls = all_home_calls(&metrics) - before;
+    // The shell's glob lists d (a page and the end) after a lookup of it
+    // and a getattr of the root; before, an open a file too.
+    assert!(
+        calls <= 2 * ticks + 4,
+        "{calls} calls in {ticks} s to read 21 files: {}",
+        calls_since(&kinds_before, &fs_tests::scrape(&metrics))
+    );
+    assert_eq!(
+        read,
+        sh(&hm.at, "cat d/f* | md5sum; md5sum < d/big; stat -c %s d")
+    );
+    // A file removed while open here stays readable through its handle.
+    let kept = sh(&ma.at, "exec 3<d/f20; rm d/f20; sleep 2; md5sum <&3");
+    assert_eq!(kept, sh(&hm.at, "seq 20 | md5sum"));
+    assert!(ma.unmount() && hm.unmount());
+    let fsck = h.home.ok(&["fsck"]);
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
+}

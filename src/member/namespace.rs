@@ -399,6 +399,12 @@ impl Namespace for RemoteNamespace {
         if let Some(a) = lock(&self.fresh).attr(ino) {
             return Ok(a);
         }
+        // A directory delegated here whose attributes this mount knows.
+        if self.held.delegated(ino)
+            && let Some(a) = self.held.dir_attr(ino)
+        {
+            return Ok(a);
+        }
         RemoteNamespace::attr(self, NsCall::Attr(ino))
     }
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
@@ -687,6 +693,23 @@ impl Namespace for RemoteNamespace {
         self.line.settle(ino)
     }
     fn opened(&self, ino: Ino) -> Result<Option<Attr>> {
+        // A young file made in a directory still delegated here: no other
+        // host has seen it (a look there recalls first), so it is opened
+        // here; the open is held back for the home to count, in front of
+        // any remove of the file and its release.
+        if self.home_reads & FEATURE_HELD != 0
+            && let Some(dir) = self.young.delegated_in(ino)
+            && self.held.delegated(dir)
+            && let Some(a) = self.young.attr(ino)
+        {
+            let call = NsCall::Held {
+                dir,
+                call: Box::new(NsCall::Open(ino)),
+            };
+            if self.line.hold(ino, call) {
+                return Ok(Some(a));
+            }
+        }
         // What another host committed since is read afresh.
         self.forget(Some(ino));
         let era = self.eras.of(ino);
