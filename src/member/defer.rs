@@ -16,7 +16,8 @@ use crate::types::*;
 use crate::util::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// The most bytes of calls the queue holds (a batch stays well inside a
 /// request's 4 MiB).
@@ -24,10 +25,17 @@ const QUEUE_BYTES: usize = 1 << 20;
 /// The most queued calls one batch carries: room is left for the two asks
 /// that may go in front (a promise, inode numbers) and the call after.
 const PER_BATCH: usize = MAX_BATCH - 3;
+/// Room a change waits for in a full queue (`Line::room`): a few calls,
+/// as one operation may hold back several (a file's record and open).
+const ROOM_LEFT: usize = 8;
 /// The most calls held back: a few batches' worth. Once a batch's worth
 /// waits, the `releases` worker sends it in the background, so a mount
 /// making files goes on while its batches travel.
 const QUEUE_CALLS: usize = 4 * PER_BATCH;
+/// A change waits for room in a full queue at most this long (its batches
+/// are on their way), then is sent itself: long enough for a few batches
+/// over a slow link, short of a home that is down.
+const ROOM_WAIT: Duration = Duration::from_secs(3);
 /// The most young files at once (each holds its record and chunk map).
 const MAX_YOUNG: usize = 4096;
 /// The most releases one queued `Releases` call carries.
@@ -59,6 +67,8 @@ pub struct Line {
     held: Arc<Held>,
     /// Wakes the worker that sends the queue (a batch's worth waits).
     waker: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Told when calls leave the queue (`room` waits on it).
+    drained: Condvar,
 }
 
 /// Changes applied here and not yet sent, oldest first, each with the
@@ -67,6 +77,36 @@ pub struct Line {
 struct Queue {
     calls: Vec<(Ino, NsCall)>,
     bytes: usize,
+}
+
+/// `next` applied after `last` as one call, when both set attributes (no
+/// size) of the same inode, under the same delegation if any: each field
+/// the later one sets wins, as applying both in turn would leave it.
+fn merged_setattr(last: &NsCall, next: &NsCall) -> Option<NsCall> {
+    match (last, next) {
+        (NsCall::Setattr { ino: a, set: s }, NsCall::Setattr { ino: b, set: t })
+            if a == b && s.size.is_none() && t.size.is_none() =>
+        {
+            Some(NsCall::Setattr {
+                ino: *a,
+                set: SetAttr {
+                    perm: t.perm.or(s.perm),
+                    uid: t.uid.or(s.uid),
+                    gid: t.gid.or(s.gid),
+                    size: None,
+                    atime: t.atime.or(s.atime),
+                    mtime: t.mtime.or(s.mtime),
+                },
+            })
+        }
+        (NsCall::Held { dir: a, call: c }, NsCall::Held { dir: b, call: d }) if a == b => {
+            Some(NsCall::Held {
+                dir: *a,
+                call: Box::new(merged_setattr(c, d)?),
+            })
+        }
+        _ => None,
+    }
 }
 
 fn size_of(call: &NsCall) -> usize {
@@ -84,6 +124,32 @@ impl Line {
             batches: AtomicBool::new(true),
             held,
             waker: std::sync::OnceLock::new(),
+            drained: Condvar::new(),
+        }
+    }
+
+    /// Waits, [`ROOM_WAIT`] at most, while the queue is full, so that a
+    /// change made here next is held back rather than sent by itself and
+    /// its file kept young: a mount making changes faster than its
+    /// batches travel (an untar or `rm -rf` over a slow link) waits for
+    /// them instead of paying a round trip a change. Called before the
+    /// locks a change is held back under.
+    pub fn room(&self) {
+        let mut q = lock(&self.queue);
+        let start = Instant::now();
+        while self.defers()
+            && q.calls.len() + ROOM_LEFT > QUEUE_CALLS
+            && start.elapsed() < ROOM_WAIT
+            && !super::link::missing(self.home)
+        {
+            if let Some(wake) = self.waker.get() {
+                wake();
+            }
+            q = self
+                .drained
+                .wait_timeout(q, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -116,7 +182,22 @@ impl Line {
     pub fn hold(&self, ino: Ino, call: NsCall) -> bool {
         let size = size_of(&call);
         let mut q = lock(&self.queue);
-        if !self.defers() || q.calls.len() >= QUEUE_CALLS || q.bytes + size > QUEUE_BYTES {
+        if !self.defers() {
+            return false;
+        }
+        // A setattr right after another of the same inode goes in it
+        // (tar's chown, chmod and utimens of a file: one call, not three).
+        if let Some((last_ino, last)) = q.calls.last_mut()
+            && *last_ino == ino
+            && let Some(merged) = merged_setattr(last, &call)
+        {
+            let before = size_of(last);
+            let after = size_of(&merged);
+            *last = merged;
+            q.bytes = q.bytes - before + after;
+            return true;
+        }
+        if q.calls.len() >= QUEUE_CALLS || q.bytes + size > QUEUE_BYTES {
             return false;
         }
         q.bytes += size;
@@ -158,6 +239,7 @@ impl Line {
         let n = q.calls.len().min(PER_BATCH);
         let taken: Vec<(Ino, NsCall)> = q.calls.drain(..n).collect();
         q.bytes -= taken.iter().map(|(_, c)| size_of(c)).sum::<usize>();
+        self.drained.notify_all();
         (taken, !q.calls.is_empty())
     }
 
@@ -573,5 +655,58 @@ impl Youngs {
         let y = g.get_mut(&ino).expect("checked above");
         apply(&mut y.rec, &mut y.chunks);
         Some(to_attr(ino, &y.rec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{SetTime, Timestamp};
+
+    #[test]
+    fn setattrs_of_one_inode_merge_as_if_applied_in_turn() {
+        let set = |perm, uid, mtime: Option<i64>| NsCall::Setattr {
+            ino: Ino(9),
+            set: SetAttr {
+                perm,
+                uid,
+                mtime: mtime.map(|secs| SetTime::At(Timestamp { secs, nanos: 0 })),
+                ..SetAttr::default()
+            },
+        };
+        let held = |c| NsCall::Held {
+            dir: Ino(3),
+            call: Box::new(c),
+        };
+        let chown = set(None, Some(7), None);
+        let chmod = set(Some(0o640), None, None);
+        let touch = set(Some(0o600), None, Some(5));
+        let one = merged_setattr(&merged_setattr(&chown, &chmod).unwrap(), &touch).unwrap();
+        let NsCall::Setattr { set: s, .. } = &one else {
+            panic!("{one:?}")
+        };
+        assert_eq!((s.perm, s.uid), (Some(0o600), Some(7)));
+        assert!(s.mtime.is_some());
+        assert!(merged_setattr(&held(chown.clone()), &held(chmod.clone())).is_some());
+        // Not across delegations, kinds, inodes or sizes.
+        let elsewhere = NsCall::Held {
+            dir: Ino(4),
+            call: Box::new(chmod.clone()),
+        };
+        assert!(merged_setattr(&held(chown.clone()), &elsewhere).is_none());
+        assert!(merged_setattr(&held(chown.clone()), &chmod).is_none());
+        let other = NsCall::Setattr {
+            ino: Ino(10),
+            set: SetAttr::default(),
+        };
+        assert!(merged_setattr(&chown, &other).is_none());
+        let truncate = NsCall::Setattr {
+            ino: Ino(9),
+            set: SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+        };
+        assert!(merged_setattr(&chown, &truncate).is_none());
     }
 }

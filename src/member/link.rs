@@ -48,6 +48,12 @@ pub fn bad(e: impl std::fmt::Display) -> Error {
     Error::Remote(Kind::Other, e.to_string())
 }
 
+/// Whether `home` went unanswered at this process's last call to it (it
+/// is down or restarting): nothing waits on batches to it then.
+pub fn missing(home: PeerId) -> bool {
+    lock(missed()).contains_key(&home)
+}
+
 /// A member's call to its home node, asked again while the home answers
 /// that this device is past one of its bounds (`Kind::Busy`: the call ran
 /// nothing there), with pauses from 5 ms doubling to 100 ms, until `wait`

@@ -481,6 +481,7 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        self.line.room();
         // A symlink in a directory delegated here is made here (as a file
         // made with an open is, `create_open`).
         if node.kind == FileKind::Symlink
@@ -527,6 +528,7 @@ impl Namespace for RemoteNamespace {
     }
     // Which inodes are open is the home's to know (this device tells it).
     fn unlink(&self, parent: Ino, name: &[u8], _: &dyn Fn(Ino) -> bool) -> Result<()> {
+        self.line.room();
         if self.unmake_here(parent, name, false) {
             return Ok(());
         }
@@ -536,6 +538,7 @@ impl Namespace for RemoteNamespace {
         })
     }
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.line.room();
         if self.unmake_here(parent, name, true) {
             return Ok(());
         }
@@ -578,6 +581,7 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        self.line.room();
         if let Some(a) = self.young.setattr(&self.line, ino, set) {
             return Ok(a);
         }
@@ -609,6 +613,9 @@ impl Namespace for RemoteNamespace {
             .filter_map(|(_, c)| c.as_ref())
             .map(|c| self.store.holders_of(c.shard_ids()))
             .collect();
+        if self.young.is(ino) {
+            self.line.room();
+        }
         if self.young.is(ino)
             && let Some(a) = self
                 .young
@@ -693,6 +700,7 @@ impl Namespace for RemoteNamespace {
         self.line.settle(ino)
     }
     fn opened(&self, ino: Ino) -> Result<Option<Attr>> {
+        self.line.room();
         // A young file made in a directory still delegated here: no other
         // host has seen it (a look there recalls first), so it is opened
         // here; the open is held back for the home to count, in front of
@@ -819,6 +827,7 @@ impl Namespace for RemoteNamespace {
         self.unit(NsCall::Release(ino))
     }
     fn create_open(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
+        self.line.room();
         self.forget(Some(parent));
         // Made here, in a directory delegated to this mount: the home makes
         // it when the queue goes (docs/DESIGN.md, "Delegated directories:
