@@ -60,6 +60,14 @@ struct Home {
     listen: String,
 }
 
+/// A member device's mount and where its metrics are; the mount goes
+/// before the device's directory.
+struct Measured {
+    ma: fs_tests::Mount,
+    metrics: String,
+    _device: Volume,
+}
+
 impl Home {
     fn start() -> (Home, fs_tests::Daemon) {
         let h = Home::new();
@@ -104,6 +112,18 @@ impl Home {
                 .home
                 .ok(&["invite", "--member", "--address", &self.listen]),
         )
+    }
+
+    /// Member device "a", joined and mounted with its metrics served.
+    fn measured_member(&self) -> Measured {
+        let device = self.member("a");
+        let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
+        let ma = device.mount_with(&["--metrics", &metrics]);
+        Measured {
+            ma,
+            metrics,
+            _device: device,
+        }
     }
 
     /// A new member device, joined.
@@ -879,9 +899,11 @@ fn a_member_sends_the_changes_to_a_file_it_made_with_the_close_in_one_call() {
     let h = Home::new();
     let hm = h.mount_listening();
     let home = &h.home;
-    let a = h.member("a");
-    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let ma = a.mount_with(&["--metrics", &metrics]);
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
     // The home's engine, not a kernel's cache of it.
     let stat = |p: &str| home.ok(&["stat", p]);
     // Made, written, its times, owner and mode set on the open handle (as
@@ -1010,9 +1032,11 @@ fn a_member_sends_the_changes_to_a_file_it_made_with_the_close_in_one_call() {
 fn a_member_knows_what_is_missing_from_a_directory_it_made_until_another_host_changes_it() {
     let h = Home::new();
     let hm = h.mount_listening();
-    let a = h.member("a");
-    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let ma = a.mount_with(&["--metrics", &metrics]);
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
     let lookups = || home_calls(&metrics, "lookup");
     let missing = |dir: &str| {
         for i in 0..20 {
@@ -1120,9 +1144,11 @@ fn make_delegated(at: &std::path::Path, metrics: &str, dir: &str) {
 fn a_member_cut_off_past_its_lease_has_the_files_it_held_back_refused() {
     let h = Home::new();
     let hm = h.mount_listening();
-    let a = h.member("a");
-    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let ma = a.mount_with(&["--metrics", &metrics]);
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
     make_delegated(&ma.at, &metrics, "d");
     // The first file is made at home and brings inode numbers; the next
     // is made on the member, and held back.
@@ -1183,9 +1209,11 @@ fn a_member_holds_back_its_closes_in_a_delegated_directory_until_another_host_lo
     let h = Home::new();
     let home_metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
     let hm = h.mount_listening_with(&["--metrics", &home_metrics]);
-    let a = h.member("a");
-    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let ma = a.mount_with(&["--metrics", &metrics]);
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
     let recalls = || fs_tests::metric(&fs_tests::scrape(&home_metrics), "datamesh_recalls_total");
     let granted = |dir: &str| make_delegated(&ma.at, &metrics, dir);
     for (round, by) in ["cli", "mount"].iter().enumerate() {
@@ -1244,9 +1272,11 @@ fn a_member_holds_back_its_closes_in_a_delegated_directory_until_another_host_lo
 fn a_member_reads_a_file_written_elsewhere_with_one_call_to_open_it() {
     let h = Home::new();
     let hm = h.mount_listening();
-    let a = h.member("a");
-    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let ma = a.mount_with(&["--metrics", &metrics]);
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
     // Small files (inline) and one of several chunks.
     sh(
         &hm.at,
@@ -1322,9 +1352,11 @@ fn a_member_mount_rides_through_a_quick_restart_of_its_home() {
 fn a_member_removes_what_it_made_in_a_delegated_directory_with_no_call() {
     let h = Home::new();
     let hm = h.mount_listening();
-    let a = h.member("a");
-    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let ma = a.mount_with(&["--metrics", &metrics]);
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
     make_delegated(&ma.at, &metrics, "d");
     make_delegated(&ma.at, &metrics, "d/sub");
     sh(
@@ -1398,9 +1430,11 @@ fn calls_since(before: &str, after: &str) -> String {
 fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
     let h = Home::new();
     let hm = h.mount_listening();
-    let a = h.member("a");
-    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let ma = a.mount_with(&["--metrics", &metrics]);
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
     make_delegated(&ma.at, &metrics, "d");
     // The first brings inode numbers.
     sh(&ma.at, "ln -s first d/l0");
@@ -1443,9 +1477,11 @@ fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
 fn a_member_reads_again_what_it_made_in_a_delegated_directory_with_no_call() {
     let h = Home::new();
     let hm = h.mount_listening();
-    let a = h.member("a");
-    let metrics = format!("127.0.0.1:{}", fs_tests::free_ports(1));
-    let ma = a.mount_with(&["--metrics", &metrics]);
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
     make_delegated(&ma.at, &metrics, "d");
     sh(&ma.at, "echo one > d/one");
     std::thread::sleep(Duration::from_millis(1500));
