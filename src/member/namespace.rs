@@ -295,6 +295,18 @@ impl RemoteNamespace {
         }
     }
 
+    /// What a node this mount made in `parent` by itself leaves known: it
+    /// has no xattrs, and the directory's attributes are `dir` (or, not
+    /// known, are asked again).
+    fn made_here_in(&self, parent: Ino, made: Ino, dir: Option<Attr>) {
+        let mut fresh = lock(&self.fresh);
+        fresh.keep_bare(made);
+        match dir {
+            Some(dir) => fresh.keep_attr(dir),
+            None => drop(fresh.attrs.remove(&parent)),
+        }
+    }
+
     /// Removes `name` from `parent` here, the `Unmade` call held back, when
     /// the home reads it and the directory is delegated here
     /// ([`Held::unmake_here`]); false: remove it at home.
@@ -491,12 +503,7 @@ impl Namespace for RemoteNamespace {
                 .held
                 .make_here(parent, name, &node, |ino, call| self.line.hold(ino, call))
         {
-            self.forget(Some(parent));
-            let mut fresh = lock(&self.fresh);
-            fresh.keep_bare(attr.ino);
-            if let Some(dir) = dir {
-                fresh.keep_attr(dir);
-            }
+            self.made_here_in(parent, attr.ino, dir);
             self.young.made_link(&attr, target, &self.line, parent);
             return Ok(attr);
         }
@@ -838,11 +845,7 @@ impl Namespace for RemoteNamespace {
                 .make_here(parent, name, &node, |ino, call| self.line.hold(ino, call))
         {
             let (attr, dir) = made;
-            let mut fresh = lock(&self.fresh);
-            fresh.keep_bare(attr.ino);
-            if let Some(dir) = dir {
-                fresh.keep_attr(dir);
-            }
+            self.made_here_in(parent, attr.ino, dir);
             self.young.made(&attr, &self.line, Some(parent));
             return Ok(attr);
         }
