@@ -154,10 +154,11 @@ impl Volume {
     /// `datamesh fsck` on the (unmounted) volume must report it clean.
     pub fn assert_fsck_clean(&self) {
         let out = self.datamesh().arg("fsck").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success(),
-            "fsck: {}",
-            String::from_utf8_lossy(&out.stdout)
+            out.status.success() && text.contains("fsck: clean"),
+            "fsck: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 

@@ -209,8 +209,7 @@ fn member_devices_share_the_volume_and_a_revoked_one_is_cut_off() {
         "datamesh: ls: /t/deep: No such file or directory",
     );
     fails(&a, &["mkdir", "/t/moved"], "File exists");
-    let fsck = a.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    a.assert_fsck_clean();
 
     // The members, and a revocation that takes effect at once.
     let b_id = member_id(home, "host-b");
@@ -488,8 +487,7 @@ fn member_devices_mount_the_volume_and_see_each_others_changes() {
     );
     assert_eq!(check.trim(), "ok\n300|2", "{check}");
     assert!(ma.unmount() && mb.unmount(), "unmounts flush and exit 0");
-    let fsck = home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    home.assert_fsck_clean();
 }
 
 #[test]
@@ -647,8 +645,7 @@ fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
     let got = sh(&mh.at, "sqlite3 db.sqlite 'SELECT count(*) FROM t;'");
     assert_eq!(got.trim(), "302");
     assert!(mb.unmount() && mh.unmount(), "unmounts flush and exit 0");
-    let fsck = h.home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    h.home.assert_fsck_clean();
 }
 
 /// Locks on a member mount are the home's: stress-ng's lock stressors there,
@@ -689,8 +686,7 @@ fn locks_on_a_member_mount_are_the_homes_and_survive_its_death() {
         "the home could not take its lock after B's lease ended"
     );
     assert!(mh.unmount(), "the unmount flushes and exits 0");
-    let fsck = h.home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    h.home.assert_fsck_clean();
 }
 
 /// The hijack a revoked member could do before the authority key: a
@@ -1019,8 +1015,7 @@ fn a_member_sends_the_changes_to_a_file_it_made_with_the_close_in_one_call() {
         "diff -r --no-dereference /usr/share/doc/bash t/bash",
     );
     assert!(ma.unmount() && hm.unmount(), "unmounts flush and exit 0");
-    let fsck = home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    home.assert_fsck_clean();
 }
 
 /// A member mount is promised the directories it makes: a name missing
@@ -1194,8 +1189,7 @@ fn a_member_cut_off_past_its_lease_has_the_files_it_held_back_refused() {
     }
     ma.unmount();
     assert!(hm.unmount());
-    let fsck = h.home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    h.home.assert_fsck_clean();
 }
 
 /// A directory a member made is delegated to it: it makes files there
@@ -1262,8 +1256,7 @@ fn a_member_holds_back_its_closes_in_a_delegated_directory_until_another_host_lo
         assert_eq!(h.home.ok(&["cat", &format!("/{dir}/g5")]), "again 5\n");
     }
     assert!(ma.unmount() && hm.unmount());
-    let fsck = h.home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    h.home.assert_fsck_clean();
 }
 
 /// A member's open of a file brings the first page of its chunk map with
@@ -1403,8 +1396,7 @@ fn a_member_removes_what_it_made_in_a_delegated_directory_with_no_call() {
     );
     assert_eq!(sh(&ma.at, "ls d | wc -l").trim(), "10");
     assert!(ma.unmount() && hm.unmount());
-    let fsck = h.home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    h.home.assert_fsck_clean();
 }
 
 /// The member's calls to its home by kind between two scrapes.
@@ -1466,8 +1458,7 @@ fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
     }
     assert_eq!(sh(&hm.at, "ls d | wc -l").trim(), "22");
     assert!(ma.unmount() && hm.unmount());
-    let fsck = h.home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    h.home.assert_fsck_clean();
 }
 
 /// Files a member made in a directory delegated to it are opened and read
@@ -1510,6 +1501,5 @@ fn a_member_reads_again_what_it_made_in_a_delegated_directory_with_no_call() {
     let kept = sh(&ma.at, "exec 3<d/f20; rm d/f20; sleep 2; md5sum <&3");
     assert_eq!(kept, sh(&hm.at, "seq 20 | md5sum"));
     assert!(ma.unmount() && hm.unmount());
-    let fsck = h.home.ok(&["fsck"]);
-    assert!(fsck.contains("fsck: clean"), "{fsck}");
+    h.home.assert_fsck_clean();
 }
