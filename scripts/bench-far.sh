@@ -39,6 +39,17 @@ trap cleanup EXIT
 
 tar -C "$(dirname "$tree")" -cf "$work/tree.tar" "$(basename "$tree")"
 entries=$(tar -tf "$work/tree.tar" | wc -l)
+# A local git repository of 1 000 small files in 20 directories.
+python3 - "$work/repo" <<'PY'
+import os, sys
+for i in range(1000):
+    d = os.path.join(sys.argv[1], f"d{i % 20}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i}.txt"), "w") as f:
+        f.write(f"file {i}\n" * (1 + i % 50))
+PY
+git -C "$work/repo" init -q && git -C "$work/repo" add -A \
+  && git -C "$work/repo" -c user.name=b -c user.email=b@b commit -qm files
 "$REPO/scripts/cluster.sh" start 6 >/dev/null
 home="$DATAMESH_CLUSTER/home"
 port=$((DATAMESH_CLUSTER_PORT + 50))
@@ -50,9 +61,9 @@ sleep 1
 
 # The workloads, each in MOUNT/w: prints "NAME SECONDS" per workload.
 workloads() { # workloads MOUNT METRICS_URL|-
-  python3 - "$1" "$2" "$work/tree.tar" "$(basename "$tree")" <<'PY'
+  python3 - "$1" "$2" "$work/tree.tar" "$(basename "$tree")" "$work/repo" <<'PY'
 import os, subprocess, sys, time, urllib.request
-mnt, metrics, tar, top = sys.argv[1:5]
+mnt, metrics, tar, top, repo = sys.argv[1:6]
 d = os.path.join(mnt, "w")
 os.makedirs(os.path.join(d, "c"), exist_ok=True)
 def counts():
@@ -83,12 +94,17 @@ run("creates", "for i in $(seq 200); do echo x > c/f$i; done")
 run("stat", f"find {top} -exec stat {{}} +")
 run("cat", f"find {top} -type f -exec cat {{}} +")
 run("rm-rf", f"rm -rf {top} c")
+run("clone", f"git clone -q --no-hardlinks {repo} clone")
+run("status", "git -C clone status --porcelain")
+run("rm-clone", "rm -rf clone")
+run("sqlite", "sqlite3 db 'PRAGMA journal_mode=DELETE; CREATE TABLE t(n)' && "
+    "for i in $(seq 50); do echo \"INSERT INTO t VALUES($i);\"; done | sqlite3 db && rm db")
 PY
 }
 
-declare -A T C K F
+declare -A T C K F X XOK
 while read -r name s _ _ _; do T[home,$name]=$s; done < <(workloads "$work/hmnt" -)
-names="untar ls-lR creates stat cat rm-rf"
+names="untar ls-lR creates stat cat rm-rf clone status rm-clone sqlite"
 for rtt in $rtts; do
   one_way=$(echo "$rtt / 2" | bc)
   [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
@@ -106,6 +122,36 @@ for rtt in $rtts; do
   while read -r name s calls kinds fuse; do
     T[$rtt,$name]=$s; C[$name]=$calls; K[$name]=$kinds; F[$name]=$fuse
   done < <(workloads "$mnt" "http://127.0.0.1:$mport/metrics")
+  # Another host's listing of a directory the member is writing in: its
+  # time, and whether it shows every file the member closed before it asked.
+  read -r X[$rtt] XOK[$rtt] < <(python3 - "$mnt" "$work/hmnt" <<'PY'
+import os, sys, threading, time
+member, other = sys.argv[1:3]
+d = "x%d" % time.time_ns()
+os.makedirs(os.path.join(member, d))
+closed, stop = [0], [False]
+def writer():
+    i = 0
+    while not stop[0]:
+        with open(os.path.join(member, d, f"f{i}"), "w") as f:
+            f.write("x" * 100)
+        i += 1
+        closed[0] = i
+t = threading.Thread(target=writer)
+t.start()
+worst, missed = 0.0, 0
+for _ in range(10):
+    time.sleep(0.3)
+    before = closed[0]
+    t0 = time.perf_counter()
+    names = set(os.listdir(os.path.join(other, d)))
+    worst = max(worst, time.perf_counter() - t0)
+    missed += sum(f"f{i}" not in names for i in range(before))
+stop[0] = True
+t.join()
+print(f"{worst:.3f} {'all' if missed == 0 else f'{missed}-missing'}")
+PY
+)
   "$DATAMESH_BIN" --home "$member" umount "$mnt" >/dev/null
 done
 
@@ -118,5 +164,12 @@ for n in $names; do
   printf '%-9s %10.3f' "$n" "${T[home,$n]}"
   for rtt in $rtts; do printf ' %13.3f' "${T[$rtt,$n]}"; done
   per=$entries; [ "$n" = creates ] && per=200
+  case $n in clone | status | rm-clone) per=1000 ;; sqlite) per=50 ;; esac
   printf ' %9.1f  %s (%s)\n' "$(echo "${C[$n]} / $per" | bc -l)" "${K[$n]}" "${F[$n]}"
 done
+printf '%-9s %10s' "ls of B" "-"
+for rtt in $rtts; do printf ' %13s' "${X[$rtt]}"; done
+printf '  another host lists a directory the member writes in (worst of 10; files closed before: %s)\n' \
+  "$(for rtt in $rtts; do printf '%s ' "${XOK[$rtt]}"; done)"
+echo "Goals at 20 ms: untar <= 3x home + 1 s; creates <= 1 s; rm-rf <= 2 s; clone, status <= 3x home + 1 s;"
+echo "  ls of B <= 2 RTT + 100 ms with every closed file; at 0 ms creates >= 0.8x home."

@@ -36,8 +36,8 @@ fn last_line(text: &str) -> String {
 
 /// One sqlite3 process inserting 150 rows into `db.sqlite` in `dir`, one
 /// transaction each (its locks go through the home).
-fn sqlite_writer(dir: &std::path::Path, host: &str) -> std::process::Child {
-    let script: String = (0..150)
+fn sqlite_writer(dir: &std::path::Path, host: &str, rows: usize) -> std::process::Child {
+    let script: String = (0..rows)
         .map(|i| format!("INSERT INTO t VALUES('{host}', {i});\n"))
         .collect();
     let script_path = dir.parent().unwrap().join(format!("{host}.sql"));
@@ -53,11 +53,14 @@ fn sqlite_writer(dir: &std::path::Path, host: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// A home node with 6 storage peers, its daemon listening for members.
+/// A home node with 6 storage peers, its daemon listening for members,
+/// who reach it directly or through a slow link.
 struct Home {
     home: Volume,
     cluster: Cluster,
     listen: String,
+    /// The slow link members are invited through, if any.
+    far: Option<fs_tests::proxy::DelayProxy>,
 }
 
 /// A member device's mount and where its metrics are; the mount goes
@@ -84,7 +87,27 @@ impl Home {
             home,
             cluster,
             listen,
+            far: None,
         }
+    }
+
+    /// As `start`, but members are invited through a link with a round
+    /// trip of `rtt` to the home (storage peers are reached directly).
+    fn start_far(rtt: Duration) -> (Home, fs_tests::Daemon) {
+        let h = Home::new_far(rtt);
+        let daemon = h.serve();
+        (h, daemon)
+    }
+
+    /// As `new`, with members invited through a link of round trip `rtt`.
+    fn new_far(rtt: Duration) -> Home {
+        let mut h = Home::new();
+        let port: u16 = h.listen.rsplit('/').next().unwrap().parse().unwrap();
+        h.far = Some(fs_tests::proxy::DelayProxy::start(
+            ([127, 0, 0, 1], port).into(),
+            rtt / 2,
+        ));
+        h
     }
 
     fn serve(&self) -> fs_tests::Daemon {
@@ -105,13 +128,19 @@ impl Home {
         self.home.mount_with(&flags)
     }
 
-    /// A token for one member device.
+    /// How many one-row transactions each host's sqlite writer runs: a
+    /// far member's cost some 30 round trips each (its locks, its journal).
+    fn sqlite_rows(&self) -> usize {
+        if self.far.is_some() { 25 } else { 150 }
+    }
+
+    /// A token for one member device, naming the address members dial.
     fn invite(&self) -> String {
-        last_line(
-            &self
-                .home
-                .ok(&["invite", "--member", "--address", &self.listen]),
-        )
+        let address = match &self.far {
+            Some(p) => format!("/ip4/127.0.0.1/tcp/{}", p.port),
+            None => self.listen.clone(),
+        };
+        last_line(&self.home.ok(&["invite", "--member", "--address", &address]))
     }
 
     /// Member device "a", joined and mounted with its metrics served.
@@ -360,14 +389,30 @@ fn a_member_killed_mid_put_leaves_the_old_file_and_a_home_killed_mid_copy_loses_
 #[test]
 fn member_devices_mount_the_volume_and_see_each_others_changes() {
     fs_tests::require!("restic", "vim", "sqlite3");
-    let (h, _daemon) = Home::start();
+    see_each_others_changes(Home::start(), "/usr/share/doc");
+}
+
+/// The same, every member's link to the home a 20 ms round trip, with a
+/// smaller tree (each file another host reads costs a round trip to open).
+#[test]
+fn member_devices_mount_the_volume_and_see_each_others_changes_over_a_20_ms_link() {
+    fs_tests::require!("restic", "vim", "sqlite3");
+    see_each_others_changes(
+        Home::start_far(Duration::from_millis(20)),
+        "/usr/share/doc/git",
+    );
+}
+
+fn see_each_others_changes((h, _daemon): (Home, fs_tests::Daemon), tree: &str) {
     let home = &h.home;
     let (a, b, cli) = (h.member("a"), h.member("b"), h.member("c"));
     let ma = a.mount();
     sh(
         &ma.at,
-        "cp -a /usr/share/doc copy && head -c 9000000 /dev/urandom > big \
-         && diff -r --no-dereference /usr/share/doc copy",
+        &format!(
+            "cp -a {tree} copy && head -c 9000000 /dev/urandom > big \
+             && diff -r --no-dereference {tree} copy"
+        ),
     );
     // Another host with the CLI only gets exactly that.
     let listing = cli.ok(&["ls", "-R", "/copy"]);
@@ -376,12 +421,12 @@ fn member_devices_mount_the_volume_and_see_each_others_changes() {
     cli.ok(&["get", "-r", "/copy", got.to_str().unwrap()]);
     sh(
         cli.dir.path(),
-        "diff -r --no-dereference /usr/share/doc got",
+        &format!("diff -r --no-dereference {tree} got"),
     );
     // Another host mounts it and reads it. Its kernel may cache names and
     // attributes for a minute: only the home's pushes tell it of changes.
     let mb = b.mount_with(&["--entry-ttl", "60", "--attr-ttl", "60"]);
-    sh(&mb.at, "diff -r --no-dereference /usr/share/doc copy");
+    sh(&mb.at, &format!("diff -r --no-dereference {tree} copy"));
     sh(&mb.at, &format!("cmp big {}", ma.at.join("big").display()));
     let soon = |what: &str, done: &dyn Fn() -> bool| {
         let t = Instant::now();
@@ -479,13 +524,17 @@ fn member_devices_mount_the_volume_and_see_each_others_changes() {
         &ma.at,
         "sqlite3 db.sqlite 'PRAGMA journal_mode=DELETE; CREATE TABLE t(host TEXT, n INTEGER);'",
     );
-    let (mut wa, mut wb) = (sqlite_writer(&ma.at, "a"), sqlite_writer(&mb.at, "b"));
+    let rows = h.sqlite_rows();
+    let (mut wa, mut wb) = (
+        sqlite_writer(&ma.at, "a", rows),
+        sqlite_writer(&mb.at, "b", rows),
+    );
     assert!(wa.wait().unwrap().success() && wb.wait().unwrap().success());
     let check = sh(
         &mb.at,
         "sqlite3 db.sqlite 'PRAGMA integrity_check; SELECT count(*), count(DISTINCT host) FROM t;'",
     );
-    assert_eq!(check.trim(), "ok\n300|2", "{check}");
+    assert_eq!(check.trim(), format!("ok\n{}|2", 2 * rows), "{check}");
     assert!(ma.unmount() && mb.unmount(), "unmounts flush and exit 0");
     home.assert_fsck_clean();
 }
@@ -493,7 +542,18 @@ fn member_devices_mount_the_volume_and_see_each_others_changes() {
 #[test]
 fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_loses_nothing() {
     fs_tests::require!();
-    let (h, daemon) = Home::start();
+    dead_member_and_killed_home(Home::start());
+}
+
+/// The same, every member's link to the home a 20 ms round trip.
+#[test]
+fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_loses_nothing_over_a_20_ms_link()
+ {
+    fs_tests::require!();
+    dead_member_and_killed_home(Home::start_far(Duration::from_millis(20)));
+}
+
+fn dead_member_and_killed_home((h, daemon): (Home, fs_tests::Daemon)) {
     let (a, b) = (h.member("a"), h.member("b"));
     // B's mount dies holding a lock: the home drops it once B's lease (its
     // asks for changes) runs out, and A gets it.
@@ -614,7 +674,17 @@ fn a_dead_member_mount_loses_its_locks_and_a_home_killed_mid_copy_into_a_mount_l
 #[test]
 fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
     fs_tests::require!("sqlite3");
-    let h = Home::new();
+    share_sqlite(Home::new());
+}
+
+/// The same, every member's link to the home a 20 ms round trip.
+#[test]
+fn the_home_mount_and_a_member_mount_share_sqlite_under_locks_over_a_20_ms_link() {
+    fs_tests::require!("sqlite3");
+    share_sqlite(Home::new_far(Duration::from_millis(20)));
+}
+
+fn share_sqlite(h: Home) {
     let mh = h.mount_listening();
     let b = h.member("b");
     let mb = b.mount();
@@ -622,14 +692,18 @@ fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
         &mh.at,
         "sqlite3 db.sqlite 'PRAGMA journal_mode=DELETE; CREATE TABLE t(host TEXT, n INTEGER);'",
     );
-    let (mut wh, mut wb) = (sqlite_writer(&mh.at, "home"), sqlite_writer(&mb.at, "b"));
+    let rows = h.sqlite_rows();
+    let (mut wh, mut wb) = (
+        sqlite_writer(&mh.at, "home", rows),
+        sqlite_writer(&mb.at, "b", rows),
+    );
     assert!(wh.wait().unwrap().success() && wb.wait().unwrap().success());
     for m in [&mh, &mb] {
         let check = sh(
             &m.at,
             "sqlite3 db.sqlite 'PRAGMA integrity_check; SELECT count(*), count(DISTINCT host) FROM t;'",
         );
-        assert_eq!(check.trim(), "ok\n300|2", "{check}");
+        assert_eq!(check.trim(), format!("ok\n{}|2", 2 * rows), "{check}");
     }
     // The home writes alone, then the member reads: and the other way round.
     sh(
@@ -637,13 +711,13 @@ fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
         "sqlite3 db.sqlite \"INSERT INTO t VALUES('home', 1000);\"",
     );
     let got = sh(&mb.at, "sqlite3 db.sqlite 'SELECT count(*) FROM t;'");
-    assert_eq!(got.trim(), "301");
+    assert_eq!(got.trim(), (2 * rows + 1).to_string());
     sh(
         &mb.at,
         "sqlite3 db.sqlite \"INSERT INTO t VALUES('b', 1000);\"",
     );
     let got = sh(&mh.at, "sqlite3 db.sqlite 'SELECT count(*) FROM t;'");
-    assert_eq!(got.trim(), "302");
+    assert_eq!(got.trim(), (2 * rows + 2).to_string());
     assert!(mb.unmount() && mh.unmount(), "unmounts flush and exit 0");
     h.home.assert_fsck_clean();
 }
@@ -656,7 +730,17 @@ fn the_home_mount_and_a_member_mount_share_sqlite_under_locks() {
 #[test]
 fn locks_on_a_member_mount_are_the_homes_and_survive_its_death() {
     fs_tests::require!("stress-ng", "flock", "python3");
-    let h = Home::new();
+    member_locks(Home::new());
+}
+
+/// The same, every member's link to the home a 20 ms round trip.
+#[test]
+fn locks_on_a_member_mount_are_the_homes_and_survive_its_death_over_a_20_ms_link() {
+    fs_tests::require!("stress-ng", "flock", "python3");
+    member_locks(Home::new_far(Duration::from_millis(20)));
+}
+
+fn member_locks(h: Home) {
     let mh = h.mount_listening();
     let b = h.member("b");
     let mb = b.mount();
@@ -1480,6 +1564,9 @@ fn a_member_reads_again_what_it_made_in_a_delegated_directory_with_no_call() {
         &ma.at,
         "for i in $(seq 20); do seq $i > d/f$i; done; head -c 3000000 /dev/urandom > d/big",
     );
+    // A rename elsewhere (a lock file put in place, as git's) leaves them
+    // this mount's.
+    sh(&ma.at, "mkdir e && echo x > e/f.lock && mv e/f.lock e/f");
     std::thread::sleep(Duration::from_millis(1500));
     let (before, t) = (all_home_calls(&metrics), Instant::now());
     let kinds_before = fs_tests::scrape(&metrics);

@@ -541,6 +541,12 @@ impl Youngs {
         lock(&self.0).retain(|_, y| y.delegated_in != Some(dir));
     }
 
+    /// No file is young any more but those made in a delegated directory
+    /// other than `dirs`.
+    pub fn end_unless_elsewhere(&self, dirs: &[Ino]) {
+        lock(&self.0).retain(|_, y| y.delegated_in.is_some_and(|d| !dirs.contains(&d)));
+    }
+
     pub fn inode(&self, ino: Ino) -> Option<InodeRec> {
         lock(&self.0).get(&ino).map(|y| y.rec.clone())
     }

@@ -70,6 +70,15 @@ pub fn call_home(
     // Counted once per call, however often a busy home is asked again: the
     // round trips a member pays per operation (`home_calls`).
     let timer = crate::metrics::home_call(call.kind());
+    // What each round trip was for, when asked (RUST_LOG=datamesh::home_calls=trace).
+    if tracing::enabled!(target: "datamesh::home_calls", tracing::Level::TRACE) {
+        let what = format!("{call:?}");
+        let mut end = what.len().min(1000);
+        while !what.is_char_boundary(end) {
+            end -= 1;
+        }
+        tracing::trace!(target: "datamesh::home_calls", "{}", &what[..end]);
+    }
     // A call that only reads (or releases) may be asked again if its
     // connection closed before the answer (a home killed as it was sent).
     let may_repeat = call.may_repeat();

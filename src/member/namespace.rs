@@ -228,6 +228,12 @@ impl RemoteNamespace {
     /// no longer young.
     fn forget(&self, ino: Option<Ino>) {
         self.young.end(ino);
+        self.drop_cached(ino);
+    }
+
+    /// Drops what is cached of `ino` (`None`: of every inode) but leaves
+    /// young files young.
+    fn drop_cached(&self, ino: Option<Ino>) {
         self.eras.bump(ino);
         match ino {
             Some(ino) => {
@@ -563,7 +569,14 @@ impl Namespace for RemoteNamespace {
         flags: RenameFlags,
         _: &dyn Fn(Ino) -> bool,
     ) -> Result<()> {
-        self.forget(None);
+        // A rename changes the entry it moves, any it replaces, and both
+        // directories. A young file made in another directory delegated
+        // here is neither (it has one name, there: a link or rename of it
+        // ended its youth), so it stays young and opens here; cat, git's
+        // checkout after its lock-file renames, and the like pay no round
+        // trip for it.
+        self.young.end_unless_elsewhere(&[parent, new_parent]);
+        self.drop_cached(None);
         let call = NsCall::Rename {
             parent,
             name: buf(name),
