@@ -1545,6 +1545,62 @@ fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
     h.home.assert_fsck_clean();
 }
 
+/// Directories a member makes in a directory delegated to it are made there
+/// with no call, delegated to it at once (what it makes in them too); the
+/// home's mount then sees the whole tree with its modes and times, and a
+/// setgid directory passes its group and bit on as a home mkdir does.
+#[test]
+fn a_member_makes_directories_in_a_delegated_directory_with_no_call() {
+    let h = Home::new();
+    let hm = h.mount_listening();
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
+    make_delegated(&ma.at, &metrics, "d");
+    // The first brings inode numbers.
+    sh(&ma.at, "echo x > d/first && chmod 2775 d && chgrp 50 d");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (before, t) = (all_home_calls(&metrics), Instant::now());
+    let kinds_before = fs_tests::scrape(&metrics);
+    sh(
+        &ma.at,
+        "for i in $(seq 10); do mkdir -p d/a$i/b/c && echo $i > d/a$i/b/c/f \
+         && ln -s f d/a$i/b/c/l && chmod 700 d/a$i/b \
+         && TZ=UTC touch -d 2001-02-03T04:05:06 d/a$i/b/c; done",
+    );
+    let ticks = t.elapsed().as_secs() + 1;
+    let after = fs_tests::scrape(&metrics);
+    // Only batches of what was held back, sent beside the work (at most
+    // one a directory tree here): no call a mkdir waits for.
+    let batch =
+        |text: &str| fs_tests::metric(text, "datamesh_home_calls_total{request=\"batch\"}") as u64;
+    let batches = batch(&after) - batch(&kinds_before);
+    let calls = all_home_calls(&metrics) - before - batches;
+    assert!(
+        calls <= 2 * ticks + 2 && batches <= 10 + 2 * ticks,
+        "{calls} calls and {batches} batches in {ticks} s to make 30 directories: {}",
+        calls_since(&kinds_before, &after)
+    );
+    sh(&ma.at, "rm -r d/a10");
+    // The home's kernel may keep what it read of d for its attribute time.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stat = "find d -path d/first -o -printf '%p %M %G %n %s\\n' | sort; \
+                TZ=UTC stat -c %y d/a3/b/c; cat d/a*/b/c/l | sort -n | tr '\\n' ' '";
+    let there = sh(&hm.at, stat);
+    assert_eq!(there, sh(&ma.at, stat), "the home sees another tree");
+    assert!(there.contains("d/a3/b drwx--S--- 50 3"), "{there}");
+    assert!(
+        there.contains("2001-02-03 04:05:06.000000000 +0000"),
+        "{there}"
+    );
+    assert!(there.contains("1 2 3 4 5 6 7 8 9 "), "{there}");
+    assert!(!there.contains("a10"), "{there}");
+    assert!(ma.unmount() && hm.unmount());
+    h.home.assert_fsck_clean();
+}
+
 /// Files a member made in a directory delegated to it are opened and read
 /// again there with no call (their opens ride with the next call or
 /// second, for the home to count); the home's mount reads the same bytes.

@@ -435,6 +435,13 @@ impl Line {
             NsCall::Releases(_) => {
                 tracing::info!("the home node refused releases of handles closed here: {e}")
             }
+            NsCall::Made { node, .. } if node.kind == FileKind::Dir => {
+                tracing::warn!(
+                    "the home node refused directory {ino} this mount made (what is made in \
+                     it is refused too): {e}"
+                );
+                self.held.drop_dir(ino);
+            }
             _ => self.failed(ino, e),
         }
     }

@@ -27,6 +27,8 @@ pub struct Held {
     /// Whether symlinks are made here too (the home makes them:
     /// `FEATURE_MADE_LINKS`).
     links: AtomicBool,
+    /// Whether directories are (`FEATURE_MADE_DIRS`).
+    dirs: AtomicBool,
 }
 
 const OFF: u8 = 0;
@@ -39,6 +41,7 @@ impl Default for Held {
             inner: Mutex::default(),
             level: AtomicU8::new(DELEGATE),
             links: AtomicBool::new(false),
+            dirs: AtomicBool::new(false),
         }
     }
 }
@@ -133,6 +136,12 @@ impl Held {
         self.links.store(true, Ordering::Relaxed);
     }
 
+    /// The home makes the directories a member made, and delegates them
+    /// to it: they are made here too.
+    pub fn make_dirs(&self) {
+        self.dirs.store(true, Ordering::Relaxed);
+    }
+
     /// Makes the regular file (or symlink) `name` in `parent` here, if `parent` is
     /// delegated to this mount and trusted, `name` is not there and a
     /// number is left: its attributes as the home will make them, and the
@@ -147,26 +156,33 @@ impl Held {
         node: &NewNode,
         hold: impl FnOnce(Ino, NsCall) -> bool,
     ) -> Option<(Attr, Option<Attr>)> {
-        // Symlinks only when the home said it makes them.
+        // Symlinks and directories only when the home said it makes them.
         let size = match (node.kind, &node.target) {
             (FileKind::File, None) => 0,
             (FileKind::Symlink, Some(t)) if self.links.load(Ordering::Relaxed) => t.len() as u64,
+            (FileKind::Dir, None) if self.dirs.load(Ordering::Relaxed) => 0,
             _ => return None,
         };
+        let is_dir = node.kind == FileKind::Dir;
         let mut g = lock(&self.inner);
-        if !Self::trusted(&g) {
+        if !Self::trusted(&g) || (is_dir && g.dirs.len() >= MAX_HELD) {
             return None;
         }
         let d = g.dirs.get(&parent)?;
         if !d.delegated || d.names.contains_key(name) {
             return None;
         }
-        // A setgid directory passes on its group (as the home's create).
-        let gid = if d.perm & libc::S_ISGID as u16 != 0 {
-            d.gid
-        } else {
-            node.gid
-        };
+        // A setgid directory passes on its group, and to directories its
+        // setgid bit (as the home's create).
+        let setgid = d.perm & libc::S_ISGID as u16 != 0;
+        let gid = if setgid { d.gid } else { node.gid };
+        let perm = (node.perm
+            | if setgid && is_dir {
+                libc::S_ISGID as u16
+            } else {
+                0
+            })
+            & 0o7777;
         let (next, end) = g.pool.first_mut()?;
         let ino = Ino(*next);
         *next += 1;
@@ -189,12 +205,15 @@ impl Held {
         if let Some(a) = &mut d.attr {
             a.mtime = time;
             a.ctime = time;
+            if is_dir {
+                a.nlink += 1;
+            }
         }
         let dir = d.attr.clone();
         let made = Attr {
             ino,
             kind: node.kind,
-            perm: node.perm & 0o7777,
+            perm,
             uid: node.uid,
             gid,
             size,
@@ -203,9 +222,23 @@ impl Held {
             mtime: time,
             ctime: time,
             crtime: time,
-            nlink: 1,
+            nlink: if is_dir { 2 } else { 1 },
             rdev: node.rdev,
         };
+        if is_dir {
+            // Only this mount knows it: granted and delegated, empty.
+            g.dirs.insert(
+                ino,
+                Dir {
+                    names: HashMap::new(),
+                    granted: true,
+                    delegated: true,
+                    perm,
+                    gid,
+                    attr: Some(made.clone()),
+                },
+            );
+        }
         Some((made, dir))
     }
 
@@ -695,6 +728,87 @@ mod tests {
         h.take_inodes_ask().unwrap();
         h.inodes_answered(Some(None));
         assert!(h.take_inodes_ask().is_none() && !h.asking());
+    }
+
+    #[test]
+    fn directories_are_made_here_delegated_and_held_once_the_home_makes_them() {
+        let h = Held::default();
+        let queued = std::cell::RefCell::new(Vec::new());
+        let hold = |ino: Ino, call: NsCall| {
+            queued.borrow_mut().push((ino, call));
+            true
+        };
+        let mkdir = NewNode {
+            kind: FileKind::Dir,
+            perm: 0o750,
+            ..file(9)
+        };
+        granted_dir(&h);
+        h.take_inodes_ask().unwrap();
+        h.inodes_answered(Some(Some((Ino(1000), 10))));
+        assert!(
+            h.make_here(Ino(7), b"sub", &mkdir, hold).is_none(),
+            "the home did not say it makes directories"
+        );
+        h.make_dirs();
+        let nlink = h.dir_attr(Ino(7)).unwrap().nlink;
+        let (sub, d) = h
+            .make_here(Ino(7), b"sub", &mkdir, hold)
+            .expect("made here");
+        // The setgid parent's group and setgid bit; two links; the
+        // parent's link count one higher.
+        assert_eq!(
+            (sub.ino, sub.kind, sub.perm, sub.gid, sub.nlink),
+            (Ino(1000), FileKind::Dir, 0o2750, 50, 2)
+        );
+        assert_eq!(d.unwrap().nlink, nlink + 1);
+        assert!(h.delegated(Ino(1000)), "held, delegated");
+        assert_eq!(h.dir_attr(Ino(1000)), Some(sub.clone()));
+        assert!(h.absent(Ino(1000), b"x"), "known empty");
+        // What is made in it is made here too, behind it in the queue.
+        let (f, _) = h.make_here(Ino(1000), b"f", &file(9), hold).unwrap();
+        assert_eq!(f.gid, 50, "passed on by the new setgid directory");
+        let (_, _) = h.make_here(Ino(1000), b"deeper", &mkdir, hold).unwrap();
+        assert!(h.delegated(Ino(1002)));
+        let q = queued.borrow();
+        assert!(
+            matches!(
+                &q[..],
+                [
+                    (
+                        Ino(1000),
+                        NsCall::Made {
+                            parent: Ino(7),
+                            node: NewNode {
+                                kind: FileKind::Dir,
+                                ..
+                            },
+                            ..
+                        }
+                    ),
+                    (
+                        Ino(1001),
+                        NsCall::Made {
+                            parent: Ino(1000),
+                            ..
+                        }
+                    ),
+                    (
+                        Ino(1002),
+                        NsCall::Made {
+                            parent: Ino(1000),
+                            ..
+                        }
+                    ),
+                ]
+            ),
+            "{q:?}"
+        );
+        drop(q);
+        // A break of the new directory ends it as any other.
+        h.watched(Instant::now(), &since(9, vec![Changed::Inode(Ino(1000))]));
+        assert!(!h.delegated(Ino(1000)) && h.delegated(Ino(7)));
+        assert!(h.make_here(Ino(1000), b"g", &file(9), hold).is_none());
     }
 
     fn granted_dir(h: &Held) {

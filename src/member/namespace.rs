@@ -7,7 +7,8 @@ use super::eras::Eras;
 use super::held::Held;
 use super::link::{bad, learn, reach};
 use super::wire::{
-    FEATURE_HELD, FEATURE_MADE_LINKS, FEATURE_UNMADE, FirstPage, MAP_PAGE, NsCall, NsReply,
+    FEATURE_HELD, FEATURE_MADE_DIRS, FEATURE_MADE_LINKS, FEATURE_UNMADE, FirstPage, MAP_PAGE,
+    NsCall, NsReply,
 };
 use crate::Result;
 use crate::chunk::ChunkRef;
@@ -68,6 +69,9 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
     }
     if ns.home_reads & FEATURE_MADE_LINKS != 0 {
         ns.held.make_links();
+    }
+    if ns.home_reads & FEATURE_MADE_DIRS != 0 {
+        ns.held.make_dirs();
     }
     ns.reset_locks("")?;
     let n = r.file.info.data_shards as usize + r.file.info.parity_shards as usize;
@@ -500,20 +504,24 @@ impl Namespace for RemoteNamespace {
     }
     fn create_node(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
         self.line.room();
-        // A symlink in a directory delegated here is made here (as a file
-        // made with an open is, `create_open`).
-        if node.kind == FileKind::Symlink
+        // A symlink or directory in a directory delegated here is made here
+        // (as a file made with an open is, `create_open`); a directory is
+        // held here, delegated, from then on.
+        if matches!(node.kind, FileKind::Symlink | FileKind::Dir)
             && self.line.defers()
-            && let Some(target) = node.target.clone()
             && let Some((attr, dir)) = self
                 .held
                 .make_here(parent, name, &node, |ino, call| self.line.hold(ino, call))
         {
+            // A new entry adds no xattr to its directory.
+            self.forget_changed(parent);
             self.made_here_in(parent, attr.ino, dir);
-            self.young.made_link(&attr, target, &self.line, parent);
+            if let Some(target) = node.target {
+                self.young.made_link(&attr, target, &self.line, parent);
+            }
             return Ok(attr);
         }
-        self.forget(Some(parent));
+        self.forget_changed(parent);
         let mark = self.held.mark();
         let before = self.held.dir_attr(parent);
         let made = self.names(parent, name, Edit::Adds, |name| {
@@ -848,7 +856,8 @@ impl Namespace for RemoteNamespace {
     }
     fn create_open(&self, parent: Ino, name: &[u8], node: NewNode) -> Result<Attr> {
         self.line.room();
-        self.forget(Some(parent));
+        // A new entry adds no xattr to its directory.
+        self.forget_changed(parent);
         // Made here, in a directory delegated to this mount: the home makes
         // it when the queue goes (docs/DESIGN.md, "Delegated directories:
         // files made locally").

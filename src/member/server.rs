@@ -254,6 +254,20 @@ impl HomeServer {
                         "the directory is not delegated to this device (any more)",
                     ));
                 }
+                if node.kind == FileKind::Dir {
+                    // Made, and delegated to its maker.
+                    let made = local.made(mount, parent, &name, node, ino, time)?;
+                    if !local.changes().delegate_made(mount, made.ino) {
+                        tracing::warn!(
+                            "member device {peer} made directory {:?} ({}) in directory \
+                             {parent}, but may hold no more delegations: what it makes in it \
+                             is refused",
+                            String::from_utf8_lossy(&name),
+                            made.ino
+                        );
+                    }
+                    return Ok(NsReply::Attr(made));
+                }
                 if node.kind == FileKind::Symlink {
                     // Made, not opened.
                     return Ok(NsReply::Attr(

@@ -378,8 +378,10 @@ pub const FEATURE_UNMADE: u64 = 1;
 pub const FEATURE_HELD: u64 = 2;
 /// The home makes symlinks a member made (`Made`).
 pub const FEATURE_MADE_LINKS: u64 = 4;
+/// The home makes directories a member made (`Made`), delegated to it.
+pub const FEATURE_MADE_DIRS: u64 = 8;
 /// What this home reads, as `Features` answers.
-pub const FEATURES: u64 = FEATURE_UNMADE | FEATURE_HELD | FEATURE_MADE_LINKS;
+pub const FEATURES: u64 = FEATURE_UNMADE | FEATURE_HELD | FEATURE_MADE_LINKS | FEATURE_MADE_DIRS;
 
 /// The most calls one [`NsCall::Batch`] carries.
 pub const MAX_BATCH: usize = 64;

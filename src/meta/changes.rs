@@ -300,6 +300,14 @@ impl ChangeLog {
         g.promises.grant(holder, since, dirs, &changed, delegate)
     }
 
+    /// Delegates `dir`, which `holder` just made in a directory delegated
+    /// to it, to it (see [`Promises::grant_made`]).
+    pub fn delegate_made(&self, holder: &str, dir: Ino) -> bool {
+        crate::util::lock(&self.inner)
+            .promises
+            .grant_made(holder, dir)
+    }
+
     /// Waits until every holder of a promise this thread's changes broke
     /// has seen them (or is gone, or a lease passed). Called with no lock
     /// held: by the namespace's writer lock as it is let go.
@@ -527,6 +535,37 @@ mod tests {
         with_origin("other", || log.recall(&[Ino(7)]));
         assert!(t.elapsed() < Duration::from_secs(1));
         assert_eq!(crate::util::lock(&log.inner).promises.held("m"), 1);
+    }
+
+    #[test]
+    fn a_directory_a_holder_made_is_delegated_to_it_and_what_it_saw_stays() {
+        let log = Arc::new(ChangeLog::new());
+        let next = log.since(0, "m", Duration::ZERO).next;
+        assert_eq!(log.promise("m", next, &[Ino(7)], true), vec![true]);
+        let l = log.clone();
+        let reader = std::thread::spawn(move || with_origin("other", || l.recall(&[Ino(7)])));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(log.delegate_made("m", Ino(70)));
+        assert!(!log.delegate_made("x", Ino(71)), "not a holder");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !reader.is_finished(),
+            "the grant counted as the holder having seen the recall"
+        );
+        assert!(log.holds("m", Ino(70)) && !log.holds("x", Ino(70)));
+        // Another origin's read of the new directory recalls it too.
+        let seen = log.since(next, "m", Duration::ZERO);
+        let pos = log.since(seen.next, "m", Duration::ZERO).next;
+        reader.join().unwrap();
+        let l = log.clone();
+        let reader = std::thread::spawn(move || with_origin("other", || l.recall(&[Ino(70)])));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!reader.is_finished(), "read before the holder was recalled");
+        let seen = log.since(pos, "m", Duration::ZERO);
+        assert_eq!(seen.changes, vec![Changed::Inode(Ino(70))]);
+        log.since(seen.next, "m", Duration::ZERO);
+        reader.join().unwrap();
+        assert!(!log.holds("m", Ino(70)));
     }
 
     #[test]

@@ -154,11 +154,13 @@ impl Namespace for MetaStore {
     fn inode(&self, ino: Ino) -> Result<InodeRec> {
         self.routed_inode(ino)
     }
+    // Reads and entry changes in a directory delegated to another host
+    // recall it first (docs/DESIGN.md, "Delegated directories"); so does a
+    // getattr of it (its link count and times move with what is made there).
     fn attr(&self, ino: Ino) -> Result<Attr> {
+        self.changes().recall(&[ino]);
         self.routed_attr(ino)
     }
-    // Reads and entry changes in a directory delegated to another host
-    // recall it first (docs/DESIGN.md, "Delegated directories").
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
         self.changes().recall(&[parent]);
         self.routed_lookup(parent, name)

@@ -124,6 +124,27 @@ impl Promises {
             .collect()
     }
 
+    /// Delegates `dir`, a directory `holder` just made under a delegation
+    /// of its parent, to it: no other origin can know it yet. What the
+    /// holder is counted as having seen stays (a recall waiting on it still
+    /// waits). Not to a holder shunned, unknown, or holding twice
+    /// [`MAX_HELD`].
+    pub fn grant_made(&mut self, holder: &str, dir: Ino) -> bool {
+        let Some((key, h)) = self.holders.get_key_value(holder) else {
+            return false;
+        };
+        if h.shunned.is_some_and(|t| Instant::now() < t) || h.dirs.len() >= 2 * MAX_HELD {
+            return false;
+        }
+        let key = key.clone();
+        let h = self.holders.get_mut(holder).expect("found above");
+        if h.dirs.insert(dir) {
+            self.by_dir.entry(dir).or_default().push(key);
+        }
+        h.delegated.insert(dir);
+        true
+    }
+
     /// A change by `origin` to `ino`, noted at `seq`: the promises of it
     /// to others end, and what each living holder owes is added to `owed`.
     pub fn broken(&mut self, origin: &str, ino: Ino, seq: u64, owed: &mut Vec<Owed>) {

@@ -48,9 +48,9 @@ impl MetaStore {
         Ok(start)
     }
 
-    /// A regular file or symlink `owner` made as `ino` at `time` (the
-    /// number one of its ranges holds, and no inode has), made here as it
-    /// was there.
+    /// A regular file, symlink or directory `owner` made as `ino` at
+    /// `time` (the number one of its ranges holds, and no inode has), made
+    /// here as it was there.
     pub fn made(
         &self,
         owner: &str,
@@ -61,11 +61,11 @@ impl MetaStore {
         time: Timestamp,
     ) -> Result<Attr> {
         match (node.kind, &node.target) {
-            (FileKind::File, None) => {}
+            (FileKind::File | FileKind::Dir, None) => {}
             (FileKind::Symlink, Some(t)) if !t.is_empty() && t.len() <= 4095 => {}
             _ => {
                 return Err(Error::Invalid(
-                    "only regular files and symlinks are made ahead",
+                    "only regular files, symlinks and directories are made ahead",
                 ));
             }
         }
