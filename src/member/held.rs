@@ -9,8 +9,9 @@ use super::defer::file_rec;
 use super::wire::NsCall;
 use crate::meta::changes::Since;
 use crate::meta::promises::{MAX_ASK, MAX_HELD, TRUST};
+use crate::meta::schema::name_cookie;
 use crate::meta::{NewNode, apply_setattr, to_attr};
-use crate::types::{Attr, FileKind, Ino, SetAttr, SetTime, Timestamp};
+use crate::types::{Attr, DirEntry, FileKind, Ino, SetAttr, SetTime, Timestamp};
 use crate::util::lock;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
@@ -80,6 +81,8 @@ struct Dir {
     /// answered with a create in it; a file made here moves its times):
     /// the kernel's getattr after each create is answered from them.
     attr: Option<Attr>,
+    /// The directory it is in, when known (its `..` in a listing).
+    parent: Option<Ino>,
 }
 
 impl Held {
@@ -116,6 +119,7 @@ impl Held {
                 perm: made.perm,
                 gid: made.gid,
                 attr: Some(made.clone()),
+                parent: None,
             },
         );
         g.asks.push((ino, mark));
@@ -236,6 +240,7 @@ impl Held {
                     perm,
                     gid,
                     attr: Some(made.clone()),
+                    parent: Some(parent),
                 },
             );
         }
@@ -440,6 +445,73 @@ impl Held {
         }
         let d = g.dirs.get(&parent).filter(|d| d.delegated)?;
         *d.names.get(name)?
+    }
+
+    /// Held directory `dir` is in `parent`.
+    pub fn set_parent(&self, dir: Ino, parent: Ino) {
+        if let Some(d) = lock(&self.inner).dirs.get_mut(&dir) {
+            d.parent = Some(parent);
+        }
+    }
+
+    /// A page of `dir`'s listing after cookie `offset`, at most `max`
+    /// entries, as the home would give it (the same cookies, in the same
+    /// order: a listing may go on at home), when `dir` is delegated here,
+    /// trusted, and every name in it is one this mount made and keeps the
+    /// attributes of (`attr_of`, asked with no lock held; a directory held
+    /// here answers from its own). `None`: ask the home.
+    pub fn listing(
+        &self,
+        dir: Ino,
+        offset: u64,
+        max: usize,
+        attr_of: impl Fn(Ino) -> Option<Attr>,
+    ) -> Option<Vec<(DirEntry, Attr)>> {
+        let (own, dotdot, mut names) = {
+            let g = lock(&self.inner);
+            if !Self::trusted(&g) {
+                return None;
+            }
+            let d = g.dirs.get(&dir).filter(|d| d.granted && d.delegated)?;
+            let own = d.attr.clone()?;
+            let names = d
+                .names
+                .iter()
+                .map(|(name, ino)| {
+                    let ino = (*ino)?;
+                    let held = g.dirs.get(&ino).and_then(|c| c.attr.clone());
+                    Some((name_cookie(name), name.clone(), ino, held))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            (own, d.parent?, names)
+        };
+        names.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut out = Vec::new();
+        let entry = |ino, offset, name: &[u8], a: &Attr| DirEntry {
+            ino,
+            offset,
+            kind: a.kind,
+            name: name.to_vec(),
+        };
+        if offset < 1 {
+            out.push((entry(dir, 1, b".", &own), own.clone()));
+        }
+        if offset < 2 {
+            // The kernel takes no attributes from `..`: its own stand in.
+            out.push((entry(dotdot, 2, b"..", &own), own.clone()));
+        }
+        for (cookie, name, ino, held) in names {
+            if out.len() >= max {
+                break;
+            }
+            if cookie <= offset.max(2) {
+                continue;
+            }
+            let a = held.or_else(|| attr_of(ino))?;
+            out.push((entry(ino, cookie, &name, &a), a));
+        }
+        out.truncate(max);
+        Some(out)
     }
 
     /// The attributes of held directory `dir`, if known.
@@ -805,6 +877,47 @@ mod tests {
             "{q:?}"
         );
         drop(q);
+        // Listed here as the home lists: its cookies, in their order, a
+        // page at a time; not once a name's attributes are unknown.
+        let sub_attr = |ino: Ino| {
+            (ino == Ino(1001)).then(|| Attr {
+                ino,
+                kind: FileKind::File,
+                ..dir(0)
+            })
+        };
+        let all = h.listing(Ino(1000), 0, 100, sub_attr).expect("listed here");
+        let names: Vec<&[u8]> = all.iter().map(|(e, _)| e.name.as_slice()).collect();
+        let mut want: Vec<&[u8]> = vec![b"f", b"deeper"];
+        want.sort_by_key(|n| crate::meta::schema::name_cookie(n));
+        assert_eq!(names[..2], [b".".as_slice(), b".."]);
+        assert_eq!(names[2..], want[..]);
+        assert_eq!(
+            (all[1].0.ino, all[2].0.offset),
+            (Ino(7), name_cookie(want[0]))
+        );
+        for (e, a) in &all[2..] {
+            let kind = if e.name == b"f" {
+                FileKind::File
+            } else {
+                FileKind::Dir
+            };
+            assert_eq!((e.kind, a.kind), (kind, kind));
+        }
+        let rest = h
+            .listing(Ino(1000), all[2].0.offset, 100, sub_attr)
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].0.name, want[1]);
+        assert_eq!(h.listing(Ino(1000), 0, 3, sub_attr).unwrap().len(), 3);
+        assert!(
+            h.listing(Ino(1000), 0, 100, |_| None).is_none(),
+            "f unknown"
+        );
+        assert!(
+            h.listing(Ino(7), 0, 100, sub_attr).is_none(),
+            "names made elsewhere"
+        );
         // A break of the new directory ends it as any other.
         h.watched(Instant::now(), &since(9, vec![Changed::Inode(Ino(1000))]));
         assert!(!h.delegated(Ino(1000)) && h.delegated(Ino(7)));

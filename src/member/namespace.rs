@@ -296,6 +296,18 @@ impl RemoteNamespace {
         Ok(a)
     }
 
+    /// A page of the listing of `dir` made here, when it is delegated here
+    /// and this mount made every entry in it and keeps its attributes
+    /// ([`Held::listing`]): `rm -rf`, `ls -l` and git's walks of a tree
+    /// made here cost no round trip.
+    fn local_listing(&self, dir: Ino, offset: u64, max: usize) -> Option<Vec<(DirEntry, Attr)>> {
+        if !self.line.defers() {
+            return None;
+        }
+        self.held
+            .listing(dir, offset, max, |ino| self.young.attr(ino))
+    }
+
     /// Keeps `a` for the kernel's next getattr if its inode's era is still
     /// `era`.
     fn keep_attr(&self, era: u64, a: Attr) {
@@ -444,6 +456,9 @@ impl Namespace for RemoteNamespace {
         RemoteNamespace::attr(self, NsCall::Lookup { parent, name })
     }
     fn readdir(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        if let Some(page) = self.local_listing(ino, offset, max) {
+            return Ok(page.into_iter().map(|(e, _)| e).collect());
+        }
         let max = u32::try_from(max).unwrap_or(u32::MAX);
         match self.ns(NsCall::Readdir { ino, offset, max })? {
             NsReply::Entries(e) => Ok(e),
@@ -537,6 +552,7 @@ impl Namespace for RemoteNamespace {
         lock(&self.fresh).keep_bare(made.ino);
         if made.kind == FileKind::Dir {
             self.held.made_dir(&made, mark);
+            self.held.set_parent(made.ino, parent);
         }
         Ok(made)
     }
@@ -890,10 +906,15 @@ impl Namespace for RemoteNamespace {
         self.young.made(&attr, &self.line, delegated);
         if attr.kind == FileKind::Dir {
             self.held.made_dir(&attr, mark);
+            self.held.set_parent(attr.ino, parent);
         }
         Ok(attr)
     }
     fn readdir_plus(&self, ino: Ino, offset: u64, max: usize) -> Result<Vec<(DirEntry, Attr)>> {
+        // A directory delegated here whose every entry this mount made.
+        if let Some(page) = self.local_listing(ino, offset, max) {
+            return Ok(page);
+        }
         let max = u32::try_from(max).unwrap_or(u32::MAX);
         match self.ns(NsCall::ReaddirPlus { ino, offset, max })? {
             NsReply::EntriesPlus(page) => {
