@@ -296,6 +296,19 @@ impl RemoteNamespace {
         Ok(a)
     }
 
+    /// Whether `ino` is known to have no xattrs: said so within a second,
+    /// or made here in (or as) a directory still delegated here, whose
+    /// attributes this mount keeps (an xattr set here ends that; one set
+    /// elsewhere recalls the directory first).
+    fn known_bare(&self, ino: Ino) -> bool {
+        lock(&self.fresh).is_bare(ino)
+            || self
+                .young
+                .delegated_in(ino)
+                .is_some_and(|dir| self.held.delegated(dir))
+            || (self.held.delegated(ino) && self.held.dir_attr(ino).is_some())
+    }
+
     /// A page of the listing of `dir` made here, when it is delegated here
     /// and this mount made every entry in it and keeps its attributes
     /// ([`Held::listing`]): `rm -rf`, `ls -l` and git's walks of a tree
@@ -499,7 +512,7 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        if lock(&self.fresh).is_bare(ino) {
+        if self.known_bare(ino) {
             return Err(crate::Error::NoXattr);
         }
         let name = buf(name);
@@ -509,7 +522,7 @@ impl Namespace for RemoteNamespace {
         }
     }
     fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        if lock(&self.fresh).is_bare(ino) {
+        if self.known_bare(ino) {
             return Ok(Vec::new());
         }
         match self.ns(NsCall::Listxattr(ino))? {
