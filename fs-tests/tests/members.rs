@@ -1297,23 +1297,20 @@ fn a_member_holds_back_its_closes_in_a_delegated_directory_until_another_host_lo
     for (round, by) in ["cli", "mount"].iter().enumerate() {
         let dir = format!("d{round}");
         granted(&dir);
-        let (before, t) = (all_home_calls(&metrics), Instant::now());
-        sh(
+        let (_, c) = counted(
+            &metrics,
             &ma.at,
             &format!("for i in $(seq 20); do echo file $i > {dir}/f$i; done"),
         );
-        let (calls, ticks) = (all_home_calls(&metrics) - before, t.elapsed().as_secs() + 1);
         // Made here with numbers the home handed out (the first file, made
         // at home, asks for them): what each second sends, and no call a
         // file.
         assert!(
-            calls <= 2 * ticks + 4,
-            "{calls} calls to make 20 files in {ticks} s: {}",
-            fs_tests::scrape(&metrics)
-                .lines()
-                .filter(|l| l.starts_with("datamesh_home_calls_total{"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            c.all <= 2 * c.ticks + 4,
+            "{} calls to make 20 files in {} s: {}",
+            c.all,
+            c.ticks,
+            c.kinds
         );
         let (recalled, t) = (recalls(), Instant::now());
         let got = if *by == "cli" {
@@ -1499,6 +1496,36 @@ fn calls_since(before: &str, after: &str) -> String {
         .join(", ")
 }
 
+/// The calls a member made to its home while a script ran on its mount.
+struct Counted {
+    /// Every call, batches of held-back changes included.
+    all: u64,
+    /// Those batches, sent beside the work.
+    batches: u64,
+    /// The seconds the script took, rounded up.
+    ticks: u64,
+    /// The calls by kind, for a failure's message.
+    kinds: String,
+}
+
+/// Runs `script` in `at` (a member mount whose metrics are at `metrics`):
+/// its output, and the calls the mount made meanwhile.
+fn counted(metrics: &str, at: &std::path::Path, script: &str) -> (String, Counted) {
+    let batch =
+        |text: &str| fs_tests::metric(text, "datamesh_home_calls_total{request=\"batch\"}") as u64;
+    let (before, t) = (fs_tests::scrape(metrics), Instant::now());
+    let (calls_before, out) = (all_home_calls(metrics), sh(at, script));
+    let ticks = t.elapsed().as_secs() + 1;
+    let after = fs_tests::scrape(metrics);
+    let counted = Counted {
+        all: all_home_calls(metrics) - calls_before,
+        batches: batch(&after) - batch(&before),
+        ticks,
+        kinds: calls_since(&before, &after),
+    };
+    (out, counted)
+}
+
 /// A member makes symlinks in a directory delegated to it with no call,
 /// and reads and sets their times there too (tar's lutimes); another
 /// host's look recalls them first and finds each as made.
@@ -1515,20 +1542,19 @@ fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
     // The first brings inode numbers.
     sh(&ma.at, "ln -s first d/l0");
     std::thread::sleep(Duration::from_millis(1500));
-    let (before, t) = (all_home_calls(&metrics), Instant::now());
-    let kinds_before = fs_tests::scrape(&metrics);
-    sh(
+    let (_, c) = counted(
+        &metrics,
         &ma.at,
         "for i in $(seq 20); do ln -s target-$i d/l$i; \
          TZ=UTC touch -h -d 2001-02-03T04:05:06 d/l$i; \
          test \"$(readlink d/l$i)\" = target-$i; done",
     );
-    let ticks = t.elapsed().as_secs() + 1;
-    let calls = all_home_calls(&metrics) - before;
     assert!(
-        calls <= 2 * ticks + 2,
-        "{calls} calls in {ticks} s to make 20 symlinks: {}",
-        calls_since(&kinds_before, &fs_tests::scrape(&metrics))
+        c.all <= 2 * c.ticks + 2,
+        "{} calls in {} s to make 20 symlinks: {}",
+        c.all,
+        c.ticks,
+        c.kinds
     );
     for i in [1, 20] {
         assert_eq!(
@@ -1562,39 +1588,36 @@ fn a_member_makes_directories_in_a_delegated_directory_with_no_call() {
     // The first brings inode numbers.
     sh(&ma.at, "echo x > d/first && chmod 2775 d && chgrp 50 d");
     std::thread::sleep(Duration::from_millis(1500));
-    let (before, t) = (all_home_calls(&metrics), Instant::now());
-    let kinds_before = fs_tests::scrape(&metrics);
-    sh(
+    let (_, c) = counted(
+        &metrics,
         &ma.at,
         "for i in $(seq 10); do mkdir -p d/a$i/b/c && echo $i > d/a$i/b/c/f \
          && ln -s f d/a$i/b/c/l && chmod 700 d/a$i/b \
          && TZ=UTC touch -d 2001-02-03T04:05:06 d/a$i/b/c; done",
     );
-    let ticks = t.elapsed().as_secs() + 1;
-    let after = fs_tests::scrape(&metrics);
     // Only batches of what was held back, sent beside the work (at most
     // one a directory tree here): no call a mkdir waits for.
-    let batch =
-        |text: &str| fs_tests::metric(text, "datamesh_home_calls_total{request=\"batch\"}") as u64;
-    let batches = batch(&after) - batch(&kinds_before);
-    let calls = all_home_calls(&metrics) - before - batches;
+    let calls = c.all - c.batches;
     assert!(
-        calls <= 2 * ticks + 2 && batches <= 10 + 2 * ticks,
-        "{calls} calls and {batches} batches in {ticks} s to make 30 directories: {}",
-        calls_since(&kinds_before, &after)
+        calls <= 2 * c.ticks + 2 && c.batches <= 10 + 2 * c.ticks,
+        "{calls} calls and {} batches in {} s to make 30 directories: {}",
+        c.batches,
+        c.ticks,
+        c.kinds
     );
     // Listed, walked and removed here too: the listings in the order the
     // home gives them.
-    let (before, t) = (all_home_calls(&metrics), Instant::now());
-    let kinds_before = fs_tests::scrape(&metrics);
-    sh(&ma.at, "ls -lR d/a1 d/a10 >/dev/null && rm -r d/a10");
-    let ticks = t.elapsed().as_secs() + 1;
-    let after = fs_tests::scrape(&metrics);
-    let calls = all_home_calls(&metrics) - before - (batch(&after) - batch(&kinds_before));
+    let (_, c) = counted(
+        &metrics,
+        &ma.at,
+        "ls -lR d/a1 d/a10 >/dev/null && rm -r d/a10",
+    );
+    let calls = c.all - c.batches;
     assert!(
-        calls <= 2 * ticks,
-        "{calls} calls in {ticks} s to list and remove 3 directories: {}",
-        calls_since(&kinds_before, &after)
+        calls <= 2 * c.ticks,
+        "{calls} calls in {} s to list and remove 3 directories: {}",
+        c.ticks,
+        c.kinds
     );
     // The home's kernel may keep what it read of d for its attribute time.
     std::thread::sleep(Duration::from_millis(1500));
@@ -1637,17 +1660,19 @@ fn a_member_reads_again_what_it_made_in_a_delegated_directory_with_no_call() {
     // this mount's.
     sh(&ma.at, "mkdir e && echo x > e/f.lock && mv e/f.lock e/f");
     std::thread::sleep(Duration::from_millis(1500));
-    let (before, t) = (all_home_calls(&metrics), Instant::now());
-    let kinds_before = fs_tests::scrape(&metrics);
-    let read = sh(&ma.at, "cat d/f* | md5sum; md5sum < d/big; stat -c %s d");
-    let ticks = t.elapsed().as_secs() + 1;
-    let calls = all_home_calls(&metrics) - before;
+    let (read, c) = counted(
+        &metrics,
+        &ma.at,
+        "cat d/f* | md5sum; md5sum < d/big; stat -c %s d",
+    );
     // The shell's glob lists d (a page and the end) after a lookup of it
     // and a getattr of the root; before, an open a file too.
     assert!(
-        calls <= 2 * ticks + 4,
-        "{calls} calls in {ticks} s to read 21 files: {}",
-        calls_since(&kinds_before, &fs_tests::scrape(&metrics))
+        c.all <= 2 * c.ticks + 4,
+        "{} calls in {} s to read 21 files: {}",
+        c.all,
+        c.ticks,
+        c.kinds
     );
     assert_eq!(
         read,
