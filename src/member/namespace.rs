@@ -255,14 +255,20 @@ impl RemoteNamespace {
     /// Forgets what an unlink or rmdir of `name` in `parent` makes stale:
     /// the entry's inode and the directory when this mount knows which
     /// inode that is (it made it in a directory delegated here), else
-    /// everything.
+    /// everything cached, and the youth of files that could be the entry:
+    /// not those made in another directory delegated here (each has one
+    /// name, there), so `rm -rf` of a tree goes on listing and removing
+    /// what this mount made with no call after a name it did not make.
     fn forget_entry(&self, parent: Ino, name: &[u8]) {
         match self.held.child(parent, name) {
             Some(victim) => {
                 self.forget(Some(victim));
                 self.forget(Some(parent));
             }
-            None => self.forget(None),
+            None => {
+                self.young.end_unless_elsewhere(&[parent]);
+                self.drop_cached(None);
+            }
         }
     }
 
