@@ -1194,6 +1194,16 @@ fn all_home_calls(metrics: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A home with its own mount, and member device "a" measured, whose
+/// directory `d` the home granted it.
+fn delegated_d() -> (Home, fs_tests::Mount, Measured) {
+    let h = Home::new();
+    let hm = h.mount_listening();
+    let m = h.measured_member();
+    make_delegated(&m.ma.at, &m.metrics, "d");
+    (h, hm, m)
+}
+
 /// Makes `dir` on the member mount at `at` (whose metrics are at
 /// `metrics`) and waits until the home granted it: a missing name there
 /// costs no lookup.
@@ -1221,14 +1231,7 @@ fn make_delegated(at: &std::path::Path, metrics: &str, dir: &str) {
 /// others did meanwhile.
 #[test]
 fn a_member_cut_off_past_its_lease_has_the_files_it_held_back_refused() {
-    let h = Home::new();
-    let hm = h.mount_listening();
-    let Measured {
-        ma,
-        metrics,
-        _device,
-    } = h.measured_member();
-    make_delegated(&ma.at, &metrics, "d");
+    let (h, hm, Measured { ma, _device, .. }) = delegated_d();
     // The first file is made at home and brings inode numbers; the next
     // is made on the member, and held back.
     sh(&ma.at, "echo one > d/one");
@@ -1424,14 +1427,15 @@ fn a_member_mount_rides_through_a_quick_restart_of_its_home() {
 /// there recalls them first.
 #[test]
 fn a_member_removes_what_it_made_in_a_delegated_directory_with_no_call() {
-    let h = Home::new();
-    let hm = h.mount_listening();
-    let Measured {
-        ma,
-        metrics,
-        _device,
-    } = h.measured_member();
-    make_delegated(&ma.at, &metrics, "d");
+    let (
+        h,
+        hm,
+        Measured {
+            ma,
+            metrics,
+            _device,
+        },
+    ) = delegated_d();
     make_delegated(&ma.at, &metrics, "d/sub");
     sh(
         &ma.at,
@@ -1540,14 +1544,15 @@ fn counted(metrics: &str, at: &std::path::Path, script: &str) -> (String, Counte
 /// host's look recalls them first and finds each as made.
 #[test]
 fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
-    let h = Home::new();
-    let hm = h.mount_listening();
-    let Measured {
-        ma,
-        metrics,
-        _device,
-    } = h.measured_member();
-    make_delegated(&ma.at, &metrics, "d");
+    let (
+        h,
+        hm,
+        Measured {
+            ma,
+            metrics,
+            _device,
+        },
+    ) = delegated_d();
     // The first brings inode numbers.
     sh(&ma.at, "ln -s first d/l0");
     std::thread::sleep(Duration::from_millis(1500));
@@ -1586,14 +1591,15 @@ fn a_member_makes_symlinks_in_a_delegated_directory_with_no_call() {
 /// setgid directory passes its group and bit on as a home mkdir does.
 #[test]
 fn a_member_makes_directories_in_a_delegated_directory_with_no_call() {
-    let h = Home::new();
-    let hm = h.mount_listening();
-    let Measured {
-        ma,
-        metrics,
-        _device,
-    } = h.measured_member();
-    make_delegated(&ma.at, &metrics, "d");
+    let (
+        h,
+        hm,
+        Measured {
+            ma,
+            metrics,
+            _device,
+        },
+    ) = delegated_d();
     // The first brings inode numbers.
     sh(&ma.at, "echo x > d/first && chmod 2775 d && chgrp 50 d");
     std::thread::sleep(Duration::from_millis(1500));
@@ -1660,14 +1666,15 @@ fn a_member_makes_directories_in_a_delegated_directory_with_no_call() {
 /// second, for the home to count); the home's mount reads the same bytes.
 #[test]
 fn a_member_reads_again_what_it_made_in_a_delegated_directory_with_no_call() {
-    let h = Home::new();
-    let hm = h.mount_listening();
-    let Measured {
-        ma,
-        metrics,
-        _device,
-    } = h.measured_member();
-    make_delegated(&ma.at, &metrics, "d");
+    let (
+        h,
+        hm,
+        Measured {
+            ma,
+            metrics,
+            _device,
+        },
+    ) = delegated_d();
     sh(&ma.at, "echo one > d/one");
     std::thread::sleep(Duration::from_millis(1500));
     sh(
