@@ -6,7 +6,7 @@
 
 use super::held::Held;
 use super::link::{HOME_WAIT, bad, call_home};
-use super::wire::{MAX_BATCH, MetaCall, MetaReply, NsCall, NsReply};
+use super::wire::{MAX_BATCH, MAX_BATCH_V1, MetaCall, MetaReply, NsCall, NsReply};
 use crate::Result;
 use crate::chunk::ChunkRef;
 use crate::error::Kind;
@@ -15,23 +15,27 @@ use crate::net::{MeshClient, PeerId};
 use crate::types::*;
 use crate::util::lock;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// The most bytes of calls the queue holds (a batch stays well inside a
-/// request's 4 MiB).
+/// The most bytes of calls the queue holds, and so one batch (well inside
+/// a request's 4 MiB).
 const QUEUE_BYTES: usize = 1 << 20;
-/// The most queued calls one batch carries: room is left for the two asks
-/// that may go in front (a promise, inode numbers) and the call after.
-const PER_BATCH: usize = MAX_BATCH - 3;
+/// Calls of a batch that are not queued ones: the two asks that may go in
+/// front (a promise, inode numbers), the releases and the call after.
+const BESIDE: usize = 4;
 /// Room a change waits for in a full queue (`Line::room`): a few calls,
 /// as one operation may hold back several (a file's record and open).
 const ROOM_LEFT: usize = 8;
-/// The most calls held back: a few batches' worth. Once a batch's worth
-/// waits, the `releases` worker sends it in the background, so a mount
-/// making files goes on while its batches travel.
-const QUEUE_CALLS: usize = 4 * PER_BATCH;
+/// The most calls held back. A recall sends them all before another
+/// host's look is answered: this bounds its wait (about 20 ms of the
+/// home's work).
+const QUEUE_CALLS: usize = MAX_BATCH;
+/// Once this many calls wait, the `releases` worker sends them (all that
+/// wait when it goes) in the background, so a mount making files goes on
+/// while its batches travel, and batches grow with the round trip.
+const SEND_AT: usize = MAX_BATCH_V1 - BESIDE;
 /// A change waits for room in a full queue at most this long (its batches
 /// are on their way), then is sent itself: long enough for a few batches
 /// over a slow link, short of a home that is down.
@@ -69,6 +73,8 @@ pub struct Line {
     waker: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Told when calls leave the queue (`room` waits on it).
     drained: Condvar,
+    /// The most queued calls one batch carries.
+    per_batch: AtomicUsize,
 }
 
 /// Changes applied here and not yet sent, oldest first, each with the
@@ -77,6 +83,14 @@ pub struct Line {
 struct Queue {
     calls: Vec<(Ino, NsCall)>,
     bytes: usize,
+    /// Handles closed here, each with the number of calls queued before
+    /// it (counted from the mount's first): each goes in the `Releases` at
+    /// the end of the first batch that carries all of those. Later than it
+    /// was made only keeps a handle counted a little longer; earlier, the
+    /// home would drop a count it has not made yet.
+    releases: Vec<(u64, Ino)>,
+    /// Calls taken from the queue so far.
+    taken: u64,
 }
 
 /// `next` applied after `last` as one call, when both set attributes (no
@@ -125,7 +139,13 @@ impl Line {
             held,
             waker: std::sync::OnceLock::new(),
             drained: Condvar::new(),
+            per_batch: AtomicUsize::new(MAX_BATCH_V1 - BESIDE),
         }
+    }
+
+    /// The home reads batches of [`MAX_BATCH`] calls.
+    pub fn big_batches(&self) {
+        self.per_batch.store(MAX_BATCH - BESIDE, Ordering::Relaxed);
     }
 
     /// Waits, [`ROOM_WAIT`] at most, while the queue is full, so that a
@@ -158,9 +178,9 @@ impl Line {
         let _ = self.waker.set(wake);
     }
 
-    /// Whether a batch's worth of changes waits to be sent.
+    /// Whether enough changes wait to be sent in the background.
     pub fn full_batch(&self) -> bool {
-        lock(&self.queue).calls.len() >= PER_BATCH
+        lock(&self.queue).calls.len() >= SEND_AT
     }
 
     pub fn client(&self) -> &MeshClient {
@@ -202,7 +222,7 @@ impl Line {
         }
         q.bytes += size;
         q.calls.push((ino, call));
-        let full = q.calls.len() == PER_BATCH;
+        let full = q.calls.len() == SEND_AT;
         drop(q);
         if full && let Some(wake) = self.waker.get() {
             wake();
@@ -210,43 +230,78 @@ impl Line {
         true
     }
 
-    /// Queues the release of a handle on `ino` (closed here), with the
-    /// releases queued last if they are the queue's last call: the home
-    /// learns of it with the next call, or within a second; false when
-    /// nothing can be queued.
+    /// Holds back the release of a handle on `ino` (closed here): the
+    /// home learns of it with the next batch, or within a second; false
+    /// when nothing can be held back.
     pub fn hold_release(&self, ino: Ino) -> bool {
         let mut q = lock(&self.queue);
         if !self.defers() {
             return false;
         }
-        if let Some((_, NsCall::Releases(inos))) = q.calls.last_mut()
-            && inos.len() < MAX_RELEASES
-        {
-            inos.push(ino);
-            q.bytes += size_of(&NsCall::Release(ino));
+        // The handle's own open, still queued: the home would count it and
+        // drop it with nothing between that reads the count but a remove
+        // here, which ends the same (git's re-opens of what it just wrote).
+        let open = q.calls.iter().rposition(|(_, c)| match c {
+            NsCall::Held { call, .. } => matches!(**call, NsCall::Open(o) if o == ino),
+            _ => false,
+        });
+        if let Some(i) = open {
+            let (_, c) = q.calls.remove(i);
+            q.bytes -= size_of(&c);
+            let at = q.taken + i as u64;
+            for r in q.releases.iter_mut().filter(|r| r.0 > at) {
+                r.0 -= 1;
+            }
             return true;
         }
-        drop(q);
-        // Under no inode of its own: a release the home refuses is no
-        // change of a file's to answer at its next close.
-        self.hold(Ino(0), NsCall::Releases(vec![ino]))
+        if q.releases.len() >= QUEUE_CALLS * 4 {
+            return false;
+        }
+        let at = q.taken + q.calls.len() as u64;
+        q.releases.push((at, ino));
+        true
     }
 
     /// The oldest queued changes, as many as one batch carries beside a
-    /// call; and whether more wait behind them.
+    /// call, then the releases that may go after them; and whether more
+    /// wait behind them.
     fn take(&self) -> (Vec<(Ino, NsCall)>, bool) {
         let mut q = lock(&self.queue);
-        let n = q.calls.len().min(PER_BATCH);
-        let taken: Vec<(Ino, NsCall)> = q.calls.drain(..n).collect();
+        let per = self.per_batch.load(Ordering::Relaxed);
+        let (mut n, mut bytes) = (0, 0);
+        for (_, c) in q.calls.iter().take(per) {
+            bytes += size_of(c);
+            if n > 0 && bytes > QUEUE_BYTES {
+                break;
+            }
+            n += 1;
+        }
+        let mut taken: Vec<(Ino, NsCall)> = q.calls.drain(..n).collect();
         q.bytes -= taken.iter().map(|(_, c)| size_of(c)).sum::<usize>();
+        q.taken += n as u64;
+        let upto = q.taken;
+        let ready = q
+            .releases
+            .iter()
+            .take(MAX_RELEASES)
+            .take_while(|r| r.0 <= upto)
+            .count();
+        if ready > 0 {
+            let inos = q.releases.drain(..ready).map(|r| r.1).collect();
+            // Under no inode of its own: a release the home refuses is no
+            // change of a file's to answer at its next close.
+            taken.push((Ino(0), NsCall::Releases(inos)));
+        }
         self.drained.notify_all();
-        (taken, !q.calls.is_empty())
+        (taken, !q.calls.is_empty() || !q.releases.is_empty())
     }
 
-    /// Puts changes that found no answer back in front of the queue.
+    /// Puts changes that found no answer back in front of the queue (their
+    /// releases as a call of their own, in their place).
     fn put_back(&self, calls: Vec<(Ino, NsCall)>) {
         let mut q = lock(&self.queue);
         q.bytes += calls.iter().map(|(_, c)| size_of(c)).sum::<usize>();
+        q.taken -= calls.len() as u64;
         q.calls.splice(0..0, calls);
     }
 
@@ -552,6 +607,13 @@ impl Youngs {
     /// other than `dirs`.
     pub fn end_unless_elsewhere(&self, dirs: &[Ino]) {
         lock(&self.0).retain(|_, y| y.delegated_in.is_some_and(|d| !dirs.contains(&d)));
+    }
+
+    /// Young `ino` was renamed here at `time` (in its own directory).
+    pub fn renamed(&self, ino: Ino, time: Timestamp) {
+        if let Some(y) = lock(&self.0).get_mut(&ino) {
+            y.rec.ctime = time;
+        }
     }
 
     pub fn inode(&self, ino: Ino) -> Option<InodeRec> {

@@ -11,7 +11,7 @@ use crate::meta::changes::Since;
 use crate::meta::promises::{MAX_ASK, MAX_HELD, TRUST};
 use crate::meta::schema::name_cookie;
 use crate::meta::{NewNode, apply_setattr, to_attr};
-use crate::types::{Attr, DirEntry, FileKind, Ino, SetAttr, SetTime, Timestamp};
+use crate::types::{Attr, DirEntry, FileKind, Ino, RenameFlags, SetAttr, SetTime, Timestamp};
 use crate::util::lock;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
@@ -296,6 +296,64 @@ impl Held {
             }
         }
         Some((ino, d.attr.clone()))
+    }
+
+    /// Renames `name` to `new_name` in `dir` here, if `dir` is delegated to
+    /// this mount and trusted, `name` is an entry this mount made, and
+    /// `new_name` is absent or too (`movable` says which inodes may be
+    /// moved or replaced here: young files and symlinks made in `dir`):
+    /// the `Rename`, in a `Held` naming `dir`, handed to `hold` under the
+    /// lock a break takes too (as [`Held::make_here`]). The directory's
+    /// times become `time`. The inode moved, the one replaced, and the
+    /// directory's attributes after; `None`: rename at home.
+    pub fn rename_here(
+        &self,
+        dir: Ino,
+        (name, new_name): (&[u8], &[u8]),
+        noreplace: bool,
+        time: Timestamp,
+        movable: impl Fn(Ino) -> bool,
+        hold: impl FnOnce(Ino, NsCall) -> bool,
+    ) -> Option<(Ino, Option<Ino>, Option<Attr>)> {
+        let mut g = lock(&self.inner);
+        if !Self::trusted(&g) {
+            return None;
+        }
+        let d = g.dirs.get(&dir).filter(|d| d.delegated)?;
+        let ino = (*d.names.get(name)?)?;
+        let victim = match d.names.get(new_name) {
+            None => None,
+            Some(Some(v)) if !noreplace && *v != ino => Some(*v),
+            // Unknown, kept by RENAME_NOREPLACE, or the same entry.
+            Some(_) => return None,
+        };
+        if !movable(ino) || victim.is_some_and(|v| !movable(v)) {
+            return None;
+        }
+        let call = NsCall::Held {
+            dir,
+            call: Box::new(NsCall::Rename {
+                parent: dir,
+                name: ByteBuf::from(name.to_vec()),
+                new_parent: dir,
+                new_name: ByteBuf::from(new_name.to_vec()),
+                flags: RenameFlags {
+                    noreplace,
+                    exchange: false,
+                },
+            }),
+        };
+        if !hold(ino, call) {
+            return None;
+        }
+        let d = g.dirs.get_mut(&dir).expect("checked above");
+        d.names.remove(name);
+        d.names.insert(new_name.to_vec(), Some(ino));
+        if let Some(a) = &mut d.attr {
+            a.mtime = time;
+            a.ctime = time;
+        }
+        Some((ino, victim, d.attr.clone()))
     }
 
     /// Sets directory `dir`'s attributes here (no size), if it is

@@ -4,7 +4,7 @@
 //! Shared by the member's commands ([`super::client`]) and its mount
 //! ([`super::namespace`]).
 
-use super::wire::{MetaCall, MetaReply, VolumeInfo, decode_answer, encode_request};
+use super::wire::{MetaCall, MetaReply, NsCall, VolumeInfo, decode_answer, encode_request};
 use crate::chunk::{ChunkRef, VolumeKey};
 use crate::error::Kind;
 use crate::home::Home;
@@ -72,7 +72,21 @@ pub fn call_home(
     let timer = crate::metrics::home_call(call.kind());
     // What each round trip was for, when asked (RUST_LOG=datamesh::home_calls=trace).
     if tracing::enabled!(target: "datamesh::home_calls", tracing::Level::TRACE) {
-        let what = format!("{call:?}");
+        // A batch as the kinds of its calls (held ones as `held:kind`);
+        // other calls as they are, cut at 1 000 characters.
+        let what = match &call {
+            MetaCall::Ns(NsCall::Batch(calls)) => {
+                let kinds: Vec<String> = calls
+                    .iter()
+                    .map(|c| match c {
+                        NsCall::Held { call, .. } => format!("held:{}", call.kind()),
+                        c => c.kind().to_string(),
+                    })
+                    .collect();
+                format!("Batch[{}] {}", calls.len(), kinds.join(" "))
+            }
+            _ => format!("{call:?}"),
+        };
         let mut end = what.len().min(1000);
         while !what.is_char_boundary(end) {
             end -= 1;

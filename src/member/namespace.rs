@@ -7,8 +7,8 @@ use super::eras::Eras;
 use super::held::Held;
 use super::link::{bad, learn, reach};
 use super::wire::{
-    FEATURE_HELD, FEATURE_MADE_DIRS, FEATURE_MADE_LINKS, FEATURE_UNMADE, FirstPage, MAP_PAGE,
-    NsCall, NsReply,
+    FEATURE_BIG_BATCH, FEATURE_HELD, FEATURE_MADE_DIRS, FEATURE_MADE_LINKS, FEATURE_UNMADE,
+    FirstPage, MAP_PAGE, NsCall, NsReply,
 };
 use crate::Result;
 use crate::chunk::ChunkRef;
@@ -72,6 +72,9 @@ pub fn open_engine(home: &Home, cfg: crate::data::EngineConfig) -> Result<crate:
     }
     if ns.home_reads & FEATURE_MADE_DIRS != 0 {
         ns.held.make_dirs();
+    }
+    if ns.home_reads & FEATURE_BIG_BATCH != 0 {
+        ns.line.big_batches();
     }
     ns.reset_locks("")?;
     let n = r.file.info.data_shards as usize + r.file.info.parity_shards as usize;
@@ -371,6 +374,37 @@ impl RemoteNamespace {
         true
     }
 
+    /// Renames `name` to `new_name` in `parent` here, the `Rename` held
+    /// back, when both are young files or symlinks made in `parent`, a
+    /// directory delegated here ([`Held::rename_here`]): git's
+    /// `config.lock` to `config`. False: rename at home.
+    fn rename_here(&self, parent: Ino, names: (&[u8], &[u8]), flags: RenameFlags) -> bool {
+        if self.home_reads & FEATURE_HELD == 0 || !self.line.defers() || flags.exchange {
+            return false;
+        }
+        let time = Timestamp::now();
+        let Some((ino, victim, attr)) = self.held.rename_here(
+            parent,
+            names,
+            flags.noreplace,
+            time,
+            |ino| self.young.delegated_in(ino) == Some(parent),
+            |ino, call| self.line.hold(ino, call),
+        ) else {
+            return false;
+        };
+        // The file moved stays young: it has one name still, in `parent`.
+        self.young.renamed(ino, time);
+        if let Some(victim) = victim {
+            self.forget(Some(victim));
+        }
+        self.forget(Some(parent));
+        if let Some(a) = attr {
+            self.keep_attr(self.eras.of(parent), a);
+        }
+        true
+    }
+
     fn unit(&self, call: NsCall) -> Result<()> {
         expect_unit(self.ns(call)?)
     }
@@ -612,6 +646,10 @@ impl Namespace for RemoteNamespace {
         flags: RenameFlags,
         _: &dyn Fn(Ino) -> bool,
     ) -> Result<()> {
+        self.line.room();
+        if parent == new_parent && self.rename_here(parent, (name, new_name), flags) {
+            return Ok(());
+        }
         // A rename changes the entry it moves, any it replaces, and both
         // directories. A young file made in another directory delegated
         // here is neither (it has one name, there: a link or rename of it

@@ -482,7 +482,7 @@ impl HomeServer {
             MetaCall::Ns(NsCall::Batch(calls)) => {
                 if calls.len() > MAX_BATCH || !calls.iter().all(NsCall::batchable) {
                     return Err(wire(Error::Invalid(
-                        "a batch of more than 64 calls, or with a batch, watch or waiting lock",
+                        "a batch of more than 256 calls, or with a batch, watch or waiting lock",
                     )));
                 }
                 // Each call counts against the member's rate.

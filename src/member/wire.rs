@@ -380,11 +380,19 @@ pub const FEATURE_HELD: u64 = 2;
 pub const FEATURE_MADE_LINKS: u64 = 4;
 /// The home makes directories a member made (`Made`), delegated to it.
 pub const FEATURE_MADE_DIRS: u64 = 8;
+/// The home reads batches of up to [`MAX_BATCH`] calls (an older one,
+/// [`MAX_BATCH_V1`]).
+pub const FEATURE_BIG_BATCH: u64 = 16;
 /// What this home reads, as `Features` answers.
-pub const FEATURES: u64 = FEATURE_UNMADE | FEATURE_HELD | FEATURE_MADE_LINKS | FEATURE_MADE_DIRS;
+pub const FEATURES: u64 =
+    FEATURE_UNMADE | FEATURE_HELD | FEATURE_MADE_LINKS | FEATURE_MADE_DIRS | FEATURE_BIG_BATCH;
 
-/// The most calls one [`NsCall::Batch`] carries.
-pub const MAX_BATCH: usize = 64;
+/// The most calls one [`NsCall::Batch`] carries to a home that reads
+/// [`FEATURE_BIG_BATCH`].
+pub const MAX_BATCH: usize = 256;
+/// The most calls one [`NsCall::Batch`] carries to a home older than
+/// [`FEATURE_BIG_BATCH`].
+pub const MAX_BATCH_V1: usize = 64;
 
 impl NsCall {
     /// Whether this call may go inside a [`NsCall::Batch`]: not a batch,
