@@ -93,6 +93,84 @@ struct Queue {
     taken: u64,
 }
 
+impl Queue {
+    /// Notes the release of a handle on `ino`; false when too many wait.
+    fn release(&mut self, ino: Ino) -> bool {
+        // The handle's own open, still queued: the home would count it and
+        // drop it with nothing between that reads the count but a remove
+        // here, which ends the same (git's re-opens of what it just wrote).
+        let open = self.calls.iter().rposition(|(_, c)| match c {
+            NsCall::Held { call, .. } => matches!(**call, NsCall::Open(o) if o == ino),
+            _ => false,
+        });
+        if let Some(i) = open {
+            let (_, c) = self.calls.remove(i);
+            self.bytes -= size_of(&c);
+            let at = self.taken + i as u64;
+            for r in self.releases.iter_mut().filter(|r| r.0 > at) {
+                r.0 -= 1;
+            }
+            return true;
+        }
+        if self.releases.len() >= 4 * MAX_RELEASES {
+            return false;
+        }
+        let at = self.taken + self.calls.len() as u64;
+        self.releases.push((at, ino));
+        true
+    }
+
+    /// The oldest calls, at most `per` and [`QUEUE_BYTES`] (at least one),
+    /// then a `Releases` of those that may go after them; and whether more
+    /// wait behind them.
+    fn take(&mut self, per: usize) -> (Vec<(Ino, NsCall)>, bool) {
+        let (mut n, mut bytes) = (0, 0);
+        for (_, c) in self.calls.iter().take(per) {
+            bytes += size_of(c);
+            if n > 0 && bytes > QUEUE_BYTES {
+                break;
+            }
+            n += 1;
+        }
+        let mut taken: Vec<(Ino, NsCall)> = self.calls.drain(..n).collect();
+        self.bytes -= taken.iter().map(|(_, c)| size_of(c)).sum::<usize>();
+        self.taken += n as u64;
+        let upto = self.taken;
+        let ready = self
+            .releases
+            .iter()
+            .take(MAX_RELEASES)
+            .take_while(|r| r.0 <= upto)
+            .count();
+        if ready > 0 {
+            let inos = self.releases.drain(..ready).map(|r| r.1).collect();
+            // Under no inode of its own: a release the home refuses is no
+            // change of a file's to answer at its next close.
+            taken.push((Ino(0), NsCall::Releases(inos)));
+        }
+        (taken, !self.calls.is_empty() || !self.releases.is_empty())
+    }
+
+    /// Puts calls taken back in front, the releases taken with them
+    /// back in front of the releases, due after them.
+    fn put_back(&mut self, taken: Vec<(Ino, NsCall)>) {
+        let mut released = Vec::new();
+        let mut calls = Vec::new();
+        for (ino, c) in taken {
+            match c {
+                NsCall::Releases(inos) if ino == Ino(0) => released.extend(inos),
+                c => calls.push((ino, c)),
+            }
+        }
+        self.bytes += calls.iter().map(|(_, c)| size_of(c)).sum::<usize>();
+        self.taken -= calls.len() as u64;
+        let at = self.taken + calls.len() as u64;
+        self.calls.splice(0..0, calls);
+        self.releases
+            .splice(0..0, released.into_iter().map(|ino| (at, ino)));
+    }
+}
+
 /// `next` applied after `last` as one call, when both set attributes (no
 /// size) of the same inode, under the same delegation if any: each field
 /// the later one sets wins, as applying both in turn would leave it.
@@ -235,74 +313,21 @@ impl Line {
     /// when nothing can be held back.
     pub fn hold_release(&self, ino: Ino) -> bool {
         let mut q = lock(&self.queue);
-        if !self.defers() {
-            return false;
-        }
-        // The handle's own open, still queued: the home would count it and
-        // drop it with nothing between that reads the count but a remove
-        // here, which ends the same (git's re-opens of what it just wrote).
-        let open = q.calls.iter().rposition(|(_, c)| match c {
-            NsCall::Held { call, .. } => matches!(**call, NsCall::Open(o) if o == ino),
-            _ => false,
-        });
-        if let Some(i) = open {
-            let (_, c) = q.calls.remove(i);
-            q.bytes -= size_of(&c);
-            let at = q.taken + i as u64;
-            for r in q.releases.iter_mut().filter(|r| r.0 > at) {
-                r.0 -= 1;
-            }
-            return true;
-        }
-        if q.releases.len() >= QUEUE_CALLS * 4 {
-            return false;
-        }
-        let at = q.taken + q.calls.len() as u64;
-        q.releases.push((at, ino));
-        true
+        self.defers() && q.release(ino)
     }
 
     /// The oldest queued changes, as many as one batch carries beside a
     /// call, then the releases that may go after them; and whether more
     /// wait behind them.
     fn take(&self) -> (Vec<(Ino, NsCall)>, bool) {
-        let mut q = lock(&self.queue);
-        let per = self.per_batch.load(Ordering::Relaxed);
-        let (mut n, mut bytes) = (0, 0);
-        for (_, c) in q.calls.iter().take(per) {
-            bytes += size_of(c);
-            if n > 0 && bytes > QUEUE_BYTES {
-                break;
-            }
-            n += 1;
-        }
-        let mut taken: Vec<(Ino, NsCall)> = q.calls.drain(..n).collect();
-        q.bytes -= taken.iter().map(|(_, c)| size_of(c)).sum::<usize>();
-        q.taken += n as u64;
-        let upto = q.taken;
-        let ready = q
-            .releases
-            .iter()
-            .take(MAX_RELEASES)
-            .take_while(|r| r.0 <= upto)
-            .count();
-        if ready > 0 {
-            let inos = q.releases.drain(..ready).map(|r| r.1).collect();
-            // Under no inode of its own: a release the home refuses is no
-            // change of a file's to answer at its next close.
-            taken.push((Ino(0), NsCall::Releases(inos)));
-        }
+        let taken = lock(&self.queue).take(self.per_batch.load(Ordering::Relaxed));
         self.drained.notify_all();
-        (taken, !q.calls.is_empty() || !q.releases.is_empty())
+        taken
     }
 
-    /// Puts changes that found no answer back in front of the queue (their
-    /// releases as a call of their own, in their place).
+    /// Puts changes that found no answer back in front of the queue.
     fn put_back(&self, calls: Vec<(Ino, NsCall)>) {
-        let mut q = lock(&self.queue);
-        q.bytes += calls.iter().map(|(_, c)| size_of(c)).sum::<usize>();
-        q.taken -= calls.len() as u64;
-        q.calls.splice(0..0, calls);
+        lock(&self.queue).put_back(calls);
     }
 
     /// One call to the home, after the changes held back (in one batch with
@@ -737,6 +762,164 @@ impl Youngs {
 mod tests {
     use super::*;
     use crate::types::{SetTime, Timestamp};
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    fn mark(id: u64) -> NsCall {
+        NsCall::Attr(Ino(id))
+    }
+
+    fn open(ino: u64) -> NsCall {
+        NsCall::Held {
+            dir: Ino(3),
+            call: Box::new(NsCall::Open(Ino(ino))),
+        }
+    }
+
+    fn push(q: &mut Queue, call: NsCall) {
+        q.bytes += size_of(&call);
+        q.calls.push((Ino(1), call));
+    }
+
+    /// What a batch carries, as `m<id>`, `o<ino>` and `r<inos>`.
+    fn shown(calls: &[(Ino, NsCall)]) -> String {
+        let one = |c: &NsCall| match c {
+            NsCall::Attr(i) => format!("m{}", i.0),
+            NsCall::Held { call, .. } => match **call {
+                NsCall::Open(i) => format!("o{}", i.0),
+                _ => panic!("{c:?}"),
+            },
+            NsCall::Releases(inos) => {
+                format!(
+                    "r{}",
+                    inos.iter().map(|i| i.0.to_string()).collect::<String>()
+                )
+            }
+            _ => panic!("{c:?}"),
+        };
+        calls
+            .iter()
+            .map(|(_, c)| one(c))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn releases_go_at_the_end_of_the_first_batch_holding_what_was_queued_before_them() {
+        let mut q = Queue::default();
+        push(&mut q, mark(1));
+        push(&mut q, mark(2));
+        assert!(q.release(Ino(8)));
+        push(&mut q, mark(3));
+        assert!(q.release(Ino(9)));
+        let (a, more) = q.take(1);
+        assert_eq!((shown(&a).as_str(), more), ("m1", true));
+        let (b, more) = q.take(1);
+        assert_eq!((shown(&b).as_str(), more), ("m2 r8", true));
+        // Unanswered: back in front, and taken again the same.
+        q.put_back(b);
+        let (b, _) = q.take(5);
+        assert_eq!(shown(&b), "m2 m3 r89");
+        assert_eq!((q.take(5).0.len(), q.bytes, q.taken), (0, 0, 3));
+    }
+
+    #[test]
+    fn a_release_cancels_its_handles_open_still_queued() {
+        let mut q = Queue::default();
+        push(&mut q, mark(1));
+        push(&mut q, open(5));
+        push(&mut q, mark(2));
+        assert!(q.release(Ino(7)));
+        push(&mut q, open(7));
+        assert!(q.release(Ino(5)));
+        // The open of 5 gone: r7 still goes right after m2.
+        assert_eq!(shown(&q.calls), "m1 m2 o7");
+        let (a, more) = q.take(2);
+        assert_eq!((shown(&a).as_str(), more), ("m1 m2 r7", true));
+        // An open already sent is not cancelled: the release goes.
+        let (b, _) = q.take(5);
+        assert_eq!(shown(&b), "o7");
+        assert!(q.release(Ino(7)));
+        assert_eq!(shown(&q.take(5).0), "r7");
+        assert_eq!(q.bytes, 0);
+    }
+
+    proptest! {
+        /// Whatever the batch sizes and lost batches: every call goes
+        /// once, in order; a release goes after every call queued before
+        /// it (but a cancelled open), so never before its handle's open;
+        /// each handle opened and released here is counted so at home.
+        #[test]
+        fn releases_never_overtake_what_was_queued_before_them(
+            ops in proptest::collection::vec((0u8..6, 1u64..4), 0..80),
+        ) {
+            let mut q = Queue::default();
+            let mut sent = Vec::new();
+            let mut open_here = [0i64; 4];
+            let mut next = 100;
+            // Per inode, the last mark queued before each of its releases.
+            let mut after: [VecDeque<u64>; 4] = Default::default();
+            let mut send = |q: &mut Queue, per: usize, lost: bool| {
+                let (taken, _) = q.take(per);
+                if lost {
+                    q.put_back(taken);
+                } else {
+                    sent.extend(taken.into_iter().map(|(_, c)| c));
+                }
+            };
+            for (op, ino) in ops {
+                let i = ino as usize;
+                match op {
+                    0 => {
+                        push(&mut q, mark(next));
+                        next += 1;
+                    }
+                    1 => {
+                        push(&mut q, open(ino));
+                        open_here[i] += 1;
+                    }
+                    2 if open_here[i] > 0 => {
+                        let queued_open = shown(&q.calls).split(" ").any(|c| c == format!("o{ino}"));
+                        prop_assert!(q.release(Ino(ino)));
+                        open_here[i] -= 1;
+                        if !queued_open {
+                            after[i].push_back(next - 1);
+                        }
+                    }
+                    3 => send(&mut q, i, false),
+                    4 => send(&mut q, i, true),
+                    _ => {}
+                }
+            }
+            while !q.calls.is_empty() || !q.releases.is_empty() {
+                send(&mut q, 2, false);
+            }
+            prop_assert_eq!(q.bytes, 0);
+            let mut counted = [0i64; 4];
+            let mut marks = Vec::new();
+            for c in &sent {
+                match c {
+                    NsCall::Attr(m) => marks.push(m.0),
+                    NsCall::Held { call, .. } => {
+                        let NsCall::Open(o) = **call else { unreachable!() };
+                        counted[o.0 as usize] += 1;
+                    }
+                    NsCall::Releases(inos) => {
+                        for r in inos {
+                            let i = r.0 as usize;
+                            counted[i] -= 1;
+                            prop_assert!(counted[i] >= 0, "{} released before opened", i);
+                            let last = after[i].pop_front().expect("a release noted");
+                            prop_assert!(last < 100 || marks.contains(&last), "r{} before m{}", i, last);
+                        }
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            prop_assert_eq!(marks, (100..next).collect::<Vec<_>>());
+            prop_assert_eq!(counted, open_here);
+        }
+    }
 
     #[test]
     fn setattrs_of_one_inode_merge_as_if_applied_in_turn() {
