@@ -1661,6 +1661,61 @@ fn a_member_makes_directories_in_a_delegated_directory_with_no_call() {
     h.home.assert_fsck_clean();
 }
 
+/// A member renames files it made in a directory delegated to it with no
+/// call, over others it made too (git's `config.lock` to `config`), and
+/// reads them again there; the home's mount then sees the same names,
+/// inodes and bytes, and a file replaced while open stays readable.
+#[test]
+fn a_member_renames_what_it_made_in_a_delegated_directory_with_no_call() {
+    let (
+        h,
+        hm,
+        Measured {
+            ma,
+            metrics,
+            _device,
+        },
+    ) = delegated_d();
+    // The first brings inode numbers.
+    sh(&ma.at, "echo one > d/one");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (out, c) = counted(
+        &metrics,
+        &ma.at,
+        "for i in $(seq 20); do echo v$i > d/config.lock && mv d/config.lock d/config \
+         && cat d/config >/dev/null; done; echo h > d/HEAD.lock && mv -T d/HEAD.lock d/HEAD; \
+         echo a > d/a; mv -n d/a d/HEAD; cat d/HEAD d/config",
+    );
+    assert_eq!(out, "h\nv20\n", "read back here");
+    // Only batches of what was held back, sent beside the work, and the
+    // walk to d from the root (not delegated).
+    let calls = c.all - c.batches;
+    assert!(
+        calls <= 2 && c.batches <= 2 * c.ticks,
+        "{calls} calls and {} batches in {} s to make and rename 22 files: {}",
+        c.batches,
+        c.ticks,
+        c.kinds
+    );
+    // Replaced while open here: read at home through the handle.
+    let kept = sh(
+        &ma.at,
+        "exec 3<d/config; echo new > d/n.lock; mv d/n.lock d/config; sleep 2; cat <&3",
+    );
+    assert_eq!(kept, "v20\n");
+    let stat =
+        "ls -f d | sort | tr '\\n' ' '; stat -c '%n %i %s %h' d/* d; cat d/config d/HEAD d/a";
+    let there = sh(&hm.at, stat);
+    assert_eq!(there, sh(&ma.at, stat), "the home sees another directory");
+    assert!(
+        there.starts_with(". .. HEAD a config first one "),
+        "{there}"
+    );
+    assert!(there.ends_with("new\nh\na\n"), "{there}");
+    assert!(ma.unmount() && hm.unmount());
+    h.home.assert_fsck_clean();
+}
+
 /// Files a member made in a directory delegated to it are opened and read
 /// again there with no call (their opens ride with the next call or
 /// second, for the home to count); the home's mount reads the same bytes.

@@ -991,6 +991,88 @@ mod tests {
     }
 
     #[test]
+    fn entries_made_here_are_renamed_here_in_their_delegated_directory() {
+        let h = Held::default();
+        let queued = std::cell::RefCell::new(Vec::new());
+        let hold = |ino: Ino, call: NsCall| {
+            queued.borrow_mut().push((ino, call));
+            true
+        };
+        let t = Timestamp { secs: 99, nanos: 3 };
+        let rename = |from: &[u8], to: &[u8], noreplace: bool| {
+            h.rename_here(Ino(7), (from, to), noreplace, t, |_| true, hold)
+        };
+        assert!(rename(b"a", b"b", false).is_none(), "nothing held");
+        granted_dir(&h);
+        h.take_inodes_ask().unwrap();
+        h.inodes_answered(Some(Some((Ino(1000), 9))));
+        for name in [b"config.lock".as_slice(), b"config", b"HEAD.lock"] {
+            h.make_here(Ino(7), name, &file(9), hold).unwrap();
+        }
+        h.added(Ino(7), b"from-home", None);
+        h.set_attr(&dir(7));
+        queued.borrow_mut().clear();
+        // Over a name made here: the file moved, the one replaced.
+        let (moved, victim, d) = rename(b"config.lock", b"config", false).expect("here");
+        assert_eq!((moved, victim), (Ino(1000), Some(Ino(1001))));
+        assert_eq!(d.map(|d| (d.mtime, d.ctime)), Some((t, t)));
+        assert_eq!(h.child(Ino(7), b"config"), Some(Ino(1000)));
+        assert!(h.absent(Ino(7), b"config.lock"));
+        // To a name absent, RENAME_NOREPLACE or not.
+        let (moved, victim, _) = rename(b"HEAD.lock", b"HEAD", true).unwrap();
+        assert_eq!((moved, victim), (Ino(1002), None));
+        {
+            let q = queued.borrow();
+            assert_eq!(q.len(), 2);
+            let NsCall::Held { dir, call } = &q[0].1 else {
+                panic!("{:?}", q[0])
+            };
+            assert_eq!((q[0].0, *dir), (Ino(1000), Ino(7)));
+            assert!(matches!(
+                &**call,
+                NsCall::Rename { parent: Ino(7), name, new_parent: Ino(7), new_name, flags }
+                    if name.as_slice() == b"config.lock" && new_name.as_slice() == b"config"
+                        && !flags.noreplace && !flags.exchange
+            ));
+        }
+        // At home: a name kept by RENAME_NOREPLACE, one whose inode is not
+        // known, one made elsewhere, an entry onto itself, what may not
+        // move, a directory not delegated, a queue that takes no more.
+        assert!(rename(b"HEAD", b"config", true).is_none());
+        assert!(rename(b"HEAD", b"from-home", false).is_none());
+        assert!(rename(b"from-home", b"x", false).is_none());
+        assert!(rename(b"HEAD", b"HEAD", false).is_none());
+        assert!(
+            h.rename_here(Ino(7), (b"HEAD", b"y"), false, t, |i| i != Ino(1002), hold)
+                .is_none()
+        );
+        assert!(
+            h.rename_here(
+                Ino(7),
+                (b"HEAD", b"config"),
+                false,
+                t,
+                |i| i != Ino(1000),
+                hold
+            )
+            .is_none()
+        );
+        assert!(
+            h.rename_here(Ino(8), (b"HEAD", b"y"), false, t, |_| true, hold)
+                .is_none()
+        );
+        assert!(
+            h.rename_here(Ino(7), (b"HEAD", b"y"), false, t, |_| true, |_, _| false)
+                .is_none()
+        );
+        assert_eq!(queued.borrow().len(), 2, "none of those queued");
+        assert_eq!(h.child(Ino(7), b"HEAD"), Some(Ino(1002)), "nor renamed");
+        // A break ends it.
+        h.watched(Instant::now(), &since(9, vec![Changed::Inode(Ino(7))]));
+        assert!(rename(b"HEAD", b"z", false).is_none());
+    }
+
+    #[test]
     fn a_home_that_cannot_read_delegate_is_asked_promise_then_nothing() {
         let h = Held::default();
         granted_dir(&h);
