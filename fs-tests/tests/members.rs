@@ -1661,6 +1661,71 @@ fn a_member_makes_directories_in_a_delegated_directory_with_no_call() {
     h.home.assert_fsck_clean();
 }
 
+/// Another host lists, again and again over a 20 ms link, a directory a
+/// member keeps making files in: each listing shows every file the member
+/// closed before it, and none of the member's writes fails (a file made
+/// just as the directory was recalled once became the member's alone
+/// again, and its data was refused at home: EINVAL at its close).
+#[test]
+fn another_host_lists_a_directory_a_member_writes_in_over_a_20_ms_link() {
+    let h = Home::new_far(Duration::from_millis(20));
+    let hm = h.mount_listening();
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
+    for round in 0..2 {
+        let dir = format!("w{round}");
+        make_delegated(&ma.at, &metrics, &dir);
+        let (member, other) = (ma.at.join(&dir), hm.at.join(&dir));
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (closed, stop) = (closed.clone(), stop.clone());
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = member.join(format!("f{i}"));
+                    let mut f = std::fs::File::create(&path)?;
+                    std::io::Write::write_all(&mut f, &[b'x'; 100])?;
+                    // The close's own answer (a drop ignores it).
+                    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+                    if unsafe { libc::close(fd) } != 0 {
+                        let e = std::io::Error::last_os_error();
+                        return Err(std::io::Error::new(e.kind(), format!("closing f{i}: {e}")));
+                    }
+                    i += 1;
+                    closed.store(i, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        };
+        for _ in 0..15 {
+            std::thread::sleep(Duration::from_millis(300));
+            let before = closed.load(std::sync::atomic::Ordering::Relaxed);
+            let names: std::collections::HashSet<String> = std::fs::read_dir(&other)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            let missing: Vec<usize> = (0..before)
+                .filter(|i| !names.contains(&format!("f{i}")))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{dir}: closed before the listing, not in it: {missing:?}"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{dir}: the member's writes: {e}"));
+    }
+    assert!(ma.unmount() && hm.unmount());
+    h.home.assert_fsck_clean();
+}
+
 /// A member renames files it made in a directory delegated to it with no
 /// call, over others it made too (git's `config.lock` to `config`), and
 /// reads them again there; the home's mount then sees the same names,

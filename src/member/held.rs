@@ -158,7 +158,7 @@ impl Held {
         parent: Ino,
         name: &[u8],
         node: &NewNode,
-        hold: impl FnOnce(Ino, NsCall) -> bool,
+        hold: impl FnOnce(&Attr, NsCall) -> bool,
     ) -> Option<(Attr, Option<Attr>)> {
         // Symlinks and directories only when the home said it makes them.
         let size = match (node.kind, &node.target) {
@@ -194,26 +194,6 @@ impl Held {
             g.pool.remove(0);
         }
         let time = Timestamp::now();
-        let call = NsCall::Made {
-            parent,
-            name: ByteBuf::from(name.to_vec()),
-            node: node.clone(),
-            ino,
-            time,
-        };
-        if !hold(ino, call) {
-            return None;
-        }
-        let d = g.dirs.get_mut(&parent).expect("checked above");
-        d.names.insert(name.to_vec(), Some(ino));
-        if let Some(a) = &mut d.attr {
-            a.mtime = time;
-            a.ctime = time;
-            if is_dir {
-                a.nlink += 1;
-            }
-        }
-        let dir = d.attr.clone();
         let made = Attr {
             ino,
             kind: node.kind,
@@ -229,6 +209,26 @@ impl Held {
             nlink: if is_dir { 2 } else { 1 },
             rdev: node.rdev,
         };
+        let call = NsCall::Made {
+            parent,
+            name: ByteBuf::from(name.to_vec()),
+            node: node.clone(),
+            ino,
+            time,
+        };
+        if !hold(&made, call) {
+            return None;
+        }
+        let d = g.dirs.get_mut(&parent).expect("checked above");
+        d.names.insert(name.to_vec(), Some(ino));
+        if let Some(a) = &mut d.attr {
+            a.mtime = time;
+            a.ctime = time;
+            if is_dir {
+                a.nlink += 1;
+            }
+        }
+        let dir = d.attr.clone();
         if is_dir {
             // Only this mount knows it: granted and delegated, empty.
             g.dirs.insert(
@@ -447,6 +447,16 @@ impl Held {
     pub fn delegated(&self, dir: Ino) -> bool {
         let g = lock(&self.inner);
         Self::trusted(&g) && g.dirs.get(&dir).is_some_and(|d| d.delegated)
+    }
+
+    /// Runs `f` if `dir` is delegated here and trusted, under the lock a
+    /// break takes: what `f` queues under `dir`'s delegation goes before
+    /// the watch that acknowledges its recall, never after, when the home
+    /// would refuse it.
+    pub fn while_delegated<T>(&self, dir: Ino, f: impl FnOnce() -> T) -> Option<T> {
+        let g = lock(&self.inner);
+        let delegated = Self::trusted(&g) && g.dirs.get(&dir).is_some_and(|d| d.delegated);
+        delegated.then(f)
     }
 
     /// This mount added `name` to `parent` (the home answered so; its
@@ -767,7 +777,8 @@ mod tests {
             true
         };
         assert!(
-            h.make_here(Ino(7), b"a", &file(9), hold).is_none(),
+            h.make_here(Ino(7), b"a", &file(9), |a: &Attr, c| hold(a.ino, c))
+                .is_none(),
             "nothing held"
         );
         granted_dir(&h);
@@ -776,7 +787,8 @@ mod tests {
             "numbers are asked for once a directory is delegated"
         );
         assert!(
-            h.make_here(Ino(7), b"a", &file(9), hold).is_none(),
+            h.make_here(Ino(7), b"a", &file(9), |a: &Attr, c| hold(a.ino, c))
+                .is_none(),
             "no numbers yet"
         );
         let ask = h.take_inodes_ask().expect("asked");
@@ -784,7 +796,7 @@ mod tests {
         assert!(h.take_inodes_ask().is_none(), "one ask in flight");
         h.inodes_answered(Some(Some((Ino(1000), 2))));
         let (a, d) = h
-            .make_here(Ino(7), b"a", &file(9), hold)
+            .make_here(Ino(7), b"a", &file(9), |a: &Attr, c| hold(a.ino, c))
             .expect("made here");
         let d = d.expect("the directory's attributes, as made");
         assert_eq!((d.ino, d.mtime), (Ino(7), a.mtime), "its times moved");
@@ -796,25 +808,34 @@ mod tests {
         assert!(!h.absent(Ino(7), b"a"), "now there");
         assert_eq!(h.child(Ino(7), b"a"), Some(Ino(1000)), "and known");
         assert_eq!(h.child(Ino(7), b"first"), None);
-        assert!(h.make_here(Ino(7), b"a", &file(9), hold).is_none(), "taken");
         assert!(
-            h.make_here(Ino(8), b"b", &file(9), hold).is_none(),
+            h.make_here(Ino(7), b"a", &file(9), |a: &Attr, c| hold(a.ino, c))
+                .is_none(),
+            "taken"
+        );
+        assert!(
+            h.make_here(Ino(8), b"b", &file(9), |a: &Attr, c| hold(a.ino, c))
+                .is_none(),
             "not delegated"
         );
         let mut sym = file(9);
         sym.kind = FileKind::Symlink;
         assert!(
-            h.make_here(Ino(7), b"s", &sym, hold).is_none(),
+            h.make_here(Ino(7), b"s", &sym, |a: &Attr, c| hold(a.ino, c))
+                .is_none(),
             "not a file"
         );
         h.set_attr(&Attr {
             perm: 0o755,
             ..dir(7)
         });
-        let (b, _) = h.make_here(Ino(7), b"b", &file(9), hold).unwrap();
+        let (b, _) = h
+            .make_here(Ino(7), b"b", &file(9), |a: &Attr, c| hold(a.ino, c))
+            .unwrap();
         assert_eq!((b.ino, b.gid), (Ino(1001), 9), "no longer setgid");
         assert!(
-            h.make_here(Ino(7), b"c", &file(9), hold).is_none(),
+            h.make_here(Ino(7), b"c", &file(9), |a: &Attr, c| hold(a.ino, c))
+                .is_none(),
             "numbers spent"
         );
         let q = queued.borrow();
@@ -832,7 +853,10 @@ mod tests {
         ));
         // A queue that takes no more: nothing is made.
         h.inodes_answered(Some(Some((Ino(2000), 5))));
-        assert!(h.make_here(Ino(7), b"d", &file(9), |_, _| false).is_none());
+        assert!(
+            h.make_here(Ino(7), b"d", &file(9), |_: &Attr, _| false)
+                .is_none()
+        );
         assert!(h.absent(Ino(7), b"d"));
         // A directory made in it at home: its times and links follow.
         let before = h.dir_attr(Ino(7));
@@ -851,7 +875,10 @@ mod tests {
         // A break ends it.
         h.watched(Instant::now(), &since(9, vec![Changed::Inode(Ino(7))]));
         assert_eq!(h.child(Ino(7), b"a"), None);
-        assert!(h.make_here(Ino(7), b"e", &file(9), hold).is_none());
+        assert!(
+            h.make_here(Ino(7), b"e", &file(9), |a: &Attr, c| hold(a.ino, c))
+                .is_none()
+        );
         // A home that cannot read `Inodes` is not asked again.
         let h = Held::default();
         granted_dir(&h);
@@ -877,13 +904,14 @@ mod tests {
         h.take_inodes_ask().unwrap();
         h.inodes_answered(Some(Some((Ino(1000), 10))));
         assert!(
-            h.make_here(Ino(7), b"sub", &mkdir, hold).is_none(),
+            h.make_here(Ino(7), b"sub", &mkdir, |a: &Attr, c| hold(a.ino, c))
+                .is_none(),
             "the home did not say it makes directories"
         );
         h.make_dirs();
         let nlink = h.dir_attr(Ino(7)).unwrap().nlink;
         let (sub, d) = h
-            .make_here(Ino(7), b"sub", &mkdir, hold)
+            .make_here(Ino(7), b"sub", &mkdir, |a: &Attr, c| hold(a.ino, c))
             .expect("made here");
         // The setgid parent's group and setgid bit; two links; the
         // parent's link count one higher.
@@ -896,9 +924,13 @@ mod tests {
         assert_eq!(h.dir_attr(Ino(1000)), Some(sub.clone()));
         assert!(h.absent(Ino(1000), b"x"), "known empty");
         // What is made in it is made here too, behind it in the queue.
-        let (f, _) = h.make_here(Ino(1000), b"f", &file(9), hold).unwrap();
+        let (f, _) = h
+            .make_here(Ino(1000), b"f", &file(9), |a: &Attr, c| hold(a.ino, c))
+            .unwrap();
         assert_eq!(f.gid, 50, "passed on by the new setgid directory");
-        let (_, _) = h.make_here(Ino(1000), b"deeper", &mkdir, hold).unwrap();
+        let (_, _) = h
+            .make_here(Ino(1000), b"deeper", &mkdir, |a: &Attr, c| hold(a.ino, c))
+            .unwrap();
         assert!(h.delegated(Ino(1002)));
         let q = queued.borrow();
         assert!(
@@ -979,7 +1011,10 @@ mod tests {
         // A break of the new directory ends it as any other.
         h.watched(Instant::now(), &since(9, vec![Changed::Inode(Ino(1000))]));
         assert!(!h.delegated(Ino(1000)) && h.delegated(Ino(7)));
-        assert!(h.make_here(Ino(1000), b"g", &file(9), hold).is_none());
+        assert!(
+            h.make_here(Ino(1000), b"g", &file(9), |a: &Attr, c| hold(a.ino, c))
+                .is_none()
+        );
     }
 
     fn granted_dir(h: &Held) {
@@ -1007,7 +1042,8 @@ mod tests {
         h.take_inodes_ask().unwrap();
         h.inodes_answered(Some(Some((Ino(1000), 9))));
         for name in [b"config.lock".as_slice(), b"config", b"HEAD.lock"] {
-            h.make_here(Ino(7), name, &file(9), hold).unwrap();
+            h.make_here(Ino(7), name, &file(9), |a: &Attr, c| hold(a.ino, c))
+                .unwrap();
         }
         h.added(Ino(7), b"from-home", None);
         h.set_attr(&dir(7));

@@ -577,16 +577,19 @@ impl Namespace for RemoteNamespace {
         // held here, delegated, from then on.
         if matches!(node.kind, FileKind::Symlink | FileKind::Dir)
             && self.line.defers()
-            && let Some((attr, dir)) = self
-                .held
-                .make_here(parent, name, &node, |ino, call| self.line.hold(ino, call))
+            && let Some((attr, dir)) = self.held.make_here(parent, name, &node, |a, call| {
+                // Young under the lock a recall takes, so never young in a
+                // directory no longer delegated here.
+                let held = self.line.hold(a.ino, call);
+                if let (true, Some(target)) = (held, &node.target) {
+                    self.young.made_link(a, target.clone(), &self.line, parent);
+                }
+                held
+            })
         {
             // A new entry adds no xattr to its directory.
             self.forget_changed(parent);
             self.made_here_in(parent, attr.ino, dir);
-            if let Some(target) = node.target {
-                self.young.made_link(&attr, target, &self.line, parent);
-            }
             return Ok(attr);
         }
         self.forget_changed(parent);
@@ -808,14 +811,15 @@ impl Namespace for RemoteNamespace {
         // any remove of the file and its release.
         if self.home_reads & FEATURE_HELD != 0
             && let Some(dir) = self.young.delegated_in(ino)
-            && self.held.delegated(dir)
             && let Some(a) = self.young.attr(ino)
         {
             let call = NsCall::Held {
                 dir,
                 call: Box::new(NsCall::Open(ino)),
             };
-            if self.line.hold(ino, call) {
+            // Queued under the lock a recall takes: before the watch that
+            // acknowledges it, when the home still takes it.
+            if self.held.while_delegated(dir, || self.line.hold(ino, call)) == Some(true) {
                 return Ok(Some(a));
             }
         }
@@ -935,20 +939,24 @@ impl Namespace for RemoteNamespace {
         // it when the queue goes (docs/DESIGN.md, "Delegated directories:
         // files made locally").
         if self.line.defers()
-            && let Some(made) = self
-                .held
-                .make_here(parent, name, &node, |ino, call| self.line.hold(ino, call))
+            && let Some(made) = self.held.make_here(parent, name, &node, |a, call| {
+                // Young under the lock a recall takes (as a symlink).
+                let held = self.line.hold(a.ino, call);
+                if held {
+                    self.young.made(a, &self.line, Some(parent));
+                }
+                held
+            })
         {
             let (attr, dir) = made;
             self.made_here_in(parent, attr.ino, dir);
-            self.young.made(&attr, &self.line, Some(parent));
             return Ok(attr);
         }
         let mark = self.held.mark();
         // Asked before the call is sent: delegated now, the file is made at
         // home after the grant, so no one else learns of it but through a
         // recall of `parent`.
-        let delegated = self.held.delegated(parent).then_some(parent);
+        let delegated = self.held.delegated(parent);
         let (attr, dir) = self.names(parent, name, Edit::Adds, |name| {
             match self.ns(NsCall::CreateOpen { parent, name, node })? {
                 NsReply::Created { attr, parent } => Ok((attr, parent)),
@@ -960,7 +968,18 @@ impl Namespace for RemoteNamespace {
         let mut fresh = lock(&self.fresh);
         fresh.keep_attr(dir);
         fresh.keep_bare(attr.ino);
-        self.young.made(&attr, &self.line, delegated);
+        drop(fresh);
+        // Still delegated, under the lock a recall takes: its changes are
+        // held back under the delegation. Recalled meanwhile: they go with
+        // its close.
+        let young_there = delegated
+            && self
+                .held
+                .while_delegated(parent, || self.young.made(&attr, &self.line, Some(parent)))
+                .is_some();
+        if !young_there {
+            self.young.made(&attr, &self.line, None);
+        }
         if attr.kind == FileKind::Dir {
             self.held.made_dir(&attr, mark);
             self.held.set_parent(attr.ino, parent);
