@@ -1420,6 +1420,54 @@ fn a_member_mount_rides_through_a_quick_restart_of_its_home() {
     assert_eq!(sh(&ma.at, "cat f"), "x\n");
 }
 
+/// A home killed and started again honours the delegations it granted:
+/// what a member made in a delegated directory and had not yet sent (its
+/// closes returned) is taken when the member comes back, not refused as
+/// if the member had been cut off.
+#[test]
+fn a_home_restarted_takes_what_a_member_held_back_in_its_delegated_directory() {
+    let (h, daemon) = Home::start();
+    let Measured {
+        ma,
+        metrics,
+        _device,
+    } = h.measured_member();
+    make_delegated(&ma.at, &metrics, "d");
+    // The first brings inode numbers.
+    sh(&ma.at, "echo one > d/one");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Held back (the member sends within a second), then the home killed.
+    sh(
+        &ma.at,
+        "for i in $(seq 10); do echo file $i > d/f$i; done; mkdir d/sub; echo deep > d/sub/g",
+    );
+    daemon.kill();
+    let _daemon = h.serve();
+    let t = Instant::now();
+    let want = "file 10\ndeep\n";
+    loop {
+        // The member's next call sends what it held back first.
+        let here = sh(&ma.at, "ls d | wc -l");
+        let there = h.home.run(&["cat", "/d/f10", "/d/sub/g"]);
+        if there.status.success() {
+            assert_eq!(String::from_utf8_lossy(&there.stdout), want);
+            assert_eq!(here.trim(), "13");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the home never took what the member held back: {}",
+            String::from_utf8_lossy(&there.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let listed = h.home.ok(&["ls", "/d"]);
+    for i in 1..=10 {
+        assert!(listed.contains(&format!("f{i}")), "f{i} lost: {listed}");
+    }
+    assert!(ma.unmount());
+}
+
 /// What a member made in a directory delegated to it, it removes there
 /// with no call, and it sets the directory's mode and times with none
 /// (they ride with the next call or second, and the directory's

@@ -7,7 +7,7 @@
 //! broken here, as changes are noted.
 
 use super::cache::Changes;
-use super::promises::{MAX_ASK, Owed, Promises};
+use super::promises::{Grant, MAX_ASK, Owed, Promises};
 use crate::types::Ino;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -49,7 +49,13 @@ pub struct ChangeLog {
     /// Set at the first delegation: until then no read recalls anything,
     /// and checking costs one load.
     delegating: AtomicBool,
+    /// Where grants are recorded as they change, so that they outlive a
+    /// restart (docs/DESIGN.md, "The grant table outlives the home").
+    grants: std::sync::OnceLock<GrantSink>,
 }
+
+/// Records each directory's grant as it changes (`None`: none), in order.
+pub type GrantSink = Box<dyn Fn(Vec<(Ino, Option<Grant>)>) + Send + Sync>;
 
 struct Log {
     /// The sequence number of `ring[0]`.
@@ -115,6 +121,40 @@ impl ChangeLog {
             cond: Condvar::new(),
             acks: Condvar::new(),
             delegating: AtomicBool::new(false),
+            grants: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Grants recorded by an earlier run, given back, and where grants
+    /// are recorded from now on. A grant recalled more than a lease ago is
+    /// recorded gone.
+    pub fn restore(&self, recorded: Vec<(Ino, Grant)>, sink: GrantSink) {
+        let mut g = crate::util::lock(&self.inner);
+        let upto = g.first;
+        let mut gone = Vec::new();
+        for (dir, grant) in recorded {
+            if !g.promises.restore(dir, &grant, upto) {
+                gone.push((dir, None));
+            }
+        }
+        if g.promises.delegated().is_empty() && gone.is_empty() {
+            // Nothing delegated: no read needs to look for a recall.
+        } else {
+            self.delegating.store(true, Ordering::Relaxed);
+        }
+        if !gone.is_empty() {
+            sink(gone);
+        }
+        let _ = self.grants.set(sink);
+        self.record(&mut g);
+    }
+
+    /// Hands the grants changed since the last call to the sink, under the
+    /// log's lock, so they are recorded in the order they changed.
+    fn record(&self, g: &mut Log) {
+        let dirty = g.promises.take_dirty();
+        if let (false, Some(sink)) = (dirty.is_empty(), self.grants.get()) {
+            sink(dirty);
         }
     }
 
@@ -154,6 +194,7 @@ impl ChangeLog {
         if !owed.is_empty() {
             OWED.with(|o| o.borrow_mut().extend(owed));
         }
+        self.record(&mut g);
         drop(g);
         self.cond.notify_all();
     }
@@ -177,6 +218,7 @@ impl ChangeLog {
                     Self::push(&mut g, &origin, Changed::Inode(*dir), &mut owed);
                 }
             }
+            self.record(&mut g);
         }
         if owed.is_empty() {
             return;
@@ -194,6 +236,7 @@ impl ChangeLog {
         if g.promises.watched(skip, seq) {
             self.acks.notify_all();
         }
+        self.record(&mut g);
         let mut seq = seq;
         loop {
             let end = g.first + g.ring.len() as u64;
@@ -297,15 +340,18 @@ impl ChangeLog {
         if delegate {
             self.delegating.store(true, Ordering::Relaxed);
         }
-        g.promises.grant(holder, since, dirs, &changed, delegate)
+        let granted = g.promises.grant(holder, since, dirs, &changed, delegate);
+        self.record(&mut g);
+        granted
     }
 
     /// Delegates `dir`, which `holder` just made in a directory delegated
     /// to it, to it (see [`Promises::grant_made`]).
     pub fn delegate_made(&self, holder: &str, dir: Ino) -> bool {
-        crate::util::lock(&self.inner)
-            .promises
-            .grant_made(holder, dir)
+        let mut g = crate::util::lock(&self.inner);
+        let made = g.promises.grant_made(holder, dir);
+        self.record(&mut g);
+        made
     }
 
     /// Waits until every holder of a promise this thread's changes broke
@@ -566,6 +612,99 @@ mod tests {
         log.since(seen.next, "m", Duration::ZERO);
         reader.join().unwrap();
         assert!(!log.holds("m", Ino(70)));
+    }
+
+    type Records = Arc<Mutex<Vec<(Ino, Option<Grant>)>>>;
+
+    /// A log whose grants are recorded in a list, with the list.
+    fn recorded_log(before: Vec<(Ino, Grant)>) -> (Arc<ChangeLog>, Records) {
+        let log = Arc::new(ChangeLog::new());
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let r = records.clone();
+        log.restore(before, Box::new(move |g| r.lock().unwrap().extend(g)));
+        (log, records)
+    }
+
+    #[test]
+    fn grants_are_recorded_as_they_change_and_honoured_after_a_restart() {
+        let (log, records) = recorded_log(Vec::new());
+        let take = || std::mem::take(&mut *records.lock().unwrap());
+        let next = log.since(0, "m", Duration::ZERO).next;
+        assert_eq!(
+            log.promise("m", next, &[Ino(7), Ino(8)], true),
+            vec![true; 2]
+        );
+        assert!(log.delegate_made("m", Ino(70)));
+        assert_eq!(log.promise("p", next, &[Ino(9)], false), vec![true]);
+        let mut got = take();
+        got.sort_by_key(|(d, _)| *d);
+        let held = |holder: &str| {
+            Some(Grant {
+                holder: Arc::from(holder),
+                recalled: None,
+            })
+        };
+        // Delegations only: a promise is no leave to send changes.
+        assert_eq!(
+            got,
+            vec![
+                (Ino(7), held("m")),
+                (Ino(8), held("m")),
+                (Ino(70), held("m"))
+            ]
+        );
+        // A recall rewrites it; the holder's acknowledgment deletes it.
+        let l = log.clone();
+        let reader = std::thread::spawn(move || with_origin("other", || l.recall(&[Ino(7)])));
+        std::thread::sleep(Duration::from_millis(200));
+        let got = take();
+        assert!(
+            matches!(&got[..], [(Ino(7), Some(Grant { holder, recalled: Some(_) }))] if &**holder == "m"),
+            "{got:?}"
+        );
+        let seen = log.since(next, "m", Duration::ZERO);
+        log.since(seen.next, "m", Duration::ZERO);
+        reader.join().unwrap();
+        assert_eq!(take(), vec![(Ino(7), None)]);
+
+        // A restarted home: a delegation is honoured again, recalled first
+        // for another origin; a recall begun a lease ago is gone.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let before = vec![
+            (Ino(8), held("m").unwrap()),
+            (
+                Ino(9),
+                Grant {
+                    holder: Arc::from("m"),
+                    recalled: Some(now_ms - 1000),
+                },
+            ),
+            (
+                Ino(10),
+                Grant {
+                    holder: Arc::from("m"),
+                    recalled: Some(now_ms - 60_000),
+                },
+            ),
+        ];
+        let (log, records) = recorded_log(before);
+        assert!(log.holds("m", Ino(8)) && log.holds("m", Ino(9)));
+        assert!(!log.holds("m", Ino(10)) && !log.holds("x", Ino(8)));
+        assert_eq!(*records.lock().unwrap(), vec![(Ino(10), None)]);
+        let l = log.clone();
+        let reader = std::thread::spawn(move || with_origin("other", || l.recall(&[Ino(8)])));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!reader.is_finished(), "read before the holder came back");
+        // The holder's watch after the restart finds a gap; the next one
+        // acknowledges.
+        let seen = log.since(0, "m", Duration::ZERO);
+        assert!(seen.gap);
+        log.since(seen.next, "m", Duration::ZERO);
+        reader.join().unwrap();
+        assert!(!log.holds("m", Ino(8)) && !log.holds("m", Ino(9)));
     }
 
     #[test]

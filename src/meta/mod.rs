@@ -9,6 +9,7 @@
 
 mod cache;
 pub mod changes;
+mod grants;
 pub mod locks;
 mod namespace;
 mod ops;
@@ -47,7 +48,8 @@ pub struct NewNode {
 }
 
 pub struct MetaStore {
-    db: DB,
+    /// Shared with the recorder of delegations (`grants`).
+    db: std::sync::Arc<DB>,
     /// Where the database is (snapshots are kept beside it).
     path: std::path::PathBuf,
     /// Snapshot databases opened so far.
@@ -209,7 +211,7 @@ impl MetaStore {
             }
         };
         let store = MetaStore {
-            db,
+            db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
             snaps: Default::default(),
             writer: Mutex::new(()),
@@ -220,6 +222,7 @@ impl MetaStore {
             wal_syncs: Default::default(),
         };
         store.free_orphans()?;
+        store.restore_grants()?;
         Ok(store)
     }
 
@@ -234,7 +237,7 @@ impl MetaStore {
             .ok_or_else(|| Error::Corrupt(format!("{}: not a volume", path.display())))?;
         let params = decode("volume parameters", &raw)?;
         Ok(MetaStore {
-            db,
+            db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
             snaps: Default::default(),
             writer: Mutex::new(()),

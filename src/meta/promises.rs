@@ -31,6 +31,26 @@ pub(super) struct Promises {
     /// Per directory, who holds a promise of it.
     by_dir: HashMap<Ino, Vec<Arc<str>>>,
     holders: HashMap<Arc<str>, Holder>,
+    /// Grants changed since last taken, for the records that outlive a
+    /// restart ([`Promises::take_dirty`]).
+    dirty: Vec<(Ino, Option<Grant>)>,
+}
+
+/// Who may send held-back changes of a directory: its holder, delegated
+/// it, or recalled from it (since `recalled`, Unix ms) and not yet
+/// acknowledged (docs/DESIGN.md, "The grant table outlives the home").
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grant {
+    pub holder: Arc<str>,
+    pub recalled: Option<u64>,
+}
+
+fn unix_ms(at: Instant) -> u64 {
+    let ago = at.elapsed();
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Holder {
@@ -71,7 +91,15 @@ impl Promises {
                 h.seen = Instant::now();
                 let news = seq > h.acked;
                 h.acked = h.acked.max(seq);
-                h.returning.retain(|_, (upto, _)| *upto > seq);
+                let dirty = &mut self.dirty;
+                let delegated = &h.delegated;
+                h.returning.retain(|dir, (upto, _)| {
+                    let keep = *upto > seq;
+                    if !keep && !delegated.contains(dir) {
+                        dirty.push((*dir, None));
+                    }
+                    keep
+                });
                 news
             }
             None => false,
@@ -116,8 +144,14 @@ impl Promises {
                 if h.dirs.insert(*dir) {
                     self.by_dir.entry(*dir).or_default().push(key.clone());
                 }
-                if delegate {
-                    h.delegated.insert(*dir);
+                if delegate && h.delegated.insert(*dir) {
+                    self.dirty.push((
+                        *dir,
+                        Some(Grant {
+                            holder: key.clone(),
+                            recalled: None,
+                        }),
+                    ));
                 }
                 true
             })
@@ -139,9 +173,15 @@ impl Promises {
         let key = key.clone();
         let h = self.holders.get_mut(holder).expect("found above");
         if h.dirs.insert(dir) {
-            self.by_dir.entry(dir).or_default().push(key);
+            self.by_dir.entry(dir).or_default().push(key.clone());
         }
-        h.delegated.insert(dir);
+        if h.delegated.insert(dir) {
+            let grant = Grant {
+                holder: key,
+                recalled: None,
+            };
+            self.dirty.push((dir, Some(grant)));
+        }
         true
     }
 
@@ -160,6 +200,11 @@ impl Promises {
                 h.dirs.remove(&ino);
                 if h.delegated.remove(&ino) {
                     h.returning.insert(ino, (seq + 1, now));
+                    let grant = Grant {
+                        holder: holder.clone(),
+                        recalled: Some(unix_ms(now)),
+                    };
+                    self.dirty.push((ino, Some(grant)));
                 }
                 if now.duration_since(h.seen) <= LEASE {
                     owed.push(Owed {
@@ -254,6 +299,8 @@ impl Promises {
             .collect();
         for k in gone {
             if let Some(h) = self.holders.remove(&k) {
+                let granted = h.delegated.iter().chain(h.returning.keys());
+                self.dirty.extend(granted.map(|dir| (*dir, None)));
                 for dir in h.dirs {
                     if let Some(list) = self.by_dir.get_mut(&dir) {
                         list.retain(|x| *x != k);
@@ -264,6 +311,53 @@ impl Promises {
                 }
             }
         }
+    }
+
+    /// Grants changed since the last call: each directory's grant now
+    /// (`None`: none).
+    pub fn take_dirty(&mut self) -> Vec<(Ino, Option<Grant>)> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// A grant recorded by an earlier run of the home: delegated again,
+    /// its holder's lease starting now; or recalled, as long ago as it was
+    /// (past a lease: false, nothing restored).
+    pub fn restore(&mut self, dir: Ino, grant: &Grant, upto: u64) -> bool {
+        let now = Instant::now();
+        let at = match grant.recalled {
+            None => None,
+            Some(ms) => {
+                let then = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+                let ago = std::time::SystemTime::now()
+                    .duration_since(then)
+                    .unwrap_or_default();
+                if ago > LEASE {
+                    return false;
+                }
+                Some(now.checked_sub(ago).unwrap_or(now))
+            }
+        };
+        let key = grant.holder.clone();
+        let h = self.holders.entry(key.clone()).or_insert_with(|| Holder {
+            dirs: HashSet::new(),
+            delegated: HashSet::new(),
+            returning: HashMap::new(),
+            acked: 0,
+            seen: now,
+            shunned: None,
+        });
+        match at {
+            None => {
+                if h.dirs.insert(dir) {
+                    self.by_dir.entry(dir).or_default().push(key);
+                }
+                h.delegated.insert(dir);
+            }
+            Some(at) => {
+                h.returning.insert(dir, (upto, at));
+            }
+        }
+        true
     }
 
     /// How many directories `holder` is promised.
