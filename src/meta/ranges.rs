@@ -10,8 +10,10 @@ use super::{MetaStore, NewNode, db_err, decode};
 use crate::error::{Error, Result};
 use crate::types::{Attr, FileKind, Ino, Timestamp};
 
-/// Numbers in one range.
-pub const RANGE_LEN: u64 = 256;
+/// Numbers in one range: enough that a member making files as fast as
+/// a git clone does over a slow link gets the next range before its
+/// pool runs dry.
+pub const RANGE_LEN: u64 = 1024;
 /// Ranges kept per member: a fifth drops the oldest.
 pub const MAX_RANGES: usize = 4;
 
@@ -80,7 +82,20 @@ impl MetaStore {
                 "that inode number is not one the home handed this device",
             ));
         }
-        self.create_node_as(parent, name, node, Some((ino, time)))
+        match self.create_node_as(parent, name, node, Some((ino, time))) {
+            // This very `Made` applied before, its answer lost (a batch sent
+            // again after its connection closed, or after the home
+            // restarted): answered again, not refused, so the file's close
+            // does not report a failure that did not happen.
+            Err(Error::Exists) if self.dentry(parent, name)?.is_some_and(|d| d.ino == ino.0) => {
+                let a = self.attr(ino)?;
+                if a.crtime == time {
+                    return Ok(a);
+                }
+                Err(Error::Exists)
+            }
+            r => r,
+        }
     }
 }
 
@@ -112,6 +127,14 @@ mod tests {
         };
         let made = m.made("a", Ino::ROOT, b"f", file(), start, t).unwrap();
         assert_eq!((made.ino, made.mtime, made.perm), (start, t, 0o640));
+        // The same `Made` again (its answer lost): the same answer.
+        let again = m.made("a", Ino::ROOT, b"f", file(), start, t).unwrap();
+        assert_eq!((again.ino, again.crtime), (start, t));
+        let later = Timestamp { nanos: 6, ..t };
+        assert!(matches!(
+            m.made("a", Ino::ROOT, b"f", file(), start, later),
+            Err(Error::Exists)
+        ));
         assert_eq!(m.lookup(Ino::ROOT, b"f").unwrap().ino, start);
         let link = NewNode {
             kind: FileKind::Symlink,
