@@ -315,7 +315,7 @@ impl RemoteNamespace {
                 .young
                 .delegated_in(ino)
                 .is_some_and(|dir| self.held.delegated(dir))
-            || (self.held.delegated(ino) && self.held.dir_attr(ino).is_some())
+            || self.held.delegated_attr(ino).is_some()
     }
 
     /// A page of the listing of `dir` made here, when it is delegated here
@@ -487,9 +487,7 @@ impl Namespace for RemoteNamespace {
             return Ok(a);
         }
         // A directory delegated here whose attributes this mount knows.
-        if self.held.delegated(ino)
-            && let Some(a) = self.held.dir_attr(ino)
-        {
+        if let Some(a) = self.held.delegated_attr(ino) {
             return Ok(a);
         }
         RemoteNamespace::attr(self, NsCall::Attr(ino))

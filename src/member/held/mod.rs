@@ -266,6 +266,14 @@ impl Held {
         lock(&self.inner).dirs.get(&dir)?.attr.clone()
     }
 
+    /// The attributes of `dir`, if it is delegated here, trusted, and
+    /// they are known (this mount's are the only changes to them).
+    pub fn delegated_attr(&self, dir: Ino) -> Option<Attr> {
+        let g = lock(&self.inner);
+        let d = g.dirs.get(&dir).filter(|d| d.delegated)?;
+        Self::trusted(&g).then(|| d.attr.clone()).flatten()
+    }
+
     /// This mount removed `name` from `parent`.
     pub fn removed(&self, parent: Ino, name: &[u8]) {
         if let Some(d) = lock(&self.inner).dirs.get_mut(&parent) {
