@@ -1224,6 +1224,14 @@ fn make_delegated(at: &std::path::Path, metrics: &str, dir: &str) {
     }
 }
 
+/// Makes `d/one` on the member mount at `at`: made at home, it brings the
+/// mount its inode numbers, so what it makes in `d` next is made there.
+/// Waits for the batch that carries it.
+fn bring_numbers(at: &std::path::Path) {
+    sh(at, "echo one > d/one");
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
 /// A member cut off past its lease while it held back a file it made in a
 /// delegated directory, and the remove of another: another host's read
 /// there waits a lease at most and goes on without them, and when the
@@ -1234,8 +1242,7 @@ fn a_member_cut_off_past_its_lease_has_the_files_it_held_back_refused() {
     let (h, hm, Measured { ma, _device, .. }) = delegated_d();
     // The first file is made at home and brings inode numbers; the next
     // is made on the member, and held back.
-    sh(&ma.at, "echo one > d/one");
-    std::thread::sleep(Duration::from_millis(1500));
+    bring_numbers(&ma.at);
     // A remove of what it made there is held back too, and a chmod of it.
     let mode = sh(&hm.at, "stat -c %a d");
     sh(&ma.at, "echo late > d/late && rm d/one && chmod 700 d");
@@ -1433,9 +1440,7 @@ fn a_home_restarted_takes_what_a_member_held_back_in_its_delegated_directory() {
         _device,
     } = h.measured_member();
     make_delegated(&ma.at, &metrics, "d");
-    // The first brings inode numbers.
-    sh(&ma.at, "echo one > d/one");
-    std::thread::sleep(Duration::from_millis(1500));
+    bring_numbers(&ma.at);
     // Held back (the member sends within a second), then the home killed.
     sh(
         &ma.at,
@@ -1789,9 +1794,7 @@ fn a_member_renames_what_it_made_in_a_delegated_directory_with_no_call() {
             _device,
         },
     ) = delegated_d();
-    // The first brings inode numbers.
-    sh(&ma.at, "echo one > d/one");
-    std::thread::sleep(Duration::from_millis(1500));
+    bring_numbers(&ma.at);
     let (out, c) = counted(
         &metrics,
         &ma.at,
@@ -1843,8 +1846,7 @@ fn a_member_reads_again_what_it_made_in_a_delegated_directory_with_no_call() {
             _device,
         },
     ) = delegated_d();
-    sh(&ma.at, "echo one > d/one");
-    std::thread::sleep(Duration::from_millis(1500));
+    bring_numbers(&ma.at);
     sh(
         &ma.at,
         "for i in $(seq 20); do seq $i > d/f$i; done; head -c 3000000 /dev/urandom > d/big",
