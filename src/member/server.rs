@@ -88,6 +88,13 @@ impl HomeServer {
         if let Err(e) = server.reload(true) {
             tracing::warn!("{e}");
         }
+        // Before any member is answered: what they held back under the
+        // delegations of an earlier run is taken.
+        if let Some(Err(e)) = engine.meta().local().map(|m| m.restore_grants()) {
+            tracing::warn!(
+                "reading the delegations of the last run: {e} (what member devices held                  back then is refused)"
+            );
+        }
         let handler = server.clone();
         client.serve_meta(Arc::new(move |peer, bytes| handler.handle(peer, &bytes)));
         runner.every("members", Duration::from_secs(2), move || {

@@ -137,9 +137,7 @@ impl ChangeLog {
                 gone.push((dir, None));
             }
         }
-        if g.promises.delegated().is_empty() && gone.is_empty() {
-            // Nothing delegated: no read needs to look for a recall.
-        } else {
+        if !g.promises.delegated().is_empty() {
             self.delegating.store(true, Ordering::Relaxed);
         }
         if !gone.is_empty() {

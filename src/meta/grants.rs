@@ -31,8 +31,11 @@ fn key(dir: Ino) -> Vec<u8> {
 
 impl MetaStore {
     /// Gives the change journal the grants recorded by an earlier run and
-    /// records every change of them from now on.
-    pub(super) fn restore_grants(&self) -> Result<()> {
+    /// records every change of them from now on. Called by the process
+    /// that serves member devices (the only one that grants), as it starts:
+    /// a command that opens the volume by itself restores none, so its
+    /// reads wait for no member.
+    pub fn restore_grants(&self) -> Result<()> {
         let mut recorded = Vec::new();
         self.scan_prefix(CF_META, PREFIX, PREFIX, |k, v| {
             let dir = k[PREFIX.len()..]

@@ -222,7 +222,6 @@ impl MetaStore {
             wal_syncs: Default::default(),
         };
         store.free_orphans()?;
-        store.restore_grants()?;
         Ok(store)
     }
 
