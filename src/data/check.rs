@@ -226,6 +226,10 @@ impl Engine {
                 Ok(())
             })?;
         }
+        // Every peer heard from first: a command that just started reads as
+        // soon as a stripe's worth of peers answers, and a shard whose holder
+        // is still being connected to must not be judged missing.
+        self.s.store.survey()?;
         let done = Mutex::new((Vec::<String>::new(), 0u64, 0u64, 0u64, 0u64, 0u64));
         let total = labelled.len() as u64;
         labelled.par_iter().for_each(|(snap, ino, idx, c)| {
