@@ -3,6 +3,7 @@
 //! honours the delegations it granted (docs/DESIGN.md, "The grant table
 //! outlives the home"): `deleg/<dir>` = [`GrantRec`].
 
+use super::kv::Txn;
 use super::promises::Grant;
 use super::schema::{CF_META, encode};
 use super::{MetaStore, decode};
@@ -67,12 +68,11 @@ impl MetaStore {
         }
         let db = self.db.clone();
         let sink = Box::new(move |grants: Vec<(Ino, Option<Grant>)>| {
-            let cf = db.cf_handle(CF_META).expect("meta column family");
-            let mut batch = rocksdb::WriteBatch::default();
+            let mut batch = Txn::default();
             for (dir, grant) in grants {
                 match grant {
-                    Some(g) => batch.put_cf(
-                        cf,
+                    Some(g) => batch.put(
+                        CF_META,
                         key(dir),
                         encode(&GrantRec {
                             v: GRANT_V1,
@@ -80,11 +80,11 @@ impl MetaStore {
                             recalled_ms: g.recalled,
                         }),
                     ),
-                    None => batch.delete_cf(cf, key(dir)),
+                    None => batch.delete(CF_META, key(dir)),
                 }
             }
             // In the write-ahead log, not synced: a killed home keeps it.
-            if let Err(e) = db.write(batch) {
+            if let Err(e) = super::kv::commit_unguarded(&*db, batch) {
                 tracing::warn!(
                     "recording delegations to member devices: {e} (a restart of this \
                      home would refuse what they held back)"

@@ -1,8 +1,9 @@
-//! The namespace in RocksDB: inodes, directory entries, chunk maps, xattrs, shard
-//! reference counts and orphans (see `schema`).
+//! The namespace: inodes, directory entries, chunk maps, xattrs, shard
+//! reference counts and orphans (see `schema`), in a transactional key-value
+//! engine (`kv`: RocksDB embedded, or memory).
 //!
 //! Invariants: every operation reads under one writer lock and commits exactly one
-//! `WriteBatch`, so a crash leaves the old state or the new one, never a mix; shard
+//! transaction, so a crash leaves the old state or the new one, never a mix; shard
 //! reference counts change in the same batch as the chunk maps that hold them; an
 //! inode with no links that is still open is an orphan, freed at last release or at
 //! the next open of the volume.
@@ -10,6 +11,7 @@
 mod cache;
 pub mod changes;
 mod grants;
+pub mod kv;
 pub mod locks;
 mod namespace;
 mod ops;
@@ -24,9 +26,7 @@ use crate::chunk::{ChunkRef, ShardId};
 use crate::error::{Error, Result};
 use crate::types::*;
 use cache::{Cached, MetaCache};
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteOptions,
-};
+use kv::{Kv, Table, Txn};
 use schema::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -48,8 +48,8 @@ pub struct NewNode {
 }
 
 pub struct MetaStore {
-    /// Shared with the recorder of delegations (`grants`).
-    db: std::sync::Arc<DB>,
+    /// The engine (shared with the recorder of delegations, `grants`).
+    db: std::sync::Arc<dyn Kv>,
     /// Where the database is (snapshots are kept beside it).
     path: std::path::PathBuf,
     /// Snapshot databases opened so far.
@@ -68,31 +68,6 @@ pub struct MetaStore {
 /// Inode records and directory entries kept in memory (each).
 const CACHE_ENTRIES: usize = 65_536;
 
-/// RocksDB's memory, one budget for every database this process opens (the
-/// volume and each snapshot opened): left to its defaults, each column family
-/// of each database would grow its own 32 MiB block cache and 8 MiB memtable.
-struct Memory {
-    /// Data, index and filter blocks of every table.
-    blocks: rocksdb::Cache,
-    /// Memtables; past the budget the largest is flushed.
-    memtables: rocksdb::WriteBufferManager,
-}
-
-const BLOCK_CACHE_BYTES: usize = 32 << 20;
-const MEMTABLE_BYTES: usize = 32 << 20;
-
-impl Memory {
-    fn tables(&self) -> rocksdb::BlockBasedOptions {
-        let mut t = rocksdb::BlockBasedOptions::default();
-        t.set_block_cache(&self.blocks);
-        // Index and filter blocks count against the cache instead of staying
-        // in memory for as long as a table is open.
-        t.set_cache_index_and_filter_blocks(true);
-        t.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        t
-    }
-}
-
 impl MetaStore {
     /// Inode records and directory entries held in memory now (for metrics).
     pub fn cache_entries(&self) -> usize {
@@ -100,23 +75,7 @@ impl MetaStore {
     }
 }
 
-/// Bytes RocksDB holds now in its block cache and in memtables (for metrics).
-pub fn memory_use() -> (usize, usize) {
-    let m = memory();
-    (m.blocks.get_usage(), m.memtables.get_usage())
-}
-
-fn memory() -> &'static Memory {
-    static MEMORY: std::sync::LazyLock<Memory> = std::sync::LazyLock::new(|| Memory {
-        blocks: rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES),
-        memtables: rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BYTES, false),
-    });
-    &MEMORY
-}
-
-fn db_err(e: rocksdb::Error) -> Error {
-    Error::Db(e.into_string())
-}
+pub use kv::memory_use;
 
 fn decode<'a, T: serde::Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| Error::Corrupt(format!("{what} record: {e}")))
@@ -134,45 +93,29 @@ pub fn check_name(name: &[u8]) -> Result<()> {
 }
 
 impl MetaStore {
-    /// Open the namespace at `path`, creating it with `create` when it does not exist.
-    /// Orphans left by a crash are freed here.
+    /// Open the namespace at `path` (the embedded RocksDB engine), creating
+    /// it with `create` when it does not exist. Orphans left by a crash are
+    /// freed here.
     pub fn open(path: &Path, create: Option<VolumeParams>) -> Result<MetaStore> {
-        let mut opts = Options::default();
-        opts.create_if_missing(create.is_some());
-        opts.create_missing_column_families(true);
-        opts.set_keep_log_file_num(4);
-        opts.set_max_total_wal_size(16 << 20);
-        opts.increase_parallelism(2);
-        // RocksDB preallocates WAL and table files at about their target size: with the
-        // 64 MiB defaults that is disk a nearly full volume cannot give.
-        opts.set_write_buffer_size(8 << 20);
-        opts.set_target_file_size_base(8 << 20);
-        let memory = memory();
-        opts.set_write_buffer_manager(&memory.memtables);
-        let cf_opts = || {
-            let mut o = Options::default();
-            o.set_write_buffer_size(8 << 20);
-            o.set_target_file_size_base(8 << 20);
-            o.set_block_based_table_factory(&memory.tables());
-            o
-        };
-        let cfs = ALL_CFS
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
-            let msg = e.into_string();
-            if msg.contains("lock") {
-                Error::Db(format!(
-                    "{}: the volume is in use by another datamesh process ({msg})",
-                    path.display()
-                ))
-            } else {
-                Error::Db(format!("{}: {msg}", path.display()))
-            }
-        })?;
-        let cf = db.cf_handle(CF_META).expect("meta cf");
-        let params = match db.get_cf(cf, KEY_FORMAT).map_err(db_err)? {
-            Some(v) => {
+        let kv = kv::RocksKv::open(path, create.is_some())?;
+        Self::over(std::sync::Arc::new(kv), path, create)
+    }
+
+    /// A new namespace in memory (tests, models).
+    pub fn open_memory(params: VolumeParams) -> Result<MetaStore> {
+        let kv: std::sync::Arc<dyn Kv> = std::sync::Arc::new(kv::MemoryKv::new());
+        Self::over(kv, Path::new("memory"), Some(params))
+    }
+
+    /// The namespace in `kv` (made with `create` when `kv` holds none);
+    /// `path` names it in messages and places its snapshots beside it.
+    pub fn over(
+        kv: std::sync::Arc<dyn Kv>,
+        path: &Path,
+        create: Option<VolumeParams>,
+    ) -> Result<MetaStore> {
+        let params = match kv.get(CF_META, KEY_FORMAT)? {
+            Some((v, _)) => {
                 let version = u32::from_be_bytes(
                     v.as_slice()
                         .try_into()
@@ -188,30 +131,31 @@ impl MetaStore {
                 if version < FORMAT_VERSION {
                     // Every older record reads as it is; raising the row says
                     // newer ones may now be written (and keeps older code out).
-                    let mut wo = WriteOptions::default();
-                    wo.set_sync(true);
-                    db.put_cf_opt(cf, KEY_FORMAT, FORMAT_VERSION.to_be_bytes(), &wo)
-                        .map_err(db_err)?;
+                    let mut t = Txn {
+                        durable: true,
+                        ..Default::default()
+                    };
+                    t.put(CF_META, KEY_FORMAT, FORMAT_VERSION.to_be_bytes());
+                    kv::commit_unguarded(&*kv, t)?;
                     tracing::info!(
                         "{}: metadata raised from format {version} to {FORMAT_VERSION}",
                         path.display()
                     );
                 }
-                let raw = db
-                    .get_cf(cf, KEY_PARAMS)
-                    .map_err(db_err)?
+                let (raw, _) = kv
+                    .get(CF_META, KEY_PARAMS)?
                     .ok_or_else(|| Error::Corrupt("volume parameters missing".into()))?;
                 decode("volume parameters", &raw)?
             }
             None => {
                 let params = create
                     .ok_or_else(|| Error::Corrupt(format!("{}: not a volume", path.display())))?;
-                Self::format(&db, &params)?;
+                Self::format(&*kv, &params)?;
                 params
             }
         };
         let store = MetaStore {
-            db: std::sync::Arc::new(db),
+            db: kv,
             path: path.to_path_buf(),
             snaps: Default::default(),
             writer: Mutex::new(()),
@@ -227,16 +171,13 @@ impl MetaStore {
 
     /// A snapshot's database, for reading only.
     pub fn open_read_only(path: &Path) -> Result<MetaStore> {
-        let opts = Options::default();
-        let db = DB::open_cf_for_read_only(&opts, path, ALL_CFS, false)
-            .map_err(|e| Error::Db(format!("{}: {}", path.display(), e.into_string())))?;
-        let raw = db
-            .get_cf(db.cf_handle(CF_META).expect("meta cf"), KEY_PARAMS)
-            .map_err(db_err)?
+        let kv = kv::RocksKv::open_read_only(path)?;
+        let (raw, _) = kv
+            .get(CF_META, KEY_PARAMS)?
             .ok_or_else(|| Error::Corrupt(format!("{}: not a volume", path.display())))?;
         let params = decode("volume parameters", &raw)?;
         Ok(MetaStore {
-            db: std::sync::Arc::new(db),
+            db: std::sync::Arc::new(kv),
             path: path.to_path_buf(),
             snaps: Default::default(),
             writer: Mutex::new(()),
@@ -248,7 +189,7 @@ impl MetaStore {
         })
     }
 
-    fn format(db: &DB, params: &VolumeParams) -> Result<()> {
+    fn format(db: &dyn Kv, params: &VolumeParams) -> Result<()> {
         let now = Timestamp::now();
         let root = InodeRec {
             kind: FileKind::Dir,
@@ -266,15 +207,15 @@ impl MetaStore {
             allocated: 0,
             target: None,
         };
-        let mut b = rocksdb::WriteBatch::default();
-        let cf = |n| db.cf_handle(n).expect("cf exists");
-        b.put_cf(cf(CF_INODES), ino_key(Ino::ROOT), encode(&root));
-        b.put_cf(cf(CF_META), KEY_PARAMS, encode(params));
-        b.put_cf(cf(CF_META), KEY_NEXT_INO, 2u64.to_be_bytes());
-        b.put_cf(cf(CF_META), KEY_FORMAT, FORMAT_VERSION.to_be_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        db.write_opt(b, &wo).map_err(db_err)
+        let mut t = Txn {
+            durable: true,
+            ..Default::default()
+        };
+        t.put(CF_INODES, ino_key(Ino::ROOT), encode(&root));
+        t.put(CF_META, KEY_PARAMS, encode(params));
+        t.put(CF_META, KEY_NEXT_INO, 2u64.to_be_bytes());
+        t.put(CF_META, KEY_FORMAT, FORMAT_VERSION.to_be_bytes());
+        kv::commit_unguarded(db, t).map(|_| ())
     }
 
     pub fn params(&self) -> &VolumeParams {
@@ -286,8 +227,14 @@ impl MetaStore {
         &self.changes
     }
 
-    fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("column family exists")
+    /// Writes `t`, made under the writer lock (so its guards hold).
+    fn write(&self, t: Txn) -> Result<()> {
+        kv::commit_unguarded(&*self.db, t).map(|_| ())
+    }
+
+    /// The engine's name (`rocksdb`, `memory`).
+    pub fn engine(&self) -> &'static str {
+        self.db.engine()
     }
 
     fn lock(&self) -> Writer<'_> {
@@ -304,32 +251,21 @@ impl MetaStore {
     /// The sequence number of the last change committed: unchanged means no
     /// change since.
     pub fn sequence(&self) -> u64 {
-        self.db.latest_sequence_number()
+        self.db.revision()
     }
 
-    /// A consistent copy of the namespace in `dir` (which must not exist):
-    /// RocksDB's checkpoint, hard links of its table files where it can.
+    /// A consistent copy of the namespace in `dir` (which must not exist), a
+    /// RocksDB database (RocksDB's checkpoint: hard links of its table files
+    /// where it can).
     pub fn checkpoint(&self, dir: &Path) -> Result<()> {
-        rocksdb::checkpoint::Checkpoint::new(&self.db)
-            .and_then(|c| c.create_checkpoint(dir))
-            .map_err(|e| {
-                Error::Db(format!(
-                    "checkpoint in {}: {}",
-                    dir.display(),
-                    e.into_string()
-                ))
-            })
+        self.db.checkpoint(dir)
     }
 
     /// The volume's epoch (docs/DESIGN.md, "Namespace protection").
     pub fn epoch(&self) -> Result<u64> {
-        match self
-            .db
-            .get_cf(self.cf(CF_META), KEY_EPOCH)
-            .map_err(db_err)?
-        {
+        match self.db.get(CF_META, KEY_EPOCH)? {
             None => Ok(0),
-            Some(v) => Ok(u64::from_be_bytes(
+            Some((v, _)) => Ok(u64::from_be_bytes(
                 v.as_slice()
                     .try_into()
                     .map_err(|_| Error::Corrupt("epoch row".into()))?,
@@ -338,17 +274,17 @@ impl MetaStore {
     }
 
     pub fn set_epoch(&self, epoch: u64) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db
-            .put_cf_opt(self.cf(CF_META), KEY_EPOCH, epoch.to_be_bytes(), &wo)
-            .map_err(db_err)
+        let mut t = Txn {
+            durable: true,
+            ..Default::default()
+        };
+        t.put(CF_META, KEY_EPOCH, epoch.to_be_bytes());
+        self.write(t)
     }
 
     /// Durability barrier for the namespace: the write-ahead log is on disk.
     pub fn sync(&self) -> Result<()> {
-        self.wal_syncs
-            .sync(|| self.db.flush_wal(true).map_err(db_err))
+        self.wal_syncs.sync(|| self.db.sync())
     }
 
     // ---- reads -------------------------------------------------------------------
@@ -420,6 +356,19 @@ pub(crate) fn test_params() -> VolumeParams {
     }
 }
 
+/// A new namespace on each engine, under `dir`: the unit tests of the
+/// namespace run on every one.
+#[cfg(test)]
+pub(crate) fn test_stores(dir: &Path) -> Vec<MetaStore> {
+    let mem = dir.join("memory");
+    std::fs::create_dir_all(&mem).unwrap();
+    let kv: std::sync::Arc<dyn Kv> = std::sync::Arc::new(kv::MemoryKv::new());
+    vec![
+        MetaStore::open(&dir.join("meta"), Some(test_params())).unwrap(),
+        MetaStore::over(kv, &mem.join("meta"), Some(test_params())).unwrap(),
+    ]
+}
+
 /// The writer lock, held for one operation. Let go, it waits for the member
 /// mounts whose promises the operation's changes broke to have seen them
 /// (see [`promises`]), so that the change is answered only after.
@@ -440,27 +389,14 @@ mod format_tests {
     use super::*;
 
     fn set_format(path: &Path, version: u32) {
-        let db = DB::open_cf_descriptors(
-            &Options::default(),
-            path,
-            ALL_CFS
-                .iter()
-                .map(|n| ColumnFamilyDescriptor::new(*n, Options::default())),
-        )
-        .unwrap();
-        db.put_cf(
-            db.cf_handle(CF_META).unwrap(),
-            KEY_FORMAT,
-            version.to_be_bytes(),
-        )
-        .unwrap();
+        let db = kv::RocksKv::open(path, false).unwrap();
+        let mut t = Txn::default();
+        t.put(CF_META, KEY_FORMAT, version.to_be_bytes());
+        kv::commit_unguarded(&db, t).unwrap();
     }
 
     fn format_of(m: &MetaStore) -> u32 {
-        let v =
-            m.db.get_cf(m.cf(CF_META), KEY_FORMAT)
-                .unwrap()
-                .expect("format row");
+        let (v, _) = m.db.get(CF_META, KEY_FORMAT).unwrap().expect("format row");
         u32::from_be_bytes(v.as_slice().try_into().unwrap())
     }
 

@@ -425,11 +425,7 @@ impl MetaStore {
         let _g = self.lock();
         let mut tx = self.tx();
         let mut rec = tx.inode(ino)?;
-        let exists = self
-            .db
-            .get_pinned_cf(self.cf(CF_XATTRS), xattr_key(ino, name))
-            .map_err(db_err)?
-            .is_some();
+        let exists = self.db.get(CF_XATTRS, &xattr_key(ino, name))?.is_some();
         if create && exists {
             return Err(Error::Exists);
         }
@@ -438,8 +434,7 @@ impl MetaStore {
         }
         rec.ctime = Timestamp::now();
         tx.put_inode(ino, rec);
-        tx.batch
-            .put_cf(self.cf(CF_XATTRS), xattr_key(ino, name), value);
+        tx.batch.put(CF_XATTRS, xattr_key(ino, name), value);
         tx.commit()
     }
 
@@ -448,17 +443,12 @@ impl MetaStore {
         let mut tx = self.tx();
         let mut rec = tx.inode(ino)?;
         let key = xattr_key(ino, name);
-        if self
-            .db
-            .get_pinned_cf(self.cf(CF_XATTRS), &key)
-            .map_err(db_err)?
-            .is_none()
-        {
+        if self.db.get(CF_XATTRS, &key)?.is_none() {
             return Err(Error::NoXattr);
         }
         rec.ctime = Timestamp::now();
         tx.put_inode(ino, rec);
-        tx.batch.delete_cf(self.cf(CF_XATTRS), key);
+        tx.batch.delete(CF_XATTRS, key);
         tx.commit()
     }
 
@@ -488,7 +478,7 @@ impl MetaStore {
             if tx.inode_opt(ino)?.is_some() {
                 tx.free_inode(ino)?;
             } else {
-                tx.batch.delete_cf(self.cf(CF_ORPHANS), ino_key(ino));
+                tx.batch.delete(CF_ORPHANS, ino_key(ino));
             }
             tx.commit()?;
         }
@@ -506,18 +496,18 @@ impl MetaStore {
     ) -> Result<u64> {
         let pinned = self.snapshot_pins()?;
         let _g = self.lock();
-        let mut batch = rocksdb::WriteBatch::default();
+        let mut batch = Txn::default();
         let mut n = 0;
         for (id, r) in self.refs()? {
             // A shard a snapshot holds stays (its row too, for when the
             // snapshot goes).
             if r.count == 0 && r.zero_since <= cutoff && !pinned.contains(&id) {
                 delete(&id)?;
-                batch.delete_cf(self.cf(CF_REFS), ref_key(&id));
+                batch.delete(CF_REFS, ref_key(&id));
                 n += 1;
             }
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.write(batch)?;
         Ok(n)
     }
 }
@@ -525,11 +515,6 @@ impl MetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn store(dir: &Path) -> MetaStore {
-        let params = super::test_params();
-        MetaStore::open(&dir.join("meta"), Some(params)).unwrap()
-    }
 
     fn sharded(seed: u8) -> ChunkRef {
         ChunkRef::Sharded {
@@ -570,7 +555,12 @@ mod tests {
     #[test]
     fn reference_counts_follow_the_pending_batch_and_bad_commits_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let m = store(dir.path());
+        for m in super::test_stores(dir.path()) {
+            counts_follow(&m);
+        }
+    }
+
+    fn counts_follow(m: &MetaStore) {
         let node = NewNode {
             kind: FileKind::File,
             perm: 0o644,
@@ -583,7 +573,7 @@ mod tests {
         // One chunk used twice (deduplicated): its shards count 2.
         let twice = vec![(0, Some(sharded(1))), (1, Some(sharded(1)))];
         m.commit_chunks(f, twice, 2000, None).unwrap();
-        assert_counts_match(&m);
+        assert_counts_match(m);
         {
             let _g = m.lock();
             let mut tx = m.tx();
@@ -595,7 +585,7 @@ mod tests {
             tx.put_inode(f, rec);
             tx.commit().unwrap();
         }
-        assert_counts_match(&m);
+        assert_counts_match(m);
         assert_eq!(m.chunk(f, 1).unwrap(), Some(sharded(1)));
 
         let repeated = vec![(1, Some(sharded(4))), (1, None)];
@@ -618,7 +608,7 @@ mod tests {
             m.truncate(f, 64 << 10, Some((0, None)), &set),
             Err(Error::Invalid(_))
         ));
-        assert_counts_match(&m);
+        assert_counts_match(m);
         assert_eq!(m.chunk(f, 1).unwrap(), Some(sharded(1)));
 
         // The truncation the engine makes: chunk 0 cut to the new end.
@@ -629,7 +619,7 @@ mod tests {
             sealed: vec![0; 26],
         };
         m.truncate(f, 10, Some((0, Some(cut))), &set).unwrap();
-        assert_counts_match(&m);
+        assert_counts_match(m);
         assert_eq!(m.chunk(f, 1).unwrap(), None);
     }
 }

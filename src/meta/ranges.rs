@@ -6,7 +6,7 @@
 
 use super::schema::*;
 use super::snapshots::{not_reserved, writable};
-use super::{MetaStore, NewNode, db_err, decode};
+use super::{MetaStore, NewNode, decode};
 use crate::error::{Error, Result};
 use crate::types::{Attr, FileKind, Ino, Timestamp};
 
@@ -24,12 +24,8 @@ fn key(owner: &str) -> Vec<u8> {
 impl MetaStore {
     /// The ranges `owner` holds: (first, length), oldest first.
     fn ranges(&self, owner: &str) -> Result<Vec<(u64, u64)>> {
-        match self
-            .db
-            .get_cf(self.cf(CF_META), key(owner))
-            .map_err(db_err)?
-        {
-            Some(raw) => decode("inode ranges", &raw),
+        match self.db.get(CF_META, &key(owner))? {
+            Some((raw, _)) => decode("inode ranges", &raw),
             None => Ok(Vec::new()),
         }
     }
@@ -44,8 +40,7 @@ impl MetaStore {
         if ranges.len() > MAX_RANGES {
             ranges.remove(0);
         }
-        tx.batch
-            .put_cf(self.cf(CF_META), key(owner), encode(&ranges));
+        tx.batch.put(CF_META, key(owner), encode(&ranges));
         tx.commit()?;
         Ok(start)
     }

@@ -13,12 +13,8 @@ impl MetaStore {
             Cached::Hit(rec) => return Ok(Some(rec)),
             Cached::Miss(epoch) => epoch,
         };
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_INODES), ino_key(ino))
-            .map_err(db_err)?
-        {
-            Some(v) => {
+        match self.db.get(CF_INODES, &ino_key(ino))? {
+            Some((v, _)) => {
                 let rec: InodeRec = decode("inode", &v)?;
                 self.cache.fill_inode(epoch, ino, &rec);
                 Ok(Some(rec))
@@ -36,12 +32,8 @@ impl MetaStore {
             Cached::Hit(d) => return Ok(d),
             Cached::Miss(epoch) => epoch,
         };
-        let d = match self
-            .db
-            .get_pinned_cf(self.cf(CF_DENTRIES), dentry_key(parent, name))
-            .map_err(db_err)?
-        {
-            Some(v) => Some(decode("directory entry", &v)?),
+        let d = match self.db.get(CF_DENTRIES, &dentry_key(parent, name))? {
+            Some((v, _)) => Some(decode("directory entry", &v)?),
             None => None,
         };
         self.cache.fill_dentry(epoch, parent, name, d);
@@ -92,16 +84,11 @@ impl MetaStore {
             });
         }
         let start = dentry_seek(ino, offset.max(2) + 1);
-        let mode = IteratorMode::From(&start, Direction::Forward);
-        for item in self.db.iterator_cf(self.cf(CF_DENTRIES), mode) {
+        self.scan_prefix(CF_DENTRIES, &start, &ino.0.to_be_bytes(), |k, v| {
             if out.len() >= max {
-                break;
+                return Ok(false);
             }
-            let (k, v) = item.map_err(db_err)?;
-            if k[..8] != ino.0.to_be_bytes() {
-                break;
-            }
-            let d: DentryRec = decode("directory entry", &v)?;
+            let d: DentryRec = decode("directory entry", v)?;
             let cookie = u64::from_be_bytes(k[8..16].try_into().unwrap());
             out.push(DirEntry {
                 ino: Ino(d.ino),
@@ -109,26 +96,23 @@ impl MetaStore {
                 kind: d.kind,
                 name: k[16..].to_vec(),
             });
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
     pub(super) fn is_empty_dir(&self, ino: Ino) -> Result<bool> {
-        let start = ino_key(ino);
-        let mode = IteratorMode::From(&start, Direction::Forward);
-        match self.db.iterator_cf(self.cf(CF_DENTRIES), mode).next() {
-            Some(item) => Ok(item.map_err(db_err)?.0[..8] != start),
-            None => Ok(true),
-        }
+        let mut empty = true;
+        self.scan_prefix(CF_DENTRIES, &ino_key(ino), &ino_key(ino), |_, _| {
+            empty = false;
+            Ok(false)
+        })?;
+        Ok(empty)
     }
 
     pub fn chunk(&self, ino: Ino, idx: u64) -> Result<Option<ChunkRef>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_CHUNKS), chunk_key(ino, idx))
-            .map_err(db_err)?
-        {
-            Some(v) => Ok(Some(decode("chunk", &v)?)),
+        match self.db.get(CF_CHUNKS, &chunk_key(ino, idx))? {
+            Some((v, _)) => Ok(Some(decode("chunk", &v)?)),
             None => Ok(None),
         }
     }
@@ -150,28 +134,19 @@ impl MetaStore {
     /// while it returns true.
     pub(super) fn scan_prefix(
         &self,
-        cf: &str,
+        table: Table,
         start: &[u8],
         prefix: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward))
-        {
-            let (k, v) = item.map_err(db_err)?;
-            if !k.starts_with(prefix) || !f(&k, &v)? {
-                break;
-            }
-        }
-        Ok(())
+        self.db.scan(table, start, prefix, &mut f)
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         self.inode(ino)?;
         self.db
-            .get_cf(self.cf(CF_XATTRS), xattr_key(ino, name))
-            .map_err(db_err)?
+            .get(CF_XATTRS, &xattr_key(ino, name))?
+            .map(|(v, _)| v)
             .ok_or(Error::NoXattr)
     }
 

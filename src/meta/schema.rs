@@ -1,26 +1,19 @@
-//! Column families, key layouts and value records. Integer keys are big-endian so
+//! Tables, key layouts and value records. Integer keys are big-endian so
 //! that prefix scans come out in order.
 
 use crate::chunk::ShardId;
 use crate::types::{FileKind, Ino, Timestamp};
 use serde::{Deserialize, Serialize};
 
-pub const CF_INODES: &str = "inodes";
-pub const CF_DENTRIES: &str = "dentries";
-pub const CF_CHUNKS: &str = "chunks";
-pub const CF_XATTRS: &str = "xattrs";
-pub const CF_REFS: &str = "refs";
-pub const CF_ORPHANS: &str = "orphans";
-pub const CF_META: &str = "meta";
-pub const ALL_CFS: [&str; 7] = [
-    CF_INODES,
-    CF_DENTRIES,
-    CF_CHUNKS,
-    CF_XATTRS,
-    CF_REFS,
-    CF_ORPHANS,
-    CF_META,
-];
+use super::kv::Table;
+
+pub const CF_INODES: Table = Table::Inodes;
+pub const CF_DENTRIES: Table = Table::Dentries;
+pub const CF_CHUNKS: Table = Table::Chunks;
+pub const CF_XATTRS: Table = Table::Xattrs;
+pub const CF_REFS: Table = Table::Refs;
+pub const CF_ORPHANS: Table = Table::Orphans;
+pub const CF_META: Table = Table::Meta;
 
 /// Bumped whenever a key layout or record changes incompatibly. Format 2 is
 /// format 1 plus layered chunk map entries (`ChunkRef::Layered`).

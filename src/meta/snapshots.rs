@@ -73,12 +73,8 @@ impl MetaStore {
     }
 
     fn snap_list(&self) -> Result<SnapList> {
-        match self
-            .db
-            .get_cf(self.cf(CF_META), KEY_SNAPSHOTS)
-            .map_err(db_err)?
-        {
-            Some(v) => decode("snapshot list", &v),
+        match self.db.get(CF_META, KEY_SNAPSHOTS)? {
+            Some((v, _)) => decode("snapshot list", &v),
             None => Ok(SnapList {
                 next: 1,
                 list: Vec::new(),
@@ -154,11 +150,12 @@ impl MetaStore {
     }
 
     fn put_snap_list(&self, l: &SnapList) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db
-            .put_cf_opt(self.cf(CF_META), KEY_SNAPSHOTS, encode(l), &wo)
-            .map_err(db_err)
+        let mut t = Txn {
+            durable: true,
+            ..Default::default()
+        };
+        t.put(CF_META, KEY_SNAPSHOTS, encode(l));
+        self.write(t)
     }
 
     /// Snapshot `id`'s database (opened read-only on first use).
@@ -379,9 +376,13 @@ mod tests {
     #[test]
     fn a_snapshot_reads_as_it_was_and_refuses_every_change() {
         let dir = tempfile::tempdir().unwrap();
-        let params = super::test_params();
-        let m = MetaStore::open(&dir.path().join("meta"), Some(params)).unwrap();
-        let ns: &dyn Namespace = &m;
+        for m in super::test_stores(dir.path()) {
+            reads_as_it_was(&m);
+        }
+    }
+
+    fn reads_as_it_was(m: &MetaStore) {
+        let ns: &dyn Namespace = m;
         let d = ns
             .create_node(Ino::ROOT, b"d", node(FileKind::Dir))
             .unwrap();

@@ -1,18 +1,18 @@
 //! One namespace operation in the making: reads see its own pending writes, and
-//! `commit` writes everything, reference counts included, as one `WriteBatch`.
+//! `commit` writes everything, reference counts included, as one transaction.
 
 use super::cache::Changes;
+use super::kv::Txn;
 use super::schema::*;
-use super::{MetaStore, db_err, decode};
+use super::{MetaStore, decode};
 use crate::chunk::{ChunkRef, ShardId};
 use crate::error::{Error, Result};
 use crate::types::{FileKind, Ino, Timestamp};
-use rocksdb::WriteBatch;
 use std::collections::{BTreeMap, HashMap};
 
 pub struct Tx<'a> {
     meta: &'a MetaStore,
-    pub batch: WriteBatch,
+    pub batch: Txn,
     inodes: HashMap<Ino, Option<InodeRec>>,
     refs: HashMap<ShardId, i64>,
     /// Chunk map entries written so far (`None`: deleted): a chunk replaced
@@ -28,7 +28,7 @@ impl<'a> Tx<'a> {
     pub fn new(meta: &'a MetaStore) -> Tx<'a> {
         Tx {
             meta,
-            batch: WriteBatch::default(),
+            batch: Txn::default(),
             inodes: HashMap::new(),
             refs: HashMap::new(),
             chunks: BTreeMap::new(),
@@ -69,11 +69,10 @@ impl<'a> Tx<'a> {
         let next = match self.next_ino {
             Some(n) => n,
             None => {
-                let raw = self
+                let (raw, _) = self
                     .meta
                     .db
-                    .get_cf(self.meta.cf(CF_META), KEY_NEXT_INO)
-                    .map_err(db_err)?
+                    .get(CF_META, KEY_NEXT_INO)?
                     .ok_or_else(|| Error::Corrupt("next inode number missing".into()))?;
                 u64::from_be_bytes(
                     raw.as_slice()
@@ -89,17 +88,13 @@ impl<'a> Tx<'a> {
 
     pub fn put_dentry(&mut self, parent: Ino, name: &[u8], d: DentryRec) {
         self.dentries.push((parent, name.to_vec(), Some(d)));
-        self.batch.put_cf(
-            self.meta.cf(CF_DENTRIES),
-            dentry_key(parent, name),
-            encode(&d),
-        );
+        self.batch
+            .put(CF_DENTRIES, dentry_key(parent, name), encode(&d));
     }
 
     pub fn delete_dentry(&mut self, parent: Ino, name: &[u8]) {
         self.dentries.push((parent, name.to_vec(), None));
-        self.batch
-            .delete_cf(self.meta.cf(CF_DENTRIES), dentry_key(parent, name));
+        self.batch.delete(CF_DENTRIES, dentry_key(parent, name));
     }
 
     /// `ino`'s chunk `idx` as this operation leaves it so far.
@@ -132,13 +127,12 @@ impl<'a> Tx<'a> {
             *self.refs.entry(*id).or_default() += 1;
         }
         self.batch
-            .put_cf(self.meta.cf(CF_CHUNKS), chunk_key(ino, idx), encode(chunk));
+            .put(CF_CHUNKS, chunk_key(ino, idx), encode(chunk));
         self.chunks.insert((ino, idx), Some(chunk.clone()));
     }
 
     pub fn delete_chunk(&mut self, ino: Ino, idx: u64) {
-        self.batch
-            .delete_cf(self.meta.cf(CF_CHUNKS), chunk_key(ino, idx));
+        self.batch.delete(CF_CHUNKS, chunk_key(ino, idx));
         self.chunks.insert((ino, idx), None);
     }
 
@@ -162,8 +156,7 @@ impl<'a> Tx<'a> {
             self.put_inode(ino, rec);
         } else if is_open(ino) {
             self.put_inode(ino, rec);
-            self.batch
-                .put_cf(self.meta.cf(CF_ORPHANS), ino_key(ino), b"");
+            self.batch.put(CF_ORPHANS, ino_key(ino), b"");
         } else {
             self.free_inode(ino)?;
         }
@@ -183,9 +176,9 @@ impl<'a> Tx<'a> {
                 Ok(true)
             })?;
         for k in xattrs {
-            self.batch.delete_cf(self.meta.cf(CF_XATTRS), k);
+            self.batch.delete(CF_XATTRS, k);
         }
-        self.batch.delete_cf(self.meta.cf(CF_ORPHANS), ino_key(ino));
+        self.batch.delete(CF_ORPHANS, ino_key(ino));
         self.inodes.insert(ino, None);
         Ok(())
     }
@@ -198,10 +191,8 @@ impl<'a> Tx<'a> {
         };
         for (ino, rec) in self.inodes.drain() {
             match &rec {
-                Some(rec) => self
-                    .batch
-                    .put_cf(meta.cf(CF_INODES), ino_key(ino), encode(rec)),
-                None => self.batch.delete_cf(meta.cf(CF_INODES), ino_key(ino)),
+                Some(rec) => self.batch.put(CF_INODES, ino_key(ino), encode(rec)),
+                None => self.batch.delete(CF_INODES, ino_key(ino)),
             }
             changes.inodes.push((ino, rec));
         }
@@ -210,12 +201,8 @@ impl<'a> Tx<'a> {
             if delta == 0 {
                 continue;
             }
-            let cur: RefRec = match meta
-                .db
-                .get_pinned_cf(meta.cf(CF_REFS), ref_key(&id))
-                .map_err(db_err)?
-            {
-                Some(v) => decode("reference count", &v)?,
+            let cur: RefRec = match meta.db.get(CF_REFS, &ref_key(&id))? {
+                Some((v, _)) => decode("reference count", &v)?,
                 None => RefRec {
                     count: 0,
                     zero_since: now,
@@ -236,14 +223,12 @@ impl<'a> Tx<'a> {
                 count: count as u64,
                 zero_since,
             };
-            self.batch
-                .put_cf(meta.cf(CF_REFS), ref_key(&id), encode(&rec));
+            self.batch.put(CF_REFS, ref_key(&id), encode(&rec));
         }
         if let Some(n) = self.next_ino {
-            self.batch
-                .put_cf(meta.cf(CF_META), KEY_NEXT_INO, n.to_be_bytes());
+            self.batch.put(CF_META, KEY_NEXT_INO, n.to_be_bytes());
         }
-        meta.db.write(self.batch).map_err(db_err)?;
+        meta.write(self.batch)?;
         meta.changes.note(&changes);
         meta.cache.apply(changes);
         Ok(())

@@ -4,6 +4,7 @@
 use datamesh::Error;
 use datamesh::chunk::VolumeKey;
 use datamesh::data::{Engine, EngineConfig};
+use datamesh::meta::kv::{Kv, MemoryKv};
 use datamesh::meta::{MetaStore, VolumeParams};
 use datamesh::store::LocalStore;
 use datamesh::types::{FileKind, Ino, RenameFlags, SetAttr};
@@ -15,6 +16,12 @@ use std::sync::Arc;
 const CHUNK: u32 = 4096;
 
 pub fn open(dir: &Path, create: bool) -> Engine {
+    open_on(dir, create, None)
+}
+
+/// The engine with its namespace in RocksDB under `dir`, or in `memory`
+/// (made the first time, the same engine after a "restart").
+fn open_on(dir: &Path, create: bool, memory: Option<&Arc<dyn Kv>>) -> Engine {
     let params = VolumeParams {
         volume_id: [1; 16],
         chunk_size: CHUNK,
@@ -22,7 +29,11 @@ pub fn open(dir: &Path, create: bool) -> Engine {
         parity_shards: 2,
         inline_max: 512,
     };
-    let meta = MetaStore::open(&dir.join("meta"), create.then_some(params)).unwrap();
+    let meta = match memory {
+        Some(kv) => MetaStore::over(kv.clone(), &dir.join("meta"), create.then_some(params)),
+        None => MetaStore::open(&dir.join("meta"), create.then_some(params)),
+    }
+    .unwrap();
     let store = LocalStore::open(&dir.join("store")).unwrap();
     let cfg = EngineConfig {
         cache_bytes: 8 * CHUNK as usize,
@@ -447,38 +458,55 @@ proptest! {
 
     #[test]
     fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut engine = Some(open(dir.path(), true));
-        let mut model = Model::default();
-        for op in &ops {
-            match op {
-                Op::Flush => engine.as_ref().unwrap().flush_all().unwrap(),
-                Op::Reopen => {
-                    let e = engine.take().unwrap();
-                    e.flush_all().unwrap();
-                    drop(e);
-                    engine = Some(open(dir.path(), false));
-                }
-                op => apply(engine.as_ref().unwrap(), &mut model, op)?,
-            }
-        }
-        let e = engine.unwrap();
-        e.flush_all().unwrap();
-        let mut got = BTreeMap::new();
-        listing(&e, Ino::ROOT, b"", &mut got);
-        let names: Vec<_> = got.keys().cloned().collect();
-        let want: Vec<_> = model.tree.keys().cloned().collect();
-        prop_assert_eq!(names, want);
-        for (p, node) in &model.tree {
-            if let Node::File(id) = node {
-                let ino = Ino(got[p].1);
-                let data = e.read(ino, 0, usize::MAX / 2).unwrap();
-                prop_assert!(data == model.files[*id], "contents of {}", String::from_utf8_lossy(p));
-            }
-        }
-        let report = e.check(false, &|_, _| {}).unwrap();
-        prop_assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
+        matches_the_model(&ops, None)?;
     }
+
+    /// The same on the memory engine: the namespace's rules do not depend
+    /// on RocksDB.
+    #[test]
+    fn engine_on_the_memory_engine_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let kv: Arc<dyn Kv> = Arc::new(MemoryKv::new());
+        matches_the_model(&ops, Some(&kv))?;
+    }
+}
+
+fn matches_the_model(ops: &[Op], memory: Option<&Arc<dyn Kv>>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Some(open_on(dir.path(), true, memory));
+    let mut model = Model::default();
+    for op in ops {
+        match op {
+            Op::Flush => engine.as_ref().unwrap().flush_all().unwrap(),
+            Op::Reopen => {
+                let e = engine.take().unwrap();
+                e.flush_all().unwrap();
+                drop(e);
+                engine = Some(open_on(dir.path(), false, memory));
+            }
+            op => apply(engine.as_ref().unwrap(), &mut model, op)?,
+        }
+    }
+    let e = engine.unwrap();
+    e.flush_all().unwrap();
+    let mut got = BTreeMap::new();
+    listing(&e, Ino::ROOT, b"", &mut got);
+    let names: Vec<_> = got.keys().cloned().collect();
+    let want: Vec<_> = model.tree.keys().cloned().collect();
+    prop_assert_eq!(names, want);
+    for (p, node) in &model.tree {
+        if let Node::File(id) = node {
+            let ino = Ino(got[p].1);
+            let data = e.read(ino, 0, usize::MAX / 2).unwrap();
+            prop_assert!(
+                data == model.files[*id],
+                "contents of {}",
+                String::from_utf8_lossy(p)
+            );
+        }
+    }
+    let report = e.check(false, &|_, _| {}).unwrap();
+    prop_assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
+    Ok(())
 }
 
 /// One writer and several readers (plain reads and a parallel stream) on the same

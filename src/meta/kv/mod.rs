@@ -1,0 +1,162 @@
+//! The namespace's storage engine, behind one trait (`Kv`): ordered tables of
+//! byte keys, and transactions that write everything or nothing, guarded by
+//! the revisions of what they read. Engines: RocksDB (`rocks`, the embedded
+//! default) and memory (`memory`, tests). See docs/DESIGN.md, "The namespace
+//! over a transactional key-value engine".
+
+mod memory;
+mod rocks;
+#[cfg(test)]
+mod tests;
+
+use crate::error::Result;
+use std::path::Path;
+
+pub use memory::MemoryKv;
+pub use rocks::{RocksKv, memory_use};
+
+/// A commit's place in the engine's history: each commit's is higher.
+pub type Rev = u64;
+
+/// What a scan calls with each key and value: true to go on.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
+/// The namespace's tables (RocksDB's column families).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Inodes,
+    Dentries,
+    Chunks,
+    Xattrs,
+    Refs,
+    Orphans,
+    Meta,
+}
+
+impl Table {
+    pub const ALL: [Table; 7] = [
+        Table::Inodes,
+        Table::Dentries,
+        Table::Chunks,
+        Table::Xattrs,
+        Table::Refs,
+        Table::Orphans,
+        Table::Meta,
+    ];
+
+    /// Its name on disk (RocksDB's column family).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Inodes => "inodes",
+            Table::Dentries => "dentries",
+            Table::Chunks => "chunks",
+            Table::Xattrs => "xattrs",
+            Table::Refs => "refs",
+            Table::Orphans => "orphans",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// What a transaction requires to still hold when it commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// The key is at revision `rev` (`None`: absent).
+    Key {
+        table: Table,
+        key: Vec<u8>,
+        rev: Option<Rev>,
+    },
+    /// No key in `[start, end)` was written after revision `since`.
+    Range {
+        table: Table,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        since: Rev,
+    },
+}
+
+/// One write: `value` `None` deletes the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub table: Table,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Writes applied all or none, if every guard holds.
+#[derive(Clone, Debug, Default)]
+pub struct Txn {
+    pub guards: Vec<Guard>,
+    pub writes: Vec<Write>,
+    /// Answered only once the engine's log is on disk.
+    pub durable: bool,
+}
+
+impl Txn {
+    pub fn put(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.push(Write {
+            table,
+            key: key.into(),
+            value: Some(value.into()),
+        });
+    }
+
+    pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) {
+        self.writes.push(Write {
+            table,
+            key: key.into(),
+            value: None,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// How a commit ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    Done(Rev),
+    /// Guard `n` (its index) did not hold: nothing was written.
+    Conflict(usize),
+}
+
+/// An ordered, transactional key-value engine.
+pub trait Kv: Send + Sync {
+    /// The engine's name, for messages and `status`.
+    fn engine(&self) -> &'static str;
+
+    /// The value of `key` and the revision that wrote it (RocksDB: always 0,
+    /// its guards are never checked: see DESIGN).
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<(Vec<u8>, Rev)>>;
+
+    /// Calls `f(key, value)` in key order for keys from `start` on that begin
+    /// with `prefix`, while it answers true.
+    fn scan(&self, table: Table, start: &[u8], prefix: &[u8], f: &mut Visit<'_>) -> Result<()>;
+
+    fn commit(&self, txn: Txn) -> Result<Committed>;
+
+    /// The last commit's revision: unchanged means nothing was written since.
+    fn revision(&self) -> Rev;
+
+    /// Everything committed so far is on disk.
+    fn sync(&self) -> Result<()>;
+
+    /// A consistent copy of every table in `dir` (which must not exist), that
+    /// [`RocksKv::open_read_only`] opens.
+    fn checkpoint(&self, dir: &Path) -> Result<()>;
+}
+
+/// Commits `txn`, whose guards the caller knows cannot fail (the writer lock
+/// held, or none): a conflict is reported as a bug in the engine.
+pub fn commit_unguarded(kv: &dyn Kv, txn: Txn) -> Result<Rev> {
+    match kv.commit(txn)? {
+        Committed::Done(rev) => Ok(rev),
+        Committed::Conflict(i) => Err(crate::error::Error::Db(format!(
+            "{}: guard {i} of a transaction that had none failed",
+            kv.engine()
+        ))),
+    }
+}
