@@ -6,8 +6,10 @@ source "$(dirname "$0")/common.sh"
 # clang/libclang: RocksDB's bindgen; fuse3: mounts; the rest: tests and benchmarks
 # (bindfs and gocryptfs are the baselines of the filesystem benchmark; chromium
 # and its driver load the web dashboard; openssl makes the TLS test's certificate;
-# davfs2 mounts the WebDAV gateway; stress-ng's lock stressors and python3's fcntl and sqlite3 test locks).
-packages=(clang libclang-dev pkg-config fuse3 time rsync sqlite3 attr diffutils b3sum bc
+# davfs2 mounts the WebDAV gateway; stress-ng's lock stressors and python3's fcntl and sqlite3 test locks;
+# protobuf-compiler: the etcd client's build; etcd-server: the etcd engine's tests).
+packages=(clang libclang-dev pkg-config protobuf-compiler libprotobuf-dev etcd-server etcd-client
+  fuse3 time rsync sqlite3 attr diffutils b3sum bc
   git vim restic borgbackup fio bindfs gocryptfs acl man-db curl rclone openssl davfs2
   chromium chromium-driver stress-ng python3)
 missing=()

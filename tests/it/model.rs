@@ -4,7 +4,8 @@
 use datamesh::Error;
 use datamesh::chunk::VolumeKey;
 use datamesh::data::{Engine, EngineConfig};
-use datamesh::meta::kv::{Kv, MemoryKv};
+use datamesh::meta::kv::local_etcd::LocalEtcd;
+use datamesh::meta::kv::{EtcdKv, Kv, MemoryKv};
 use datamesh::meta::{MetaStore, VolumeParams};
 use datamesh::store::LocalStore;
 use datamesh::types::{FileKind, Ino, RenameFlags, SetAttr};
@@ -468,6 +469,27 @@ proptest! {
         let kv: Arc<dyn Kv> = Arc::new(MemoryKv::new());
         matches_the_model(&ops, Some(&kv))?;
     }
+}
+
+/// The same on etcd (one etcd on loopback, a key prefix per case; a
+/// "restart" opens the namespace again over the same connection).
+#[test]
+fn engine_on_etcd_matches_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = LocalEtcd::start(dir.path());
+    let n = std::sync::atomic::AtomicU64::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 16,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..60), |ops| {
+            let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let kv: Arc<dyn Kv> =
+                Arc::new(EtcdKv::connect(&etcd.url, format!("model{n}/").as_bytes()).unwrap());
+            matches_the_model(&ops, Some(&kv))
+        })
+        .unwrap();
 }
 
 fn matches_the_model(ops: &[Op], memory: Option<&Arc<dyn Kv>>) -> Result<(), TestCaseError> {

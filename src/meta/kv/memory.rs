@@ -1,9 +1,8 @@
-//! The engine in memory: every table in one ordered map, a revision per key
-//! (deleted keys keep theirs, so a range guard sees a delete), and guards
-//! checked as etcd checks them. For tests, and for the model of the
+//! The engine in memory: every table in one ordered map, a revision per key,
+//! and guards checked as etcd checks them. For tests, and for the model of the
 //! namespace; a checkpoint is written as a RocksDB database.
 
-use super::{Committed, Guard, Kv, Rev, RocksKv, Table, Txn, Visit};
+use super::{Committed, Guard, Kv, Limits, Rev, Table, Txn, Visit, copy_into_rocks};
 use crate::error::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +11,9 @@ use std::sync::RwLock;
 #[derive(Default)]
 pub struct MemoryKv {
     inner: RwLock<Inner>,
+    /// Kept as an engine with them would (etcd's, to test the paths that
+    /// keep inside them without etcd).
+    limits: Option<Limits>,
 }
 
 /// A value (`None`: deleted) and the revision that wrote it.
@@ -42,7 +44,7 @@ impl Inner {
             } => !self
                 .map
                 .range((*table, start.clone())..(*table, end.clone()))
-                .any(|(_, (_, r))| r > since),
+                .any(|(_, (v, r))| v.is_some() && r > since),
         }
     }
 }
@@ -53,6 +55,13 @@ const SCAN_BATCH: usize = 256;
 impl MemoryKv {
     pub fn new() -> MemoryKv {
         MemoryKv::default()
+    }
+
+    pub fn with_limits(limits: Limits) -> MemoryKv {
+        MemoryKv {
+            limits: Some(limits),
+            ..Default::default()
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -102,7 +111,14 @@ impl Kv for MemoryKv {
         }
     }
 
+    fn limits(&self) -> Option<Limits> {
+        self.limits
+    }
+
     fn commit(&self, txn: Txn) -> Result<Committed> {
+        if let Some(l) = &self.limits {
+            l.check(self.engine(), &txn)?;
+        }
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = txn.guards.iter().position(|g| !inner.holds(g)) {
             return Ok(Committed::Conflict(i));
@@ -127,16 +143,6 @@ impl Kv for MemoryKv {
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<()> {
-        let db = RocksKv::open(dir, true)?;
-        let mut txn = Txn {
-            durable: true,
-            ..Default::default()
-        };
-        for ((t, k), (v, _)) in &self.read().map {
-            if let Some(v) = v {
-                txn.put(*t, k.clone(), v.clone());
-            }
-        }
-        db.commit(txn).map(|_| ())
+        copy_into_rocks(self, dir)
     }
 }

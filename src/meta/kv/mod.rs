@@ -1,9 +1,12 @@
 //! The namespace's storage engine, behind one trait (`Kv`): ordered tables of
 //! byte keys, and transactions that write everything or nothing, guarded by
 //! the revisions of what they read. Engines: RocksDB (`rocks`, the embedded
-//! default) and memory (`memory`, tests). See docs/DESIGN.md, "The namespace
+//! default), memory (`memory`, tests) and etcd (`etcd`). See docs/DESIGN.md, "The namespace
 //! over a transactional key-value engine".
 
+mod etcd;
+#[doc(hidden)]
+pub mod local_etcd;
 mod memory;
 mod rocks;
 #[cfg(test)]
@@ -12,6 +15,7 @@ mod tests;
 use crate::error::Result;
 use std::path::Path;
 
+pub use etcd::EtcdKv;
 pub use memory::MemoryKv;
 pub use rocks::{RocksKv, memory_use};
 
@@ -67,7 +71,9 @@ pub enum Guard {
         key: Vec<u8>,
         rev: Option<Rev>,
     },
-    /// No key in `[start, end)` was written after revision `since`.
+    /// No key in `[start, end)` was put after revision `since` (deletes do
+    /// not count: etcd compares the keys that are there). An rmdir's "still
+    /// empty" is this guard at the revision its scan found none.
     Range {
         table: Table,
         start: Vec<u8>,
@@ -113,6 +119,63 @@ impl Txn {
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }
+
+    /// Bytes of its keys and values, and of its guards' keys.
+    pub fn size(&self) -> usize {
+        let writes: usize = self
+            .writes
+            .iter()
+            .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        let guards: usize = self
+            .guards
+            .iter()
+            .map(|g| match g {
+                Guard::Key { key, .. } => key.len(),
+                Guard::Range { start, end, .. } => start.len() + end.len(),
+            })
+            .sum();
+        writes + guards
+    }
+}
+
+/// The most a transaction may hold in an engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Writes and guards.
+    pub ops: usize,
+    /// Bytes of keys and values (and guards' keys), about as etcd counts
+    /// its request.
+    pub bytes: usize,
+}
+
+impl Limits {
+    /// etcd's defaults (`--max-txn-ops` 128, `--max-request-bytes`
+    /// 1.5 MiB, less 64 KiB for the keys' prefixes and the request's own
+    /// bytes).
+    pub const ETCD: Limits = Limits {
+        ops: 128,
+        bytes: (1536 - 64) << 10,
+    };
+
+    /// Whether `txn` fits, or why not.
+    pub fn check(&self, engine: &str, txn: &Txn) -> Result<()> {
+        let ops = txn.writes.len().max(txn.guards.len());
+        if ops > self.ops {
+            return Err(crate::error::Error::Db(format!(
+                "{engine}: too many operations in one transaction ({ops}, at most {})",
+                self.ops
+            )));
+        }
+        if txn.size() > self.bytes {
+            return Err(crate::error::Error::Db(format!(
+                "{engine}: transaction too large ({} bytes, at most {})",
+                txn.size(),
+                self.bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// How a commit ended.
@@ -136,7 +199,14 @@ pub trait Kv: Send + Sync {
     /// with `prefix`, while it answers true.
     fn scan(&self, table: Table, start: &[u8], prefix: &[u8], f: &mut Visit<'_>) -> Result<()>;
 
+    /// Applies `txn` whole if its guards hold; a transaction over
+    /// [`Kv::limits`] is an error and writes nothing.
     fn commit(&self, txn: Txn) -> Result<Committed>;
+
+    /// What one transaction may hold (`None`: no limit).
+    fn limits(&self) -> Option<Limits> {
+        None
+    }
 
     /// The last commit's revision: unchanged means nothing was written since.
     fn revision(&self) -> Rev;
@@ -147,6 +217,25 @@ pub trait Kv: Send + Sync {
     /// A consistent copy of every table in `dir` (which must not exist), that
     /// [`RocksKv::open_read_only`] opens.
     fn checkpoint(&self, dir: &Path) -> Result<()>;
+}
+
+/// A checkpoint made by copying: every table of `kv` into a new RocksDB
+/// database at `dir`. Consistent while nothing commits meanwhile (the
+/// namespace's writer lock held).
+pub fn copy_into_rocks(kv: &dyn Kv, dir: &Path) -> Result<()> {
+    let db = RocksKv::open(dir, true)?;
+    for table in Table::ALL {
+        let mut t = Txn::default();
+        kv.scan(table, b"", b"", &mut |k, v| {
+            t.put(table, k, v);
+            if t.writes.len() >= 4096 {
+                commit_unguarded(&db, std::mem::take(&mut t))?;
+            }
+            Ok(true)
+        })?;
+        commit_unguarded(&db, t)?;
+    }
+    db.sync()
 }
 
 /// Commits `txn`, whose guards the caller knows cannot fail (the writer lock

@@ -1,16 +1,28 @@
 //! What every engine must do, run against each.
 
+use super::local_etcd::LocalEtcd;
 use super::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-fn engines() -> Vec<(Box<dyn Kv>, Option<tempfile::TempDir>)> {
+/// A fresh store on each engine; etcd's keys under a prefix no other test
+/// uses.
+fn engines(etcd: &LocalEtcd) -> Vec<(Box<dyn Kv>, Option<tempfile::TempDir>)> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let rocks = RocksKv::open(&dir.path().join("db"), true).unwrap();
+    let on_etcd = EtcdKv::connect(&etcd.url, format!("t{n}/").as_bytes()).unwrap();
     vec![
         (Box::new(rocks), Some(dir)),
         (Box::new(MemoryKv::new()), None),
+        (Box::new(on_etcd), None),
     ]
+}
+
+fn etcd() -> (LocalEtcd, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (LocalEtcd::start(dir.path()), dir)
 }
 
 fn all(kv: &dyn Kv, t: Table, start: &[u8], prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -34,7 +46,8 @@ fn done(c: Committed) -> Rev {
 /// removes, a commit is all or nothing, and revisions grow.
 #[test]
 fn tables_scans_and_commits_on_every_engine() {
-    for (kv, _dir) in engines() {
+    let (etcd, _at) = etcd();
+    for (kv, _dir) in engines(&etcd) {
         let kv = &*kv;
         let mut t = Txn::default();
         t.put(Table::Inodes, b"a1".to_vec(), b"x".to_vec());
@@ -78,11 +91,13 @@ fn tables_scans_and_commits_on_every_engine() {
             ]
         );
         // A scan longer than the memory engine copies out at once.
-        let mut t = Txn::default();
-        for i in 0..700u32 {
-            t.put(Table::Refs, i.to_be_bytes(), i.to_le_bytes());
+        for hundred in 0..7u32 {
+            let mut t = Txn::default();
+            for i in hundred * 100..(hundred + 1) * 100 {
+                t.put(Table::Refs, i.to_be_bytes(), i.to_le_bytes());
+            }
+            done(kv.commit(t).unwrap());
         }
-        done(kv.commit(t).unwrap());
         let refs = all(kv, Table::Refs, &5u32.to_be_bytes(), b"");
         assert_eq!(refs.len(), 695, "{}", kv.engine());
         assert!(
@@ -102,12 +117,48 @@ fn tables_scans_and_commits_on_every_engine() {
     }
 }
 
+/// An engine with limits refuses a transaction over them, naming them, and
+/// writes none of it; the memory engine keeps etcd's when told to.
+#[test]
+fn a_transaction_over_the_limits_is_refused_whole() {
+    let (etcd, _at) = etcd();
+    let on_etcd = EtcdKv::connect(&etcd.url, b"limits/").unwrap();
+    let limited = MemoryKv::with_limits(Limits::ETCD);
+    for kv in [&on_etcd as &dyn Kv, &limited] {
+        let l = kv.limits().expect("limits");
+        assert_eq!(l, Limits::ETCD);
+        let mut t = Txn::default();
+        for i in 0..l.ops as u32 {
+            t.put(Table::Chunks, i.to_be_bytes(), b"x".to_vec());
+        }
+        done(kv.commit(t.clone()).unwrap());
+        t.put(Table::Chunks, b"one more".to_vec(), b"x".to_vec());
+        let e = kv.commit(t).unwrap_err().to_string();
+        assert!(e.contains("too many operations"), "{}: {e}", kv.engine());
+        assert_eq!(kv.get(Table::Chunks, b"one more").unwrap(), None);
+        let mut t = Txn::default();
+        t.put(Table::Xattrs, b"big".to_vec(), vec![7; l.bytes]);
+        let e = kv.commit(t).unwrap_err().to_string();
+        assert!(e.contains("too large"), "{}: {e}", kv.engine());
+        assert_eq!(kv.get(Table::Xattrs, b"big").unwrap(), None);
+    }
+    assert_eq!(MemoryKv::new().limits(), None);
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(RocksKv::open(dir.path(), true).unwrap().limits(), None);
+}
+
 /// The memory engine checks guards as etcd will: a key's revision or its
 /// absence, and a range written to since a revision. A failed guard writes
 /// nothing.
 #[test]
 fn guards_refuse_a_commit_when_what_was_read_changed() {
-    let kv = MemoryKv::new();
+    let (etcd, _at) = etcd();
+    let on_etcd = EtcdKv::connect(&etcd.url, b"guards/").unwrap();
+    guards_refuse(&MemoryKv::new());
+    guards_refuse(&on_etcd);
+}
+
+fn guards_refuse(kv: &dyn Kv) {
     let mut t = Txn::default();
     t.put(Table::Inodes, b"k".to_vec(), b"1".to_vec());
     let r1 = done(kv.commit(t).unwrap());
@@ -146,7 +197,7 @@ fn guards_refuse_a_commit_when_what_was_read_changed() {
     let mut t = Txn::default();
     t.put(Table::Inodes, b"k".to_vec(), b"2".to_vec());
     t.put(Table::Dentries, b"d/x".to_vec(), b"".to_vec());
-    let r3 = done(kv.commit(t).unwrap());
+    done(kv.commit(t).unwrap());
     kv.commit(Txn {
         writes: vec![Write {
             table: Table::Meta,
@@ -173,14 +224,17 @@ fn guards_refuse_a_commit_when_what_was_read_changed() {
         None,
         "a refused commit wrote"
     );
-    // A delete in the range counts as a write in it.
-    assert!(matches!(
-        kv.commit(guarded(vec![range(r3)])).unwrap(),
-        Committed::Done(_)
-    ));
+    // A delete in the range is no put in it; a put is.
     let now = kv.revision();
     let mut t = Txn::default();
     t.delete(Table::Dentries, b"d/x".to_vec());
+    done(kv.commit(t).unwrap());
+    assert!(matches!(
+        kv.commit(guarded(vec![range(now)])).unwrap(),
+        Committed::Done(_)
+    ));
+    let mut t = Txn::default();
+    t.put(Table::Dentries, b"d/y".to_vec(), b"".to_vec());
     done(kv.commit(t).unwrap());
     assert_eq!(
         kv.commit(guarded(vec![range(now)])).unwrap(),
@@ -188,57 +242,76 @@ fn guards_refuse_a_commit_when_what_was_read_changed() {
     );
 }
 
-proptest! {
-    /// Random commits leave every engine holding what a plain map holds, and
-    /// scanning it from any start with any prefix answers the same.
-    #[test]
-    fn every_engine_agrees_with_a_map(
-        txns in proptest::collection::vec(
-            proptest::collection::vec((0u8..3, proptest::collection::vec(0u8..4, 0..3), proptest::option::of(any::<u8>())), 0..8),
-            1..12),
-        start in proptest::collection::vec(0u8..4, 0..3),
-        prefix in proptest::collection::vec(0u8..4, 0..2),
-    ) {
-        let table = |n: u8| Table::ALL[n as usize];
-        let mut model: BTreeMap<(Table, Vec<u8>), Vec<u8>> = BTreeMap::new();
-        for (kv, _dir) in engines() {
-            model.clear();
-            for writes in &txns {
-                let mut t = Txn::default();
-                for (tb, k, v) in writes {
-                    match v {
-                        Some(v) => {
-                            t.put(table(*tb), k.clone(), vec![*v]);
-                            model.insert((table(*tb), k.clone()), vec![*v]);
-                        }
-                        None => {
-                            t.delete(table(*tb), k.clone());
-                            model.remove(&(table(*tb), k.clone()));
-                        }
+/// Random commits leave every engine holding what a plain map holds, and
+/// scanning it from any start with any prefix answers the same (one etcd
+/// for every case).
+#[test]
+fn every_engine_agrees_with_a_map() {
+    let (etcd, _at) = etcd();
+    let txns = proptest::collection::vec(
+        proptest::collection::vec(
+            (
+                0u8..3,
+                proptest::collection::vec(0u8..4, 0..3),
+                proptest::option::of(any::<u8>()),
+            ),
+            0..8,
+        ),
+        1..12,
+    );
+    let start = proptest::collection::vec(0u8..4, 0..3);
+    let prefix = proptest::collection::vec(0u8..4, 0..2);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&(txns, start, prefix), |(txns, start, prefix)| {
+            agrees_with_a_map(&etcd, &txns, &start, &prefix)
+        })
+        .unwrap();
+}
+
+type Writes = Vec<(u8, Vec<u8>, Option<u8>)>;
+
+fn agrees_with_a_map(
+    etcd: &LocalEtcd,
+    txns: &[Writes],
+    start: &[u8],
+    prefix: &[u8],
+) -> std::result::Result<(), TestCaseError> {
+    let table = |n: u8| Table::ALL[n as usize];
+    let mut model: BTreeMap<(Table, Vec<u8>), Vec<u8>> = BTreeMap::new();
+    for (kv, _dir) in engines(etcd) {
+        model.clear();
+        for writes in txns {
+            let mut t = Txn::default();
+            for (tb, k, v) in writes {
+                match v {
+                    Some(v) => {
+                        t.put(table(*tb), k.clone(), vec![*v]);
+                        model.insert((table(*tb), k.clone()), vec![*v]);
+                    }
+                    None => {
+                        t.delete(table(*tb), k.clone());
+                        model.remove(&(table(*tb), k.clone()));
                     }
                 }
-                done(kv.commit(t).unwrap());
             }
-            for tb in 0..3 {
-                let want: Vec<(Vec<u8>, Vec<u8>)> = model
-                    .iter()
-                    .filter(|((t, k), _)| *t == table(tb) && *k >= start && k.starts_with(&prefix))
-                    .map(|((_, k), v)| (k.clone(), v.clone()))
-                    .collect();
-                // A scan stops at the first key without the prefix, as the
-                // engines' do: the model's answer is the run from `start`.
-                let run: Vec<_> = {
-                    let from: Vec<_> = model
-                        .iter()
-                        .filter(|((t, k), _)| *t == table(tb) && *k >= start)
-                        .map(|((_, k), v)| (k.clone(), v.clone()))
-                        .collect();
-                    from.into_iter().take_while(|(k, _)| k.starts_with(&prefix)).collect()
-                };
-                let got = all(&*kv, table(tb), &start, &prefix);
-                prop_assert_eq!(&got, &run, "{}", kv.engine());
-                prop_assert!(got.iter().all(|e| want.contains(e)));
-            }
+            done(kv.commit(t).unwrap());
+        }
+        for tb in 0..3 {
+            // A scan stops at the first key without the prefix, as the
+            // engines' do: the model's answer is the run from `start`.
+            let run: Vec<_> = model
+                .iter()
+                .filter(|((t, k), _)| *t == table(tb) && k.as_slice() >= start)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .collect();
+            let got = all(&*kv, table(tb), start, prefix);
+            prop_assert_eq!(&got, &run, "{}", kv.engine());
         }
     }
+    Ok(())
 }
