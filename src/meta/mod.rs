@@ -12,6 +12,7 @@ mod cache;
 pub mod changes;
 mod grants;
 pub mod kv;
+mod limited;
 pub mod locks;
 mod namespace;
 mod ops;
@@ -165,6 +166,8 @@ impl MetaStore {
             changes: Default::default(),
             wal_syncs: Default::default(),
         };
+        // What an operation left to apply when its process stopped.
+        store.apply_pending()?;
         store.free_orphans()?;
         Ok(store)
     }

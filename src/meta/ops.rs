@@ -310,12 +310,31 @@ impl MetaStore {
             ));
         }
         let _g = self.lock();
-        let mut tx = self.tx();
-        let mut rec = tx.inode(ino)?;
-        if rec.kind != FileKind::File {
+        if self.inode(ino)?.kind != FileKind::File {
             return Err(Error::IsDir);
         }
-        for (idx, chunk) in chunks {
+        // More than one transaction of the engine holds: every step but the
+        // last a whole write of its chunks, the size growing to cover them
+        // (never past the size asked), as a long write a crash cuts short.
+        let mut chunks = chunks;
+        chunks.sort_by_key(|(i, _)| *i);
+        let mut steps = self.chunk_steps(chunks);
+        let last = steps.pop().unwrap_or_default();
+        let chunk_size = self.params.chunk_size as u64;
+        for step in steps {
+            let mut tx = self.tx();
+            let mut rec = tx.inode(ino)?;
+            let end = step.last().map_or(0, |(i, _)| (i + 1) * chunk_size);
+            for (idx, chunk) in step {
+                self.replace_chunk(&mut tx, &mut rec, ino, idx, chunk)?;
+            }
+            rec.size = rec.size.max(end.min(size));
+            tx.put_inode(ino, rec);
+            tx.commit()?;
+        }
+        let mut tx = self.tx();
+        let mut rec = tx.inode(ino)?;
+        for (idx, chunk) in last {
             self.replace_chunk(&mut tx, &mut rec, ino, idx, chunk)?;
         }
         rec.size = size;
@@ -378,13 +397,16 @@ impl MetaStore {
             }
         }
         let _g = self.lock();
-        let mut tx = self.tx();
-        let mut rec = tx.inode(ino)?;
-        match rec.kind {
+        match self.inode(ino)?.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(Error::IsDir),
             _ => return Err(Error::Invalid("not a regular file")),
         }
+        // More chunks to drop than one transaction holds: all but the last
+        // step's worth first, each step a shorter file.
+        self.shrink_in_steps(ino, keep)?;
+        let mut tx = self.tx();
+        let mut rec = tx.inode(ino)?;
         for (idx, old) in tx.chunks_from(ino, keep)? {
             rec.allocated -= old.plain_len() as u64;
             tx.unref(&old);
@@ -455,12 +477,8 @@ impl MetaStore {
     /// The last handle of `ino` closed: free it if it has no links left.
     pub fn release_orphan(&self, ino: Ino) -> Result<()> {
         let _g = self.lock();
-        let mut tx = self.tx();
-        match tx.inode_opt(ino)? {
-            Some(rec) if rec.nlink == 0 => {
-                tx.free_inode(ino)?;
-                tx.commit()
-            }
+        match self.tx().inode_opt(ino)? {
+            Some(rec) if rec.nlink == 0 => self.free_in_steps(ino),
             _ => Ok(()),
         }
     }
@@ -474,13 +492,7 @@ impl MetaStore {
         for ino in orphans {
             tracing::info!(%ino, "freeing inode unlinked while open before the last shutdown");
             let _g = self.lock();
-            let mut tx = self.tx();
-            if tx.inode_opt(ino)?.is_some() {
-                tx.free_inode(ino)?;
-            } else {
-                tx.batch.delete(CF_ORPHANS, ino_key(ino));
-            }
-            tx.commit()?;
+            self.free_in_steps(ino)?;
         }
         Ok(())
     }
@@ -496,6 +508,9 @@ impl MetaStore {
     ) -> Result<u64> {
         let pinned = self.snapshot_pins()?;
         let _g = self.lock();
+        // Counts still pending are applied before any is read as zero.
+        self.apply_pending()?;
+        let group = self.step_chunks().unwrap_or(usize::MAX);
         let mut batch = Txn::default();
         let mut n = 0;
         for (id, r) in self.refs()? {
@@ -505,6 +520,9 @@ impl MetaStore {
                 delete(&id)?;
                 batch.delete(CF_REFS, ref_key(&id));
                 n += 1;
+                if batch.writes.len() >= group {
+                    self.write(std::mem::take(&mut batch))?;
+                }
             }
         }
         self.write(batch)?;

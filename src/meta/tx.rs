@@ -1,10 +1,10 @@
 //! One namespace operation in the making: reads see its own pending writes, and
 //! `commit` writes everything, reference counts included, as one transaction.
 
+use super::MetaStore;
 use super::cache::Changes;
 use super::kv::Txn;
 use super::schema::*;
-use super::{MetaStore, decode};
 use crate::chunk::{ChunkRef, ShardId};
 use crate::error::{Error, Result};
 use crate::types::{FileKind, Ino, Timestamp};
@@ -22,6 +22,10 @@ pub struct Tx<'a> {
     next_ino: Option<u64>,
     /// Entries put or deleted, for the cache once the batch is written.
     dentries: Vec<(Ino, Vec<u8>, Option<DentryRec>)>,
+    /// Inodes left without a link that have more chunks than one
+    /// transaction of the engine holds: marked orphans here, freed in steps
+    /// once this commits.
+    deferred: Vec<Ino>,
 }
 
 impl<'a> Tx<'a> {
@@ -34,6 +38,7 @@ impl<'a> Tx<'a> {
             chunks: BTreeMap::new(),
             next_ino: None,
             dentries: Vec::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -157,6 +162,12 @@ impl<'a> Tx<'a> {
         } else if is_open(ino) {
             self.put_inode(ino, rec);
             self.batch.put(CF_ORPHANS, ino_key(ino), b"");
+        } else if let Some(n) = self.meta.step_chunks()
+            && self.chunks_from(ino, 0)?.len() > n
+        {
+            self.put_inode(ino, rec);
+            self.batch.put(CF_ORPHANS, ino_key(ino), b"");
+            self.deferred.push(ino);
         } else {
             self.free_inode(ino)?;
         }
@@ -196,34 +207,16 @@ impl<'a> Tx<'a> {
             }
             changes.inodes.push((ino, rec));
         }
-        let now = Timestamp::now().secs;
-        for (id, delta) in self.refs.drain() {
-            if delta == 0 {
-                continue;
+        let deltas: Vec<(ShardId, i64)> = self.refs.drain().filter(|(_, d)| *d != 0).collect();
+        // An engine with transaction limits takes counts that do not fit
+        // as a pending record, applied right after (meta/limited.rs).
+        let spilled = !meta.refs_fit(&self.batch, deltas.len());
+        if spilled {
+            meta.spill_refs(&mut self.batch, deltas)?;
+        } else {
+            for (id, rec) in meta.ref_updates(&deltas)? {
+                self.batch.put(CF_REFS, ref_key(&id), encode(&rec));
             }
-            let cur: RefRec = match meta.db.get(CF_REFS, &ref_key(&id))? {
-                Some((v, _)) => decode("reference count", &v)?,
-                None => RefRec {
-                    count: 0,
-                    zero_since: now,
-                },
-            };
-            let count = cur.count as i64 + delta;
-            if count < 0 {
-                return Err(Error::Corrupt(format!(
-                    "reference count of shard {id} would go below zero"
-                )));
-            }
-            let zero_since = if count == 0 && cur.count != 0 {
-                now
-            } else {
-                cur.zero_since
-            };
-            let rec = RefRec {
-                count: count as u64,
-                zero_since,
-            };
-            self.batch.put(CF_REFS, ref_key(&id), encode(&rec));
         }
         if let Some(n) = self.next_ino {
             self.batch.put(CF_META, KEY_NEXT_INO, n.to_be_bytes());
@@ -231,6 +224,12 @@ impl<'a> Tx<'a> {
         meta.write(self.batch)?;
         meta.changes.note(&changes);
         meta.cache.apply(changes);
+        if spilled {
+            meta.apply_pending()?;
+        }
+        for ino in self.deferred {
+            meta.free_in_steps(ino)?;
+        }
         Ok(())
     }
 }

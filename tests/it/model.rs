@@ -5,7 +5,7 @@ use datamesh::Error;
 use datamesh::chunk::VolumeKey;
 use datamesh::data::{Engine, EngineConfig};
 use datamesh::meta::kv::local_etcd::LocalEtcd;
-use datamesh::meta::kv::{EtcdKv, Kv, MemoryKv};
+use datamesh::meta::kv::{EtcdKv, Kv, Limits, MemoryKv};
 use datamesh::meta::{MetaStore, VolumeParams};
 use datamesh::store::LocalStore;
 use datamesh::types::{FileKind, Ino, RenameFlags, SetAttr};
@@ -469,6 +469,26 @@ proptest! {
         let kv: Arc<dyn Kv> = Arc::new(MemoryKv::new());
         matches_the_model(&ops, Some(&kv))?;
     }
+}
+
+/// The same on a memory engine that takes at most 10 operations a
+/// transaction: reference counts go through the pending record, and chunk
+/// commits, truncations and frees are made in steps of 2 chunks.
+#[test]
+fn engine_within_small_transaction_limits_matches_the_model() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..60), |ops| {
+            let kv: Arc<dyn Kv> = Arc::new(MemoryKv::with_limits(Limits {
+                ops: 10,
+                bytes: 16 << 10,
+            }));
+            matches_the_model(&ops, Some(&kv))
+        })
+        .unwrap();
 }
 
 /// The same on etcd (one etcd on loopback, a key prefix per case; a

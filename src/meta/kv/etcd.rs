@@ -4,9 +4,9 @@
 //! FUSE threads and from blocking tasks. See docs/DESIGN.md, "The namespace
 //! over a transactional key-value engine".
 
-use super::{Committed, Guard, Kv, Limits, Rev, Table, Txn, Visit, copy_into_rocks};
+use super::{Committed, Got, Guard, Kv, Limits, Rev, Table, Txn, Visit, copy_into_rocks};
 use crate::error::{Error, Result};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, TxnOp, TxnOpResponse};
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,7 +154,7 @@ impl Kv for EtcdKv {
         "etcd"
     }
 
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<(Vec<u8>, Rev)>> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Got>> {
         let mut c = self.client.kv_client();
         let k = self.key(table, key);
         let r = self.call(async move { c.get(k, None).await })?;
@@ -164,6 +164,47 @@ impl Kv for EtcdKv {
         Ok(r.kvs()
             .first()
             .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Rev)))
+    }
+
+    fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Got>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        // One transaction of reads per 128 keys (etcd's operation limit).
+        for part in keys.chunks(Limits::ETCD.ops) {
+            let ops: Vec<TxnOp> = part
+                .iter()
+                .map(|k| TxnOp::get(self.key(table, k), None))
+                .collect();
+            let t = etcd_client::Txn::new().and_then(ops);
+            let mut c = self.client.kv_client();
+            let r = self.call(async move { c.txn(t).await })?;
+            if let Some(h) = r.header() {
+                self.saw(h.revision());
+            }
+            for resp in r.op_responses() {
+                match resp {
+                    TxnOpResponse::Get(g) => out.push(
+                        g.kvs()
+                            .first()
+                            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Rev)),
+                    ),
+                    _ => {
+                        return Err(Error::Db(format!(
+                            "etcd {}: a read answered as something else",
+                            self.at
+                        )));
+                    }
+                }
+            }
+        }
+        if out.len() != keys.len() {
+            return Err(Error::Db(format!(
+                "etcd {}: {} answers to {} reads",
+                self.at,
+                out.len(),
+                keys.len()
+            )));
+        }
+        Ok(out)
     }
 
     fn scan(&self, table: Table, start: &[u8], prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {

@@ -2,7 +2,7 @@
 //! and guards checked as etcd checks them. For tests, and for the model of the
 //! namespace; a checkpoint is written as a RocksDB database.
 
-use super::{Committed, Guard, Kv, Limits, Rev, Table, Txn, Visit, copy_into_rocks};
+use super::{Committed, Got, Guard, Kv, Limits, Rev, Table, Txn, Visit, copy_into_rocks};
 use crate::error::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -74,7 +74,7 @@ impl Kv for MemoryKv {
         "memory"
     }
 
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<(Vec<u8>, Rev)>> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Got>> {
         Ok(match self.read().map.get(&(table, key.to_vec())) {
             Some((Some(v), r)) => Some((v.clone(), *r)),
             _ => None,

@@ -22,6 +22,9 @@ pub use rocks::{RocksKv, memory_use};
 /// A commit's place in the engine's history: each commit's is higher.
 pub type Rev = u64;
 
+/// A value read, and the revision that wrote it.
+pub type Got = (Vec<u8>, Rev);
+
 /// What a scan calls with each key and value: true to go on.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
@@ -193,7 +196,12 @@ pub trait Kv: Send + Sync {
 
     /// The value of `key` and the revision that wrote it (RocksDB: always 0,
     /// its guards are never checked: see DESIGN).
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<(Vec<u8>, Rev)>>;
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Got>>;
+
+    /// `get` of each key, in one round trip where the engine can.
+    fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Got>>> {
+        keys.iter().map(|k| self.get(table, k)).collect()
+    }
 
     /// Calls `f(key, value)` in key order for keys from `start` on that begin
     /// with `prefix`, while it answers true.

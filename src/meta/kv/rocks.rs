@@ -3,7 +3,7 @@
 //! read-modify-write, so its guards are never checked and its reads carry
 //! revision 0; its revision is RocksDB's sequence number.
 
-use super::{Committed, Kv, Rev, Table, Txn, Visit};
+use super::{Committed, Got, Kv, Rev, Table, Txn, Visit};
 use crate::error::{Error, Result};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
@@ -122,7 +122,7 @@ impl Kv for RocksKv {
         "rocksdb"
     }
 
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<(Vec<u8>, Rev)>> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Got>> {
         Ok(self
             .db
             .get_pinned_cf(self.cf(table), key)

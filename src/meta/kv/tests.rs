@@ -59,6 +59,16 @@ fn tables_scans_and_commits_on_every_engine() {
         assert_eq!(kv.get(Table::Inodes, b"a1").unwrap().unwrap().0, b"x");
         assert_eq!(kv.get(Table::Dentries, b"a1").unwrap().unwrap().0, b"other");
         assert_eq!(kv.get(Table::Chunks, b"a1").unwrap(), None);
+        let many: Vec<Option<Vec<u8>>> = kv
+            .get_many(
+                Table::Inodes,
+                &[b"b1".to_vec(), b"zz".to_vec(), b"a1".to_vec()],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|g| g.map(|(v, _)| v))
+            .collect();
+        assert_eq!(many, vec![Some(b"z".to_vec()), None, Some(b"x".to_vec())]);
         let keys: Vec<_> = all(kv, Table::Inodes, b"a", b"a")
             .into_iter()
             .map(|(k, _)| k)
