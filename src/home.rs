@@ -53,6 +53,9 @@ pub struct InitOptions {
     pub data_shards: u8,
     pub parity_shards: u8,
     pub inline_max: u32,
+    /// The namespace in etcd (`etcd://HOST:PORT,…`) instead of this host's
+    /// RocksDB.
+    pub meta: Option<String>,
 }
 
 impl Default for InitOptions {
@@ -62,7 +65,29 @@ impl Default for InitOptions {
             data_shards: 4,
             parity_shards: 2,
             inline_max: 32 << 10,
+            meta: None,
         }
+    }
+}
+
+/// `meta-engine.toml`: where a volume's namespace is when it is not in
+/// `meta/`.
+#[derive(serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaEngine {
+    v: u32,
+    /// `etcd://HOST:PORT,…`
+    url: String,
+    /// Every key of this volume in the cluster starts with it.
+    prefix: String,
+}
+
+const META_ENGINE_V1: u32 = 1;
+
+impl MetaEngine {
+    fn connect(&self) -> Result<Arc<dyn crate::meta::kv::Kv>, HomeError> {
+        let kv = crate::meta::kv::EtcdKv::connect(&self.url, self.prefix.as_bytes())?;
+        Ok(Arc::new(kv))
     }
 }
 
@@ -237,6 +262,10 @@ impl HomePaths {
     pub fn meta(&self) -> PathBuf {
         self.dir.join("meta")
     }
+    /// Where the namespace is when it is not in `meta/` (an etcd cluster).
+    pub fn meta_engine(&self) -> PathBuf {
+        self.dir.join("meta-engine.toml")
+    }
     pub fn store(&self) -> PathBuf {
         self.dir.join("store")
     }
@@ -336,6 +365,34 @@ impl Home {
         self.key_path().exists()
     }
 
+    /// The volume's namespace: in etcd when `meta-engine.toml` says so,
+    /// else this host's RocksDB in `meta/`.
+    pub fn open_meta(&self) -> Result<MetaStore, HomeError> {
+        let path = self.paths().meta_engine();
+        if !path.exists() {
+            return Ok(MetaStore::open(&self.paths().meta(), None)?);
+        }
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        let engine: MetaEngine = toml::from_str(&text).map_err(|e| HomeError::Bad {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        if engine.v != META_ENGINE_V1 {
+            return Err(HomeError::Bad {
+                path,
+                why: format!(
+                    "version {} (this datamesh reads {META_ENGINE_V1})",
+                    engine.v
+                ),
+            });
+        }
+        Ok(MetaStore::over(
+            engine.connect()?,
+            &self.paths().meta(),
+            None,
+        )?)
+    }
+
     /// A member device's home: the volume is another host's.
     pub fn is_member(&self) -> bool {
         self.paths().member().exists()
@@ -368,6 +425,26 @@ impl Home {
         }
         crate::chunk::Codec::new(opts.data_shards as usize, opts.parity_shards as usize)
             .map_err(crate::Error::from)?;
+        let params = VolumeParams {
+            volume_id: rand::random(),
+            chunk_size: opts.chunk_size,
+            data_shards: opts.data_shards,
+            parity_shards: opts.parity_shards,
+            inline_max: opts.inline_max.min(opts.chunk_size),
+        };
+        // The cluster reached before anything is written here.
+        let etcd = match &opts.meta {
+            Some(url) => {
+                let engine = MetaEngine {
+                    v: META_ENGINE_V1,
+                    url: url.clone(),
+                    prefix: format!("dm/{}/", hex::encode(params.volume_id)),
+                };
+                let kv = engine.connect()?;
+                Some((engine, kv))
+            }
+            None => None,
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -378,20 +455,24 @@ impl Home {
         if !cfg.exists() {
             fs::write(&cfg, CONFIG_TEMPLATE).map_err(io(&cfg))?;
         }
-        let params = VolumeParams {
-            volume_id: rand::random(),
-            chunk_size: opts.chunk_size,
-            data_shards: opts.data_shards,
-            parity_shards: opts.parity_shards,
-            inline_max: opts.inline_max.min(opts.chunk_size),
-        };
-        MetaStore::open(&self.paths().meta(), Some(params))?;
-        // RocksDB makes its directory with the umask's mode; it holds the
-        // chunk keys.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = self.paths().meta();
-            fs::set_permissions(&meta, fs::Permissions::from_mode(0o700)).map_err(io(&meta))?;
+        match etcd {
+            Some((engine, kv)) => {
+                let path = self.paths().meta_engine();
+                let text = toml::to_string(&engine).map_err(|e| HomeError::Bad {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
+                MetaStore::over(kv, &self.paths().meta(), Some(params))?;
+                crate::util::write_secret(&path, text.as_bytes()).map_err(|(p, e)| io(&p)(e))?;
+            }
+            None => {
+                MetaStore::open(&self.paths().meta(), Some(params))?;
+                // RocksDB makes its directory with the umask's mode; it holds
+                // the chunk keys.
+                use std::os::unix::fs::PermissionsExt;
+                let meta = self.paths().meta();
+                fs::set_permissions(&meta, fs::Permissions::from_mode(0o700)).map_err(io(&meta))?;
+            }
         }
         self.mesh_key()?;
         authority_or_make(&self.paths().authority_key())?;
@@ -421,6 +502,9 @@ impl Home {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let me = nix::unistd::geteuid();
         for dir in [self.dir.clone(), self.paths().meta()] {
+            if dir != self.dir && self.paths().meta_engine().exists() {
+                continue;
+            }
             let meta = fs::metadata(&dir).map_err(io(&dir))?;
             if !me.is_root() && meta.uid() != me.as_raw() {
                 return Err(HomeError::Bad {

@@ -806,3 +806,90 @@ pub fn key_file<const N: usize>(path: &Path) -> [u8; N] {
         .try_into()
         .unwrap_or_else(|_| panic!("{}: not {N} bytes", path.display()))
 }
+
+/// An etcd of `n` members on loopback (Debian's etcd-server), each with its
+/// data in a directory of its own, killed when dropped. Its endpoints are
+/// [`Etcd::url`].
+pub struct Etcd {
+    members: Vec<Option<Child>>,
+    clients: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start(n: usize) -> Etcd {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let first = free_ports(2 * n as u16);
+        let peer = |i: usize| format!("http://127.0.0.1:{}", first + 2 * i as u16 + 1);
+        let cluster: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer(i))).collect();
+        let clients: Vec<u16> = (0..n).map(|i| first + 2 * i as u16).collect();
+        let members = (0..n)
+            .map(|i| {
+                let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+                let client = format!("http://127.0.0.1:{}", clients[i]);
+                Some(
+                    Command::new("etcd")
+                        .arg(format!("--name=m{i}"))
+                        .arg(format!(
+                            "--data-dir={}",
+                            dir.path().join(format!("m{i}")).display()
+                        ))
+                        .arg(format!("--listen-client-urls={client}"))
+                        .arg(format!("--advertise-client-urls={client}"))
+                        .arg(format!("--listen-peer-urls={}", peer(i)))
+                        .arg(format!("--initial-advertise-peer-urls={}", peer(i)))
+                        .arg(format!("--initial-cluster={}", cluster.join(",")))
+                        .stdout(Stdio::null())
+                        .stderr(log)
+                        .spawn()
+                        .expect("etcd (scripts/setup.sh installs etcd-server)"),
+                )
+            })
+            .collect();
+        let e = Etcd {
+            members,
+            clients,
+            _dir: dir,
+        };
+        let endpoints = e.endpoints();
+        within("etcd answers", 30, &|| {
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoints}"))
+                .args(["endpoint", "health"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        e
+    }
+
+    fn endpoints(&self) -> String {
+        let list: Vec<String> = self
+            .clients
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        list.join(",")
+    }
+
+    /// `etcd://127.0.0.1:P1,127.0.0.1:P2,…`
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.endpoints())
+    }
+
+    /// `kill -9` of member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

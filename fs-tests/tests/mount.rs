@@ -473,3 +473,54 @@ fn a_format_1_volume_mounts_reads_and_takes_overwrites_in_place() {
     drop(m);
     v.assert_fsck_clean();
 }
+
+/// A volume whose namespace is in etcd (three members on loopback): made
+/// with `init --meta`, it keeps nothing in `meta/`, takes a copied tree and
+/// files of more chunks than one etcd transaction holds, reads them back
+/// after a remount, frees them (fsck clean all along), goes on with one of
+/// the three members killed, and fails, naming etcd, with a majority down.
+#[test]
+fn a_volume_with_its_namespace_in_etcd() {
+    use std::os::unix::fs::PermissionsExt;
+    require!();
+    let mut etcd = fs_tests::Etcd::start(3);
+    let v = Volume::new();
+    let url = etcd.url();
+    let out = v.ok(&["init", "--chunk-size", "64K", "--meta", &url]);
+    assert!(out.contains("namespace in etcd://"), "{out}");
+    assert!(!v.home().join("meta").exists());
+    let engine = fs::metadata(v.home().join("meta-engine.toml")).unwrap();
+    assert_eq!(engine.permissions().mode() & 0o777, 0o600);
+    let m = v.mount();
+    sh(
+        &m.at,
+        "cp -a /usr/share/doc/git copy && diff -r --no-dereference /usr/share/doc/git copy",
+    );
+    // 10 MiB in 64 KiB chunks: 160 of them, more than one transaction holds.
+    sh(
+        &m.at,
+        "head -c 10485760 /dev/urandom > big && cp big big2 && cmp big big2",
+    );
+    assert!(m.unmount());
+    v.assert_fsck_clean();
+    let m = v.mount();
+    sh(
+        &m.at,
+        "diff -r --no-dereference /usr/share/doc/git copy && cmp big big2 \
+         && truncate -s 100 big && rm big2 && rm -r copy",
+    );
+    etcd.kill(0);
+    sh(&m.at, "echo after > one-down && grep -q after one-down");
+    assert!(m.unmount());
+    v.assert_fsck_clean();
+    etcd.kill(1);
+    let t = std::time::Instant::now();
+    let out = v.run(&["ls", "/"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("etcd"), "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(40),
+        "{:?}",
+        t.elapsed()
+    );
+}

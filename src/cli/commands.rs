@@ -58,6 +58,7 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             chunk_size,
             data_shards,
             parity_shards,
+            meta,
         } => {
             let chunk_size =
                 u32::try_from(chunk_size).map_err(|_| anyhow!("chunk size too large"))?;
@@ -65,11 +66,13 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
                 chunk_size,
                 data_shards,
                 parity_shards,
+                meta: meta.clone(),
                 ..Default::default()
             };
             home.init(&opts)?;
+            let at = meta.map_or(String::new(), |url| format!("; namespace in {url}"));
             println!(
-                "datamesh: created a volume in {} ({}+{} erasure coding, {} chunks)",
+                "datamesh: created a volume in {} ({}+{} erasure coding, {} chunks{at})",
                 home.dir.display(),
                 data_shards,
                 parity_shards,

@@ -111,6 +111,10 @@ enum Cmd {
         /// Parity shards per chunk (m): how many lost shards a chunk survives.
         #[arg(long, default_value_t = 2)]
         parity_shards: u8,
+        /// Keep the namespace in an etcd cluster (etcd://HOST:PORT,HOST:PORT,…)
+        /// instead of this host's RocksDB.
+        #[arg(long, value_name = "etcd://HOST:PORT,…")]
+        meta: Option<String>,
     },
     /// List a directory.
     Ls {

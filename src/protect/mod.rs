@@ -248,7 +248,7 @@ pub fn when(secs: u64) -> String {
 /// (`status`, the dashboard); `mesh`: the volume has storage peers.
 pub fn describe(state: &Path, mesh: bool) -> String {
     if !mesh {
-        return "off (no storage peers: the namespace is on this disk only)".into();
+        return "off (no storage peers to keep a copy of the namespace on)".into();
     }
     match ProtectState::load(state) {
         Ok(st) => match st.kept.first() {

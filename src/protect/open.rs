@@ -6,7 +6,6 @@
 
 use crate::data::Engine;
 use crate::home::{Home, HomeError, InitOptions};
-use crate::meta::MetaStore;
 use crate::store::LocalStore;
 use std::sync::Arc;
 
@@ -46,7 +45,7 @@ pub fn open_daemon(
     home.check_private()?;
     let ecfg = home.engine_config(cache_mb, dirty_mb)?;
     let key = home.volume_key()?;
-    let meta = MetaStore::open(&home.paths().meta(), None)?;
+    let meta = home.open_meta()?;
     let n = meta.params().data_shards as usize + meta.params().parity_shards as usize;
     let mut client = None;
     let authority = crate::home::load_authority(&home.paths().authority_key())?;

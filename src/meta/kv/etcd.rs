@@ -6,7 +6,9 @@
 
 use super::{Committed, Got, Guard, Kv, Limits, Rev, Table, Txn, Visit, copy_into_rocks};
 use crate::error::{Error, Result};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, TxnOp, TxnOpResponse,
+};
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,15 +81,31 @@ impl EtcdKv {
         Ok(kv)
     }
 
-    /// Runs `f` on this engine's runtime and waits for it, at most
-    /// [`CALL_LIMIT`] and a little.
-    fn call<T: Send + 'static>(
-        &self,
-        f: impl Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T> {
+    /// Runs `f` on this engine's runtime and waits for it, trying again
+    /// while etcd answers that it cannot now (a leader election, a member
+    /// gone) for at most [`CALL_LIMIT`] in all. Every call this engine makes
+    /// may be made twice: reads, and transactions of whole values written
+    /// under the namespace's writer lock, which write the same again.
+    fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(KvClient) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>> + Send,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let client = self.client.kv_client();
         self.rt.spawn(async move {
-            let r = tokio::time::timeout(CALL_LIMIT, f).await;
+            let deadline = tokio::time::Instant::now() + CALL_LIMIT;
+            let mut pause = Duration::from_millis(50);
+            let r = loop {
+                match tokio::time::timeout_at(deadline, f(client.clone())).await {
+                    Ok(Err(e)) if passing(&e) && tokio::time::Instant::now() + pause < deadline => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                    r => break r,
+                }
+            };
             let _ = tx.send(r);
         });
         match rx.recv_timeout(CALL_LIMIT + Duration::from_secs(1)) {
@@ -123,17 +141,85 @@ impl EtcdKv {
                 end,
                 since,
             } => {
-                let mut c = self.client.kv_client();
                 let (s, e) = (self.key(*table, start), self.key(*table, end));
                 let opts = GetOptions::new()
                     .with_range(e)
                     .with_keys_only()
                     .with_min_mod_revision(*since as i64 + 1)
                     .with_limit(1);
-                let r = self.call(async move { c.get(s, Some(opts)).await })?;
+                let r = self.call(move |mut c| {
+                    let (s, opts) = (s.clone(), opts.clone());
+                    async move { c.get(s, Some(opts)).await }
+                })?;
                 r.kvs().is_empty()
             }
         })
+    }
+
+    /// A scan at revision `at` (`None`: the first page's).
+    fn scan_at(
+        &self,
+        table: Table,
+        start: &[u8],
+        prefix: &[u8],
+        at: Option<i64>,
+        f: &mut Visit<'_>,
+    ) -> Result<()> {
+        let strip = self.prefix.len() + 1;
+        let end = prefix_end(&self.key(table, prefix));
+        let mut from = self.key(table, start);
+        if from >= end {
+            return Ok(());
+        }
+        // Every page at the first one's revision: one consistent view.
+        let mut at = at;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if let Some(rev) = at {
+                opts = opts.with_revision(rev);
+            }
+            let k = from.clone();
+            let mut r = self.call(move |mut c| {
+                let (k, opts) = (k.clone(), opts.clone());
+                async move { c.get(k, Some(opts)).await }
+            })?;
+            if at.is_none() {
+                let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+                self.saw(rev);
+                at = Some(rev);
+            }
+            let more = r.more();
+            let kvs = r.take_kvs();
+            for kv in &kvs {
+                // Keys from `start` up to the prefix's (a start before it)
+                // end the scan, as in every engine.
+                let key = &kv.key()[strip..];
+                if !key.starts_with(prefix) || !f(key, kv.value())? {
+                    return Ok(());
+                }
+            }
+            match kvs.last() {
+                Some(last) if more => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// An error that may pass: the cluster between leaders, a member or a
+/// connection gone.
+fn passing(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Unknown
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
     }
 }
 
@@ -155,9 +241,11 @@ impl Kv for EtcdKv {
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Got>> {
-        let mut c = self.client.kv_client();
         let k = self.key(table, key);
-        let r = self.call(async move { c.get(k, None).await })?;
+        let r = self.call(move |mut c| {
+            let k = k.clone();
+            async move { c.get(k, None).await }
+        })?;
         if let Some(h) = r.header() {
             self.saw(h.revision());
         }
@@ -175,8 +263,10 @@ impl Kv for EtcdKv {
                 .map(|k| TxnOp::get(self.key(table, k), None))
                 .collect();
             let t = etcd_client::Txn::new().and_then(ops);
-            let mut c = self.client.kv_client();
-            let r = self.call(async move { c.txn(t).await })?;
+            let r = self.call(move |mut c| {
+                let t = t.clone();
+                async move { c.txn(t).await }
+            })?;
             if let Some(h) = r.header() {
                 self.saw(h.revision());
             }
@@ -208,45 +298,7 @@ impl Kv for EtcdKv {
     }
 
     fn scan(&self, table: Table, start: &[u8], prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
-        let strip = self.prefix.len() + 1;
-        let end = prefix_end(&self.key(table, prefix));
-        let mut from = self.key(table, start);
-        if from >= end {
-            return Ok(());
-        }
-        // Every page at the first one's revision: one consistent view.
-        let mut at: Option<i64> = None;
-        loop {
-            let mut c = self.client.kv_client();
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if let Some(rev) = at {
-                opts = opts.with_revision(rev);
-            }
-            let k = from.clone();
-            let mut r = self.call(async move { c.get(k, Some(opts)).await })?;
-            if at.is_none() {
-                let rev = r.header().map(|h| h.revision()).unwrap_or(0);
-                self.saw(rev);
-                at = Some(rev);
-            }
-            let more = r.more();
-            let kvs = r.take_kvs();
-            for kv in &kvs {
-                // Keys from `start` up to the prefix's (a start before it)
-                // end the scan, as in every engine.
-                let key = &kv.key()[strip..];
-                if !key.starts_with(prefix) || !f(key, kv.value())? {
-                    return Ok(());
-                }
-            }
-            match kvs.last() {
-                Some(last) if more => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => return Ok(()),
-            }
-        }
+        self.scan_at(table, start, prefix, None, f)
     }
 
     fn limits(&self) -> Option<Limits> {
@@ -295,8 +347,10 @@ impl Kv for EtcdKv {
         }
         ops.reverse();
         let t = etcd_client::Txn::new().when(compares).and_then(ops);
-        let mut c = self.client.kv_client();
-        let r = self.call(async move { c.txn(t).await })?;
+        let r = self.call(move |mut c| {
+            let t = t.clone();
+            async move { c.txn(t).await }
+        })?;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         self.saw(rev);
         if r.succeeded() {
@@ -320,8 +374,11 @@ impl Kv for EtcdKv {
         Ok(())
     }
 
+    /// Every table read at one revision, into a RocksDB database.
     fn checkpoint(&self, dir: &Path) -> Result<()> {
-        copy_into_rocks(self, dir)
+        self.get(Table::Meta, b"format")?;
+        let at = self.revision() as i64;
+        copy_into_rocks(dir, &mut |t, f| self.scan_at(t, b"", b"", Some(at), f))
     }
 }
 

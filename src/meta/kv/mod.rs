@@ -227,14 +227,17 @@ pub trait Kv: Send + Sync {
     fn checkpoint(&self, dir: &Path) -> Result<()>;
 }
 
-/// A checkpoint made by copying: every table of `kv` into a new RocksDB
-/// database at `dir`. Consistent while nothing commits meanwhile (the
-/// namespace's writer lock held).
-pub fn copy_into_rocks(kv: &dyn Kv, dir: &Path) -> Result<()> {
+/// A checkpoint made by copying: every table, as `scan(table, f)` reads it
+/// (all of it, calling `f` with each key and value), into a new RocksDB
+/// database at `dir`.
+pub fn copy_into_rocks(
+    dir: &Path,
+    scan: &mut dyn FnMut(Table, &mut Visit<'_>) -> Result<()>,
+) -> Result<()> {
     let db = RocksKv::open(dir, true)?;
     for table in Table::ALL {
         let mut t = Txn::default();
-        kv.scan(table, b"", b"", &mut |k, v| {
+        scan(table, &mut |k, v| {
             t.put(table, k, v);
             if t.writes.len() >= 4096 {
                 commit_unguarded(&db, std::mem::take(&mut t))?;
