@@ -368,9 +368,128 @@ impl Home {
     /// The volume's namespace: in etcd when `meta-engine.toml` says so,
     /// else this host's RocksDB in `meta/`.
     pub fn open_meta(&self) -> Result<MetaStore, HomeError> {
+        match self.meta_engine()? {
+            None => Ok(MetaStore::open(&self.paths().meta(), None)?),
+            Some(engine) => Ok(MetaStore::over(
+                engine.connect()?,
+                &self.paths().meta(),
+                None,
+            )?),
+        }
+    }
+
+    /// Moves the namespace to etcd (`to` an `etcd://` address) or back into
+    /// this host's RocksDB (`to` `rocksdb`), with no daemon holding the
+    /// volume: every key copied, the two compared, then the home pointed
+    /// at the copy. The old copy stays (`meta.before-etcd/`, or the keys
+    /// in etcd) for whoever wants to remove it. Says what it did.
+    pub fn migrate_meta(&self, to: &str) -> Result<String, HomeError> {
+        use crate::meta::kv::{self, Kv};
+        let bad = |path: PathBuf, why: String| HomeError::Bad { path, why };
+        if std::os::unix::net::UnixStream::connect(self.paths().volume_sock()).is_ok() {
+            return Err(bad(
+                self.paths().volume_sock(),
+                "a daemon (a mount or `datamesh serve`) holds the volume: stop it first".into(),
+            ));
+        }
+        let engine_file = self.paths().meta_engine();
+        let meta = self.paths().meta();
+        let moved = |n: u64, (_, d): (u64, [u8; 32])| {
+            format!(
+                "{n} keys copied and compared (digest {})",
+                &hex::encode(d)[..16]
+            )
+        };
+        if to == "rocksdb" {
+            let engine = self.meta_engine()?.ok_or_else(|| {
+                bad(
+                    meta.clone(),
+                    "the namespace is in this host's RocksDB already".into(),
+                )
+            })?;
+            if meta.exists() {
+                return Err(bad(meta, "is in the way: move it aside first".into()));
+            }
+            let src = engine.connect()?;
+            let dst = kv::RocksKv::open(&meta, true)?;
+            let n = kv::copy_tables(&mut |t, f| src.scan(t, b"", b"", f), &dst)?;
+            let (a, b) = (kv::digest(&*src)?, kv::digest(&dst)?);
+            if a != b {
+                return Err(bad(
+                    meta,
+                    "the copy differs from etcd's: left as it is".into(),
+                ));
+            }
+            dst.sync()?;
+            drop(dst);
+            let aside = engine_file.with_extension("toml.migrated");
+            fs::rename(&engine_file, &aside).map_err(io(&engine_file))?;
+            return Ok(format!(
+                "{}; the namespace is in {} now ({} keeps the keys in etcd under {})",
+                moved(n, b),
+                meta.display(),
+                engine.url,
+                engine.prefix
+            ));
+        }
+        if self.meta_engine()?.is_some() {
+            return Err(bad(engine_file, "the namespace is in etcd already".into()));
+        }
+        let aside = meta.with_file_name("meta.before-etcd");
+        if aside.exists() {
+            return Err(bad(
+                aside,
+                "is in the way (an earlier copy): move it aside first".into(),
+            ));
+        }
+        let src = kv::RocksKv::open(&meta, false)?;
+        let (raw, _) = src
+            .get(kv::Table::Meta, b"params")?
+            .ok_or_else(|| bad(meta.clone(), "not a volume".into()))?;
+        let params: VolumeParams = postcard::from_bytes(&raw)
+            .map_err(|e| bad(meta.clone(), format!("volume parameters: {e}")))?;
+        let engine = MetaEngine {
+            v: META_ENGINE_V1,
+            url: to.to_string(),
+            prefix: format!("dm/{}/", hex::encode(params.volume_id)),
+        };
+        let dst = engine.connect()?;
+        if dst.get(kv::Table::Meta, b"format")?.is_some() {
+            return Err(bad(
+                meta,
+                format!(
+                    "{} holds a namespace for this volume already, under {}: remove it \
+                     (etcdctl del --prefix {}) to copy again",
+                    engine.url, engine.prefix, engine.prefix
+                ),
+            ));
+        }
+        let n = kv::copy_tables(&mut |t, f| src.scan(t, b"", b"", f), &*dst)?;
+        let (a, b) = (kv::digest(&src)?, kv::digest(&*dst)?);
+        if a != b {
+            return Err(bad(
+                meta,
+                "etcd's copy differs: the volume stays here".into(),
+            ));
+        }
+        drop(src);
+        let text = toml::to_string(&engine).map_err(|e| bad(engine_file.clone(), e.to_string()))?;
+        fs::rename(&meta, &aside).map_err(io(&meta))?;
+        crate::util::write_secret(&engine_file, text.as_bytes()).map_err(|(p, e)| io(&p)(e))?;
+        Ok(format!(
+            "{}; the namespace is in {} under {} now ({} is the old copy)",
+            moved(n, b),
+            engine.url,
+            engine.prefix,
+            aside.display()
+        ))
+    }
+
+    /// `meta-engine.toml`, when the namespace is not in `meta/`.
+    fn meta_engine(&self) -> Result<Option<MetaEngine>, HomeError> {
         let path = self.paths().meta_engine();
         if !path.exists() {
-            return Ok(MetaStore::open(&self.paths().meta(), None)?);
+            return Ok(None);
         }
         let text = fs::read_to_string(&path).map_err(io(&path))?;
         let engine: MetaEngine = toml::from_str(&text).map_err(|e| HomeError::Bad {
@@ -386,11 +505,7 @@ impl Home {
                 ),
             });
         }
-        Ok(MetaStore::over(
-            engine.connect()?,
-            &self.paths().meta(),
-            None,
-        )?)
+        Ok(Some(engine))
     }
 
     /// A member device's home: the volume is another host's.

@@ -134,6 +134,12 @@ fn run_inner(home: &Home, cmd: Cmd, name: &str) -> anyhow::Result<bool> {
             Ok(true)
         }
         Cmd::Members { action } => super::mesh::members(home, action),
+        Cmd::Meta {
+            action: super::MetaAction::Migrate { to },
+        } => {
+            println!("datamesh: meta migrate: {}", home.migrate_meta(&to)?);
+            Ok(true)
+        }
         Cmd::Recover { kit } => {
             super::kit::recover(home, &kit)?;
             Ok(true)

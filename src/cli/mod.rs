@@ -27,6 +27,18 @@ pub enum KitAction {
 }
 
 #[derive(Subcommand)]
+pub enum MetaAction {
+    /// Move the namespace into an etcd cluster (--to etcd://HOST:PORT,…) or
+    /// back into this host's RocksDB (--to rocksdb), with no mount or serve
+    /// running: every key is copied and compared before the volume uses
+    /// the copy; the old copy is kept.
+    Migrate {
+        #[arg(long, value_name = "etcd://HOST:PORT,…|rocksdb")]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum WebdavAction {
     /// Add a user of the WebDAV gateway (the password is asked, or read
     /// from standard input's first line when it is not a terminal).
@@ -255,6 +267,11 @@ enum Cmd {
     Kit {
         #[command(subcommand)]
         action: KitAction,
+    },
+    /// Where the volume's namespace is kept.
+    Meta {
+        #[command(subcommand)]
+        action: MetaAction,
     },
     /// Rebuild this home from the copy of the namespace on the storage peers,
     /// after the home's disk is lost: needs the recovery kit (`kit export`).

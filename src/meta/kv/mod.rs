@@ -230,23 +230,54 @@ pub trait Kv: Send + Sync {
 /// A checkpoint made by copying: every table, as `scan(table, f)` reads it
 /// (all of it, calling `f` with each key and value), into a new RocksDB
 /// database at `dir`.
-pub fn copy_into_rocks(
-    dir: &Path,
-    scan: &mut dyn FnMut(Table, &mut Visit<'_>) -> Result<()>,
-) -> Result<()> {
+pub fn copy_into_rocks(dir: &Path, scan: &mut Scan<'_>) -> Result<()> {
     let db = RocksKv::open(dir, true)?;
+    copy_tables(scan, &db)?;
+    db.sync()
+}
+
+/// Reads every key of one table, calling the visitor with each.
+pub type Scan<'a> = dyn FnMut(Table, &mut Visit<'_>) -> Result<()> + 'a;
+
+/// Every table as `scan` reads it, written into `dst` in transactions
+/// within its limits; the number of keys.
+pub fn copy_tables(scan: &mut Scan<'_>, dst: &dyn Kv) -> Result<u64> {
+    let (ops, bytes) = dst
+        .limits()
+        .map_or((4096, 64 << 20), |l| (l.ops, l.bytes / 2));
+    let mut n = 0;
     for table in Table::ALL {
         let mut t = Txn::default();
         scan(table, &mut |k, v| {
-            t.put(table, k, v);
-            if t.writes.len() >= 4096 {
-                commit_unguarded(&db, std::mem::take(&mut t))?;
+            if !t.is_empty() && (t.writes.len() >= ops || t.size() + k.len() + v.len() > bytes) {
+                commit_unguarded(dst, std::mem::take(&mut t))?;
             }
+            t.put(table, k, v);
+            n += 1;
             Ok(true)
         })?;
-        commit_unguarded(&db, t)?;
+        commit_unguarded(dst, t)?;
     }
-    db.sync()
+    Ok(n)
+}
+
+/// A digest of every table's keys and values, in order: two engines that
+/// answer the same hold the same namespace.
+pub fn digest(kv: &dyn Kv) -> Result<(u64, [u8; 32])> {
+    let mut h = blake3::Hasher::new();
+    let mut n = 0u64;
+    for table in Table::ALL {
+        h.update(&[table as u8]);
+        kv.scan(table, b"", b"", &mut |k, v| {
+            h.update(&(k.len() as u64).to_be_bytes());
+            h.update(k);
+            h.update(&(v.len() as u64).to_be_bytes());
+            h.update(v);
+            n += 1;
+            Ok(true)
+        })?;
+    }
+    Ok((n, *h.finalize().as_bytes()))
 }
 
 /// Commits `txn`, whose guards the caller knows cannot fail (the writer lock
