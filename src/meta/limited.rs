@@ -209,7 +209,6 @@ impl MetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::NewNode;
     use crate::meta::kv::{Kv, MemoryKv};
     use crate::types::{FileKind, SetAttr};
     use std::sync::Arc;
@@ -250,14 +249,7 @@ mod tests {
             Some(crate::meta::test_params()),
         )
         .unwrap();
-        let node = NewNode {
-            kind: FileKind::File,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
-        };
+        let node = crate::meta::test_node(FileKind::File);
         let f = m.create_node(Ino::ROOT, b"f", node).unwrap().ino;
         let chunk = m.params.chunk_size as u64;
         let before = kv.revision();

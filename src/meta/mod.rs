@@ -359,6 +359,19 @@ pub(crate) fn test_params() -> VolumeParams {
     }
 }
 
+/// A new node of `kind`, mode 0644, owned by root (the unit tests').
+#[cfg(test)]
+pub(crate) fn test_node(kind: FileKind) -> NewNode {
+    NewNode {
+        kind,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        target: None,
+    }
+}
+
 /// A new namespace on each engine, under `dir`: the unit tests of the
 /// namespace run on every one.
 #[cfg(test)]

@@ -579,14 +579,7 @@ mod tests {
     }
 
     fn counts_follow(m: &MetaStore) {
-        let node = NewNode {
-            kind: FileKind::File,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
-        };
+        let node = crate::meta::test_node(FileKind::File);
         let f = m.create_node(Ino::ROOT, b"f", node).unwrap().ino;
         // One chunk used twice (deduplicated): its shards count 2.
         let twice = vec![(0, Some(sharded(1))), (1, Some(sharded(1)))];

@@ -362,16 +362,7 @@ mod tests {
     use super::*;
     use crate::meta::Namespace;
 
-    fn node(kind: FileKind) -> NewNode {
-        NewNode {
-            kind,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
-        }
-    }
+    use super::super::test_node as node;
 
     #[test]
     fn a_snapshot_reads_as_it_was_and_refuses_every_change() {
