@@ -85,6 +85,15 @@ struct MetaEngine {
 const META_ENGINE_V1: u32 = 1;
 
 impl MetaEngine {
+    /// The volume of `params` in the cluster at `url`, under its own prefix.
+    fn new(url: &str, params: &VolumeParams) -> MetaEngine {
+        MetaEngine {
+            v: META_ENGINE_V1,
+            url: url.to_string(),
+            prefix: format!("dm/{}/", hex::encode(params.volume_id)),
+        }
+    }
+
     fn connect(&self) -> Result<Arc<dyn crate::meta::kv::Kv>, HomeError> {
         let kv = crate::meta::kv::EtcdKv::connect(&self.url, self.prefix.as_bytes())?;
         Ok(Arc::new(kv))
@@ -448,11 +457,7 @@ impl Home {
             .ok_or_else(|| bad(meta.clone(), "not a volume".into()))?;
         let params: VolumeParams = postcard::from_bytes(&raw)
             .map_err(|e| bad(meta.clone(), format!("volume parameters: {e}")))?;
-        let engine = MetaEngine {
-            v: META_ENGINE_V1,
-            url: to.to_string(),
-            prefix: format!("dm/{}/", hex::encode(params.volume_id)),
-        };
+        let engine = MetaEngine::new(to, &params);
         let dst = engine.connect()?;
         if dst.get(kv::Table::Meta, b"format")?.is_some() {
             return Err(bad(
@@ -550,11 +555,7 @@ impl Home {
         // The cluster reached before anything is written here.
         let etcd = match &opts.meta {
             Some(url) => {
-                let engine = MetaEngine {
-                    v: META_ENGINE_V1,
-                    url: url.clone(),
-                    prefix: format!("dm/{}/", hex::encode(params.volume_id)),
-                };
+                let engine = MetaEngine::new(url, &params);
                 let kv = engine.connect()?;
                 Some((engine, kv))
             }

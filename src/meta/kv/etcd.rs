@@ -223,6 +223,13 @@ fn passing(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// A one-key read's answer: its value and the revision that wrote it.
+fn got(r: &etcd_client::GetResponse) -> Option<Got> {
+    r.kvs()
+        .first()
+        .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Rev))
+}
+
 /// The first key after every key that starts with `p` (empty: none).
 fn prefix_end(p: &[u8]) -> Vec<u8> {
     let mut end = p.to_vec();
@@ -249,9 +256,7 @@ impl Kv for EtcdKv {
         if let Some(h) = r.header() {
             self.saw(h.revision());
         }
-        Ok(r.kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Rev)))
+        Ok(got(&r))
     }
 
     fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Got>>> {
@@ -272,11 +277,7 @@ impl Kv for EtcdKv {
             }
             for resp in r.op_responses() {
                 match resp {
-                    TxnOpResponse::Get(g) => out.push(
-                        g.kvs()
-                            .first()
-                            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Rev)),
-                    ),
+                    TxnOpResponse::Get(g) => out.push(got(&g)),
                     _ => {
                         return Err(Error::Db(format!(
                             "etcd {}: a read answered as something else",
